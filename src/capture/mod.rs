@@ -1,0 +1,16 @@
+//! The capture store: every exchange the agent forwards is recorded here
+//! (SQLite, durable, bounded), read back by the CLI and the inspector.
+//!
+//! Data flows one way: the forwarder tees bodies ([`tee`]) and hands a finished
+//! [`Exchange`] to the [`Recorder`]; the recorder's single writer task stores it
+//! and publishes a [`CaptureEvent`] that the inspector and the log printer follow.
+
+pub mod model;
+pub mod recorder;
+pub mod store;
+pub mod tee;
+
+pub use model::*;
+pub use recorder::{CaptureEvent, Recorder};
+pub use store::{ListQuery, Store, StoreConfig, StoreError};
+pub use tee::{tee, BodyLimits, TeeBody};

@@ -1,0 +1,136 @@
+//! The data model of a recorded exchange, shared by the forwarder that fills
+//! it, the store that keeps it and the inspector that shows it.
+
+use chrono::{DateTime, Utc};
+
+/// Identifier of a stored exchange (SQLite rowid, assigned by the store).
+pub type ExchangeId = i64;
+
+/// A header as received: name and raw value bytes, in order, duplicates kept.
+pub type Header = (String, Vec<u8>);
+
+/// A body as captured: the raw bytes (in memory or spilled to a file), never
+/// re-encoded.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CapturedBody {
+    /// Where the captured bytes are.
+    pub data: BodyData,
+    /// Length of the body as it streamed through (may exceed what was kept).
+    pub total_len: u64,
+    /// True when fewer bytes were kept than streamed through (capture limit,
+    /// store pressure, or the stream ended early).
+    pub truncated: bool,
+}
+
+/// Where captured body bytes live.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum BodyData {
+    /// No body (zero length).
+    #[default]
+    Empty,
+    /// Small bodies are kept in memory until stored.
+    Memory(bytes::Bytes),
+    /// Large bodies are spilled to a file while streaming; the store adopts it.
+    File(std::path::PathBuf),
+}
+
+/// The request half of an exchange, as the agent received it from the relay.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RecordedRequest {
+    /// HTTP method, e.g. `POST`.
+    pub method: String,
+    /// Path and query as the app received it, e.g. `/hooks?key=1`.
+    pub path: String,
+    /// Headers as received by the relay, including hop-by-hop ones.
+    pub headers: Vec<Header>,
+    /// The request body.
+    pub body: CapturedBody,
+}
+
+/// The response half of an exchange, as returned to the sender.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RecordedResponse {
+    /// HTTP status code.
+    pub status: u16,
+    /// Response headers in order.
+    pub headers: Vec<Header>,
+    /// The response body.
+    pub body: CapturedBody,
+}
+
+/// One complete request/response exchange, ready to be stored.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Exchange {
+    /// Assigned by the store; `None` until stored.
+    pub id: Option<ExchangeId>,
+    /// When the relay received the request.
+    pub received_at: DateTime<Utc>,
+    /// Base URL of the target the request was forwarded to.
+    pub target: String,
+    /// Sender's address as seen by the relay, if known.
+    pub remote_addr: Option<String>,
+    /// The request.
+    pub request: RecordedRequest,
+    /// The response, when there was one (synthesised 502/504 included).
+    pub response: Option<RecordedResponse>,
+    /// Wall time from receipt to the end of the response, in milliseconds.
+    pub duration_ms: f64,
+    /// Why the exchange failed (app down, timeout, cancelled...), if it did.
+    pub error: Option<String>,
+    /// Event type recognised from the request body, if any.
+    pub event: Option<String>,
+    /// The exchange this one replays, if it is a replay.
+    pub replay_of: Option<ExchangeId>,
+    /// The relay's held-event id, when the request was held while offline.
+    pub relay_event_id: Option<String>,
+}
+
+/// What a list row needs: everything but headers and bodies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExchangeSummary {
+    /// Store id.
+    pub id: ExchangeId,
+    /// When the relay received the request.
+    pub received_at: DateTime<Utc>,
+    /// HTTP method.
+    pub method: String,
+    /// Path with query.
+    pub path: String,
+    /// Response status, if any.
+    pub status: Option<u16>,
+    /// Duration in milliseconds.
+    pub duration_ms: f64,
+    /// Recognised event type.
+    pub event: Option<String>,
+    /// Replayed exchange id.
+    pub replay_of: Option<ExchangeId>,
+    /// Request body length in bytes.
+    pub request_size: u64,
+    /// Response body length in bytes.
+    pub response_size: u64,
+    /// Failure reason, if any.
+    pub error: Option<String>,
+}
+
+/// A user's edit of a captured request before replaying it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RequestEdit {
+    /// Method to send.
+    pub method: String,
+    /// Path and query to send (below the target's base path).
+    pub path: String,
+    /// Headers to send, in order.
+    pub headers: Vec<Header>,
+    /// Body bytes to send.
+    pub body: bytes::Bytes,
+}
+
+/// A request to replay a stored exchange, optionally edited first. Sent by
+/// the inspector; carried out by the agent's forwarder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayRequest {
+    /// The exchange to replay.
+    pub id: ExchangeId,
+    /// The edited request, or `None` to send the original bytes.
+    pub edit: Option<RequestEdit>,
+}

@@ -1,0 +1,1 @@
+//! The tunnel transport: HTTP/2 over a websocket byte stream.
