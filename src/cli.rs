@@ -1,6 +1,786 @@
-//! Command-line interface (contract in docs/cli.md).
+//! The command line: argument parsing (clap) and the wiring of relay, agent,
+//! capture and inspector for each subcommand. The contract is in
+//! `docs/cli.md`; errors end as one line on stderr and a non-zero exit.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{self, AgentConfig, ConnectionStatus, RelayUrl};
+use crate::capture::{self, BodyLimits, CaptureEvent, Recorder, Store, StoreConfig};
+use crate::forward::{Forwarder, ForwarderConfig, HostHeader, Target};
+use crate::relay::{Relay, RelayConfig, Tokens};
+use crate::tunnel::protocol::{generate_name, is_valid_name};
+use crate::tunnel::tls;
+
+/// whtunnel: receive webhooks on localhost, record every exchange, inspect and replay them.
+#[derive(Parser, Debug)]
+#[command(name = "whtunnel", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Forward a public tunnel URL to an app on this machine and show every exchange.
+    Listen(ListenArgs),
+    /// Run the public relay server that agents connect to.
+    Relay(RelayArgs),
+    /// List and show recorded exchanges.
+    Requests {
+        #[command(subcommand)]
+        command: RequestsCommand,
+    },
+    /// Send a recorded request again, to its target or to --to.
+    Replay(ReplayArgs),
+}
+
+#[derive(Args, Debug)]
+struct DataDirArg {
+    /// Where captures and the tunnel name are kept [default: the OS data dir, e.g. ~/.local/share/whtunnel].
+    #[arg(long, env = "WHTUNNEL_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct ListenArgs {
+    /// Where to forward: a port (3000), host:port, or a URL (http://localhost:3000/base).
+    target: String,
+    /// Relay base URL, http(s):// or ws(s)://. Without it an embedded relay runs in this process.
+    #[arg(long, env = "WHTUNNEL_RELAY")]
+    relay: Option<String>,
+    /// Token the relay expects.
+    #[arg(long, env = "WHTUNNEL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Tunnel name (a-z, 0-9, '-'); by default one is generated once and kept in the data dir.
+    #[arg(long)]
+    name: Option<String>,
+    #[command(flatten)]
+    data_dir: DataDirArg,
+    /// Print one line per exchange instead of the terminal inspector.
+    #[arg(long)]
+    no_tui: bool,
+    /// Take the tunnel name over from another agent that holds it.
+    #[arg(long)]
+    takeover: bool,
+    /// Host header the app sees: preserve (the public host), rewrite (the target's), or a value.
+    #[arg(long, default_value = "preserve", value_parser = parse_host_header)]
+    host_header: HostHeader,
+    /// Extra CA certificate (PEM) to trust for a wss:// relay, e.g. a self-signed one.
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    /// Address of the embedded relay (only without --relay). Falls back to a free port if taken.
+    #[arg(long, default_value = "127.0.0.1:8787")]
+    listen: SocketAddr,
+    /// Do not record exchanges.
+    #[arg(long)]
+    no_capture: bool,
+}
+
+#[derive(Args, Debug)]
+struct RelayArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:8787")]
+    listen: SocketAddr,
+    /// A token agents may use (repeatable). Without any, one is generated and kept in the data dir.
+    #[arg(
+        long = "token",
+        env = "WHTUNNEL_TOKEN",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    tokens: Vec<String>,
+    /// A file with one accepted token per line ('#' starts a comment).
+    #[arg(long)]
+    tokens_file: Option<PathBuf>,
+    #[command(flatten)]
+    data_dir: DataDirArg,
+    /// Base URL the public uses to reach this relay, e.g. https://hooks.example.com.
+    #[arg(long)]
+    public_url: Option<String>,
+    /// TLS certificate chain (PEM); serve HTTPS and wss://.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// How long the app has to answer before the sender gets 504 (e.g. 30s, 500ms).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    response_timeout: Duration,
+    /// Largest request body accepted; larger ones get 413 (e.g. 25MiB).
+    #[arg(long, default_value = "25MiB", value_parser = parse_size)]
+    max_body: u64,
+}
+
+#[derive(Subcommand, Debug)]
+enum RequestsCommand {
+    /// List recorded exchanges, newest first.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        data_dir: DataDirArg,
+    },
+    /// Show one exchange with headers and bodies.
+    Show {
+        /// Exchange id (see `requests list`).
+        id: i64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Print a curl command that sends the same request.
+        #[arg(long, conflicts_with = "json")]
+        curl: bool,
+        #[command(flatten)]
+        data_dir: DataDirArg,
+    },
+    /// Export recorded exchanges.
+    Export {
+        /// Write a HAR 1.2 file (importable in browser devtools).
+        #[arg(long)]
+        har: PathBuf,
+        #[command(flatten)]
+        data_dir: DataDirArg,
+    },
+}
+
+#[derive(Args, Debug)]
+struct ReplayArgs {
+    /// Exchange id (see `requests list`).
+    id: i64,
+    /// Send to this target instead of the recorded one (port, host:port or URL).
+    #[arg(long)]
+    to: Option<String>,
+    #[command(flatten)]
+    data_dir: DataDirArg,
+}
+
+fn parse_host_header(s: &str) -> Result<HostHeader, String> {
+    s.parse()
+}
+
+/// Parses `30s`, `500ms`, `2m`, `1h`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (e.g. 30s, 500ms)"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("'{s}' is not a duration (e.g. 30s, 500ms)")),
+    };
+    if !(secs > 0.0 && secs < 1e9) {
+        return Err(format!("'{s}' must be a positive duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses `25MiB`, `512KiB`, `1GiB`, `10MB`, or plain bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (e.g. 25MiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => return Err(format!("'{s}' is not a size (e.g. 25MiB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
 
 /// Entry point of the `whtunnel` binary.
-pub fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Listen(args) => listen(args).await,
+        Command::Relay(args) => relay(args).await,
+        Command::Requests { command } => requests(command),
+        Command::Replay(args) => replay(args).await,
+    }
+}
+
+/// The data directory: `--data-dir`, `WHTUNNEL_DATA_DIR`, or the OS default.
+fn data_dir(arg: &DataDirArg) -> Result<PathBuf> {
+    match &arg.data_dir {
+        Some(d) => Ok(d.clone()),
+        None => dirs::data_dir().map(|d| d.join("whtunnel")).ok_or_else(|| {
+            anyhow!("no home data directory found; pass --data-dir or set WHTUNNEL_DATA_DIR")
+        }),
+    }
+}
+
+/// Creates the data dir readable only by its owner: it holds captured
+/// webhooks, which carry secrets.
+fn ensure_private_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
+    Ok(())
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
+/// The tunnel name: `--name`, or the one kept in the data dir, or a new one
+/// (kept, so the URL pasted into a provider's dashboard keeps working).
+fn tunnel_name(arg: Option<&str>, dir: &Path) -> Result<String> {
+    if let Some(n) = arg {
+        if !is_valid_name(n) {
+            bail!("invalid --name '{n}': use 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'");
+        }
+        return Ok(n.to_string());
+    }
+    let path = dir.join("name");
+    if let Ok(saved) = std::fs::read_to_string(&path) {
+        let saved = saved.trim();
+        if is_valid_name(saved) {
+            return Ok(saved.to_string());
+        }
+    }
+    let name = generate_name();
+    write_private(&path, &format!("{name}\n"))?;
+    Ok(name)
+}
+
+fn shutdown_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = match signal(SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    t.cancel();
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        t.cancel();
+    });
+    token
+}
+
+fn init_logging(to_file: Option<&Path>, default_level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("WHTUNNEL_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let file = to_file.and_then(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .ok()
+    });
+    let _ = match file {
+        Some(f) => builder
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(f))
+            .try_init(),
+        None => builder.with_writer(std::io::stderr).try_init(),
+    };
+}
+
+async fn relay(args: RelayArgs) -> Result<()> {
+    init_logging(None, "info");
+    let dir = data_dir(&args.data_dir)?;
+    let mut tokens: Vec<String> = args.tokens.clone();
+    if let Some(path) = &args.tokens_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read tokens file {}", path.display()))?;
+        tokens.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string),
+        );
+    }
+    if tokens.iter().all(|t| t.is_empty()) {
+        ensure_private_dir(&dir)?;
+        let path = dir.join("relay-token");
+        let token = match std::fs::read_to_string(&path) {
+            Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+            _ => {
+                let t = data_encoding::BASE64URL_NOPAD.encode(&rand::random::<[u8; 24]>());
+                write_private(&path, &format!("{t}\n"))?;
+                t
+            }
+        };
+        eprintln!(
+            "No --token given: agents must use the token in {} (--token \"$(cat {})\")",
+            path.display(),
+            path.display()
+        );
+        tokens.push(token);
+    }
+    let mut config = RelayConfig::new(args.listen, Tokens::new(&tokens));
+    config.public_url = args.public_url.clone();
+    config.response_timeout = args.response_timeout;
+    config.max_body = args.max_body;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.tls = Some(tls::server_config(cert, key)?);
+    }
+    let relay = Relay::bind(config)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    eprintln!(
+        "whtunnel relay listening on {} (tunnels at {}/t/<name>)",
+        relay.local_addr(),
+        relay.base_url()
+    );
+    let stop = shutdown_signal();
+    relay.run(stop.cancelled_owned()).await?;
+    eprintln!("whtunnel relay stopped");
+    Ok(())
+}
+
+async fn listen(args: ListenArgs) -> Result<()> {
+    let dir = data_dir(&args.data_dir)?;
+    ensure_private_dir(&dir)?;
+    let target: Target = args.target.parse()?;
+    let name = tunnel_name(args.name.as_deref(), &dir)?;
+    let use_tui = !args.no_tui && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
+    if use_tui {
+        init_logging(Some(&dir.join("whtunnel.log")), "info");
+    } else {
+        init_logging(None, "warn");
+    }
+    let stop = shutdown_signal();
+
+    // Without --relay, run one in this process on loopback.
+    let (relay_url, token) = match &args.relay {
+        Some(url) => {
+            let relay: RelayUrl = url.parse()?;
+            let token = args
+                .token
+                .clone()
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| {
+                    anyhow!("the relay needs a token: pass --token or set WHTUNNEL_TOKEN")
+                })?;
+            (relay, token)
+        }
+        None => {
+            let token = data_encoding::BASE64URL_NOPAD.encode(&rand::random::<[u8; 24]>());
+            let mut config = RelayConfig::new(args.listen, Tokens::new([&token]));
+            let relay = match Relay::bind(config.clone()).await {
+                Ok(r) => r,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    config.listen.set_port(0);
+                    let r = Relay::bind(config).await?;
+                    if !use_tui {
+                        eprintln!(
+                            "note: {} is in use; the embedded relay listens on {} instead",
+                            args.listen,
+                            r.local_addr()
+                        );
+                    }
+                    r
+                }
+                Err(e) => return Err(e).context(format!("cannot listen on {}", args.listen)),
+            };
+            let url: RelayUrl = relay.base_url().parse()?;
+            let relay_stop = stop.clone();
+            tokio::spawn(async move { relay.run(relay_stop.cancelled_owned()).await });
+            (url, token)
+        }
+    };
+
+    let recorder = if args.no_capture {
+        None
+    } else {
+        let store = Store::open(&StoreConfig::new(dir.clone()))
+            .with_context(|| format!("cannot open the capture store in {}", dir.display()))?;
+        Some(Recorder::spawn(store))
+    };
+    let forwarder = Forwarder::new(ForwarderConfig {
+        target: target.clone(),
+        host_header: args.host_header.clone(),
+        recorder: recorder.clone(),
+        body_limits: body_limits(&dir),
+    });
+    let tls = tls::client_config(args.ca_cert.as_deref())?;
+    let agent_config = AgentConfig {
+        relay: relay_url,
+        token,
+        name,
+        takeover: args.takeover,
+        tls,
+    };
+    let (status_tx, status_rx) = watch::channel(ConnectionStatus::Connecting);
+    let agent_stop = stop.clone();
+    let mut agent = tokio::spawn(agent::run(
+        agent_config,
+        forwarder.clone(),
+        status_tx,
+        agent_stop,
+    ));
+
+    // A refusal on the first attempt ends the command before any UI starts.
+    let mut first = status_rx.clone();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(15),
+        first.wait_for(|s| !matches!(s, ConnectionStatus::Connecting)),
+    )
+    .await;
+    if agent.is_finished() {
+        return finish_agent(agent.await);
+    }
+
+    let result = if use_tui {
+        run_inspector(
+            &dir,
+            recorder.as_ref(),
+            forwarder.clone(),
+            status_rx,
+            &target,
+            &stop,
+            &mut agent,
+        )
+        .await
+    } else {
+        run_log(recorder.as_ref(), status_rx, &target, &stop, &mut agent).await
+    };
+    stop.cancel();
+    if let Some(r) = recorder {
+        r.close().await;
+    }
+    result
+}
+
+fn finish_agent(
+    joined: std::result::Result<std::result::Result<(), agent::AgentError>, tokio::task::JoinError>,
+) -> Result<()> {
+    match joined {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(anyhow!("{e}")),
+        Err(e) => Err(anyhow!("the agent task failed: {e}")),
+    }
+}
+
+fn body_limits(dir: &Path) -> BodyLimits {
+    BodyLimits {
+        in_memory: 256 * 1024,
+        max_capture: 25 * 1024 * 1024,
+        spill_dir: dir.join("bodies"),
+    }
+}
+
+/// `--no-tui`: one line per exchange on stdout, link changes on stderr.
+async fn run_log(
+    recorder: Option<&Recorder>,
+    mut status: watch::Receiver<ConnectionStatus>,
+    target: &Target,
+    stop: &CancellationToken,
+    agent: &mut tokio::task::JoinHandle<std::result::Result<(), agent::AgentError>>,
+) -> Result<()> {
+    let mut events = recorder.map(Recorder::subscribe);
+    let mut announced = false;
+    let report = |s: &ConnectionStatus, announced: &mut bool| match s {
+        ConnectionStatus::Connected { public_url } => {
+            if *announced {
+                eprintln!("reconnected: {public_url}");
+            } else {
+                println!("Forwarding {public_url} -> {target}");
+                *announced = true;
+            }
+        }
+        ConnectionStatus::Reconnecting {
+            retry_at,
+            last_error,
+        } => {
+            let wait = retry_at.saturating_duration_since(Instant::now());
+            eprintln!("{last_error}; reconnecting in {:.1}s", wait.as_secs_f64());
+        }
+        ConnectionStatus::Refused { reason } => eprintln!("{reason}"),
+        ConnectionStatus::Connecting => {}
+    };
+    let current = status.borrow_and_update().clone();
+    report(&current, &mut announced);
+    loop {
+        tokio::select! {
+            changed = status.changed() => {
+                if changed.is_err() { break; }
+                let s = status.borrow_and_update().clone();
+                report(&s, &mut announced);
+            }
+            event = async {
+                match events.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => match event {
+                Ok(CaptureEvent::Stored(s)) => println!("{}", log_line(&s, None)),
+                Ok(CaptureEvent::NotStored { summary, reason }) => {
+                    println!("{}", log_line(&summary, Some(&reason)))
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    eprintln!("({n} exchanges not shown: output could not keep up)")
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => events = None,
+            },
+            joined = &mut *agent => return finish_agent(joined),
+            () = stop.cancelled() => break,
+        }
+    }
+    Ok(())
+}
+
+/// One exchange as a log line: time, method, path, status, duration, event.
+pub fn log_line(s: &capture::ExchangeSummary, not_stored: Option<&str>) -> String {
+    let time = s
+        .received_at
+        .with_timezone(&chrono::Local)
+        .format("%H:%M:%S%.3f");
+    let status = s
+        .status
+        .map(|c| c.to_string())
+        .unwrap_or_else(|| "---".into());
+    let mut line = format!(
+        "{time} {:<6} {} {status} {:.1}ms",
+        s.method, s.path, s.duration_ms
+    );
+    if let Some(e) = &s.event {
+        line.push_str(&format!(" {e}"));
+    }
+    if let Some(id) = s.replay_of {
+        line.push_str(&format!(" (replay of #{id})"));
+    }
+    if s.id > 0 {
+        line.push_str(&format!(" #{}", s.id));
+    }
+    if let Some(err) = &s.error {
+        line.push_str(&format!(" [{}]", err.trim()));
+    }
+    if let Some(reason) = not_stored {
+        line.push_str(&format!(" [not stored: {reason}]"));
+    }
+    line
+}
+
+async fn run_inspector(
+    dir: &Path,
+    recorder: Option<&Recorder>,
+    forwarder: Forwarder,
+    status: watch::Receiver<ConnectionStatus>,
+    target: &Target,
+    stop: &CancellationToken,
+    agent: &mut tokio::task::JoinHandle<std::result::Result<(), agent::AgentError>>,
+) -> Result<()> {
+    let recorder = recorder.ok_or_else(|| {
+        anyhow!("the inspector needs the capture store; drop --no-capture or add --no-tui")
+    })?;
+    let public_url = match &*status.borrow() {
+        ConnectionStatus::Connected { public_url } => public_url.clone(),
+        _ => String::new(),
+    };
+    let (replay_tx, mut replay_rx) = tokio::sync::mpsc::channel::<capture::ReplayRequest>(16);
+    let reader = Store::open_reader(dir)?;
+    let inputs = crate::inspect::Inputs {
+        store: reader,
+        events: recorder.subscribe(),
+        status,
+        replays: replay_tx,
+        public_url,
+        target: target.to_string(),
+    };
+    // Replays requested in the UI run here; their results reach the UI
+    // through the capture like any other exchange.
+    let replay_dir = dir.to_path_buf();
+    tokio::spawn(async move {
+        let Ok(store) = Store::open_reader(&replay_dir) else {
+            return;
+        };
+        let store = Arc::new(std::sync::Mutex::new(store));
+        while let Some(req) = replay_rx.recv().await {
+            let original = store.lock().ok().and_then(|s| s.get(req.id).ok().flatten());
+            if let Some(original) = original {
+                let fwd = forwarder.clone();
+                tokio::spawn(async move {
+                    fwd.replay(&original, req.edit, None).await;
+                });
+            }
+        }
+    });
+    let mut ui = tokio::task::spawn_blocking(move || crate::inspect::run(inputs));
+    tokio::select! {
+        done = &mut ui => {
+            stop.cancel();
+            done.map_err(|e| anyhow!("the inspector crashed: {e}"))??;
+            Ok(())
+        }
+        joined = &mut *agent => {
+            stop.cancel();
+            // The UI restores the terminal when its inputs close.
+            let _ = ui.await;
+            finish_agent(joined)
+        }
+    }
+}
+
+fn requests(command: RequestsCommand) -> Result<()> {
+    let _ = command;
+    bail!("`whtunnel requests` is not available yet")
+}
+
+async fn replay(args: ReplayArgs) -> Result<()> {
+    let _ = args;
+    bail!("`whtunnel replay` is not available yet")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        for bad in ["", "s", "10x", "-1s", "0"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("25MiB").unwrap(), 25 << 20);
+        assert_eq!(parse_size("1024").unwrap(), 1024);
+        assert_eq!(parse_size("10mb").unwrap(), 10_000_000);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        for bad in ["", "MiB", "1 TiB", "99999999999999999999"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_are_kept_in_the_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = tunnel_name(None, dir.path()).unwrap();
+        assert_eq!(tunnel_name(None, dir.path()).unwrap(), first);
+        assert_eq!(tunnel_name(Some("mine"), dir.path()).unwrap(), "mine");
+        assert!(tunnel_name(Some("Bad Name"), dir.path()).is_err());
+        assert_eq!(tunnel_name(None, dir.path()).unwrap(), first);
+    }
+
+    #[test]
+    fn cli_parses_the_contract() {
+        Cli::try_parse_from(["whtunnel", "listen", "3000"]).unwrap();
+        Cli::try_parse_from([
+            "whtunnel",
+            "listen",
+            "http://localhost:3000/base",
+            "--relay",
+            "https://r.example",
+            "--token",
+            "t",
+            "--name",
+            "n",
+            "--data-dir",
+            "/tmp/x",
+            "--no-tui",
+        ])
+        .unwrap();
+        Cli::try_parse_from([
+            "whtunnel",
+            "relay",
+            "--listen",
+            "127.0.0.1:0",
+            "--token",
+            "a",
+            "--token",
+            "b",
+            "--data-dir",
+            "/tmp/x",
+            "--public-url",
+            "https://h",
+        ])
+        .unwrap();
+        Cli::try_parse_from([
+            "whtunnel",
+            "requests",
+            "list",
+            "--json",
+            "--data-dir",
+            "/tmp/x",
+        ])
+        .unwrap();
+        Cli::try_parse_from(["whtunnel", "requests", "show", "3", "--json"]).unwrap();
+        Cli::try_parse_from(["whtunnel", "replay", "3", "--to", "http://localhost:4000"]).unwrap();
+        assert!(Cli::try_parse_from(["whtunnel", "listen"]).is_err());
+    }
 }

@@ -1,6 +1,163 @@
 //! The agent: holds one tunnel on a relay and serves the relay's requests by
 //! forwarding them to the local app.
+//!
+//! [`run`] connects, serves until the link drops, and reconnects with
+//! exponential back-off and full jitter, for as long as it runs. Only a
+//! refusal (bad token, name held, protocol mismatch) ends it early, because
+//! retrying would not change the answer.
 
+pub mod connect;
 pub mod status;
 
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use connect::{AgentConfig, ConnectError, RelayUrl};
 pub use status::ConnectionStatus;
+
+use crate::forward::Forwarder;
+use crate::tunnel::{h2, WsIo};
+
+/// Back-off before the first reconnect attempt is at most this...
+pub const BACKOFF_MIN: Duration = Duration::from_millis(250);
+/// ...and never more than this.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A link that lived this long counts as healthy: the next drop starts the
+/// back-off from the beginning again.
+const HEALTHY_LINK: Duration = Duration::from_secs(5);
+/// How long in-flight exchanges may finish when the agent is asked to stop.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The relay refused the agent; retrying would not help.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Exponential delays (from `backon`), each with full jitter applied after
+/// the cap: uniformly random in `[0, delay]`, so agents that lost the same
+/// relay do not return in step.
+struct Backoff {
+    delays: backon::ExponentialBackoff,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        use backon::BackoffBuilder;
+        Backoff {
+            delays: backon::ExponentialBuilder::default()
+                .with_min_delay(BACKOFF_MIN)
+                .with_max_delay(BACKOFF_MAX)
+                .without_max_times()
+                .build(),
+        }
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let cap = self.delays.next().unwrap_or(BACKOFF_MAX);
+        cap.mul_f64(rand::random::<f64>())
+    }
+}
+
+/// Runs the agent until `shutdown` is cancelled (returns `Ok`) or the relay
+/// refuses it (returns the refusal). Publishes its state on `status`.
+pub async fn run(
+    config: AgentConfig,
+    forwarder: Forwarder,
+    status: watch::Sender<ConnectionStatus>,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    let mut backoff = Backoff::new();
+    status.send_replace(ConnectionStatus::Connecting);
+    loop {
+        let attempt = tokio::select! {
+            r = connect::connect(&config) => r,
+            () = shutdown.cancelled() => return Ok(()),
+        };
+        let last_error = match attempt {
+            Ok(link) => {
+                status.send_replace(ConnectionStatus::Connected {
+                    public_url: link.public_url.clone(),
+                });
+                let since = Instant::now();
+                let reason = serve(link.ws, forwarder.clone(), &shutdown).await;
+                if shutdown.is_cancelled() {
+                    return Ok(());
+                }
+                if since.elapsed() >= HEALTHY_LINK {
+                    backoff = Backoff::new();
+                }
+                reason
+            }
+            Err(ConnectError::Refused(reason)) => {
+                status.send_replace(ConnectionStatus::Refused {
+                    reason: reason.clone(),
+                });
+                return Err(AgentError::Refused(reason));
+            }
+            Err(e) => e.to_string(),
+        };
+        let delay = backoff.next_delay();
+        status.send_replace(ConnectionStatus::Reconnecting {
+            retry_at: Instant::now() + delay,
+            last_error,
+        });
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return Ok(()),
+        }
+    }
+}
+
+/// Serves the relay's requests over one link until it ends. Returns why.
+async fn serve(
+    ws: connect::WsStream,
+    forwarder: Forwarder,
+    shutdown: &CancellationToken,
+) -> String {
+    let service = hyper::service::service_fn(move |req| {
+        let forwarder = forwarder.clone();
+        async move { Ok::<_, std::convert::Infallible>(forwarder.handle(req).await) }
+    });
+    let conn = h2::server_builder().serve_connection(TokioIo::new(WsIo::new(ws)), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => match result {
+            Ok(()) => "the relay closed the connection".to_string(),
+            Err(e) => format!("connection to the relay lost: {e}"),
+        },
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(STOP_GRACE, conn).await;
+            "stopped".to_string()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_jittered_capped_and_starts_small() {
+        let mut b = Backoff::new();
+        let first = b.next_delay();
+        assert!(first <= BACKOFF_MIN, "{first:?}");
+        let mut max_seen = Duration::ZERO;
+        let mut distinct = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let d = b.next_delay();
+            assert!(d <= BACKOFF_MAX, "{d:?}");
+            max_seen = max_seen.max(d);
+            distinct.insert(d.as_millis());
+        }
+        // Reached the cap region and is really random, not a fixed ladder.
+        assert!(max_seen > BACKOFF_MAX / 2, "{max_seen:?}");
+        assert!(distinct.len() > 50, "{}", distinct.len());
+    }
+}

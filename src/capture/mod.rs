@@ -5,6 +5,7 @@
 //! [`Exchange`] to the [`Recorder`]; the recorder's single writer task stores it
 //! and publishes a [`CaptureEvent`] that the inspector and the log printer follow.
 
+pub mod event;
 pub mod model;
 pub mod recorder;
 pub mod store;

@@ -71,3 +71,10 @@ impl Store {
         todo!()
     }
 }
+
+impl Store {
+    /// Opens a second connection for readers (STUB).
+    pub fn open_reader(_dir: &std::path::Path) -> Result<Self, StoreError> {
+        todo!()
+    }
+}

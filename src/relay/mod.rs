@@ -1,1 +1,267 @@
-//! The public relay server.
+//! The relay: the public server. It takes webhook requests at
+//! `/t/<name>/...`, hands each to the agent holding that tunnel over the
+//! agent's websocket, and returns the app's answer to the sender.
+//!
+//! [`Relay::bind`] then [`Relay::run`]: tests and the embedded relay in
+//! `whtunnel listen` use the same path as the standalone server.
+
+pub mod agents;
+pub mod auth;
+pub mod public;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::tunnel::protocol::AGENT_PATH;
+use crate::tunnel::Body;
+
+pub use auth::Tokens;
+
+/// How long the relay waits for in-flight exchanges when asked to stop.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// A client must finish sending request headers within this.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A TLS handshake must finish within this.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a relay is set up.
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Tokens agents must present.
+    pub tokens: Tokens,
+    /// Base URL the public sees (e.g. `https://hooks.example.com`); derived
+    /// from the agent's Host header when unset.
+    pub public_url: Option<String>,
+    /// Serve HTTPS with this config; plain HTTP when `None`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// How long to wait for the app's response head before answering 504.
+    pub response_timeout: Duration,
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body: u64,
+}
+
+impl RelayConfig {
+    /// A config with the defaults: 30 s response timeout, 25 MiB bodies.
+    pub fn new(listen: SocketAddr, tokens: Tokens) -> Self {
+        Self {
+            listen,
+            tokens,
+            public_url: None,
+            tls: None,
+            response_timeout: Duration::from_secs(30),
+            max_body: 25 * 1024 * 1024,
+        }
+    }
+}
+
+/// One agent's live link.
+pub(crate) struct Session {
+    id: u64,
+    sender: hyper::client::conn::http2::SendRequest<Body>,
+    closed: CancellationToken,
+}
+
+/// State shared by every connection the relay serves.
+pub(crate) struct Shared {
+    config: RelayConfig,
+    tunnels: Mutex<HashMap<String, Session>>,
+    next_session: AtomicU64,
+    scheme: &'static str,
+}
+
+impl Shared {
+    fn sender_for(&self, name: &str) -> Option<hyper::client::conn::http2::SendRequest<Body>> {
+        let tunnels = self.tunnels.lock().expect("tunnel map lock");
+        tunnels.get(name).map(|s| s.sender.clone())
+    }
+
+    fn next_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// A bound relay, ready to [`run`](Relay::run).
+pub struct Relay {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl Relay {
+    /// Binds the listening socket. Use port 0 to let the OS pick.
+    pub async fn bind(config: RelayConfig) -> std::io::Result<Relay> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let local_addr = listener.local_addr()?;
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        Ok(Relay {
+            listener,
+            local_addr,
+            shared: Arc::new(Shared {
+                config,
+                tunnels: Mutex::new(HashMap::new()),
+                next_session: AtomicU64::new(1),
+                scheme,
+            }),
+        })
+    }
+
+    /// The address the relay listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The base URL agents and senders use to reach this relay.
+    pub fn base_url(&self) -> String {
+        match &self.shared.config.public_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!("{}://{}", self.shared.scheme, self.local_addr),
+        }
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets
+    /// in-flight exchanges finish (up to [`DRAIN_TIMEOUT`]) and closes every
+    /// agent link.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let Relay {
+            listener, shared, ..
+        } = self;
+        let tls = shared.config.tls.clone().map(TlsAcceptor::from);
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(64 * 1024);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            .max_header_list_size(64 * 1024);
+        let builder = Arc::new(builder);
+        let graceful = GracefulShutdown::new();
+        tokio::pin!(shutdown);
+
+        loop {
+            let (stream, remote) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off
+                        // instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let shared = shared.clone();
+            let builder = builder.clone();
+            let tls = tls.clone();
+            let watcher = graceful.watcher();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let shared = shared.clone();
+                    async move { Ok::<_, std::convert::Infallible>(route(shared, remote, req).await) }
+                });
+                let result = match tls {
+                    Some(acceptor) => {
+                        let tls_stream = match tokio::time::timeout(
+                            TLS_HANDSHAKE_TIMEOUT,
+                            acceptor.accept(stream),
+                        )
+                        .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%remote, "TLS handshake failed: {e}");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                        let conn = builder
+                            .serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
+                        watcher.watch(conn.into_owned()).await
+                    }
+                    None => {
+                        let conn =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        watcher.watch(conn.into_owned()).await
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::debug!(%remote, "connection ended: {e}");
+                }
+            });
+        }
+
+        drop(listener);
+        tracing::info!("relay stopping: draining in-flight exchanges");
+        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain timed out after {DRAIN_TIMEOUT:?}");
+        }
+        let sessions: Vec<Session> = shared
+            .tunnels
+            .lock()
+            .expect("tunnel map lock")
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
+        for s in sessions {
+            s.closed.cancel();
+        }
+        Ok(())
+    }
+}
+
+async fn route(shared: Arc<Shared>, remote: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    if path == AGENT_PATH {
+        agents::upgrade(shared, req).await
+    } else if path.starts_with("/t/") {
+        public::forward(shared, remote, req).await
+    } else if path == "/_whtunnel/health" {
+        text(StatusCode::OK, "ok")
+    } else {
+        text(
+            StatusCode::NOT_FOUND,
+            "whtunnel relay: webhooks go to /t/<tunnel-name>/...",
+        )
+    }
+}
+
+/// A plain-text answer with a one-line reason.
+pub(crate) fn text(status: StatusCode, reason: &str) -> Response<Body> {
+    use http_body_util::{BodyExt, Full};
+    let body = Full::new(bytes::Bytes::from(format!("{reason}\n")))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(body)
+        .expect("static response parts are valid")
+}

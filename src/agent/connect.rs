@@ -1,0 +1,224 @@
+//! Opening the agent's link: TCP, TLS for `wss://`, and the authenticated
+//! websocket upgrade. A refusal from the relay is told apart from a network
+//! failure, because only the latter is worth retrying.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{header, HeaderValue, StatusCode, Uri};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::tunnel::protocol::{
+    AGENT_PATH, HDR_NAME, HDR_PROTOCOL, HDR_PUBLIC_URL, HDR_TAKEOVER, PROTOCOL_VERSION,
+};
+use crate::tunnel::ws_io::ws_config;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Any byte stream the websocket can run on (plain TCP or TLS).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// The agent's websocket, over TCP or TLS.
+pub type WsStream = WebSocketStream<Box<dyn Io>>;
+
+/// A relay's address, as given to `--relay`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayUrl {
+    tls: bool,
+    host: String,
+    port: u16,
+    base_path: String,
+}
+
+/// A `--relay` value that cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid relay URL '{0}': use http(s)://host[:port] or ws(s)://host[:port]")]
+pub struct RelayUrlError(String);
+
+impl std::str::FromStr for RelayUrl {
+    type Err = RelayUrlError;
+
+    fn from_str(s: &str) -> Result<Self, RelayUrlError> {
+        let err = || RelayUrlError(s.to_string());
+        let uri: Uri = s.trim().parse().map_err(|_| err())?;
+        let tls = match uri.scheme_str() {
+            Some("http" | "ws") => false,
+            Some("https" | "wss") => true,
+            _ => return Err(err()),
+        };
+        let auth = uri.authority().ok_or_else(err)?;
+        if auth.as_str().contains('@') || auth.host().is_empty() {
+            return Err(err());
+        }
+        Ok(RelayUrl {
+            tls,
+            host: auth.host().trim_matches(['[', ']']).to_string(),
+            port: auth.port_u16().unwrap_or(if tls { 443 } else { 80 }),
+            base_path: uri.path().trim_end_matches('/').to_string(),
+        })
+    }
+}
+
+impl RelayUrl {
+    /// The websocket URL of the relay's agent endpoint.
+    pub fn agent_url(&self) -> String {
+        let scheme = if self.tls { "wss" } else { "ws" };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!(
+            "{scheme}://{host}:{}{}{AGENT_PATH}",
+            self.port, self.base_path
+        )
+    }
+
+    /// True for `https://` / `wss://`.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+}
+
+/// How the agent reaches its relay.
+#[derive(Clone)]
+pub struct AgentConfig {
+    /// The relay.
+    pub relay: RelayUrl,
+    /// The token presented to the relay.
+    pub token: String,
+    /// The tunnel name to hold.
+    pub name: String,
+    /// Take the name over from another agent holding it.
+    pub takeover: bool,
+    /// TLS settings for `wss://` relays.
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+/// Why a connection attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The relay answered and said no; do not retry.
+    #[error("{0}")]
+    Refused(String),
+    /// The relay could not be reached or the link broke; retry.
+    #[error("{0}")]
+    Network(String),
+}
+
+/// An established link.
+pub struct Link {
+    /// The websocket.
+    pub ws: WsStream,
+    /// The tunnel's public URL, as the relay announced it.
+    pub public_url: String,
+}
+
+/// Opens one link to the relay.
+pub async fn connect(config: &AgentConfig) -> Result<Link, ConnectError> {
+    let relay = &config.relay;
+    let net = |what: &str, e: &dyn std::fmt::Display| {
+        ConnectError::Network(format!("{what} {}:{}: {e}", relay.host, relay.port))
+    };
+    let tcp = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        TcpStream::connect((relay.host.as_str(), relay.port)),
+    )
+    .await
+    .map_err(|_| net("timed out connecting to", &"no answer"))?
+    .map_err(|e| net("cannot connect to relay", &e))?;
+    let _ = tcp.set_nodelay(true);
+    let stream: Box<dyn Io> = if relay.tls {
+        let name = rustls_pki_types::ServerName::try_from(relay.host.clone())
+            .map_err(|e| ConnectError::Refused(format!("invalid relay host name: {e}")))?;
+        let tls = tokio_rustls::TlsConnector::from(config.tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| net("TLS handshake failed with", &e))?;
+        Box::new(tls)
+    } else {
+        Box::new(tcp)
+    };
+
+    let mut req = relay
+        .agent_url()
+        .into_client_request()
+        .map_err(|e| ConnectError::Refused(format!("invalid relay URL: {e}")))?;
+    let h = req.headers_mut();
+    h.insert(HDR_PROTOCOL, HeaderValue::from(PROTOCOL_VERSION));
+    h.insert(
+        HDR_NAME,
+        HeaderValue::from_str(&config.name)
+            .map_err(|_| ConnectError::Refused("invalid tunnel name".into()))?,
+    );
+    if config.takeover {
+        h.insert(HDR_TAKEOVER, HeaderValue::from_static("1"));
+    }
+    let mut auth = HeaderValue::from_str(&format!("Bearer {}", config.token)).map_err(|_| {
+        ConnectError::Refused("the token contains characters not allowed in a header".into())
+    })?;
+    auth.set_sensitive(true);
+    h.insert(header::AUTHORIZATION, auth);
+
+    let handshake = tokio_tungstenite::client_async_with_config(req, stream, Some(ws_config()));
+    let (ws, resp) = match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
+        Err(_) => {
+            return Err(net(
+                "timed out in the websocket handshake with",
+                &"no answer",
+            ))
+        }
+        Ok(Ok(pair)) => pair,
+        Ok(Err(WsError::Http(resp))) => {
+            let status = resp.status();
+            let body = resp
+                .body()
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(b).trim().to_string())
+                .filter(|b| !b.is_empty())
+                .unwrap_or_else(|| status.to_string());
+            let msg = format!("relay refused the agent ({}): {body}", status.as_u16());
+            return Err(match status {
+                StatusCode::UNAUTHORIZED
+                | StatusCode::FORBIDDEN
+                | StatusCode::CONFLICT
+                | StatusCode::BAD_REQUEST
+                | StatusCode::NOT_FOUND => ConnectError::Refused(msg),
+                _ => ConnectError::Network(msg),
+            });
+        }
+        Ok(Err(e)) => return Err(net("websocket handshake failed with", &e)),
+    };
+    let public_url = resp
+        .headers()
+        .get(HDR_PUBLIC_URL)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("(the relay did not say; tunnel '{}')", config.name));
+    Ok(Link { ws, public_url })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_urls() {
+        let r: RelayUrl = "https://relay.example.com".parse().unwrap();
+        assert_eq!(r.agent_url(), "wss://relay.example.com:443/_whtunnel/agent");
+        let r: RelayUrl = "http://127.0.0.1:8787/".parse().unwrap();
+        assert_eq!(r.agent_url(), "ws://127.0.0.1:8787/_whtunnel/agent");
+        let r: RelayUrl = "ws://[::1]:9/base".parse().unwrap();
+        assert_eq!(r.agent_url(), "ws://[::1]:9/base/_whtunnel/agent");
+        let r: RelayUrl = "wss://h:1".parse().unwrap();
+        assert!(r.is_tls());
+        for bad in ["relay.example.com", "ftp://x", "http://", "http://u@h"] {
+            assert!(bad.parse::<RelayUrl>().is_err(), "{bad}");
+        }
+    }
+}

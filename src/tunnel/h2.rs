@@ -1,0 +1,55 @@
+//! HTTP/2 settings for the tunnel, shared by both ends so that windows,
+//! stream caps and keepalive always match.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+/// Boxed error used in streamed bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type that crosses the tunnel in both directions.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Both ends ping this often...
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// ...and drop the link when a ping is not answered within this, so a dead
+/// peer is noticed within 13 s.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(8);
+/// Exchanges in flight on one tunnel; more wait for a free stream.
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Per-stream receive window: how much of one body may be in flight unread.
+pub const STREAM_WINDOW: u32 = 1024 * 1024;
+/// Per-connection receive window: caps what one tunnel buffers in total.
+pub const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+/// Largest header block accepted on the tunnel (the relay's public side
+/// enforces its own, smaller limit first).
+pub const MAX_HEADER_LIST: u32 = 256 * 1024;
+
+/// The relay's side: an HTTP/2 client that sends public requests to the agent.
+pub fn client_builder() -> hyper::client::conn::http2::Builder<TokioExecutor> {
+    let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(MAX_HEADER_LIST);
+    b
+}
+
+/// The agent's side: an HTTP/2 server answering the relay's requests.
+pub fn server_builder() -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(MAX_HEADER_LIST);
+    b
+}

@@ -1,0 +1,201 @@
+//! The wire protocol between relay and agent, as pure data: the upgrade
+//! handshake's headers, tunnel names, and the per-request metadata the relay
+//! attaches for the agent. No I/O here; `docs/protocol.md` describes the same.
+
+use serde::{Deserialize, Serialize};
+
+/// Path on the relay where agents open their websocket.
+pub const AGENT_PATH: &str = "/_whtunnel/agent";
+/// Version of this protocol; agent and relay must speak the same one.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Upgrade request header carrying [`PROTOCOL_VERSION`].
+pub const HDR_PROTOCOL: &str = "whtunnel-protocol";
+/// Upgrade request header naming the tunnel the agent wants to hold.
+pub const HDR_NAME: &str = "whtunnel-name";
+/// Upgrade request header asking to take over a name another agent holds.
+pub const HDR_TAKEOVER: &str = "whtunnel-takeover";
+/// 101 response header carrying the tunnel's public URL.
+pub const HDR_PUBLIC_URL: &str = "whtunnel-public-url";
+/// Per-request header carrying [`RequestMeta`] as JSON, relay to agent.
+pub const HDR_META: &str = "whtunnel-meta";
+/// Response header the agent sets on answers it made itself (app down,
+/// timeout), so the relay and the capture can tell them from the app's.
+pub const HDR_ERROR: &str = "whtunnel-error";
+/// Response header on a `202 Accepted` for a held event.
+pub const HDR_EVENT_ID: &str = "whtunnel-event-id";
+
+/// Longest tunnel name accepted (a DNS label, so names can become subdomains).
+pub const MAX_NAME_LEN: usize = 63;
+
+/// True when `name` is a valid tunnel name: 1 to 63 of `a-z`, `0-9`, `-`,
+/// not starting or ending with `-`.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Makes a fresh unguessable tunnel name: 128 random bits, base32 (26 chars).
+pub fn generate_name() -> String {
+    let bytes: [u8; 16] = rand::random();
+    data_encoding::BASE32_DNSSEC.encode(&bytes)
+}
+
+/// Headers that describe one hop, not the message: never forwarded
+/// (RFC 9110 §7.6.1), though kept in the capture.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    const HOP: [&str; 8] = [
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-connection",
+        "http2-settings",
+    ];
+    let lower = name.to_ascii_lowercase();
+    HOP.contains(&lower.as_str()) || lower.starts_with("proxy-")
+}
+
+/// Splits a public request path `/t/<name>/<rest>?<query>` into the tunnel
+/// name and what the app sees (`/<rest>?<query>`). The name is taken from the
+/// raw, undecoded path, so `%2f` or `..` can never point at another tunnel.
+pub fn split_public_path(path_and_query: &str) -> Option<(&str, String)> {
+    let rest = path_and_query.strip_prefix("/t/")?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (name, tail) = rest.split_at(end);
+    if !is_valid_name(name) {
+        return None;
+    }
+    let app_path = if tail.starts_with('/') {
+        tail.to_string()
+    } else {
+        format!("/{tail}")
+    };
+    Some((name, app_path))
+}
+
+/// What the relay knows about a request that the agent needs and HTTP/2
+/// cannot carry: the hop-level facts and the original hop-by-hop headers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RequestMeta {
+    /// Sender's socket address as the relay saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_addr: Option<String>,
+    /// `http` or `https`: the scheme the sender used.
+    pub proto: String,
+    /// The Host header the sender sent, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// When the relay received the request, milliseconds since the Unix epoch.
+    pub received_at_ms: i64,
+    /// How long the relay waits for the response head, in milliseconds. The
+    /// agent gives up just before, so it can record the 504 itself.
+    pub timeout_ms: u64,
+    /// Hop-by-hop headers the relay received but does not forward, for the
+    /// capture.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hop_headers: Vec<(String, String)>,
+    /// Held-event id, when this request was held while the agent was away.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    /// Delivery attempt of a held event, starting at 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+}
+
+impl RequestMeta {
+    /// Encodes the metadata for the [`HDR_META`] header.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("RequestMeta serialises")
+    }
+
+    /// Decodes the [`HDR_META`] header.
+    pub fn decode(value: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(is_valid_name("my-hooks"));
+        assert!(is_valid_name("a"));
+        assert!(!is_valid_name(""));
+        assert!(!is_valid_name("-a"));
+        assert!(!is_valid_name("a-"));
+        assert!(!is_valid_name("UPPER"));
+        assert!(!is_valid_name("a.b"));
+        assert!(!is_valid_name(&"a".repeat(64)));
+        let n = generate_name();
+        assert_eq!(n.len(), 26);
+        assert!(is_valid_name(&n), "{n}");
+        assert_ne!(n, generate_name());
+    }
+
+    #[test]
+    fn public_paths() {
+        assert_eq!(split_public_path("/t/abc"), Some(("abc", "/".into())));
+        assert_eq!(split_public_path("/t/abc/"), Some(("abc", "/".into())));
+        assert_eq!(
+            split_public_path("/t/abc/a/b?x=1"),
+            Some(("abc", "/a/b?x=1".into()))
+        );
+        assert_eq!(
+            split_public_path("/t/abc?x=1"),
+            Some(("abc", "/?x=1".into()))
+        );
+        assert_eq!(
+            split_public_path("/t/abc//x/../y"),
+            Some(("abc", "//x/../y".into()))
+        );
+        // Encoded separators stay inside the name segment, which then fails
+        // validation instead of routing elsewhere.
+        assert_eq!(split_public_path("/t/abc%2f..%2fother/x"), None);
+        assert_eq!(split_public_path("/t/%2e%2e/x"), None);
+        assert_eq!(split_public_path("/t/../x"), None);
+        assert_eq!(split_public_path("/x/abc"), None);
+        assert_eq!(split_public_path("/t/"), None);
+    }
+
+    #[test]
+    fn hop_by_hop() {
+        for h in [
+            "Connection",
+            "keep-alive",
+            "TE",
+            "Transfer-Encoding",
+            "Proxy-Authorization",
+            "upgrade",
+        ] {
+            assert!(is_hop_by_hop(h), "{h}");
+        }
+        for h in ["content-type", "content-length", "host", "x-signature"] {
+            assert!(!is_hop_by_hop(h), "{h}");
+        }
+    }
+
+    #[test]
+    fn meta_round_trip() {
+        let m = RequestMeta {
+            remote_addr: Some("127.0.0.1:5000".into()),
+            proto: "https".into(),
+            host: Some("example.com".into()),
+            received_at_ms: 1_700_000_000_000,
+            timeout_ms: 30_000,
+            hop_headers: vec![("connection".into(), "close".into())],
+            event_id: None,
+            attempt: None,
+        };
+        assert_eq!(RequestMeta::decode(m.encode().as_bytes()).unwrap(), m);
+        assert!(RequestMeta::decode(b"{").is_err());
+    }
+}

@@ -1,0 +1,314 @@
+//! Shared test harness: a real local app, an in-process relay and agent,
+//! and a plain HTTP client. Everything binds 127.0.0.1 port 0.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use whtunnel::agent::{self, AgentConfig, ConnectionStatus};
+use whtunnel::capture::{BodyLimits, Recorder};
+use whtunnel::forward::{Forwarder, ForwarderConfig, HostHeader, Target};
+use whtunnel::relay::{Relay, RelayConfig, Tokens};
+use whtunnel::tunnel::tls;
+
+pub const TOKEN: &str = "test-token";
+
+/// One request as the app saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    pub uri: String,
+    pub headers: HeaderMap,
+    /// Body bytes, kept only when small (see `App`).
+    pub body: Bytes,
+    pub body_len: u64,
+    pub body_sha256: [u8; 32],
+}
+
+/// A local app. Behaviour is chosen by request headers:
+/// `x-test-delay-ms` sleeps before answering, `x-test-status` sets the
+/// status; it answers with the request body echoed and `x-app: yes`.
+pub struct App {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    stop: CancellationToken,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+const KEEP_BODY: u64 = 16 * 1024 * 1024;
+
+async fn app_handle(seen: Arc<Mutex<Vec<Seen>>>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, mut body) = req.into_parts();
+    let mut hasher = Sha256::new();
+    let mut kept = Vec::new();
+    let mut len = 0u64;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { break };
+        if let Some(d) = frame.data_ref() {
+            hasher.update(d);
+            len += d.len() as u64;
+            if len <= KEEP_BODY {
+                kept.extend_from_slice(d);
+            }
+        }
+    }
+    let body = Bytes::from(kept);
+    seen.lock().unwrap().push(Seen {
+        method: parts.method.clone(),
+        uri: parts.uri.to_string(),
+        headers: parts.headers.clone(),
+        body: body.clone(),
+        body_len: len,
+        body_sha256: hasher.finalize().into(),
+    });
+    if let Some(ms) = parts
+        .headers
+        .get("x-test-delay-ms")
+        .and_then(|v| v.to_str().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+    }
+    let status = parts
+        .headers
+        .get("x-test-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200u16);
+    let echo = if len > KEEP_BODY {
+        Bytes::from(format!("{len}"))
+    } else {
+        body
+    };
+    Response::builder()
+        .status(status)
+        .header("x-app", "yes")
+        .header("x-multi", "one")
+        .header("x-multi", "two")
+        .header("content-type", "application/octet-stream")
+        .body(Full::new(echo))
+        .unwrap()
+}
+
+impl App {
+    pub async fn start() -> App {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let (s, st) = (seen.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    r = listener.accept() => r.unwrap(),
+                    () = st.cancelled() => return,
+                };
+                let s = s.clone();
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let s = s.clone();
+                        async move { Ok::<_, Infallible>(app_handle(s, req).await) }
+                    });
+                    // Stopping the app closes its open connections too, so
+                    // "app down" is real even for pooled keep-alive links.
+                    tokio::select! {
+                        _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc) => {}
+                        () = st.cancelled() => {}
+                    }
+                });
+            }
+        });
+        App { addr, seen, stop }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// A running relay.
+pub struct RelayHandle {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub stop: CancellationToken,
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl RelayHandle {
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+pub fn relay_config(addr: &str) -> RelayConfig {
+    RelayConfig::new(addr.parse().unwrap(), Tokens::new([TOKEN]))
+}
+
+pub async fn start_relay(config: RelayConfig) -> RelayHandle {
+    let relay = Relay::bind(config).await.unwrap();
+    let addr = relay.local_addr();
+    let base = relay.base_url();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(relay.run(stop.clone().cancelled_owned()));
+    RelayHandle {
+        addr,
+        base,
+        stop,
+        task,
+    }
+}
+
+/// A running agent.
+pub struct AgentHandle {
+    pub status: watch::Receiver<ConnectionStatus>,
+    pub stop: CancellationToken,
+    pub task: tokio::task::JoinHandle<Result<(), agent::AgentError>>,
+    pub public_url: String,
+}
+
+impl Drop for AgentHandle {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+pub struct AgentOptions {
+    pub name: String,
+    pub token: String,
+    pub target: String,
+    pub host_header: HostHeader,
+    pub recorder: Option<Recorder>,
+    pub data_dir: Option<std::path::PathBuf>,
+    pub ca: Option<std::path::PathBuf>,
+}
+
+impl AgentOptions {
+    pub fn new(name: &str, app: &App) -> Self {
+        AgentOptions {
+            name: name.into(),
+            token: TOKEN.into(),
+            target: app.addr.to_string(),
+            host_header: HostHeader::Preserve,
+            recorder: None,
+            data_dir: None,
+            ca: None,
+        }
+    }
+}
+
+/// Starts an agent and waits until it is connected (or refused).
+pub async fn start_agent(relay_base: &str, opts: AgentOptions) -> AgentHandle {
+    let spill = opts
+        .data_dir
+        .clone()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("bodies");
+    let forwarder = Forwarder::new(ForwarderConfig {
+        target: opts.target.parse::<Target>().unwrap(),
+        host_header: opts.host_header,
+        recorder: opts.recorder,
+        body_limits: BodyLimits {
+            in_memory: 256 * 1024,
+            max_capture: 25 << 20,
+            spill_dir: spill,
+        },
+    });
+    let config = AgentConfig {
+        relay: relay_base.parse().unwrap(),
+        token: opts.token,
+        name: opts.name,
+        takeover: false,
+        tls: tls::client_config(opts.ca.as_deref()).unwrap(),
+    };
+    let (tx, mut rx) = watch::channel(ConnectionStatus::Connecting);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(agent::run(config, forwarder, tx, stop.clone()));
+    let status = rx.clone();
+    let public_url = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match &*rx.borrow_and_update() {
+                ConnectionStatus::Connected { public_url } => return public_url.clone(),
+                ConnectionStatus::Refused { reason } => return format!("refused: {reason}"),
+                _ => {}
+            }
+            rx.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("agent connected within 10 s");
+    AgentHandle {
+        status,
+        stop,
+        task,
+        public_url,
+    }
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// Sends a request; returns status, headers and the whole body.
+pub async fn send(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> (StatusCode, HeaderMap, Bytes) {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client()
+        .request(req.body(Full::new(body.into())).unwrap())
+        .await
+        .expect("request sent");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body read").to_bytes();
+    (parts.status, parts.headers, body)
+}
+
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// Resident set size of this process, in KiB.
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_whtunnel")
+}
+
+pub fn write_file(path: &Path, data: &str) {
+    std::fs::write(path, data).unwrap();
+}

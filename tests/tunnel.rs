@@ -1,0 +1,326 @@
+//! End-to-end tests of the tunnel core: a real relay, agent and local app on
+//! loopback, port 0.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http::{Method, StatusCode};
+
+#[tokio::test]
+async fn round_trip_preserves_request_and_response() {
+    let app = App::start().await;
+    let relay = start_relay(relay_config("127.0.0.1:0")).await;
+    let agent = start_agent(&relay.base, AgentOptions::new("rt", &app)).await;
+    assert_eq!(agent.public_url, format!("{}/t/rt", relay.base));
+
+    // Bytes that are not UTF-8 and would not survive a text round trip.
+    let body: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    let (status, headers, resp_body) = send(
+        Method::POST,
+        &format!("{}/t/rt/hooks/stripe?key=abc&x=%2F1", relay.base),
+        &[
+            ("content-type", "application/json"),
+            ("x-signature", "t=1,v1=deadbeef"),
+            ("x-dup", "first"),
+            ("x-dup", "second"),
+            ("connection", "keep-alive, x-hop-only"),
+            ("x-hop-only", "drop me"),
+            ("keep-alive", "timeout=5"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-test-status", "201"),
+        ],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(
+        resp_body.as_ref(),
+        body.as_slice(),
+        "response body unchanged"
+    );
+    assert_eq!(headers["x-app"], "yes");
+    let multi: Vec<_> = headers.get_all("x-multi").iter().collect();
+    assert_eq!(
+        multi,
+        ["one", "two"],
+        "duplicate response headers kept in order"
+    );
+
+    let seen = app.seen();
+    assert_eq!(seen.len(), 1);
+    let s = &seen[0];
+    assert_eq!(s.method, Method::POST);
+    assert_eq!(s.uri, "/hooks/stripe?key=abc&x=%2F1");
+    assert_eq!(s.body.as_ref(), body.as_slice(), "request body byte-exact");
+    assert_eq!(s.headers["content-type"], "application/json");
+    assert_eq!(s.headers["x-signature"], "t=1,v1=deadbeef");
+    let dups: Vec<_> = s.headers.get_all("x-dup").iter().collect();
+    assert_eq!(dups, ["first", "second"]);
+    for hop in [
+        "connection",
+        "x-hop-only",
+        "keep-alive",
+        "transfer-encoding",
+    ] {
+        assert!(!s.headers.contains_key(hop), "{hop} must not be forwarded");
+    }
+    assert_eq!(s.headers["content-length"], body.len().to_string());
+    assert_eq!(s.headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(s.headers["x-forwarded-proto"], "http");
+    assert_eq!(s.headers["x-forwarded-host"], relay.addr.to_string());
+    assert_eq!(s.headers["host"], relay.addr.to_string(), "Host preserved");
+    assert!(!s.headers.contains_key("whtunnel-meta"));
+
+    for method in [
+        Method::GET,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::HEAD,
+        Method::OPTIONS,
+    ] {
+        let (status, _, _) = send(
+            method.clone(),
+            &format!("{}/t/rt/m", relay.base),
+            &[("x-test-status", "202")],
+            if method == Method::GET || method == Method::HEAD {
+                Bytes::new()
+            } else {
+                Bytes::from_static(b"{}")
+            },
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{method}");
+        assert_eq!(app.seen().last().unwrap().method, method);
+    }
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn host_header_can_be_rewritten() {
+    let app = App::start().await;
+    let relay = start_relay(relay_config("127.0.0.1:0")).await;
+    let mut opts = AgentOptions::new("hh", &app);
+    opts.host_header = "rewrite".parse().unwrap();
+    let _agent = start_agent(&relay.base, opts).await;
+    send(
+        Method::GET,
+        &format!("{}/t/hh/", relay.base),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(app.seen()[0].headers["host"], app.addr.to_string());
+    assert_eq!(
+        app.seen()[0].headers["x-forwarded-host"],
+        relay.addr.to_string()
+    );
+}
+
+#[tokio::test]
+async fn target_base_path_is_prefixed() {
+    let app = App::start().await;
+    let relay = start_relay(relay_config("127.0.0.1:0")).await;
+    let mut opts = AgentOptions::new("base", &app);
+    opts.target = format!("http://{}/api/v1", app.addr);
+    let _agent = start_agent(&relay.base, opts).await;
+    send(
+        Method::POST,
+        &format!("{}/t/base/a/b?x=1", relay.base),
+        &[],
+        "{}",
+    )
+    .await;
+    assert_eq!(app.seen()[0].uri, "/api/v1/a/b?x=1");
+}
+
+#[tokio::test]
+async fn concurrent_slow_requests_do_not_block_each_other() {
+    let app = App::start().await;
+    let relay = start_relay(relay_config("127.0.0.1:0")).await;
+    let _agent = start_agent(&relay.base, AgentOptions::new("par", &app)).await;
+    let url = format!("{}/t/par/slow", relay.base);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                send(
+                    Method::POST,
+                    &url,
+                    &[("x-test-delay-ms", "1000")],
+                    format!("req {i}"),
+                )
+                .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (status, _, body) = t.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.starts_with(b"req "));
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(app.seen().len(), 16);
+    // Serialised, this takes 16 s; multiplexed, about 1 s.
+    assert!(
+        elapsed < Duration::from_millis(2500),
+        "16 x 1 s took {elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn errors_the_sender_sees() {
+    let app = App::start().await;
+    let mut config = relay_config("127.0.0.1:0");
+    config.response_timeout = Duration::from_millis(800);
+    config.max_body = 1000;
+    let relay = start_relay(config).await;
+    let _agent = start_agent(&relay.base, AgentOptions::new("err", &app)).await;
+
+    // Unknown tunnel: 404, and the same text whatever the name.
+    let (s1, _, b1) = send(
+        Method::POST,
+        &format!("{}/t/nobody/x", relay.base),
+        &[],
+        "{}",
+    )
+    .await;
+    let (s2, _, b2) = send(
+        Method::POST,
+        &format!("{}/t/Not%2FValid/x", relay.base),
+        &[],
+        "{}",
+    )
+    .await;
+    assert_eq!(s1, StatusCode::NOT_FOUND);
+    assert_eq!(s2, StatusCode::NOT_FOUND);
+    assert_eq!(b1, b2);
+    assert!(std::str::from_utf8(&b1)
+        .unwrap()
+        .contains("no agent is connected"));
+
+    // Slow app: 504 with a reason.
+    let (s, _, b) = send(
+        Method::POST,
+        &format!("{}/t/err/slow", relay.base),
+        &[("x-test-delay-ms", "3000")],
+        "{}",
+    )
+    .await;
+    assert_eq!(s, StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        std::str::from_utf8(&b).unwrap().contains("did not answer"),
+        "{b:?}"
+    );
+
+    // Body over the limit by one byte: 413, not forwarded.
+    let before = app.seen().len();
+    let (s, _, b) = send(
+        Method::POST,
+        &format!("{}/t/err/big", relay.base),
+        &[],
+        vec![b'x'; 1001],
+    )
+    .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(std::str::from_utf8(&b).unwrap().contains("limit"));
+    let (s, _, _) = send(
+        Method::POST,
+        &format!("{}/t/err/ok", relay.base),
+        &[],
+        vec![b'x'; 1000],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "exactly at the limit passes");
+    assert_eq!(
+        app.seen().len(),
+        before + 1,
+        "the oversized body was not forwarded"
+    );
+    assert!(app.seen().iter().all(|r| r.body_len != 1001));
+
+    // App down: 502 with a reason; the agent survives it.
+    drop(app);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (s, h, b) = send(
+        Method::POST,
+        &format!("{}/t/err/down", relay.base),
+        &[],
+        "{}",
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY);
+    assert_eq!(h["whtunnel-error"], "app-unreachable");
+    let text = std::str::from_utf8(&b).unwrap();
+    assert!(
+        text.contains("could not connect to the app") && text.contains("running"),
+        "{text}"
+    );
+    let app = App::start().await;
+    let _ = app; // a new app on another port; the agent still answers:
+    let (s, _, _) = send(
+        Method::POST,
+        &format!("{}/t/err/down", relay.base),
+        &[],
+        "{}",
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test]
+async fn chunked_body_over_the_limit_gets_413() {
+    use futures_util::stream;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+
+    let app = App::start().await;
+    let mut config = relay_config("127.0.0.1:0");
+    config.max_body = 64 * 1024;
+    let relay = start_relay(config).await;
+    let _agent = start_agent(&relay.base, AgentOptions::new("chunk", &app)).await;
+
+    // No Content-Length: the relay only finds out while streaming.
+    let chunks =
+        (0..20).map(|_| Ok::<_, std::io::Error>(Frame::data(Bytes::from(vec![b'a'; 8192]))));
+    let body = StreamBody::new(stream::iter(chunks));
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let req = http::Request::post(format!("{}/t/chunk/x", relay.base))
+        .body(body)
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // Whatever reached the app was cut short, never a complete 160 KiB body.
+    assert!(app.seen().iter().all(|s| s.body_len < 160 * 1024));
+}
+
+#[tokio::test]
+async fn eight_mib_body_arrives_byte_exact() {
+    let app = App::start().await;
+    let relay = start_relay(relay_config("127.0.0.1:0")).await;
+    let _agent = start_agent(&relay.base, AgentOptions::new("big", &app)).await;
+    let body: Vec<u8> = (0..8 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let (status, _, echoed) = send(
+        Method::POST,
+        &format!("{}/t/big/upload", relay.base),
+        &[],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = app.seen();
+    assert_eq!(seen[0].body_len, body.len() as u64);
+    assert_eq!(seen[0].body_sha256, sha256(&body));
+    assert_eq!(
+        sha256(&echoed),
+        sha256(&body),
+        "8 MiB response byte-exact too"
+    );
+}
