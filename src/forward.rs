@@ -115,11 +115,11 @@ impl Target {
         } else {
             format!("/{path_and_query}")
         };
-        Ok(Uri::builder()
+        Uri::builder()
             .scheme("http")
             .authority(self.authority.as_str())
             .path_and_query(format!("{}{pq}", self.base_path))
-            .build()?)
+            .build()
     }
 }
 
@@ -335,6 +335,14 @@ impl Forwarder {
         Option<oneshot::Receiver<Option<ExchangeId>>>,
     ) {
         let cfg = &self.inner.config;
+        let Ok(uri) = self.target().uri_for(path) else {
+            let resp = error_response(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                "whtunnel: malformed request path",
+            );
+            return (resp, None);
+        };
         let (body, req_done) = match &cfg.recorder {
             Some(_) => {
                 let (b, rx) = capture::tee(body, &cfg.body_limits);
@@ -342,73 +350,56 @@ impl Forwarder {
             }
             None => (body, None),
         };
-        let uri = match self.target().uri_for(path) {
-            Ok(u) => u,
-            Err(_) => {
-                let resp = error_response(
-                    StatusCode::BAD_REQUEST,
-                    "bad-request",
-                    "whtunnel: malformed request path",
-                );
-                return (resp, None);
-            }
-        };
         let mut out = Request::new(body);
         *out.method_mut() = method;
         *out.uri_mut() = uri;
         *out.headers_mut() = headers;
 
+        // If the relay cancels the stream (sender gone, relay timeout) this
+        // future is dropped mid-await; the guard still records the exchange.
+        let mut guard = CancelGuard {
+            armed: cfg
+                .recorder
+                .clone()
+                .map(|r| (r, pending, self.target().to_string(), req_done)),
+        };
         let result = tokio::time::timeout(timeout, self.inner.client.request(out)).await;
+        let recording = guard.armed.take();
+
         let (resp, error) = match result {
             Ok(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
                 let app_headers = headers_to_vec(&parts.headers);
                 remove_hop_by_hop(&mut parts.headers);
                 let body = body.map_err(BoxError::from).boxed_unsync();
-                let Some(recorder) = cfg.recorder.clone() else {
+                let Some((recorder, pending, target, req_done)) = recording else {
                     return (Response::from_parts(parts, body), None);
                 };
                 let (body, resp_done) = capture::tee(body, &cfg.body_limits);
-                let status = parts.status.as_u16();
                 let (id_tx, id_rx) = oneshot::channel();
                 tokio::spawn(record(
                     recorder,
                     pending,
-                    self.target().to_string(),
+                    target,
                     req_done,
-                    Some((status, app_headers, resp_done)),
+                    Some((parts.status.as_u16(), app_headers, resp_done)),
                     None,
                     id_tx,
                 ));
-                return (
-                    Response::from_parts(parts, body.boxed_unsync()),
-                    Some(id_rx),
-                );
+                let resp = Response::from_parts(parts, body.boxed_unsync());
+                return (resp, Some(id_rx));
             }
             Ok(Err(e)) => {
                 let reason = describe_client_error(&e, self.target());
-                (
-                    error_response(StatusCode::BAD_GATEWAY, "app-unreachable", &reason),
-                    reason,
-                )
+                let resp = error_response(StatusCode::BAD_GATEWAY, "app-unreachable", &reason);
+                (resp, reason)
             }
-            Err(_) => {
-                let reason = format!(
-                    "whtunnel: the app at {} did not answer within {:.1}s",
-                    self.target(),
-                    timeout.as_secs_f64()
-                );
-                (
-                    error_response(StatusCode::GATEWAY_TIMEOUT, "app-timeout", &reason),
-                    reason,
-                )
-            }
+            Err(_) => timeout_response(self.target(), timeout),
         };
-        let Some(recorder) = cfg.recorder.clone() else {
+        let Some((recorder, pending, target, req_done)) = recording else {
             return (resp, None);
         };
-        let status = resp.status().as_u16();
-        let resp_headers = headers_to_vec(resp.headers());
+        // The answer whtunnel made itself is recorded as the response.
         let body = Bytes::from(format!("{error}\n"));
         let (tx, rx) = oneshot::channel();
         let _ = tx.send(CapturedBody {
@@ -416,11 +407,13 @@ impl Forwarder {
             data: BodyData::Memory(body),
             truncated: false,
         });
+        let status = resp.status().as_u16();
+        let resp_headers = headers_to_vec(resp.headers());
         let (id_tx, id_rx) = oneshot::channel();
         tokio::spawn(record(
             recorder,
             pending,
-            self.target().to_string(),
+            target,
             req_done,
             Some((status, resp_headers, rx)),
             Some(error),
@@ -574,6 +567,50 @@ fn describe_client_error(e: &hyper_util::client::legacy::Error, target: &Target)
         format!("whtunnel: could not connect to the app at {target} ({cause}); is it running?")
     } else {
         format!("whtunnel: the app at {target} failed to answer ({cause})")
+    }
+}
+
+fn timeout_response(target: &Target, timeout: Duration) -> (Response<Body>, String) {
+    let reason = format!(
+        "whtunnel: the app at {target} did not answer within {:.1}s",
+        timeout.as_secs_f64()
+    );
+    (
+        error_response(StatusCode::GATEWAY_TIMEOUT, "app-timeout", &reason),
+        reason,
+    )
+}
+
+/// Records an exchange whose forwarding future was dropped before the app
+/// answered: the relay reset the stream because the sender went away or its
+/// own deadline passed.
+struct CancelGuard {
+    armed: Option<(
+        Recorder,
+        Pending,
+        String,
+        Option<oneshot::Receiver<CapturedBody>>,
+    )>,
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        let Some((recorder, pending, target, req_done)) = self.armed.take() else {
+            return;
+        };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (id_tx, _) = oneshot::channel();
+        handle.spawn(record(
+            recorder,
+            pending,
+            target,
+            req_done,
+            None,
+            Some("cancelled: the sender went away or the relay gave up waiting".into()),
+            id_tx,
+        ));
     }
 }
 

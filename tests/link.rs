@@ -215,7 +215,10 @@ async fn blackhole_proxy(
 #[tokio::test]
 async fn a_silent_peer_is_detected_within_15_seconds() {
     let app = App::start().await;
-    let relay = start_relay(relay_config("127.0.0.1:0")).await;
+    let mut config = relay_config("127.0.0.1:0");
+    // Probes sent to a link that is dying must not wait 30 s for an answer.
+    config.response_timeout = Duration::from_secs(1);
+    let relay = start_relay(config).await;
     let (proxy, cut) = blackhole_proxy(relay.addr).await;
     let agent = start_agent(&format!("http://{proxy}"), AgentOptions::new("quiet", &app)).await;
     let url = format!("{}/t/quiet/x", relay.base);
