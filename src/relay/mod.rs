@@ -7,6 +7,7 @@
 
 pub mod agents;
 pub mod auth;
+pub mod held;
 pub mod public;
 
 use std::collections::HashMap;

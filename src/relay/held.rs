@@ -1,0 +1,490 @@
+//! Held events: the relay's durable queue for webhooks that arrive while a
+//! known tunnel's agent is away. SQLite in WAL mode with `synchronous=FULL`,
+//! so a `202 Accepted` is only sent once the event would survive a crash or
+//! power loss. Bounded per tunnel by count, bytes and age.
+//!
+//! This module only stores; deciding when to hold and delivering held events
+//! is done by [`super::public`] and [`super::agents`]. Calls block on SQLite:
+//! callers run them on the blocking pool.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::tunnel::protocol::RequestMeta;
+
+/// Errors from the held-event store.
+#[derive(Debug, thiserror::Error)]
+pub enum HeldError {
+    /// The tunnel's queue is at one of its caps; the sender should retry later.
+    #[error("the tunnel's held-event queue is full ({0}); retry later")]
+    Full(&'static str),
+    /// SQLite failed (disk full, I/O error...).
+    #[error("held-event store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The data directory could not be prepared.
+    #[error("held-event store: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What a relay does with a known tunnel's webhooks while its agent is away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OfflinePolicy {
+    /// Store them and answer 202; deliver when the agent returns.
+    #[default]
+    Hold,
+    /// Answer 503 with Retry-After, leaving retries to the sender.
+    Reject,
+}
+
+impl std::str::FromStr for OfflinePolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "hold" => Ok(OfflinePolicy::Hold),
+            "reject" => Ok(OfflinePolicy::Reject),
+            other => Err(format!("'{other}' is not an offline policy (hold or reject)")),
+        }
+    }
+}
+
+impl OfflinePolicy {
+    fn as_str(self) -> &'static str {
+        match self {
+            OfflinePolicy::Hold => "hold",
+            OfflinePolicy::Reject => "reject",
+        }
+    }
+}
+
+/// Per-tunnel bounds on held events.
+#[derive(Debug, Clone, Copy)]
+pub struct Caps {
+    /// At most this many events per tunnel.
+    pub max_events: u64,
+    /// At most this many body bytes per tunnel.
+    pub max_bytes: u64,
+    /// Events older than this are deleted (and logged).
+    pub max_age: Duration,
+}
+
+impl Default for Caps {
+    /// 10,000 events, 1 GiB, 72 hours.
+    fn default() -> Self {
+        Caps {
+            max_events: 10_000,
+            max_bytes: 1 << 30,
+            max_age: Duration::from_secs(72 * 3600),
+        }
+    }
+}
+
+/// A request to hold.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// The event id (also sent to the sender in `whtunnel-event-id`).
+    pub event_id: String,
+    /// The tunnel it is for.
+    pub tunnel: String,
+    /// HTTP method.
+    pub method: String,
+    /// Path and query below the tunnel.
+    pub path: String,
+    /// Forwardable headers, in order.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The relay's metadata (hop headers, remote address, ...).
+    pub meta: RequestMeta,
+    /// The complete body.
+    pub body: Bytes,
+}
+
+/// A held event read back for delivery.
+#[derive(Debug, Clone)]
+pub struct HeldEvent {
+    /// Queue position (arrival order).
+    pub seq: i64,
+    /// Deliveries tried so far.
+    pub attempts: u32,
+    /// The event itself.
+    pub event: NewEvent,
+}
+
+/// Per-tunnel facts kept in memory so the request path does not query SQLite.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TunnelState {
+    /// Offline policy the agent asked for.
+    pub policy: OfflinePolicy,
+    /// Events stored or being stored.
+    pub pending: u64,
+    /// Body bytes stored.
+    pub bytes: u64,
+}
+
+/// The held-event store.
+pub struct HeldStore {
+    conn: Mutex<Connection>,
+    tunnels: Mutex<HashMap<String, TunnelState>>,
+    caps: Caps,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tunnels (
+    name TEXT PRIMARY KEY,
+    policy TEXT NOT NULL DEFAULT 'hold',
+    first_seen_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    tunnel TEXT NOT NULL,
+    received_at_ms INTEGER NOT NULL,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    meta TEXT NOT NULL,
+    body BLOB NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS events_by_tunnel ON events(tunnel, seq);
+";
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Headers are stored as JSON `[[name, base64(value)], ...]`: values are
+/// bytes, and base64 keeps them exact.
+fn encode_headers(h: &[(String, Vec<u8>)]) -> String {
+    use base64::Engine;
+    let list: Vec<(String, String)> = h
+        .iter()
+        .map(|(k, v)| (k.clone(), base64::engine::general_purpose::STANDARD.encode(v)))
+        .collect();
+    serde_json::to_string(&list).expect("header list serialises")
+}
+
+fn decode_headers(s: &str) -> Vec<(String, Vec<u8>)> {
+    use base64::Engine;
+    let list: Vec<(String, String)> = serde_json::from_str(s).unwrap_or_default();
+    list.into_iter()
+        .filter_map(|(k, v)| {
+            base64::engine::general_purpose::STANDARD
+                .decode(v)
+                .ok()
+                .map(|v| (k, v))
+        })
+        .collect()
+}
+
+impl HeldStore {
+    /// Opens (creating if needed) `held.db` in `dir`.
+    pub fn open(dir: &Path, caps: Caps) -> Result<Self, HeldError> {
+        std::fs::create_dir_all(dir)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        }
+        let path = dir.join("held.db");
+        let conn = Connection::open(&path)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+        }
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // 202 promises durability: every commit reaches the disk.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        let mut tunnels = HashMap::new();
+        {
+            let mut stmt = conn.prepare(
+                "SELECT t.name, t.policy, COUNT(e.seq), COALESCE(SUM(LENGTH(e.body)), 0)
+                 FROM tunnels t LEFT JOIN events e ON e.tunnel = t.name GROUP BY t.name",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })?;
+            for row in rows {
+                let (name, policy, pending, bytes) = row?;
+                tunnels.insert(
+                    name,
+                    TunnelState {
+                        policy: policy.parse().unwrap_or_default(),
+                        pending: pending as u64,
+                        bytes: bytes as u64,
+                    },
+                );
+            }
+        }
+        Ok(HeldStore {
+            conn: Mutex::new(conn),
+            tunnels: Mutex::new(tunnels),
+            caps,
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, TunnelState>> {
+        self.tunnels.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remembers that an agent held `name`, with its offline policy.
+    pub fn remember(&self, name: &str, policy: OfflinePolicy) -> Result<(), HeldError> {
+        let now = now_ms();
+        self.conn().execute(
+            "INSERT INTO tunnels(name, policy, first_seen_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?3)
+             ON CONFLICT(name) DO UPDATE SET policy = ?2, last_seen_ms = ?3",
+            params![name, policy.as_str(), now],
+        )?;
+        self.map().entry(name.to_string()).or_default().policy = policy;
+        Ok(())
+    }
+
+    /// The tunnel's state, if an agent ever held it.
+    pub fn state(&self, name: &str) -> Option<TunnelState> {
+        self.map().get(name).copied()
+    }
+
+    /// Reserves room for one event of `len` body bytes, or says which cap is
+    /// reached. A reservation must be followed by [`insert`](Self::insert)
+    /// or [`release`](Self::release).
+    pub fn reserve(&self, name: &str, len: u64) -> Result<(), HeldError> {
+        let mut map = self.map();
+        let st = map.entry(name.to_string()).or_default();
+        if st.pending >= self.caps.max_events {
+            return Err(HeldError::Full("event count cap"));
+        }
+        if st.bytes + len > self.caps.max_bytes {
+            return Err(HeldError::Full("byte cap"));
+        }
+        st.pending += 1;
+        st.bytes += len;
+        Ok(())
+    }
+
+    /// Gives back a reservation whose event was not stored.
+    pub fn release(&self, name: &str, len: u64) {
+        if let Some(st) = self.map().get_mut(name) {
+            st.pending = st.pending.saturating_sub(1);
+            st.bytes = st.bytes.saturating_sub(len);
+        }
+    }
+
+    /// Stores a reserved event durably.
+    pub fn insert(&self, ev: &NewEvent) -> Result<(), HeldError> {
+        self.conn().execute(
+            "INSERT INTO events(event_id, tunnel, received_at_ms, method, path, headers, meta, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                ev.event_id,
+                ev.tunnel,
+                ev.meta.received_at_ms,
+                ev.method,
+                ev.path,
+                encode_headers(&ev.headers),
+                ev.meta.encode(),
+                ev.body.as_ref(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The oldest held event for `name`.
+    pub fn next(&self, name: &str) -> Result<Option<HeldEvent>, HeldError> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(
+                "SELECT seq, attempts, event_id, method, path, headers, meta, body
+                 FROM events WHERE tunnel = ?1 ORDER BY seq LIMIT 1",
+                params![name],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, u32>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, String>(5)?,
+                        r.get::<_, String>(6)?,
+                        r.get::<_, Vec<u8>>(7)?,
+                    ))
+                },
+            )
+            .optional()?;
+        Ok(row.map(|(seq, attempts, event_id, method, path, headers, meta, body)| HeldEvent {
+            seq,
+            attempts,
+            event: NewEvent {
+                event_id,
+                tunnel: name.to_string(),
+                method,
+                path,
+                headers: decode_headers(&headers),
+                meta: RequestMeta::decode(meta.as_bytes()).unwrap_or_default(),
+                body: Bytes::from(body),
+            },
+        }))
+    }
+
+    /// Counts a delivery attempt.
+    pub fn attempted(&self, seq: i64) -> Result<(), HeldError> {
+        self.conn()
+            .execute("UPDATE events SET attempts = attempts + 1 WHERE seq = ?1", params![seq])?;
+        Ok(())
+    }
+
+    /// Removes a delivered (acknowledged) event.
+    pub fn remove(&self, ev: &HeldEvent) -> Result<(), HeldError> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM events WHERE seq = ?1", params![ev.seq])?;
+        if n > 0 {
+            self.release(&ev.event.tunnel, ev.event.body.len() as u64);
+        }
+        Ok(())
+    }
+
+    /// Deletes events older than the age cap; returns how many, per tunnel.
+    pub fn expire(&self) -> Result<Vec<(String, u64, u64)>, HeldError> {
+        let cutoff = now_ms() - self.caps.max_age.as_millis() as i64;
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT tunnel, COUNT(*), SUM(LENGTH(body)) FROM events
+             WHERE received_at_ms < ?1 GROUP BY tunnel",
+        )?;
+        let expired: Vec<(String, u64, u64)> = stmt
+            .query_map(params![cutoff], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64))
+            })?
+            .collect::<Result<_, _>>()?;
+        drop(stmt);
+        conn.execute("DELETE FROM events WHERE received_at_ms < ?1", params![cutoff])?;
+        drop(conn);
+        let mut map = self.map();
+        for (name, n, bytes) in &expired {
+            if let Some(st) = map.get_mut(name) {
+                st.pending = st.pending.saturating_sub(*n);
+                st.bytes = st.bytes.saturating_sub(*bytes);
+            }
+        }
+        Ok(expired)
+    }
+}
+
+/// A fresh event id: `ev_` and 128 random bits in base32.
+pub fn new_event_id() -> String {
+    let bytes: [u8; 16] = rand::random();
+    format!("ev_{}", data_encoding::BASE32_DNSSEC.encode(&bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(tunnel: &str, n: u32, body: &[u8]) -> NewEvent {
+        NewEvent {
+            event_id: new_event_id(),
+            tunnel: tunnel.into(),
+            method: "POST".into(),
+            path: format!("/hook/{n}"),
+            headers: vec![("x-bin".into(), vec![0xff, 0x00, 0x80]), ("x-n".into(), n.to_string().into_bytes())],
+            meta: RequestMeta {
+                proto: "http".into(),
+                received_at_ms: now_ms(),
+                ..Default::default()
+            },
+            body: Bytes::copy_from_slice(body),
+        }
+    }
+
+    #[test]
+    fn events_survive_reopen_in_order_byte_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = HeldStore::open(dir.path(), Caps::default()).unwrap();
+            store.remember("t", OfflinePolicy::Hold).unwrap();
+            for n in 0..5u32 {
+                let ev = event("t", n, &[n as u8, 0xfe, 0x00]);
+                store.reserve("t", 3).unwrap();
+                store.insert(&ev).unwrap();
+            }
+        }
+        let store = HeldStore::open(dir.path(), Caps::default()).unwrap();
+        let st = store.state("t").unwrap();
+        assert_eq!((st.pending, st.bytes, st.policy), (5, 15, OfflinePolicy::Hold));
+        for n in 0..5u32 {
+            let ev = store.next("t").unwrap().unwrap();
+            assert_eq!(ev.event.path, format!("/hook/{n}"));
+            assert_eq!(ev.event.body.as_ref(), &[n as u8, 0xfe, 0x00]);
+            assert_eq!(ev.event.headers[0], ("x-bin".to_string(), vec![0xff, 0x00, 0x80]));
+            store.attempted(ev.seq).unwrap();
+            assert_eq!(store.next("t").unwrap().unwrap().attempts, 1);
+            store.remove(&ev).unwrap();
+        }
+        assert!(store.next("t").unwrap().is_none());
+        assert_eq!(store.state("t").unwrap().pending, 0);
+        assert!(store.state("unknown").is_none());
+    }
+
+    #[test]
+    fn caps_refuse_instead_of_dropping() {
+        let dir = tempfile::tempdir().unwrap();
+        let caps = Caps {
+            max_events: 2,
+            max_bytes: 10,
+            max_age: Duration::from_secs(3600),
+        };
+        let store = HeldStore::open(dir.path(), caps).unwrap();
+        store.remember("t", OfflinePolicy::Hold).unwrap();
+        store.reserve("t", 4).unwrap();
+        assert!(matches!(store.reserve("t", 7), Err(HeldError::Full("byte cap"))));
+        store.reserve("t", 6).unwrap();
+        assert!(matches!(store.reserve("t", 0), Err(HeldError::Full("event count cap"))));
+        store.release("t", 6);
+        store.reserve("t", 1).unwrap();
+    }
+
+    #[test]
+    fn old_events_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let caps = Caps {
+            max_age: Duration::from_millis(1),
+            ..Caps::default()
+        };
+        let store = HeldStore::open(dir.path(), caps).unwrap();
+        store.remember("t", OfflinePolicy::Reject).unwrap();
+        let mut ev = event("t", 1, b"x");
+        ev.meta.received_at_ms -= 10_000;
+        store.reserve("t", 1).unwrap();
+        store.insert(&ev).unwrap();
+        assert_eq!(store.expire().unwrap(), vec![("t".to_string(), 1, 1)]);
+        assert!(store.next("t").unwrap().is_none());
+        assert_eq!(store.state("t").unwrap().pending, 0);
+        assert_eq!(store.state("t").unwrap().policy, OfflinePolicy::Reject);
+    }
+
+    #[test]
+    fn policy_parses() {
+        assert_eq!("hold".parse::<OfflinePolicy>().unwrap(), OfflinePolicy::Hold);
+        assert_eq!("reject".parse::<OfflinePolicy>().unwrap(), OfflinePolicy::Reject);
+        assert!("drop".parse::<OfflinePolicy>().is_err());
+    }
+}
