@@ -4,7 +4,11 @@
 //! Data flows one way: the forwarder tees bodies ([`tee`]) and hands a finished
 //! [`Exchange`] to the [`Recorder`]; the recorder's single writer task stores it
 //! and publishes a [`CaptureEvent`] that the inspector and the log printer follow.
+//! [`event`] recognises webhook event types; [`export`] renders exchanges for
+//! the CLI (JSON, tables, curl, HAR).
 
+pub mod event;
+pub mod export;
 pub mod model;
 pub mod recorder;
 pub mod store;
@@ -12,5 +16,5 @@ pub mod tee;
 
 pub use model::*;
 pub use recorder::{CaptureEvent, Recorder};
-pub use store::{ListQuery, Store, StoreConfig, StoreError};
+pub use store::{read_body, ListQuery, Store, StoreConfig, StoreError};
 pub use tee::{tee, BodyLimits, TeeBody};

@@ -1,13 +1,30 @@
-//! Recording a body while it streams through (STUB).
+//! Recording a body while it streams through: [`tee`] wraps an `http_body`
+//! body, passes every frame on unchanged and at once, and keeps a bounded copy.
+//!
+//! Forwarding never waits on capture. Small bodies are kept as the `Bytes`
+//! chunks themselves (reference-counted, no copy). Past `in_memory` bytes the
+//! chunks go over a bounded channel to a blocking writer that spills them to a
+//! file; if that writer falls behind (channel or byte budget full), capture
+//! stops and the body is marked truncated, while forwarding goes on.
 
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use http_body::{Body, Frame};
 use tokio::sync::oneshot;
 
-use super::model::CapturedBody;
+use super::model::{BodyData, CapturedBody};
+
+/// Chunks queued to the spill writer, at most.
+const SPILL_QUEUE: usize = 1024;
+/// Bytes queued to the spill writer (sent, not yet written), at most. This
+/// bounds a body's capture memory to `in_memory + SPILL_BUDGET`.
+pub const SPILL_BUDGET: usize = 4 * 1024 * 1024;
 
 /// How much of a body to keep, and where to spill large ones.
 #[derive(Debug, Clone)]
@@ -20,27 +37,343 @@ pub struct BodyLimits {
     pub spill_dir: PathBuf,
 }
 
+impl BodyLimits {
+    /// Defaults: 256 KiB in memory (the store's inline limit), 64 MiB kept.
+    pub fn new(spill_dir: PathBuf) -> Self {
+        Self {
+            in_memory: super::store::INLINE_BODY_MAX,
+            max_capture: 64 * 1024 * 1024,
+            spill_dir,
+        }
+    }
+}
+
+/// State shared between the polling side and the spill writer.
+#[derive(Default)]
+struct SpillShared {
+    /// Bytes sent to the writer and not yet written.
+    in_flight: AtomicUsize,
+    /// Final values, set by the polling side before it hangs up.
+    total_len: AtomicU64,
+    truncated: AtomicBool,
+}
+
+struct Spill {
+    chunks: SyncSender<Bytes>,
+    shared: Arc<SpillShared>,
+}
+
+/// The capture side of a [`TeeBody`]; finishing happens at the end of the
+/// stream, on error, or on drop (then truncated).
+struct Capture {
+    limits: BodyLimits,
+    mem: Vec<Bytes>,
+    mem_len: usize,
+    total_len: u64,
+    kept: u64,
+    truncated: bool,
+    capturing: bool,
+    spill: Option<Spill>,
+    tx: Option<oneshot::Sender<CapturedBody>>,
+    done: bool,
+}
+
 /// A body wrapper that passes frames through unchanged and records them.
 pub struct TeeBody<B> {
     inner: B,
+    cap: Capture,
 }
 
 /// Wraps `body`; the receiver yields the captured body when the stream ends
 /// or the wrapper is dropped (then `truncated` is set).
-pub fn tee<B>(body: B, _limits: &BodyLimits) -> (TeeBody<B>, oneshot::Receiver<CapturedBody>) {
-    let (_tx, rx) = oneshot::channel();
-    (TeeBody { inner: body }, rx)
+pub fn tee<B: Body<Data = Bytes> + Unpin>(
+    body: B,
+    limits: &BodyLimits,
+) -> (TeeBody<B>, oneshot::Receiver<CapturedBody>) {
+    let (tx, rx) = oneshot::channel();
+    let mut cap = Capture {
+        limits: limits.clone(),
+        mem: Vec::new(),
+        mem_len: 0,
+        total_len: 0,
+        kept: 0,
+        truncated: false,
+        capturing: true,
+        spill: None,
+        tx: Some(tx),
+        done: false,
+    };
+    // An empty body may never be polled (hyper checks this first).
+    if body.is_end_stream() {
+        cap.finish(true);
+    }
+    (TeeBody { inner: body, cap }, rx)
 }
 
-impl<B: Body + Unpin> Body for TeeBody<B> {
-    type Data = B::Data;
+impl<B> TeeBody<B> {
+    /// Bytes of the body currently held in memory by the capture (not counting
+    /// chunks queued to the spill writer). Never above `in_memory`.
+    pub fn buffered_bytes(&self) -> usize {
+        self.cap.mem_len
+    }
+
+    /// Bytes queued to the spill writer and not yet written. Never above
+    /// [`SPILL_BUDGET`].
+    pub fn spill_in_flight(&self) -> usize {
+        self.cap
+            .spill
+            .as_ref()
+            .map_or(0, |s| s.shared.in_flight.load(Ordering::Relaxed))
+    }
+
+    /// Bytes that streamed through so far.
+    pub fn total_len(&self) -> u64 {
+        self.cap.total_len
+    }
+}
+
+impl Capture {
+    fn stop(&mut self) {
+        self.capturing = false;
+        self.truncated = true;
+    }
+
+    fn on_data(&mut self, chunk: &Bytes) {
+        self.total_len += chunk.len() as u64;
+        if !self.capturing || chunk.is_empty() {
+            return;
+        }
+        let room = self.limits.max_capture.saturating_sub(self.kept);
+        if room == 0 {
+            self.stop();
+            return;
+        }
+        let take = if chunk.len() as u64 > room {
+            self.truncated = true;
+            self.capturing = false;
+            chunk.slice(..room as usize)
+        } else {
+            chunk.clone()
+        };
+        if self.spill.is_none() && self.mem_len + take.len() <= self.limits.in_memory {
+            self.mem_len += take.len();
+            self.kept += take.len() as u64;
+            self.mem.push(take);
+            return;
+        }
+        if self.spill.is_none() && !self.start_spill() {
+            self.stop();
+            return;
+        }
+        self.send_spill(take);
+    }
+
+    /// Starts the spill writer and hands it the chunks kept so far.
+    fn start_spill(&mut self) -> bool {
+        let Some(tx) = self.tx.take() else {
+            return false;
+        };
+        let (chunks, rx) = sync_channel(SPILL_QUEUE);
+        let shared = Arc::new(SpillShared::default());
+        let dir = self.limits.spill_dir.clone();
+        let sh = shared.clone();
+        let job = move || spill_writer(dir, rx, sh, tx);
+        // The writer blocks on file I/O: a blocking-pool thread when inside a
+        // runtime, else a plain thread.
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn_blocking(job);
+            }
+            Err(_) => {
+                if std::thread::Builder::new()
+                    .name("whtunnel-spill".into())
+                    .spawn(job)
+                    .is_err()
+                {
+                    return false;
+                }
+            }
+        }
+        // The in-memory chunks move to the writer (the kept count is unchanged).
+        // The queue is fresh, so this only fails with thousands of tiny
+        // chunks; then the capture stops there (truncated).
+        let spill = Spill { chunks, shared };
+        let mut ok = true;
+        for c in std::mem::take(&mut self.mem) {
+            let len = c.len();
+            // Counted before sending: the writer may subtract it at once.
+            spill.shared.in_flight.fetch_add(len, Ordering::Relaxed);
+            if !ok || spill.chunks.try_send(c).is_err() {
+                ok = false;
+                spill.shared.in_flight.fetch_sub(len, Ordering::Relaxed);
+                self.kept -= len as u64;
+            }
+        }
+        self.mem_len = 0;
+        self.spill = Some(spill);
+        ok
+    }
+
+    fn send_spill(&mut self, chunk: Bytes) {
+        let Some(spill) = &self.spill else {
+            self.stop();
+            return;
+        };
+        let len = chunk.len();
+        let in_flight = spill.shared.in_flight.load(Ordering::Relaxed);
+        if in_flight + len > SPILL_BUDGET {
+            self.stop();
+            return;
+        }
+        spill.shared.in_flight.fetch_add(len, Ordering::Relaxed);
+        match spill.chunks.try_send(chunk) {
+            Ok(()) => self.kept += len as u64,
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                spill.shared.in_flight.fetch_sub(len, Ordering::Relaxed);
+                self.stop();
+            }
+        }
+    }
+
+    /// Resolves the receiver (directly, or through the spill writer once the
+    /// file is complete). `complete` is false on error or early drop.
+    fn finish(&mut self, complete: bool) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        if !complete {
+            self.truncated = true;
+        }
+        if let Some(spill) = self.spill.take() {
+            spill
+                .shared
+                .total_len
+                .store(self.total_len, Ordering::Relaxed);
+            if self.truncated {
+                spill.shared.truncated.store(true, Ordering::Relaxed);
+            }
+            // Hanging up tells the writer to close the file and answer.
+            drop(spill);
+            return;
+        }
+        let data = match self.mem.len() {
+            0 => BodyData::Empty,
+            1 => BodyData::Memory(self.mem.pop().unwrap_or_default()),
+            _ => {
+                let mut all = bytes::BytesMut::with_capacity(self.mem_len);
+                for c in self.mem.drain(..) {
+                    all.extend_from_slice(&c);
+                }
+                BodyData::Memory(all.freeze())
+            }
+        };
+        self.mem_len = 0;
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(CapturedBody {
+                data,
+                total_len: self.total_len,
+                truncated: self.truncated,
+            });
+        }
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}
+
+/// Unique spill file name (several bodies spill at once).
+fn spill_name() -> String {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}.spill",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Writes queued chunks to a new file in `dir`; when the sender hangs up,
+/// closes the file and only then resolves `tx`.
+fn spill_writer(
+    dir: PathBuf,
+    rx: Receiver<Bytes>,
+    shared: Arc<SpillShared>,
+    tx: oneshot::Sender<CapturedBody>,
+) {
+    use std::io::Write;
+    let path = dir.join(spill_name());
+    let file = std::fs::create_dir_all(&dir).and_then(|_| {
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            o.mode(0o600);
+        }
+        o.open(&path)
+    });
+    let mut out = file
+        .ok()
+        .map(|f| std::io::BufWriter::with_capacity(256 * 1024, f));
+    let mut failed = out.is_none();
+    while let Ok(chunk) = rx.recv() {
+        if let Some(w) = out.as_mut() {
+            if w.write_all(&chunk).is_err() {
+                failed = true;
+                out = None;
+            }
+        }
+        shared.in_flight.fetch_sub(chunk.len(), Ordering::Relaxed);
+    }
+    if let Some(w) = out.take() {
+        match w.into_inner() {
+            Ok(f) => drop(f),
+            Err(_) => failed = true,
+        }
+    }
+    let truncated = failed || shared.truncated.load(Ordering::Relaxed);
+    let total_len = shared.total_len.load(Ordering::Relaxed);
+    let data = match std::fs::metadata(&path) {
+        Ok(m) if m.len() > 0 => BodyData::File(path),
+        _ => {
+            let _ = std::fs::remove_file(&path);
+            BodyData::Empty
+        }
+    };
+    let _ = tx.send(CapturedBody {
+        data,
+        total_len,
+        truncated,
+    });
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for TeeBody<B> {
+    type Data = Bytes;
     type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let this = &mut *self;
+        let res = Pin::new(&mut this.inner).poll_frame(cx);
+        match &res {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.cap.on_data(data);
+                }
+                if this.inner.is_end_stream() {
+                    this.cap.finish(true);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.cap.finish(false),
+            Poll::Ready(None) => this.cap.finish(true),
+            Poll::Pending => {}
+        }
+        res
     }
 
     fn is_end_stream(&self) -> bool {
