@@ -228,3 +228,154 @@ fn store_batch(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::store::tests::sample;
+    use crate::capture::store::{ListQuery, StoreConfig};
+
+    fn store(dir: &std::path::Path) -> Store {
+        Store::open(&StoreConfig::new(dir.to_path_buf())).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stores_a_burst_and_publishes_events() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rec = Recorder::spawn(store(tmp.path()));
+        let mut events = rec.subscribe();
+        const N: usize = 5000;
+        // Follow events concurrently, as the inspector does.
+        let follower = tokio::spawn(async move {
+            let (mut stored, mut last) = (Vec::new(), None);
+            while stored.len() < N {
+                match events.recv().await {
+                    Ok(CaptureEvent::Stored(s)) => {
+                        stored.push(s.id);
+                        last = s.event;
+                    }
+                    Ok(CaptureEvent::NotStored { reason, .. }) => panic!("not stored: {reason}"),
+                    Err(e) => panic!("event stream: {e}"),
+                }
+            }
+            (stored, last)
+        });
+        let mut pending = std::collections::VecDeque::with_capacity(N);
+        let mut ids = Vec::new();
+        for i in 0..N {
+            let mut ex = sample(format!("{{\"type\":\"burst.{i}\"}}").as_bytes());
+            ex.request.path = format!("/{i}");
+            pending.push_back(rec.record(ex));
+            // Keep at most 1000 outstanding (queue is 1024): record() itself
+            // never waits, so the sender paces on replies.
+            if pending.len() >= 1000 {
+                ids.push(pending.pop_front().unwrap().await.unwrap().unwrap());
+            }
+        }
+        for rx in pending {
+            ids.push(rx.await.unwrap().unwrap());
+        }
+        let (stored, last_event) = follower.await.unwrap();
+        assert_eq!(stored, ids, "one Stored event per exchange, in order");
+        assert_eq!(last_event.as_deref(), Some("burst.4999"));
+        let mut sorted = ids.clone();
+        sorted.dedup();
+        assert_eq!(sorted.len(), N, "ids are unique and increasing");
+        rec.close().await;
+        let s = Store::open_reader(tmp.path()).unwrap();
+        assert_eq!(s.count().unwrap() as usize, N);
+    }
+
+    #[tokio::test]
+    async fn all_records_stored_when_paced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rec = Recorder::spawn(store(tmp.path()));
+        let mut rxs = Vec::new();
+        for _ in 0..1000 {
+            rxs.push(rec.record(sample(b"x")));
+        }
+        for rx in rxs {
+            assert!(rx.await.unwrap().is_ok());
+        }
+        rec.close().await;
+        assert_eq!(
+            Store::open_reader(tmp.path()).unwrap().count().unwrap(),
+            1000
+        );
+    }
+
+    #[tokio::test]
+    async fn queue_full_reports_not_stored_without_blocking() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path());
+        // Hold the database's write lock from another connection so the
+        // writer is stuck on its first batch and the 1-slot queue fills.
+        let blocker = rusqlite::Connection::open(tmp.path().join("capture.db")).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let rec = Recorder::with_capacity(s, 1);
+        let mut events = rec.subscribe();
+        let first = rec.record(sample(b"1"));
+        // Wait until the writer has taken the first job off the queue.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let second = rec.record(sample(b"2")); // fills the queue
+        let start = std::time::Instant::now();
+        let mut third = rec.record(sample(b"{\"eventType\":\"lost.one\"}"));
+        assert!(start.elapsed() < std::time::Duration::from_millis(50));
+        assert!(matches!(third.try_recv(), Ok(Err(StoreError::QueueFull))));
+        match events.recv().await.unwrap() {
+            CaptureEvent::NotStored { summary, reason } => {
+                assert_eq!(summary.id, 0);
+                assert_eq!(summary.event.as_deref(), Some("lost.one"));
+                assert!(reason.contains("queue full"), "{reason}");
+            }
+            other => panic!("expected NotStored, got {other:?}"),
+        }
+        blocker.execute_batch("ROLLBACK").unwrap();
+        assert!(first.await.unwrap().is_ok());
+        assert!(second.await.unwrap().is_ok());
+        rec.close().await;
+    }
+
+    #[tokio::test]
+    async fn database_failure_reports_not_stored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path());
+        let rec = Recorder::spawn(s);
+        let mut events = rec.subscribe();
+        assert!(rec.record(sample(b"ok")).await.unwrap().is_ok());
+        assert!(matches!(
+            events.recv().await.unwrap(),
+            CaptureEvent::Stored(_)
+        ));
+        // Break the schema under the writer.
+        let other = rusqlite::Connection::open(tmp.path().join("capture.db")).unwrap();
+        other.execute_batch("DROP TABLE payloads").unwrap();
+        let res = rec.record(sample(b"lost")).await.unwrap();
+        assert!(res.is_err());
+        match events.recv().await.unwrap() {
+            CaptureEvent::NotStored { summary, reason } => {
+                assert_eq!(summary.path, "/hooks?key=0123");
+                assert!(reason.contains("payloads"), "{reason}");
+            }
+            other => panic!("expected NotStored, got {other:?}"),
+        }
+        rec.close().await;
+    }
+
+    #[tokio::test]
+    async fn records_after_close_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rec = Recorder::spawn(store(tmp.path()));
+        let other = rec.clone();
+        let queued = rec.record(sample(b"before close"));
+        rec.close().await;
+        assert!(
+            queued.await.unwrap().is_ok(),
+            "queued before close is flushed"
+        );
+        let after = other.record(sample(b"after"));
+        assert!(matches!(after.await.unwrap(), Err(StoreError::Closed)));
+        let s = Store::open_reader(tmp.path()).unwrap();
+        assert_eq!(s.list(&ListQuery::default()).unwrap().len(), 1);
+    }
+}

@@ -384,3 +384,249 @@ impl<B: Body<Data = Bytes> + Unpin> Body for TeeBody<B> {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+
+    /// A synthetic streaming body: `n` chunks produced on demand (nothing
+    /// is held), optionally failing after `fail_after` chunks.
+    struct Chunks {
+        n: usize,
+        size: usize,
+        sent: usize,
+        fail_after: Option<usize>,
+    }
+
+    impl Chunks {
+        fn new(n: usize, size: usize) -> Self {
+            Self {
+                n,
+                size,
+                sent: 0,
+                fail_after: None,
+            }
+        }
+        /// Byte `i` of the stream (a pattern that catches reordering).
+        fn byte(i: usize) -> u8 {
+            (i % 251) as u8
+        }
+    }
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            if self.fail_after == Some(self.sent) {
+                return Poll::Ready(Some(Err(std::io::Error::other("reset"))));
+            }
+            if self.sent == self.n {
+                return Poll::Ready(None);
+            }
+            let start = self.sent * self.size;
+            let chunk: Vec<u8> = (start..start + self.size).map(Self::byte).collect();
+            self.sent += 1;
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from(chunk)))))
+        }
+    }
+
+    fn limits(dir: &std::path::Path, in_memory: usize, max_capture: u64) -> BodyLimits {
+        BodyLimits {
+            in_memory,
+            max_capture,
+            spill_dir: dir.to_path_buf(),
+        }
+    }
+
+    async fn drain<B: Body<Data = Bytes> + Unpin>(mut b: B) -> Vec<u8>
+    where
+        B::Error: std::fmt::Debug,
+    {
+        let mut out = Vec::new();
+        while let Some(f) = b.frame().await {
+            if let Ok(d) = f.unwrap().into_data() {
+                out.extend_from_slice(&d);
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn small_body_passes_through_and_is_kept_in_memory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (body, rx) = tee(
+            Chunks::new(4, 1000),
+            &limits(tmp.path(), 64 * 1024, 1 << 20),
+        );
+        let forwarded = drain(body).await;
+        let want: Vec<u8> = (0..4000).map(Chunks::byte).collect();
+        assert_eq!(forwarded, want);
+        let cap = rx.await.unwrap();
+        assert_eq!(cap.data, BodyData::Memory(Bytes::from(want)));
+        assert_eq!(cap.total_len, 4000);
+        assert!(!cap.truncated);
+    }
+
+    #[tokio::test]
+    async fn full_body_ending_via_is_end_stream_resolves_complete() {
+        let tmp = tempfile::tempdir().unwrap();
+        let lim = limits(tmp.path(), 1024, 1 << 20);
+        // A Full body reports end-of-stream right after its data frame;
+        // hyper then stops polling, so the tee must finish there.
+        let (mut body, rx) = tee(Full::new(Bytes::from_static(b"hello")), &lim);
+        let f = body.frame().await.unwrap().unwrap();
+        assert_eq!(f.into_data().unwrap(), "hello");
+        assert!(body.is_end_stream());
+        let cap = rx.await.unwrap();
+        assert_eq!(cap, CapturedBody::from_bytes(&b"hello"[..]));
+        drop(body);
+
+        // An empty body that is never polled is complete, not truncated.
+        let (body, rx) = tee(Full::new(Bytes::new()), &lim);
+        let cap = rx.await.unwrap();
+        assert_eq!(cap, CapturedBody::default());
+        drop(body);
+    }
+
+    #[tokio::test]
+    async fn big_body_spills_to_a_complete_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        // 3 MiB in 16 KiB chunks: above in_memory, below the spill budget,
+        // so nothing may be dropped.
+        let (n, size) = (192, 16 * 1024);
+        let (body, rx) = tee(
+            Chunks::new(n, size),
+            &limits(tmp.path(), 64 * 1024, 1 << 30),
+        );
+        let forwarded = drain(body).await;
+        let want: Vec<u8> = (0..n * size).map(Chunks::byte).collect();
+        assert_eq!(forwarded, want);
+        let cap = rx.await.unwrap();
+        assert!(!cap.truncated);
+        assert_eq!(cap.total_len, (n * size) as u64);
+        let BodyData::File(p) = &cap.data else {
+            panic!("expected a spilled file, got {:?}", cap.data);
+        };
+        // Resolved only after the file is complete and closed.
+        assert_eq!(std::fs::read(p).unwrap(), want);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+    }
+
+    #[tokio::test]
+    async fn truncates_at_max_capture_but_forwards_everything() {
+        let tmp = tempfile::tempdir().unwrap();
+        // In memory: keep 2500 of 4000 bytes, cut inside a chunk.
+        let (body, rx) = tee(Chunks::new(4, 1000), &limits(tmp.path(), 1 << 20, 2500));
+        assert_eq!(drain(body).await.len(), 4000);
+        let cap = rx.await.unwrap();
+        let want: Vec<u8> = (0..2500).map(Chunks::byte).collect();
+        assert_eq!(cap.data, BodyData::Memory(Bytes::from(want)));
+        assert_eq!(cap.total_len, 4000);
+        assert!(cap.truncated);
+
+        // Spilled: keep 100,000 of 1 MiB.
+        let (body, rx) = tee(Chunks::new(64, 16384), &limits(tmp.path(), 10_000, 100_000));
+        assert_eq!(drain(body).await.len(), 64 * 16384);
+        let cap = rx.await.unwrap();
+        assert!(cap.truncated);
+        assert_eq!(cap.total_len, 64 * 16384);
+        let BodyData::File(p) = &cap.data else {
+            panic!("{:?}", cap.data)
+        };
+        let kept = std::fs::read(p).unwrap();
+        assert_eq!(kept, (0..100_000).map(Chunks::byte).collect::<Vec<_>>());
+
+        // Exactly at the limit is not truncated.
+        let (body, rx) = tee(Chunks::new(2, 1000), &limits(tmp.path(), 1 << 20, 2000));
+        drain(body).await;
+        assert!(!rx.await.unwrap().truncated);
+    }
+
+    #[tokio::test]
+    async fn early_drop_and_errors_mark_truncated() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut body, rx) = tee(Chunks::new(10, 100), &limits(tmp.path(), 1 << 20, 1 << 20));
+        body.frame().await.unwrap().unwrap();
+        body.frame().await.unwrap().unwrap();
+        drop(body); // the sender went away mid-body
+        let cap = rx.await.unwrap();
+        assert!(cap.truncated);
+        assert_eq!(cap.total_len, 200);
+        assert_eq!(
+            cap.data,
+            BodyData::Memory((0..200).map(Chunks::byte).collect())
+        );
+
+        // Dropped while spilling: the file still resolves, complete so far.
+        let (mut body, rx) = tee(Chunks::new(100, 1000), &limits(tmp.path(), 1500, 1 << 20));
+        for _ in 0..5 {
+            body.frame().await.unwrap().unwrap();
+        }
+        drop(body);
+        let cap = rx.await.unwrap();
+        assert!(cap.truncated);
+        let BodyData::File(p) = &cap.data else {
+            panic!("{:?}", cap.data)
+        };
+        assert_eq!(
+            std::fs::read(p).unwrap(),
+            (0..5000).map(Chunks::byte).collect::<Vec<_>>()
+        );
+
+        // An error frame is passed through and ends the capture.
+        let mut failing = Chunks::new(10, 100);
+        failing.fail_after = Some(3);
+        let (mut body, rx) = tee(failing, &limits(tmp.path(), 1 << 20, 1 << 20));
+        for _ in 0..3 {
+            body.frame().await.unwrap().unwrap();
+        }
+        assert!(body.frame().await.unwrap().is_err());
+        let cap = rx.await.unwrap();
+        assert!(cap.truncated);
+        assert_eq!(cap.total_len, 300);
+    }
+
+    #[tokio::test]
+    async fn memory_stays_bounded_for_a_100_mib_body() {
+        let tmp = tempfile::tempdir().unwrap();
+        let in_memory = 256 * 1024;
+        let (n, size) = (1600, 64 * 1024); // 100 MiB
+        let (mut body, rx) = tee(
+            Chunks::new(n, size),
+            &limits(tmp.path(), in_memory, 1 << 40),
+        );
+        let mut forwarded = 0usize;
+        let (mut max_buf, mut max_flight) = (0, 0);
+        while let Some(f) = body.frame().await {
+            forwarded += f.unwrap().into_data().unwrap().len();
+            max_buf = max_buf.max(body.buffered_bytes());
+            max_flight = max_flight.max(body.spill_in_flight());
+            assert!(body.buffered_bytes() <= in_memory);
+            assert!(body.spill_in_flight() <= SPILL_BUDGET);
+        }
+        assert_eq!(forwarded, n * size);
+        assert!(max_buf <= in_memory && max_flight <= SPILL_BUDGET);
+        let cap = rx.await.unwrap();
+        assert_eq!(cap.total_len, (n * size) as u64);
+        let BodyData::File(p) = &cap.data else {
+            panic!("{:?}", cap.data)
+        };
+        let len = std::fs::metadata(p).unwrap().len();
+        // The writer may fall behind a producer this fast: then capture stops
+        // (truncated) rather than buffer; what was kept is a prefix.
+        if cap.truncated {
+            assert!(len < (n * size) as u64);
+        } else {
+            assert_eq!(len, (n * size) as u64);
+        }
+    }
+}
