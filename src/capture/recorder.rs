@@ -52,20 +52,41 @@ pub struct Recorder {
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
+/// Bodies up to this size get their event type recognised even on the
+/// caller's side (queue full); larger ones only in the writer thread.
+const INLINE_DETECT_MAX: usize = 64 * 1024;
+
 /// Fills `ex.event` from the request body when the forwarder did not.
-fn fill_event(ex: &mut Exchange) {
-    if ex.event.is_some() {
+/// `in_writer`: may read spilled body files (up to the detector's own limit)
+/// and parse large bodies; false on the caller's side, where record() must
+/// stay cheap.
+fn fill_event(ex: &mut Exchange, in_writer: bool) {
+    if ex.event.is_some() || ex.request.body.truncated {
         return;
     }
-    if let BodyData::Memory(b) = &ex.request.body.data {
-        let ct = ex
-            .request
-            .headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
-            .and_then(|(_, v)| std::str::from_utf8(v).ok());
-        ex.event = super::event::detect(b, ct);
-    }
+    let ct = ex
+        .request
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+        .and_then(|(_, v)| std::str::from_utf8(v).ok());
+    let max = if in_writer {
+        super::event::MAX_DETECT_LEN
+    } else {
+        INLINE_DETECT_MAX
+    };
+    let event = match &ex.request.body.data {
+        BodyData::Memory(b) if b.len() <= max => super::event::detect(b, ct),
+        // Bodies between the in-memory and the detection limits were spilled
+        // (e.g. a payload with 6000 transaction ids); still worth a look.
+        BodyData::File(p) if in_writer && ex.request.body.total_len <= max as u64 => {
+            std::fs::read(p)
+                .ok()
+                .and_then(|b| super::event::detect(&b, ct))
+        }
+        _ => None,
+    };
+    ex.event = event;
 }
 
 impl Recorder {
@@ -106,7 +127,7 @@ impl Recorder {
                     mpsc::error::TrySendError::Closed(j) => (j, StoreError::Closed),
                 };
                 if let Job::Record(mut ex, reply) = job {
-                    fill_event(&mut ex);
+                    fill_event(&mut ex, false);
                     let mut summary = ex.summary();
                     summary.id = 0;
                     let _ = self.events.send(CaptureEvent::NotStored {
@@ -197,7 +218,7 @@ fn store_batch(
     let (mut exs, replies): (Vec<Exchange>, Vec<Reply>) =
         batch.into_iter().map(|(ex, reply)| (*ex, reply)).unzip();
     for ex in exs.iter_mut() {
-        fill_event(ex);
+        fill_event(ex, true);
     }
     let results = match store.insert_batch(&exs) {
         Ok(r) => r,
@@ -377,5 +398,35 @@ mod tests {
         assert!(matches!(after.await.unwrap(), Err(StoreError::Closed)));
         let s = Store::open_reader(tmp.path()).unwrap();
         assert_eq!(s.list(&ListQuery::default()).unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn recognises_events_in_spilled_bodies() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path());
+        // A ~280 KB payload (6000 long transaction ids) spilled to a file by the tee.
+        let ids: Vec<String> = (0..6000).map(|i| format!("\"{i:044}\"")).collect();
+        let body = format!(
+            "{{\"eventType\":\"newTransactions\",\"transactions\":[{}]}}",
+            ids.join(",")
+        );
+        assert!(body.len() > crate::capture::store::INLINE_BODY_MAX);
+        std::fs::create_dir_all(s.spill_dir()).unwrap();
+        let path = s.spill_dir().join("t.spill");
+        std::fs::write(&path, &body).unwrap();
+        let rec = Recorder::spawn(s);
+        let mut ex = sample(b"");
+        ex.request.body = crate::capture::CapturedBody {
+            data: BodyData::File(path),
+            total_len: body.len() as u64,
+            truncated: false,
+        };
+        let id = rec.record(ex).await.unwrap().unwrap();
+        rec.close().await;
+        let r = Store::open_reader(tmp.path()).unwrap();
+        assert_eq!(
+            r.summary(id).unwrap().unwrap().event.as_deref(),
+            Some("newTransactions")
+        );
     }
 }
