@@ -266,6 +266,27 @@ fn new_body_file_name() -> String {
     )
 }
 
+/// True for failures of the database as a whole rather than of one row.
+fn is_environmental(e: &StoreError) -> bool {
+    use rusqlite::ErrorCode::*;
+    match e {
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => matches!(
+            f.code,
+            DatabaseBusy
+                | DatabaseLocked
+                | DiskFull
+                | SystemIoFailure
+                | ReadOnly
+                | CannotOpen
+                | OutOfMemory
+                | DatabaseCorrupt
+                | NotADatabase
+        ),
+        StoreError::Io(_) => true,
+        _ => false,
+    }
+}
+
 /// Reads a captured body's bytes, wherever they are (memory or a file written
 /// by the tee or the store).
 pub fn read_body(body: &CapturedBody) -> Result<Bytes, StoreError> {
@@ -460,6 +481,18 @@ impl Store {
         };
         match batch {
             Ok(ids) => results.extend(ids.into_iter().map(Ok)),
+            // The database itself is unusable right now (disk full, locked,
+            // I/O error): retrying one by one would only fail slower.
+            Err(e) if is_environmental(&e) => {
+                for p in prepared.iter().flatten() {
+                    for f in p.files() {
+                        let _ = fs::remove_file(self.bodies_dir.join(f));
+                    }
+                }
+                let msg = e.to_string();
+                results.extend(exs.iter().map(|_| Err(StoreError::Failed(msg.clone()))));
+                return Ok(results);
+            }
             Err(_) => {
                 removed.clear();
                 for (ex, prep) in exs.iter().zip(prepared.iter()) {
@@ -534,6 +567,24 @@ impl Store {
                 p.kept = b.len() as u64;
                 p.file = Some(name);
             }
+            // A file already in bodies/ belongs to another exchange (a replay
+            // reusing the original body): share it through a hard link, never
+            // move it away from its row.
+            BodyData::File(src) if src.parent() == Some(self.bodies_dir.as_path()) => {
+                let name = new_body_file_name();
+                let dst = self.bodies_dir.join(&name);
+                if fs::hard_link(src, &dst).is_err() {
+                    let tmp = self.bodies_dir.join(format!("{name}.tmp"));
+                    let mut out = create_private_file(&tmp)?;
+                    std::io::copy(&mut fs::File::open(src)?, &mut out)?;
+                    out.sync_data()?;
+                    drop(out);
+                    fs::rename(&tmp, &dst)?;
+                }
+                p.kept = fs::metadata(&dst)?.len();
+                p.file = Some(name);
+            }
+            // Any other file (the tee's spill) is adopted: moved into bodies/.
             BodyData::File(src) => {
                 let name = new_body_file_name();
                 let dst = self.bodies_dir.join(&name);
@@ -1225,5 +1276,55 @@ pub(crate) mod tests {
             }
             assert_eq!(fs::read_dir(s.bodies_dir()).unwrap().count(), referenced);
         }
+    }
+
+    #[test]
+    fn reinserting_a_stored_file_body_shares_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = open(tmp.path());
+        let big = vec![5u8; INLINE_BODY_MAX + 1];
+        let orig = s.insert(&sample(&big)).unwrap();
+        // A replay built from the stored exchange reuses its body as is.
+        let mut replay = s.get(orig).unwrap().unwrap();
+        replay.id = None;
+        replay.replay_of = Some(orig);
+        let rid = s.insert(&replay).unwrap();
+        for id in [orig, rid] {
+            let ex = s.get(id).unwrap().unwrap();
+            assert_eq!(read_body(&ex.request.body).unwrap(), &big[..], "id {id}");
+        }
+        // Each row owns its own name: retention of one keeps the other's.
+        let mut cfg = StoreConfig::new(tmp.path().to_path_buf());
+        cfg.max_exchanges = 1;
+        drop(s);
+        let mut s = Store::open(&cfg).unwrap();
+        s.insert(&sample(b"small")).unwrap();
+        assert_eq!(fs::read_dir(s.bodies_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_broken_database_fails_the_whole_batch_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = open(tmp.path());
+        s.conn
+            .busy_timeout(std::time::Duration::from_millis(300))
+            .unwrap();
+        let blocker = Connection::open(tmp.path().join(DB_FILE)).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let big = vec![1u8; INLINE_BODY_MAX + 1];
+        let start = std::time::Instant::now();
+        let res = s
+            .insert_batch(&[sample(b"a"), sample(&big), sample(b"c")])
+            .unwrap();
+        // One busy wait for the batch (300 ms), not one per exchange (1.2 s).
+        assert!(start.elapsed() < std::time::Duration::from_millis(900));
+        assert!(res.iter().all(|r| r.is_err()));
+        assert_eq!(
+            fs::read_dir(s.bodies_dir()).unwrap().count(),
+            0,
+            "no orphans left"
+        );
+        blocker.execute_batch("ROLLBACK").unwrap();
+        assert!(s.insert(&sample(b"d")).is_ok());
     }
 }
