@@ -89,6 +89,32 @@ fn fill_event(ex: &mut Exchange, in_writer: bool) {
     ex.event = event;
 }
 
+/// Deletes the tee's spill files of an exchange that will not be stored, off
+/// the caller's task (record() must not do I/O).
+fn discard_spilled(ex: Exchange) {
+    let mut files = Vec::new();
+    let bodies = std::iter::once(&ex.request.body).chain(ex.response.as_ref().map(|r| &r.body));
+    for b in bodies {
+        if let BodyData::File(p) = &b.data {
+            if super::tee::is_spill_file(p) {
+                files.push(p.clone());
+            }
+        }
+    }
+    if files.is_empty() {
+        return;
+    }
+    let job = move || {
+        for f in files {
+            let _ = std::fs::remove_file(f);
+        }
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => drop(h.spawn_blocking(job)),
+        Err(_) => job(),
+    }
+}
+
 impl Recorder {
     /// Starts the writer task over `store`.
     pub fn spawn(store: Store) -> Self {
@@ -135,6 +161,7 @@ impl Recorder {
                         reason: err.to_string(),
                     });
                     let _ = reply.send(Err(err));
+                    discard_spilled(*ex);
                 }
             }
         }
@@ -245,6 +272,7 @@ fn store_batch(
                     reason: e.to_string(),
                 });
                 let _ = reply.send(Err(e));
+                discard_spilled(ex.clone());
             }
         }
     }
@@ -340,7 +368,15 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         let second = rec.record(sample(b"2")); // fills the queue
         let start = std::time::Instant::now();
-        let mut third = rec.record(sample(b"{\"eventType\":\"lost.one\"}"));
+        let spill = tmp.path().join("lost.spill");
+        std::fs::write(&spill, b"spilled").unwrap();
+        let mut lost = sample(b"{\"eventType\":\"lost.one\"}");
+        lost.response.as_mut().unwrap().body = crate::capture::CapturedBody {
+            data: BodyData::File(spill.clone()),
+            total_len: 7,
+            truncated: false,
+        };
+        let mut third = rec.record(lost);
         assert!(start.elapsed() < std::time::Duration::from_millis(50));
         assert!(matches!(third.try_recv(), Ok(Err(StoreError::QueueFull))));
         match events.recv().await.unwrap() {
@@ -351,6 +387,14 @@ mod tests {
             }
             other => panic!("expected NotStored, got {other:?}"),
         }
+        // The unstored exchange's spill file is not leaked.
+        for _ in 0..100 {
+            if !spill.exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(!spill.exists());
         blocker.execute_batch("ROLLBACK").unwrap();
         assert!(first.await.unwrap().is_ok());
         assert!(second.await.unwrap().is_ok());

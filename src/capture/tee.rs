@@ -343,11 +343,22 @@ fn spill_writer(
             BodyData::Empty
         }
     };
-    let _ = tx.send(CapturedBody {
+    // Nobody waits for it (the exchange was abandoned): do not leave the file.
+    if let Err(unwanted) = tx.send(CapturedBody {
         data,
         total_len,
         truncated,
-    });
+    }) {
+        if let BodyData::File(p) = unwanted.data {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// True for files written by the tee's spill writer (owned by the capture,
+/// safe to delete once the exchange is dropped).
+pub(crate) fn is_spill_file(p: &std::path::Path) -> bool {
+    p.extension().is_some_and(|e| e == "spill")
 }
 
 impl<B: Body<Data = Bytes> + Unpin> Body for TeeBody<B> {
@@ -628,5 +639,20 @@ mod tests {
         } else {
             assert_eq!(len, (n * size) as u64);
         }
+    }
+
+    #[tokio::test]
+    async fn abandoned_spill_file_is_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (body, rx) = tee(Chunks::new(10, 1000), &limits(tmp.path(), 100, 1 << 20));
+        drop(rx); // the exchange was abandoned
+        assert_eq!(drain(body).await.len(), 10_000);
+        for _ in 0..100 {
+            if std::fs::read_dir(tmp.path()).unwrap().count() == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("spill file left behind");
     }
 }
