@@ -1103,6 +1103,7 @@ pub(crate) mod tests {
         let m = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(m(&dir.join(DB_FILE)), 0o600);
         assert_eq!(m(&dir.join("capture.db-wal")), 0o600);
+        assert_eq!(m(&dir.join("capture.db-shm")), 0o600);
         assert_eq!(m(&dir), 0o700);
         assert_eq!(m(&dir.join("bodies")), 0o700);
         // Body files too.

@@ -249,9 +249,9 @@ impl Capture {
             spill
                 .shared
                 .total_len
-                .store(self.total_len, Ordering::Relaxed);
+                .store(self.total_len, Ordering::Release);
             if self.truncated {
-                spill.shared.truncated.store(true, Ordering::Relaxed);
+                spill.shared.truncated.store(true, Ordering::Release);
             }
             // Hanging up tells the writer to close the file and answer.
             drop(spill);
@@ -334,8 +334,8 @@ fn spill_writer(
             Err(_) => failed = true,
         }
     }
-    let truncated = failed || shared.truncated.load(Ordering::Relaxed);
-    let total_len = shared.total_len.load(Ordering::Relaxed);
+    let truncated = failed || shared.truncated.load(Ordering::Acquire);
+    let total_len = shared.total_len.load(Ordering::Acquire);
     let data = match std::fs::metadata(&path) {
         Ok(m) if m.len() > 0 => BodyData::File(path),
         _ => {
