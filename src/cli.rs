@@ -246,7 +246,7 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 /// The data directory: `--data-dir`, `WHTUNNEL_DATA_DIR`, or the OS default.
-fn data_dir(arg: &DataDirArg) -> Result<PathBuf> {
+fn resolve_data_dir(arg: &DataDirArg) -> Result<PathBuf> {
     match &arg.data_dir {
         Some(d) => Ok(d.clone()),
         None => dirs::data_dir().map(|d| d.join("whtunnel")).ok_or_else(|| {
@@ -355,7 +355,7 @@ fn init_logging(to_file: Option<&Path>, default_level: &str) {
 
 async fn relay(args: RelayArgs) -> Result<()> {
     init_logging(None, "info");
-    let dir = data_dir(&args.data_dir)?;
+    let dir = resolve_data_dir(&args.data_dir)?;
     let mut tokens: Vec<String> = args.tokens.clone();
     if let Some(path) = &args.tokens_file {
         let text = std::fs::read_to_string(path)
@@ -407,7 +407,7 @@ async fn relay(args: RelayArgs) -> Result<()> {
 }
 
 async fn listen(args: ListenArgs) -> Result<()> {
-    let dir = data_dir(&args.data_dir)?;
+    let dir = resolve_data_dir(&args.data_dir)?;
     ensure_private_dir(&dir)?;
     let target: Target = args.target.parse()?;
     let name = tunnel_name(args.name.as_deref(), &dir)?;
@@ -458,18 +458,22 @@ async fn listen(args: ListenArgs) -> Result<()> {
         }
     };
 
+    let mut body_limits = BodyLimits::new(dir.join("spill"));
+    body_limits.max_capture = MAX_CAPTURE;
     let recorder = if args.no_capture {
         None
     } else {
         let store = Store::open(&StoreConfig::new(dir.clone()))
             .with_context(|| format!("cannot open the capture store in {}", dir.display()))?;
+        // Spilled bodies sit beside the store so keeping one is a rename.
+        body_limits.spill_dir = store.spill_dir();
         Some(Recorder::spawn(store))
     };
     let forwarder = Forwarder::new(ForwarderConfig {
         target: target.clone(),
         host_header: args.host_header.clone(),
         recorder: recorder.clone(),
-        body_limits: body_limits(&dir),
+        body_limits,
     });
     let tls = tls::client_config(args.ca_cert.as_deref())?;
     let agent_config = AgentConfig {
@@ -530,13 +534,8 @@ fn finish_agent(
     }
 }
 
-fn body_limits(dir: &Path) -> BodyLimits {
-    BodyLimits {
-        in_memory: 256 * 1024,
-        max_capture: 25 * 1024 * 1024,
-        spill_dir: dir.join("bodies"),
-    }
-}
+/// Most body bytes kept per exchange: the relay's default body limit.
+const MAX_CAPTURE: u64 = 25 * 1024 * 1024;
 
 /// `--no-tui`: one line per exchange on stdout, link changes on stderr.
 async fn run_log(
@@ -690,14 +689,130 @@ async fn run_inspector(
     }
 }
 
+/// Opens the capture store of `dir` for reading, or `None` when nothing
+/// was ever recorded there.
+fn open_captures(dir: &Path) -> Result<Option<Store>> {
+    if !dir.join(capture::store::DB_FILE).exists() {
+        return Ok(None);
+    }
+    Store::open_reader(dir)
+        .map(Some)
+        .with_context(|| format!("cannot open the capture store in {}", dir.display()))
+}
+
+fn load_exchange(dir: &Path, id: i64) -> Result<capture::Exchange> {
+    open_captures(dir)?
+        .map(|s| s.get(id))
+        .transpose()?
+        .flatten()
+        .ok_or_else(|| {
+            anyhow!(
+                "no exchange #{id} in {} (see `whtunnel requests list`)",
+                dir.display()
+            )
+        })
+}
+
 fn requests(command: RequestsCommand) -> Result<()> {
-    let _ = command;
-    bail!("`whtunnel requests` is not available yet")
+    use capture::export;
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match command {
+        RequestsCommand::List { json, data_dir } => {
+            let dir = resolve_data_dir(&data_dir)?;
+            let items = match open_captures(&dir)? {
+                Some(store) => store.list(&capture::ListQuery::default())?,
+                None => Vec::new(),
+            };
+            if json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&export::list_json(&items))?
+                )?;
+            } else if items.is_empty() {
+                writeln!(out, "no exchanges recorded in {} yet", dir.display())?;
+            } else {
+                write!(out, "{}", export::list_human(&items))?;
+            }
+        }
+        RequestsCommand::Show {
+            id,
+            json,
+            curl,
+            data_dir,
+        } => {
+            let ex = load_exchange(&resolve_data_dir(&data_dir)?, id)?;
+            if json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&export::show_json(&ex))?
+                )?;
+            } else if curl {
+                writeln!(out, "{}", export::curl_command(&ex, None))?;
+            } else {
+                write!(out, "{}", export::show_human(&ex))?;
+            }
+        }
+        RequestsCommand::Export { har, data_dir } => {
+            let dir = resolve_data_dir(&data_dir)?;
+            let store = open_captures(&dir)?
+                .ok_or_else(|| anyhow!("no exchanges recorded in {} yet", dir.display()))?;
+            let file = std::fs::File::create(&har)
+                .with_context(|| format!("cannot create {}", har.display()))?;
+            let n = export::write_har(&store, None, std::io::BufWriter::new(file))?;
+            eprintln!("wrote {n} exchanges to {}", har.display());
+        }
+    }
+    Ok(())
 }
 
 async fn replay(args: ReplayArgs) -> Result<()> {
-    let _ = args;
-    bail!("`whtunnel replay` is not available yet")
+    let dir = resolve_data_dir(&args.data_dir)?;
+    let original = load_exchange(&dir, args.id)?;
+    // Only the recorded target unless --to says otherwise: a replay never
+    // goes somewhere the user did not name.
+    let target: Target = match &args.to {
+        Some(to) => to.parse()?,
+        None => original
+            .target
+            .parse()
+            .with_context(|| format!("exchange #{} has no usable target; pass --to", args.id))?,
+    };
+    let store = Store::open_secondary(&StoreConfig::new(dir.clone()))
+        .with_context(|| format!("cannot open the capture store in {}", dir.display()))?;
+    let mut limits = BodyLimits::new(store.spill_dir());
+    limits.max_capture = MAX_CAPTURE;
+    let recorder = Recorder::spawn(store);
+    let forwarder = Forwarder::new(ForwarderConfig {
+        target: target.clone(),
+        host_header: HostHeader::Preserve,
+        recorder: Some(recorder.clone()),
+        body_limits: limits,
+    });
+    let outcome = forwarder.replay(&original, None, None).await;
+    recorder.close().await;
+    let id = outcome
+        .id
+        .map(|i| format!("#{i}"))
+        .unwrap_or_else(|| "(not recorded)".into());
+    match outcome.error {
+        None => {
+            println!(
+                "replayed #{} -> {id}: {} in {} ({target})",
+                args.id,
+                outcome.status,
+                capture::export::fmt_duration(outcome.duration.as_secs_f64() * 1000.0)
+            );
+            Ok(())
+        }
+        Some(e) => bail!(
+            "replay of #{} to {target} failed: {} ({e})",
+            args.id,
+            outcome.status
+        ),
+    }
 }
 
 #[cfg(test)]

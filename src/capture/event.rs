@@ -1,6 +1,230 @@
-//! Event type recognition (STUB until the capture branch lands).
+//! Event-type recognition: which kind of webhook a request body carries
+//! (`consent.created`, `newTransactions`, ...), shown in lists and exports.
+//!
+//! Pure and cheap: no I/O, bodies over [`MAX_DETECT_LEN`] are skipped, and a
+//! body that is not JSON (or a JWT whose claims are JSON) yields `None`.
 
-/// The webhook event type named in a body, if any.
-pub fn detect(_body: &[u8], _content_type: Option<&str>) -> Option<String> {
+use base64::Engine;
+use serde_json::Value;
+
+/// Bodies larger than this are not parsed (recognition must stay cheap).
+pub const MAX_DETECT_LEN: usize = 1024 * 1024;
+
+/// Keys that name the event, most specific first. `eventName` comes before
+/// `eventType` because senders that have both use `eventType` for a broad
+/// category (`"api"`) and `eventName` for the event (`"link created"`).
+const KEYS: &[&str] = &[
+    "type",
+    "eventName",
+    "eventType",
+    "event",
+    "event_type",
+    "event_name",
+];
+
+/// Recognises the event type of a webhook body.
+///
+/// JSON objects: the first string among `type`, `eventName`, `eventType`,
+/// `event`, `event_type`, `event_name`; an `event` object is searched the same
+/// way (`{"event": {"type": ..}}`). A top-level array uses its first element.
+/// `application/jwt` bodies (compact JWS `header.payload.signature`) are
+/// recognised from their decoded claims; the signature is not checked.
+pub fn detect(body: &[u8], content_type: Option<&str>) -> Option<String> {
+    if body.is_empty() || body.len() > MAX_DETECT_LEN {
+        return None;
+    }
+    let trimmed = body.trim_ascii();
+    let is_jwt_type = content_type.is_some_and(|ct| {
+        let mime = ct.split(';').next().unwrap_or("").trim();
+        mime.eq_ignore_ascii_case("application/jwt") || mime.to_ascii_lowercase().ends_with("+jwt")
+    });
+    let looks_json = matches!(trimmed.first(), Some(b'{') | Some(b'['));
+    if !looks_json && (is_jwt_type || looks_like_jws(trimmed)) {
+        return jwt_claims(trimmed).and_then(|v| from_value(&v));
+    }
+    if !looks_json {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(trimmed).ok()?;
+    from_value(&v)
+}
+
+/// Three base64url segments separated by dots, nothing else.
+fn looks_like_jws(b: &[u8]) -> bool {
+    b.iter().filter(|&&c| c == b'.').count() == 2
+        && b.iter()
+            .all(|&c| c == b'.' || c == b'-' || c == b'_' || c == b'=' || c.is_ascii_alphanumeric())
+}
+
+/// Decodes the claims (middle segment) of a compact JWS.
+fn jwt_claims(b: &[u8]) -> Option<Value> {
+    let mut parts = b.split(|&c| c == b'.');
+    let (_header, payload, _sig) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let payload = payload.strip_suffix(b"=").unwrap_or(payload);
+    let payload = payload.strip_suffix(b"=").unwrap_or(payload);
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    serde_json::from_slice(&raw).ok()
+}
+
+/// Applies the key search to a parsed body.
+pub fn from_value(v: &Value) -> Option<String> {
+    match v {
+        Value::Array(items) => items.first().and_then(from_object),
+        other => from_object(other),
+    }
+}
+
+fn from_object(v: &Value) -> Option<String> {
+    let obj = v.as_object()?;
+    for key in KEYS {
+        match obj.get(*key) {
+            Some(Value::String(s)) if !s.trim().is_empty() => return Some(s.clone()),
+            // `{"event": {"type": "..."}}` (one level only: cheap and enough).
+            Some(Value::Object(inner)) if *key == "event" => {
+                for k in KEYS {
+                    if let Some(Value::String(s)) = inner.get(*k) {
+                        if !s.trim().is_empty() {
+                            return Some(s.clone());
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64url(s: &str) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+    }
+
+    /// 000 Finexer: an event object with `type` (and `object: "event"`).
+    #[test]
+    fn finexer_type() {
+        let body = br#"{
+          "id": "evt_BziHSDpmRBDsdfxGebuC7a", "object": "event",
+          "created_at": "2020-01-30T12:44:55Z", "type": "consent.created",
+          "data": {"object": {"id": "cst_5iHhGn4lSjvQofwhWVWKoZ", "object": "consent",
+            "status": "pending", "metadata": {}}}
+        }"#;
+        assert_eq!(
+            detect(body, Some("application/json")).as_deref(),
+            Some("consent.created")
+        );
+    }
+
+    /// 001 banking sync: `type` next to `content` and a numeric `timestamp`.
+    #[test]
+    fn banking_sync_test_event() {
+        let body = br#"{"content": {"item_id": 1234567890, "status": 0,
+            "user_uuid": "9a95b38f-f98b-417a-988b-9d0d584893e7"},
+            "timestamp": 1611681789, "type": "TEST_EVENT"}"#;
+        assert_eq!(detect(body, None).as_deref(), Some("TEST_EVENT"));
+    }
+
+    /// 002 API users, JSON format: `eventType`.
+    #[test]
+    fn api_users_json_event_type() {
+        let body = br#"{"id": "abe168ce-1b2f-4c38-9c92-db5730485cb3",
+            "eventType": "newTransactions", "userId": "5c79210bbac25ecb5e71ac40",
+            "payload": {"accounts": [{"id": "6d0baf11", "transactions": ["d520402a"]}]}}"#;
+        assert_eq!(
+            detect(body, Some("application/json; charset=utf-8")).as_deref(),
+            Some("newTransactions")
+        );
+    }
+
+    /// 002 API users, JWT format: the same claims inside a compact JWS.
+    #[test]
+    fn api_users_jwt_body() {
+        let claims = r#"{"id":"abe168ce","eventType":"newTransactions","userId":"5c79"}"#;
+        let jwt = format!(
+            "{}.{}.{}",
+            b64url(r#"{"alg":"RS256","typ":"JWT"}"#),
+            b64url(claims),
+            b64url("not-a-real-signature")
+        );
+        assert_eq!(
+            detect(jwt.as_bytes(), Some("application/jwt")).as_deref(),
+            Some("newTransactions")
+        );
+        // Recognised without the content type too, and with a trailing newline.
+        let with_nl = format!("{jwt}\n");
+        assert_eq!(
+            detect(with_nl.as_bytes(), None).as_deref(),
+            Some("newTransactions")
+        );
+        // A JWT whose claims are not JSON yields nothing, without panicking.
+        let bad = format!("{}.{}.x", b64url("{}"), b64url("nope"));
+        assert_eq!(detect(bad.as_bytes(), Some("application/jwt")), None);
+    }
+
+    /// 003 Open Finance Brazil: a top-level array; `eventType` is the broad
+    /// category "api", `eventName` the event.
+    #[test]
+    fn open_finance_brazil_array() {
+        let body = br#"[{"partnerAppId": "12345678",
+            "eventId": "1495468585434-0e73d1719173766fe4dfe1a8",
+            "eventType": "api", "eventName": "link_created",
+            "eventTime": "2022-06-25T20:08:17.848Z",
+            "payload": {"personalTaxId": "25872252137", "linkId": "ed812"},
+            "externalInfo": {"myTraceId": "yourTraceId-1"}}]"#;
+        assert_eq!(detect(body, None).as_deref(), Some("link_created"));
+    }
+
+    /// 004 FinAegis: dotted event names; shapes vary, cover `event` and
+    /// `{"event": {"type": ..}}`.
+    #[test]
+    fn finaegis_event_names() {
+        assert_eq!(
+            detect(br#"{"event": "transfer.completed", "data": {}}"#, None).as_deref(),
+            Some("transfer.completed")
+        );
+        assert_eq!(
+            detect(br#"{"event": {"type": "account.frozen", "id": 3}}"#, None).as_deref(),
+            Some("account.frozen")
+        );
+        assert_eq!(
+            detect(br#"{"event_type": "workflow.timeout"}"#, None).as_deref(),
+            Some("workflow.timeout")
+        );
+    }
+
+    #[test]
+    fn key_order_and_non_matches() {
+        // `type` wins over the others.
+        assert_eq!(
+            detect(br#"{"event": "b", "type": "a"}"#, None).as_deref(),
+            Some("a")
+        );
+        // Non-string `type` is skipped, next key used.
+        assert_eq!(
+            detect(br#"{"type": 3, "eventType": "x"}"#, None).as_deref(),
+            Some("x")
+        );
+        assert_eq!(detect(br#"{"id": 1}"#, None), None);
+        assert_eq!(detect(b"[]", None), None);
+        assert_eq!(detect(b"not json", Some("text/plain")), None);
+        assert_eq!(detect(b"{broken", None), None);
+        assert_eq!(detect(b"", None), None);
+        assert_eq!(detect(&[0xff, 0xfe, 0x00], None), None);
+    }
+
+    #[test]
+    fn skips_huge_bodies() {
+        let mut body = br#"{"type": "big", "pad": ""#.to_vec();
+        body.resize(MAX_DETECT_LEN + 10, b'a');
+        body.extend_from_slice(br#""}"#);
+        assert_eq!(detect(&body, None), None);
+    }
 }

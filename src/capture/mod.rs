@@ -4,8 +4,14 @@
 //! Data flows one way: the forwarder tees bodies ([`tee`]) and hands a finished
 //! [`Exchange`] to the [`Recorder`]; the recorder's single writer task stores it
 //! and publishes a [`CaptureEvent`] that the inspector and the log printer follow.
+//! [`event`] recognises webhook event types; [`export`] renders exchanges for
+//! the CLI (JSON, tables, curl, HAR).
+
+// Every public item of the capture API is documented (others build on it).
+#![warn(missing_docs)]
 
 pub mod event;
+pub mod export;
 pub mod model;
 pub mod recorder;
 pub mod store;
@@ -13,5 +19,5 @@ pub mod tee;
 
 pub use model::*;
 pub use recorder::{CaptureEvent, Recorder};
-pub use store::{ListQuery, Store, StoreConfig, StoreError};
+pub use store::{read_body, ListQuery, Store, StoreConfig, StoreError};
 pub use tee::{tee, BodyLimits, TeeBody};

@@ -134,3 +134,38 @@ pub struct ReplayRequest {
     /// The edited request, or `None` to send the original bytes.
     pub edit: Option<RequestEdit>,
 }
+
+impl Exchange {
+    /// The list-row view of this exchange; `id` is 0 until the store assigns
+    /// one. Sizes are the lengths that streamed through, not what was kept.
+    pub fn summary(&self) -> ExchangeSummary {
+        ExchangeSummary {
+            id: self.id.unwrap_or(0),
+            received_at: self.received_at,
+            method: self.request.method.clone(),
+            path: self.request.path.clone(),
+            status: self.response.as_ref().map(|r| r.status),
+            duration_ms: self.duration_ms,
+            event: self.event.clone(),
+            replay_of: self.replay_of,
+            request_size: self.request.body.total_len,
+            response_size: self.response.as_ref().map_or(0, |r| r.body.total_len),
+            error: self.error.clone(),
+        }
+    }
+}
+
+impl CapturedBody {
+    /// A fully captured in-memory body (`total_len` = its length, not truncated).
+    pub fn from_bytes(bytes: impl Into<bytes::Bytes>) -> Self {
+        let bytes: bytes::Bytes = bytes.into();
+        if bytes.is_empty() {
+            return Self::default();
+        }
+        Self {
+            total_len: bytes.len() as u64,
+            data: BodyData::Memory(bytes),
+            truncated: false,
+        }
+    }
+}

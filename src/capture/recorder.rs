@@ -1,9 +1,26 @@
-//! The single writer in front of the store (STUB).
+//! The single writer in front of the store: a bounded queue drained by one
+//! dedicated thread that batches whatever is queued into one SQLite
+//! transaction, answers each caller, and publishes [`CaptureEvent`]s.
+//!
+//! Forwarding must never wait on capture: [`Recorder::record`] only does a
+//! `try_send`; when the queue is full or storing fails, the exchange is
+//! reported as [`CaptureEvent::NotStored`] and forwarding goes on.
 
-use tokio::sync::{broadcast, oneshot};
+use std::sync::{Arc, Mutex};
 
-use super::model::{Exchange, ExchangeId, ExchangeSummary};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::model::{BodyData, Exchange, ExchangeId, ExchangeSummary};
 use super::store::{Store, StoreError};
+
+/// Default capacity of the recorder's queue.
+pub const DEFAULT_QUEUE: usize = 1024;
+/// Capacity of the event broadcast; slow subscribers lag (and are told so by
+/// `broadcast`), they never hold the writer back.
+pub const EVENT_CAPACITY: usize = 1024;
+/// At most this many exchanges per transaction, so one huge backlog does not
+/// make a single long transaction.
+const MAX_BATCH: usize = 256;
 
 /// What the recorder publishes after each exchange.
 #[derive(Debug, Clone)]
@@ -19,32 +36,441 @@ pub enum CaptureEvent {
     },
 }
 
+type Reply = oneshot::Sender<Result<ExchangeId, StoreError>>;
+
+enum Job {
+    Record(Box<Exchange>, Reply),
+    /// Store what is queued before this, then stop; answer when done.
+    Close(oneshot::Sender<()>),
+}
+
 /// Handle to the writer task. Cheap to clone.
 #[derive(Clone)]
 pub struct Recorder {
-    _priv: (),
+    tx: mpsc::Sender<Job>,
+    events: broadcast::Sender<CaptureEvent>,
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+/// Bodies up to this size get their event type recognised even on the
+/// caller's side (queue full); larger ones only in the writer thread.
+const INLINE_DETECT_MAX: usize = 64 * 1024;
+
+/// Fills `ex.event` from the request body when the forwarder did not.
+/// `in_writer`: may read spilled body files (up to the detector's own limit)
+/// and parse large bodies; false on the caller's side, where record() must
+/// stay cheap.
+fn fill_event(ex: &mut Exchange, in_writer: bool) {
+    if ex.event.is_some() || ex.request.body.truncated {
+        return;
+    }
+    let ct = ex
+        .request
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+        .and_then(|(_, v)| std::str::from_utf8(v).ok());
+    let max = if in_writer {
+        super::event::MAX_DETECT_LEN
+    } else {
+        INLINE_DETECT_MAX
+    };
+    let event = match &ex.request.body.data {
+        BodyData::Memory(b) if b.len() <= max => super::event::detect(b, ct),
+        // Bodies between the in-memory and the detection limits were spilled
+        // (e.g. a payload with 6000 transaction ids); still worth a look.
+        BodyData::File(p) if in_writer && ex.request.body.total_len <= max as u64 => {
+            std::fs::read(p)
+                .ok()
+                .and_then(|b| super::event::detect(&b, ct))
+        }
+        _ => None,
+    };
+    ex.event = event;
+}
+
+/// Deletes the tee's spill files of an exchange that will not be stored, off
+/// the caller's task (record() must not do I/O).
+fn discard_spilled(ex: Exchange) {
+    let mut files = Vec::new();
+    let bodies = std::iter::once(&ex.request.body).chain(ex.response.as_ref().map(|r| &r.body));
+    for b in bodies {
+        if let BodyData::File(p) = &b.data {
+            if super::tee::is_spill_file(p) {
+                files.push(p.clone());
+            }
+        }
+    }
+    if files.is_empty() {
+        return;
+    }
+    let job = move || {
+        for f in files {
+            let _ = std::fs::remove_file(f);
+        }
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => drop(h.spawn_blocking(job)),
+        Err(_) => job(),
+    }
 }
 
 impl Recorder {
     /// Starts the writer task over `store`.
-    pub fn spawn(_store: Store) -> Self {
-        todo!()
+    pub fn spawn(store: Store) -> Self {
+        Self::with_capacity(store, DEFAULT_QUEUE)
+    }
+
+    /// Starts the writer with a queue of `queue` exchanges (tests use a tiny
+    /// one to exercise the queue-full path).
+    pub fn with_capacity(store: Store, queue: usize) -> Self {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let ev = events.clone();
+        // A dedicated OS thread: SQLite calls block, and must never run on
+        // the tokio runtime's workers.
+        let thread = std::thread::Builder::new()
+            .name("whtunnel-capture".into())
+            .spawn(move || writer(store, rx, ev))
+            .expect("spawn capture writer thread");
+        Self {
+            tx,
+            events,
+            thread: Arc::new(Mutex::new(Some(thread))),
+        }
     }
 
     /// Queues an exchange without waiting; the receiver resolves once it is
     /// stored (or failed). Never blocks: when the queue is full the exchange is
     /// reported as not stored.
-    pub fn record(&self, _ex: Exchange) -> oneshot::Receiver<Result<ExchangeId, StoreError>> {
-        todo!()
+    pub fn record(&self, ex: Exchange) -> oneshot::Receiver<Result<ExchangeId, StoreError>> {
+        let (reply, rx) = oneshot::channel();
+        match self.tx.try_send(Job::Record(Box::new(ex), reply)) {
+            Ok(()) => {}
+            Err(e) => {
+                let (job, err) = match e {
+                    mpsc::error::TrySendError::Full(j) => (j, StoreError::QueueFull),
+                    mpsc::error::TrySendError::Closed(j) => (j, StoreError::Closed),
+                };
+                if let Job::Record(mut ex, reply) = job {
+                    fill_event(&mut ex, false);
+                    let mut summary = ex.summary();
+                    summary.id = 0;
+                    let _ = self.events.send(CaptureEvent::NotStored {
+                        summary,
+                        reason: err.to_string(),
+                    });
+                    let _ = reply.send(Err(err));
+                    discard_spilled(*ex);
+                }
+            }
+        }
+        rx
     }
 
     /// Follows stored exchanges.
     pub fn subscribe(&self) -> broadcast::Receiver<CaptureEvent> {
-        todo!()
+        self.events.subscribe()
     }
 
     /// Flushes everything queued and stops the writer.
     pub async fn close(self) {
-        todo!()
+        let (done, wait) = oneshot::channel();
+        // Waits for queue space (close is allowed to wait; record is not).
+        if self.tx.send(Job::Close(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+        let handle = self.thread.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = handle {
+            // The thread has answered `done` and only drops the store now.
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+}
+
+/// The writer loop: take one job (blocking), then everything else already
+/// queued, and store it as one batch.
+fn writer(mut store: Store, mut rx: mpsc::Receiver<Job>, events: broadcast::Sender<CaptureEvent>) {
+    let mut closing: Option<oneshot::Sender<()>> = None;
+    while closing.is_none() {
+        let Some(first) = rx.blocking_recv() else {
+            break;
+        };
+        let mut batch = Vec::new();
+        let mut push = |job: Job, batch: &mut Vec<(Box<Exchange>, Reply)>| match job {
+            Job::Record(ex, reply) => batch.push((ex, reply)),
+            Job::Close(done) => closing = Some(done),
+        };
+        push(first, &mut batch);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => push(job, &mut batch),
+                Err(_) => break,
+            }
+        }
+        // On close, also drain what is still queued (it was accepted).
+        if closing.is_some() {
+            while let Ok(job) = rx.try_recv() {
+                if let Job::Record(ex, reply) = job {
+                    batch.push((ex, reply));
+                }
+                if batch.len() >= MAX_BATCH {
+                    store_batch(&mut store, std::mem::take(&mut batch), &events);
+                }
+            }
+        }
+        store_batch(&mut store, batch, &events);
+    }
+    // Stop accepting: later `record` calls see Closed.
+    rx.close();
+    while let Ok(job) = rx.try_recv() {
+        if let Job::Record(ex, reply) = job {
+            store_batch(&mut store, vec![(ex, reply)], &events);
+        }
+    }
+    drop(store);
+    if let Some(done) = closing {
+        let _ = done.send(());
+    }
+}
+
+fn store_batch(
+    store: &mut Store,
+    batch: Vec<(Box<Exchange>, Reply)>,
+    events: &broadcast::Sender<CaptureEvent>,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    let (mut exs, replies): (Vec<Exchange>, Vec<Reply>) =
+        batch.into_iter().map(|(ex, reply)| (*ex, reply)).unzip();
+    for ex in exs.iter_mut() {
+        fill_event(ex, true);
+    }
+    let results = match store.insert_batch(&exs) {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = e.to_string();
+            exs.iter()
+                .map(|_| Err(StoreError::Failed(msg.clone())))
+                .collect()
+        }
+    };
+    for ((ex, reply), result) in exs.iter().zip(replies).zip(results) {
+        let mut summary = ex.summary();
+        match result {
+            Ok(id) => {
+                summary.id = id;
+                let _ = events.send(CaptureEvent::Stored(summary));
+                let _ = reply.send(Ok(id));
+            }
+            Err(e) => {
+                summary.id = 0;
+                tracing::warn!("capture: exchange not stored: {e}");
+                let _ = events.send(CaptureEvent::NotStored {
+                    summary,
+                    reason: e.to_string(),
+                });
+                let _ = reply.send(Err(e));
+                discard_spilled(ex.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::store::tests::sample;
+    use crate::capture::store::{ListQuery, StoreConfig};
+
+    fn store(dir: &std::path::Path) -> Store {
+        Store::open(&StoreConfig::new(dir.to_path_buf())).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stores_a_burst_and_publishes_events() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rec = Recorder::spawn(store(tmp.path()));
+        let mut events = rec.subscribe();
+        const N: usize = 5000;
+        // Follow events concurrently, as the inspector does.
+        let follower = tokio::spawn(async move {
+            let (mut stored, mut last) = (Vec::new(), None);
+            while stored.len() < N {
+                match events.recv().await {
+                    Ok(CaptureEvent::Stored(s)) => {
+                        stored.push(s.id);
+                        last = s.event;
+                    }
+                    Ok(CaptureEvent::NotStored { reason, .. }) => panic!("not stored: {reason}"),
+                    Err(e) => panic!("event stream: {e}"),
+                }
+            }
+            (stored, last)
+        });
+        let mut pending = std::collections::VecDeque::with_capacity(N);
+        let mut ids = Vec::new();
+        for i in 0..N {
+            let mut ex = sample(format!("{{\"type\":\"burst.{i}\"}}").as_bytes());
+            ex.request.path = format!("/{i}");
+            pending.push_back(rec.record(ex));
+            // Keep at most 1000 outstanding (queue is 1024): record() itself
+            // never waits, so the sender paces on replies.
+            if pending.len() >= 1000 {
+                ids.push(pending.pop_front().unwrap().await.unwrap().unwrap());
+            }
+        }
+        for rx in pending {
+            ids.push(rx.await.unwrap().unwrap());
+        }
+        let (stored, last_event) = follower.await.unwrap();
+        assert_eq!(stored, ids, "one Stored event per exchange, in order");
+        assert_eq!(last_event.as_deref(), Some("burst.4999"));
+        let mut sorted = ids.clone();
+        sorted.dedup();
+        assert_eq!(sorted.len(), N, "ids are unique and increasing");
+        rec.close().await;
+        let s = Store::open_reader(tmp.path()).unwrap();
+        assert_eq!(s.count().unwrap() as usize, N);
+    }
+
+    #[tokio::test]
+    async fn all_records_stored_when_paced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rec = Recorder::spawn(store(tmp.path()));
+        let mut rxs = Vec::new();
+        for _ in 0..1000 {
+            rxs.push(rec.record(sample(b"x")));
+        }
+        for rx in rxs {
+            assert!(rx.await.unwrap().is_ok());
+        }
+        rec.close().await;
+        assert_eq!(
+            Store::open_reader(tmp.path()).unwrap().count().unwrap(),
+            1000
+        );
+    }
+
+    #[tokio::test]
+    async fn queue_full_reports_not_stored_without_blocking() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path());
+        // Hold the database's write lock from another connection so the
+        // writer is stuck on its first batch and the 1-slot queue fills.
+        let blocker = rusqlite::Connection::open(tmp.path().join("capture.db")).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let rec = Recorder::with_capacity(s, 1);
+        let mut events = rec.subscribe();
+        let first = rec.record(sample(b"1"));
+        // Wait until the writer has taken the first job off the queue.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let second = rec.record(sample(b"2")); // fills the queue
+        let start = std::time::Instant::now();
+        let spill = tmp.path().join("lost.spill");
+        std::fs::write(&spill, b"spilled").unwrap();
+        let mut lost = sample(b"{\"eventType\":\"lost.one\"}");
+        lost.response.as_mut().unwrap().body = crate::capture::CapturedBody {
+            data: BodyData::File(spill.clone()),
+            total_len: 7,
+            truncated: false,
+        };
+        let mut third = rec.record(lost);
+        assert!(start.elapsed() < std::time::Duration::from_millis(50));
+        assert!(matches!(third.try_recv(), Ok(Err(StoreError::QueueFull))));
+        match events.recv().await.unwrap() {
+            CaptureEvent::NotStored { summary, reason } => {
+                assert_eq!(summary.id, 0);
+                assert_eq!(summary.event.as_deref(), Some("lost.one"));
+                assert!(reason.contains("queue full"), "{reason}");
+            }
+            other => panic!("expected NotStored, got {other:?}"),
+        }
+        // The unstored exchange's spill file is not leaked.
+        for _ in 0..100 {
+            if !spill.exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(!spill.exists());
+        blocker.execute_batch("ROLLBACK").unwrap();
+        assert!(first.await.unwrap().is_ok());
+        assert!(second.await.unwrap().is_ok());
+        rec.close().await;
+    }
+
+    #[tokio::test]
+    async fn database_failure_reports_not_stored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path());
+        let rec = Recorder::spawn(s);
+        let mut events = rec.subscribe();
+        assert!(rec.record(sample(b"ok")).await.unwrap().is_ok());
+        assert!(matches!(
+            events.recv().await.unwrap(),
+            CaptureEvent::Stored(_)
+        ));
+        // Break the schema under the writer.
+        let other = rusqlite::Connection::open(tmp.path().join("capture.db")).unwrap();
+        other.execute_batch("DROP TABLE payloads").unwrap();
+        let res = rec.record(sample(b"lost")).await.unwrap();
+        assert!(res.is_err());
+        match events.recv().await.unwrap() {
+            CaptureEvent::NotStored { summary, reason } => {
+                assert_eq!(summary.path, "/hooks?key=0123");
+                assert!(reason.contains("payloads"), "{reason}");
+            }
+            other => panic!("expected NotStored, got {other:?}"),
+        }
+        rec.close().await;
+    }
+
+    #[tokio::test]
+    async fn records_after_close_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rec = Recorder::spawn(store(tmp.path()));
+        let other = rec.clone();
+        let queued = rec.record(sample(b"before close"));
+        rec.close().await;
+        assert!(
+            queued.await.unwrap().is_ok(),
+            "queued before close is flushed"
+        );
+        let after = other.record(sample(b"after"));
+        assert!(matches!(after.await.unwrap(), Err(StoreError::Closed)));
+        let s = Store::open_reader(tmp.path()).unwrap();
+        assert_eq!(s.list(&ListQuery::default()).unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn recognises_events_in_spilled_bodies() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path());
+        // A ~280 KB payload (6000 long transaction ids) spilled to a file by the tee.
+        let ids: Vec<String> = (0..6000).map(|i| format!("\"{i:044}\"")).collect();
+        let body = format!(
+            "{{\"eventType\":\"newTransactions\",\"transactions\":[{}]}}",
+            ids.join(",")
+        );
+        assert!(body.len() > crate::capture::store::INLINE_BODY_MAX);
+        std::fs::create_dir_all(s.spill_dir()).unwrap();
+        let path = s.spill_dir().join("t.spill");
+        std::fs::write(&path, &body).unwrap();
+        let rec = Recorder::spawn(s);
+        let mut ex = sample(b"");
+        ex.request.body = crate::capture::CapturedBody {
+            data: BodyData::File(path),
+            total_len: body.len() as u64,
+            truncated: false,
+        };
+        let id = rec.record(ex).await.unwrap().unwrap();
+        rec.close().await;
+        let r = Store::open_reader(tmp.path()).unwrap();
+        assert_eq!(
+            r.summary(id).unwrap().unwrap().event.as_deref(),
+            Some("newTransactions")
+        );
     }
 }

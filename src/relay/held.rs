@@ -47,7 +47,9 @@ impl std::str::FromStr for OfflinePolicy {
         match s {
             "hold" => Ok(OfflinePolicy::Hold),
             "reject" => Ok(OfflinePolicy::Reject),
-            other => Err(format!("'{other}' is not an offline policy (hold or reject)")),
+            other => Err(format!(
+                "'{other}' is not an offline policy (hold or reject)"
+            )),
         }
     }
 }
@@ -166,7 +168,12 @@ fn encode_headers(h: &[(String, Vec<u8>)]) -> String {
     use base64::Engine;
     let list: Vec<(String, String)> = h
         .iter()
-        .map(|(k, v)| (k.clone(), base64::engine::general_purpose::STANDARD.encode(v)))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                base64::engine::general_purpose::STANDARD.encode(v),
+            )
+        })
         .collect();
     serde_json::to_string(&list).expect("header list serialises")
 }
@@ -329,25 +336,29 @@ impl HeldStore {
                 },
             )
             .optional()?;
-        Ok(row.map(|(seq, attempts, event_id, method, path, headers, meta, body)| HeldEvent {
-            seq,
-            attempts,
-            event: NewEvent {
-                event_id,
-                tunnel: name.to_string(),
-                method,
-                path,
-                headers: decode_headers(&headers),
-                meta: RequestMeta::decode(meta.as_bytes()).unwrap_or_default(),
-                body: Bytes::from(body),
+        Ok(row.map(
+            |(seq, attempts, event_id, method, path, headers, meta, body)| HeldEvent {
+                seq,
+                attempts,
+                event: NewEvent {
+                    event_id,
+                    tunnel: name.to_string(),
+                    method,
+                    path,
+                    headers: decode_headers(&headers),
+                    meta: RequestMeta::decode(meta.as_bytes()).unwrap_or_default(),
+                    body: Bytes::from(body),
+                },
             },
-        }))
+        ))
     }
 
     /// Counts a delivery attempt.
     pub fn attempted(&self, seq: i64) -> Result<(), HeldError> {
-        self.conn()
-            .execute("UPDATE events SET attempts = attempts + 1 WHERE seq = ?1", params![seq])?;
+        self.conn().execute(
+            "UPDATE events SET attempts = attempts + 1 WHERE seq = ?1",
+            params![seq],
+        )?;
         Ok(())
     }
 
@@ -372,11 +383,18 @@ impl HeldStore {
         )?;
         let expired: Vec<(String, u64, u64)> = stmt
             .query_map(params![cutoff], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, i64>(2)? as u64,
+                ))
             })?
             .collect::<Result<_, _>>()?;
         drop(stmt);
-        conn.execute("DELETE FROM events WHERE received_at_ms < ?1", params![cutoff])?;
+        conn.execute(
+            "DELETE FROM events WHERE received_at_ms < ?1",
+            params![cutoff],
+        )?;
         drop(conn);
         let mut map = self.map();
         for (name, n, bytes) in &expired {
@@ -405,7 +423,10 @@ mod tests {
             tunnel: tunnel.into(),
             method: "POST".into(),
             path: format!("/hook/{n}"),
-            headers: vec![("x-bin".into(), vec![0xff, 0x00, 0x80]), ("x-n".into(), n.to_string().into_bytes())],
+            headers: vec![
+                ("x-bin".into(), vec![0xff, 0x00, 0x80]),
+                ("x-n".into(), n.to_string().into_bytes()),
+            ],
             meta: RequestMeta {
                 proto: "http".into(),
                 received_at_ms: now_ms(),
@@ -429,12 +450,18 @@ mod tests {
         }
         let store = HeldStore::open(dir.path(), Caps::default()).unwrap();
         let st = store.state("t").unwrap();
-        assert_eq!((st.pending, st.bytes, st.policy), (5, 15, OfflinePolicy::Hold));
+        assert_eq!(
+            (st.pending, st.bytes, st.policy),
+            (5, 15, OfflinePolicy::Hold)
+        );
         for n in 0..5u32 {
             let ev = store.next("t").unwrap().unwrap();
             assert_eq!(ev.event.path, format!("/hook/{n}"));
             assert_eq!(ev.event.body.as_ref(), &[n as u8, 0xfe, 0x00]);
-            assert_eq!(ev.event.headers[0], ("x-bin".to_string(), vec![0xff, 0x00, 0x80]));
+            assert_eq!(
+                ev.event.headers[0],
+                ("x-bin".to_string(), vec![0xff, 0x00, 0x80])
+            );
             store.attempted(ev.seq).unwrap();
             assert_eq!(store.next("t").unwrap().unwrap().attempts, 1);
             store.remove(&ev).unwrap();
@@ -455,9 +482,15 @@ mod tests {
         let store = HeldStore::open(dir.path(), caps).unwrap();
         store.remember("t", OfflinePolicy::Hold).unwrap();
         store.reserve("t", 4).unwrap();
-        assert!(matches!(store.reserve("t", 7), Err(HeldError::Full("byte cap"))));
+        assert!(matches!(
+            store.reserve("t", 7),
+            Err(HeldError::Full("byte cap"))
+        ));
         store.reserve("t", 6).unwrap();
-        assert!(matches!(store.reserve("t", 0), Err(HeldError::Full("event count cap"))));
+        assert!(matches!(
+            store.reserve("t", 0),
+            Err(HeldError::Full("event count cap"))
+        ));
         store.release("t", 6);
         store.reserve("t", 1).unwrap();
     }
@@ -483,8 +516,14 @@ mod tests {
 
     #[test]
     fn policy_parses() {
-        assert_eq!("hold".parse::<OfflinePolicy>().unwrap(), OfflinePolicy::Hold);
-        assert_eq!("reject".parse::<OfflinePolicy>().unwrap(), OfflinePolicy::Reject);
+        assert_eq!(
+            "hold".parse::<OfflinePolicy>().unwrap(),
+            OfflinePolicy::Hold
+        );
+        assert_eq!(
+            "reject".parse::<OfflinePolicy>().unwrap(),
+            OfflinePolicy::Reject
+        );
         assert!("drop".parse::<OfflinePolicy>().is_err());
     }
 }

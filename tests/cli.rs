@@ -1,0 +1,363 @@
+//! The binary as a user runs it: `whtunnel listen` with its embedded relay,
+//! `requests list/show`, `replay`, refusals, and the standalone relay.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Method, StatusCode};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+struct Listen {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+    public_url: String,
+}
+
+impl Listen {
+    /// `whtunnel listen <target> --no-tui` with its embedded relay on port 0.
+    async fn start(target: &str, data_dir: &std::path::Path, extra: &[&str]) -> Listen {
+        let mut child = Command::new(bin())
+            .args([
+                "listen",
+                target,
+                "--no-tui",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = tokio::time::timeout(Duration::from_secs(15), lines.next_line())
+            .await
+            .expect("listen prints its URL within 15 s")
+            .unwrap()
+            .expect("a line");
+        // "Forwarding http://127.0.0.1:PORT/t/NAME -> http://..."
+        let rest = first
+            .strip_prefix("Forwarding ")
+            .unwrap_or_else(|| panic!("{first}"));
+        let (url, to) = rest.split_once(" -> ").unwrap();
+        assert!(to.starts_with("http://"), "{first}");
+        Listen {
+            child,
+            lines,
+            public_url: url.to_string(),
+        }
+    }
+
+    async fn next_line(&mut self) -> String {
+        tokio::time::timeout(Duration::from_secs(10), self.lines.next_line())
+            .await
+            .expect("a log line within 10 s")
+            .unwrap()
+            .expect("a line")
+    }
+
+    async fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().unwrap() as i32;
+        // SIGINT, as Ctrl-C would.
+        unsafe_kill(pid, 2);
+        tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("listen exits after SIGINT")
+            .unwrap()
+    }
+}
+
+fn unsafe_kill(pid: i32, sig: i32) {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+async fn whtunnel(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin()).args(args).output().await.unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn listen_alone_forwards_records_and_replays() {
+    let app = App::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let mut listen = Listen::start(&app.addr.port().to_string(), dir.path(), &[]).await;
+    assert!(
+        listen.public_url.starts_with("http://127.0.0.1:"),
+        "{}",
+        listen.public_url
+    );
+    let name = listen.public_url.rsplit('/').next().unwrap().to_string();
+    assert_eq!(name.len(), 26, "generated names carry 128 bits");
+
+    let json = br#"{"id":"evt_1","type":"payment.succeeded","data":{"amount":100}}"#;
+    let (status, _, _) = send(
+        Method::POST,
+        &format!("{}/hooks/pay?key=abc", listen.public_url),
+        &[("content-type", "application/json"), ("x-signature", "sig")],
+        Bytes::from_static(json),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let line = listen.next_line().await;
+    assert!(
+        line.contains("POST") && line.contains("/hooks/pay?key=abc") && line.contains("200"),
+        "{line}"
+    );
+    assert!(line.contains("payment.succeeded"), "{line}");
+
+    let binary: Vec<u8> = vec![0, 159, 146, 150, 255, 1, 2];
+    let (status, _, _) = send(
+        Method::PUT,
+        &format!("{}/bin", listen.public_url),
+        &[("content-type", "application/octet-stream")],
+        binary.clone(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let line = listen.next_line().await;
+    assert!(line.contains("PUT") && line.contains("/bin"), "{line}");
+
+    // The contract JSON, newest first.
+    let (code, out, err) = whtunnel(&["requests", "list", "--json", "--data-dir", d]).await;
+    assert_eq!(code, 0, "{err}");
+    let list: Value = serde_json::from_str(&out).unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["method"], "PUT");
+    assert_eq!(list[1]["method"], "POST");
+    assert_eq!(list[1]["path"], "/hooks/pay?key=abc");
+    assert_eq!(list[1]["status"], 200);
+    assert_eq!(list[1]["event"], "payment.succeeded");
+    assert_eq!(list[1]["replay_of"], Value::Null);
+    assert!(list[1]["received_at"].as_str().unwrap().contains('T'));
+    let post_id = list[1]["id"].as_i64().unwrap();
+    let put_id = list[0]["id"].as_i64().unwrap();
+
+    let (code, out, _) = whtunnel(&[
+        "requests",
+        "show",
+        &post_id.to_string(),
+        "--json",
+        "--data-dir",
+        d,
+    ])
+    .await;
+    assert_eq!(code, 0);
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["request"]["body"].as_str().unwrap().as_bytes(), json);
+    assert_eq!(shown["request"]["body_base64"], Value::Null);
+    let headers = shown["request"]["headers"].as_array().unwrap();
+    assert!(
+        headers
+            .iter()
+            .any(|h| h[0] == "x-signature" && h[1] == "sig"),
+        "{headers:?}"
+    );
+    assert!(headers.iter().any(|h| h[0] == "host"), "{headers:?}");
+    assert_eq!(shown["response"]["status"], 200);
+    assert_eq!(shown["error"], Value::Null);
+
+    let (_, out, _) = whtunnel(&[
+        "requests",
+        "show",
+        &put_id.to_string(),
+        "--json",
+        "--data-dir",
+        d,
+    ])
+    .await;
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    use base64::Engine;
+    let b64 = shown["request"]["body_base64"].as_str().unwrap();
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap(),
+        binary
+    );
+    assert_eq!(shown["request"]["body"], Value::Null);
+
+    // Replay delivers identical bytes to the app and is recorded as a replay.
+    let (code, out, err) = whtunnel(&["replay", &post_id.to_string(), "--data-dir", d]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("200"), "{out}");
+    let seen = app.seen();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[2].body.as_ref(), json);
+    assert_eq!(seen[2].uri, "/hooks/pay?key=abc");
+    assert_eq!(seen[2].method, Method::POST);
+    assert_eq!(seen[2].headers["x-signature"], "sig");
+
+    // Everything is still there after the agent exits.
+    let status = listen.stop().await;
+    assert!(status.success(), "{status:?}");
+    let (_, out, _) = whtunnel(&["requests", "list", "--json", "--data-dir", d]).await;
+    let list: Value = serde_json::from_str(&out).unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 3);
+    assert_eq!(list[0]["replay_of"], post_id);
+
+    // The next run keeps the same name, so a pasted URL keeps working.
+    let listen = Listen::start(&app.addr.port().to_string(), dir.path(), &[]).await;
+    assert!(
+        listen.public_url.ends_with(&format!("/t/{name}")),
+        "{}",
+        listen.public_url
+    );
+    listen.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_token_exits_non_zero_with_one_clear_line() {
+    let relay = start_relay(relay_config("127.0.0.1:0")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        Command::new(bin())
+            .args([
+                "listen",
+                "3999",
+                "--no-tui",
+                "--relay",
+                &relay.base,
+                "--token",
+                "wrong",
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .output(),
+    )
+    .await
+    .expect("a refused agent exits")
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("token refused"), "{stderr}");
+    assert!(
+        !stderr.contains("wrong"),
+        "the token itself is never printed: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn bad_arguments_get_one_line_errors() {
+    let (code, _, err) = whtunnel(&["listen", "http://x:1/?q", "--no-tui"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("invalid target"), "{err}");
+    let (code, _, err) = whtunnel(&[
+        "listen", "3000", "--relay", "ftp://x", "--token", "t", "--no-tui",
+    ])
+    .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("invalid relay URL"), "{err}");
+    let (code, _, err) = whtunnel(&[
+        "listen",
+        "3000",
+        "--relay",
+        "http://127.0.0.1:9",
+        "--no-tui",
+    ])
+    .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("needs a token"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = whtunnel(&[
+        "requests",
+        "show",
+        "42",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ])
+    .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("no exchange #42"), "{err}");
+}
+
+#[tokio::test]
+async fn standalone_relay_serves_agents_and_stops_on_sigterm() {
+    let app = App::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = Command::new(bin())
+        .args([
+            "relay",
+            "--listen",
+            "127.0.0.1:0",
+            "--token",
+            "s3cret",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut err_lines = BufReader::new(relay.stderr.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(10), err_lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    // "whtunnel relay listening on 127.0.0.1:PORT (tunnels at http://127.0.0.1:PORT/t/<name>)"
+    let addr = line
+        .split_whitespace()
+        .nth(4)
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
+    let listen_dir = tempfile::tempdir().unwrap();
+    let mut listen = Command::new(bin())
+        .args([
+            "listen",
+            &app.addr.to_string(),
+            "--no-tui",
+            "--name",
+            "shop",
+            "--token",
+            "s3cret",
+            "--data-dir",
+        ])
+        .arg(listen_dir.path())
+        .env("WHTUNNEL_RELAY", format!("http://{addr}"))
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(listen.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(10), out.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first,
+        format!("Forwarding http://{addr}/t/shop -> http://{}", app.addr)
+    );
+    let (s, _, _) = send(Method::POST, &format!("http://{addr}/t/shop/x"), &[], "{}").await;
+    assert_eq!(s, StatusCode::OK);
+
+    unsafe_kill(relay.id().unwrap() as i32, 15);
+    let status = tokio::time::timeout(Duration::from_secs(10), relay.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "relay exits 0 on SIGTERM: {status:?}");
+    let _ = listen.kill().await;
+}
