@@ -42,6 +42,9 @@ enum Job {
     Record(Box<Exchange>, Reply),
     /// Store what is queued before this, then stop; answer when done.
     Close(oneshot::Sender<()>),
+    /// Find the exchange that answered a relay event, after storing what is
+    /// queued before this.
+    Lookup(String, oneshot::Sender<Option<ExchangeSummary>>),
 }
 
 /// Handle to the writer task. Cheap to clone.
@@ -168,6 +171,19 @@ impl Recorder {
         rx
     }
 
+    /// The stored exchange that answered relay event `event_id`, if any.
+    /// Everything recorded before this call is stored before the lookup
+    /// runs, so a redelivered event is never mistaken for a new one because
+    /// its first answer was still queued.
+    pub async fn find_relay_event(&self, event_id: &str) -> Option<ExchangeSummary> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job::Lookup(event_id.to_string(), reply))
+            .await
+            .ok()?;
+        rx.await.ok().flatten()
+    }
+
     /// Follows stored exchanges.
     pub fn subscribe(&self) -> broadcast::Receiver<CaptureEvent> {
         self.events.subscribe()
@@ -197,9 +213,11 @@ fn writer(mut store: Store, mut rx: mpsc::Receiver<Job>, events: broadcast::Send
             break;
         };
         let mut batch = Vec::new();
+        let mut lookups = Vec::new();
         let mut push = |job: Job, batch: &mut Vec<(Box<Exchange>, Reply)>| match job {
             Job::Record(ex, reply) => batch.push((ex, reply)),
             Job::Close(done) => closing = Some(done),
+            Job::Lookup(id, reply) => lookups.push((id, reply)),
         };
         push(first, &mut batch);
         while batch.len() < MAX_BATCH {
@@ -220,6 +238,10 @@ fn writer(mut store: Store, mut rx: mpsc::Receiver<Job>, events: broadcast::Send
             }
         }
         store_batch(&mut store, batch, &events);
+        // Answered only now, so every record queued before them is visible.
+        for (id, reply) in lookups {
+            let _ = reply.send(store.find_by_relay_event(&id).ok().flatten());
+        }
     }
     // Stop accepting: later `record` calls see Closed.
     rx.close();

@@ -124,6 +124,24 @@ pub struct TunnelState {
     pub pending: u64,
     /// Body bytes stored.
     pub bytes: u64,
+    /// A delivery task is running for this tunnel.
+    pub delivering: bool,
+}
+
+/// Where a public request goes, decided atomically with the delivery task
+/// so nothing can be queued behind a backlog that is no longer delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Forward it live to the agent.
+    Live,
+    /// Store it: a slot is reserved (see [`HeldStore::add_bytes`]).
+    Hold,
+    /// The agent is away and asked for 503s instead of holding.
+    Reject,
+    /// The tunnel's queue is at its event cap.
+    Full,
+    /// No agent ever held this name.
+    Unknown,
 }
 
 /// The held-event store.
@@ -234,6 +252,7 @@ impl HeldStore {
                         policy: policy.parse().unwrap_or_default(),
                         pending: pending as u64,
                         bytes: bytes as u64,
+                        delivering: false,
                     },
                 );
             }
@@ -268,6 +287,66 @@ impl HeldStore {
     /// The tunnel's state, if an agent ever held it.
     pub fn state(&self, name: &str) -> Option<TunnelState> {
         self.map().get(name).copied()
+    }
+
+    /// Decides where a request for `name` goes. `connected`: an agent holds
+    /// the tunnel now. Live only when nothing is queued, so held events are
+    /// delivered before new traffic; otherwise a slot is reserved.
+    pub fn admit(&self, name: &str, connected: bool) -> Admit {
+        let mut map = self.map();
+        let Some(st) = map.get_mut(name) else {
+            return if connected { Admit::Live } else { Admit::Unknown };
+        };
+        if st.pending == 0 && connected {
+            return Admit::Live;
+        }
+        if st.pending == 0 && st.policy == OfflinePolicy::Reject {
+            return Admit::Reject;
+        }
+        if st.pending >= self.caps.max_events {
+            return Admit::Full;
+        }
+        st.pending += 1;
+        Admit::Hold
+    }
+
+    /// Adds a held body's size to a slot reserved by [`admit`](Self::admit),
+    /// or says the byte cap is reached (then [`release`](Self::release) it).
+    pub fn add_bytes(&self, name: &str, len: u64) -> Result<(), HeldError> {
+        let mut map = self.map();
+        let st = map.entry(name.to_string()).or_default();
+        if st.bytes + len > self.caps.max_bytes {
+            return Err(HeldError::Full("byte cap"));
+        }
+        st.bytes += len;
+        Ok(())
+    }
+
+    /// Marks a delivery task as running; false when one already is.
+    pub fn start_delivery(&self, name: &str) -> bool {
+        let mut map = self.map();
+        let st = map.entry(name.to_string()).or_default();
+        !std::mem::replace(&mut st.delivering, true)
+    }
+
+    /// Ends the delivery task if nothing is left to deliver; false when
+    /// events (stored or being stored) remain and it must go on.
+    pub fn finish_delivery(&self, name: &str) -> bool {
+        let mut map = self.map();
+        let st = map.entry(name.to_string()).or_default();
+        if st.pending == 0 {
+            st.delivering = false;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Ends the delivery task whatever is left (the agent's link dropped).
+    pub fn stop_delivery(&self, name: &str) {
+        if let Some(st) = self.map().get_mut(name) {
+            st.delivering = false;
+        }
     }
 
     /// Reserves room for one event of `len` body bytes, or says which cap is
@@ -512,6 +591,39 @@ mod tests {
         assert!(store.next("t").unwrap().is_none());
         assert_eq!(store.state("t").unwrap().pending, 0);
         assert_eq!(store.state("t").unwrap().policy, OfflinePolicy::Reject);
+    }
+
+    #[test]
+    fn admission_keeps_held_events_ahead_of_new_traffic() {
+        let dir = tempfile::tempdir().unwrap();
+        let caps = Caps {
+            max_events: 2,
+            ..Caps::default()
+        };
+        let store = HeldStore::open(dir.path(), caps).unwrap();
+        assert_eq!(store.admit("t", false), Admit::Unknown);
+        assert_eq!(store.admit("t", true), Admit::Live);
+        store.remember("t", OfflinePolicy::Hold).unwrap();
+        assert_eq!(store.admit("t", true), Admit::Live);
+        assert_eq!(store.admit("t", false), Admit::Hold);
+        // Something is queued: even with the agent back, new traffic queues.
+        assert_eq!(store.admit("t", true), Admit::Hold);
+        assert_eq!(store.admit("t", true), Admit::Full);
+        assert!(store.start_delivery("t"));
+        assert!(!store.start_delivery("t"), "one delivery task per tunnel");
+        assert!(!store.finish_delivery("t"), "two events left");
+        store.release("t", 0);
+        store.release("t", 0);
+        assert!(store.finish_delivery("t"));
+        assert!(store.start_delivery("t"));
+        store.stop_delivery("t");
+        assert!(store.start_delivery("t"));
+
+        store.remember("r", OfflinePolicy::Reject).unwrap();
+        assert_eq!(store.admit("r", false), Admit::Reject);
+        assert_eq!(store.admit("r", true), Admit::Live);
+        store.add_bytes("t", 10).unwrap();
+        assert!(matches!(store.add_bytes("t", 1 << 30), Err(HeldError::Full("byte cap"))));
     }
 
     #[test]
