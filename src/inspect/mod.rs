@@ -1,10 +1,31 @@
-//! The terminal inspector (STUB): a live list of exchanges, details, filter,
-//! replay and edit-then-replay.
+//! The terminal inspector: a live list of exchanges, details, filter, replay
+//! and edit-then-replay.
+//!
+//! One-way data flow (as in gitui/oha): the event loop in [`terminal`] turns
+//! terminal input, capture events and connection changes into [`Msg`]s;
+//! [`update`] applies them to the plain-data [`App`] and returns [`Effect`]s
+//! (store reads, replays, quit) that the loop carries out; [`draw`] renders
+//! the `App` onto any ratatui backend.
 
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::agent::ConnectionStatus;
 use crate::capture::{CaptureEvent, ReplayRequest, Store};
+
+pub mod body;
+pub mod detail;
+pub mod edit;
+pub mod render;
+pub mod state;
+pub mod terminal;
+pub mod theme;
+
+#[cfg(test)]
+mod tests;
+
+pub use render::draw;
+pub use state::{update, App, Effect, Msg};
+pub use theme::Theme;
 
 /// Everything the inspector reads from and writes to.
 pub struct Inputs {
@@ -24,6 +45,6 @@ pub struct Inputs {
 
 /// Runs the inspector on the current terminal until the user quits.
 /// Blocking: call it from a dedicated thread.
-pub fn run(_inputs: Inputs) -> anyhow::Result<()> {
-    todo!()
+pub fn run(inputs: Inputs) -> anyhow::Result<()> {
+    terminal::run(inputs)
 }
