@@ -16,6 +16,7 @@ pub mod body;
 pub mod detail;
 pub mod edit;
 pub mod render;
+pub mod session;
 pub mod state;
 pub mod terminal;
 pub mod theme;
@@ -24,6 +25,7 @@ pub mod theme;
 mod tests;
 
 pub use render::draw;
+pub use session::{Session, Source};
 pub use state::{update, App, Effect, Msg};
 pub use theme::Theme;
 

@@ -372,9 +372,14 @@ fn draw_footer(frame: &mut Frame, app: &App, area: Rect) {
     }
     let mut spans = Vec::new();
     if !app.filter.is_empty() {
+        let searching = if app.body_search.as_ref().is_some_and(|b| b.running) {
+            " · searching bodies…"
+        } else {
+            ""
+        };
         spans.push(Span::styled(
             format!(
-                "[filter: {} · {}/{}] ",
+                "[filter: {} · {}/{}{searching}] ",
                 app.filter,
                 app.visible.len(),
                 app.rows.len()
@@ -430,6 +435,7 @@ pub const HELP: &[(&str, &str)] = &[
     ("5xx  404", "status class / status"),
     ("err", "failed or not stored"),
     ("#12", "exchange id"),
+    ("body:text", "request or response body contains text"),
     ("text", "method, path, event or error"),
 ];
 

@@ -3,7 +3,7 @@
 //! must carry out (store reads, replays, quitting). Nothing here touches the
 //! terminal, the store or a clock, so every behaviour is unit-testable.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -122,6 +122,17 @@ pub enum Level {
     Error,
 }
 
+/// The state of a `body:` filter term, answered by the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodySearch {
+    /// The text searched for (case-insensitive for ASCII).
+    pub needle: String,
+    /// Stored exchanges whose request or response body contains it.
+    pub matched: HashSet<ExchangeId>,
+    /// Whether exchanges are still being searched.
+    pub running: bool,
+}
+
 /// A transient message in the footer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notice {
@@ -166,6 +177,8 @@ pub struct App {
     pub pending_edit: Option<ExchangeId>,
     /// Whether the help overlay is shown.
     pub help: bool,
+    /// Results of the applied filter's `body:` term, if it has one.
+    pub body_search: Option<BodySearch>,
     /// Recently loaded exchanges.
     pub cache: HashMap<ExchangeId, Arc<Exchange>>,
     cache_order: VecDeque<ExchangeId>,
@@ -217,6 +230,15 @@ pub enum Msg {
         /// Why.
         error: String,
     },
+    /// One step of a body search finished.
+    BodySearched {
+        /// The text searched for.
+        needle: String,
+        /// Exchanges (of this step) whose bodies contain it.
+        matched: HashSet<ExchangeId>,
+        /// Exchanges still to search.
+        rest: Vec<ExchangeId>,
+    },
     /// Reading the store failed.
     StoreError(String),
     /// Time passed.
@@ -233,6 +255,14 @@ pub enum Effect {
     Replay(ReplayRequest),
     /// Reload the list (`Store::list`) and answer with [`Msg::Reloaded`].
     Reload,
+    /// Search the bodies of `ids` (newest first) for `needle`, a step at a
+    /// time, answering with [`Msg::BodySearched`].
+    SearchBodies {
+        /// The text to find (case-insensitive for ASCII).
+        needle: String,
+        /// Exchanges to search.
+        ids: Vec<ExchangeId>,
+    },
     /// Leave the inspector.
     Quit,
 }
@@ -242,11 +272,16 @@ pub enum Effect {
 /// - `5xx` / `2xx`...: the status class; a three-digit number: the status;
 /// - `err` / `error`: failed exchanges (no status, an error, or not stored);
 /// - `#12`: the exchange id;
+/// - `body:text`: not decided here (the store is searched, see
+///   [`App::row_matches`]); counts as a match;
 /// - anything else: a substring of the method, path, event type or error.
 pub fn matches(filter: &str, row: &Row) -> bool {
     let s = &row.summary;
     filter.split_whitespace().all(|term| {
         let t = term.to_ascii_lowercase();
+        if t.starts_with("body:") {
+            return true;
+        }
         let tb = t.as_bytes();
         if tb.len() == 3 && tb[0].is_ascii_digit() && &t[1..] == "xx" {
             let class = u16::from(tb[0] - b'0');
@@ -271,6 +306,18 @@ pub fn matches(filter: &str, row: &Row) -> bool {
     })
 }
 
+/// The text of the filter's `body:` term (the first, if several).
+pub fn body_term(filter: &str) -> Option<&str> {
+    filter
+        .split_whitespace()
+        .find_map(|t| {
+            t.get(..5)
+                .filter(|p| p.eq_ignore_ascii_case("body:"))
+                .map(|_| &t[5..])
+        })
+        .filter(|n| !n.is_empty())
+}
+
 impl App {
     /// An empty inspector. `tz` is the offset times are shown in.
     pub fn new(public_url: String, target: String, theme: Theme, tz: FixedOffset) -> Self {
@@ -290,6 +337,7 @@ impl App {
             editor: None,
             pending_edit: None,
             help: false,
+            body_search: None,
             cache: HashMap::new(),
             cache_order: VecDeque::new(),
             notice: None,
@@ -340,11 +388,54 @@ impl App {
         });
     }
 
+    /// Whether `row` passes the active filter. While the prompt is open the
+    /// `body:` term is ignored (the store is searched only on Enter); once
+    /// applied, only exchanges the search found pass.
+    pub fn row_matches(&self, row: &Row) -> bool {
+        let filter = self.active_filter();
+        if !matches(filter, row) {
+            return false;
+        }
+        if self.filter_draft.is_some() || body_term(filter).is_none() {
+            return true;
+        }
+        match (&self.body_search, row.key) {
+            (Some(b), RowKey::Stored(id)) => b.matched.contains(&id),
+            _ => false,
+        }
+    }
+
+    /// Starts a body search for the applied filter's `body:` term over all
+    /// stored rows, or drops the search when the filter has none.
+    fn start_body_search(&mut self) -> Vec<Effect> {
+        let Some(needle) = body_term(&self.filter).map(str::to_string) else {
+            self.body_search = None;
+            return vec![];
+        };
+        let ids: Vec<ExchangeId> = self
+            .rows
+            .iter()
+            .filter_map(|r| match r.key {
+                RowKey::Stored(id) => Some(id),
+                RowKey::NotStored(_) => None,
+            })
+            .collect();
+        self.body_search = Some(BodySearch {
+            needle: needle.clone(),
+            matched: HashSet::new(),
+            running: !ids.is_empty(),
+        });
+        if ids.is_empty() {
+            vec![]
+        } else {
+            vec![Effect::SearchBodies { needle, ids }]
+        }
+    }
+
     /// Recomputes `visible` and repairs the selection and scroll offset.
     fn refilter(&mut self) {
-        let filter = self.active_filter().to_string();
         self.visible = (0..self.rows.len())
-            .filter(|&i| matches(&filter, &self.rows[i]))
+            .filter(|&i| self.row_matches(&self.rows[i]))
             .collect();
         if self.follow || self.selected_index().is_none() {
             self.selected = self.visible.first().map(|&i| self.rows[i].key);
@@ -381,13 +472,22 @@ impl App {
         self.select_index(cur.saturating_add_signed(delta));
     }
 
-    fn push_row(&mut self, row: Row) {
+    /// Adds (or replaces) a row; returns the body search it needs when a
+    /// `body:` filter is applied.
+    fn push_row(&mut self, row: Row) -> Vec<Effect> {
+        let search = match (&self.body_search, row.key) {
+            (Some(b), RowKey::Stored(id)) => vec![Effect::SearchBodies {
+                needle: b.needle.clone(),
+                ids: vec![id],
+            }],
+            _ => vec![],
+        };
         if let Some(pos) = self.rows.iter().position(|r| r.key == row.key) {
             self.rows[pos] = row;
             self.refilter();
-            return;
+            return search;
         }
-        let shown = matches(self.active_filter(), &row);
+        let shown = self.row_matches(&row);
         self.rows.insert(0, row);
         self.rows.truncate(MAX_ROWS);
         // Keep a user who scrolled away looking at the same rows.
@@ -395,6 +495,7 @@ impl App {
             self.offset += 1;
         }
         self.refilter();
+        search
     }
 
     fn cache_insert(&mut self, ex: Arc<Exchange>) {
@@ -569,14 +670,11 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             app.scroll_detail(0);
             vec![]
         }
-        Msg::Captured(CaptureEvent::Stored(summary)) => {
-            app.push_row(Row {
-                key: RowKey::Stored(summary.id),
-                summary,
-                not_stored: None,
-            });
-            vec![]
-        }
+        Msg::Captured(CaptureEvent::Stored(summary)) => app.push_row(Row {
+            key: RowKey::Stored(summary.id),
+            summary,
+            not_stored: None,
+        }),
         Msg::Captured(CaptureEvent::NotStored { summary, reason }) => {
             app.next_unstored += 1;
             app.not_stored += 1;
@@ -589,8 +687,7 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
                 key,
                 summary,
                 not_stored: Some(reason),
-            });
-            vec![]
+            })
         }
         Msg::Lagged(n) => {
             app.notify(
@@ -627,8 +724,31 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
                 rows.insert(pos, r);
             }
             app.rows = rows;
+            // Rows missed while lagging were never searched: search again.
+            let fx = if app.body_search.is_some() {
+                app.start_body_search()
+            } else {
+                vec![]
+            };
             app.refilter();
-            vec![]
+            fx
+        }
+        Msg::BodySearched {
+            needle,
+            matched,
+            rest,
+        } => {
+            let Some(b) = app.body_search.as_mut().filter(|b| b.needle == needle) else {
+                return vec![]; // a search for a filter no longer applied
+            };
+            b.matched.extend(matched);
+            b.running = !rest.is_empty();
+            app.refilter();
+            if rest.is_empty() {
+                vec![]
+            } else {
+                vec![Effect::SearchBodies { needle, ids: rest }]
+            }
         }
         Msg::DetailLoaded(ex) => {
             let ex: Arc<Exchange> = Arc::from(ex);
@@ -688,8 +808,7 @@ fn on_key(app: &mut App, key: KeyEvent) -> Vec<Effect> {
         return vec![];
     }
     if app.filter_draft.is_some() {
-        on_filter_key(app, key);
-        return vec![];
+        return on_filter_key(app, key);
     }
     match app.view {
         View::Edit => on_edit_key(app, key),
@@ -698,18 +817,24 @@ fn on_key(app: &mut App, key: KeyEvent) -> Vec<Effect> {
     }
 }
 
-fn on_filter_key(app: &mut App, key: KeyEvent) {
+fn on_filter_key(app: &mut App, key: KeyEvent) -> Vec<Effect> {
     let Some(draft) = app.filter_draft.as_mut() else {
-        return;
+        return vec![];
     };
     match key.code {
         KeyCode::Enter => {
-            app.filter = app
-                .filter_draft
-                .take()
-                .unwrap_or_default()
-                .trim()
-                .to_string();
+            let new = app.filter_draft.take().unwrap_or_default();
+            let new = new.trim().to_string();
+            let search_again =
+                app.body_search.is_none() || body_term(&new) != body_term(&app.filter);
+            app.filter = new;
+            let fx = if search_again {
+                app.start_body_search()
+            } else {
+                vec![]
+            };
+            app.refilter();
+            return fx;
         }
         KeyCode::Esc => {
             app.filter_draft = None;
@@ -719,9 +844,13 @@ fn on_filter_key(app: &mut App, key: KeyEvent) {
         }
         KeyCode::Char('u') if key.modifiers.contains(KeyModifiers::CONTROL) => draft.clear(),
         KeyCode::Char(c) if !key.modifiers.contains(KeyModifiers::CONTROL) => draft.push(c),
-        _ => return,
+        // Moving while typing lets the user check the preview.
+        KeyCode::Down => app.move_by(1),
+        KeyCode::Up => app.move_by(-1),
+        _ => return vec![],
     }
     app.refilter();
+    vec![]
 }
 
 fn on_list_key(app: &mut App, key: KeyEvent) -> Vec<Effect> {
@@ -755,6 +884,7 @@ fn on_list_key(app: &mut App, key: KeyEvent) -> Vec<Effect> {
         KeyCode::Char('?') => app.help = true,
         KeyCode::Esc if !app.filter.is_empty() => {
             app.filter.clear();
+            app.body_search = None;
             app.refilter();
         }
         _ => {}
