@@ -13,7 +13,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Cell, Clear, Paragraph, Row as TableRow, Table};
 use ratatui::Frame;
 
-use super::detail::{human_duration, human_size, wrap_line};
+use super::detail::{human_duration, human_size, wrap_line, wrapped_height};
 use super::state::{App, Editor, Level, Row, RowKey, View};
 use crate::agent::ConnectionStatus;
 
@@ -283,20 +283,41 @@ fn draw_detail(frame: &mut Frame, app: &App, head: Rect, body: Rect) {
         .find(|r| r.key == RowKey::Stored(d.id))
         .map(|r| format!(" {} {}", r.summary.method, r.summary.path))
         .unwrap_or_default();
-    let lines: Vec<Line<'static>> = match (&d.lines, &d.error) {
-        (_, Some(e)) => vec![Line::styled(
-            format!("Could not load #{}: {e}", d.id),
-            t.error(),
-        )],
-        (Some(lines), None) => lines
-            .iter()
-            .flat_map(|l| wrap_line(l, usize::from(body.width)))
-            .collect(),
-        (None, None) => vec![Line::styled(format!("Loading #{}…", d.id), t.dim())],
-    };
-    let total = lines.len();
+    let width = usize::from(body.width);
     let h = usize::from(body.height);
+    let placeholder;
+    let source: &[Line<'static>] = match (&d.lines, &d.error) {
+        (_, Some(e)) => {
+            placeholder = [Line::styled(
+                format!("Could not load #{}: {e}", d.id),
+                t.error(),
+            )];
+            &placeholder
+        }
+        (Some(lines), None) => lines,
+        (None, None) => {
+            placeholder = [Line::styled(format!("Loading #{}…", d.id), t.dim())];
+            &placeholder
+        }
+    };
+    let total = wrapped_height(source, width);
     let scroll = d.scroll.min(total.saturating_sub(h));
+    // Wrap only what is on screen: a large body has tens of thousands of
+    // lines and this runs on every keypress.
+    let mut shown: Vec<Line<'static>> = Vec::with_capacity(h);
+    let mut row = 0;
+    for line in source {
+        let lh = wrapped_height(std::slice::from_ref(line), width);
+        if row + lh > scroll {
+            let skip = scroll.saturating_sub(row);
+            shown.extend(wrap_line(line, width).into_iter().skip(skip));
+            if shown.len() >= h {
+                break;
+            }
+        }
+        row += lh;
+    }
+    shown.truncate(h);
     let pos = if total > h {
         format!(" {}-{}/{} ", scroll + 1, (scroll + h).min(total), total)
     } else {
@@ -312,7 +333,6 @@ fn draw_detail(frame: &mut Frame, app: &App, head: Rect, body: Rect) {
         hl,
     );
     frame.render_widget(Paragraph::new(Span::styled(pos, t.dim())), hr);
-    let shown: Vec<Line<'static>> = lines.into_iter().skip(scroll).take(h).collect();
     frame.render_widget(Paragraph::new(shown), body);
 }
 

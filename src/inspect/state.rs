@@ -153,8 +153,8 @@ pub struct App {
     pub target: String,
     /// The agent's connection state.
     pub status: ConnectionStatus,
-    /// All rows, newest first.
-    pub rows: Vec<Row>,
+    /// All rows, newest first (a deque: arrivals are pushed at the front).
+    pub rows: VecDeque<Row>,
     /// Indices into `rows` matching the active filter, in display order.
     pub visible: Vec<usize>,
     /// The selected row, if any.
@@ -275,22 +275,23 @@ pub enum Effect {
 /// - `body:text`: not decided here (the store is searched, see
 ///   [`App::row_matches`]); counts as a match;
 /// - anything else: a substring of the method, path, event type or error.
+///
+/// Allocation-free: it runs for every row on each filter keystroke.
 pub fn matches(filter: &str, row: &Row) -> bool {
     let s = &row.summary;
-    filter.split_whitespace().all(|term| {
-        let t = term.to_ascii_lowercase();
-        if t.starts_with("body:") {
+    filter.split_whitespace().all(|t| {
+        if t.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("body:")) {
             return true;
         }
         let tb = t.as_bytes();
-        if tb.len() == 3 && tb[0].is_ascii_digit() && &t[1..] == "xx" {
+        if tb.len() == 3 && tb[0].is_ascii_digit() && tb[1..].eq_ignore_ascii_case(b"xx") {
             let class = u16::from(tb[0] - b'0');
             return s.status.is_some_and(|st| st / 100 == class);
         }
         if tb.len() == 3 && tb.iter().all(u8::is_ascii_digit) {
-            return s.status.map(|st| st.to_string()) == Some(t);
+            return s.status.map(u32::from) == t.parse::<u32>().ok();
         }
-        if t == "err" || t == "error" {
+        if t.eq_ignore_ascii_case("err") || t.eq_ignore_ascii_case("error") {
             return s.status.is_none() || s.error.is_some() || row.not_stored.is_some();
         }
         if let Some(n) = t.strip_prefix('#') {
@@ -298,12 +299,22 @@ pub fn matches(filter: &str, row: &Row) -> bool {
                 return row.key == RowKey::Stored(id);
             }
         }
-        let contains = |f: &str| f.to_ascii_lowercase().contains(&t);
+        let contains = |f: &str| contains_ci(f, t);
         contains(&s.method)
             || contains(&s.path)
             || s.event.as_deref().is_some_and(contains)
             || s.error.as_deref().is_some_and(contains)
     })
+}
+
+/// ASCII case-insensitive substring test without allocating.
+fn contains_ci(hay: &str, needle: &str) -> bool {
+    let n = needle.as_bytes();
+    n.is_empty()
+        || hay
+            .as_bytes()
+            .windows(n.len())
+            .any(|w| w.eq_ignore_ascii_case(n))
 }
 
 /// The text of the filter's `body:` term (the first, if several).
@@ -325,7 +336,7 @@ impl App {
             public_url,
             target,
             status: ConnectionStatus::Connecting,
-            rows: Vec::new(),
+            rows: VecDeque::new(),
             visible: Vec::new(),
             selected: None,
             follow: true,
@@ -437,6 +448,12 @@ impl App {
         self.visible = (0..self.rows.len())
             .filter(|&i| self.row_matches(&self.rows[i]))
             .collect();
+        self.fix_selection();
+    }
+
+    /// Puts the selection on the newest row when following (or when the
+    /// selected row is gone), and keeps it on screen.
+    fn fix_selection(&mut self) {
         if self.follow || self.selected_index().is_none() {
             self.selected = self.visible.first().map(|&i| self.rows[i].key);
             self.follow = true;
@@ -487,14 +504,27 @@ impl App {
             self.refilter();
             return search;
         }
+        // Incremental, not a full refilter: bursts of arrivals must stay
+        // cheap with thousands of rows and a filter applied.
         let shown = self.row_matches(&row);
-        self.rows.insert(0, row);
-        self.rows.truncate(MAX_ROWS);
+        self.rows.push_front(row);
+        for v in &mut self.visible {
+            *v += 1;
+        }
+        if shown {
+            self.visible.insert(0, 0);
+        }
+        if self.rows.len() > MAX_ROWS {
+            self.rows.truncate(MAX_ROWS);
+            while self.visible.last().is_some_and(|&i| i >= MAX_ROWS) {
+                self.visible.pop();
+            }
+        }
         // Keep a user who scrolled away looking at the same rows.
         if shown && !self.follow {
             self.offset += 1;
         }
-        self.refilter();
+        self.fix_selection();
         search
     }
 
@@ -723,7 +753,7 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
                     .unwrap_or(rows.len());
                 rows.insert(pos, r);
             }
-            app.rows = rows;
+            app.rows = rows.into();
             // Rows missed while lagging were never searched: search again.
             let fx = if app.body_search.is_some() {
                 app.start_body_search()

@@ -381,3 +381,25 @@ fn binary_editor_offers_replay_as_is() {
     );
     assert!(s.contains("replay it unchanged"));
 }
+
+#[test]
+fn detail_scrolls_inside_a_wrapped_line() {
+    let long = format!("{}{}{}", "A".repeat(80), "B".repeat(80), "C".repeat(40));
+    let mut app = detail_app(80, 8, "text/plain", long.as_bytes());
+    let body_top = |app: &App| screen(app).lines().nth(3).unwrap().to_string();
+    let mut found = false;
+    for _ in 0..40 {
+        if body_top(&app).starts_with("BBBB") {
+            found = true;
+            break;
+        }
+        update(&mut app, ch('j'));
+    }
+    assert!(
+        found,
+        "scrolling reaches the second piece of the wrapped line"
+    );
+    let s = screen(&app);
+    let rows: Vec<&str> = s.lines().skip(3).take(2).collect();
+    assert_eq!(rows, vec!["B".repeat(80), "C".repeat(40)]);
+}

@@ -533,3 +533,50 @@ fn edit_from_detail_returns_to_detail() {
     update(&mut app, key(KeyCode::Esc));
     assert_eq!(app.view, View::Detail);
 }
+
+#[test]
+fn incremental_arrivals_agree_with_a_full_refilter() {
+    let mut app = app();
+    update(&mut app, ch('/'));
+    type_str(&mut app, "5xx");
+    update(&mut app, key(KeyCode::Enter));
+    update(&mut app, ch('j'));
+    for i in 1..=60 {
+        let status = [200, 500, 404, 503][i as usize % 4];
+        feed(&mut app, vec![summary(i, "POST", "/x", Some(status))]);
+    }
+    let full: Vec<usize> = (0..app.rows.len())
+        .filter(|&i| matches(&app.filter, &app.rows[i]))
+        .collect();
+    assert_eq!(app.visible, full);
+    assert_eq!(app.visible.len(), 30);
+}
+
+#[test]
+fn list_is_bounded_and_selection_survives_truncation() {
+    use crate::inspect::state::MAX_ROWS;
+    let mut app = app();
+    let n = MAX_ROWS as i64 + 5;
+    feed(
+        &mut app,
+        (1..=n)
+            .map(|i| summary(i, "POST", "/x", Some(200)))
+            .collect(),
+    );
+    assert_eq!(app.rows.len(), MAX_ROWS);
+    assert_eq!(app.visible.len(), MAX_ROWS);
+    assert_eq!(
+        app.rows.back().unwrap().summary.id,
+        6,
+        "oldest dropped first"
+    );
+    assert!(app.visible.iter().all(|&i| i < MAX_ROWS));
+    // Selecting the oldest row, then pushing it out: selection falls back to
+    // the newest and following resumes.
+    update(&mut app, ch('G'));
+    assert_eq!(selected_id(&app), Some(6));
+    assert!(!app.follow);
+    feed(&mut app, vec![summary(n + 1, "POST", "/x", Some(200))]);
+    assert_eq!(selected_id(&app), Some(n + 1));
+    assert!(app.follow);
+}
