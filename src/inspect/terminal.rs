@@ -22,7 +22,7 @@ use ratatui::backend::CrosstermBackend;
 use ratatui::Terminal;
 
 use super::render::draw;
-use super::session::Session;
+use super::session::{Session, Source};
 use super::state::{App, Msg};
 use super::theme::Theme;
 use super::Inputs;
@@ -110,8 +110,13 @@ pub fn run(inputs: Inputs) -> anyhow::Result<()> {
     // is better than rows from before and after disagreeing silently.
     let tz = chrono::Local::now().offset().fix();
     let app = App::new(public_url, target, Theme::from_env(), tz);
-    let mut session = Session::new(app, store, events, status, replays);
+    run_session(Session::new(app, store, events, status, replays))
+}
 
+/// Runs an already-built session on the current terminal until the user
+/// quits: the same as [`super::run`] for any [`Source`], e.g. a fake store in
+/// a demo or a smoke test. Blocking.
+pub fn run_session<S: Source>(mut session: Session<S>) -> anyhow::Result<()> {
     let mut guard = TerminalGuard::enter()?;
     let size = guard.terminal.size()?;
     session.push(Msg::Resize(size.width, size.height));
