@@ -7,6 +7,8 @@
 //! (store reads, replays, quit) that the loop carries out; [`draw`] renders
 //! the `App` onto any ratatui backend.
 
+#![warn(missing_docs)]
+
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::agent::ConnectionStatus;

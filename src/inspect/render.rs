@@ -430,7 +430,7 @@ fn draw_footer(frame: &mut Frame, app: &App, area: Rect) {
     } else {
         let hints = match app.view {
             View::List => "↑↓/jk move · ⏎ details · r replay · e edit · / filter · ? help · q quit",
-            View::Detail => "↑↓/jk scroll · Esc back · r replay · e edit · ? help · q quit",
+            View::Detail => "↑↓/jk scroll · n/p next/prev · Esc back · r replay · e edit · ? help",
             View::Edit => "r replay · Esc cancel",
         };
         spans.push(Span::styled(hints, t.dim()));
@@ -444,6 +444,7 @@ pub const HELP: &[(&str, &str)] = &[
     ("PgUp/PgDn", "page up / down"),
     ("g/G Home/End", "first / last"),
     ("Enter", "details of the selected exchange"),
+    ("n/p", "next / previous exchange (details)"),
     ("Esc ← Bksp", "back from details; Esc clears the filter"),
     ("r", "replay the selected exchange"),
     ("e", "edit, then replay (Ctrl-S/F2 send)"),

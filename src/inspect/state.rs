@@ -593,6 +593,33 @@ impl App {
         }
     }
 
+    /// Shows the next (`delta` 1) or previous (-1) exchange of the list in
+    /// the detail view, relative to the one shown (not to the selection,
+    /// which may have followed new arrivals meanwhile).
+    fn step_detail(&mut self, delta: isize) -> Vec<Effect> {
+        let Some(cur) = self.detail.as_ref().map(|d| RowKey::Stored(d.id)) else {
+            return vec![];
+        };
+        let Some(i) = self.visible.iter().position(|&r| self.rows[r].key == cur) else {
+            return vec![];
+        };
+        let Some(j) = i
+            .checked_add_signed(delta)
+            .filter(|&j| j < self.visible.len())
+        else {
+            return vec![];
+        };
+        self.select_index(j);
+        match self.rows[self.visible[j]].key {
+            RowKey::Stored(id) => self.open_detail(id),
+            RowKey::NotStored(_) => {
+                self.view = View::List;
+                self.notify(Level::Warn, "this exchange was not stored: no details");
+                vec![]
+            }
+        }
+    }
+
     fn replay(&mut self, id: ExchangeId) -> Vec<Effect> {
         self.notify(Level::Info, format!("replay of #{id} requested"));
         vec![Effect::Replay(ReplayRequest { id, edit: None })]
@@ -932,6 +959,8 @@ fn on_detail_key(app: &mut App, key: KeyEvent) -> Vec<Effect> {
         KeyCode::Char('j') | KeyCode::Down => app.scroll_detail(1),
         KeyCode::Char('k') | KeyCode::Up => app.scroll_detail(-1),
         KeyCode::PageDown | KeyCode::Char(' ') => app.scroll_detail(page),
+        KeyCode::Char('n') => return app.step_detail(1),
+        KeyCode::Char('p') => return app.step_detail(-1),
         KeyCode::PageUp => app.scroll_detail(-page),
         KeyCode::Char('g') | KeyCode::Home => app.scroll_detail(isize::MIN),
         KeyCode::Char('G') | KeyCode::End => app.scroll_detail(isize::MAX),

@@ -580,3 +580,26 @@ fn list_is_bounded_and_selection_survives_truncation() {
     assert_eq!(selected_id(&app), Some(n + 1));
     assert!(app.follow);
 }
+
+#[test]
+fn n_and_p_step_through_exchanges_in_detail() {
+    let mut app = app();
+    feed(&mut app, mixed());
+    update(&mut app, ch('j')); // #5
+    update(&mut app, key(KeyCode::Enter));
+    // A new arrival while reading does not change what n/p step from.
+    feed(&mut app, vec![summary(7, "POST", "/new", Some(200))]);
+    assert_eq!(update(&mut app, ch('n')), vec![Effect::LoadDetail(4)]);
+    assert_eq!(app.detail.as_ref().unwrap().id, 4);
+    assert_eq!(selected_id(&app), Some(4), "the list selection follows");
+    assert_eq!(update(&mut app, ch('p')), vec![Effect::LoadDetail(5)]);
+    update(&mut app, ch('p'));
+    update(&mut app, ch('p'));
+    assert_eq!(app.detail.as_ref().unwrap().id, 7);
+    assert!(
+        update(&mut app, ch('p')).is_empty(),
+        "no row before the newest"
+    );
+    assert_eq!(app.detail.as_ref().unwrap().id, 7);
+    assert_eq!(app.view, View::Detail);
+}
