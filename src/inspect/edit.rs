@@ -103,17 +103,24 @@ pub fn parse_request_text(lines: &[String]) -> Result<RequestEdit, EditError> {
         Some(start) if start <= lines.len() => lines[start..].join("\n"),
         _ => String::new(),
     };
-    for (name, value) in headers.iter_mut() {
-        if name.eq_ignore_ascii_case("content-length") {
-            *value = body.len().to_string().into_bytes();
-        }
-    }
-    Ok(RequestEdit {
+    let mut edit = RequestEdit {
         method: method.to_string(),
         path: path.to_string(),
         headers,
         body: Bytes::from(body),
-    })
+    };
+    fix_content_length(&mut edit);
+    Ok(edit)
+}
+
+/// Sets any `Content-Length` header of `edit` to its body's length.
+pub fn fix_content_length(edit: &mut RequestEdit) {
+    let len = edit.body.len().to_string().into_bytes();
+    for (name, value) in edit.headers.iter_mut() {
+        if name.eq_ignore_ascii_case("content-length") {
+            value.clone_from(&len);
+        }
+    }
 }
 
 #[cfg(test)]

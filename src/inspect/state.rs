@@ -14,7 +14,7 @@ use ratatui_textarea::TextArea;
 
 use super::body::is_text;
 use super::detail::{detail_lines, wrapped_height};
-use super::edit::{parse_request_text, request_to_text};
+use super::edit::{fix_content_length, parse_request_text, request_to_text};
 use super::theme::Theme;
 use crate::agent::ConnectionStatus;
 use crate::capture::{
@@ -97,6 +97,9 @@ pub enum Editor {
         error: Option<String>,
         /// A standing warning (e.g. the captured body was truncated).
         warning: Option<String>,
+        /// The body used CRLF line ends: shown as plain lines (a raw `\r`
+        /// would garble the terminal) and restored on send.
+        crlf: bool,
         /// Screen to return to.
         back: View,
     },
@@ -669,14 +672,18 @@ impl App {
             self.view = View::Edit;
             return;
         }
+        let body = std::str::from_utf8(bytes).unwrap_or_default();
+        let crlf = body.contains("\r\n");
         let text = request_to_text(
             &req.method,
             &req.path,
             &req.headers,
-            std::str::from_utf8(bytes).unwrap_or_default(),
+            &body.replace("\r\n", "\n"),
         );
         let mut textarea = TextArea::new(text.split('\n').map(str::to_string).collect());
         textarea.set_cursor_line_style(ratatui::style::Style::new());
+        // The default selection colour would break NO_COLOR.
+        textarea.set_selection_style(self.theme.selected());
         let warning = req.body.truncated.then(|| {
             format!(
                 "the captured body was truncated: only {} of {} bytes will be sent",
@@ -689,6 +696,7 @@ impl App {
             textarea: Box::new(textarea),
             error: None,
             warning,
+            crlf,
             back,
         });
         self.view = View::Edit;
@@ -1009,6 +1017,7 @@ fn on_edit_key(app: &mut App, key: KeyEvent) -> Vec<Effect> {
             id,
             textarea,
             error,
+            crlf,
             ..
         }) => {
             if key.code == KeyCode::Esc {
@@ -1018,7 +1027,12 @@ fn on_edit_key(app: &mut App, key: KeyEvent) -> Vec<Effect> {
             if send {
                 let id = *id;
                 match parse_request_text(textarea.lines()) {
-                    Ok(edit) => {
+                    Ok(mut edit) => {
+                        if *crlf {
+                            let body = String::from_utf8_lossy(&edit.body).replace('\n', "\r\n");
+                            edit.body = body.into_bytes().into();
+                            fix_content_length(&mut edit);
+                        }
                         app.close_editor();
                         app.notify(Level::Info, format!("edited replay of #{id} requested"));
                         return vec![Effect::Replay(ReplayRequest {

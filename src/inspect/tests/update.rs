@@ -603,3 +603,26 @@ fn n_and_p_step_through_exchanges_in_detail() {
     assert_eq!(app.detail.as_ref().unwrap().id, 7);
     assert_eq!(app.view, View::Detail);
 }
+
+#[test]
+fn crlf_bodies_are_edited_as_lines_and_sent_with_crlf() {
+    let mut app = app();
+    let body = b"--b\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--b--\r\n";
+    open_editor_for(&mut app, body);
+    let Some(Editor::Text { textarea, .. }) = &app.editor else {
+        panic!("text editor expected");
+    };
+    assert!(textarea.lines().iter().all(|l| !l.contains('\r')));
+    let fx = update(&mut app, ctrl('s'));
+    let [Effect::Replay(ReplayRequest {
+        edit: Some(edit), ..
+    })] = fx.as_slice()
+    else {
+        panic!("expected an edited replay, got {fx:?}");
+    };
+    assert_eq!(
+        &edit.body[..],
+        &body[..],
+        "unchanged text round-trips byte for byte"
+    );
+}
