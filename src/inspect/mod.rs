@@ -2,10 +2,21 @@
 //! and edit-then-replay.
 //!
 //! One-way data flow (as in gitui/oha): the event loop in [`terminal`] turns
-//! terminal input, capture events and connection changes into [`Msg`]s;
-//! [`update`] applies them to the plain-data [`App`] and returns [`Effect`]s
-//! (store reads, replays, quit) that the loop carries out; [`draw`] renders
-//! the `App` onto any ratatui backend.
+//! terminal input into [`Msg`]s for the [`Session`], which also drains capture
+//! events and connection changes; [`update`] applies each message to the
+//! plain-data [`App`] and returns [`Effect`]s (store reads, replays, quit)
+//! that the session carries out against a [`Source`] (the [`Store`]); [`draw`]
+//! renders the `App` onto any ratatui backend. Only `terminal` touches the
+//! real terminal, so everything else is tested with `TestBackend` and a fake
+//! store.
+//!
+//! Keys (the contract's, plus a few): `↑/↓` `j/k` move (scroll in details),
+//! `PgUp/PgDn`, `g/G` first/last, `Enter` details, `n/p` next/previous in
+//! details, `Esc`/`←`/`Backspace` back, `r` replay, `e` edit then replay
+//! (`Ctrl-S`/`F2` send, `Esc` cancel), `/` filter (`Enter` apply, `Esc`
+//! cancel; `Esc` in the list clears it), `?` help, `q`/`Ctrl-C` quit.
+//! Filter terms: `5xx`, `404`, `err`, `#12`, `body:text`, or text matched
+//! against method, path, event type and error.
 
 #![warn(missing_docs)]
 
