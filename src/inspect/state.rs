@@ -26,6 +26,8 @@ use crate::capture::{
 pub const MAX_ROWS: usize = 10_000;
 /// Loaded exchanges kept for instant re-opening.
 const DETAIL_CACHE: usize = 32;
+/// ...and at most about this many body bytes (bodies can be megabytes).
+const DETAIL_CACHE_BYTES: u64 = 32 << 20;
 /// How long a notice stays in the footer.
 const NOTICE_TTL: Duration = Duration::from_secs(6);
 
@@ -535,9 +537,18 @@ impl App {
         let Some(id) = ex.id else { return };
         if self.cache.insert(id, ex).is_none() {
             self.cache_order.push_back(id);
-            while self.cache_order.len() > DETAIL_CACHE {
-                if let Some(old) = self.cache_order.pop_front() {
-                    self.cache.remove(&old);
+        }
+        let bytes = |ex: &Exchange| {
+            ex.request.body.total_len + ex.response.as_ref().map_or(0, |r| r.body.total_len)
+        };
+        let mut total: u64 = self.cache.values().map(|e| bytes(e)).sum();
+        // Always keep the newest entry, however large: it is being shown.
+        while self.cache_order.len() > 1
+            && (self.cache_order.len() > DETAIL_CACHE || total > DETAIL_CACHE_BYTES)
+        {
+            if let Some(old) = self.cache_order.pop_front() {
+                if let Some(e) = self.cache.remove(&old) {
+                    total -= bytes(&e);
                 }
             }
         }

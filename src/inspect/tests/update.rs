@@ -626,3 +626,30 @@ fn crlf_bodies_are_edited_as_lines_and_sent_with_crlf() {
         "unchanged text round-trips byte for byte"
     );
 }
+
+#[test]
+fn detail_cache_is_bounded_by_count_and_bytes() {
+    let mut app = app();
+    for id in 1..=40 {
+        update(
+            &mut app,
+            Msg::DetailLoaded(Box::new(exchange(id, "text/plain", b"x"))),
+        );
+    }
+    assert_eq!(app.cache.len(), 32);
+    assert!(!app.cache.contains_key(&1) && app.cache.contains_key(&40));
+    let big = vec![b'a'; 20 << 20];
+    update(
+        &mut app,
+        Msg::DetailLoaded(Box::new(exchange(41, "text/plain", &big))),
+    );
+    update(
+        &mut app,
+        Msg::DetailLoaded(Box::new(exchange(42, "text/plain", &big))),
+    );
+    assert!(app.cache.contains_key(&42));
+    assert!(
+        !app.cache.contains_key(&41),
+        "over the byte budget: oldest evicted"
+    );
+}
