@@ -26,6 +26,8 @@ pub enum BodyKind {
     Json,
     /// A compact JWT, decoded.
     Jwt,
+    /// `application/x-www-form-urlencoded`, decoded into fields.
+    Form,
     /// UTF-8 text shown as is.
     Text,
     /// Anything else, hex-dumped.
@@ -39,6 +41,7 @@ impl BodyKind {
             BodyKind::Empty => "empty",
             BodyKind::Json => "JSON",
             BodyKind::Jwt => "JWT",
+            BodyKind::Form => "form",
             BodyKind::Text => "text",
             BodyKind::Binary => "binary",
         }
@@ -85,6 +88,12 @@ pub fn body_lines(
             if bytes.len() <= TEXT_DISPLAY_LIMIT {
                 if let Some(lines) = pretty_json(text, theme) {
                     return (BodyKind::Json, lines);
+                }
+                if ct.starts_with("application/x-www-form-urlencoded") {
+                    let mut lines = pair_lines(&parse_urlencoded(trimmed), theme);
+                    lines.push(Line::styled("Raw:", theme.heading()));
+                    lines.extend(text_lines(text));
+                    return (BodyKind::Form, lines);
                 }
             }
             let mut lines = text_lines(cut_str(text, TEXT_DISPLAY_LIMIT));
@@ -159,6 +168,77 @@ pub fn hex_dump(bytes: &[u8]) -> Vec<Line<'static>> {
             Line::raw(format!("{:08x}  {hex} |{ascii}|", i * 16))
         })
         .collect()
+}
+
+/// Decodes `%XX` escapes and `+` (as a space), as in query strings and form
+/// bodies; invalid escapes are kept literally, invalid UTF-8 shown lossily.
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (hex(b[i + 1]), hex(b[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 3;
+                        continue;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Splits `a=1&b=two` into decoded pairs (a name without `=` has an empty
+/// value), keeping order and duplicates.
+pub fn parse_urlencoded(s: &str) -> Vec<(String, String)> {
+    s.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (percent_decode(k), percent_decode(v)),
+            None => (percent_decode(p), String::new()),
+        })
+        .collect()
+}
+
+/// `name = value` lines for decoded fields; a value that is itself JSON (as
+/// in Slack's `payload=`) is pretty-printed below its name.
+pub fn pair_lines(pairs: &[(String, String)], theme: &Theme) -> Vec<Line<'static>> {
+    let mut out = Vec::new();
+    for (k, v) in pairs {
+        let trimmed = v.trim_start();
+        let json = if trimmed.starts_with('{') || trimmed.starts_with('[') {
+            pretty_json(v, theme)
+        } else {
+            None
+        };
+        match json {
+            Some(lines) => {
+                out.push(Line::from(vec![
+                    Span::styled(k.clone(), theme.header_name()),
+                    Span::raw(" = (JSON)"),
+                ]));
+                out.extend(lines.into_iter().map(|mut l| {
+                    l.spans.insert(0, Span::raw("  "));
+                    l
+                }));
+            }
+            None => out.push(Line::from(vec![
+                Span::styled(k.clone(), theme.header_name()),
+                Span::raw(" = "),
+                Span::raw(v.clone()),
+            ])),
+        }
+    }
+    out
 }
 
 #[derive(Debug, PartialEq)]
@@ -387,6 +467,32 @@ mod tests {
         assert_eq!(d.signature_len, 3);
         assert!(decode_jwt("www.example.com").is_none());
         assert!(decode_jwt("a.b").is_none());
+    }
+
+    #[test]
+    fn percent_decoding_and_forms() {
+        assert_eq!(percent_decode("a%20b+c%2Bd%zz%4"), "a b c+d%zz%4");
+        assert_eq!(percent_decode("%é%C3%A9"), "%é\u{e9}");
+        assert_eq!(
+            parse_urlencoded("a=1&b=x%3Dy&flag&a=2"),
+            vec![
+                ("a".into(), "1".into()),
+                ("b".into(), "x=y".into()),
+                ("flag".into(), String::new()),
+                ("a".into(), "2".into()),
+            ]
+        );
+        let (kind, lines) = body_lines(
+            b"token=abc&payload=%7B%22type%22%3A%22block_actions%22%7D",
+            Some("application/x-www-form-urlencoded"),
+            &Theme::PLAIN,
+        );
+        assert_eq!(kind, BodyKind::Form);
+        let text = plain(&lines);
+        assert_eq!(text[0], "token = abc");
+        assert_eq!(text[1], "payload = (JSON)");
+        assert_eq!(text[3], "    \"type\": \"block_actions\"");
+        assert!(text.contains(&"Raw:".to_string()));
     }
 
     #[test]

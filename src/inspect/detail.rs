@@ -6,7 +6,7 @@ use chrono::FixedOffset;
 use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span};
 
-use super::body::{body_lines, BodyKind};
+use super::body::{body_lines, pair_lines, parse_urlencoded, BodyKind};
 use super::theme::Theme;
 use crate::capture::{BodyData, CapturedBody, Exchange, Header};
 
@@ -134,6 +134,17 @@ pub fn detail_lines(ex: &Exchange, theme: &Theme, tz: FixedOffset) -> Vec<Line<'
         format!("{} {}", ex.request.method, ex.request.path),
         Style::new().add_modifier(Modifier::BOLD),
     ));
+    // Decoded, because providers put auth keys and event hints there.
+    if let Some((_, query)) = ex.request.path.split_once('?') {
+        let pairs = parse_urlencoded(query);
+        if !pairs.is_empty() {
+            out.push(Line::styled("Query:", theme.dim()));
+            out.extend(pair_lines(&pairs, theme).into_iter().map(|mut l| {
+                l.spans.insert(0, Span::raw("  "));
+                l
+            }));
+        }
+    }
     header_lines(&ex.request.headers, theme, &mut out);
     out.push(Line::raw(""));
     body_section(&ex.request.body, &ex.request.headers, theme, &mut out);

@@ -213,6 +213,7 @@ fn detail_pretty_json() {
     insta::assert_snapshot!(s);
     assert!(s.contains("POST /hooks/stripe?key=abc"));
     assert!(s.contains("Stripe-Signature: t=1700000000,v1=5257a869"));
+    assert!(s.contains("Query:\n  key = abc\n"), "decoded query: {s}");
     assert!(s.contains("Body (152 B, JSON)"), "{s}");
     assert!(s.contains("  \"type\": \"invoice.paid\","));
     assert!(
