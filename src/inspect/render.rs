@@ -325,13 +325,25 @@ fn draw_detail(frame: &mut Frame, app: &App, head: Rect, body: Rect) {
     };
     let pw = pos.chars().count() as u16;
     let [hl, hr] = Layout::horizontal([Constraint::Fill(1), Constraint::Length(pw)]).areas(head);
-    frame.render_widget(
-        Paragraph::new(Line::from(vec![
-            Span::styled(format!(" #{}", d.id), t.heading()),
-            Span::styled(summary, Style::new().add_modifier(Modifier::BOLD)),
-        ])),
-        hl,
-    );
+    // Replays arrive after the original was loaded, so they are looked up
+    // per frame rather than baked into the detail lines.
+    let replays: Vec<String> = app
+        .rows
+        .iter()
+        .filter(|r| r.summary.replay_of == Some(d.id))
+        .map(|r| format!("#{}", r.summary.id))
+        .collect();
+    let mut title = vec![
+        Span::styled(format!(" #{}", d.id), t.heading()),
+        Span::styled(summary, Style::new().add_modifier(Modifier::BOLD)),
+    ];
+    if !replays.is_empty() {
+        title.push(Span::styled(
+            format!("  ↻ replayed as {}", replays.join(" ")),
+            t.fg(ratatui::style::Color::Magenta),
+        ));
+    }
+    frame.render_widget(Paragraph::new(Line::from(title)), hl);
     frame.render_widget(Paragraph::new(Span::styled(pos, t.dim())), hr);
     frame.render_widget(Paragraph::new(shown), body);
 }

@@ -404,3 +404,22 @@ fn detail_scrolls_inside_a_wrapped_line() {
     let rows: Vec<&str> = s.lines().skip(3).take(2).collect();
     assert_eq!(rows, vec!["B".repeat(80), "C".repeat(40)]);
 }
+
+#[test]
+fn detail_of_an_original_lists_its_replays() {
+    let mut app = list_app(80, 24);
+    // Open #1, the original of #6 (the fixture's replay).
+    update(&mut app, ch('G'));
+    update(&mut app, key(KeyCode::Enter));
+    update(
+        &mut app,
+        Msg::DetailLoaded(Box::new(exchange(1, "application/json", b"{}"))),
+    );
+    let title = screen(&app).lines().nth(2).unwrap().to_string();
+    assert!(title.contains("↻ replayed as #6"), "{title}");
+    let mut replay = summary(7, "POST", "/hooks/stripe", Some(200));
+    replay.replay_of = Some(1);
+    feed(&mut app, vec![replay]);
+    let title = screen(&app).lines().nth(2).unwrap().to_string();
+    assert!(title.contains("↻ replayed as #7 #6"), "{title}");
+}
