@@ -13,6 +13,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use chrono::Offset;
 use crossterm::event::{self, DisableBracketedPaste, EnableBracketedPaste, Event};
 use crossterm::terminal::{
@@ -47,15 +48,17 @@ fn restore_terminal() {
     );
 }
 
-/// Owns the terminal while the UI is up; dropping it restores the terminal
-/// and the previous panic hook.
+/// Holds the terminal in raw mode on the alternate screen with our panic
+/// hook installed; dropping it (quit, error, or unwinding) restores the
+/// terminal and the previous hook.
 struct TerminalGuard {
-    terminal: Terminal<CrosstermBackend<io::Stdout>>,
     prev_hook: Arc<PanicHook>,
 }
 
 impl TerminalGuard {
     fn enter() -> anyhow::Result<Self> {
+        // Nothing to undo yet if this fails (e.g. stdin is not a terminal).
+        enable_raw_mode().context("the inspector needs a terminal (use --no-tui)")?;
         let prev_hook: Arc<PanicHook> = Arc::new(std::panic::take_hook());
         let hook = prev_hook.clone();
         // Restore first so the panic message lands on a sane screen.
@@ -63,22 +66,9 @@ impl TerminalGuard {
             restore_terminal();
             hook(info);
         }));
-        let guard_hook = prev_hook.clone();
-        enable_raw_mode()?;
-        // From here on a failure must still restore: build the guard first.
-        let terminal = Terminal::new(CrosstermBackend::new(io::stdout()));
-        let mut guard = match terminal {
-            Ok(terminal) => TerminalGuard {
-                terminal,
-                prev_hook: guard_hook,
-            },
-            Err(e) => {
-                restore_terminal();
-                return Err(e.into());
-            }
-        };
+        // From here on every early return drops the guard, which restores.
+        let guard = TerminalGuard { prev_hook };
         crossterm::execute!(io::stdout(), EnterAlternateScreen, EnableBracketedPaste)?;
-        guard.terminal.clear()?;
         Ok(guard)
     }
 }
@@ -117,8 +107,10 @@ pub fn run(inputs: Inputs) -> anyhow::Result<()> {
 /// quits: the same as [`super::run`] for any [`Source`], e.g. a fake store in
 /// a demo or a smoke test. Blocking.
 pub fn run_session<S: Source>(mut session: Session<S>) -> anyhow::Result<()> {
-    let mut guard = TerminalGuard::enter()?;
-    let size = guard.terminal.size()?;
+    let _guard = TerminalGuard::enter()?;
+    let mut terminal = Terminal::new(CrosstermBackend::new(io::stdout()))?;
+    terminal.clear()?;
+    let size = terminal.size()?;
     session.push(Msg::Resize(size.width, size.height));
     let mut last_tick = Instant::now();
 
@@ -128,7 +120,7 @@ pub fn run_session<S: Source>(mut session: Session<S>) -> anyhow::Result<()> {
             return Ok(());
         }
         if pumped.dirty {
-            guard.terminal.draw(|f| draw(f, &session.app))?;
+            terminal.draw(|f| draw(f, &session.app))?;
         }
         // While a body search is under way, only peek at the terminal.
         let wait = if pumped.busy { Duration::ZERO } else { POLL };
