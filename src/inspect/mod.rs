@@ -1,10 +1,46 @@
-//! The terminal inspector (STUB): a live list of exchanges, details, filter,
-//! replay and edit-then-replay.
+//! The terminal inspector: a live list of exchanges, details, filter, replay
+//! and edit-then-replay.
+//!
+//! One-way data flow (as in gitui/oha): the event loop in [`terminal`] turns
+//! terminal input into [`Msg`]s for the [`Session`], which also drains capture
+//! events and connection changes; [`update`] applies each message to the
+//! plain-data [`App`] and returns [`Effect`]s (store reads, replays, quit)
+//! that the session carries out against a [`Source`] (the [`Store`]); [`draw`]
+//! renders the `App` onto any ratatui backend. Only `terminal` touches the
+//! real terminal, so everything else is tested with `TestBackend` and a fake
+//! store.
+//!
+//! Keys (the contract's, plus a few): `↑/↓` `j/k` move (scroll in details),
+//! `PgUp/PgDn`, `g/G` first/last, `Enter` details, `n/p` next/previous in
+//! details, `Esc`/`←`/`Backspace` back, `r` replay, `e` edit then replay
+//! (`Ctrl-S`/`F2` send, `Esc` cancel), `/` filter (`Enter` apply, `Esc`
+//! cancel; `Esc` in the list clears it), `?` help, `q`/`Ctrl-C` quit.
+//! Filter terms: `5xx`, `404`, `err`, `#12`, `body:text`, or text matched
+//! against method, path, event type and error.
+
+#![warn(missing_docs)]
 
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::agent::ConnectionStatus;
 use crate::capture::{CaptureEvent, ReplayRequest, Store};
+
+pub mod body;
+pub mod detail;
+pub mod edit;
+pub mod render;
+pub mod session;
+pub mod state;
+pub mod terminal;
+pub mod theme;
+
+#[cfg(test)]
+mod tests;
+
+pub use render::draw;
+pub use session::{Session, Source};
+pub use state::{update, App, Effect, Msg};
+pub use theme::Theme;
 
 /// Everything the inspector reads from and writes to.
 pub struct Inputs {
@@ -24,6 +60,6 @@ pub struct Inputs {
 
 /// Runs the inspector on the current terminal until the user quits.
 /// Blocking: call it from a dedicated thread.
-pub fn run(_inputs: Inputs) -> anyhow::Result<()> {
-    todo!()
+pub fn run(inputs: Inputs) -> anyhow::Result<()> {
+    terminal::run(inputs)
 }

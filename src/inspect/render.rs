@@ -1,0 +1,503 @@
+//! Drawing: [`draw`] renders an [`App`] onto any ratatui backend (the real
+//! terminal, or `TestBackend` in tests). It reads state and never changes it.
+//!
+//! Screen layout, top to bottom: title (URL and target), status (connection
+//! state and counts), a column/section header, the body (list, detail or
+//! editor), and a footer (filter prompt, notice or key hints).
+
+use std::time::Duration;
+
+use ratatui::layout::{Alignment, Constraint, Layout, Rect};
+use ratatui::style::{Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Cell, Clear, Paragraph, Row as TableRow, Table};
+use ratatui::Frame;
+
+use super::detail::{human_duration, human_size, wrap_line, wrapped_height};
+use super::state::{App, Editor, Level, Row, RowKey, View};
+use crate::agent::ConnectionStatus;
+
+/// Renders the whole inspector for `app` into `frame`.
+pub fn draw(frame: &mut Frame, app: &App) {
+    let area = frame.area();
+    let [title, status, head, body, footer] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Length(1),
+        Constraint::Length(1),
+        Constraint::Fill(1),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    draw_title(frame, app, title);
+    draw_status(frame, app, status);
+    match app.view {
+        View::List => draw_list(frame, app, head, body),
+        View::Detail => draw_detail(frame, app, head, body),
+        View::Edit => draw_editor(frame, app, head, body),
+    }
+    draw_footer(frame, app, footer);
+    if app.help {
+        draw_help(frame, app, area);
+    }
+}
+
+fn public_url(app: &App) -> &str {
+    match &app.status {
+        ConnectionStatus::Connected { public_url } if !public_url.is_empty() => public_url,
+        _ => &app.public_url,
+    }
+}
+
+fn draw_title(frame: &mut Frame, app: &App, area: Rect) {
+    let t = &app.theme;
+    let line = Line::from(vec![
+        Span::styled(" whtunnel ", t.heading().add_modifier(Modifier::REVERSED)),
+        Span::raw(" "),
+        Span::styled(
+            public_url(app).to_string(),
+            Style::new().add_modifier(Modifier::BOLD),
+        ),
+        Span::styled(" → ", t.dim()),
+        Span::raw(app.target.clone()),
+    ]);
+    frame.render_widget(Paragraph::new(line), area);
+}
+
+/// The connection state as shown in the header.
+pub fn status_text(app: &App) -> (String, Style) {
+    let t = &app.theme;
+    match &app.status {
+        ConnectionStatus::Connecting => ("○ connecting…".into(), t.warn()),
+        ConnectionStatus::Connected { .. } => ("● connected".into(), t.ok()),
+        ConnectionStatus::Reconnecting {
+            retry_at,
+            last_error,
+        } => {
+            let left = retry_at.saturating_duration_since(app.now);
+            let secs = (left + Duration::from_millis(999)).as_secs();
+            (format!("◌ reconnecting in {secs}s: {last_error}"), t.warn())
+        }
+        ConnectionStatus::Refused { reason } => (format!("✕ refused: {reason}"), t.error()),
+    }
+}
+
+fn draw_status(frame: &mut Frame, app: &App, area: Rect) {
+    let t = &app.theme;
+    let c = app.counts();
+    let mut spans = Vec::new();
+    let classes = [
+        ("2xx", t.status(Some(200), false)),
+        ("3xx", t.status(Some(300), false)),
+        ("4xx", t.status(Some(400), false)),
+        ("5xx", t.status(Some(500), false)),
+        ("err", t.status(None, true)),
+    ];
+    for (i, (label, style)) in classes.iter().enumerate() {
+        spans.push(Span::styled(format!(" {label} "), t.dim()));
+        spans.push(Span::styled(c[i].to_string(), *style));
+    }
+    if app.not_stored > 0 {
+        spans.push(Span::styled(
+            format!("  ! {} not stored", app.not_stored),
+            t.warn(),
+        ));
+    }
+    spans.push(Span::raw(" "));
+    let counts = Line::from(spans);
+    let cw = (counts.width() as u16).min(area.width);
+    let [left, right] =
+        Layout::horizontal([Constraint::Fill(1), Constraint::Length(cw)]).areas(area);
+    let (text, style) = status_text(app);
+    frame.render_widget(
+        Paragraph::new(Line::styled(format!(" {text}"), style)),
+        left,
+    );
+    frame.render_widget(Paragraph::new(counts), right);
+}
+
+struct Col {
+    title: &'static str,
+    width: Constraint,
+    /// Columns are dropped, lowest priority first, on narrow terminals.
+    min_term_width: u16,
+}
+
+fn columns(width: u16) -> Vec<(usize, Col)> {
+    let all = [
+        Col {
+            title: "",
+            width: Constraint::Length(5),
+            min_term_width: 0,
+        },
+        Col {
+            title: "TIME",
+            width: Constraint::Length(8),
+            min_term_width: 50,
+        },
+        Col {
+            title: "METHOD",
+            width: Constraint::Length(6),
+            min_term_width: 0,
+        },
+        Col {
+            title: "STS",
+            width: Constraint::Length(3),
+            min_term_width: 0,
+        },
+        Col {
+            title: "DUR",
+            width: Constraint::Length(6),
+            min_term_width: 70,
+        },
+        Col {
+            title: "SIZE",
+            width: Constraint::Length(8),
+            min_term_width: 70,
+        },
+        Col {
+            title: "PATH",
+            width: Constraint::Fill(3),
+            min_term_width: 0,
+        },
+        Col {
+            title: "EVENT",
+            width: Constraint::Fill(2),
+            min_term_width: 50,
+        },
+    ];
+    all.into_iter()
+        .enumerate()
+        .filter(|(_, c)| width >= c.min_term_width)
+        .collect()
+}
+
+fn row_cells(app: &App, row: &Row, cols: &[(usize, Col)]) -> Vec<Cell<'static>> {
+    let t = &app.theme;
+    let s = &row.summary;
+    cols.iter()
+        .map(|(i, _)| match i {
+            0 => {
+                if row.not_stored.is_some() {
+                    Cell::from(Span::styled("!", t.warn()))
+                } else if let Some(orig) = s.replay_of {
+                    Cell::from(Span::styled(
+                        format!("↻#{orig}"),
+                        t.fg(ratatui::style::Color::Magenta),
+                    ))
+                } else {
+                    Cell::from("")
+                }
+            }
+            1 => Cell::from(
+                s.received_at
+                    .with_timezone(&app.tz)
+                    .format("%H:%M:%S")
+                    .to_string(),
+            ),
+            2 => Cell::from(s.method.clone()),
+            3 => {
+                let failed = s.error.is_some();
+                let text = match s.status {
+                    Some(st) => st.to_string(),
+                    None if failed => "ERR".into(),
+                    None => "---".into(),
+                };
+                Cell::from(Span::styled(text, t.status(s.status, failed)))
+            }
+            4 => Cell::from(Line::from(human_duration(s.duration_ms)).alignment(Alignment::Right)),
+            5 => Cell::from(Line::from(human_size(s.request_size)).alignment(Alignment::Right)),
+            6 => Cell::from(s.path.clone()),
+            _ => Cell::from(Span::styled(
+                s.event.clone().unwrap_or_default(),
+                t.json_key(),
+            )),
+        })
+        .collect()
+}
+
+fn draw_list(frame: &mut Frame, app: &App, head: Rect, body: Rect) {
+    let t = &app.theme;
+    let cols = columns(head.width);
+    let widths: Vec<Constraint> = cols.iter().map(|(_, c)| c.width).collect();
+    let header = TableRow::new(cols.iter().map(|(_, c)| Cell::from(c.title)))
+        .style(t.dim().add_modifier(Modifier::BOLD));
+    frame.render_widget(
+        Table::new(Vec::<TableRow>::new(), widths.clone()).header(header),
+        head,
+    );
+
+    if app.visible.is_empty() {
+        let msg = if app.rows.is_empty() {
+            format!(
+                "Waiting for webhooks… send a request to {}",
+                public_url(app)
+            )
+        } else {
+            format!("No exchange matches the filter `{}`.", app.active_filter())
+        };
+        frame.render_widget(
+            Paragraph::new(Line::styled(msg, t.dim())).alignment(Alignment::Center),
+            Rect {
+                y: body.y + body.height / 2,
+                height: 1.min(body.height),
+                ..body
+            },
+        );
+        return;
+    }
+    // The loop keeps `offset` consistent with the body height; clamp anyway
+    // so a frame drawn right after a resize still shows the selection.
+    let h = usize::from(body.height).max(1);
+    let sel = app.selected_index();
+    let mut offset = app.offset.min(app.visible.len().saturating_sub(1));
+    if let Some(s) = sel {
+        if s >= offset + h {
+            offset = s + 1 - h;
+        }
+        offset = offset.min(s);
+    }
+    let rows: Vec<TableRow> = app
+        .visible
+        .iter()
+        .enumerate()
+        .skip(offset)
+        .take(h)
+        .map(|(i, &ri)| {
+            let r = TableRow::new(row_cells(app, &app.rows[ri], &cols));
+            if Some(i) == sel {
+                r.style(t.selected())
+            } else {
+                r
+            }
+        })
+        .collect();
+    frame.render_widget(Table::new(rows, widths), body);
+}
+
+fn draw_detail(frame: &mut Frame, app: &App, head: Rect, body: Rect) {
+    let t = &app.theme;
+    let Some(d) = &app.detail else { return };
+    let summary = app
+        .rows
+        .iter()
+        .find(|r| r.key == RowKey::Stored(d.id))
+        .map(|r| format!(" {} {}", r.summary.method, r.summary.path))
+        .unwrap_or_default();
+    let width = usize::from(body.width);
+    let h = usize::from(body.height);
+    let placeholder;
+    let source: &[Line<'static>] = match (&d.lines, &d.error) {
+        (_, Some(e)) => {
+            placeholder = [Line::styled(
+                format!("Could not load #{}: {e}", d.id),
+                t.error(),
+            )];
+            &placeholder
+        }
+        (Some(lines), None) => lines,
+        (None, None) => {
+            placeholder = [Line::styled(format!("Loading #{}…", d.id), t.dim())];
+            &placeholder
+        }
+    };
+    let total = wrapped_height(source, width);
+    let scroll = d.scroll.min(total.saturating_sub(h));
+    // Wrap only what is on screen: a large body has tens of thousands of
+    // lines and this runs on every keypress.
+    let mut shown: Vec<Line<'static>> = Vec::with_capacity(h);
+    let mut row = 0;
+    for line in source {
+        let lh = wrapped_height(std::slice::from_ref(line), width);
+        if row + lh > scroll {
+            let skip = scroll.saturating_sub(row);
+            shown.extend(wrap_line(line, width).into_iter().skip(skip));
+            if shown.len() >= h {
+                break;
+            }
+        }
+        row += lh;
+    }
+    shown.truncate(h);
+    let pos = if total > h {
+        format!(" {}-{}/{} ", scroll + 1, (scroll + h).min(total), total)
+    } else {
+        String::new()
+    };
+    let pw = pos.chars().count() as u16;
+    let [hl, hr] = Layout::horizontal([Constraint::Fill(1), Constraint::Length(pw)]).areas(head);
+    // Replays arrive after the original was loaded, so they are looked up
+    // per frame rather than baked into the detail lines.
+    let replays: Vec<String> = app
+        .rows
+        .iter()
+        .filter(|r| r.summary.replay_of == Some(d.id))
+        .map(|r| format!("#{}", r.summary.id))
+        .collect();
+    let mut title = vec![
+        Span::styled(format!(" #{}", d.id), t.heading()),
+        Span::styled(summary, Style::new().add_modifier(Modifier::BOLD)),
+    ];
+    if !replays.is_empty() {
+        title.push(Span::styled(
+            format!("  ↻ replayed as {}", replays.join(" ")),
+            t.fg(ratatui::style::Color::Magenta),
+        ));
+    }
+    frame.render_widget(Paragraph::new(Line::from(title)), hl);
+    frame.render_widget(Paragraph::new(Span::styled(pos, t.dim())), hr);
+    frame.render_widget(Paragraph::new(shown), body);
+}
+
+fn draw_editor(frame: &mut Frame, app: &App, head: Rect, body: Rect) {
+    let t = &app.theme;
+    match &app.editor {
+        Some(Editor::Text { id, textarea, .. }) => {
+            frame.render_widget(
+                Paragraph::new(Span::styled(
+                    format!(" Edit #{id}, then replay"),
+                    t.heading(),
+                )),
+                head,
+            );
+            frame.render_widget(&**textarea, body);
+        }
+        Some(Editor::Binary { id, len, .. }) => {
+            frame.render_widget(
+                Paragraph::new(Span::styled(format!(" Replay #{id}"), t.heading())),
+                head,
+            );
+            let lines = vec![
+                Line::raw(""),
+                Line::styled(
+                    format!(
+                        "The request body of #{id} is binary ({}) and can't be edited as text.",
+                        human_size(*len)
+                    ),
+                    t.warn(),
+                ),
+                Line::raw(""),
+                Line::raw("Press r or Enter to replay it unchanged, Esc to cancel."),
+            ];
+            frame.render_widget(
+                Paragraph::new(lines).wrap(ratatui::widgets::Wrap { trim: false }),
+                body,
+            );
+        }
+        None => {}
+    }
+}
+
+fn draw_footer(frame: &mut Frame, app: &App, area: Rect) {
+    let t = &app.theme;
+    if let Some(draft) = &app.filter_draft {
+        let line = Line::from(vec![
+            Span::styled("/", t.heading()),
+            Span::raw(draft.clone()),
+            Span::styled("█", t.dim()),
+            Span::styled(
+                format!("  {} match · Enter apply · Esc cancel", app.visible.len()),
+                t.dim(),
+            ),
+        ]);
+        frame.render_widget(Paragraph::new(line), area);
+        return;
+    }
+    let mut spans = Vec::new();
+    if !app.filter.is_empty() {
+        let searching = if app.body_search.as_ref().is_some_and(|b| b.running) {
+            " · searching bodies…"
+        } else {
+            ""
+        };
+        spans.push(Span::styled(
+            format!(
+                "[filter: {} · {}/{}{searching}] ",
+                app.filter,
+                app.visible.len(),
+                app.rows.len()
+            ),
+            t.heading(),
+        ));
+    }
+    if let Some(Editor::Text { error, warning, .. }) = &app.editor {
+        if app.view == View::Edit {
+            if let Some(e) = error {
+                spans.push(Span::styled(format!("✕ {e}"), t.error()));
+            } else if let Some(w) = warning {
+                spans.push(Span::styled(format!("! {w}"), t.warn()));
+            } else {
+                spans.push(Span::styled("Ctrl-S/F2 send · Esc cancel", t.dim()));
+            }
+            frame.render_widget(Paragraph::new(Line::from(spans)), area);
+            return;
+        }
+    }
+    if let Some(n) = &app.notice {
+        let style = match n.level {
+            Level::Info => t.ok(),
+            Level::Warn => t.warn(),
+            Level::Error => t.error(),
+        };
+        spans.push(Span::styled(n.text.clone(), style));
+    } else {
+        let hints = match app.view {
+            View::List => "↑↓/jk move · ⏎ details · r replay · e edit · / filter · ? help · q quit",
+            View::Detail => "↑↓/jk scroll · n/p next/prev · Esc back · r replay · e edit · ? help",
+            View::Edit => "r replay · Esc cancel",
+        };
+        spans.push(Span::styled(hints, t.dim()));
+    }
+    frame.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+/// The help overlay's lines.
+pub const HELP: &[(&str, &str)] = &[
+    ("↑/↓  j/k", "move (list) / scroll (details)"),
+    ("PgUp/PgDn", "page up / down"),
+    ("g/G Home/End", "first / last"),
+    ("Enter", "details of the selected exchange"),
+    ("n/p", "next / previous exchange (details)"),
+    ("Esc ← Bksp", "back from details; Esc clears the filter"),
+    ("r", "replay the selected exchange"),
+    ("e", "edit, then replay (Ctrl-S/F2 send)"),
+    ("/", "filter (Enter apply, Esc cancel)"),
+    ("?", "this help"),
+    ("q  Ctrl-C", "quit"),
+    ("", ""),
+    ("Filter terms", "all must match"),
+    ("5xx  404", "status class / status"),
+    ("err", "failed or not stored"),
+    ("#12", "exchange id"),
+    ("body:text", "request or response body contains text"),
+    ("text", "method, path, event or error"),
+];
+
+fn draw_help(frame: &mut Frame, app: &App, area: Rect) {
+    let t = &app.theme;
+    let w = 60.min(area.width);
+    let h = (HELP.len() as u16 + 2).min(area.height);
+    let rect = Rect {
+        x: area.x + (area.width - w) / 2,
+        y: area.y + (area.height - h) / 2,
+        width: w,
+        height: h,
+    };
+    let lines: Vec<Line> = HELP
+        .iter()
+        .map(|(k, v)| {
+            Line::from(vec![
+                Span::styled(format!(" {k:<14}"), t.heading()),
+                Span::raw(v.to_string()),
+            ])
+        })
+        .collect();
+    frame.render_widget(Clear, rect);
+    frame.render_widget(
+        Paragraph::new(lines).block(
+            Block::bordered()
+                .title(" Keys ")
+                .title_bottom(Line::from(" any key closes ").right_aligned()),
+        ),
+        rect,
+    );
+}

@@ -1,0 +1,7 @@
+//! Tests of the inspector: `update` behaviour and rendering into
+//! `TestBackend` (with insta snapshots under `snapshots/`).
+
+mod fixtures;
+mod render;
+mod session;
+mod update;
