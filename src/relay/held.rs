@@ -295,7 +295,11 @@ impl HeldStore {
     pub fn admit(&self, name: &str, connected: bool) -> Admit {
         let mut map = self.map();
         let Some(st) = map.get_mut(name) else {
-            return if connected { Admit::Live } else { Admit::Unknown };
+            return if connected {
+                Admit::Live
+            } else {
+                Admit::Unknown
+            };
         };
         if st.pending == 0 && connected {
             return Admit::Live;
@@ -623,7 +627,10 @@ mod tests {
         assert_eq!(store.admit("r", false), Admit::Reject);
         assert_eq!(store.admit("r", true), Admit::Live);
         store.add_bytes("t", 10).unwrap();
-        assert!(matches!(store.add_bytes("t", 1 << 30), Err(HeldError::Full("byte cap"))));
+        assert!(matches!(
+            store.add_bytes("t", 1 << 30),
+            Err(HeldError::Full("byte cap"))
+        ));
     }
 
     #[test]

@@ -1,0 +1,193 @@
+//! The inspector driven for real: `whtunnel listen` in a tmux pane, keys
+//! sent with `send-keys`, the screen read with `capture-pane`.
+//! Needs tmux (`apt-get install tmux`; `.ci/run` installs it).
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http::{Method, StatusCode};
+
+/// A tmux server of our own, so the test never touches the user's sessions.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn new() -> Tmux {
+        let ok = Command::new("tmux")
+            .arg("-V")
+            .output()
+            .map(|o| o.status.success());
+        assert!(
+            matches!(ok, Ok(true)),
+            "tmux is required for this test: apt-get install tmux"
+        );
+        Tmux {
+            socket: format!("whtunnel-test-{}", std::process::id()),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .arg("-L")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn screen(&self) -> String {
+        self.run(&["capture-pane", "-p", "-t", "ui"])
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "ui"];
+        args.extend_from_slice(keys);
+        self.run(&args);
+    }
+
+    /// Waits until the screen satisfies `pred`; returns it.
+    async fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let started = Instant::now();
+        loop {
+            let screen = self.screen();
+            if pred(&screen) {
+                return screen;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "timed out waiting for {what}; screen:\n{screen}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        self.run(&["kill-server"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inspector_in_a_real_terminal() {
+    let app = App::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let tmux = Tmux::new();
+    let cmd = format!(
+        "{} listen {} --listen 127.0.0.1:0 --data-dir {}",
+        bin(),
+        app.addr.port(),
+        dir.path().display()
+    );
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "ui",
+        "-x",
+        "100",
+        "-y",
+        "30",
+        &cmd,
+    ]);
+    tmux.run(&["set-option", "-t", "ui", "remain-on-exit", "on"]);
+
+    let screen = tmux
+        .wait_for("the connected header", |s| {
+            s.contains("connected") && s.contains("/t/")
+        })
+        .await;
+    let url = screen
+        .split_whitespace()
+        .find(|w| w.starts_with("http://127.0.0.1:") && w.contains("/t/"))
+        .expect("public URL in the header")
+        .to_string();
+
+    let body = Bytes::from_static(br#"{"type":"order.created","id":"ord_1","amount":4200}"#);
+    let (s, _, _) = send(
+        Method::POST,
+        &format!("{url}/orders?x=1"),
+        &[("content-type", "application/json")],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    send(Method::GET, &format!("{url}/health"), &[], Bytes::new()).await;
+    tmux.wait_for("both exchanges in the list", |s| {
+        s.contains("POST")
+            && s.contains("/orders?x=1")
+            && s.contains("order.created")
+            && s.contains("/health")
+    })
+    .await;
+
+    // Newest first: the GET is selected; move down to the POST and open it.
+    tmux.keys(&["j", "Enter"]);
+    tmux.wait_for("the detail view with pretty JSON", |s| {
+        s.contains("REQUEST")
+            && s.contains(r#""type": "order.created""#)
+            && s.contains("RESPONSE 200")
+    })
+    .await;
+
+    // Replay from the detail view: the app gets the same bytes again.
+    tmux.keys(&["r"]);
+    let started = Instant::now();
+    while app.seen().len() < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "replay never reached the app"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = app.seen();
+    assert_eq!(seen[2].body, body);
+    assert_eq!(seen[2].uri, "/orders?x=1");
+    tmux.keys(&["Escape"]);
+    tmux.wait_for("the replay linked to its original", |s| s.contains("↻#1"))
+        .await;
+
+    // Filter: only the orders remain.
+    tmux.keys(&["/"]);
+    tmux.keys(&["-l", "orders"]);
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the filtered list", |s| {
+        s.contains("filter: orders") && !s.contains("/health")
+    })
+    .await;
+
+    // Help, then quit: the process exits and the terminal is restored (the
+    // alternate screen with the UI is gone).
+    tmux.keys(&["?"]);
+    tmux.wait_for("the help screen", |s| s.contains("replay"))
+        .await;
+    tmux.keys(&["Escape", "q"]);
+    let screen = tmux
+        .wait_for("the process to exit", |_| {
+            tmux.run(&["display-message", "-p", "-t", "ui", "#{pane_dead}"])
+                .trim()
+                == "1"
+        })
+        .await;
+    assert!(
+        !screen.contains("METHOD"),
+        "UI left on screen after quit:\n{screen}"
+    );
+    let status = tmux.run(&["display-message", "-p", "-t", "ui", "#{pane_dead_status}"]);
+    assert_eq!(status.trim(), "0", "exit status");
+
+    let out = Command::new(bin())
+        .args(["requests", "list", "--json", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 3);
+    assert_eq!(list[0]["replay_of"], list[2]["id"]);
+}
