@@ -499,7 +499,7 @@ async fn listen(args: ListenArgs) -> Result<()> {
         first.wait_for(|s| !matches!(s, ConnectionStatus::Connecting)),
     )
     .await;
-    if agent.is_finished() {
+    if agent.is_finished() || matches!(*status_rx.borrow(), ConnectionStatus::Refused { .. }) {
         return finish_agent(agent.await);
     }
 
@@ -571,7 +571,10 @@ async fn run_log(
     loop {
         tokio::select! {
             changed = status.changed() => {
-                if changed.is_err() { break; }
+                // The agent ended: its result says why (a refusal is an error).
+                if changed.is_err() {
+                    return finish_agent((&mut *agent).await);
+                }
                 let s = status.borrow_and_update().clone();
                 report(&s, &mut announced);
             }
