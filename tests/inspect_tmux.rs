@@ -168,11 +168,18 @@ async fn inspector_in_a_real_terminal() {
     tmux.wait_for("the help screen", |s| s.contains("replay"))
         .await;
     tmux.keys(&["Escape", "q"]);
+    // tmux may report the pane dead a moment before it records the status.
     let screen = tmux
         .wait_for("the process to exit", |_| {
-            tmux.run(&["display-message", "-p", "-t", "ui", "#{pane_dead}"])
-                .trim()
-                == "1"
+            let state = tmux.run(&[
+                "display-message",
+                "-p",
+                "-t",
+                "ui",
+                "#{pane_dead}:#{pane_dead_status}",
+            ]);
+            let state = state.trim();
+            state.starts_with("1:") && state.len() > 2
         })
         .await;
     assert!(
