@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::{self, AgentConfig, ConnectionStatus, RelayUrl};
 use crate::capture::{self, BodyLimits, CaptureEvent, Recorder, Store, StoreConfig};
 use crate::forward::{Forwarder, ForwarderConfig, HostHeader, Target};
-use crate::relay::{Relay, RelayConfig, Tokens};
+use crate::relay::{Caps, OfflinePolicy, Relay, RelayConfig, Tokens};
 use crate::tunnel::protocol::{generate_name, is_valid_name};
 use crate::tunnel::tls;
 
@@ -84,6 +84,10 @@ struct ListenArgs {
     /// Do not record exchanges.
     #[arg(long)]
     no_capture: bool,
+    /// While this agent is away: hold webhooks and deliver them when it is back (hold),
+    /// or answer 503 so the sender retries (reject). Default: the relay's setting.
+    #[arg(long, value_parser = parse_offline)]
+    offline: Option<OfflinePolicy>,
 }
 
 #[derive(Args, Debug)]
@@ -119,6 +123,18 @@ struct RelayArgs {
     /// Largest request body accepted; larger ones get 413 (e.g. 25MiB).
     #[arg(long, default_value = "25MiB", value_parser = parse_size)]
     max_body: u64,
+    /// While a known tunnel's agent is away: hold webhooks (202) or reject them (503).
+    #[arg(long, default_value = "hold", value_parser = parse_offline)]
+    offline: OfflinePolicy,
+    /// Most events held per tunnel; beyond it senders get 503 + Retry-After.
+    #[arg(long, default_value_t = 10_000)]
+    hold_max_events: u64,
+    /// Most body bytes held per tunnel (e.g. 1GiB).
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    hold_max_bytes: u64,
+    /// Held events older than this are deleted (e.g. 72h).
+    #[arg(long, default_value = "72h", value_parser = parse_duration)]
+    hold_max_age: Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -163,6 +179,10 @@ struct ReplayArgs {
     to: Option<String>,
     #[command(flatten)]
     data_dir: DataDirArg,
+}
+
+fn parse_offline(s: &str) -> Result<OfflinePolicy, String> {
+    s.parse()
 }
 
 fn parse_host_header(s: &str) -> Result<HostHeader, String> {
@@ -389,6 +409,13 @@ async fn relay(args: RelayArgs) -> Result<()> {
     config.public_url = args.public_url.clone();
     config.response_timeout = args.response_timeout;
     config.max_body = args.max_body;
+    config.data_dir = Some(dir.clone());
+    config.offline = args.offline;
+    config.hold_caps = Caps {
+        max_events: args.hold_max_events,
+        max_bytes: args.hold_max_bytes,
+        max_age: args.hold_max_age,
+    };
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls = Some(tls::server_config(cert, key)?);
     }
@@ -435,6 +462,7 @@ async fn listen(args: ListenArgs) -> Result<()> {
         None => {
             let token = data_encoding::BASE64URL_NOPAD.encode(&rand::random::<[u8; 24]>());
             let mut config = RelayConfig::new(args.listen, Tokens::new([&token]));
+            config.data_dir = Some(dir.join("relay"));
             let relay = match Relay::bind(config.clone()).await {
                 Ok(r) => r,
                 Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
@@ -481,6 +509,7 @@ async fn listen(args: ListenArgs) -> Result<()> {
         token,
         name,
         takeover: args.takeover,
+        offline: args.offline.map(|p| p.as_str().to_string()),
         tls,
     };
     let (status_tx, status_rx) = watch::channel(ConnectionStatus::Connecting);
@@ -548,12 +577,15 @@ async fn run_log(
     let mut events = recorder.map(Recorder::subscribe);
     let mut announced = false;
     let report = |s: &ConnectionStatus, announced: &mut bool| match s {
-        ConnectionStatus::Connected { public_url } => {
+        ConnectionStatus::Connected { public_url, held } => {
             if *announced {
                 eprintln!("reconnected: {public_url}");
             } else {
                 println!("Forwarding {public_url} -> {target}");
                 *announced = true;
+            }
+            if *held > 0 {
+                eprintln!("{held} events held while you were offline — delivering");
             }
         }
         ConnectionStatus::Reconnecting {
@@ -645,7 +677,7 @@ async fn run_inspector(
         anyhow!("the inspector needs the capture store; drop --no-capture or add --no-tui")
     })?;
     let public_url = match &*status.borrow() {
-        ConnectionStatus::Connected { public_url } => public_url.clone(),
+        ConnectionStatus::Connected { public_url, .. } => public_url.clone(),
         _ => String::new(),
     };
     let (replay_tx, mut replay_rx) = tokio::sync::mpsc::channel::<capture::ReplayRequest>(16);

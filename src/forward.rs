@@ -27,11 +27,15 @@ use crate::capture::{
     self, BodyData, BodyLimits, CapturedBody, Exchange, ExchangeId, RecordedRequest,
     RecordedResponse, Recorder, RequestEdit,
 };
-use crate::tunnel::protocol::{is_hop_by_hop, RequestMeta, HDR_ERROR, HDR_META};
+use crate::tunnel::protocol::{is_hop_by_hop, RequestMeta, HDR_ACK, HDR_ERROR, HDR_META};
 use crate::tunnel::{Body, BoxError};
 
 /// Default time the app has to answer when no relay deadline applies (replay).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Most of an app's answer to a held event read back for the relay (the
+/// sender is gone; this only completes the exchange).
+const HELD_RESPONSE_MAX: usize = 25 * 1024 * 1024;
 
 /// Where requests go: an `http://` base URL on the developer's machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -299,9 +303,50 @@ impl Forwarder {
             replay_of: None,
         };
         let body = body.map_err(BoxError::from).boxed_unsync();
-        self.send(parts.method, &path, headers, body, timeout, request)
-            .await
-            .0
+        let held_event = meta.attempt.is_some().then_some(meta.event_id).flatten();
+        let Some(event_id) = held_event else {
+            return self
+                .send(parts.method, &path, headers, body, timeout, request)
+                .await
+                .0;
+        };
+
+        // A held event: the relay deletes it once acknowledged, so the ack
+        // waits until the exchange is recorded. A redelivery of an event that
+        // already got an answer (the ack was lost in a crash) is acknowledged
+        // without reaching the app twice.
+        if let Some(recorder) = self.recorder() {
+            if let Some(prev) = recorder.find_relay_event(&event_id).await {
+                if prev.status.is_some() && prev.error.is_none() {
+                    tracing::info!(event = %event_id, "already delivered as #{}; not sending it again", prev.id);
+                    let mut resp = Response::new(full(format!(
+                        "whtunnel: event {event_id} was already delivered as #{}\n",
+                        prev.id
+                    )));
+                    resp.headers_mut()
+                        .insert(HDR_ACK, HeaderValue::from_static("duplicate"));
+                    return resp;
+                }
+            }
+        }
+        let (resp, id_rx) = self
+            .send(parts.method, &path, headers, body, timeout, request)
+            .await;
+        let app_answered = !resp.headers().contains_key(HDR_ERROR);
+        let (parts, body) = resp.into_parts();
+        // The relay answered the sender long ago; nobody streams this, and
+        // reading it to the end is what completes the recording.
+        let body = collect_capped(body, HELD_RESPONSE_MAX).await;
+        let recorded = match id_rx {
+            Some(rx) => rx.await.ok().flatten().is_some(),
+            None => true,
+        };
+        let mut resp = Response::from_parts(parts, full(body));
+        if app_answered && recorded {
+            resp.headers_mut()
+                .insert(HDR_ACK, HeaderValue::from_static("1"));
+        }
+        resp
     }
 
     fn apply_host(&self, headers: &mut HeaderMap, original: Option<&str>) {
@@ -523,6 +568,19 @@ impl Forwarder {
             error,
         }
     }
+}
+
+/// Reads a body to its end, keeping at most `max` bytes.
+async fn collect_capped(mut body: Body, max: usize) -> Bytes {
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { break };
+        if let Some(data) = frame.data_ref() {
+            let room = max.saturating_sub(out.len());
+            out.extend_from_slice(&data[..data.len().min(room)]);
+        }
+    }
+    out.freeze()
 }
 
 fn method_expects_body(m: &Method) -> bool {

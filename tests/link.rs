@@ -75,6 +75,7 @@ async fn a_held_name_is_refused_unless_taken_over() {
         token: TOKEN.into(),
         name: "dup".into(),
         takeover: true,
+        offline: None,
         tls: whtunnel::tunnel::tls::client_config(None).unwrap(),
     };
     let (tx, mut rx) = tokio::sync::watch::channel(ConnectionStatus::Connecting);

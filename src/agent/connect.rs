@@ -13,7 +13,8 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::tunnel::protocol::{
-    AGENT_PATH, HDR_NAME, HDR_PROTOCOL, HDR_PUBLIC_URL, HDR_TAKEOVER, PROTOCOL_VERSION,
+    AGENT_PATH, HDR_HELD, HDR_NAME, HDR_OFFLINE, HDR_PROTOCOL, HDR_PUBLIC_URL, HDR_TAKEOVER,
+    PROTOCOL_VERSION,
 };
 use crate::tunnel::ws_io::ws_config;
 
@@ -96,6 +97,9 @@ pub struct AgentConfig {
     pub name: String,
     /// Take the name over from another agent holding it.
     pub takeover: bool,
+    /// `hold` or `reject`: what the relay does with webhooks while this agent
+    /// is away; `None` leaves it to the relay.
+    pub offline: Option<String>,
     /// TLS settings for `wss://` relays.
     pub tls: Arc<rustls::ClientConfig>,
 }
@@ -117,6 +121,8 @@ pub struct Link {
     pub ws: WsStream,
     /// The tunnel's public URL, as the relay announced it.
     pub public_url: String,
+    /// Events the relay held for this tunnel and is about to deliver.
+    pub held: u64,
 }
 
 /// Opens one link to the relay.
@@ -159,6 +165,13 @@ pub async fn connect(config: &AgentConfig) -> Result<Link, ConnectError> {
     if config.takeover {
         h.insert(HDR_TAKEOVER, HeaderValue::from_static("1"));
     }
+    if let Some(v) = config
+        .offline
+        .as_deref()
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
+        h.insert(HDR_OFFLINE, v);
+    }
     let mut auth = HeaderValue::from_str(&format!("Bearer {}", config.token)).map_err(|_| {
         ConnectError::Refused("the token contains characters not allowed in a header".into())
     })?;
@@ -200,7 +213,17 @@ pub async fn connect(config: &AgentConfig) -> Result<Link, ConnectError> {
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
         .unwrap_or_else(|| format!("(the relay did not say; tunnel '{}')", config.name));
-    Ok(Link { ws, public_url })
+    let held = resp
+        .headers()
+        .get(HDR_HELD)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok(Link {
+        ws,
+        public_url,
+        held,
+    })
 }
 
 #[cfg(test)]

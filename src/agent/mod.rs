@@ -83,6 +83,7 @@ pub async fn run(
             Ok(link) => {
                 status.send_replace(ConnectionStatus::Connected {
                     public_url: link.public_url.clone(),
+                    held: link.held,
                 });
                 let since = Instant::now();
                 let reason = serve(link.ws, forwarder.clone(), &shutdown).await;

@@ -12,6 +12,9 @@ pub enum ConnectionStatus {
     Connected {
         /// The public URL of the tunnel.
         public_url: String,
+        /// Events the relay held while the agent was away, now being
+        /// delivered (0 when none).
+        held: u64,
     },
     /// The link dropped; the next attempt is at `retry_at`.
     Reconnecting {

@@ -43,7 +43,7 @@ pub fn draw(frame: &mut Frame, app: &App) {
 
 fn public_url(app: &App) -> &str {
     match &app.status {
-        ConnectionStatus::Connected { public_url } if !public_url.is_empty() => public_url,
+        ConnectionStatus::Connected { public_url, .. } if !public_url.is_empty() => public_url,
         _ => &app.public_url,
     }
 }
@@ -68,7 +68,11 @@ pub fn status_text(app: &App) -> (String, Style) {
     let t = &app.theme;
     match &app.status {
         ConnectionStatus::Connecting => ("○ connecting…".into(), t.warn()),
-        ConnectionStatus::Connected { .. } => ("● connected".into(), t.ok()),
+        ConnectionStatus::Connected { held: 0, .. } => ("● connected".into(), t.ok()),
+        ConnectionStatus::Connected { held, .. } => (
+            format!("● connected · {held} events held while you were offline — delivering"),
+            t.ok(),
+        ),
         ConnectionStatus::Reconnecting {
             retry_at,
             last_error,

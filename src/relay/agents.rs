@@ -7,7 +7,10 @@
 
 use std::sync::Arc;
 
-use http::{header, HeaderMap, Request, Response, StatusCode};
+use std::time::Duration;
+
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -16,9 +19,11 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::Tokens;
+use super::held::{HeldEvent, HeldStore, OfflinePolicy};
 use super::{text, Session, Shared};
 use crate::tunnel::protocol::{
-    is_valid_name, HDR_NAME, HDR_PROTOCOL, HDR_PUBLIC_URL, HDR_TAKEOVER, PROTOCOL_VERSION,
+    is_valid_name, HDR_ACK, HDR_HELD, HDR_NAME, HDR_OFFLINE, HDR_PROTOCOL, HDR_PUBLIC_URL,
+    HDR_TAKEOVER, PROTOCOL_VERSION,
 };
 use crate::tunnel::{h2, ws_io, Body, WsIo};
 
@@ -79,6 +84,13 @@ pub(crate) async fn upgrade(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
         }
     };
     let takeover = header_str(headers, HDR_TAKEOVER) == Some("1");
+    let policy = match header_str(headers, HDR_OFFLINE) {
+        None => shared.config.offline,
+        Some(v) => match v.parse::<OfflinePolicy>() {
+            Ok(p) => p,
+            Err(e) => return text(StatusCode::BAD_REQUEST, &e),
+        },
+    };
     if !takeover
         && shared
             .tunnels
@@ -108,7 +120,13 @@ pub(crate) async fn upgrade(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
             .as_bytes(),
     );
 
-    tokio::spawn(run_session(shared, req, name, takeover));
+    let held = shared
+        .held
+        .as_ref()
+        .and_then(|h| h.state(&name))
+        .map_or(0, |s| s.pending);
+
+    tokio::spawn(run_session(shared, req, name, takeover, policy));
 
     let mut resp = Response::new(Body::default());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -122,10 +140,17 @@ pub(crate) async fn upgrade(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
     if let Ok(v) = public_url.parse() {
         h.insert(HDR_PUBLIC_URL, v);
     }
+    h.insert(HDR_HELD, HeaderValue::from(held));
     resp
 }
 
-async fn run_session(shared: Arc<Shared>, req: Request<Incoming>, name: String, takeover: bool) {
+async fn run_session(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    name: String,
+    takeover: bool,
+    policy: OfflinePolicy,
+) {
     let upgraded = match hyper::upgrade::on(req).await {
         Ok(u) => u,
         Err(e) => {
@@ -170,6 +195,17 @@ async fn run_session(shared: Arc<Shared>, req: Request<Incoming>, name: String, 
         );
     }
     tracing::info!(tunnel = %name, "agent connected");
+    if let Some(held) = shared.held.clone() {
+        // Remember the name across restarts: while this agent is away, its
+        // webhooks are held (or rejected) instead of answered 404.
+        let n = name.clone();
+        match tokio::task::spawn_blocking(move || held.remember(&n, policy)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(tunnel = %name, "could not remember the tunnel: {e}"),
+            Err(_) => {}
+        }
+        kick_delivery(&shared, &name);
+    }
     tokio::select! {
         result = conn => {
             if let Err(e) = result {
@@ -183,4 +219,141 @@ async fn run_session(shared: Arc<Shared>, req: Request<Incoming>, name: String, 
         tunnels.remove(&name);
     }
     tracing::info!(tunnel = %name, "agent disconnected");
+}
+
+/// Starts delivering `name`'s held events if its agent is connected and no
+/// delivery is running yet.
+pub(crate) fn kick_delivery(shared: &Arc<Shared>, name: &str) {
+    let Some(held) = shared.held.clone() else {
+        return;
+    };
+    let link = {
+        let tunnels = shared.tunnels.lock().expect("tunnel map lock");
+        tunnels
+            .get(name)
+            .map(|s| (s.sender.clone(), s.closed.clone()))
+    };
+    let Some((sender, closed)) = link else {
+        return;
+    };
+    if held.state(name).is_none_or(|s| s.pending == 0) || !held.start_delivery(name) {
+        return;
+    }
+    tokio::spawn(deliver(
+        shared.clone(),
+        held,
+        name.to_string(),
+        sender,
+        closed,
+    ));
+}
+
+/// Back-off between attempts while the agent cannot deliver an event (its
+/// app is down): 1 s doubling to 60 s.
+const REDELIVER_MIN: Duration = Duration::from_secs(1);
+const REDELIVER_MAX: Duration = Duration::from_secs(60);
+
+/// Delivers held events one at a time, oldest first, and deletes each only
+/// when the agent acknowledges it was recorded. New traffic for the tunnel
+/// queues behind them (see `HeldStore::admit`) until the queue is empty.
+async fn deliver(
+    shared: Arc<Shared>,
+    held: Arc<HeldStore>,
+    name: String,
+    mut sender: hyper::client::conn::http2::SendRequest<crate::tunnel::Body>,
+    closed: CancellationToken,
+) {
+    let mut backoff = REDELIVER_MIN;
+    let timeout = shared.config.response_timeout;
+    loop {
+        let h = held.clone();
+        let n = name.clone();
+        let next = match tokio::task::spawn_blocking(move || h.next(&n)).await {
+            Ok(Ok(next)) => next,
+            Ok(Err(e)) => {
+                tracing::warn!(tunnel = %name, "reading held events failed: {e}");
+                None
+            }
+            Err(_) => None,
+        };
+        let Some(ev) = next else {
+            if held.finish_delivery(&name) {
+                return;
+            }
+            // An event is being stored right now; it is next.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        };
+        let h = held.clone();
+        let seq = ev.seq;
+        let _ = tokio::task::spawn_blocking(move || h.attempted(seq)).await;
+        let Some(req) = held_request(&ev, timeout) else {
+            tracing::warn!(tunnel = %name, event = %ev.event.event_id, "dropping a held event that cannot be sent");
+            let h = held.clone();
+            let _ = tokio::task::spawn_blocking(move || h.remove(&ev)).await;
+            continue;
+        };
+        let answer = tokio::select! {
+            a = tokio::time::timeout(timeout, sender.send_request(req)) => a,
+            () = closed.cancelled() => {
+                held.stop_delivery(&name);
+                return;
+            }
+        };
+        match answer {
+            Ok(Ok(resp)) => {
+                let acked = resp.headers().contains_key(HDR_ACK);
+                let _ = resp.into_body().collect().await;
+                if acked {
+                    let h = held.clone();
+                    let event_id = ev.event.event_id.clone();
+                    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || h.remove(&ev)).await {
+                        tracing::warn!(tunnel = %name, event = %event_id, "could not delete a delivered event: {e}");
+                    }
+                    backoff = REDELIVER_MIN;
+                    continue;
+                }
+            }
+            Ok(Err(_)) => {
+                // The link is gone; the next session delivers.
+                held.stop_delivery(&name);
+                return;
+            }
+            Err(_) => {}
+        }
+        // Not delivered (app down, too slow, or the agent could not record
+        // it): keep it first in line and try again later.
+        tracing::info!(tunnel = %name, "held event not delivered; retrying in {backoff:?}");
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = closed.cancelled() => {
+                held.stop_delivery(&name);
+                return;
+            }
+        }
+        backoff = (backoff * 2).min(REDELIVER_MAX);
+    }
+}
+
+fn held_request(ev: &HeldEvent, timeout: Duration) -> Option<Request<crate::tunnel::Body>> {
+    let mut headers = HeaderMap::new();
+    for (k, v) in &ev.event.headers {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_bytes(v),
+        ) {
+            headers.append(k, v);
+        }
+    }
+    let mut meta = ev.event.meta.clone();
+    meta.event_id = Some(ev.event.event_id.clone());
+    meta.attempt = Some(ev.attempts + 1);
+    meta.timeout_ms = timeout
+        .saturating_sub((timeout / 10).min(Duration::from_millis(500)))
+        .as_millis() as u64;
+    let method = http::Method::from_bytes(ev.event.method.as_bytes()).ok()?;
+    let body = Full::new(ev.event.body.clone())
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    super::public::tunnel_request(method, &ev.event.path, headers, &meta, body)
 }

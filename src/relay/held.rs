@@ -55,7 +55,8 @@ impl std::str::FromStr for OfflinePolicy {
 }
 
 impl OfflinePolicy {
-    fn as_str(self) -> &'static str {
+    /// The policy as written on the command line and on the wire.
+    pub fn as_str(self) -> &'static str {
         match self {
             OfflinePolicy::Hold => "hold",
             OfflinePolicy::Reject => "reject",
@@ -270,6 +271,15 @@ impl HeldStore {
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, TunnelState>> {
         self.tunnels.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Caps the database at `pages` pages, so inserts fail exactly as on a
+    /// full disk (SQLITE_FULL). For tests of that path; `None` lifts it.
+    #[doc(hidden)]
+    pub fn simulate_disk_limit(&self, pages: Option<u64>) -> Result<(), HeldError> {
+        let n = pages.map_or(1_073_741_823, |p| p as i64);
+        self.conn().pragma_update(None, "max_page_count", n)?;
+        Ok(())
     }
 
     /// Remembers that an agent held `name`, with its offline policy.

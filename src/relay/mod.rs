@@ -13,6 +13,7 @@ pub mod public;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,6 +31,7 @@ use crate::tunnel::protocol::AGENT_PATH;
 use crate::tunnel::Body;
 
 pub use auth::Tokens;
+pub use held::{Caps, HeldStore, OfflinePolicy};
 
 /// How long the relay waits for in-flight exchanges when asked to stop.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -54,6 +56,14 @@ pub struct RelayConfig {
     pub response_timeout: Duration,
     /// Largest request body accepted; larger ones get 413.
     pub max_body: u64,
+    /// Where held events and known tunnel names are kept; without it the
+    /// relay holds nothing and unknown-while-offline tunnels answer 404.
+    pub data_dir: Option<PathBuf>,
+    /// Default for tunnels whose agent did not choose: hold or reject
+    /// webhooks while the agent is away.
+    pub offline: OfflinePolicy,
+    /// Per-tunnel bounds on held events.
+    pub hold_caps: Caps,
 }
 
 impl RelayConfig {
@@ -66,6 +76,9 @@ impl RelayConfig {
             tls: None,
             response_timeout: Duration::from_secs(30),
             max_body: 25 * 1024 * 1024,
+            data_dir: None,
+            offline: OfflinePolicy::Hold,
+            hold_caps: Caps::default(),
         }
     }
 }
@@ -83,6 +96,7 @@ pub(crate) struct Shared {
     tunnels: Mutex<HashMap<String, Session>>,
     next_session: AtomicU64,
     scheme: &'static str,
+    held: Option<Arc<HeldStore>>,
 }
 
 impl Shared {
@@ -104,8 +118,15 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Binds the listening socket. Use port 0 to let the OS pick.
+    /// Binds the listening socket (port 0 lets the OS pick) and opens the
+    /// held-event store when a data dir is configured.
     pub async fn bind(config: RelayConfig) -> std::io::Result<Relay> {
+        let held = match &config.data_dir {
+            Some(dir) => Some(Arc::new(
+                HeldStore::open(dir, config.hold_caps).map_err(std::io::Error::other)?,
+            )),
+            None => None,
+        };
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
         let scheme = if config.tls.is_some() {
@@ -121,8 +142,14 @@ impl Relay {
                 tunnels: Mutex::new(HashMap::new()),
                 next_session: AtomicU64::new(1),
                 scheme,
+                held,
             }),
         })
+    }
+
+    /// The held-event store, when the relay has a data dir.
+    pub fn held_store(&self) -> Option<Arc<HeldStore>> {
+        self.shared.held.clone()
     }
 
     /// The address the relay listens on.
@@ -160,6 +187,10 @@ impl Relay {
         let builder = Arc::new(builder);
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
+        let expiry = shared
+            .held
+            .clone()
+            .map(|held| tokio::spawn(expire_held(held)));
 
         loop {
             let (stream, remote) = tokio::select! {
@@ -217,6 +248,9 @@ impl Relay {
         }
 
         drop(listener);
+        if let Some(task) = expiry {
+            task.abort();
+        }
         tracing::info!("relay stopping: draining in-flight exchanges");
         if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
             .await
@@ -238,6 +272,25 @@ impl Relay {
     }
 }
 
+/// Deletes held events past the age cap, once a minute. Each deletion is
+/// logged: it is the only way the relay ever lets go of an undelivered event.
+async fn expire_held(held: Arc<HeldStore>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let h = held.clone();
+        match tokio::task::spawn_blocking(move || h.expire()).await {
+            Ok(Ok(expired)) => {
+                for (tunnel, n, _) in expired {
+                    tracing::warn!(%tunnel, "{n} held events expired undelivered");
+                }
+            }
+            Ok(Err(e)) => tracing::warn!("held-event expiry failed: {e}"),
+            Err(_) => {}
+        }
+    }
+}
+
 async fn route(shared: Arc<Shared>, remote: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
     if path == AGENT_PATH {
@@ -252,6 +305,16 @@ async fn route(shared: Arc<Shared>, remote: SocketAddr, req: Request<Incoming>) 
             "whtunnel relay: webhooks go to /t/<tunnel-name>/...",
         )
     }
+}
+
+/// A 503 asking the sender to come back later.
+pub(crate) fn retry_later(reason: &str, after_secs: u64) -> Response<Body> {
+    let mut resp = text(StatusCode::SERVICE_UNAVAILABLE, reason);
+    resp.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from(after_secs),
+    );
+    resp
 }
 
 /// A plain-text answer with a one-line reason.

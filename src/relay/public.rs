@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,14 +16,24 @@ use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::{text, Shared};
-use crate::tunnel::protocol::{is_hop_by_hop, split_public_path, RequestMeta, HDR_META};
+use hyper::client::conn::http2::SendRequest;
+
+use super::held::{new_event_id, Admit, HeldStore, NewEvent};
+use super::{retry_later, text, Shared};
+use crate::tunnel::protocol::{
+    is_hop_by_hop, split_public_path, RequestMeta, HDR_EVENT_ID, HDR_META,
+};
 use crate::tunnel::{Body, BoxError};
 
 /// The sender never learns whether a name exists: every miss reads the same.
 const UNKNOWN_TUNNEL: &str = "whtunnel: no agent is connected for this tunnel";
 
-/// Forwards one public request to the agent holding its tunnel.
+/// A live request's body is also kept up to this size, so that if the
+/// agent's link drops before it answers, the request can still be held.
+const FALLBACK_KEEP: u64 = 1024 * 1024;
+
+/// Forwards one public request to the agent holding its tunnel, or holds it
+/// while that agent is away.
 pub(crate) async fn forward(
     shared: Arc<Shared>,
     remote: SocketAddr,
@@ -39,20 +49,59 @@ pub(crate) async fn forward(
         return text(StatusCode::NOT_FOUND, UNKNOWN_TUNNEL);
     };
     let name = name.to_string();
-    let Some(mut sender) = shared.sender_for(&name) else {
-        return text(StatusCode::NOT_FOUND, UNKNOWN_TUNNEL);
-    };
     let max_body = shared.config.max_body;
     if let Some(len) = declared_length(req.headers()) {
         if len > max_body {
-            return text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("whtunnel: request body of {len} bytes is over this relay's limit of {max_body} bytes"),
-            );
+            return too_large(max_body);
         }
     }
-
+    let sender = shared.sender_for(&name);
+    let admit = match &shared.held {
+        Some(held) => held.admit(&name, sender.is_some()),
+        None if sender.is_some() => Admit::Live,
+        None => Admit::Unknown,
+    };
     let (parts, body) = req.into_parts();
+    let prepared = prepare(&shared, remote, received_at, app_path, parts);
+    match (admit, sender) {
+        (Admit::Live, Some(sender)) => live(shared, name, sender, prepared, body).await,
+        (Admit::Hold, _) => hold(shared, name, prepared, body).await,
+        (Admit::Reject, _) => retry_later(
+            "whtunnel: the agent for this tunnel is offline; retry later",
+            30,
+        ),
+        (Admit::Full, _) => retry_later(
+            "whtunnel: this tunnel's held-event queue is full; retry later",
+            60,
+        ),
+        _ => text(StatusCode::NOT_FOUND, UNKNOWN_TUNNEL),
+    }
+}
+
+fn too_large(max_body: u64) -> Response<Body> {
+    text(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("whtunnel: request body is over this relay's limit of {max_body} bytes"),
+    )
+}
+
+/// A public request made ready for the tunnel: forwardable headers and the
+/// metadata the agent needs. Every request gets an event id, so a request
+/// that is held after its first try can be recognised when redelivered.
+struct Prepared {
+    method: http::Method,
+    app_path: String,
+    headers: HeaderMap,
+    meta: RequestMeta,
+}
+
+fn prepare(
+    shared: &Shared,
+    remote: SocketAddr,
+    received_at: SystemTime,
+    app_path: String,
+    parts: http::request::Parts,
+) -> Prepared {
     let timeout = shared.config.response_timeout;
     // The agent gives up a little earlier so it records the 504 itself.
     let agent_timeout = timeout.saturating_sub((timeout / 10).min(Duration::from_millis(500)));
@@ -72,44 +121,82 @@ pub(crate) async fn forward(
             .unwrap_or(0),
         timeout_ms: agent_timeout.as_millis() as u64,
         hop_headers,
-        event_id: None,
+        event_id: Some(new_event_id()),
         attempt: None,
     };
     // HTTP/2 carries the authority in :authority; the original Host travels
-    // in the metadata.
+    // in the metadata. A sender's own whtunnel-meta is dropped, never trusted.
     headers.remove(header::HOST);
+    headers.remove(HDR_META);
+    Prepared {
+        method: parts.method,
+        app_path,
+        headers,
+        meta,
+    }
+}
+
+/// Builds the HTTP/2 request for the agent.
+pub(crate) fn tunnel_request(
+    method: http::Method,
+    app_path: &str,
+    mut headers: HeaderMap,
+    meta: &RequestMeta,
+    body: Body,
+) -> Option<Request<Body>> {
     headers.insert(
         HeaderName::from_static(HDR_META),
         meta.encode()
             .parse()
             .expect("JSON metadata is a valid header value"),
     );
+    let mut out = Request::new(body);
+    *out.method_mut() = method;
+    *out.uri_mut() = format!("http://tunnel{app_path}").parse().ok()?;
+    *out.headers_mut() = headers;
+    Some(out)
+}
 
-    let over_limit = Arc::new(AtomicBool::new(false));
+async fn live(
+    shared: Arc<Shared>,
+    name: String,
+    mut sender: SendRequest<Body>,
+    p: Prepared,
+    body: Incoming,
+) -> Response<Body> {
+    let max_body = shared.config.max_body;
+    let state = Arc::new(BodyState::default());
     let body = CappedBody {
         inner: body,
         remaining: max_body,
-        over_limit: over_limit.clone(),
+        read: 0,
+        state: state.clone(),
     };
-    let mut out = Request::new(body.boxed_unsync());
-    *out.method_mut() = parts.method;
-    *out.uri_mut() = match format!("http://tunnel{app_path}").parse() {
-        Ok(u) => u,
-        Err(_) => return text(StatusCode::BAD_REQUEST, "whtunnel: malformed request path"),
+    let Some(out) = tunnel_request(
+        p.method.clone(),
+        &p.app_path,
+        p.headers.clone(),
+        &p.meta,
+        body.boxed_unsync(),
+    ) else {
+        return text(StatusCode::BAD_REQUEST, "whtunnel: malformed request path");
     };
-    *out.headers_mut() = headers;
-
+    let timeout = shared.config.response_timeout;
     let answer = tokio::time::timeout(timeout, sender.send_request(out)).await;
-    if over_limit.load(Ordering::Acquire) {
-        return text(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("whtunnel: request body is over this relay's limit of {max_body} bytes"),
-        );
+    if state.over_limit.load(Ordering::Acquire) {
+        return too_large(max_body);
     }
     match answer {
         Ok(Ok(resp)) => resp.map(|b| b.map_err(BoxError::from).boxed_unsync()),
         Ok(Err(e)) => {
             tracing::info!(tunnel = %name, "exchange failed on the agent link: {e}");
+            // The agent went away mid-request. If the whole body went by, the
+            // request can still be held and delivered when the agent returns.
+            if let Some(body) = state.complete_body() {
+                if let Some(resp) = hold_complete(&shared, &name, p, body).await {
+                    return resp;
+                }
+            }
             text(
                 StatusCode::BAD_GATEWAY,
                 "whtunnel: the agent's connection dropped while handling this request",
@@ -122,6 +209,106 @@ pub(crate) async fn forward(
                 timeout.as_secs_f32()
             ),
         ),
+    }
+}
+
+/// Holds a request whose slot [`HeldStore::admit`] reserved.
+async fn hold(shared: Arc<Shared>, name: String, p: Prepared, body: Incoming) -> Response<Body> {
+    let held = shared.held.clone().expect("admit only holds with a store");
+    let max_body = shared.config.max_body;
+    let body = match http_body_util::Limited::new(body, max_body as usize)
+        .collect()
+        .await
+    {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            held.release(&name, 0);
+            if e.is::<http_body_util::LengthLimitError>() {
+                return too_large(max_body);
+            }
+            return text(
+                StatusCode::BAD_REQUEST,
+                "whtunnel: the request body could not be read",
+            );
+        }
+    };
+    if held.add_bytes(&name, body.len() as u64).is_err() {
+        held.release(&name, 0);
+        return retry_later(
+            "whtunnel: this tunnel's held-event queue is full; retry later",
+            60,
+        );
+    }
+    store_held(&shared, held, name, p, body).await
+}
+
+/// Holds a request that failed on the agent link after its body was read.
+async fn hold_complete(
+    shared: &Arc<Shared>,
+    name: &str,
+    p: Prepared,
+    body: Bytes,
+) -> Option<Response<Body>> {
+    let held = shared.held.clone()?;
+    held.state(name)?;
+    held.reserve(name, body.len() as u64).ok()?;
+    Some(store_held(shared, held, name.to_string(), p, body).await)
+}
+
+/// Stores a reserved event durably, then answers 202. Nothing is
+/// acknowledged that is not on disk.
+async fn store_held(
+    shared: &Arc<Shared>,
+    held: Arc<HeldStore>,
+    name: String,
+    p: Prepared,
+    body: Bytes,
+) -> Response<Body> {
+    let len = body.len() as u64;
+    let event_id = p.meta.event_id.clone().unwrap_or_else(new_event_id);
+    let mut meta = p.meta;
+    meta.event_id = Some(event_id.clone());
+    let ev = NewEvent {
+        event_id: event_id.clone(),
+        tunnel: name.clone(),
+        method: p.method.to_string(),
+        path: p.app_path,
+        headers: p
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+            .collect(),
+        meta,
+        body,
+    };
+    let h = held.clone();
+    let stored = tokio::task::spawn_blocking(move || h.insert(&ev)).await;
+    match stored {
+        Ok(Ok(())) => {
+            super::agents::kick_delivery(shared, &name);
+            let mut resp = text(
+                StatusCode::ACCEPTED,
+                &format!(
+                    "whtunnel: the agent for this tunnel is offline; event {event_id} is held and will be delivered when it reconnects"
+                ),
+            );
+            if let Ok(v) = http::HeaderValue::from_str(&event_id) {
+                resp.headers_mut().insert(HDR_EVENT_ID, v);
+            }
+            resp
+        }
+        other => {
+            held.release(&name, len);
+            let why = match other {
+                Ok(Err(e)) => e.to_string(),
+                _ => "the store task failed".to_string(),
+            };
+            tracing::warn!(tunnel = %name, "could not hold an event: {why}");
+            retry_later(
+                "whtunnel: the relay could not store this event; retry later",
+                30,
+            )
+        }
     }
 }
 
@@ -166,13 +353,60 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) -> Vec<(String, String)> {
     removed
 }
 
+/// What [`CappedBody`] saw, read after the exchange.
+struct BodyState {
+    over_limit: AtomicBool,
+    /// The body's chunks while it is at most [`FALLBACK_KEEP`] bytes;
+    /// `None` once it is larger. Chunks are `Bytes` clones: no copy.
+    kept: Mutex<Option<Vec<Bytes>>>,
+    complete: AtomicBool,
+}
+
+impl Default for BodyState {
+    fn default() -> Self {
+        BodyState {
+            over_limit: AtomicBool::new(false),
+            // Keeping until the body proves too large.
+            kept: Mutex::new(Some(Vec::new())),
+            complete: AtomicBool::new(false),
+        }
+    }
+}
+
+impl BodyState {
+    fn keep(&self, chunk: &Bytes, total: u64) {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        if total > FALLBACK_KEEP {
+            *kept = None;
+        } else if let Some(v) = kept.as_mut() {
+            v.push(chunk.clone());
+        }
+    }
+
+    /// The whole body, if it was read to the end and kept.
+    fn complete_body(&self) -> Option<Bytes> {
+        if !self.complete.load(Ordering::Acquire) {
+            return None;
+        }
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        let chunks = kept.as_ref()?;
+        let mut all = bytes::BytesMut::new();
+        for c in chunks {
+            all.extend_from_slice(c);
+        }
+        Some(all.freeze())
+    }
+}
+
 /// Passes a body through until it exceeds the relay's limit, then fails it
 /// and raises a flag, so the exchange is answered 413 instead of with
-/// whatever the aborted stream produced.
+/// whatever the aborted stream produced. Keeps small bodies on the side
+/// (see [`BodyState`]).
 struct CappedBody {
     inner: Incoming,
     remaining: u64,
-    over_limit: Arc<AtomicBool>,
+    read: u64,
+    state: Arc<BodyState>,
 }
 
 impl http_body::Body for CappedBody {
@@ -188,17 +422,25 @@ impl http_body::Body for CappedBody {
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
                     if len > self.remaining {
-                        self.over_limit.store(true, Ordering::Release);
+                        self.state.over_limit.store(true, Ordering::Release);
                         return Poll::Ready(Some(
                             Err("request body over the relay's limit".into()),
                         ));
                     }
                     self.remaining -= len;
+                    self.read += len;
+                    self.state.keep(data, self.read);
+                }
+                if self.inner.is_end_stream() {
+                    self.state.complete.store(true, Ordering::Release);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                self.state.complete.store(true, Ordering::Release);
+                Poll::Ready(None)
+            }
             Poll::Pending => Poll::Pending,
         }
     }

@@ -14,6 +14,14 @@ pub const HDR_PROTOCOL: &str = "whtunnel-protocol";
 pub const HDR_NAME: &str = "whtunnel-name";
 /// Upgrade request header asking to take over a name another agent holds.
 pub const HDR_TAKEOVER: &str = "whtunnel-takeover";
+/// Upgrade request header: `hold` or `reject`, what the relay does with this
+/// tunnel's webhooks while the agent is away (the relay's default if absent).
+pub const HDR_OFFLINE: &str = "whtunnel-offline";
+/// 101 response header: how many held events are waiting for the agent.
+pub const HDR_HELD: &str = "whtunnel-held";
+/// Response header the agent sets on a held event's answer once the
+/// exchange is recorded (or capture is off): the relay may delete it.
+pub const HDR_ACK: &str = "whtunnel-ack";
 /// 101 response header carrying the tunnel's public URL.
 pub const HDR_PUBLIC_URL: &str = "whtunnel-public-url";
 /// Per-request header carrying [`RequestMeta`] as JSON, relay to agent.

@@ -111,7 +111,13 @@ async fn app_handle(seen: Arc<Mutex<Vec<Seen>>>, req: Request<Incoming>) -> Resp
 
 impl App {
     pub async fn start() -> App {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        App::start_on(0).await
+    }
+
+    /// An app on a given loopback port (0: any). Tests use it only for a
+    /// port the OS handed out earlier, e.g. to bring an app "back".
+    pub async fn start_on(port: u16) -> App {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = CancellationToken::new();
@@ -151,6 +157,7 @@ impl App {
 pub struct RelayHandle {
     pub addr: SocketAddr,
     pub base: String,
+    pub held: Option<std::sync::Arc<whtunnel::relay::HeldStore>>,
     pub stop: CancellationToken,
     pub task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -170,11 +177,13 @@ pub async fn start_relay(config: RelayConfig) -> RelayHandle {
     let relay = Relay::bind(config).await.unwrap();
     let addr = relay.local_addr();
     let base = relay.base_url();
+    let held = relay.held_store();
     let stop = CancellationToken::new();
     let task = tokio::spawn(relay.run(stop.clone().cancelled_owned()));
     RelayHandle {
         addr,
         base,
+        held,
         stop,
         task,
     }
@@ -224,7 +233,7 @@ pub async fn start_agent(relay_base: &str, opts: AgentOptions) -> AgentHandle {
         .data_dir
         .clone()
         .unwrap_or_else(std::env::temp_dir)
-        .join("bodies");
+        .join("spill");
     let forwarder = Forwarder::new(ForwarderConfig {
         target: opts.target.parse::<Target>().unwrap(),
         host_header: opts.host_header,
@@ -240,6 +249,7 @@ pub async fn start_agent(relay_base: &str, opts: AgentOptions) -> AgentHandle {
         token: opts.token,
         name: opts.name,
         takeover: false,
+        offline: None,
         tls: tls::client_config(opts.ca.as_deref()).unwrap(),
     };
     let (tx, mut rx) = watch::channel(ConnectionStatus::Connecting);
@@ -249,7 +259,7 @@ pub async fn start_agent(relay_base: &str, opts: AgentOptions) -> AgentHandle {
     let public_url = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match &*rx.borrow_and_update() {
-                ConnectionStatus::Connected { public_url } => return public_url.clone(),
+                ConnectionStatus::Connected { public_url, .. } => return public_url.clone(),
                 ConnectionStatus::Refused { reason } => return format!("refused: {reason}"),
                 _ => {}
             }
@@ -311,4 +321,25 @@ pub fn bin() -> &'static str {
 
 pub fn write_file(path: &Path, data: &str) {
     std::fs::write(path, data).unwrap();
+}
+
+/// A capture recorder over a fresh store in `dir`.
+pub fn recorder(dir: &Path) -> Recorder {
+    let store =
+        whtunnel::capture::Store::open(&whtunnel::capture::StoreConfig::new(dir.to_path_buf()))
+            .unwrap();
+    Recorder::spawn(store)
+}
+
+/// Waits until the app has seen `n` requests (or panics after `within`).
+pub async fn wait_for_seen(app: &App, n: usize, within: Duration) {
+    let started = std::time::Instant::now();
+    while app.seen().len() < n {
+        assert!(
+            started.elapsed() < within,
+            "the app saw {} of {n} requests within {within:?}",
+            app.seen().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

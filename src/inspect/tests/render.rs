@@ -47,6 +47,7 @@ fn connected(app: &mut App) {
         app,
         Msg::Status(ConnectionStatus::Connected {
             public_url: "https://relay.example/t/demo".into(),
+            held: 0,
         }),
     );
 }

@@ -52,6 +52,7 @@ fn harness(store: &FakeStore, event_cap: usize, replay_cap: usize) -> Harness<'_
     let (etx, erx) = broadcast::channel(event_cap);
     let (stx, srx) = watch::channel(ConnectionStatus::Connected {
         public_url: "https://relay.example/t/demo".into(),
+        held: 0,
     });
     let (rtx, rrx) = mpsc::channel(replay_cap);
     Harness {
