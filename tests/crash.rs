@@ -1,0 +1,257 @@
+//! Nothing lost across crashes, with real processes: the relay and the agent
+//! are `kill -9`ed, stopped with SIGSTOP, and restarted.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http::{Method, StatusCode};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const TOKEN_ARG: &str = "crash-token";
+
+fn signal(child: &Child, sig: &str) {
+    let pid = child.id().expect("process still running").to_string();
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// `whtunnel relay` on `addr` (port 0 the first time); returns it and the
+/// address it listens on.
+async fn relay_process(addr: &str, dir: &Path) -> (Child, SocketAddr) {
+    let mut child = Command::new(bin())
+        .args([
+            "relay",
+            "--listen",
+            addr,
+            "--token",
+            TOKEN_ARG,
+            "--data-dir",
+        ])
+        .arg(dir)
+        .env("WHTUNNEL_LOG", "warn")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("relay starts")
+            .unwrap()
+            .expect("relay prints its address");
+        if let Some(rest) = line.strip_prefix("whtunnel relay listening on ") {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+/// `whtunnel listen` for tunnel `name`, connected.
+async fn listen_process(target: SocketAddr, relay: SocketAddr, name: &str, dir: &Path) -> Child {
+    let mut child = Command::new(bin())
+        .args([
+            "listen",
+            &target.to_string(),
+            "--no-tui",
+            "--name",
+            name,
+            "--token",
+            TOKEN_ARG,
+        ])
+        .args(["--relay", &format!("http://{relay}"), "--data-dir"])
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("listen connects")
+        .unwrap()
+        .expect("listen prints its URL");
+    assert!(first.starts_with("Forwarding "), "{first}");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
+}
+
+fn body_for(i: u32) -> Bytes {
+    let mut b = format!(r#"{{"type":"charge.succeeded","n":{i},"blob":""#).into_bytes();
+    b.extend((0..64).map(|k| b'a' + ((i + k) % 26) as u8));
+    b.extend_from_slice(b"\"}");
+    Bytes::from(b)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn held_events_survive_a_relay_kill_9() {
+    let app = App::start().await;
+    let relay_dir = tempfile::tempdir().unwrap();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let (mut relay, addr) = relay_process("127.0.0.1:0", relay_dir.path()).await;
+    let mut agent = listen_process(app.addr, addr, "laptop", agent_dir.path()).await;
+    signal(&agent, "-INT");
+    agent.wait().await.unwrap();
+
+    for i in 0..50 {
+        let (s, _, _) = send(
+            Method::POST,
+            &format!("http://{addr}/t/laptop/hook?n={i}"),
+            &[("content-type", "application/json")],
+            body_for(i),
+        )
+        .await;
+        assert_eq!(s, StatusCode::ACCEPTED);
+    }
+    signal(&relay, "-KILL");
+    relay.wait().await.unwrap();
+    let (_relay, addr2) = relay_process(&addr.to_string(), relay_dir.path()).await;
+    assert_eq!(addr, addr2);
+    let _agent = listen_process(app.addr, addr, "laptop", agent_dir.path()).await;
+
+    wait_for_seen(&app, 50, Duration::from_secs(15)).await;
+    let seen = app.seen();
+    assert_eq!(seen.len(), 50, "no duplicates");
+    for (i, r) in seen.iter().enumerate() {
+        assert_eq!(r.uri, format!("/hook?n={i}"), "in order");
+        assert_eq!(r.body, body_for(i as u32), "byte-exact");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_acknowledged_request_arrives_when_the_agent_is_killed_under_load() {
+    let app = App::start().await;
+    let relay_dir = tempfile::tempdir().unwrap();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let (_relay, addr) = relay_process("127.0.0.1:0", relay_dir.path()).await;
+    let mut agent = listen_process(app.addr, addr, "busy", agent_dir.path()).await;
+
+    // Two senders, each one request at a time, for 6 s (and at most 3,000 each).
+    let stop_at = Instant::now() + Duration::from_secs(6);
+    let senders: Vec<_> = (0..2)
+        .map(|s| {
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                let mut failed = 0;
+                for n in 0..3000u32 {
+                    if Instant::now() >= stop_at {
+                        break;
+                    }
+                    let id = format!("s{s}-{n}");
+                    let req = http::Request::post(format!("http://{addr}/t/busy/ev"))
+                        .header("x-id", &id)
+                        .body(http_body_util::Full::new(Bytes::from(id.clone())))
+                        .unwrap();
+                    match client().request(req).await {
+                        Ok(resp) if resp.status().is_success() => acked.push(id),
+                        _ => failed += 1,
+                    }
+                }
+                (acked, failed)
+            })
+        })
+        .collect();
+
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        signal(&agent, "-KILL");
+        agent.wait().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        agent = listen_process(app.addr, addr, "busy", agent_dir.path()).await;
+    }
+    let mut acked = Vec::new();
+    let mut failed = 0;
+    for s in senders {
+        let (a, f) = s.await.unwrap();
+        acked.extend(a);
+        failed += f;
+    }
+
+    // Everything acknowledged reaches the app (held ones after delivery).
+    let started = Instant::now();
+    let counts = loop {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for r in app.seen() {
+            *counts
+                .entry(r.headers["x-id"].to_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+        if acked.iter().all(|id| counts.contains_key(id)) {
+            break counts;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{} acknowledged requests never reached the app",
+            acked.iter().filter(|id| !counts.contains_key(*id)).count()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let duplicates: usize = counts.values().map(|c| c - 1).sum();
+    eprintln!(
+        "{} acknowledged, {} not acknowledged, {} delivered, {} duplicates over 2 kills",
+        acked.len(),
+        failed,
+        counts.len(),
+        duplicates
+    );
+    assert!(acked.len() > 100, "load ran: {}", acked.len());
+    assert_eq!(
+        failed, 0,
+        "no sender saw an error: held or forwarded, never refused"
+    );
+    assert!(
+        duplicates <= 4,
+        "at most one per in-flight request per kill: {duplicates}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_agent_is_noticed_and_new_events_are_held() {
+    let app = App::start().await;
+    let relay_dir = tempfile::tempdir().unwrap();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let (_relay, addr) = relay_process("127.0.0.1:0", relay_dir.path()).await;
+    let agent = listen_process(app.addr, addr, "frozen", agent_dir.path()).await;
+    let url = format!("http://{addr}/t/frozen/x");
+    let (s, _, _) = send(Method::POST, &url, &[], "{}").await;
+    assert_eq!(s, StatusCode::OK);
+
+    // Half-open: the process is frozen, its socket stays open and silent.
+    signal(&agent, "-STOP");
+    let frozen_at = Instant::now();
+    // A webhook sent now waits for the link to be declared dead, then is held.
+    let (s, _, _) = send(Method::POST, &url, &[], "first while frozen").await;
+    let noticed = frozen_at.elapsed();
+    assert_eq!(s, StatusCode::ACCEPTED);
+    assert!(
+        noticed < Duration::from_secs(15),
+        "relay noticed after {noticed:?}"
+    );
+    // From then on, straight to the queue.
+    let t = Instant::now();
+    let (s, _, _) = send(Method::POST, &url, &[], "second while frozen").await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    assert!(t.elapsed() < Duration::from_secs(1));
+    eprintln!("relay noticed the frozen agent after {noticed:?}");
+
+    // Thawed, the agent finds its link dead, reconnects and gets both.
+    signal(&agent, "-CONT");
+    wait_for_seen(&app, 3, Duration::from_secs(15)).await;
+    let bodies: Vec<_> = app.seen().iter().map(|r| r.body.clone()).collect();
+    assert_eq!(bodies[1].as_ref(), b"first while frozen");
+    assert_eq!(bodies[2].as_ref(), b"second while frozen");
+}
