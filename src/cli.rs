@@ -1,6 +1,7 @@
 //! The command line: argument parsing (clap) and the wiring of relay, agent,
 //! capture and inspector for each subcommand. The contract is in
-//! `docs/cli.md`; errors end as one line on stderr and a non-zero exit.
+//! `shared/design.md` and the README; errors end as one line on stderr and a
+//! non-zero exit.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
