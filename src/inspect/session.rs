@@ -99,6 +99,8 @@ pub struct Session<S: Source> {
     replays: mpsc::Sender<ReplayRequest>,
     queue: VecDeque<Msg>,
     pending: VecDeque<Effect>,
+    /// The agent's status channel closed: the agent is gone.
+    agent_gone: bool,
 }
 
 impl<S: Source> Session<S> {
@@ -120,6 +122,7 @@ impl<S: Source> Session<S> {
             replays,
             queue: VecDeque::new(),
             pending: VecDeque::from([Effect::Reload]),
+            agent_gone: false,
         }
     }
 
@@ -140,9 +143,15 @@ impl<S: Source> Session<S> {
                 Err(TryRecvError::Closed) => self.events_open = false,
             }
         }
-        if self.status.has_changed().unwrap_or(false) {
-            let s = self.status.borrow_and_update().clone();
-            self.queue.push_back(Msg::Status(s));
+        match self.status.has_changed() {
+            Ok(true) => {
+                let s = self.status.borrow_and_update().clone();
+                self.queue.push_back(Msg::Status(s));
+            }
+            Ok(false) => {}
+            // The agent has stopped (shutdown signal, or refused): the UI ends
+            // too, and `listen` reports why on the restored terminal.
+            Err(_) => self.agent_gone = true,
         }
     }
 
@@ -151,6 +160,10 @@ impl<S: Source> Session<S> {
     /// control back (with `busy`) so input and drawing are not starved.
     pub fn pump(&mut self) -> Pumped {
         let mut out = Pumped::default();
+        if self.agent_gone {
+            out.quit = true;
+            return out;
+        }
         loop {
             if let Some(msg) = self.queue.pop_front() {
                 self.pending.extend(update(&mut self.app, msg));

@@ -239,6 +239,17 @@ fn quit_stops_the_pump() {
 }
 
 #[test]
+fn the_ui_ends_when_the_agent_is_gone() {
+    let store = FakeStore::default();
+    let mut h = harness(&store, 16, 4);
+    h.session.poll_channels();
+    assert!(!h.session.pump().quit);
+    drop(h.status);
+    h.session.poll_channels();
+    assert!(h.session.pump().quit, "status sender dropped: quit");
+}
+
+#[test]
 fn body_filter_searches_the_store_in_steps() {
     let store = FakeStore::default();
     let n = SEARCH_CHUNK as i64 + 20;
