@@ -190,6 +190,12 @@ async fn blackhole_proxy(
         while let Ok((mut inbound, _)) = listener.accept().await {
             let c = c.clone();
             tokio::spawn(async move {
+                if c.is_cancelled() {
+                    // After the cut, new connections go nowhere either.
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    drop(inbound);
+                    return;
+                }
                 let mut outbound = TcpStream::connect(upstream).await.unwrap();
                 let (mut ri, mut wi) = inbound.split();
                 let (mut ro, mut wo) = outbound.split();
@@ -200,11 +206,12 @@ async fn blackhole_proxy(
                     }
                 };
                 tokio::select! {
-                    () = pump => {}
+                    biased;
                     // Stop copying but keep both sockets open: silence, not a reset.
                     () = c.cancelled() => {
                         tokio::time::sleep(Duration::from_secs(60)).await;
                     }
+                    () = pump => {}
                 }
                 let _ = wi.shutdown().await;
             });
