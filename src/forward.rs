@@ -27,7 +27,7 @@ use crate::capture::{
     self, BodyData, BodyLimits, CapturedBody, Exchange, ExchangeId, RecordedRequest,
     RecordedResponse, Recorder, RequestEdit,
 };
-use crate::tunnel::protocol::{is_hop_by_hop, RequestMeta, HDR_ACK, HDR_ERROR, HDR_META};
+use crate::tunnel::protocol::{strip_hop_by_hop, RequestMeta, HDR_ACK, HDR_ERROR, HDR_META};
 use crate::tunnel::{Body, BoxError};
 
 /// Default time the app has to answer when no relay deadline applies (replay).
@@ -203,25 +203,6 @@ fn headers_to_vec(headers: &HeaderMap) -> Vec<capture::Header> {
         .collect()
 }
 
-fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .chain(
-            headers
-                .keys()
-                .filter(|k| is_hop_by_hop(k.as_str()))
-                .cloned(),
-        )
-        .collect();
-    for n in named {
-        headers.remove(n);
-    }
-}
-
 impl Forwarder {
     /// A forwarder with a pooled HTTP client.
     pub fn new(config: ForwarderConfig) -> Self {
@@ -287,7 +268,7 @@ impl Forwarder {
         );
 
         let mut headers = parts.headers;
-        remove_hop_by_hop(&mut headers);
+        strip_hop_by_hop(&mut headers);
         self.apply_host(&mut headers, meta.host.as_deref());
         add_forwarded(&mut headers, &meta);
 
@@ -415,7 +396,7 @@ impl Forwarder {
             Ok(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
                 let app_headers = headers_to_vec(&parts.headers);
-                remove_hop_by_hop(&mut parts.headers);
+                strip_hop_by_hop(&mut parts.headers);
                 let body = body.map_err(BoxError::from).boxed_unsync();
                 let Some((recorder, pending, target, req_done)) = recording else {
                     return (Response::from_parts(parts, body), None);
@@ -530,7 +511,7 @@ impl Forwarder {
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .map(str::to_string);
-        remove_hop_by_hop(&mut headers);
+        strip_hop_by_hop(&mut headers);
         // The stored body is complete, so its length is known again.
         headers.remove(header::CONTENT_LENGTH);
         if !body.is_empty() || method_expects_body(&method) {

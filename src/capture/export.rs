@@ -138,6 +138,21 @@ fn ellipsize(s: &str, max: usize) -> String {
     out
 }
 
+/// The ASCII column of a hex dump: printable bytes as themselves, others
+/// as `.`.
+pub fn ascii_column(chunk: &[u8]) -> String {
+    chunk
+        .iter()
+        .map(|&b| {
+            if b.is_ascii_graphic() || b == b' ' {
+                b as char
+            } else {
+                '.'
+            }
+        })
+        .collect()
+}
+
 /// Human duration: `850µs`, `12ms`, `1.52s`.
 pub fn fmt_duration(ms: f64) -> String {
     if ms < 1.0 {
@@ -244,16 +259,7 @@ fn body_human(out: &mut String, body: &CapturedBody) {
             );
             for (i, chunk) in bytes.chunks(16).take(32).enumerate() {
                 let hex: Vec<String> = chunk.iter().map(|b| format!("{b:02x}")).collect();
-                let ascii: String = chunk
-                    .iter()
-                    .map(|&b| {
-                        if b.is_ascii_graphic() || b == b' ' {
-                            b as char
-                        } else {
-                            '.'
-                        }
-                    })
-                    .collect();
+                let ascii = ascii_column(chunk);
                 let _ = writeln!(out, "{:08x}  {:<47}  {ascii}", i * 16, hex.join(" "));
             }
             if bytes.len() > 512 {

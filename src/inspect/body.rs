@@ -155,16 +155,7 @@ pub fn hex_dump(bytes: &[u8]) -> Vec<Line<'static>> {
                     None => hex.push_str("   "),
                 }
             }
-            let ascii: String = chunk
-                .iter()
-                .map(|&b| {
-                    if b.is_ascii_graphic() || b == b' ' {
-                        b as char
-                    } else {
-                        '.'
-                    }
-                })
-                .collect();
+            let ascii = crate::capture::export::ascii_column(chunk);
             Line::raw(format!("{:08x}  {hex} |{ascii}|", i * 16))
         })
         .collect()

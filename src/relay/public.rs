@@ -21,7 +21,7 @@ use hyper::client::conn::http2::SendRequest;
 use super::held::{new_event_id, Admit, HeldStore, NewEvent};
 use super::{retry_later, text, Shared};
 use crate::tunnel::protocol::{
-    is_hop_by_hop, split_public_path, RequestMeta, HDR_EVENT_ID, HDR_META,
+    split_public_path, strip_hop_by_hop, RequestMeta, HDR_EVENT_ID, HDR_META,
 };
 use crate::tunnel::{Body, BoxError};
 
@@ -322,37 +322,6 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// Removes hop-by-hop headers, and every header the Connection header names,
-/// returning them (lossily as text) for the capture.
-fn strip_hop_by_hop(headers: &mut HeaderMap) -> Vec<(String, String)> {
-    let mut named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    named.extend(
-        headers
-            .keys()
-            .filter(|k| is_hop_by_hop(k.as_str()))
-            .cloned(),
-    );
-    let mut removed = Vec::new();
-    for name in named {
-        if let http::header::Entry::Occupied(e) = headers.entry(&name) {
-            let (k, values) = e.remove_entry_mult();
-            for v in values {
-                removed.push((
-                    k.to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                ));
-            }
-        }
-    }
-    removed
-}
-
 /// What [`CappedBody`] saw, read after the exchange.
 struct BodyState {
     over_limit: AtomicBool,
@@ -451,29 +420,5 @@ impl http_body::Body for CappedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn strips_hop_by_hop_and_connection_named_headers() {
-        let mut h = HeaderMap::new();
-        h.insert("connection", "keep-alive, x-custom-hop".parse().unwrap());
-        h.insert("keep-alive", "timeout=5".parse().unwrap());
-        h.insert("x-custom-hop", "1".parse().unwrap());
-        h.insert("transfer-encoding", "chunked".parse().unwrap());
-        h.insert("proxy-authorization", "x".parse().unwrap());
-        h.insert("content-type", "application/json".parse().unwrap());
-        h.append("x-dup", "a".parse().unwrap());
-        h.append("x-dup", "b".parse().unwrap());
-        let removed = strip_hop_by_hop(&mut h);
-        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["content-type", "x-dup"]);
-        assert_eq!(h.get_all("x-dup").iter().count(), 2);
-        assert_eq!(removed.len(), 5, "{removed:?}");
-        assert!(removed.contains(&("x-custom-hop".into(), "1".into())));
     }
 }

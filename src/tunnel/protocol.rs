@@ -70,6 +70,37 @@ pub fn is_hop_by_hop(name: &str) -> bool {
     HOP.contains(&lower.as_str()) || lower.starts_with("proxy-")
 }
 
+/// Removes hop-by-hop headers, and every header the Connection header names,
+/// returning them (lossily as text) for the capture.
+pub fn strip_hop_by_hop(headers: &mut http::HeaderMap) -> Vec<(String, String)> {
+    let mut named: Vec<http::HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| http::HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    named.extend(
+        headers
+            .keys()
+            .filter(|k| is_hop_by_hop(k.as_str()))
+            .cloned(),
+    );
+    let mut removed = Vec::new();
+    for name in named {
+        if let http::header::Entry::Occupied(e) = headers.entry(&name) {
+            let (k, values) = e.remove_entry_mult();
+            for v in values {
+                removed.push((
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                ));
+            }
+        }
+    }
+    removed
+}
+
 /// Splits a public request path `/t/<name>/<rest>?<query>` into the tunnel
 /// name and what the app sees (`/<rest>?<query>`). The name is taken from the
 /// raw, undecoded path, so `%2f` or `..` can never point at another tunnel.
@@ -205,5 +236,24 @@ mod tests {
         };
         assert_eq!(RequestMeta::decode(m.encode().as_bytes()).unwrap(), m);
         assert!(RequestMeta::decode(b"{").is_err());
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = http::HeaderMap::new();
+        h.insert("connection", "keep-alive, x-custom-hop".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-custom-hop", "1".parse().unwrap());
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        h.insert("proxy-authorization", "x".parse().unwrap());
+        h.insert("content-type", "application/json".parse().unwrap());
+        h.append("x-dup", "a".parse().unwrap());
+        h.append("x-dup", "b".parse().unwrap());
+        let removed = strip_hop_by_hop(&mut h);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type", "x-dup"]);
+        assert_eq!(h.get_all("x-dup").iter().count(), 2);
+        assert_eq!(removed.len(), 5, "{removed:?}");
+        assert!(removed.contains(&("x-custom-hop".into(), "1".into())));
     }
 }
