@@ -85,6 +85,12 @@ struct ListenArgs {
     /// Do not record exchanges.
     #[arg(long)]
     no_capture: bool,
+    /// Keep at most this many recorded exchanges (oldest deleted first).
+    #[arg(long, default_value_t = 10_000)]
+    keep_exchanges: u64,
+    /// Keep at most this many bytes of recorded bodies (e.g. 1GiB).
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    keep_bytes: u64,
     /// While this agent is away: hold webhooks and deliver them when it is back (hold),
     /// or answer 503 so the sender retries (reject). Default: the relay's setting.
     #[arg(long, value_parser = parse_offline)]
@@ -492,8 +498,12 @@ async fn listen(args: ListenArgs) -> Result<()> {
     let recorder = if args.no_capture {
         None
     } else {
-        let store = Store::open(&StoreConfig::new(dir.clone()))
-            .with_context(|| format!("cannot open the capture store in {}", dir.display()))?;
+        let store = Store::open(&StoreConfig {
+            dir: dir.clone(),
+            max_exchanges: args.keep_exchanges,
+            max_bytes: args.keep_bytes,
+        })
+        .with_context(|| format!("cannot open the capture store in {}", dir.display()))?;
         // Spilled bodies sit beside the store so keeping one is a rename.
         body_limits.spill_dir = store.spill_dir();
         Some(Recorder::spawn(store))

@@ -361,3 +361,43 @@ async fn standalone_relay_serves_agents_and_stops_on_sigterm() {
     assert!(status.success(), "relay exits 0 on SIGTERM: {status:?}");
     let _ = listen.kill().await;
 }
+
+#[tokio::test]
+async fn retention_flag_keeps_only_the_newest_exchanges() {
+    let app = App::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut listen = Listen::start(
+        &app.addr.to_string(),
+        dir.path(),
+        &["--keep-exchanges", "3"],
+    )
+    .await;
+    for i in 0..5 {
+        let (s, _, _) = send(
+            Method::POST,
+            &format!("{}/n/{i}", listen.public_url),
+            &[],
+            "{}",
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        listen.next_line().await;
+    }
+    let (_, out, _) = whtunnel(&[
+        "requests",
+        "list",
+        "--json",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ])
+    .await;
+    let list: Value = serde_json::from_str(&out).unwrap();
+    let paths: Vec<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(paths, ["/n/4", "/n/3", "/n/2"]);
+    listen.stop().await;
+}
