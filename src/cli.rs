@@ -103,12 +103,7 @@ struct RelayArgs {
     #[arg(long, default_value = "0.0.0.0:8787")]
     listen: SocketAddr,
     /// A token agents may use (repeatable). Without any, one is generated and kept in the data dir.
-    #[arg(
-        long = "token",
-        env = "WHTUNNEL_TOKEN",
-        hide_env_values = true,
-        value_delimiter = ','
-    )]
+    #[arg(long = "token", env = "WHTUNNEL_TOKEN", hide_env_values = true)]
     tokens: Vec<String>,
     /// A file with one accepted token per line ('#' starts a comment).
     #[arg(long)]
@@ -243,7 +238,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 /// Entry point of the `whtunnel` binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -259,6 +257,32 @@ pub fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Help and version print as clap renders them; a usage error becomes one
+/// line on stderr (the contract), pointing at `--help`.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        // `whtunnel` alone: the full help is the useful answer.
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitCode::from(2)
+        }
+        _ => {
+            let rendered = e.render().to_string();
+            let first = rendered
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("error: invalid arguments");
+            eprintln!("{} (see 'whtunnel --help')", first.trim_end());
+            ExitCode::from(2)
         }
     }
 }
@@ -330,6 +354,20 @@ fn tunnel_name(arg: Option<&str>, dir: &Path) -> Result<String> {
     let name = generate_name();
     write_private(&path, &format!("{name}\n"))?;
     Ok(name)
+}
+
+/// This agent's id, generated once per data dir.
+fn agent_id(dir: &Path) -> Result<String> {
+    let path = dir.join("agent-id");
+    if let Ok(saved) = std::fs::read_to_string(&path) {
+        let saved = saved.trim();
+        if !saved.is_empty() && saved.len() <= 64 {
+            return Ok(saved.to_string());
+        }
+    }
+    let id = generate_name();
+    write_private(&path, &format!("{id}\n"))?;
+    Ok(id)
 }
 
 fn shutdown_signal() -> CancellationToken {
@@ -520,6 +558,7 @@ async fn listen(args: ListenArgs) -> Result<()> {
         token,
         name,
         takeover: args.takeover,
+        agent_id: Some(agent_id(&dir)?),
         offline: args.offline.map(|p| p.as_str().to_string()),
         tls,
     };

@@ -27,7 +27,9 @@ use crate::capture::{
     self, BodyData, BodyLimits, CapturedBody, Exchange, ExchangeId, RecordedRequest,
     RecordedResponse, Recorder, RequestEdit,
 };
-use crate::tunnel::protocol::{strip_hop_by_hop, RequestMeta, HDR_ACK, HDR_ERROR, HDR_META};
+use crate::tunnel::protocol::{
+    strip_hop_by_hop, strip_protocol_headers, RequestMeta, HDR_ACK, HDR_ERROR, HDR_META,
+};
 use crate::tunnel::{Body, BoxError};
 
 /// Default time the app has to answer when no relay deadline applies (replay).
@@ -397,6 +399,7 @@ impl Forwarder {
                 let (mut parts, body) = resp.into_parts();
                 let app_headers = headers_to_vec(&parts.headers);
                 strip_hop_by_hop(&mut parts.headers);
+                strip_protocol_headers(&mut parts.headers);
                 let body = body.map_err(BoxError::from).boxed_unsync();
                 let Some((recorder, pending, target, req_done)) = recording else {
                     return (Response::from_parts(parts, body), None);

@@ -401,3 +401,16 @@ async fn retention_flag_keeps_only_the_newest_exchanges() {
     assert_eq!(paths, ["/n/4", "/n/3", "/n/2"]);
     listen.stop().await;
 }
+
+#[tokio::test]
+async fn usage_errors_are_one_line() {
+    let (code, out, err) = whtunnel(&["listen", "--bogus", "3000"]).await;
+    assert_eq!(code, 2);
+    assert!(out.is_empty());
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--bogus") && err.contains("--help"), "{err}");
+    let (code, _, err) = whtunnel(&["relay", "--max-body", "lots"]).await;
+    assert_eq!(code, 2);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("not a size"), "{err}");
+}

@@ -245,7 +245,8 @@ async fn a_stopped_agent_is_noticed_and_new_events_are_held() {
     let t = Instant::now();
     let (s, _, _) = send(Method::POST, &url, &[], "second while frozen").await;
     assert_eq!(s, StatusCode::ACCEPTED);
-    assert!(t.elapsed() < Duration::from_secs(1));
+    // Not another wait for a dead link (10 s): held at once.
+    assert!(t.elapsed() < Duration::from_secs(3));
     eprintln!("relay noticed the frozen agent after {noticed:?}");
 
     // Thawed, the agent finds its link dead, reconnects and gets both.

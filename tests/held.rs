@@ -320,3 +320,69 @@ async fn a_redelivered_event_that_was_answered_is_not_sent_twice() {
     }
     assert_eq!(app.seen().len(), 1, "the app got the event once");
 }
+
+#[tokio::test]
+async fn a_quick_reconnect_while_the_app_is_down_does_not_strand_the_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(held_relay_config(dir.path())).await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let placeholder = App::start().await;
+    let opts = || {
+        let mut o = AgentOptions::new("blip", &placeholder);
+        o.target = format!("127.0.0.1:{port}");
+        o
+    };
+    drop(start_agent(&relay.base, opts()).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..2 {
+        let (s, _, _) = send(
+            Method::POST,
+            &format!("{}/t/blip/x?n={i}", relay.base),
+            &[],
+            event_body(i),
+        )
+        .await;
+        assert_eq!(s, StatusCode::ACCEPTED);
+    }
+    // The agent returns while the app is down: delivery backs off (1 s, 2 s, 4 s...).
+    let first = start_agent(&relay.base, opts()).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // Now the agent restarts, and the app is up. Nothing else is sent: the
+    // new session alone must pick the queue up.
+    drop(first);
+    let app = App::start_on(port).await;
+    let _second = start_agent(&relay.base, opts()).await;
+    wait_for_seen(&app, 2, Duration::from_secs(4)).await;
+}
+
+#[tokio::test]
+async fn a_stalled_upload_does_not_pin_the_tunnel_in_hold_mode() {
+    use tokio::io::AsyncWriteExt;
+    let app = App::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(held_relay_config(dir.path())).await;
+    drop(start_agent(&relay.base, AgentOptions::new("stall", &app)).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A sender announces 1000 bytes, sends 10, and goes quiet.
+    let mut stalled = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+    stalled
+        .write_all(b"POST /t/stall/x HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _agent = start_agent(&relay.base, AgentOptions::new("stall", &app)).await;
+    // Live traffic flows as soon as the agent is back.
+    let (s, _, _) = send(
+        Method::POST,
+        &format!("{}/t/stall/live", relay.base),
+        &[],
+        "{}",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(app.seen().len(), 1);
+    drop(stalled);
+}

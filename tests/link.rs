@@ -76,6 +76,7 @@ async fn a_held_name_is_refused_unless_taken_over() {
         name: "dup".into(),
         takeover: true,
         offline: None,
+        agent_id: None,
         tls: whtunnel::tunnel::tls::client_config(None).unwrap(),
     };
     let (tx, mut rx) = tokio::sync::watch::channel(ConnectionStatus::Connecting);
@@ -353,4 +354,46 @@ async fn a_100_mib_body_streams_in_bounded_memory() {
     // The test app keeps the first 16 MiB it receives; everything else
     // (relay, agent, sender) must stay bounded by windows and buffers.
     assert!(growth_mib < 16.0 + 32.0, "RSS grew {growth_mib:.1} MiB");
+}
+
+#[tokio::test]
+async fn the_same_agent_replaces_its_own_stale_session() {
+    let app = App::start().await;
+    let relay = start_relay(relay_config("127.0.0.1:0")).await;
+    let (proxy, cut) = blackhole_proxy(relay.addr).await;
+    let mut opts = AgentOptions::new("mine", &app);
+    opts.agent_id = Some("agent-1".into());
+    let _old = start_agent(&format!("http://{proxy}"), opts).await;
+    // The old link goes silent; the relay has not noticed yet.
+    cut.cancel();
+
+    // Another agent is refused...
+    let mut other = AgentOptions::new("mine", &app);
+    other.agent_id = Some("agent-2".into());
+    let refused = start_agent(&relay.base, other).await;
+    assert!(refused.public_url.contains("409"), "{}", refused.public_url);
+    // ...but the same agent, back after a blip, takes its name back at once.
+    let mut again = AgentOptions::new("mine", &app);
+    again.agent_id = Some("agent-1".into());
+    let back = start_agent(&relay.base, again).await;
+    assert_eq!(back.public_url, format!("{}/t/mine", relay.base));
+    let (s, _, _) = send(Method::POST, &format!("{}/t/mine/x", relay.base), &[], "{}").await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_app_cannot_forge_protocol_headers() {
+    let app = App::start().await;
+    let relay = start_relay(relay_config("127.0.0.1:0")).await;
+    let _agent = start_agent(&relay.base, AgentOptions::new("forge", &app)).await;
+    let (s, h, _) = send(
+        Method::POST,
+        &format!("{}/t/forge/x", relay.base),
+        &[("x-test-respond-header", "whtunnel-ack=1")],
+        "{}",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(!h.contains_key("whtunnel-ack"), "{h:?}");
+    assert_eq!(h["x-app"], "yes");
 }

@@ -97,6 +97,7 @@ async fn an_untrusted_relay_certificate_is_not_accepted() {
         name: "untrusted".into(),
         takeover: false,
         offline: None,
+        agent_id: None,
         tls: whtunnel::tunnel::tls::client_config(None).unwrap(),
     };
     let err = match whtunnel::agent::connect::connect(&agent_config).await {

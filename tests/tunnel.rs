@@ -167,7 +167,7 @@ async fn concurrent_slow_requests_do_not_block_each_other() {
     assert_eq!(app.seen().len(), 16);
     // Serialised, this takes 16 s; multiplexed, about 1 s.
     assert!(
-        elapsed < Duration::from_millis(2500),
+        elapsed < Duration::from_secs(3),
         "16 x 1 s took {elapsed:?}"
     );
 }

@@ -13,8 +13,8 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::tunnel::protocol::{
-    AGENT_PATH, HDR_HELD, HDR_NAME, HDR_OFFLINE, HDR_PROTOCOL, HDR_PUBLIC_URL, HDR_TAKEOVER,
-    PROTOCOL_VERSION,
+    AGENT_PATH, HDR_AGENT_ID, HDR_HELD, HDR_NAME, HDR_OFFLINE, HDR_PROTOCOL, HDR_PUBLIC_URL,
+    HDR_TAKEOVER, PROTOCOL_VERSION,
 };
 use crate::tunnel::ws_io::ws_config;
 
@@ -97,6 +97,9 @@ pub struct AgentConfig {
     pub name: String,
     /// Take the name over from another agent holding it.
     pub takeover: bool,
+    /// This agent's id (kept in its data dir), so the relay lets it replace
+    /// its own stale session after a network blip.
+    pub agent_id: Option<String>,
     /// `hold` or `reject`: what the relay does with webhooks while this agent
     /// is away; `None` leaves it to the relay.
     pub offline: Option<String>,
@@ -166,6 +169,13 @@ pub async fn connect(config: &AgentConfig) -> Result<Link, ConnectError> {
         h.insert(HDR_TAKEOVER, HeaderValue::from_static("1"));
     }
     if let Some(v) = config
+        .agent_id
+        .as_deref()
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
+        h.insert(HDR_AGENT_ID, v);
+    }
+    if let Some(v) = config
         .offline
         .as_deref()
         .and_then(|v| HeaderValue::from_str(v).ok())
@@ -196,12 +206,13 @@ pub async fn connect(config: &AgentConfig) -> Result<Link, ConnectError> {
                 .filter(|b| !b.is_empty())
                 .unwrap_or_else(|| status.to_string());
             let msg = format!("relay refused the agent ({}): {body}", status.as_u16());
+            // Only answers that retrying cannot change end the agent; a 404
+            // or 5xx may come from a proxy in front of a relay being deployed.
             return Err(match status {
                 StatusCode::UNAUTHORIZED
                 | StatusCode::FORBIDDEN
                 | StatusCode::CONFLICT
-                | StatusCode::BAD_REQUEST
-                | StatusCode::NOT_FOUND => ConnectError::Refused(msg),
+                | StatusCode::BAD_REQUEST => ConnectError::Refused(msg),
                 _ => ConnectError::Network(msg),
             });
         }

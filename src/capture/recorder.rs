@@ -389,7 +389,6 @@ mod tests {
         // Wait until the writer has taken the first job off the queue.
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         let second = rec.record(sample(b"2")); // fills the queue
-        let start = std::time::Instant::now();
         let spill = tmp.path().join("lost.spill");
         std::fs::write(&spill, b"spilled").unwrap();
         let mut lost = sample(b"{\"eventType\":\"lost.one\"}");
@@ -398,8 +397,8 @@ mod tests {
             total_len: 7,
             truncated: false,
         };
+        // Answered before `record` returns: nothing waited for room.
         let mut third = rec.record(lost);
-        assert!(start.elapsed() < std::time::Duration::from_millis(50));
         assert!(matches!(third.try_recv(), Ok(Err(StoreError::QueueFull))));
         match events.recv().await.unwrap() {
             CaptureEvent::NotStored { summary, reason } => {

@@ -22,8 +22,8 @@ use super::auth::Tokens;
 use super::held::{HeldEvent, HeldStore, OfflinePolicy};
 use super::{text, Session, Shared};
 use crate::tunnel::protocol::{
-    is_valid_name, HDR_ACK, HDR_HELD, HDR_NAME, HDR_OFFLINE, HDR_PROTOCOL, HDR_PUBLIC_URL,
-    HDR_TAKEOVER, PROTOCOL_VERSION,
+    is_valid_name, HDR_ACK, HDR_AGENT_ID, HDR_HELD, HDR_NAME, HDR_OFFLINE, HDR_PROTOCOL,
+    HDR_PUBLIC_URL, HDR_TAKEOVER, PROTOCOL_VERSION,
 };
 use crate::tunnel::{h2, ws_io, Body, WsIo};
 
@@ -83,7 +83,10 @@ pub(crate) async fn upgrade(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
             )
         }
     };
-    let takeover = header_str(headers, HDR_TAKEOVER) == Some("1");
+    let agent_id = header_str(headers, HDR_AGENT_ID)
+        .filter(|id| !id.is_empty() && id.len() <= 64)
+        .map(str::to_string);
+    let mut takeover = header_str(headers, HDR_TAKEOVER) == Some("1");
     let policy = match header_str(headers, HDR_OFFLINE) {
         None => shared.config.offline,
         Some(v) => match v.parse::<OfflinePolicy>() {
@@ -91,19 +94,21 @@ pub(crate) async fn upgrade(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
             Err(e) => return text(StatusCode::BAD_REQUEST, &e),
         },
     };
-    if !takeover
-        && shared
-            .tunnels
-            .lock()
-            .expect("tunnel map lock")
-            .contains_key(&name)
-    {
-        return text(
-            StatusCode::CONFLICT,
-            &format!(
-                "tunnel name '{name}' is held by another agent; stop that agent or pass --takeover"
-            ),
-        );
+    if !takeover {
+        let tunnels = shared.tunnels.lock().expect("tunnel map lock");
+        match tunnels.get(&name) {
+            // The same agent again: its old link is dead but not yet noticed.
+            Some(s) if agent_id.is_some() && s.agent_id == agent_id => takeover = true,
+            Some(_) => {
+                return text(
+                    StatusCode::CONFLICT,
+                    &format!(
+                        "tunnel name '{name}' is held by another agent; stop that agent or pass --takeover"
+                    ),
+                )
+            }
+            None => {}
+        }
     }
     let base = match &shared.config.public_url {
         Some(u) => u.trim_end_matches('/').to_string(),
@@ -126,7 +131,7 @@ pub(crate) async fn upgrade(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
         .and_then(|h| h.state(&name))
         .map_or(0, |s| s.pending);
 
-    tokio::spawn(run_session(shared, req, name, takeover, policy));
+    tokio::spawn(run_session(shared, req, name, takeover, policy, agent_id));
 
     let mut resp = Response::new(Body::default());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -150,6 +155,7 @@ async fn run_session(
     name: String,
     takeover: bool,
     policy: OfflinePolicy,
+    agent_id: Option<String>,
 ) {
     let upgraded = match hyper::upgrade::on(req).await {
         Ok(u) => u,
@@ -189,6 +195,7 @@ async fn run_session(
             name.clone(),
             Session {
                 id,
+                agent_id,
                 sender,
                 closed: closed.clone(),
             },
@@ -204,7 +211,7 @@ async fn run_session(
             Ok(Err(e)) => tracing::warn!(tunnel = %name, "could not remember the tunnel: {e}"),
             Err(_) => {}
         }
-        kick_delivery(&shared, &name);
+        kick_delivery(&shared, &name, None);
     }
     tokio::select! {
         result = conn => {
@@ -214,16 +221,28 @@ async fn run_session(
         }
         () = closed.cancelled() => {}
     }
-    let mut tunnels = shared.tunnels.lock().expect("tunnel map lock");
-    if tunnels.get(&name).is_some_and(|s| s.id == id) {
-        tunnels.remove(&name);
+    // Wakes this session's delivery task, wherever it waits, so it hands the
+    // queue over to the next session at once.
+    closed.cancel();
+    {
+        // Only if still ours: a takeover may have replaced it.
+        let mut tunnels = shared.tunnels.lock().expect("tunnel map lock");
+        if tunnels.get(&name).is_some_and(|s| s.id == id) {
+            tunnels.remove(&name);
+        }
+    }
+    if let Some(held) = shared.held.clone() {
+        // "Last seen" is now: the name is remembered for the age cap from here.
+        let n = name.clone();
+        let _ = tokio::task::spawn_blocking(move || held.remember(&n, policy)).await;
     }
     tracing::info!(tunnel = %name, "agent disconnected");
 }
 
 /// Starts delivering `name`'s held events if its agent is connected and no
-/// delivery is running yet.
-pub(crate) fn kick_delivery(shared: &Arc<Shared>, name: &str) {
+/// delivery is running yet. `except`: a session that just failed, not to be
+/// used again.
+pub(crate) fn kick_delivery(shared: &Arc<Shared>, name: &str, except: Option<u64>) {
     let Some(held) = shared.held.clone() else {
         return;
     };
@@ -231,21 +250,22 @@ pub(crate) fn kick_delivery(shared: &Arc<Shared>, name: &str) {
         let tunnels = shared.tunnels.lock().expect("tunnel map lock");
         tunnels
             .get(name)
-            .map(|s| (s.sender.clone(), s.closed.clone()))
+            .filter(|s| Some(s.id) != except && !s.closed.is_cancelled())
+            .map(|s| (s.sender.clone(), s.closed.clone(), s.id))
     };
-    let Some((sender, closed)) = link else {
+    let Some((sender, closed, id)) = link else {
         return;
     };
     if held.state(name).is_none_or(|s| s.pending == 0) || !held.start_delivery(name) {
         return;
     }
-    tokio::spawn(deliver(
-        shared.clone(),
+    let task = Delivery {
+        shared: shared.clone(),
         held,
-        name.to_string(),
-        sender,
-        closed,
-    ));
+        name: name.to_string(),
+        session: id,
+    };
+    tokio::spawn(task.run(sender, closed));
 }
 
 /// Back-off between attempts while the agent cannot deliver an event (its
@@ -253,55 +273,71 @@ pub(crate) fn kick_delivery(shared: &Arc<Shared>, name: &str) {
 const REDELIVER_MIN: Duration = Duration::from_secs(1);
 const REDELIVER_MAX: Duration = Duration::from_secs(60);
 
-/// Delivers held events one at a time, oldest first, and deletes each only
-/// when the agent acknowledges it was recorded. New traffic for the tunnel
-/// queues behind them (see `HeldStore::admit`) until the queue is empty.
-async fn deliver(
+/// One tunnel's delivery task, bound to one agent session.
+struct Delivery {
     shared: Arc<Shared>,
     held: Arc<HeldStore>,
     name: String,
-    mut sender: hyper::client::conn::http2::SendRequest<crate::tunnel::Body>,
-    closed: CancellationToken,
-) {
-    let mut backoff = REDELIVER_MIN;
-    let timeout = shared.config.response_timeout;
-    loop {
-        let h = held.clone();
-        let n = name.clone();
-        let next = match tokio::task::spawn_blocking(move || h.next(&n)).await {
-            Ok(Ok(next)) => next,
-            Ok(Err(e)) => {
-                tracing::warn!(tunnel = %name, "reading held events failed: {e}");
-                None
+    session: u64,
+}
+
+type Sender = hyper::client::conn::http2::SendRequest<crate::tunnel::Body>;
+
+impl Delivery {
+    /// Delivers held events one at a time, oldest first, deleting each only
+    /// when the agent acknowledges it was recorded. New traffic for the
+    /// tunnel queues behind them (see `HeldStore::admit`) until the queue is
+    /// empty. When this session's link ends first, the queue is handed to
+    /// the session that replaced it, if any.
+    async fn run(self, mut sender: Sender, closed: CancellationToken) {
+        if self.deliver_all(&mut sender, &closed).await {
+            return;
+        }
+        self.held.stop_delivery(&self.name);
+        kick_delivery(&self.shared, &self.name, Some(self.session));
+    }
+
+    /// True when the queue is empty; false when the link ended first.
+    async fn deliver_all(&self, sender: &mut Sender, closed: &CancellationToken) -> bool {
+        let (held, name) = (&self.held, &self.name);
+        let mut backoff = REDELIVER_MIN;
+        let timeout = self.shared.config.response_timeout;
+        loop {
+            if closed.is_cancelled() || sender.is_closed() {
+                return false;
             }
-            Err(_) => None,
-        };
-        let Some(ev) = next else {
-            if held.finish_delivery(&name) {
-                return;
-            }
-            // An event is being stored right now; it is next.
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            continue;
-        };
-        let h = held.clone();
-        let seq = ev.seq;
-        let _ = tokio::task::spawn_blocking(move || h.attempted(seq)).await;
-        let Some(req) = held_request(&ev, timeout) else {
-            tracing::warn!(tunnel = %name, event = %ev.event.event_id, "dropping a held event that cannot be sent");
             let h = held.clone();
-            let _ = tokio::task::spawn_blocking(move || h.remove(&ev)).await;
-            continue;
-        };
-        let answer = tokio::select! {
-            a = tokio::time::timeout(timeout, sender.send_request(req)) => a,
-            () = closed.cancelled() => {
-                held.stop_delivery(&name);
-                return;
-            }
-        };
-        match answer {
-            Ok(Ok(resp)) => {
+            let n = name.clone();
+            let next = match tokio::task::spawn_blocking(move || h.next(&n)).await {
+                Ok(Ok(next)) => next,
+                Ok(Err(e)) => {
+                    tracing::warn!(tunnel = %name, "reading held events failed: {e}");
+                    None
+                }
+                Err(_) => None,
+            };
+            let Some(ev) = next else {
+                if held.finish_delivery(name) {
+                    return true;
+                }
+                // Counted but not yet readable: give the writer a moment.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            let h = held.clone();
+            let seq = ev.seq;
+            let _ = tokio::task::spawn_blocking(move || h.attempted(seq)).await;
+            let Some(req) = held_request(&ev, timeout) else {
+                tracing::warn!(tunnel = %name, event = %ev.event.event_id, "dropping a held event that cannot be sent");
+                let h = held.clone();
+                let _ = tokio::task::spawn_blocking(move || h.remove(&ev)).await;
+                continue;
+            };
+            let answer = tokio::select! {
+                a = tokio::time::timeout(timeout, sender.send_request(req)) => a,
+                () = closed.cancelled() => return false,
+            };
+            if let Ok(Ok(resp)) = answer {
                 let acked = resp.headers().contains_key(HDR_ACK);
                 let _ = resp.into_body().collect().await;
                 if acked {
@@ -314,24 +350,18 @@ async fn deliver(
                     continue;
                 }
             }
-            Ok(Err(_)) => {
-                // The link is gone; the next session delivers.
-                held.stop_delivery(&name);
-                return;
+            if sender.is_closed() {
+                return false;
             }
-            Err(_) => {}
-        }
-        // Not delivered (app down, too slow, or the agent could not record
-        // it): keep it first in line and try again later.
-        tracing::info!(tunnel = %name, "held event not delivered; retrying in {backoff:?}");
-        tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
-            () = closed.cancelled() => {
-                held.stop_delivery(&name);
-                return;
+            // Not delivered (app down or too slow, the agent could not record
+            // it, or this one exchange failed): it stays first in line.
+            tracing::info!(tunnel = %name, "held event not delivered; retrying in {backoff:?}");
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = closed.cancelled() => return false,
             }
+            backoff = (backoff * 2).min(REDELIVER_MAX);
         }
-        backoff = (backoff * 2).min(REDELIVER_MAX);
     }
 }
 

@@ -121,9 +121,13 @@ pub struct HeldEvent {
 pub struct TunnelState {
     /// Offline policy the agent asked for.
     pub policy: OfflinePolicy,
-    /// Events stored or being stored.
+    /// Events stored and not yet delivered.
     pub pending: u64,
-    /// Body bytes stored.
+    /// Events admitted whose body is still being read or written. They do
+    /// not hold back live traffic: a stalled upload must not put a tunnel
+    /// in hold mode.
+    pub storing: u64,
+    /// Body bytes stored or reserved.
     pub bytes: u64,
     /// A delivery task is running for this tunnel.
     pub delivering: bool,
@@ -172,6 +176,7 @@ CREATE TABLE IF NOT EXISTS events (
     attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS events_by_tunnel ON events(tunnel, seq);
+CREATE INDEX IF NOT EXISTS events_by_time ON events(received_at_ms);
 ";
 
 fn now_ms() -> i64 {
@@ -252,6 +257,7 @@ impl HeldStore {
                     TunnelState {
                         policy: policy.parse().unwrap_or_default(),
                         pending: pending as u64,
+                        storing: 0,
                         bytes: bytes as u64,
                         delivering: false,
                     },
@@ -314,18 +320,18 @@ impl HeldStore {
         if st.pending == 0 && connected {
             return Admit::Live;
         }
-        if st.pending == 0 && st.policy == OfflinePolicy::Reject {
+        if st.pending == 0 && st.storing == 0 && st.policy == OfflinePolicy::Reject {
             return Admit::Reject;
         }
-        if st.pending >= self.caps.max_events {
+        if st.pending + st.storing >= self.caps.max_events {
             return Admit::Full;
         }
-        st.pending += 1;
+        st.storing += 1;
         Admit::Hold
     }
 
     /// Adds a held body's size to a slot reserved by [`admit`](Self::admit),
-    /// or says the byte cap is reached (then [`release`](Self::release) it).
+    /// or says the byte cap is reached (then [`cancel`](Self::cancel) it).
     pub fn add_bytes(&self, name: &str, len: u64) -> Result<(), HeldError> {
         let mut map = self.map();
         let st = map.entry(name.to_string()).or_default();
@@ -343,8 +349,9 @@ impl HeldStore {
         !std::mem::replace(&mut st.delivering, true)
     }
 
-    /// Ends the delivery task if nothing is left to deliver; false when
-    /// events (stored or being stored) remain and it must go on.
+    /// Ends the delivery task if nothing stored is left to deliver; false
+    /// when events remain and it must go on. (An event still being stored
+    /// starts a new task once it is in.)
     pub fn finish_delivery(&self, name: &str) -> bool {
         let mut map = self.map();
         let st = map.entry(name.to_string()).or_default();
@@ -365,30 +372,30 @@ impl HeldStore {
 
     /// Reserves room for one event of `len` body bytes, or says which cap is
     /// reached. A reservation must be followed by [`insert`](Self::insert)
-    /// or [`release`](Self::release).
+    /// or [`cancel`](Self::cancel).
     pub fn reserve(&self, name: &str, len: u64) -> Result<(), HeldError> {
         let mut map = self.map();
         let st = map.entry(name.to_string()).or_default();
-        if st.pending >= self.caps.max_events {
+        if st.pending + st.storing >= self.caps.max_events {
             return Err(HeldError::Full("event count cap"));
         }
         if st.bytes + len > self.caps.max_bytes {
             return Err(HeldError::Full("byte cap"));
         }
-        st.pending += 1;
+        st.storing += 1;
         st.bytes += len;
         Ok(())
     }
 
     /// Gives back a reservation whose event was not stored.
-    pub fn release(&self, name: &str, len: u64) {
+    pub fn cancel(&self, name: &str, len: u64) {
         if let Some(st) = self.map().get_mut(name) {
-            st.pending = st.pending.saturating_sub(1);
+            st.storing = st.storing.saturating_sub(1);
             st.bytes = st.bytes.saturating_sub(len);
         }
     }
 
-    /// Stores a reserved event durably.
+    /// Stores a reserved event durably; it is then pending delivery.
     pub fn insert(&self, ev: &NewEvent) -> Result<(), HeldError> {
         self.conn().execute(
             "INSERT INTO events(event_id, tunnel, received_at_ms, method, path, headers, meta, body)
@@ -404,6 +411,10 @@ impl HeldStore {
                 ev.body.as_ref(),
             ],
         )?;
+        let mut map = self.map();
+        let st = map.entry(ev.tunnel.clone()).or_default();
+        st.storing = st.storing.saturating_sub(1);
+        st.pending += 1;
         Ok(())
     }
 
@@ -461,12 +472,17 @@ impl HeldStore {
             .conn()
             .execute("DELETE FROM events WHERE seq = ?1", params![ev.seq])?;
         if n > 0 {
-            self.release(&ev.event.tunnel, ev.event.body.len() as u64);
+            if let Some(st) = self.map().get_mut(&ev.event.tunnel) {
+                st.pending = st.pending.saturating_sub(1);
+                st.bytes = st.bytes.saturating_sub(ev.event.body.len() as u64);
+            }
         }
         Ok(())
     }
 
-    /// Deletes events older than the age cap; returns how many, per tunnel.
+    /// Deletes events older than the age cap, and forgets tunnels no agent
+    /// has held for that long (so abandoned names stop collecting events);
+    /// returns how many events were deleted, per tunnel.
     pub fn expire(&self) -> Result<Vec<(String, u64, u64)>, HeldError> {
         let cutoff = now_ms() - self.caps.max_age.as_millis() as i64;
         let conn = self.conn();
@@ -488,8 +504,24 @@ impl HeldStore {
             "DELETE FROM events WHERE received_at_ms < ?1",
             params![cutoff],
         )?;
+        let mut stmt = conn.prepare(
+            "DELETE FROM tunnels WHERE last_seen_ms < ?1
+             AND name NOT IN (SELECT DISTINCT tunnel FROM events) RETURNING name",
+        )?;
+        let forgotten: Vec<String> = stmt
+            .query_map(params![cutoff], |r| r.get::<_, String>(0))?
+            .collect::<Result<_, _>>()?;
+        drop(stmt);
         drop(conn);
         let mut map = self.map();
+        for name in &forgotten {
+            if map
+                .get(name)
+                .is_some_and(|s| s.storing == 0 && !s.delivering)
+            {
+                map.remove(name);
+            }
+        }
         for (name, n, bytes) in &expired {
             if let Some(st) = map.get_mut(name) {
                 st.pending = st.pending.saturating_sub(*n);
@@ -584,7 +616,7 @@ mod tests {
             store.reserve("t", 0),
             Err(HeldError::Full("event count cap"))
         ));
-        store.release("t", 6);
+        store.cancel("t", 6);
         store.reserve("t", 1).unwrap();
     }
 
@@ -592,7 +624,7 @@ mod tests {
     fn old_events_expire() {
         let dir = tempfile::tempdir().unwrap();
         let caps = Caps {
-            max_age: Duration::from_millis(1),
+            max_age: Duration::from_secs(1),
             ..Caps::default()
         };
         let store = HeldStore::open(dir.path(), caps).unwrap();
@@ -619,16 +651,24 @@ mod tests {
         assert_eq!(store.admit("t", true), Admit::Live);
         store.remember("t", OfflinePolicy::Hold).unwrap();
         assert_eq!(store.admit("t", true), Admit::Live);
+
+        // Agent away: held. While its body is still being read, live traffic
+        // is not held back (a stalled upload must not pin the tunnel).
         assert_eq!(store.admit("t", false), Admit::Hold);
-        // Something is queued: even with the agent back, new traffic queues.
+        assert_eq!(store.admit("t", true), Admit::Live);
+        store.insert(&event("t", 1, b"x")).unwrap();
+        // Stored: now new traffic queues behind it, up to the cap.
         assert_eq!(store.admit("t", true), Admit::Hold);
         assert_eq!(store.admit("t", true), Admit::Full);
+        store.cancel("t", 0);
+
         assert!(store.start_delivery("t"));
         assert!(!store.start_delivery("t"), "one delivery task per tunnel");
-        assert!(!store.finish_delivery("t"), "two events left");
-        store.release("t", 0);
-        store.release("t", 0);
+        assert!(!store.finish_delivery("t"), "a stored event is left");
+        let held = store.next("t").unwrap().unwrap();
+        store.remove(&held).unwrap();
         assert!(store.finish_delivery("t"));
+        assert_eq!(store.admit("t", true), Admit::Live);
         assert!(store.start_delivery("t"));
         store.stop_delivery("t");
         assert!(store.start_delivery("t"));
@@ -641,6 +681,23 @@ mod tests {
             store.add_bytes("t", 1 << 30),
             Err(HeldError::Full("byte cap"))
         ));
+    }
+
+    #[test]
+    fn abandoned_tunnels_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let caps = Caps {
+            max_age: Duration::from_millis(1),
+            ..Caps::default()
+        };
+        let store = HeldStore::open(dir.path(), caps).unwrap();
+        store.remember("gone", OfflinePolicy::Hold).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        store.expire().unwrap();
+        assert!(store.state("gone").is_none());
+        assert_eq!(store.admit("gone", false), Admit::Unknown);
+        let reopened = HeldStore::open(dir.path(), Caps::default()).unwrap();
+        assert!(reopened.state("gone").is_none(), "forgotten on disk too");
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub use held::{Caps, HeldStore, OfflinePolicy};
 
 /// How long the relay waits for in-flight exchanges when asked to stop.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Request bodies being read into memory to be held, relay-wide (KiB).
+const HOLD_BUDGET_KIB: usize = 256 * 1024;
 /// A client must finish sending request headers within this.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// A TLS handshake must finish within this.
@@ -86,6 +88,7 @@ impl RelayConfig {
 /// One agent's live link.
 pub(crate) struct Session {
     id: u64,
+    agent_id: Option<String>,
     sender: hyper::client::conn::http2::SendRequest<Body>,
     closed: CancellationToken,
 }
@@ -97,6 +100,8 @@ pub(crate) struct Shared {
     next_session: AtomicU64,
     scheme: &'static str,
     held: Option<Arc<HeldStore>>,
+    /// KiB of request bodies being read into memory to be held, relay-wide.
+    hold_budget: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -143,6 +148,7 @@ impl Relay {
                 next_session: AtomicU64::new(1),
                 scheme,
                 held,
+                hold_budget: Arc::new(tokio::sync::Semaphore::new(HOLD_BUDGET_KIB)),
             }),
         })
     }

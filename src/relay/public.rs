@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 
 use hyper::client::conn::http2::SendRequest;
 
-use super::held::{new_event_id, Admit, HeldStore, NewEvent};
+use super::held::{new_event_id, Admit, HeldStore, NewEvent, OfflinePolicy};
 use super::{retry_later, text, Shared};
 use crate::tunnel::protocol::{
     split_public_path, strip_hop_by_hop, RequestMeta, HDR_EVENT_ID, HDR_META,
@@ -50,10 +50,9 @@ pub(crate) async fn forward(
     };
     let name = name.to_string();
     let max_body = shared.config.max_body;
-    if let Some(len) = declared_length(req.headers()) {
-        if len > max_body {
-            return too_large(max_body);
-        }
+    let declared = declared_length(req.headers());
+    if declared.is_some_and(|len| len > max_body) {
+        return too_large(max_body);
     }
     let sender = shared.sender_for(&name);
     let admit = match &shared.held {
@@ -65,7 +64,7 @@ pub(crate) async fn forward(
     let prepared = prepare(&shared, remote, received_at, app_path, parts);
     match (admit, sender) {
         (Admit::Live, Some(sender)) => live(shared, name, sender, prepared, body).await,
-        (Admit::Hold, _) => hold(shared, name, prepared, body).await,
+        (Admit::Hold, _) => hold(shared, name, prepared, body, declared).await,
         (Admit::Reject, _) => retry_later(
             "whtunnel: the agent for this tunnel is offline; retry later",
             30,
@@ -187,12 +186,19 @@ async fn live(
         return too_large(max_body);
     }
     match answer {
-        Ok(Ok(resp)) => resp.map(|b| b.map_err(BoxError::from).boxed_unsync()),
+        Ok(Ok(resp)) => {
+            // Answered: the fallback copy is no longer needed.
+            state.drop_kept();
+            resp.map(|b| b.map_err(BoxError::from).boxed_unsync())
+        }
         Ok(Err(e)) => {
             tracing::info!(tunnel = %name, "exchange failed on the agent link: {e}");
-            // The agent went away mid-request. If the whole body went by, the
-            // request can still be held and delivered when the agent returns.
-            if let Some(body) = state.complete_body() {
+            // The agent went away mid-request (not just this one exchange
+            // failing). If the whole body went by, the request can still be
+            // held and delivered when the agent returns.
+            let link_gone = sender.is_closed() || !is_stream_reset(&e);
+            let body = link_gone.then(|| state.complete_body()).flatten();
+            if let Some(body) = body {
                 if let Some(resp) = hold_complete(&shared, &name, p, body).await {
                     return resp;
                 }
@@ -213,16 +219,45 @@ async fn live(
 }
 
 /// Holds a request whose slot [`HeldStore::admit`] reserved.
-async fn hold(shared: Arc<Shared>, name: String, p: Prepared, body: Incoming) -> Response<Body> {
+async fn hold(
+    shared: Arc<Shared>,
+    name: String,
+    p: Prepared,
+    body: Incoming,
+    declared: Option<u64>,
+) -> Response<Body> {
     let held = shared.held.clone().expect("admit only holds with a store");
     let max_body = shared.config.max_body;
-    let body = match http_body_util::Limited::new(body, max_body as usize)
-        .collect()
-        .await
-    {
-        Ok(c) => c.to_bytes(),
-        Err(e) => {
-            held.release(&name, 0);
+    // Bodies being held sit in memory until stored: draw on the relay-wide
+    // budget for the declared length, or the most a body may be.
+    let want = declared.unwrap_or(max_body).max(1);
+    let permits = u32::try_from(want.div_ceil(1024)).unwrap_or(u32::MAX);
+    let Ok(_budget) = shared.hold_budget.clone().try_acquire_many_owned(permits) else {
+        held.cancel(&name, 0);
+        return retry_later(
+            "whtunnel: the relay is busy storing other events; retry later",
+            5,
+        );
+    };
+    // The byte cap is checked before reading when the length is known.
+    let reserved = declared.unwrap_or(0);
+    if held.add_bytes(&name, reserved).is_err() {
+        held.cancel(&name, 0);
+        return retry_later(
+            "whtunnel: this tunnel's held-event queue is full; retry later",
+            60,
+        );
+    }
+    let deadline = shared.config.response_timeout;
+    let read = tokio::time::timeout(
+        deadline,
+        http_body_util::Limited::new(body, max_body as usize).collect(),
+    )
+    .await;
+    let body = match read {
+        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Err(e)) => {
+            held.cancel(&name, reserved);
             if e.is::<http_body_util::LengthLimitError>() {
                 return too_large(max_body);
             }
@@ -231,9 +266,17 @@ async fn hold(shared: Arc<Shared>, name: String, p: Prepared, body: Incoming) ->
                 "whtunnel: the request body could not be read",
             );
         }
+        Err(_) => {
+            held.cancel(&name, reserved);
+            return text(
+                StatusCode::REQUEST_TIMEOUT,
+                "whtunnel: the request body did not arrive in time",
+            );
+        }
     };
-    if held.add_bytes(&name, body.len() as u64).is_err() {
-        held.release(&name, 0);
+    let extra = (body.len() as u64).saturating_sub(reserved);
+    if held.add_bytes(&name, extra).is_err() {
+        held.cancel(&name, reserved);
         return retry_later(
             "whtunnel: this tunnel's held-event queue is full; retry later",
             60,
@@ -250,7 +293,9 @@ async fn hold_complete(
     body: Bytes,
 ) -> Option<Response<Body>> {
     let held = shared.held.clone()?;
-    held.state(name)?;
+    if held.state(name)?.policy == OfflinePolicy::Reject {
+        return None;
+    }
     held.reserve(name, body.len() as u64).ok()?;
     Some(store_held(shared, held, name.to_string(), p, body).await)
 }
@@ -281,16 +326,28 @@ async fn store_held(
         meta,
         body,
     };
-    let h = held.clone();
-    let stored = tokio::task::spawn_blocking(move || h.insert(&ev)).await;
+    // Stored and announced in a task of its own: if this request is cancelled
+    // meanwhile, the event is still stored and its delivery still started.
+    let (h, s, n) = (held.clone(), shared.clone(), name.clone());
+    let stored = tokio::spawn(async move {
+        let r = tokio::task::spawn_blocking(move || h.insert(&ev)).await;
+        if matches!(r, Ok(Ok(()))) {
+            super::agents::kick_delivery(&s, &n, None);
+        }
+        r
+    })
+    .await
+    .unwrap_or_else(Err);
     match stored {
         Ok(Ok(())) => {
-            super::agents::kick_delivery(shared, &name);
+            let why = if shared.sender_for(&name).is_some() {
+                "it is delivered after the events held before it"
+            } else {
+                "the agent for this tunnel is offline; it is delivered when the agent reconnects"
+            };
             let mut resp = text(
                 StatusCode::ACCEPTED,
-                &format!(
-                    "whtunnel: the agent for this tunnel is offline; event {event_id} is held and will be delivered when it reconnects"
-                ),
+                &format!("whtunnel: event {event_id} is held: {why}"),
             );
             if let Ok(v) = http::HeaderValue::from_str(&event_id) {
                 resp.headers_mut().insert(HDR_EVENT_ID, v);
@@ -298,7 +355,7 @@ async fn store_held(
             resp
         }
         other => {
-            held.release(&name, len);
+            held.cancel(&name, len);
             let why = match other {
                 Ok(Err(e)) => e.to_string(),
                 _ => "the store task failed".to_string(),
@@ -310,6 +367,19 @@ async fn store_held(
             )
         }
     }
+}
+
+/// True when the agent reset this one stream (its handler failed) rather
+/// than the whole link failing (closed, keepalive timeout, I/O error).
+fn is_stream_reset(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.is_reset() && !h2.is_go_away();
+        }
+        source = s.source();
+    }
+    false
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<u64> {
@@ -350,6 +420,10 @@ impl BodyState {
         } else if let Some(v) = kept.as_mut() {
             v.push(chunk.clone());
         }
+    }
+
+    fn drop_kept(&self) {
+        *self.kept.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// The whole body, if it was read to the end and kept.

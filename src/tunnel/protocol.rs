@@ -14,6 +14,10 @@ pub const HDR_PROTOCOL: &str = "whtunnel-protocol";
 pub const HDR_NAME: &str = "whtunnel-name";
 /// Upgrade request header asking to take over a name another agent holds.
 pub const HDR_TAKEOVER: &str = "whtunnel-takeover";
+/// Upgrade request header: a random id the agent keeps in its data dir. A
+/// connection from the same agent replaces its own stale session (the relay
+/// may not have noticed the old link is dead yet) instead of getting 409.
+pub const HDR_AGENT_ID: &str = "whtunnel-agent-id";
 /// Upgrade request header: `hold` or `reject`, what the relay does with this
 /// tunnel's webhooks while the agent is away (the relay's default if absent).
 pub const HDR_OFFLINE: &str = "whtunnel-offline";
@@ -99,6 +103,20 @@ pub fn strip_hop_by_hop(headers: &mut http::HeaderMap) -> Vec<(String, String)> 
         }
     }
     removed
+}
+
+/// Removes `whtunnel-*` headers: on the tunnel they carry the protocol, so
+/// an app's response must not be able to set them (a forged ack would let
+/// the relay delete an event that was never recorded).
+pub fn strip_protocol_headers(headers: &mut http::HeaderMap) {
+    let ours: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("whtunnel-"))
+        .cloned()
+        .collect();
+    for k in ours {
+        headers.remove(k);
+    }
 }
 
 /// Splits a public request path `/t/<name>/<rest>?<query>` into the tunnel

@@ -94,19 +94,27 @@ async fn app_handle(seen: Arc<Mutex<Vec<Seen>>>, req: Request<Incoming>) -> Resp
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.parse().ok())
         .unwrap_or(200u16);
+    let extra = parts
+        .headers
+        .get("x-test-respond-header")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()));
     let echo = if len > KEEP_BODY {
         Bytes::from(format!("{len}"))
     } else {
         body
     };
-    Response::builder()
+    let mut resp = Response::builder()
         .status(status)
         .header("x-app", "yes")
         .header("x-multi", "one")
         .header("x-multi", "two")
-        .header("content-type", "application/octet-stream")
-        .body(Full::new(echo))
-        .unwrap()
+        .header("content-type", "application/octet-stream");
+    if let Some((k, v)) = extra {
+        resp = resp.header(k, v);
+    }
+    resp.body(Full::new(echo)).unwrap()
 }
 
 impl App {
@@ -211,6 +219,7 @@ pub struct AgentOptions {
     pub recorder: Option<Recorder>,
     pub data_dir: Option<std::path::PathBuf>,
     pub ca: Option<std::path::PathBuf>,
+    pub agent_id: Option<String>,
 }
 
 impl AgentOptions {
@@ -223,6 +232,7 @@ impl AgentOptions {
             recorder: None,
             data_dir: None,
             ca: None,
+            agent_id: None,
         }
     }
 }
@@ -250,6 +260,7 @@ pub async fn start_agent(relay_base: &str, opts: AgentOptions) -> AgentHandle {
         name: opts.name,
         takeover: false,
         offline: None,
+        agent_id: opts.agent_id,
         tls: tls::client_config(opts.ca.as_deref()).unwrap(),
     };
     let (tx, mut rx) = watch::channel(ConnectionStatus::Connecting);
