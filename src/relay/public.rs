@@ -32,6 +32,10 @@ const UNKNOWN_TUNNEL: &str = "whtunnel: no agent is connected for this tunnel";
 /// agent's link drops before it answers, the request can still be held.
 const FALLBACK_KEEP: u64 = 1024 * 1024;
 
+/// Bodies with a declared length up to this are read whole before being
+/// forwarded (see [`live`]).
+const BUFFER_FIRST: u64 = 256 * 1024;
+
 /// Forwards one public request to the agent holding its tunnel, or holds it
 /// while that agent is away.
 pub(crate) async fn forward(
@@ -63,7 +67,7 @@ pub(crate) async fn forward(
     let (parts, body) = req.into_parts();
     let prepared = prepare(&shared, remote, received_at, app_path, parts);
     match (admit, sender) {
-        (Admit::Live, Some(sender)) => live(shared, name, sender, prepared, body).await,
+        (Admit::Live, Some(sender)) => live(shared, name, sender, prepared, body, declared).await,
         (Admit::Hold, _) => hold(shared, name, prepared, body, declared).await,
         (Admit::Reject, _) => retry_later(
             "whtunnel: the agent for this tunnel is offline; retry later",
@@ -162,25 +166,55 @@ async fn live(
     mut sender: SendRequest<Body>,
     p: Prepared,
     body: Incoming,
+    declared: Option<u64>,
 ) -> Response<Body> {
     let max_body = shared.config.max_body;
+    let timeout = shared.config.response_timeout;
     let state = Arc::new(BodyState::default());
-    let body = CappedBody {
-        inner: body,
-        remaining: max_body,
-        read: 0,
-        state: state.clone(),
+    // A small body with a declared length (nearly every webhook) is read
+    // before forwarding, so that whenever the agent's link fails, even
+    // before the body was sent, the request can be held instead of lost.
+    // Larger and chunked bodies stream, with the same fallback while short.
+    let body = if declared.is_some_and(|n| n <= BUFFER_FIRST) {
+        let read = tokio::time::timeout(timeout, body.collect()).await;
+        let bytes = match read {
+            Ok(Ok(c)) => c.to_bytes(),
+            Ok(Err(_)) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "whtunnel: the request body could not be read",
+                )
+            }
+            Err(_) => {
+                return text(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "whtunnel: the request body did not arrive in time",
+                )
+            }
+        };
+        state.keep(&bytes, bytes.len() as u64);
+        state.complete.store(true, Ordering::Release);
+        http_body_util::Full::new(bytes)
+            .map_err(|never| match never {})
+            .boxed_unsync()
+    } else {
+        CappedBody {
+            inner: body,
+            remaining: max_body,
+            read: 0,
+            state: state.clone(),
+        }
+        .boxed_unsync()
     };
     let Some(out) = tunnel_request(
         p.method.clone(),
         &p.app_path,
         p.headers.clone(),
         &p.meta,
-        body.boxed_unsync(),
+        body,
     ) else {
         return text(StatusCode::BAD_REQUEST, "whtunnel: malformed request path");
     };
-    let timeout = shared.config.response_timeout;
     let answer = tokio::time::timeout(timeout, sender.send_request(out)).await;
     if state.over_limit.load(Ordering::Acquire) {
         return too_large(max_body);
