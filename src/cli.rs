@@ -119,6 +119,46 @@ struct RelayArgs {
     /// Largest request body accepted; larger ones get 413 (e.g. 25MiB).
     #[arg(long, default_value = "25MiB", value_parser = parse_size)]
     max_body: u64,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Abuse limits of `whtunnel relay` (see `relay::limits`); 0 disables a limit.
+#[derive(Args, Debug)]
+struct LimitArgs {
+    /// Concurrent connections one IP may hold; more are closed at once.
+    #[arg(long, default_value_t = 256)]
+    max_conns_per_ip: usize,
+    /// Requests per second per tunnel; more get 429 with Retry-After.
+    #[arg(long, default_value_t = 200.0)]
+    rate_limit: f64,
+    /// Requests a tunnel may take at once above --rate-limit.
+    #[arg(long, default_value_t = 400)]
+    rate_burst: u32,
+    /// Unknown-tunnel requests per minute one IP may make before 429.
+    #[arg(long, default_value_t = 30)]
+    unknown_tunnel_limit: u32,
+    /// Slowest request body accepted after a 10 s grace, per second averaged over 10 s; slower gets 408 (e.g. 1KiB).
+    #[arg(long, default_value = "1KiB", value_parser = parse_size)]
+    min_body_rate: u64,
+    /// Time a sender has to send a request head (and a new connection's first bytes).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    header_timeout: Duration,
+    /// Most header fields in one request; more get 431.
+    #[arg(long, default_value_t = 100)]
+    max_headers: usize,
+}
+
+impl LimitArgs {
+    fn apply(&self, limits: &mut crate::relay::Limits) {
+        limits.max_conns_per_ip = self.max_conns_per_ip;
+        limits.rate_limit = self.rate_limit;
+        limits.rate_burst = self.rate_burst;
+        limits.unknown_tunnel_per_min = self.unknown_tunnel_limit;
+        limits.min_body_rate = self.min_body_rate;
+        limits.header_read_timeout = self.header_timeout;
+        limits.max_headers = self.max_headers;
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -389,6 +429,7 @@ async fn relay(args: RelayArgs) -> Result<()> {
     config.public_url = args.public_url.clone();
     config.response_timeout = args.response_timeout;
     config.max_body = args.max_body;
+    args.limits.apply(&mut config.limits);
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls = Some(tls::server_config(cert, key)?);
     }

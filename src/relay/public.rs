@@ -20,9 +20,6 @@ use super::{text, Shared};
 use crate::tunnel::protocol::{is_hop_by_hop, split_public_path, RequestMeta, HDR_META};
 use crate::tunnel::{Body, BoxError};
 
-/// The sender never learns whether a name exists: every miss reads the same.
-const UNKNOWN_TUNNEL: &str = "whtunnel: no agent is connected for this tunnel";
-
 /// Forwards one public request to the agent holding its tunnel.
 pub(crate) async fn forward(
     shared: Arc<Shared>,
@@ -35,13 +32,18 @@ pub(crate) async fn forward(
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
+    // Every miss reads the same (see `limits::UNKNOWN_TUNNEL`) and counts
+    // against the sender's IP.
     let Some((name, app_path)) = split_public_path(path_and_query) else {
-        return text(StatusCode::NOT_FOUND, UNKNOWN_TUNNEL);
+        return shared.limiter.unknown_tunnel(remote.ip());
     };
     let name = name.to_string();
     let Some(mut sender) = shared.sender_for(&name) else {
-        return text(StatusCode::NOT_FOUND, UNKNOWN_TUNNEL);
+        return shared.limiter.unknown_tunnel(remote.ip());
     };
+    if let Some(too_many) = shared.limiter.check_tunnel(&name) {
+        return too_many;
+    }
     let max_body = shared.config.max_body;
     if let Some(len) = declared_length(req.headers()) {
         if len > max_body {
@@ -91,6 +93,9 @@ pub(crate) async fn forward(
         remaining: max_body,
         over_limit: over_limit.clone(),
     };
+    // Abuse limit: a body trickling in too slowly is cut off (408), and one
+    // that breaks on the sender's side is noticed (400).
+    let (body, body_verdict) = shared.limiter.watch_body(body);
     let mut out = Request::new(body.boxed_unsync());
     *out.method_mut() = parts.method;
     *out.uri_mut() = match format!("http://tunnel{app_path}").parse() {
@@ -105,6 +110,9 @@ pub(crate) async fn forward(
             StatusCode::PAYLOAD_TOO_LARGE,
             &format!("whtunnel: request body is over this relay's limit of {max_body} bytes"),
         );
+    }
+    if let Some(answer) = shared.limiter.body_answer(&body_verdict) {
+        return answer;
     }
     match answer {
         Ok(Ok(resp)) => resp.map(|b| b.map_err(BoxError::from).boxed_unsync()),
