@@ -332,15 +332,15 @@ impl BodyVerdict {
     }
 }
 
-/// Refuses HTTP/1 request heads that hyper accepts but that a careful
+/// Refuses (with `Some(answer)`) HTTP/1 request heads that hyper accepts but that a careful
 /// origin must not: RFC 9112 §3.2 (exactly one Host in HTTP/1.1) and
 /// §6.1 (a transfer coding other than `chunked` cannot be decoded here, so
 /// forwarding its bytes would hand the app a body it cannot read).
-pub(crate) fn check_framing<B>(req: &Request<B>) -> Result<(), Response<Body>> {
+pub(crate) fn check_framing<B>(req: &Request<B>) -> Option<Response<Body>> {
     if req.version() == Version::HTTP_11 || req.version() == Version::HTTP_10 {
         let hosts = req.headers().get_all(header::HOST).iter().count();
         if hosts > 1 || (hosts == 0 && req.version() == Version::HTTP_11) {
-            return Err(text(
+            return Some(text(
                 StatusCode::BAD_REQUEST,
                 "whtunnel: an HTTP/1.1 request needs exactly one Host header",
             ));
@@ -370,9 +370,9 @@ pub(crate) fn check_framing<B>(req: &Request<B>) -> Result<(), Response<Body>> {
         );
         resp.headers_mut()
             .insert(header::CONNECTION, "close".parse().expect("static"));
-        return Err(resp);
+        return Some(resp);
     }
-    Ok(())
+    None
 }
 
 /// A request body that fails when its sender is too slow.
@@ -752,7 +752,7 @@ mod tests {
             }
             b.body(()).unwrap()
         };
-        let status = |r: Result<(), Response<Body>>| r.err().map(|r| r.status().as_u16());
+        let status = |r: Option<Response<Body>>| r.map(|r| r.status().as_u16());
         assert_eq!(
             status(check_framing(&req(Version::HTTP_11, &[("host", "a")]))),
             None

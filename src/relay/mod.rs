@@ -259,7 +259,7 @@ async fn route(shared: Arc<Shared>, remote: SocketAddr, req: Request<Incoming>) 
     if path == AGENT_PATH {
         agents::upgrade(shared, req).await
     } else if path.starts_with("/t/") {
-        if let Err(refused) = limits::check_framing(&req) {
+        if let Some(refused) = limits::check_framing(&req) {
             return refused;
         }
         public::forward(shared, remote, req).await
