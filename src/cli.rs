@@ -135,6 +135,9 @@ struct LimitArgs {
     /// Requests a tunnel may take at once above --rate-limit.
     #[arg(long, default_value_t = 400)]
     rate_burst: u32,
+    /// Requests one IP may have in flight on one tunnel; more get 429.
+    #[arg(long, default_value_t = 64)]
+    max_inflight_per_ip: usize,
     /// Unknown-tunnel requests per minute one IP may make before 429.
     #[arg(long, default_value_t = 30)]
     unknown_tunnel_limit: u32,
@@ -154,6 +157,7 @@ impl LimitArgs {
         limits.max_conns_per_ip = self.max_conns_per_ip;
         limits.rate_limit = self.rate_limit;
         limits.rate_burst = self.rate_burst;
+        limits.max_inflight_per_ip = self.max_inflight_per_ip;
         limits.unknown_tunnel_per_min = self.unknown_tunnel_limit;
         limits.min_body_rate = self.min_body_rate;
         limits.header_read_timeout = self.header_timeout;

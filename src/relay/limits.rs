@@ -11,6 +11,7 @@
 //! | body rate, after a 10 s grace, per 10 s window | 1 KiB/s | 408 |
 //! | concurrent connections per IP | 256 | accepted, then closed at once |
 //! | requests per tunnel (token bucket) | 200/s, burst 400 | 429 + `Retry-After` |
+//! | requests in flight per tunnel per IP | 64 (of 256 streams) | 429 + `Retry-After` |
 //! | unknown-tunnel misses per IP (token bucket) | 30/min | 429 + `Retry-After` |
 //!
 //! State is bounded: per-IP and per-tunnel tables have a fixed capacity and
@@ -67,6 +68,10 @@ pub struct Limits {
     pub rate_limit: f64,
     /// Requests a tunnel may take at once above the steady rate.
     pub rate_burst: u32,
+    /// Requests one IP may have in flight on one tunnel. A tunnel carries
+    /// at most 256 exchanges at once (HTTP/2 streams), so without this a
+    /// single slow-body sender could hold them all.
+    pub max_inflight_per_ip: usize,
     /// Unknown-tunnel answers per IP per minute before 429.
     pub unknown_tunnel_per_min: u32,
 }
@@ -83,6 +88,7 @@ impl Default for Limits {
             max_conns_per_ip: 256,
             rate_limit: 200.0,
             rate_burst: 400,
+            max_inflight_per_ip: 64,
             unknown_tunnel_per_min: 30,
         }
     }
@@ -163,6 +169,7 @@ impl<K: std::hash::Hash + Eq> Buckets<K> {
 pub(crate) struct Limiter {
     limits: Limits,
     conns: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    inflight: Arc<Mutex<HashMap<(String, IpAddr), usize>>>,
     tunnels: Mutex<Buckets<String>>,
     misses: Mutex<Buckets<IpAddr>>,
 }
@@ -180,6 +187,24 @@ impl Drop for ConnSlot {
             *n -= 1;
             if *n == 0 {
                 conns.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// One request in flight on a tunnel from one IP; frees when dropped.
+pub(crate) struct InflightSlot {
+    table: Arc<Mutex<HashMap<(String, IpAddr), usize>>>,
+    key: (String, IpAddr),
+}
+
+impl Drop for InflightSlot {
+    fn drop(&mut self) {
+        let mut table = self.table.lock().expect("in-flight table lock");
+        if let Some(n) = table.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                table.remove(&self.key);
             }
         }
     }
@@ -211,6 +236,7 @@ impl Limiter {
         Limiter {
             limits,
             conns: Arc::new(Mutex::new(HashMap::new())),
+            inflight: Arc::new(Mutex::new(HashMap::new())),
             tunnels: Mutex::new(Buckets::new()),
             misses: Mutex::new(Buckets::new()),
         }
@@ -252,23 +278,46 @@ impl Limiter {
         text(StatusCode::NOT_FOUND, UNKNOWN_TUNNEL)
     }
 
-    /// `Some(429)` when tunnel `name` is over its request rate.
-    pub(crate) fn check_tunnel(&self, name: &str) -> Option<Response<Body>> {
+    /// Admits one request to tunnel `name` from `ip`, or answers 429 when
+    /// the tunnel is over its request rate or `ip` already has its share of
+    /// the tunnel's exchanges in flight. Keep the slot until the answer's
+    /// head is back.
+    pub(crate) fn check_tunnel(
+        &self,
+        name: &str,
+        ip: IpAddr,
+    ) -> Result<InflightSlot, Box<Response<Body>>> {
         let rate = self.limits.rate_limit;
-        if rate <= 0.0 {
-            return None;
+        if rate > 0.0 {
+            let capacity = f64::from(self.limits.rate_burst.max(1));
+            let verdict = self.tunnels.lock().expect("tunnel bucket lock").take(
+                name.to_string(),
+                rate,
+                capacity,
+            );
+            if let Err(wait) = verdict {
+                return Err(Box::new(too_many(
+                    &format!("whtunnel: this tunnel is over its limit of {rate} requests per second; retry later"),
+                    wait,
+                )));
+            }
         }
-        let capacity = f64::from(self.limits.rate_burst.max(1));
-        let verdict =
-            self.tunnels
-                .lock()
-                .expect("tunnel bucket lock")
-                .take(name.to_string(), rate, capacity);
-        verdict.err().map(|wait| {
-            too_many(
-                &format!("whtunnel: this tunnel is over its limit of {rate} requests per second; retry later"),
-                wait,
-            )
+        let key = (name.to_string(), ip);
+        let max = self.limits.max_inflight_per_ip;
+        let mut inflight = self.inflight.lock().expect("in-flight table lock");
+        let n = inflight.entry(key.clone()).or_insert(0);
+        if max > 0 && *n >= max {
+            return Err(Box::new(too_many(
+                &format!(
+                    "whtunnel: this address already has {max} requests in flight on this tunnel"
+                ),
+                Duration::from_secs(1),
+            )));
+        }
+        *n += 1;
+        Ok(InflightSlot {
+            table: self.inflight.clone(),
+            key,
         })
     }
 

@@ -41,9 +41,10 @@ pub(crate) async fn forward(
     let Some(mut sender) = shared.sender_for(&name) else {
         return shared.limiter.unknown_tunnel(remote.ip());
     };
-    if let Some(too_many) = shared.limiter.check_tunnel(&name) {
-        return too_many;
-    }
+    let _inflight = match shared.limiter.check_tunnel(&name, remote.ip()) {
+        Ok(slot) => slot,
+        Err(too_many) => return *too_many,
+    };
     let max_body = shared.config.max_body;
     if let Some(len) = declared_length(req.headers()) {
         if len > max_body {
