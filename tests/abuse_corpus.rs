@@ -24,6 +24,9 @@ use common::*;
 enum Expect {
     /// Exactly these final responses, in order.
     Statuses(Vec<u16>),
+    /// Exactly these final responses, then the relay closes the
+    /// connection (nothing after them can be read as another request).
+    ThenClosed(Vec<u16>),
     /// One 404 with the unknown-tunnel body, byte for byte the same for
     /// every miss.
     Unknown,
@@ -31,6 +34,10 @@ enum Expect {
     Closed,
 }
 use Expect::*;
+
+fn closed_after(s: u16) -> Expect {
+    ThenClosed(vec![s])
+}
 
 fn status(s: u16) -> Expect {
     Statuses(vec![s])
@@ -109,77 +116,77 @@ fn corpus() -> Vec<Case> {
         case("underscore-transfer-encoding-is-just-a-header", post("Transfer_Encoding: chunked\r\nContent-Length: 5\r\n", "hello"), status(200), got("/x", b"hello")),
         case("hundred-headers-allowed", format!("GET /t/abuse/x HTTP/1.1\r\nHost: relay\r\n{}\r\n", many_headers(99)), status(200), got("/x", b"")),
         // --- Content-Length ---
-        case("content-length-conflicting", post("Content-Length: 5\r\nContent-Length: 6\r\n", "hello!"), status(400), Nothing),
-        case("content-length-list-conflicting", post("Content-Length: 5, 6\r\n", "hello!"), status(400), Nothing),
-        case("content-length-list-same", post("Content-Length: 5, 5\r\n", "hello"), status(400), Nothing),
-        case("content-length-negative", post("Content-Length: -5\r\n", "hello"), status(400), Nothing),
-        case("content-length-plus-sign", post("Content-Length: +5\r\n", "hello"), status(400), Nothing),
-        case("content-length-hex", post("Content-Length: 0x5\r\n", "hello"), status(400), Nothing),
-        case("content-length-inner-space", post("Content-Length: 5 5\r\n", "hello"), status(400), Nothing),
-        case("content-length-overflow", post("Content-Length: 18446744073709551616\r\n", "hello"), status(400), Nothing),
-        case("content-length-empty", post("Content-Length: \r\n", "hello"), status(400), Nothing),
+        case("content-length-conflicting", post("Content-Length: 5\r\nContent-Length: 6\r\n", "hello!"), closed_after(400), Nothing),
+        case("content-length-list-conflicting", post("Content-Length: 5, 6\r\n", "hello!"), closed_after(400), Nothing),
+        case("content-length-list-same", post("Content-Length: 5, 5\r\n", "hello"), closed_after(400), Nothing),
+        case("content-length-negative", post("Content-Length: -5\r\n", "hello"), closed_after(400), Nothing),
+        case("content-length-plus-sign", post("Content-Length: +5\r\n", "hello"), closed_after(400), Nothing),
+        case("content-length-hex", post("Content-Length: 0x5\r\n", "hello"), closed_after(400), Nothing),
+        case("content-length-inner-space", post("Content-Length: 5 5\r\n", "hello"), closed_after(400), Nothing),
+        case("content-length-overflow", post("Content-Length: 18446744073709551616\r\n", "hello"), closed_after(400), Nothing),
+        case("content-length-empty", post("Content-Length: \r\n", "hello"), closed_after(400), Nothing),
         case("content-length-over-max-body", post(&format!("Content-Length: {}\r\n", MAX_BODY + 1), "hello"), status(413), Nothing),
-        case("content-length-shorter-than-body", post("Content-Length: 5\r\n", "helloXXXX\r\n\r\n"), Statuses(vec![200, 400]), got("/x", b"hello")),
-        case("content-length-longer-than-body", post("Content-Length: 50\r\n", "hello"), status(408), NoComplete),
+        case("content-length-shorter-than-body", post("Content-Length: 5\r\n", "helloXXXX\r\n\r\n"), ThenClosed(vec![200, 400]), got("/x", b"hello")),
+        case("content-length-longer-than-body", post("Content-Length: 50\r\n", "hello"), closed_after(408), NoComplete),
         // --- Content-Length with Transfer-Encoding: chunked wins, then close. ---
-        case("cl-te-smuggle", post("Content-Length: 6\r\nTransfer-Encoding: chunked\r\n", &format!("0\r\n\r\n{victim_get}")), status(200), got("/x", b"")),
-        case("te-cl-smuggle", post("Transfer-Encoding: chunked\r\nContent-Length: 6\r\n", &format!("0\r\n\r\n{victim_get}")), status(200), got("/x", b"")),
-        case("te-cl-classic-prefix", post("Content-Length: 4\r\nTransfer-Encoding: chunked\r\n", &smuggled_chunk), status(200), AppSees::Got(vec![("/x", smuggled.as_bytes().to_vec())])),
-        case("te-space-before-colon", post("Transfer-Encoding : chunked\r\nContent-Length: 5\r\n", "hello"), status(400), Nothing),
-        case("te-xchunked", post("Transfer-Encoding: xchunked\r\nContent-Length: 5\r\n", "hello"), status(400), Nothing),
-        case("te-chunked-then-identity", post("Transfer-Encoding: chunked, identity\r\n", "5\r\nhello\r\n0\r\n\r\n"), status(400), Nothing),
-        case("te-identity", post("Transfer-Encoding: identity\r\n", "hello"), status(400), Nothing),
-        case("te-gzip-chunked", post("Transfer-Encoding: gzip, chunked\r\n", "5\r\nhello\r\n0\r\n\r\n"), status(501), Nothing),
-        case("te-twice", post("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", "5\r\nhello\r\n0\r\n\r\n"), status(501), Nothing),
-        case("te-vertical-tab", post("Transfer-Encoding:\x0bchunked\r\n", "5\r\nhello\r\n0\r\n\r\n"), status(400), Nothing),
-        case("te-in-http10", "POST /t/abuse/x HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", status(400), Nothing),
-        case("te-obs-fold", post("Transfer-Encoding:\r\n chunked\r\n", "5\r\nhello\r\n0\r\n\r\n"), status(400), Nothing),
+        case("cl-te-smuggle", post("Content-Length: 6\r\nTransfer-Encoding: chunked\r\n", &format!("0\r\n\r\n{victim_get}")), closed_after(200), got("/x", b"")),
+        case("te-cl-smuggle", post("Transfer-Encoding: chunked\r\nContent-Length: 6\r\n", &format!("0\r\n\r\n{victim_get}")), closed_after(200), got("/x", b"")),
+        case("te-cl-classic-prefix", post("Content-Length: 4\r\nTransfer-Encoding: chunked\r\n", &smuggled_chunk), closed_after(200), AppSees::Got(vec![("/x", smuggled.as_bytes().to_vec())])),
+        case("te-space-before-colon", post("Transfer-Encoding : chunked\r\nContent-Length: 5\r\n", "hello"), closed_after(400), Nothing),
+        case("te-xchunked", post("Transfer-Encoding: xchunked\r\nContent-Length: 5\r\n", "hello"), closed_after(400), Nothing),
+        case("te-chunked-then-identity", post("Transfer-Encoding: chunked, identity\r\n", "5\r\nhello\r\n0\r\n\r\n"), closed_after(400), Nothing),
+        case("te-identity", post("Transfer-Encoding: identity\r\n", "hello"), closed_after(400), Nothing),
+        case("te-gzip-chunked", post("Transfer-Encoding: gzip, chunked\r\n", "5\r\nhello\r\n0\r\n\r\n"), closed_after(501), Nothing),
+        case("te-twice", post("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", "5\r\nhello\r\n0\r\n\r\n"), closed_after(501), Nothing),
+        case("te-vertical-tab", post("Transfer-Encoding:\x0bchunked\r\n", "5\r\nhello\r\n0\r\n\r\n"), closed_after(400), Nothing),
+        case("te-in-http10", "POST /t/abuse/x HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", closed_after(400), Nothing),
+        case("te-obs-fold", post("Transfer-Encoding:\r\n chunked\r\n", "5\r\nhello\r\n0\r\n\r\n"), closed_after(400), Nothing),
         // --- Chunked syntax ---
-        case("chunk-size-not-hex", post("Transfer-Encoding: chunked\r\n", "zz\r\nhello\r\n0\r\n\r\n"), status(400), NoComplete),
-        case("chunk-size-overflow", post("Transfer-Encoding: chunked\r\n", "fffffffffffffffffff\r\nhello\r\n0\r\n\r\n"), status(400), NoComplete),
-        case("chunk-size-negative", post("Transfer-Encoding: chunked\r\n", "-5\r\nhello\r\n0\r\n\r\n"), status(400), NoComplete),
-        case("chunk-size-leading-space", post("Transfer-Encoding: chunked\r\n", " 5\r\nhello\r\n0\r\n\r\n"), status(400), NoComplete),
-        case("chunk-data-no-crlf", post("Transfer-Encoding: chunked\r\n", "5\r\nhelloXX0\r\n\r\n"), status(400), NoComplete),
-        case("chunk-data-longer-than-size", post("Transfer-Encoding: chunked\r\n", "3\r\nhello\r\n0\r\n\r\n"), status(400), NoComplete),
-        case("chunk-bare-lf", post("Transfer-Encoding: chunked\r\n", "5\nhello\n0\n\n"), status(400), NoComplete),
-        case("chunk-extension-oversize", post("Transfer-Encoding: chunked\r\n", &format!("5;{}\r\nhello\r\n0\r\n\r\n", "a".repeat(70_000))), status(400), NoComplete),
-        case("chunked-truncated", post("Transfer-Encoding: chunked\r\n", "5\r\nhello\r\n"), status(408), NoComplete),
+        case("chunk-size-not-hex", post("Transfer-Encoding: chunked\r\n", "zz\r\nhello\r\n0\r\n\r\n"), closed_after(400), NoComplete),
+        case("chunk-size-overflow", post("Transfer-Encoding: chunked\r\n", "fffffffffffffffffff\r\nhello\r\n0\r\n\r\n"), closed_after(400), NoComplete),
+        case("chunk-size-negative", post("Transfer-Encoding: chunked\r\n", "-5\r\nhello\r\n0\r\n\r\n"), closed_after(400), NoComplete),
+        case("chunk-size-leading-space", post("Transfer-Encoding: chunked\r\n", " 5\r\nhello\r\n0\r\n\r\n"), closed_after(400), NoComplete),
+        case("chunk-data-no-crlf", post("Transfer-Encoding: chunked\r\n", "5\r\nhelloXX0\r\n\r\n"), closed_after(400), NoComplete),
+        case("chunk-data-longer-than-size", post("Transfer-Encoding: chunked\r\n", "3\r\nhello\r\n0\r\n\r\n"), closed_after(400), NoComplete),
+        case("chunk-bare-lf", post("Transfer-Encoding: chunked\r\n", "5\nhello\n0\n\n"), closed_after(400), NoComplete),
+        case("chunk-extension-oversize", post("Transfer-Encoding: chunked\r\n", &format!("5;{}\r\nhello\r\n0\r\n\r\n", "a".repeat(70_000))), closed_after(400), NoComplete),
+        case("chunked-truncated", post("Transfer-Encoding: chunked\r\n", "5\r\nhello\r\n"), closed_after(408), NoComplete),
         case("chunked-over-max-body", post("Transfer-Encoding: chunked\r\n", &format!("{:x}\r\n{}\r\n0\r\n\r\n", MAX_BODY + 1, "a".repeat(MAX_BODY as usize + 1))), status(413), NoComplete),
         // --- Request line ---
-        case("method-bad-char", "G@T /t/abuse/x HTTP/1.1\r\nHost: relay\r\n\r\n", status(400), Nothing),
-        case("version-lowercase", "GET /t/abuse/x http/1.1\r\nHost: relay\r\n\r\n", status(400), Nothing),
-        case("version-2-in-http1", "GET /t/abuse/x HTTP/2.0\r\nHost: relay\r\n\r\n", status(400), Nothing),
-        case("version-1-2", "GET /t/abuse/x HTTP/1.2\r\nHost: relay\r\n\r\n", status(400), Nothing),
-        case("http09-request-line", "GET /t/abuse/x\r\n\r\n", status(400), Nothing),
-        case("target-with-space", "GET /t/abuse/a b HTTP/1.1\r\nHost: relay\r\n\r\n", status(400), Nothing),
-        case("target-with-nul", b"GET /t/abuse/\x00 HTTP/1.1\r\nHost: relay\r\n\r\n".to_vec(), status(400), Nothing),
+        case("method-bad-char", "G@T /t/abuse/x HTTP/1.1\r\nHost: relay\r\n\r\n", closed_after(400), Nothing),
+        case("version-lowercase", "GET /t/abuse/x http/1.1\r\nHost: relay\r\n\r\n", closed_after(400), Nothing),
+        case("version-2-in-http1", "GET /t/abuse/x HTTP/2.0\r\nHost: relay\r\n\r\n", closed_after(400), Nothing),
+        case("version-1-2", "GET /t/abuse/x HTTP/1.2\r\nHost: relay\r\n\r\n", closed_after(400), Nothing),
+        case("http09-request-line", "GET /t/abuse/x\r\n\r\n", closed_after(400), Nothing),
+        case("target-with-space", "GET /t/abuse/a b HTTP/1.1\r\nHost: relay\r\n\r\n", closed_after(400), Nothing),
+        case("target-with-nul", b"GET /t/abuse/\x00 HTTP/1.1\r\nHost: relay\r\n\r\n".to_vec(), closed_after(400), Nothing),
         case("target-non-ascii", "GET /t/abuse/\u{e9} HTTP/1.1\r\nHost: relay\r\n\r\n", status(200), got("/\u{e9}", b"")),
-        case("target-too-long", format!("GET /t/abuse/{} HTTP/1.1\r\nHost: relay\r\n\r\n", "a".repeat(70_000)), status(431), Nothing),
-        case("request-line-trailing-junk", "GET /t/abuse/x HTTP/1.1 junk\r\nHost: relay\r\n\r\n", status(400), Nothing),
-        case("request-line-double-space", "GET  /t/abuse/x HTTP/1.1\r\nHost: relay\r\n\r\n", status(400), Nothing),
-        case("request-line-tabs", "GET\t/t/abuse/x\tHTTP/1.1\r\nHost: relay\r\n\r\n", status(400), Nothing),
+        case("target-too-long", format!("GET /t/abuse/{} HTTP/1.1\r\nHost: relay\r\n\r\n", "a".repeat(70_000)), closed_after(431), Nothing),
+        case("request-line-trailing-junk", "GET /t/abuse/x HTTP/1.1 junk\r\nHost: relay\r\n\r\n", closed_after(400), Nothing),
+        case("request-line-double-space", "GET  /t/abuse/x HTTP/1.1\r\nHost: relay\r\n\r\n", closed_after(400), Nothing),
+        case("request-line-tabs", "GET\t/t/abuse/x\tHTTP/1.1\r\nHost: relay\r\n\r\n", closed_after(400), Nothing),
         case("asterisk-form", "OPTIONS * HTTP/1.1\r\nHost: relay\r\n\r\n", status(404), Nothing),
         case("connect-authority-form", "CONNECT victim:443 HTTP/1.1\r\nHost: victim:443\r\n\r\n", status(404), Nothing),
-        case("tls-hello-on-plain-port", b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03".to_vec(), status(400), Nothing),
-        case("binary-garbage", (0u8..=255).rev().collect::<Vec<u8>>(), status(400), Nothing),
+        case("tls-hello-on-plain-port", b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03".to_vec(), closed_after(400), Nothing),
+        case("binary-garbage", (0u8..=255).rev().collect::<Vec<u8>>(), closed_after(400), Nothing),
         // --- Slow or absent input (this relay's header timeout is 1 s) ---
         case("silent-connection", Vec::new(), Closed, Nothing),
         case("partial-head-then-silence", "GET /t/abuse/x HTTP/1.1\r\nHost: rel", Closed, Nothing),
         case("h2-preface-prefix-then-silence", "PRI * HTTP/2.0\r\n", Closed, Nothing),
         // --- Header syntax and size ---
-        case("header-no-colon", "GET /t/abuse/x HTTP/1.1\r\nHost: relay\r\nNoColonHere\r\n\r\n", status(400), Nothing),
-        case("header-space-before-colon", "GET /t/abuse/x HTTP/1.1\r\nHost : relay\r\n\r\n", status(400), Nothing),
-        case("header-obs-fold", "GET /t/abuse/x HTTP/1.1\r\nHost: relay\r\nX-A: a\r\n b\r\n\r\n", status(400), Nothing),
-        case("header-obs-fold-content-length", post("Content-Length:\r\n 5\r\n", "hello"), status(400), Nothing),
-        case("header-nul-in-value", b"GET /t/abuse/x HTTP/1.1\r\nHost: relay\r\nX-A: a\x00b\r\n\r\n".to_vec(), status(400), Nothing),
-        case("header-bare-cr-in-value", "GET /t/abuse/x HTTP/1.1\r\nHost: relay\r\nX-A: a\rb\r\n\r\n", status(400), Nothing),
-        case("header-name-bad-char", "GET /t/abuse/x HTTP/1.1\r\nHost: relay\r\nX(A): b\r\n\r\n", status(400), Nothing),
-        case("header-name-empty", "GET /t/abuse/x HTTP/1.1\r\nHost: relay\r\n: b\r\n\r\n", status(400), Nothing),
+        case("header-no-colon", "GET /t/abuse/x HTTP/1.1\r\nHost: relay\r\nNoColonHere\r\n\r\n", closed_after(400), Nothing),
+        case("header-space-before-colon", "GET /t/abuse/x HTTP/1.1\r\nHost : relay\r\n\r\n", closed_after(400), Nothing),
+        case("header-obs-fold", "GET /t/abuse/x HTTP/1.1\r\nHost: relay\r\nX-A: a\r\n b\r\n\r\n", closed_after(400), Nothing),
+        case("header-obs-fold-content-length", post("Content-Length:\r\n 5\r\n", "hello"), closed_after(400), Nothing),
+        case("header-nul-in-value", b"GET /t/abuse/x HTTP/1.1\r\nHost: relay\r\nX-A: a\x00b\r\n\r\n".to_vec(), closed_after(400), Nothing),
+        case("header-bare-cr-in-value", "GET /t/abuse/x HTTP/1.1\r\nHost: relay\r\nX-A: a\rb\r\n\r\n", closed_after(400), Nothing),
+        case("header-name-bad-char", "GET /t/abuse/x HTTP/1.1\r\nHost: relay\r\nX(A): b\r\n\r\n", closed_after(400), Nothing),
+        case("header-name-empty", "GET /t/abuse/x HTTP/1.1\r\nHost: relay\r\n: b\r\n\r\n", closed_after(400), Nothing),
         case("header-bare-lf-line-endings", "GET /t/abuse/x HTTP/1.1\nHost: relay\n\n", status(200), got("/x", b"")),
-        case("too-many-headers", format!("GET /t/abuse/x HTTP/1.1\r\nHost: relay\r\n{}\r\n", many_headers(101)), status(431), Nothing),
-        case("header-too-large", format!("GET /t/abuse/x HTTP/1.1\r\nHost: relay\r\nX-Big: {}\r\n\r\n", "a".repeat(70_000)), status(431), Nothing),
-        case("host-twice", "GET /t/abuse/x HTTP/1.1\r\nHost: relay\r\nHost: victim\r\n\r\n", status(400), Nothing),
-        case("host-missing-http11", "GET /t/abuse/x HTTP/1.1\r\n\r\n", status(400), Nothing),
+        case("too-many-headers", format!("GET /t/abuse/x HTTP/1.1\r\nHost: relay\r\n{}\r\n", many_headers(101)), closed_after(431), Nothing),
+        case("header-too-large", format!("GET /t/abuse/x HTTP/1.1\r\nHost: relay\r\nX-Big: {}\r\n\r\n", "a".repeat(70_000)), closed_after(431), Nothing),
+        case("host-twice", "GET /t/abuse/x HTTP/1.1\r\nHost: relay\r\nHost: victim\r\n\r\n", closed_after(400), Nothing),
+        case("host-missing-http11", "GET /t/abuse/x HTTP/1.1\r\n\r\n", closed_after(400), Nothing),
         // --- Path tricks: the name comes from the raw path; victim is never reached. ---
         case("dotdot-after-name", get_path("/t/abuse/../victim/x"), status(200), got("/../victim/x", b"")),
         case("percent-encoded-name", get_path("/t/%76ictim/x"), Unknown, Nothing),
@@ -212,6 +219,15 @@ fn check_expect(c: &Case, out: &Outcome) -> Result<(), String> {
         Statuses(want) => {
             if &out.statuses() != want {
                 return Err(format!("statuses {:?}, want {want:?}", out.statuses()));
+            }
+        }
+        ThenClosed(want) => {
+            if &out.statuses() != want || !out.closed {
+                return Err(format!(
+                    "statuses {:?} closed={}, want {want:?} then close",
+                    out.statuses(),
+                    out.closed
+                ));
             }
         }
         Unknown => {

@@ -389,10 +389,13 @@ pub(crate) fn check_framing<B>(req: &Request<B>) -> Option<Response<Body>> {
     if req.version() == Version::HTTP_11 || req.version() == Version::HTTP_10 {
         let hosts = req.headers().get_all(header::HOST).iter().count();
         if hosts > 1 || (hosts == 0 && req.version() == Version::HTTP_11) {
-            return Some(text(
+            let mut resp = text(
                 StatusCode::BAD_REQUEST,
                 "whtunnel: an HTTP/1.1 request needs exactly one Host header",
-            ));
+            );
+            resp.headers_mut()
+                .insert(header::CONNECTION, "close".parse().expect("static"));
+            return Some(resp);
         }
     }
     let codings_ok = req
