@@ -320,3 +320,62 @@ async fn a_trickling_body_gets_408_and_never_reaches_the_app_whole() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body.len(), 1000);
 }
+
+#[tokio::test]
+async fn a_fast_sender_to_a_slow_reading_app_is_not_cut_off() {
+    // The app takes 3 s before reading anything, so HTTP/2 flow control
+    // stops the relay from reading the sender. That time is the app's, not
+    // the sender's: the body-rate limit (here 1000 B/s after 0.5 s) must
+    // not fire.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = listener.local_addr().unwrap();
+    const BODY: usize = 16 << 20;
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        // Head plus chunked or sized body: read until the body is all there.
+        while got.len() < BODY {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+    });
+    let mut config = relay_config("127.0.0.1:0");
+    config.max_body = 64 << 20;
+    config.limits.min_body_rate = 1000;
+    config.limits.body_rate_grace = Duration::from_millis(500);
+    config.limits.body_rate_window = Duration::from_millis(500);
+    let relay = start_relay(config).await;
+    let opts = AgentOptions {
+        name: "slowapp".into(),
+        token: TOKEN.into(),
+        target: app_addr.to_string(),
+        host_header: whtunnel::forward::HostHeader::Preserve,
+        recorder: None,
+        data_dir: None,
+        ca: None,
+    };
+    let _agent = start_agent(&relay.base, opts).await;
+
+    let mut s = connect_from(relay.addr, "127.0.0.1").await;
+    let head =
+        format!("POST /t/slowapp/x HTTP/1.1\r\nHost: relay\r\nConnection: close\r\nContent-Length: {BODY}\r\n\r\n");
+    let started = Instant::now();
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&vec![b'z'; BODY]).await.unwrap();
+    let blocked = started.elapsed();
+    let (answer, _) = read_until_close(&mut s, Duration::from_secs(10)).await;
+    let text = String::from_utf8_lossy(&answer);
+    // The test only means something if the sender really was held back.
+    assert!(
+        blocked >= Duration::from_secs(2),
+        "sender was not blocked: {blocked:?}"
+    );
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
