@@ -14,9 +14,15 @@ fuzz_target!(|data: &[u8]| {
         assert!(is_valid_name(name), "{name:?}");
         let rest = &path[3 + name.len()..];
         assert!(path.starts_with("/t/") && path[3..].starts_with(name));
-        assert!(rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'), "{path:?}");
+        assert!(
+            rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'),
+            "{path:?}"
+        );
         assert!(app_path.starts_with('/'));
         // The app path is the rest of the raw path, unchanged.
-        assert!(app_path == rest || app_path == format!("/{rest}"), "{path:?} -> {app_path:?}");
+        assert!(
+            app_path == rest || app_path == format!("/{rest}"),
+            "{path:?} -> {app_path:?}"
+        );
     }
 });

@@ -27,7 +27,9 @@ struct World {
 /// An app that reads whatever comes and answers 200 to each head.
 async fn app(listener: TcpListener) {
     loop {
-        let Ok((mut s, _)) = listener.accept().await else { continue };
+        let Ok((mut s, _)) = listener.accept().await else {
+            continue;
+        };
         tokio::spawn(async move {
             let mut buf = vec![0u8; 64 * 1024];
             while let Ok(n) = s.read(&mut buf).await {
@@ -35,7 +37,9 @@ async fn app(listener: TcpListener) {
                     return;
                 }
                 if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
                 }
             }
         });
@@ -60,7 +64,8 @@ fn world() -> &'static World {
             let app_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let app_addr = app_listener.local_addr().unwrap();
             tokio::spawn(app(app_listener));
-            let mut config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), Tokens::new(["fuzz"]));
+            let mut config =
+                RelayConfig::new("127.0.0.1:0".parse().unwrap(), Tokens::new(["fuzz"]));
             config.max_body = 64 * 1024;
             config.response_timeout = Duration::from_secs(2);
             config.limits.header_read_timeout = Duration::from_millis(200);
@@ -116,7 +121,11 @@ fuzz_target!(|data: &[u8]| {
         // Whatever came back is HTTP/1 responses (unless the input spoke
         // HTTP/2, whose answer is binary frames).
         if !out.is_empty() && !data.starts_with(b"PRI") {
-            assert!(out.starts_with(b"HTTP/1."), "{:?}", String::from_utf8_lossy(&out));
+            assert!(
+                out.starts_with(b"HTTP/1."),
+                "{:?}",
+                String::from_utf8_lossy(&out)
+            );
         }
         // And the relay still serves.
         let mut h = TcpStream::connect(w.relay).await.unwrap();
@@ -128,6 +137,10 @@ fuzz_target!(|data: &[u8]| {
             .await
             .expect("relay answers health within 5 s")
             .unwrap();
-        assert!(out.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&out));
+        assert!(
+            out.starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&out)
+        );
     });
 });

@@ -21,10 +21,12 @@ fuzz_target!(|data: &[u8]| {
         // pongs and closes then fail to write, which must be an error, not
         // a panic.
         drop(peer);
-        let ws = WebSocketStream::from_raw_socket(ours, Role::Server, Some(ws_io::ws_config())).await;
+        let ws =
+            WebSocketStream::from_raw_socket(ours, Role::Server, Some(ws_io::ws_config())).await;
         let mut io = WsIo::new(ws);
         let mut out = Vec::new();
-        let read = tokio::time::timeout(std::time::Duration::from_secs(5), io.read_to_end(&mut out)).await;
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(5), io.read_to_end(&mut out)).await;
         assert!(read.is_ok(), "reading a finished stream hung");
         assert!(out.len() <= data.len());
     });
