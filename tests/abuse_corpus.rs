@@ -16,7 +16,7 @@ mod common;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use abuse_support::{exchange, Outcome, RawApp};
+use abuse_support::{exchange_expecting, Outcome, RawApp};
 use common::*;
 
 /// The answer the sender must get.
@@ -323,10 +323,16 @@ async fn bad_input_corpus() {
     for c in &cases {
         assert!(names.insert(c.name), "duplicate case name {}", c.name);
         let before = app.seen().len();
-        let out = exchange(
+        let want = match &c.expect {
+            Statuses(s) | ThenClosed(s) => s.len(),
+            Unknown => 1,
+            Closed => 0,
+        };
+        let out = exchange_expecting(
             relay.addr,
             from,
             &c.bytes,
+            want,
             Duration::from_millis(300),
             Duration::from_secs(8),
         )

@@ -349,6 +349,20 @@ pub async fn exchange(
     idle: Duration,
     deadline: Duration,
 ) -> Outcome {
+    exchange_expecting(relay, from, bytes, 1, idle, deadline).await
+}
+
+/// Like [`exchange`], but waits (up to `deadline`) for `want` whole
+/// responses before the `idle` wait applies, so a loaded machine cannot cut
+/// a slow second answer short.
+pub async fn exchange_expecting(
+    relay: SocketAddr,
+    from: std::net::IpAddr,
+    bytes: &[u8],
+    want: usize,
+    idle: Duration,
+    deadline: Duration,
+) -> Outcome {
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind(SocketAddr::new(from, 0)).unwrap();
     let mut stream = socket.connect(relay).await.unwrap();
@@ -361,7 +375,7 @@ pub async fn exchange(
     let mut closed = false;
     loop {
         let (whole, _) = parse_responses(&raw);
-        let wait = if whole.is_empty() {
+        let wait = if whole.len() < want.max(1) {
             deadline.saturating_sub(start.elapsed())
         } else {
             idle.min(deadline.saturating_sub(start.elapsed()))
