@@ -137,6 +137,50 @@ struct RelayArgs {
     /// Held events older than this are deleted (e.g. 72h).
     #[arg(long, default_value = "72h", value_parser = parse_duration)]
     hold_max_age: Duration,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Abuse limits of `whtunnel relay` (see `relay::limits`); 0 disables a limit.
+#[derive(Args, Debug)]
+struct LimitArgs {
+    /// Concurrent connections one IP may hold; more are closed at once.
+    #[arg(long, default_value_t = 256)]
+    max_conns_per_ip: usize,
+    /// Requests per second per tunnel; more get 429 with Retry-After.
+    #[arg(long, default_value_t = 1000.0)]
+    rate_limit: f64,
+    /// Requests a tunnel may take at once above --rate-limit.
+    #[arg(long, default_value_t = 2000)]
+    rate_burst: u32,
+    /// Requests one IP may have in flight on one tunnel; more get 429.
+    #[arg(long, default_value_t = 64)]
+    max_inflight_per_ip: usize,
+    /// Unknown-tunnel requests per minute one IP may make before 429.
+    #[arg(long, default_value_t = 30)]
+    unknown_tunnel_limit: u32,
+    /// Slowest request body accepted after a 10 s grace, per second averaged over 10 s; slower gets 408 (e.g. 1KiB).
+    #[arg(long, default_value = "1KiB", value_parser = parse_size)]
+    min_body_rate: u64,
+    /// Time a sender has to send a request head (and a new connection's first bytes).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    header_timeout: Duration,
+    /// Most header fields in one request; more get 431.
+    #[arg(long, default_value_t = 100)]
+    max_headers: usize,
+}
+
+impl LimitArgs {
+    fn apply(&self, limits: &mut crate::relay::Limits) {
+        limits.max_conns_per_ip = self.max_conns_per_ip;
+        limits.rate_limit = self.rate_limit;
+        limits.rate_burst = self.rate_burst;
+        limits.max_inflight_per_ip = self.max_inflight_per_ip;
+        limits.unknown_tunnel_per_min = self.unknown_tunnel_limit;
+        limits.min_body_rate = self.min_body_rate;
+        limits.header_read_timeout = self.header_timeout;
+        limits.max_headers = self.max_headers;
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -461,6 +505,7 @@ async fn relay(args: RelayArgs) -> Result<()> {
         max_bytes: args.hold_max_bytes,
         max_age: args.hold_max_age,
     };
+    args.limits.apply(&mut config.limits);
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls = Some(tls::server_config(cert, key)?);
     }
@@ -508,6 +553,10 @@ async fn listen(args: ListenArgs) -> Result<()> {
             let token = data_encoding::BASE64URL_NOPAD.encode(&rand::random::<[u8; 24]>());
             let mut config = RelayConfig::new(args.listen, Tokens::new([&token]));
             config.data_dir = Some(dir.join("relay"));
+            // Only this machine reaches the embedded relay: rate limits would
+            // only get in the way of load tests against one's own app.
+            config.limits.rate_limit = 0.0;
+            config.limits.unknown_tunnel_per_min = 0;
             let relay = match Relay::bind(config.clone()).await {
                 Ok(r) => r,
                 Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {

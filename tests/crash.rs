@@ -37,6 +37,8 @@ async fn relay_process(addr: &str, dir: &Path) -> (Child, SocketAddr) {
             addr,
             "--token",
             TOKEN_ARG,
+            "--rate-limit",
+            "0",
             "--data-dir",
         ])
         .arg(dir)

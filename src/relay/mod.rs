@@ -8,6 +8,7 @@
 pub mod agents;
 pub mod auth;
 pub mod held;
+pub mod limits;
 pub mod public;
 
 use std::collections::HashMap;
@@ -32,6 +33,7 @@ use crate::tunnel::Body;
 
 pub use auth::Tokens;
 pub use held::{Caps, HeldStore, OfflinePolicy};
+pub use limits::Limits;
 
 /// How long the relay waits for in-flight exchanges when asked to stop.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -66,6 +68,8 @@ pub struct RelayConfig {
     pub offline: OfflinePolicy,
     /// Per-tunnel bounds on held events.
     pub hold_caps: Caps,
+    /// Abuse limits on the public side (see [`limits`]).
+    pub limits: Limits,
 }
 
 impl RelayConfig {
@@ -81,6 +85,7 @@ impl RelayConfig {
             data_dir: None,
             offline: OfflinePolicy::Hold,
             hold_caps: Caps::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -102,6 +107,7 @@ pub(crate) struct Shared {
     held: Option<Arc<HeldStore>>,
     /// KiB of request bodies being read into memory to be held, relay-wide.
     hold_budget: Arc<tokio::sync::Semaphore>,
+    limiter: limits::Limiter,
 }
 
 impl Shared {
@@ -143,6 +149,7 @@ impl Relay {
             listener,
             local_addr,
             shared: Arc::new(Shared {
+                limiter: limits::Limiter::new(config.limits.clone()),
                 config,
                 tunnels: Mutex::new(HashMap::new()),
                 next_session: AtomicU64::new(1),
@@ -183,8 +190,9 @@ impl Relay {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .max_buf_size(64 * 1024);
+            .header_read_timeout(shared.config.limits.header_read_timeout)
+            .max_headers(shared.config.limits.max_headers)
+            .max_buf_size(shared.config.limits.max_header_bytes.max(8192));
         builder
             .http2()
             .timer(TokioTimer::new())
@@ -212,12 +220,19 @@ impl Relay {
                 },
                 () = &mut shutdown => break,
             };
+            // Abuse limit: over its share of connections, an IP's new
+            // connection is closed at once (dropping it sends FIN).
+            let Some(slot) = shared.limiter.admit(remote.ip()) else {
+                continue;
+            };
+            let first_bytes = shared.config.limits.header_read_timeout;
             let _ = stream.set_nodelay(true);
             let shared = shared.clone();
             let builder = builder.clone();
             let tls = tls.clone();
             let watcher = graceful.watcher();
             tokio::spawn(async move {
+                let _slot = slot;
                 let service = hyper::service::service_fn(move |req| {
                     let shared = shared.clone();
                     async move { Ok::<_, std::convert::Infallible>(route(shared, remote, req).await) }
@@ -237,11 +252,13 @@ impl Relay {
                             }
                             Err(_) => return,
                         };
+                        let tls_stream = limits::FirstBytesDeadline::new(tls_stream, first_bytes);
                         let conn = builder
                             .serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
                         watcher.watch(conn.into_owned()).await
                     }
                     None => {
+                        let stream = limits::FirstBytesDeadline::new(stream, first_bytes);
                         let conn =
                             builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                         watcher.watch(conn.into_owned()).await
@@ -302,6 +319,9 @@ async fn route(shared: Arc<Shared>, remote: SocketAddr, req: Request<Incoming>) 
     if path == AGENT_PATH {
         agents::upgrade(shared, req).await
     } else if path.starts_with("/t/") {
+        if let Some(refused) = limits::check_framing(&req) {
+            return refused;
+        }
         public::forward(shared, remote, req).await
     } else if path == "/_whtunnel/health" {
         text(StatusCode::OK, "ok")

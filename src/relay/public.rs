@@ -19,14 +19,12 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 
 use super::held::{new_event_id, Admit, HeldStore, NewEvent, OfflinePolicy};
+use super::limits::MinRateBody;
 use super::{retry_later, text, Shared};
 use crate::tunnel::protocol::{
     split_public_path, strip_hop_by_hop, RequestMeta, HDR_EVENT_ID, HDR_META,
 };
 use crate::tunnel::{Body, BoxError};
-
-/// The sender never learns whether a name exists: every miss reads the same.
-const UNKNOWN_TUNNEL: &str = "whtunnel: no agent is connected for this tunnel";
 
 /// A live request's body is also kept up to this size, so that if the
 /// agent's link drops before it answers, the request can still be held.
@@ -49,8 +47,10 @@ pub(crate) async fn forward(
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
+    // Every miss reads the same (see `limits::UNKNOWN_TUNNEL`) and counts
+    // against the sender's IP.
     let Some((name, app_path)) = split_public_path(path_and_query) else {
-        return text(StatusCode::NOT_FOUND, UNKNOWN_TUNNEL);
+        return shared.limiter.unknown_tunnel(remote.ip());
     };
     let name = name.to_string();
     let max_body = shared.config.max_body;
@@ -59,6 +59,19 @@ pub(crate) async fn forward(
         return too_large(max_body);
     }
     let sender = shared.sender_for(&name);
+    let known = sender.is_some()
+        || shared
+            .held
+            .as_ref()
+            .is_some_and(|h| h.state(&name).is_some());
+    if !known {
+        return shared.limiter.unknown_tunnel(remote.ip());
+    }
+    // Rate and in-flight limits apply to held events as to live ones.
+    let _inflight = match shared.limiter.check_tunnel(&name, remote.ip()) {
+        Ok(slot) => slot,
+        Err(too_many) => return *too_many,
+    };
     let admit = match &shared.held {
         Some(held) => held.admit(&name, sender.is_some()),
         None if sender.is_some() => Admit::Live,
@@ -77,7 +90,7 @@ pub(crate) async fn forward(
             "whtunnel: this tunnel's held-event queue is full; retry later",
             60,
         ),
-        _ => text(StatusCode::NOT_FOUND, UNKNOWN_TUNNEL),
+        _ => shared.limiter.unknown_tunnel(remote.ip()),
     }
 }
 
@@ -175,15 +188,23 @@ async fn live(
     // before forwarding, so that whenever the agent's link fails, even
     // before the body was sent, the request can be held instead of lost.
     // Larger and chunked bodies stream, with the same fallback while short.
+    // Abuse limit: a body trickling in too slowly is cut off (408), and one
+    // that breaks on the sender's side is noticed (400).
+    let (body, body_verdict) = shared.limiter.watch_body(body);
     let body = if declared.is_some_and(|n| n <= BUFFER_FIRST) {
         let read = tokio::time::timeout(timeout, body.collect()).await;
         let bytes = match read {
             Ok(Ok(c)) => c.to_bytes(),
             Ok(Err(_)) => {
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    "whtunnel: the request body could not be read",
-                )
+                return shared
+                    .limiter
+                    .body_answer(&body_verdict)
+                    .unwrap_or_else(|| {
+                        text(
+                            StatusCode::BAD_REQUEST,
+                            "whtunnel: the request body could not be read",
+                        )
+                    })
             }
             Err(_) => {
                 return text(
@@ -218,6 +239,9 @@ async fn live(
     let answer = tokio::time::timeout(timeout, sender.send_request(out)).await;
     if state.over_limit.load(Ordering::Acquire) {
         return too_large(max_body);
+    }
+    if let Some(answer) = shared.limiter.body_answer(&body_verdict) {
+        return answer;
     }
     match answer {
         Ok(Ok(resp)) => {
@@ -283,6 +307,7 @@ async fn hold(
         );
     }
     let deadline = shared.config.response_timeout;
+    let (body, body_verdict) = shared.limiter.watch_body(body);
     let read = tokio::time::timeout(
         deadline,
         http_body_util::Limited::new(body, max_body as usize).collect(),
@@ -295,10 +320,15 @@ async fn hold(
             if e.is::<http_body_util::LengthLimitError>() {
                 return too_large(max_body);
             }
-            return text(
-                StatusCode::BAD_REQUEST,
-                "whtunnel: the request body could not be read",
-            );
+            return shared
+                .limiter
+                .body_answer(&body_verdict)
+                .unwrap_or_else(|| {
+                    text(
+                        StatusCode::BAD_REQUEST,
+                        "whtunnel: the request body could not be read",
+                    )
+                });
         }
         Err(_) => {
             held.cancel(&name, reserved);
@@ -480,7 +510,7 @@ impl BodyState {
 /// whatever the aborted stream produced. Keeps small bodies on the side
 /// (see [`BodyState`]).
 struct CappedBody {
-    inner: Incoming,
+    inner: MinRateBody<Incoming>,
     remaining: u64,
     read: u64,
     state: Arc<BodyState>,
@@ -513,7 +543,7 @@ impl http_body::Body for CappedBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
             Poll::Ready(None) => {
                 self.state.complete.store(true, Ordering::Release);
                 Poll::Ready(None)
