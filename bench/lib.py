@@ -3,6 +3,7 @@
 
   free-port                          print a free TCP port on 127.0.0.1
   rss PID                            print "VmRSS_KiB VmHWM_KiB" of PID
+  cputime PID...                     print user+system CPU seconds of PIDs
   sample-rss OUT SECS PID...         sample VmRSS every 20 ms for at most SECS
                                      (or until OUT.stop exists); write peak KiB
                                      per pid to OUT as JSON
@@ -48,6 +49,20 @@ def read_status(pid):
 def rss(pid):
     r, h = read_status(pid)
     print(r, h)
+
+
+def cputime(pids):
+    """Total user+system CPU seconds of the given processes (all threads)."""
+    tck = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    print(f"{total / tck:.2f}")
 
 
 def sample_rss(out, secs, pids):
@@ -141,11 +156,13 @@ def summarize(path, extra_path):
             "requests": sum(r["requests"] for r in rs),
             "recorded": sum(r.get("recorded", 0) for r in rs) if any("recorded" in r for r in rs) else None,
             "load": med([r.get("load1", float("nan")) for r in rs]),
+            "cpu_tunnel": med([r["cpu_tunnel_s"] * 1e6 / r["requests"] for r in rs if r.get("requests") and "cpu_tunnel_s" in r]),
+            "cpu_app": med([r["cpu_app_s"] * 1e6 / r["requests"] for r in rs if r.get("requests") and "cpu_app_s" in r]),
         }
 
     out = []
-    out.append("| scenario | system | req/s (median) | × direct | p50 µs | p99 µs | runs | non-2xx | socket errors | recorded / completed |")
-    out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    out.append("| scenario | system | req/s (median) | × direct | p50 µs | p99 µs | tunnel CPU µs/req | app CPU µs/req | runs | non-2xx | socket errors | recorded / completed |")
+    out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     table = {}
     for s in order_s:
         d = agg(s, "direct")
@@ -159,7 +176,7 @@ def summarize(path, extra_path):
             if a["recorded"] is not None:
                 rec = f"{a['recorded']:,} / {a['requests']:,}"
             out.append(
-                f"| {s} | {system} | {fmt(a['rps'])} | {fmt(ratio, 2)} | {fmt(a['p50'])} | {fmt(a['p99'])} | {a['n']} | {a['non2xx']} | {a['errors']} | {rec} |"
+                f"| {s} | {system} | {fmt(a['rps'])} | {fmt(ratio, 2)} | {fmt(a['p50'])} | {fmt(a['p99'])} | {'—' if system == 'direct' else fmt(a['cpu_tunnel'], 1)} | {fmt(a['cpu_app'], 1)} | {a['n']} | {a['non2xx']} | {a['errors']} | {rec} |"
             )
 
     # Targets from the issue, evaluated on this run.
@@ -259,6 +276,8 @@ def main():
         free_port()
     elif cmd == "rss":
         rss(args[0])
+    elif cmd == "cputime":
+        cputime(args)
     elif cmd == "sample-rss":
         sample_rss(args[0], args[1], args[2:])
     elif cmd == "reconnect":

@@ -13,6 +13,10 @@
 #   --no-peers           skip bore / rathole / localtunnel
 #   --no-install         never install anything (use what is there)
 #   --out DIR            results directory (default bench/results/<UTC time>)
+#   --wt-env VAR=VAL     environment for whtunnel relay and agent (repeatable),
+#                        e.g. --wt-env TOKIO_WORKER_THREADS=1
+#   --wt-bin PATH        whtunnel binary to measure (default: target/release/whtunnel,
+#                        built by this script); lets two builds be compared
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,6 +31,8 @@ ONLY="load,memory,idle,reconnect"
 PEERS=1
 INSTALL=1
 OUT=""
+WT_ENV=(WHTUNNEL_BENCH=1)
+WT_BIN=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -36,7 +42,9 @@ while [[ $# -gt 0 ]]; do
     --no-peers) PEERS=0 ;;
     --no-install) INSTALL=0 ;;
     --out) OUT="$2"; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --wt-env) WT_ENV+=("$2"); shift ;;
+    --wt-bin) WT_BIN="$2"; shift ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -146,7 +154,7 @@ RATHOLE="$TOOLS/bin/rathole"
 
 log "building whtunnel (release) and the bench examples"
 cargo build --release --quiet --bin whtunnel --example bench_target --example idle_agents
-WT="$ROOT/target/release/whtunnel"
+WT="${WT_BIN:-$ROOT/target/release/whtunnel}"
 TARGET_BIN="$ROOT/target/release/examples/bench_target"
 IDLE_BIN="$ROOT/target/release/examples/idle_agents"
 
@@ -161,8 +169,9 @@ IDLE_BIN="$ROOT/target/release/examples/idle_agents"
   echo "rustc: $(rustc -V)"
   echo "wrk: $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
   [[ -x "$BORE" ]] && echo "bore: $("$BORE" --version)"
-  [[ -x "$RATHOLE" ]] && echo "rathole: $("$RATHOLE" --version 2>&1 | head -1)"
+  [[ -x "$RATHOLE" ]] && echo "rathole: $("$RATHOLE" -V 2>&1 | head -1)"
   echo "mode: quick=$QUICK duration=${DURATION}s runs=$RUNS"
+  echo "whtunnel env: ${WT_ENV[*]}"
 } > "$OUT/machine.txt"
 cat "$OUT/machine.txt" >&2
 
@@ -180,7 +189,7 @@ start_target() {
 # start_relay TAG [LISTEN] [extra args]: sets RELAY_PID, RELAY_ADDR
 start_relay() {
   local tag="$1" listen="${2:-127.0.0.1:0}"; shift 2 || shift $#
-  start "relay-$tag" "$WT" relay --listen "$listen" --token "$TOKEN" \
+  start "relay-$tag" env "${WT_ENV[@]}" "$WT" relay --listen "$listen" --token "$TOKEN" \
     --data-dir "$WORK/relay-$tag" --max-body 128MiB "$@"
   RELAY_PID=$LAST_PID
   wait_for "$WORK/relay-$tag.err" 'listening on' 10 "$RELAY_PID" || { cat "$WORK/relay-$tag.err" >&2; echo "relay did not start" >&2; exit 1; }
@@ -190,7 +199,7 @@ start_relay() {
 # start_agent TAG NAME RELAY_ADDR [extra args]: sets AGENT_PID, AGENT_URL; fails if it dies
 start_agent() {
   local tag="$1" name="$2" relay="$3"; shift 3
-  start "agent-$tag" "$WT" listen "127.0.0.1:$TARGET_PORT" --relay "http://$relay" --token "$TOKEN" \
+  start "agent-$tag" env "${WT_ENV[@]}" "$WT" listen "127.0.0.1:$TARGET_PORT" --relay "http://$relay" --token "$TOKEN" \
     --name "$name" --data-dir "$WORK/agent-$tag" --no-tui "$@"
   AGENT_PID=$LAST_PID
   if ! wait_for "$WORK/agent-$tag.out" '^Forwarding ' 15 "$AGENT_PID"; then
@@ -271,14 +280,21 @@ run_wrk() {
   local hdr=()
   [[ -n "$host" ]] && hdr=(-H "Host: $host")
   local load1; load1=$(cut -d' ' -f1 /proc/loadavg)
+  local tpids="${SYSPIDS[$sys]:-}" cpu_t0 cpu_a0
+  cpu_t0=$(python3 "$LIB" cputime $tpids); cpu_a0=$(python3 "$LIB" cputime "$TARGET_PID")
   local before_rec=""
   if [[ "$sys" == whtunnel-cap ]]; then before_rec=$(grep -c ' #[0-9]*' "$WORK/agent-cap.out" || true); fi
   rm -f "$raw"
   BODY_SIZE="$body" CLOSE="$close" WRK_OUT="$raw" timeout $((DURATION + 20)) \
     wrk -t"$threads" -c"$conc" -d"${DURATION}s" --timeout 5s -s "$ROOT/bench/post.lua" "${hdr[@]}" "$url/hook" \
     >"$OUT/logs/wrk.$scen.$sys.$run.txt" 2>&1 || true
+  local cpu_t1 cpu_a1
+  cpu_t1=$(python3 "$LIB" cputime $tpids); cpu_a1=$(python3 "$LIB" cputime "$TARGET_PID")
   if [[ ! -s "$raw" ]]; then log "wrk produced nothing for $scen $sys run $run"; return 0; fi
-  local extra="{\"scenario\":\"$scen\",\"system\":\"$sys\",\"run\":$run,\"load1\":$load1}"
+  local extra
+  extra=$(jq -nc --arg s "$scen" --arg y "$sys" --argjson r "$run" --argjson l "$load1" \
+    --argjson ct "$(python3 -c "print(round($cpu_t1 - $cpu_t0, 2))")" --argjson ca "$(python3 -c "print(round($cpu_a1 - $cpu_a0, 2))")" \
+    '{scenario: $s, system: $y, run: $r, load1: $l, cpu_tunnel_s: $ct, cpu_app_s: $ca}')
   if [[ "$sys" == whtunnel-cap ]]; then
     sleep 0.5  # let the last exchanges reach the store
     local after_rec; after_rec=$(grep -c ' #[0-9]*' "$WORK/agent-cap.out" || true)
@@ -291,24 +307,25 @@ run_wrk() {
 phase_load() {
   log "== load: direct vs whtunnel vs peers, interleaved, $RUNS runs × ${DURATION}s"
   start_relay load
-  local relay_addr=$RELAY_ADDR
+  local relay_addr=$RELAY_ADDR relay_pid=$RELAY_PID
   SYSTEMS=(direct)
-  declare -gA URL HOSTHDR
+  declare -gA URL HOSTHDR SYSPIDS
   URL[direct]="http://127.0.0.1:$TARGET_PORT"
   if start_agent nocap bench-nocap "$relay_addr" --no-capture; then
-    SYSTEMS+=(whtunnel); URL[whtunnel]="$AGENT_URL"
+    SYSTEMS+=(whtunnel); URL[whtunnel]="$AGENT_URL"; SYSPIDS[whtunnel]="$relay_pid $AGENT_PID"
   else
     cat "$WORK/agent-nocap.err" >&2; echo "whtunnel agent did not connect" >&2; exit 1
   fi
   if start_agent cap bench-cap "$relay_addr"; then
     SYSTEMS+=(whtunnel-cap); URL[whtunnel-cap]="$AGENT_URL"; CAP_DIR="$WORK/agent-cap"
+    SYSPIDS[whtunnel-cap]="$relay_pid $AGENT_PID"
   else
     log "capture on is unavailable in this build (agent exited: $(tail -1 "$WORK/agent-cap.err" 2>/dev/null)); measuring --no-capture only"
     json_set .capture_unavailable "$(jq -Rs . < "$WORK/agent-cap.err")"
   fi
   if [[ $PEERS == 1 ]]; then
-    if start_bore; then SYSTEMS+=(bore); URL[bore]="$BORE_URL"; else log "bore not available"; fi
-    if start_rathole; then SYSTEMS+=(rathole); URL[rathole]="$RATHOLE_URL"; else log "rathole not available"; fi
+    if start_bore; then SYSTEMS+=(bore); URL[bore]="$BORE_URL"; SYSPIDS[bore]="$BORE_SERVER_PID $BORE_LOCAL_PID"; else log "bore not available"; fi
+    if start_rathole; then SYSTEMS+=(rathole); URL[rathole]="$RATHOLE_URL"; SYSPIDS[rathole]="$RATHOLE_SERVER_PID $RATHOLE_CLIENT_PID"; else log "rathole not available"; fi
     if start_localtunnel; then SYSTEMS+=(localtunnel); URL[localtunnel]="$LT_URL"; HOSTHDR[localtunnel]="$LT_HOST"
     else log "localtunnel not runnable here (see logs); skipped"; cp "$WORK"/lt-*.err "$OUT/logs/" 2>/dev/null || true; fi
   fi
@@ -325,8 +342,10 @@ phase_load() {
   # Warm-up: one short run per system so pools and caches are filled.
   local s
   for s in "${SYSTEMS[@]}"; do
+    local hh=()
+    [[ -n "${HOSTHDR[$s]:-}" ]] && hh=(-H "Host: ${HOSTHDR[$s]}")
     BODY_SIZE=1024 CLOSE=0 WRK_OUT=/dev/null timeout 10 wrk -t1 -c4 -d1s -s "$ROOT/bench/post.lua" \
-      ${HOSTHDR[$s]:+-H "Host: ${HOSTHDR[$s]}"} "${URL[$s]}/hook" >/dev/null 2>&1 || true
+      "${hh[@]}" "${URL[$s]}/hook" >/dev/null 2>&1 || true
   done
   local sc name body conc close run
   for sc in "${scenarios[@]}"; do
@@ -438,7 +457,7 @@ phase_reconnect() {
     # Start the relay again on the same address; time from its "listening"
     # line to the first request answered by the app through the tunnel.
     rm -f "$WORK/relay-rc$i.err"
-    start "relay-rc$i" "$WT" relay --listen "$addr" --token "$TOKEN" --data-dir "$WORK/relay-rc"
+    start "relay-rc$i" env "${WT_ENV[@]}" "$WT" relay --listen "$addr" --token "$TOKEN" --data-dir "$WORK/relay-rc"
     rpid=$LAST_PID
     local t; t=$(python3 "$LIB" reconnect "$WORK/relay-rc$i.err" "$url/hook" 15)
     log "reconnect $i: $t s"

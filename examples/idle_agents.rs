@@ -98,8 +98,12 @@ async fn main() {
             takeover: false,
             tls: tls.clone(),
         };
-        let (ok, failed, gate, first_error) =
-            (ok.clone(), failed.clone(), gate.clone(), first_error.clone());
+        let (ok, failed, gate, first_error) = (
+            ok.clone(),
+            failed.clone(),
+            gate.clone(),
+            first_error.clone(),
+        );
         tasks.spawn(async move {
             let permit = gate.acquire_owned().await.expect("semaphore open");
             let link = match connect(&config).await {
