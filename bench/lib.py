@@ -111,6 +111,7 @@ SYSTEM_NOTES = {
     "direct": "wrk straight to the target (baseline)",
     "whtunnel": "whtunnel relay + agent, --no-capture",
     "whtunnel-cap": "whtunnel relay + agent, capture store on (default)",
+    "whtunnel-variant": "whtunnel relay + agent, --no-capture, with the --variant environment",
     "bore": "bore-cli: TCP-level pipe, not HTTP-aware, records nothing",
     "rathole": "rathole: TCP-level pipe, not HTTP-aware, records nothing",
     "localtunnel": "localtunnel: HTTP-aware by Host header, records nothing",
@@ -260,12 +261,12 @@ def summarize(path, extra_path):
                 out.append(f"| {k} | {mem[k]} | |")
     if idle:
         out.append("")
-        out.append("| idle agents | connected | relay RSS before (KiB) | relay RSS with agents (KiB) | relay KiB/agent | client KiB/agent |")
-        out.append("|---:|---:|---:|---:|---:|---:|")
+        out.append("| idle agents | connected | relay RSS before (KiB) | relay RSS with agents (KiB) | relay KiB/agent | client KiB/agent | relay CPU while idle |")
+        out.append("|---:|---:|---:|---:|---:|---:|---:|")
         for n in sorted(idle, key=int):
             i = idle[n]
             out.append(
-                f"| {int(n):,} | {i.get('connected')} | {fmt(i.get('relay_before_kib'))} | {fmt(i.get('relay_with_kib'))} | {fmt(i.get('relay_per_agent_kib'), 1)} | {fmt(i.get('client_per_agent_kib'), 1)} |"
+                f"| {int(n):,} | {i.get('connected')} | {fmt(i.get('relay_before_kib'))} | {fmt(i.get('relay_with_kib'))} | {fmt(i.get('relay_per_agent_kib'), 1)} | {fmt(i.get('client_per_agent_kib'), 1)} | {fmt(i.get('relay_idle_cpu_pct'), 1)} % |"
             )
     print("\n".join(out))
 

@@ -15,6 +15,9 @@
 #   --out DIR            results directory (default bench/results/<UTC time>)
 #   --wt-env VAR=VAL     environment for whtunnel relay and agent (repeatable),
 #                        e.g. --wt-env TOKIO_WORKER_THREADS=1
+#   --variant VAR=VAL    also measure, in the same interleaved runs, a second
+#                        whtunnel relay + agent started with this environment
+#                        (system "whtunnel-variant"), e.g. TOKIO_WORKER_THREADS=1
 #   --wt-bin PATH        whtunnel binary to measure (default: target/release/whtunnel,
 #                        built by this script); lets two builds be compared
 set -euo pipefail
@@ -33,6 +36,7 @@ INSTALL=1
 OUT=""
 WT_ENV=(WHTUNNEL_BENCH=1)
 WT_BIN=""
+VARIANT=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -44,7 +48,8 @@ while [[ $# -gt 0 ]]; do
     --out) OUT="$2"; shift ;;
     --wt-env) WT_ENV+=("$2"); shift ;;
     --wt-bin) WT_BIN="$2"; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    --variant) VARIANT="$2"; shift ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -172,6 +177,7 @@ IDLE_BIN="$ROOT/target/release/examples/idle_agents"
   [[ -x "$RATHOLE" ]] && echo "rathole: $("$RATHOLE" -V 2>&1 | head -1)"
   echo "mode: quick=$QUICK duration=${DURATION}s runs=$RUNS"
   echo "whtunnel env: ${WT_ENV[*]}"
+  if [[ -n "$VARIANT" ]]; then echo "whtunnel-variant env: ${WT_ENV[*]} $VARIANT"; fi
 } > "$OUT/machine.txt"
 cat "$OUT/machine.txt" >&2
 
@@ -323,6 +329,16 @@ phase_load() {
     log "capture on is unavailable in this build (agent exited: $(tail -1 "$WORK/agent-cap.err" 2>/dev/null)); measuring --no-capture only"
     json_set .capture_unavailable "$(jq -Rs . < "$WORK/agent-cap.err")"
   fi
+  if [[ -n "$VARIANT" ]]; then
+    local saved_env=("${WT_ENV[@]}")
+    WT_ENV+=("$VARIANT")
+    start_relay loadvar
+    local var_relay=$RELAY_PID
+    if start_agent var bench-var "$RELAY_ADDR" --no-capture; then
+      SYSTEMS+=(whtunnel-variant); URL[whtunnel-variant]="$AGENT_URL"; SYSPIDS[whtunnel-variant]="$var_relay $AGENT_PID"
+    fi
+    WT_ENV=("${saved_env[@]}")
+  fi
   if [[ $PEERS == 1 ]]; then
     if start_bore; then SYSTEMS+=(bore); URL[bore]="$BORE_URL"; SYSPIDS[bore]="$BORE_SERVER_PID $BORE_LOCAL_PID"; else log "bore not available"; fi
     if start_rathole; then SYSTEMS+=(rathole); URL[rathole]="$RATHOLE_URL"; SYSPIDS[rathole]="$RATHOLE_SERVER_PID $RATHOLE_CLIENT_PID"; else log "rathole not available"; fi
@@ -421,20 +437,25 @@ phase_idle() {
     local rpid=$RELAY_PID before
     sleep 0.5
     read -r before _ <<<"$(rss_of "$rpid")"
-    start "idle$n" "$IDLE_BIN" --relay "http://$RELAY_ADDR" --token "$TOKEN" --count "$n" --hold-secs 60 --parallel 64 --connect-timeout-secs 150
+    start "idle$n" "$IDLE_BIN" --relay "http://$RELAY_ADDR" --token "$TOKEN" --count "$n" --hold-secs 90 --parallel 64 --connect-timeout-secs 150
     local ipid=$LAST_PID
     if ! wait_for "$WORK/idle$n.out" '^holding' 160 "$ipid"; then
       log "idle agents did not finish connecting"; cat "$WORK/idle$n.err" >&2 || true
     fi
     sleep 3  # let the relay settle (handshakes done, buffers released)
-    local with conn client
+    local with conn client c0 c1 idle_secs=10
+    [[ $QUICK == 1 ]] && idle_secs=5
     read -r with _ <<<"$(rss_of "$rpid")"
     read -r client _ <<<"$(rss_of "$ipid")"
+    # Relay CPU while the agents sit idle (keepalive pings every 4 s each way).
+    c0=$(python3 "$LIB" cputime "$rpid"); sleep "$idle_secs"; c1=$(python3 "$LIB" cputime "$rpid")
+    local cpu_pct; cpu_pct=$(python3 -c "print(round(($c1 - $c0) * 100 / $idle_secs, 1))")
     conn=$(sed -n 's/^connected \([0-9]*\) .*/\1/p' "$WORK/idle$n.out")
     conn=${conn:-0}
     log "$(cat "$WORK/idle$n.out" | head -1); relay RSS $before -> $with KiB"
     json_set ".idle_agents[\"$n\"]" "$(jq -n --argjson c "$conn" --argjson b "$before" --argjson w "$with" --argjson cl "$client" \
-      '{connected: $c, relay_before_kib: $b, relay_with_kib: $w,
+      --argjson cpu "$cpu_pct" \
+      '{connected: $c, relay_before_kib: $b, relay_with_kib: $w, relay_idle_cpu_pct: $cpu,
         relay_per_agent_kib: (if $c > 0 then ($w - $b) / $c else null end),
         client_per_agent_kib: (if $c > 0 then $cl / $c else null end)}')"
     stop_pid "$ipid"; stop_pid "$rpid"

@@ -9,7 +9,11 @@
 //! - tunnel: one whole HTTP/2 exchange (1 KiB and 256 KiB request bodies)
 //!   with the relay's client settings and the agent's server settings over
 //!   `WsIo`, compared with the same exchange over a bare duplex (no
-//!   websocket), which isolates the websocket layer's cost.
+//!   websocket), which isolates the websocket layer's cost, and with the
+//!   same link on a current-thread runtime, which isolates the cost of
+//!   cross-thread wake-ups.
+//! - `is_hop_by_hop` against the allocation-free form proposed in
+//!   docs/benchmarks.md.
 
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -56,7 +60,32 @@ const HEADER_NAMES: [&str; 12] = [
     "traceparent",
 ];
 
+/// The allocation-free form proposed for `is_hop_by_hop` (docs/benchmarks.md,
+/// finding 4): same answers, no `to_ascii_lowercase` String per call.
+fn is_hop_by_hop_no_alloc(name: &str) -> bool {
+    const HOP: [&str; 8] = [
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-connection",
+        "http2-settings",
+    ];
+    HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || name
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case("proxy-"))
+}
+
 fn protocol(c: &mut Criterion) {
+    for h in HEADER_NAMES
+        .iter()
+        .chain(&["Proxy-Authorization", "TE", "Upgrade", "x"])
+    {
+        assert_eq!(is_hop_by_hop(h), is_hop_by_hop_no_alloc(h), "{h}");
+    }
     let meta = sample_meta();
     let encoded = meta.encode();
     let mut g = c.benchmark_group("protocol");
@@ -78,6 +107,14 @@ fn protocol(c: &mut Criterion) {
             HEADER_NAMES
                 .iter()
                 .filter(|h| is_hop_by_hop(black_box(h)))
+                .count()
+        })
+    });
+    g.bench_function("is_hop_by_hop x12 headers (no-alloc proposal)", |b| {
+        b.iter(|| {
+            HEADER_NAMES
+                .iter()
+                .filter(|h| is_hop_by_hop_no_alloc(black_box(h)))
                 .count()
         })
     });
@@ -191,8 +228,20 @@ fn tunnel(c: &mut Criterion) {
         let (a, b) = tokio::io::duplex(1 << 20);
         h2_link(a, b).await
     });
+    // The same link on a current-thread runtime: relay and agent each on one
+    // thread, no cross-thread wake-ups (docs/benchmarks.md, finding 1).
+    let rt1 = runtime();
+    let mut ws_sender_1t = rt1.block_on(async {
+        let (agent, relay) = ws_pair().await;
+        h2_link(relay, agent).await
+    });
     let mut g = c.benchmark_group("tunnel_exchange");
     g.measurement_time(Duration::from_secs(5));
+    let small = Bytes::from(vec![b'x'; 1024]);
+    g.throughput(Throughput::Bytes(1024));
+    g.bench_function("h2 over WsIo, current-thread runtime/1024", |b| {
+        b.iter(|| rt1.block_on(exchange(&mut ws_sender_1t, small.clone())))
+    });
     for size in [1024usize, 256 * 1024] {
         let body = Bytes::from(vec![b'x'; size]);
         g.throughput(Throughput::Bytes(size as u64));
