@@ -111,7 +111,7 @@ SYSTEM_NOTES = {
     "direct": "wrk straight to the target (baseline)",
     "whtunnel": "whtunnel relay + agent, --no-capture",
     "whtunnel-cap": "whtunnel relay + agent, capture store on (default)",
-    "whtunnel-variant": "whtunnel relay + agent, --no-capture, with the --variant environment",
+    "whtunnel-variant": "whtunnel relay + agent, --no-capture, with --variant / --variant-bin",
     "bore": "bore-cli: TCP-level pipe, not HTTP-aware, records nothing",
     "rathole": "rathole: TCP-level pipe, not HTTP-aware, records nothing",
     "localtunnel": "localtunnel: HTTP-aware by Host header, records nothing",

@@ -18,6 +18,8 @@
 #   --variant VAR=VAL    also measure, in the same interleaved runs, a second
 #                        whtunnel relay + agent started with this environment
 #                        (system "whtunnel-variant"), e.g. TOKIO_WORKER_THREADS=1
+#   --variant-bin PATH   the whtunnel binary of the variant (default: the same
+#                        one); with it, two builds are measured side by side
 #   --wt-bin PATH        whtunnel binary to measure (default: target/release/whtunnel,
 #                        built by this script); lets two builds be compared
 set -euo pipefail
@@ -37,6 +39,7 @@ OUT=""
 WT_ENV=(WHTUNNEL_BENCH=1)
 WT_BIN=""
 VARIANT=""
+VARIANT_BIN=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -49,7 +52,8 @@ while [[ $# -gt 0 ]]; do
     --wt-env) WT_ENV+=("$2"); shift ;;
     --wt-bin) WT_BIN="$2"; shift ;;
     --variant) VARIANT="$2"; shift ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    --variant-bin) VARIANT_BIN="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"; shift ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -178,6 +182,7 @@ IDLE_BIN="$ROOT/target/release/examples/idle_agents"
   echo "mode: quick=$QUICK duration=${DURATION}s runs=$RUNS"
   echo "whtunnel env: ${WT_ENV[*]}"
   if [[ -n "$VARIANT" ]]; then echo "whtunnel-variant env: ${WT_ENV[*]} $VARIANT"; fi
+  if [[ -n "$VARIANT_BIN" ]]; then echo "whtunnel-variant binary: $VARIANT_BIN ($("$VARIANT_BIN" --version))"; fi
 } > "$OUT/machine.txt"
 cat "$OUT/machine.txt" >&2
 
@@ -329,15 +334,16 @@ phase_load() {
     log "capture on is unavailable in this build (agent exited: $(tail -1 "$WORK/agent-cap.err" 2>/dev/null)); measuring --no-capture only"
     json_set .capture_unavailable "$(jq -Rs . < "$WORK/agent-cap.err")"
   fi
-  if [[ -n "$VARIANT" ]]; then
-    local saved_env=("${WT_ENV[@]}")
-    WT_ENV+=("$VARIANT")
+  if [[ -n "$VARIANT" || -n "$VARIANT_BIN" ]]; then
+    local saved_env=("${WT_ENV[@]}") saved_wt=$WT
+    [[ -n "$VARIANT" ]] && WT_ENV+=("$VARIANT")
+    [[ -n "$VARIANT_BIN" ]] && WT=$VARIANT_BIN
     start_relay loadvar
     local var_relay=$RELAY_PID
     if start_agent var bench-var "$RELAY_ADDR" --no-capture; then
       SYSTEMS+=(whtunnel-variant); URL[whtunnel-variant]="$AGENT_URL"; SYSPIDS[whtunnel-variant]="$var_relay $AGENT_PID"
     fi
-    WT_ENV=("${saved_env[@]}")
+    WT_ENV=("${saved_env[@]}"); WT=$saved_wt
   fi
   if [[ $PEERS == 1 ]]; then
     if start_bore; then SYSTEMS+=(bore); URL[bore]="$BORE_URL"; SYSPIDS[bore]="$BORE_SERVER_PID $BORE_LOCAL_PID"; else log "bore not available"; fi
