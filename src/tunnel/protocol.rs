@@ -58,8 +58,11 @@ pub fn is_hop_by_hop(name: &str) -> bool {
         "proxy-connection",
         "http2-settings",
     ];
-    let lower = name.to_ascii_lowercase();
-    HOP.contains(&lower.as_str()) || lower.starts_with("proxy-")
+    // No lowercase copy: this runs for every header of every exchange.
+    HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || name
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case("proxy-"))
 }
 
 /// Splits a public request path `/t/<name>/<rest>?<query>` into the tunnel
