@@ -294,7 +294,7 @@ run_wrk() {
   local tpids="${SYSPIDS[$sys]:-}" cpu_t0 cpu_a0
   cpu_t0=$(python3 "$LIB" cputime $tpids); cpu_a0=$(python3 "$LIB" cputime "$TARGET_PID")
   local before_rec=""
-  if [[ "$sys" == whtunnel-cap ]]; then before_rec=$(grep -c ' #[0-9]*' "$WORK/agent-cap.out" || true); fi
+  if [[ "$sys" == whtunnel-cap ]]; then before_rec=$(grep -cE ' #[0-9]+( |$)' "$WORK/agent-cap.out" || true); fi
   rm -f "$raw"
   BODY_SIZE="$body" CLOSE="$close" WRK_OUT="$raw" timeout $((DURATION + 20)) \
     wrk -t"$threads" -c"$conc" -d"${DURATION}s" --timeout 5s -s "$ROOT/bench/post.lua" "${hdr[@]}" "$url/hook" \
@@ -308,7 +308,7 @@ run_wrk() {
     '{scenario: $s, system: $y, run: $r, load1: $l, cpu_tunnel_s: $ct, cpu_app_s: $ca}')
   if [[ "$sys" == whtunnel-cap ]]; then
     sleep 0.5  # let the last exchanges reach the store
-    local after_rec; after_rec=$(grep -c ' #[0-9]*' "$WORK/agent-cap.out" || true)
+    local after_rec; after_rec=$(grep -cE ' #[0-9]+( |$)' "$WORK/agent-cap.out" || true)
     extra=$(jq -c --argjson r "$((after_rec - before_rec))" '. + {recorded: $r}' <<<"$extra")
   fi
   jq -c --argjson e "$extra" '. + $e' "$raw" >> "$RESULTS"
