@@ -7,6 +7,9 @@
   sample-rss OUT SECS PID...         sample VmRSS every 20 ms for at most SECS
                                      (or until OUT.stop exists); write peak KiB
                                      per pid to OUT as JSON
+  reconnect-run LOG PIDFILE URL TIMEOUT CMD...
+                                     start the relay (CMD) with stderr to LOG,
+                                     write its pid to PIDFILE, then as below
   reconnect RELAY_LOG URL TIMEOUT    wait for the relay's "listening" line to
                                      appear in RELAY_LOG, then POST to URL every
                                      5 ms until a 200; print seconds from relay
@@ -75,6 +78,18 @@ def sample_rss(out, secs, pids):
         time.sleep(0.02)
     with open(out, "w") as f:
         json.dump(peak, f)
+
+
+def reconnect_run(relay_log, pid_file, url, timeout, cmd):
+    """Starts the relay (cmd, stderr to relay_log) itself, so the clock starts
+    before the relay can print its "listening" line (a poller started after
+    the relay would see the line late by its own start-up time)."""
+    import subprocess
+    with open(relay_log, "w") as err:
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, start_new_session=False)
+    with open(pid_file, "w") as f:
+        f.write(str(p.pid))
+    reconnect(relay_log, url, timeout)
 
 
 def reconnect(relay_log, url, timeout):
@@ -283,6 +298,8 @@ def main():
         sample_rss(args[0], args[1], args[2:])
     elif cmd == "reconnect":
         reconnect(*args)
+    elif cmd == "reconnect-run":
+        reconnect_run(args[0], args[1], args[2], args[3], args[4:])
     elif cmd == "summarize":
         summarize(args[0], args[1] if len(args) > 1 else None)
     else:

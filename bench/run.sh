@@ -479,14 +479,20 @@ phase_reconnect() {
   start_agent rc bench-rc "$addr" --no-capture || { echo "agent did not connect" >&2; exit 1; }
   local url=$AGENT_URL apid=$AGENT_PID i times=()
   for i in $(seq "$reps"); do
-    sleep 1
+    # The agent resets its back-off only after a link that lived 5 s
+    # (HEALTHY_LINK); wait longer, so every sample is a first restart and not
+    # the n-th of a flapping relay.
+    sleep 6
     kill -9 "$rpid" 2>/dev/null || true; wait "$rpid" 2>/dev/null || true
+    local w; for w in $(seq 200); do kill -0 "$rpid" 2>/dev/null || break; sleep 0.01; done
     # Start the relay again on the same address; time from its "listening"
     # line to the first request answered by the app through the tunnel.
     rm -f "$WORK/relay-rc$i.err"
-    start "relay-rc$i" env "${WT_ENV[@]}" "$WT" relay --listen "$addr" --token "$TOKEN" --data-dir "$WORK/relay-rc"
-    rpid=$LAST_PID
-    local t; t=$(python3 "$LIB" reconnect "$WORK/relay-rc$i.err" "$url/hook" 15)
+    # lib.py starts the relay itself so the clock starts before it listens.
+    local t
+    t=$(python3 "$LIB" reconnect-run "$WORK/relay-rc$i.err" "$WORK/relay-rc$i.pid" "$url/hook" 15 \
+        env "${WT_ENV[@]}" "$WT" relay --listen "$addr" --token "$TOKEN" --data-dir "$WORK/relay-rc")
+    rpid=$(cat "$WORK/relay-rc$i.pid"); PIDS+=("$rpid")
     log "reconnect $i: $t s"
     times+=("$t")
   done
