@@ -14,10 +14,12 @@ use http::{Method, StatusCode};
 /// A tmux server of our own, so the test never touches the user's sessions.
 struct Tmux {
     socket: String,
+    /// The agent's log file, shown when a wait times out.
+    log: std::path::PathBuf,
 }
 
 impl Tmux {
-    fn new() -> Tmux {
+    fn new(log: std::path::PathBuf) -> Tmux {
         let ok = Command::new("tmux")
             .arg("-V")
             .output()
@@ -28,6 +30,7 @@ impl Tmux {
         );
         Tmux {
             socket: format!("whtunnel-test-{}", std::process::id()),
+            log,
         }
     }
 
@@ -59,10 +62,14 @@ impl Tmux {
             if pred(&screen) {
                 return screen;
             }
-            assert!(
-                started.elapsed() < Duration::from_secs(15),
-                "timed out waiting for {what}; screen:\n{screen}"
-            );
+            if started.elapsed() > Duration::from_secs(15) {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                panic!(
+                    "timed out waiting for {what}; screen:\n{screen}\nlog (newest first):\n{}",
+                    tail.join("\n")
+                );
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -78,7 +85,7 @@ impl Drop for Tmux {
 async fn inspector_in_a_real_terminal() {
     let app = App::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let tmux = Tmux::new();
+    let tmux = Tmux::new(dir.path().join("whtunnel.log"));
     let cmd = format!(
         "{} listen {} --listen 127.0.0.1:0 --data-dir {}",
         bin(),
@@ -167,7 +174,10 @@ async fn inspector_in_a_real_terminal() {
     tmux.keys(&["?"]);
     tmux.wait_for("the help screen", |s| s.contains("replay"))
         .await;
-    tmux.keys(&["Escape", "q"]);
+    // Separate keys: ESC followed at once by `q` can read as Alt-q.
+    tmux.keys(&["Escape"]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tmux.keys(&["q"]);
     // tmux may report the pane dead a moment before it records the status.
     let screen = tmux
         .wait_for("the process to exit", |_| {

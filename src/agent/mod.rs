@@ -19,6 +19,7 @@ pub use connect::{AgentConfig, ConnectError, RelayUrl};
 pub use status::ConnectionStatus;
 
 use crate::forward::Forwarder;
+use crate::tunnel::protocol::HDR_CONTROL;
 use crate::tunnel::{h2, WsIo};
 
 /// Back-off before the first reconnect attempt is at most this...
@@ -44,22 +45,37 @@ pub enum AgentError {
 /// relay do not return in step.
 struct Backoff {
     delays: backon::ExponentialBackoff,
+    since: Instant,
 }
+
+/// For this long into an outage (a relay restart, a deploy)...
+const SHORT_OUTAGE: Duration = Duration::from_secs(10);
+/// ...no wait is longer than this, so the agent is back within about a
+/// second of the relay. Still jittered: agents do not return in step.
+const SHORT_OUTAGE_MAX: Duration = Duration::from_secs(1);
 
 impl Backoff {
     fn new() -> Self {
         use backon::BackoffBuilder;
         Backoff {
+            // Growth 1.5 rather than 2: a relay restart takes seconds, and
+            // retries stay frequent through it (the cap is still reached
+            // after about a minute of outage).
             delays: backon::ExponentialBuilder::default()
+                .with_factor(1.5)
                 .with_min_delay(BACKOFF_MIN)
                 .with_max_delay(BACKOFF_MAX)
                 .without_max_times()
                 .build(),
+            since: Instant::now(),
         }
     }
 
     fn next_delay(&mut self) -> Duration {
-        let cap = self.delays.next().unwrap_or(BACKOFF_MAX);
+        let mut cap = self.delays.next().unwrap_or(BACKOFF_MAX);
+        if self.since.elapsed() < SHORT_OUTAGE {
+            cap = cap.min(SHORT_OUTAGE_MAX);
+        }
         cap.mul_f64(rand::random::<f64>())
     }
 }
@@ -81,12 +97,12 @@ pub async fn run(
         };
         let last_error = match attempt {
             Ok(link) => {
-                status.send_replace(ConnectionStatus::Connected {
+                let since = Instant::now();
+                let ready = ConnectionStatus::Connected {
                     public_url: link.public_url.clone(),
                     held: link.held,
-                });
-                let since = Instant::now();
-                let reason = serve(link.ws, forwarder.clone(), &shutdown).await;
+                };
+                let reason = serve(link.ws, forwarder.clone(), &shutdown, &status, ready).await;
                 if shutdown.is_cancelled() {
                     return Ok(());
                 }
@@ -120,10 +136,26 @@ async fn serve(
     ws: connect::WsStream,
     forwarder: Forwarder,
     shutdown: &CancellationToken,
+    status: &watch::Sender<ConnectionStatus>,
+    ready: ConnectionStatus,
 ) -> String {
-    let service = hyper::service::service_fn(move |req| {
+    let status = status.clone();
+    let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let forwarder = forwarder.clone();
-        async move { Ok::<_, std::convert::Infallible>(forwarder.handle(req).await) }
+        // The relay says the tunnel is routable: only now is it "connected".
+        let control = req
+            .headers()
+            .get(HDR_CONTROL)
+            .is_some_and(|v| v.as_bytes() == b"ready");
+        if control {
+            status.send_replace(ready.clone());
+        }
+        async move {
+            if control {
+                return Ok(http::Response::new(crate::tunnel::Body::default()));
+            }
+            Ok::<_, std::convert::Infallible>(forwarder.handle(req).await)
+        }
     });
     let conn = h2::server_builder().serve_connection(TokioIo::new(WsIo::new(ws)), service);
     tokio::pin!(conn);
@@ -149,6 +181,14 @@ mod tests {
         let mut b = Backoff::new();
         let first = b.next_delay();
         assert!(first <= BACKOFF_MIN, "{first:?}");
+        for _ in 0..20 {
+            assert!(
+                b.next_delay() <= SHORT_OUTAGE_MAX,
+                "short outages retry often"
+            );
+        }
+        // Later in a long outage the schedule opens up to the cap.
+        b.since = Instant::now() - SHORT_OUTAGE;
         let mut max_seen = Duration::ZERO;
         let mut distinct = std::collections::HashSet::new();
         for _ in 0..200 {

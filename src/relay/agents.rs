@@ -22,8 +22,8 @@ use super::auth::Tokens;
 use super::held::{HeldEvent, HeldStore, OfflinePolicy};
 use super::{text, Session, Shared};
 use crate::tunnel::protocol::{
-    is_valid_name, HDR_ACK, HDR_AGENT_ID, HDR_HELD, HDR_NAME, HDR_OFFLINE, HDR_PROTOCOL,
-    HDR_PUBLIC_URL, HDR_TAKEOVER, PROTOCOL_VERSION,
+    is_valid_name, HDR_ACK, HDR_AGENT_ID, HDR_CONTROL, HDR_HELD, HDR_NAME, HDR_OFFLINE,
+    HDR_PROTOCOL, HDR_PUBLIC_URL, HDR_TAKEOVER, PROTOCOL_VERSION,
 };
 use crate::tunnel::{h2, ws_io, Body, WsIo};
 
@@ -180,6 +180,7 @@ async fn run_session(
             return;
         }
     };
+    let ready_sender = sender.clone();
     let id = shared.next_session_id();
     let closed = CancellationToken::new();
     {
@@ -202,6 +203,7 @@ async fn run_session(
         );
     }
     tracing::info!(tunnel = %name, "agent connected");
+    tokio::spawn(send_ready(ready_sender));
     if let Some(held) = shared.held.clone() {
         // Remember the name across restarts: while this agent is away, its
         // webhooks are held (or rejected) instead of answered 404.
@@ -386,4 +388,16 @@ fn held_request(ev: &HeldEvent, timeout: Duration) -> Option<Request<crate::tunn
         .map_err(|never| match never {})
         .boxed_unsync();
     super::public::tunnel_request(method, &ev.event.path, headers, &meta, body)
+}
+
+/// Tells the agent its tunnel is routable (registered here), so it only
+/// then announces the public URL.
+async fn send_ready(mut sender: hyper::client::conn::http2::SendRequest<crate::tunnel::Body>) {
+    let mut req = Request::new(crate::tunnel::Body::default());
+    *req.uri_mut() = http::Uri::from_static("http://tunnel/_whtunnel/ready");
+    req.headers_mut()
+        .insert(HDR_CONTROL, HeaderValue::from_static("ready"));
+    if let Ok(resp) = sender.send_request(req).await {
+        let _ = resp.into_body().collect().await;
+    }
 }

@@ -22,7 +22,7 @@ use super::held::{new_event_id, Admit, HeldStore, NewEvent, OfflinePolicy};
 use super::limits::MinRateBody;
 use super::{retry_later, text, Shared};
 use crate::tunnel::protocol::{
-    split_public_path, strip_hop_by_hop, RequestMeta, HDR_EVENT_ID, HDR_META,
+    split_public_path, strip_hop_by_hop, RequestMeta, HDR_CONTROL, HDR_EVENT_ID, HDR_META,
 };
 use crate::tunnel::{Body, BoxError};
 
@@ -144,6 +144,7 @@ fn prepare(
     // in the metadata. A sender's own whtunnel-meta is dropped, never trusted.
     headers.remove(header::HOST);
     headers.remove(HDR_META);
+    headers.remove(HDR_CONTROL);
     Prepared {
         method: parts.method,
         app_path,

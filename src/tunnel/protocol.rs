@@ -23,6 +23,11 @@ pub const HDR_AGENT_ID: &str = "whtunnel-agent-id";
 pub const HDR_OFFLINE: &str = "whtunnel-offline";
 /// 101 response header: how many held events are waiting for the agent.
 pub const HDR_HELD: &str = "whtunnel-held";
+/// Header of the relay's control requests on the link (not webhooks):
+/// `ready` is sent once the tunnel is routable, so the agent announces its
+/// URL only when a webhook sent to it will arrive. Stripped from public
+/// requests, so a sender cannot forge one.
+pub const HDR_CONTROL: &str = "whtunnel-control";
 /// Response header the agent sets on a held event's answer once the
 /// exchange is recorded (or capture is off): the relay may delete it.
 pub const HDR_ACK: &str = "whtunnel-ack";
@@ -70,8 +75,11 @@ pub fn is_hop_by_hop(name: &str) -> bool {
         "proxy-connection",
         "http2-settings",
     ];
-    let lower = name.to_ascii_lowercase();
-    HOP.contains(&lower.as_str()) || lower.starts_with("proxy-")
+    // No lowercase copy: this runs for every header of every exchange.
+    HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || name
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case("proxy-"))
 }
 
 /// Removes hop-by-hop headers, and every header the Connection header names,

@@ -1,0 +1,310 @@
+#!/usr/bin/env python3
+"""Helpers for bench/run.sh (standard library only).
+
+  free-port                          print a free TCP port on 127.0.0.1
+  rss PID                            print "VmRSS_KiB VmHWM_KiB" of PID
+  cputime PID...                     print user+system CPU seconds of PIDs
+  sample-rss OUT SECS PID...         sample VmRSS every 20 ms for at most SECS
+                                     (or until OUT.stop exists); write peak KiB
+                                     per pid to OUT as JSON
+  reconnect-run LOG PIDFILE URL TIMEOUT CMD...
+                                     start the relay (CMD) with stderr to LOG,
+                                     write its pid to PIDFILE, then as below
+  reconnect RELAY_LOG URL TIMEOUT    wait for the relay's "listening" line to
+                                     appear in RELAY_LOG, then POST to URL every
+                                     5 ms until a 200; print seconds from relay
+                                     up to first 200
+  summarize RESULTS.jsonl EXTRA.json print the markdown report
+"""
+
+import json
+import os
+import socket
+import statistics
+import sys
+import time
+import urllib.error
+import urllib.request
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    print(port)
+
+
+def read_status(pid):
+    rss = hwm = 0
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1])
+                elif line.startswith("VmHWM:"):
+                    hwm = int(line.split()[1])
+    except OSError:
+        pass
+    return rss, hwm
+
+
+def rss(pid):
+    r, h = read_status(pid)
+    print(r, h)
+
+
+def cputime(pids):
+    """Total user+system CPU seconds of the given processes (all threads)."""
+    tck = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    print(f"{total / tck:.2f}")
+
+
+def sample_rss(out, secs, pids):
+    peak = {p: 0 for p in pids}
+    deadline = time.monotonic() + float(secs)
+    while time.monotonic() < deadline and not os.path.exists(out + ".stop"):
+        for p in pids:
+            r, _ = read_status(p)
+            peak[p] = max(peak[p], r)
+        time.sleep(0.02)
+    with open(out, "w") as f:
+        json.dump(peak, f)
+
+
+def reconnect_run(relay_log, pid_file, url, timeout, cmd):
+    """Starts the relay (cmd, stderr to relay_log) itself, so the clock starts
+    before the relay can print its "listening" line (a poller started after
+    the relay would see the line late by its own start-up time)."""
+    import subprocess
+    with open(relay_log, "w") as err:
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, start_new_session=False)
+    with open(pid_file, "w") as f:
+        f.write(str(p.pid))
+    reconnect(relay_log, url, timeout)
+
+
+def reconnect(relay_log, url, timeout):
+    deadline = time.monotonic() + float(timeout)
+    while time.monotonic() < deadline:
+        try:
+            with open(relay_log) as f:
+                if "listening on" in f.read():
+                    break
+        except OSError:
+            pass
+        time.sleep(0.001)
+    else:
+        print("nan")
+        return
+    t0 = time.monotonic()
+    while time.monotonic() < deadline:
+        req = urllib.request.Request(url, data=b"{}", method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=2) as r:
+                if r.status == 200:
+                    print(f"{time.monotonic() - t0:.3f}")
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.005)
+    print("nan")
+
+
+# --------------------------------------------------------------------------
+# Report
+
+SYSTEM_NOTES = {
+    "direct": "wrk straight to the target (baseline)",
+    "whtunnel": "whtunnel relay + agent, --no-capture",
+    "whtunnel-cap": "whtunnel relay + agent, capture store on (default)",
+    "whtunnel-variant": "whtunnel relay + agent, --no-capture, with --variant / --variant-bin",
+    "bore": "bore-cli: TCP-level pipe, not HTTP-aware, records nothing",
+    "rathole": "rathole: TCP-level pipe, not HTTP-aware, records nothing",
+    "localtunnel": "localtunnel: HTTP-aware by Host header, records nothing",
+}
+
+
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def fmt(x, nd=0):
+    if x is None or x != x:
+        return "n/a"
+    return f"{x:,.{nd}f}"
+
+
+def summarize(path, extra_path):
+    rows = [json.loads(l) for l in open(path) if l.strip()]
+    extra = json.load(open(extra_path)) if extra_path and os.path.exists(extra_path) else {}
+    by = {}
+    order_s, order_sys = [], []
+    for r in rows:
+        key = (r["scenario"], r["system"])
+        by.setdefault(key, []).append(r)
+        if r["scenario"] not in order_s:
+            order_s.append(r["scenario"])
+        if r["system"] not in order_sys:
+            order_sys.append(r["system"])
+
+    def agg(scen, system):
+        rs = by.get((scen, system), [])
+        if not rs:
+            return None
+        rps = [r["requests"] / (r["duration_us"] / 1e6) for r in rs]
+        return {
+            "n": len(rs),
+            "rps": med(rps),
+            "rps_all": rps,
+            "p50": med([r["p50_us"] for r in rs]),
+            "p99": med([r["p99_us"] for r in rs]),
+            "errors": sum(r["err_connect"] + r["err_read"] + r["err_write"] + r["err_timeout"] for r in rs),
+            "non2xx": sum(r["err_status"] for r in rs),
+            "requests": sum(r["requests"] for r in rs),
+            "recorded": sum(r.get("recorded", 0) for r in rs) if any("recorded" in r for r in rs) else None,
+            "load": med([r.get("load1", float("nan")) for r in rs]),
+            "cpu_tunnel": med([r["cpu_tunnel_s"] * 1e6 / r["requests"] for r in rs if r.get("requests") and "cpu_tunnel_s" in r]),
+            "cpu_app": med([r["cpu_app_s"] * 1e6 / r["requests"] for r in rs if r.get("requests") and "cpu_app_s" in r]),
+        }
+
+    out = []
+    out.append("| scenario | system | req/s (median) | × direct | p50 µs | p99 µs | tunnel CPU µs/req | app CPU µs/req | runs | non-2xx | socket errors | recorded / completed |")
+    out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    table = {}
+    for s in order_s:
+        d = agg(s, "direct")
+        for system in order_sys:
+            a = agg(s, system)
+            if not a:
+                continue
+            table[(s, system)] = a
+            ratio = a["rps"] / d["rps"] if d and d["rps"] else float("nan")
+            rec = "—"
+            if a["recorded"] is not None:
+                rec = f"{a['recorded']:,} / {a['requests']:,}"
+            out.append(
+                f"| {s} | {system} | {fmt(a['rps'])} | {fmt(ratio, 2)} | {fmt(a['p50'])} | {fmt(a['p99'])} | {'—' if system == 'direct' else fmt(a['cpu_tunnel'], 1)} | {fmt(a['cpu_app'], 1)} | {a['n']} | {a['non2xx']} | {a['errors']} | {rec} |"
+            )
+
+    # Targets from the issue, evaluated on this run.
+    def ratio(s, a, b):
+        x, y = table.get((s, a)), table.get((s, b))
+        if not x or not y or not y["rps"]:
+            return None
+        return x["rps"] / y["rps"]
+
+    def added_p50(s, system):
+        x, d = table.get((s, system)), table.get((s, "direct"))
+        if not x or not d:
+            return None
+        return x["p50"] - d["p50"]
+
+    targets = []
+    cap = "whtunnel-cap" if any(k[1] == "whtunnel-cap" for k in table) else None
+    wt_tp = cap or "whtunnel"
+    note = "" if cap else " (capture on unavailable in this build: measured with --no-capture)"
+
+    def verdict(ok):
+        return "n/a" if ok is None else ("MET" if ok else "NOT MET")
+
+    r = ratio("1k-c32-keepalive", wt_tp, "bore")
+    targets.append(("1 KiB c=32 keep-alive, capture on: throughput ≥ 1.0× bore" + note,
+                    f"{fmt(r, 2)}× bore", verdict(None if r is None else r >= 1.0)))
+    aw, ab = added_p50("1k-c1-keepalive", "whtunnel"), added_p50("1k-c1-keepalive", "bore")
+    targets.append(("c=1 added p50 over direct ≤ bore's added p50",
+                    f"whtunnel +{fmt(aw)} µs, bore +{fmt(ab)} µs",
+                    verdict(None if aw is None or ab is None else aw <= ab)))
+    r = ratio("1k-c32-close", "whtunnel", "rathole")
+    targets.append(("1 KiB c=32 Connection: close: throughput ≥ 1.0× rathole",
+                    f"{fmt(r, 2)}× rathole", verdict(None if r is None else r >= 1.0)))
+    r = ratio("256k-c32-keepalive", wt_tp, "bore")
+    t = table.get(("256k-c32-keepalive", wt_tp))
+    rec_ok = None
+    if cap and t and t["recorded"] is not None:
+        rec_ok = t["recorded"] >= t["requests"]
+    targets.append(("256 KiB c=32: throughput ≥ 1.0× bore" + note,
+                    f"{fmt(r, 2)}× bore", verdict(None if r is None else r >= 1.0)))
+    targets.append(("256 KiB c=32: every exchange recorded",
+                    "n/a (capture unavailable)" if not cap else f"{t['recorded']:,} / {t['requests']:,}" if t else "n/a",
+                    verdict(rec_ok)))
+    rc = extra.get("reconnect_s")
+    if rc:
+        m = med(rc)
+        targets.append(("reconnect ≤ 0.6 s after the relay is back",
+                        f"median {m:.3f} s of {len(rc)} ({', '.join(f'{x:.3f}' for x in rc)})",
+                        verdict(m <= 0.6)))
+    mem = extra.get("memory", {})
+    g = mem.get("growth_100mib_kib")
+    if g is not None:
+        targets.append(("100 MiB body grows relay+agent RSS ≤ 16 MiB",
+                        f"{g / 1024:.1f} MiB", verdict(g <= 16 * 1024)))
+    idle = extra.get("idle_agents", {})
+    for n in sorted(idle, key=int):
+        per = idle[n].get("relay_per_agent_kib")
+        if per is not None:
+            label = f"{int(n):,} idle agents at ≤ 64 KiB each (relay RSS)"
+            if int(n) < 10000:
+                label += " — proxy for the 10,000 target"
+            targets.append((label,
+                            f"{per:.1f} KiB/agent ({idle[n].get('connected')} connected)",
+                            verdict(per <= 64)))
+
+    out.append("")
+    out.append("| target | measured | verdict |")
+    out.append("|---|---|---|")
+    for t_, m_, v_ in targets:
+        out.append(f"| {t_} | {m_} | {v_} |")
+
+    if mem:
+        out.append("")
+        out.append("| memory (KiB) | relay | agent |")
+        out.append("|---|---:|---:|")
+        for k in ["idle", "load_peak", "after_25mib_hwm", "after_100mib_hwm"]:
+            if k in mem:
+                out.append(f"| {k} | {fmt(mem[k].get('relay'))} | {fmt(mem[k].get('agent'))} |")
+        for k in ["upload_25mib", "upload_100mib"]:
+            if k in mem:
+                out.append(f"| {k} | {mem[k]} | |")
+    if idle:
+        out.append("")
+        out.append("| idle agents | connected | relay RSS before (KiB) | relay RSS with agents (KiB) | relay KiB/agent | client KiB/agent | relay CPU while idle |")
+        out.append("|---:|---:|---:|---:|---:|---:|---:|")
+        for n in sorted(idle, key=int):
+            i = idle[n]
+            out.append(
+                f"| {int(n):,} | {i.get('connected')} | {fmt(i.get('relay_before_kib'))} | {fmt(i.get('relay_with_kib'))} | {fmt(i.get('relay_per_agent_kib'), 1)} | {fmt(i.get('client_per_agent_kib'), 1)} | {fmt(i.get('relay_idle_cpu_pct'), 1)} % |"
+            )
+    print("\n".join(out))
+
+
+def main():
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "free-port":
+        free_port()
+    elif cmd == "rss":
+        rss(args[0])
+    elif cmd == "cputime":
+        cputime(args)
+    elif cmd == "sample-rss":
+        sample_rss(args[0], args[1], args[2:])
+    elif cmd == "reconnect":
+        reconnect(*args)
+    elif cmd == "reconnect-run":
+        reconnect_run(args[0], args[1], args[2], args[3], args[4:])
+    elif cmd == "summarize":
+        summarize(args[0], args[1] if len(args) > 1 else None)
+    else:
+        sys.exit(f"unknown command {cmd}")
+
+
+if __name__ == "__main__":
+    main()

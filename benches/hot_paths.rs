@@ -1,0 +1,261 @@
+//! Micro-benchmarks of whtunnel's per-request hot paths. Not run in CI (slow
+//! and noisy); run with `cargo bench --bench hot_paths` and see
+//! `docs/benchmarks.md`.
+//!
+//! - protocol: `RequestMeta::encode/decode`, `split_public_path`,
+//!   `is_hop_by_hop` over a typical webhook's header names;
+//! - transport: `WsIo` write + read of 16 KiB through a `tokio::io::duplex`
+//!   pair with a real `WebSocketStream` on both ends;
+//! - tunnel: one whole HTTP/2 exchange (1 KiB and 256 KiB request bodies)
+//!   with the relay's client settings and the agent's server settings over
+//!   `WsIo`, compared with the same exchange over a bare duplex (no
+//!   websocket), which isolates the websocket layer's cost, and with the
+//!   same link on a current-thread runtime, which isolates the cost of
+//!   cross-thread wake-ups.
+//! - `is_hop_by_hop` against the allocation-free form proposed in
+//!   docs/benchmarks.md.
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+
+use whtunnel::tunnel::protocol::{is_hop_by_hop, split_public_path, RequestMeta};
+use whtunnel::tunnel::{h2, ws_io, Body, WsIo};
+
+fn sample_meta() -> RequestMeta {
+    RequestMeta {
+        remote_addr: Some("203.0.113.7:51234".into()),
+        proto: "https".into(),
+        host: Some("hooks.example.com".into()),
+        received_at_ms: 1_763_900_000_000,
+        timeout_ms: 29_500,
+        hop_headers: vec![("connection".into(), "keep-alive".into())],
+        event_id: None,
+        attempt: None,
+    }
+}
+
+/// Header names of a typical provider webhook (Stripe-like).
+const HEADER_NAMES: [&str; 12] = [
+    "host",
+    "user-agent",
+    "content-length",
+    "accept",
+    "accept-encoding",
+    "cache-control",
+    "content-type",
+    "stripe-signature",
+    "x-request-id",
+    "connection",
+    "x-forwarded-for",
+    "traceparent",
+];
+
+/// The allocation-free form proposed for `is_hop_by_hop` (docs/benchmarks.md,
+/// finding 4): same answers, no `to_ascii_lowercase` String per call.
+fn is_hop_by_hop_no_alloc(name: &str) -> bool {
+    const HOP: [&str; 8] = [
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-connection",
+        "http2-settings",
+    ];
+    HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || name
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case("proxy-"))
+}
+
+fn protocol(c: &mut Criterion) {
+    for h in HEADER_NAMES
+        .iter()
+        .chain(&["Proxy-Authorization", "TE", "Upgrade", "x"])
+    {
+        assert_eq!(is_hop_by_hop(h), is_hop_by_hop_no_alloc(h), "{h}");
+    }
+    let meta = sample_meta();
+    let encoded = meta.encode();
+    let mut g = c.benchmark_group("protocol");
+    g.bench_function("RequestMeta::encode", |b| {
+        b.iter(|| black_box(&meta).encode())
+    });
+    g.bench_function("RequestMeta::decode", |b| {
+        b.iter(|| RequestMeta::decode(black_box(encoded.as_bytes())).unwrap())
+    });
+    g.bench_function("split_public_path", |b| {
+        b.iter(|| {
+            split_public_path(black_box(
+                "/t/3q0v8k6d1m4h2c5t7n9b0a1s2e/webhooks/stripe?key=abc",
+            ))
+        })
+    });
+    g.bench_function("is_hop_by_hop x12 headers", |b| {
+        b.iter(|| {
+            HEADER_NAMES
+                .iter()
+                .filter(|h| is_hop_by_hop(black_box(h)))
+                .count()
+        })
+    });
+    g.bench_function("is_hop_by_hop x12 headers (no-alloc proposal)", |b| {
+        b.iter(|| {
+            HEADER_NAMES
+                .iter()
+                .filter(|h| is_hop_by_hop_no_alloc(black_box(h)))
+                .count()
+        })
+    });
+    g.finish();
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Two `WsIo` ends joined by an in-memory duplex pipe, as relay (server
+/// role) and agent (client role) would be.
+async fn ws_pair() -> (WsIo<tokio::io::DuplexStream>, WsIo<tokio::io::DuplexStream>) {
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let client = WebSocketStream::from_raw_socket(a, Role::Client, Some(ws_io::ws_config())).await;
+    let server = WebSocketStream::from_raw_socket(b, Role::Server, Some(ws_io::ws_config())).await;
+    (WsIo::new(client), WsIo::new(server))
+}
+
+async fn pump<W, R>(w: &mut W, r: &mut R, data: &[u8], buf: &mut [u8])
+where
+    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+{
+    // Write and read concurrently: the duplex buffer is large enough for one
+    // message, but this also holds for any size.
+    let write = async {
+        w.write_all(data).await.unwrap();
+        w.flush().await.unwrap();
+    };
+    let read = async {
+        r.read_exact(buf).await.unwrap();
+    };
+    tokio::join!(write, read);
+}
+
+fn transport(c: &mut Criterion) {
+    let rt = runtime();
+    let data = vec![0x5au8; 16 * 1024];
+    let mut buf = vec![0u8; data.len()];
+    let mut g = c.benchmark_group("transport");
+    g.throughput(Throughput::Bytes(data.len() as u64));
+    let (mut client, mut server) = rt.block_on(ws_pair());
+    g.bench_function("WsIo write+read 16KiB (client->server)", |b| {
+        b.iter(|| rt.block_on(pump(&mut client, &mut server, &data, &mut buf)))
+    });
+    g.bench_function("WsIo write+read 16KiB (server->client)", |b| {
+        b.iter(|| rt.block_on(pump(&mut server, &mut client, &data, &mut buf)))
+    });
+    let (mut a, mut b2) = tokio::io::duplex(1 << 20);
+    g.bench_function("bare duplex write+read 16KiB (baseline)", |b| {
+        b.iter(|| rt.block_on(pump(&mut a, &mut b2, &data, &mut buf)))
+    });
+    g.finish();
+}
+
+type Sender = hyper::client::conn::http2::SendRequest<Body>;
+
+/// Starts an HTTP/2 link like the tunnel's: relay = client on `relay_io`,
+/// agent = server on `agent_io` answering `200 ok` after draining the body.
+async fn h2_link<I>(relay_io: I, agent_io: I) -> Sender
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+        let _ = req.into_body().collect().await;
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok\n"))))
+    });
+    tokio::spawn(async move {
+        let _ = h2::server_builder()
+            .serve_connection(TokioIo::new(agent_io), service)
+            .await;
+    });
+    let (sender, conn) = h2::client_builder()
+        .handshake(TokioIo::new(relay_io))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+async fn exchange(sender: &mut Sender, body: Bytes) {
+    let req = Request::post("http://tunnel/hook")
+        .header("content-type", "application/json")
+        .body(
+            Full::new(body)
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let _ = resp.into_body().collect().await.unwrap();
+}
+
+fn tunnel(c: &mut Criterion) {
+    // A multi-thread runtime like the binaries', with 2 workers like the
+    // benchmark machine.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut ws_sender = rt.block_on(async {
+        let (agent, relay) = ws_pair().await;
+        h2_link(relay, agent).await
+    });
+    let mut raw_sender = rt.block_on(async {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        h2_link(a, b).await
+    });
+    // The same link on a current-thread runtime: relay and agent each on one
+    // thread, no cross-thread wake-ups (docs/benchmarks.md, finding 1).
+    let rt1 = runtime();
+    let mut ws_sender_1t = rt1.block_on(async {
+        let (agent, relay) = ws_pair().await;
+        h2_link(relay, agent).await
+    });
+    let mut g = c.benchmark_group("tunnel_exchange");
+    g.measurement_time(Duration::from_secs(5));
+    let small = Bytes::from(vec![b'x'; 1024]);
+    g.throughput(Throughput::Bytes(1024));
+    g.bench_function("h2 over WsIo, current-thread runtime/1024", |b| {
+        b.iter(|| rt1.block_on(exchange(&mut ws_sender_1t, small.clone())))
+    });
+    for size in [1024usize, 256 * 1024] {
+        let body = Bytes::from(vec![b'x'; size]);
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_with_input(BenchmarkId::new("h2 over WsIo", size), &body, |b, body| {
+            b.iter(|| rt.block_on(exchange(&mut ws_sender, body.clone())))
+        });
+        g.bench_with_input(
+            BenchmarkId::new("h2 over bare duplex", size),
+            &body,
+            |b, body| b.iter(|| rt.block_on(exchange(&mut raw_sender, body.clone()))),
+        );
+    }
+    g.finish();
+}
+
+criterion_group!(benches, protocol, transport, tunnel);
+criterion_main!(benches);

@@ -1,0 +1,151 @@
+//! Opens N idle agent links to a relay with the real protocol (authenticated
+//! websocket upgrade, then an HTTP/2 server over the websocket, as
+//! `whtunnel listen` does), holds them, then exits. Used by `bench/run.sh`
+//! to measure the relay's memory per idle agent.
+//!
+//! ```text
+//! cargo run --release --example idle_agents -- \
+//!     --relay http://127.0.0.1:PORT --token T --count 1000 --hold-secs 10
+//! ```
+//!
+//! Prints `connected N failed F in S s` once every link is up (or failed),
+//! then `holding` and, after `--hold-secs`, exits. Everything is bounded:
+//! connecting gives up after `--connect-timeout-secs` (default 120).
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Response;
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use tokio::sync::Semaphore;
+
+use whtunnel::agent::connect::{connect, AgentConfig, RelayUrl};
+use whtunnel::tunnel::{h2, tls, WsIo};
+
+struct Args {
+    relay: String,
+    token: String,
+    count: usize,
+    hold: Duration,
+    parallel: usize,
+    connect_timeout: Duration,
+    prefix: String,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        relay: String::new(),
+        token: String::new(),
+        count: 1000,
+        hold: Duration::from_secs(10),
+        parallel: 64,
+        connect_timeout: Duration::from_secs(120),
+        prefix: "idle".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().ok_or(format!("{flag} needs a value"));
+        let num = |v: String| v.parse::<u64>().map_err(|e| format!("{v}: {e}"));
+        match flag.as_str() {
+            "--relay" => a.relay = val()?,
+            "--token" => a.token = val()?,
+            "--count" => a.count = num(val()?)? as usize,
+            "--hold-secs" => a.hold = Duration::from_secs(num(val()?)?),
+            "--parallel" => a.parallel = num(val()?)?.max(1) as usize,
+            "--connect-timeout-secs" => a.connect_timeout = Duration::from_secs(num(val()?)?),
+            "--prefix" => a.prefix = val()?,
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    if a.relay.is_empty() || a.token.is_empty() {
+        return Err("usage: idle_agents --relay URL --token T [--count N] [--hold-secs S] [--parallel P] [--prefix NAME]".into());
+    }
+    Ok(a)
+}
+
+#[tokio::main]
+async fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let relay: RelayUrl = match args.relay.parse() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let tls = tls::client_config(None).expect("TLS client config");
+    let started = Instant::now();
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
+    let gate = Arc::new(Semaphore::new(args.parallel));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..args.count {
+        let config = AgentConfig {
+            relay: relay.clone(),
+            token: args.token.clone(),
+            name: format!("{}-{i}", args.prefix),
+            takeover: false,
+            offline: None,
+            agent_id: None,
+            tls: tls.clone(),
+        };
+        let (ok, failed, gate, first_error) = (
+            ok.clone(),
+            failed.clone(),
+            gate.clone(),
+            first_error.clone(),
+        );
+        tasks.spawn(async move {
+            let permit = gate.acquire_owned().await.expect("semaphore open");
+            let link = match connect(&config).await {
+                Ok(l) => l,
+                Err(e) => {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    first_error.lock().unwrap().get_or_insert(e.to_string());
+                    return;
+                }
+            };
+            ok.fetch_add(1, Ordering::Relaxed);
+            drop(permit);
+            // Serve HTTP/2 like the real agent; answer anything with 200.
+            let service = hyper::service::service_fn(|_req| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok\n"))))
+            });
+            let _ = h2::server_builder()
+                .serve_connection(TokioIo::new(WsIo::new(link.ws)), service)
+                .await;
+        });
+    }
+    let deadline = started + args.connect_timeout;
+    loop {
+        let done = ok.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed);
+        if done >= args.count || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "connected {} failed {} in {:.2} s",
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(e) = first_error.lock().unwrap().take() {
+        eprintln!("first error: {e}");
+    }
+    println!("holding");
+    tokio::time::sleep(args.hold).await;
+    tasks.abort_all();
+    println!("done");
+}
