@@ -197,11 +197,13 @@ start_target() {
   log "target on 127.0.0.1:$TARGET_PORT"
 }
 
-# start_relay TAG [LISTEN] [extra args]: sets RELAY_PID, RELAY_ADDR
+# start_relay TAG [LISTEN] [extra args]: sets RELAY_PID, RELAY_ADDR. The
+# per-tunnel rate limit (an abuse limit, 1000/s by default) is off: this
+# measures what the tunnel can carry.
 start_relay() {
   local tag="$1" listen="${2:-127.0.0.1:0}"; shift 2 || shift $#
   start "relay-$tag" env "${WT_ENV[@]}" "$WT" relay --listen "$listen" --token "$TOKEN" \
-    --data-dir "$WORK/relay-$tag" --max-body 128MiB "$@"
+    --data-dir "$WORK/relay-$tag" --max-body 128MiB --rate-limit 0 "$@"
   RELAY_PID=$LAST_PID
   wait_for "$WORK/relay-$tag.err" 'listening on' 10 "$RELAY_PID" || { cat "$WORK/relay-$tag.err" >&2; echo "relay did not start" >&2; exit 1; }
   RELAY_ADDR=$(grep -oE 'listening on [0-9.]+:[0-9]+' "$WORK/relay-$tag.err" | tail -1 | cut -d' ' -f3)
@@ -491,7 +493,7 @@ phase_reconnect() {
     # lib.py starts the relay itself so the clock starts before it listens.
     local t
     t=$(python3 "$LIB" reconnect-run "$WORK/relay-rc$i.err" "$WORK/relay-rc$i.pid" "$url/hook" 15 \
-        env "${WT_ENV[@]}" "$WT" relay --listen "$addr" --token "$TOKEN" --data-dir "$WORK/relay-rc")
+        env "${WT_ENV[@]}" "$WT" relay --listen "$addr" --token "$TOKEN" --rate-limit 0 --data-dir "$WORK/relay-rc")
     rpid=$(cat "$WORK/relay-rc$i.pid"); PIDS+=("$rpid")
     log "reconnect $i: $t s"
     times+=("$t")
