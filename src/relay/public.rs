@@ -94,6 +94,30 @@ pub(crate) async fn forward(
     }
 }
 
+/// The answer when a request body cannot be read whole: the limiter's
+/// verdict (too slow, malformed) when it has one, else 408 after the
+/// deadline or 400.
+fn unreadable_body(
+    shared: &Shared,
+    verdict: &super::limits::BodyVerdict,
+    timed_out: bool,
+) -> Response<Body> {
+    if let Some(answer) = shared.limiter.body_answer(verdict) {
+        return answer;
+    }
+    if timed_out {
+        text(
+            StatusCode::REQUEST_TIMEOUT,
+            "whtunnel: the request body did not arrive in time",
+        )
+    } else {
+        text(
+            StatusCode::BAD_REQUEST,
+            "whtunnel: the request body could not be read",
+        )
+    }
+}
+
 fn too_large(max_body: u64) -> Response<Body> {
     text(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -196,23 +220,8 @@ async fn live(
         let read = tokio::time::timeout(timeout, body.collect()).await;
         let bytes = match read {
             Ok(Ok(c)) => c.to_bytes(),
-            Ok(Err(_)) => {
-                return shared
-                    .limiter
-                    .body_answer(&body_verdict)
-                    .unwrap_or_else(|| {
-                        text(
-                            StatusCode::BAD_REQUEST,
-                            "whtunnel: the request body could not be read",
-                        )
-                    })
-            }
-            Err(_) => {
-                return text(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "whtunnel: the request body did not arrive in time",
-                )
-            }
+            Ok(Err(_)) => return unreadable_body(&shared, &body_verdict, false),
+            Err(_) => return unreadable_body(&shared, &body_verdict, true),
         };
         state.keep(&bytes, bytes.len() as u64);
         state.complete.store(true, Ordering::Release);
@@ -321,22 +330,11 @@ async fn hold(
             if e.is::<http_body_util::LengthLimitError>() {
                 return too_large(max_body);
             }
-            return shared
-                .limiter
-                .body_answer(&body_verdict)
-                .unwrap_or_else(|| {
-                    text(
-                        StatusCode::BAD_REQUEST,
-                        "whtunnel: the request body could not be read",
-                    )
-                });
+            return unreadable_body(&shared, &body_verdict, false);
         }
         Err(_) => {
             held.cancel(&name, reserved);
-            return text(
-                StatusCode::REQUEST_TIMEOUT,
-                "whtunnel: the request body did not arrive in time",
-            );
+            return unreadable_body(&shared, &body_verdict, true);
         }
     };
     let extra = (body.len() as u64).saturating_sub(reserved);
