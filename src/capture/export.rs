@@ -459,23 +459,26 @@ pub fn curl_command(ex: &Exchange, base_url: Option<&str>) -> String {
 
 /// Percent-decodes a query component (`+` is a space in forms). Invalid
 /// escapes are kept literally.
-fn percent_decode(s: &str) -> String {
-    fn hex(c: u8) -> Option<u8> {
-        (c as char).to_digit(16).map(|d| d as u8)
-    }
+/// Decodes `%XX` escapes and `+` (as a space), as in query strings and form
+/// bodies; invalid escapes are kept literally, invalid UTF-8 shown lossily.
+pub fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         match b[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h * 16 + l);
-                    i += 2;
+            b'%' if i + 2 < b.len() => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (hex(b[i + 1]), hex(b[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 3;
+                        continue;
+                    }
+                    _ => out.push(b'%'),
                 }
-                _ => out.push(b'%'),
-            },
+            }
             c => out.push(c),
         }
         i += 1;

@@ -288,6 +288,17 @@ fn is_environmental(e: &StoreError) -> bool {
 }
 
 /// Reads a captured body's bytes, wherever they are (memory or a file written
+/// Copies `src` to `dst` through `tmp` (synced, then renamed), so `dst`
+/// never exists half-written.
+fn copy_into_place(src: &Path, tmp: &Path, dst: &Path) -> Result<(), StoreError> {
+    let mut out = create_private_file(tmp)?;
+    std::io::copy(&mut fs::File::open(src)?, &mut out)?;
+    out.sync_data()?;
+    drop(out);
+    fs::rename(tmp, dst)?;
+    Ok(())
+}
+
 /// by the tee or the store).
 pub fn read_body(body: &CapturedBody) -> Result<Bytes, StoreError> {
     Ok(match &body.data {
@@ -582,12 +593,7 @@ impl Store {
                 let name = new_body_file_name();
                 let dst = self.bodies_dir.join(&name);
                 if fs::hard_link(src, &dst).is_err() {
-                    let tmp = self.bodies_dir.join(format!("{name}.tmp"));
-                    let mut out = create_private_file(&tmp)?;
-                    std::io::copy(&mut fs::File::open(src)?, &mut out)?;
-                    out.sync_data()?;
-                    drop(out);
-                    fs::rename(&tmp, &dst)?;
+                    copy_into_place(src, &self.bodies_dir.join(format!("{name}.tmp")), &dst)?;
                 }
                 p.kept = fs::metadata(&dst)?.len();
                 p.file = Some(name);
@@ -602,12 +608,7 @@ impl Store {
                 fs::File::open(src)?.sync_data()?;
                 if fs::rename(src, &dst).is_err() {
                     // Different filesystem: copy then rename into place.
-                    let tmp = self.bodies_dir.join(format!("{name}.tmp"));
-                    let mut out = create_private_file(&tmp)?;
-                    std::io::copy(&mut fs::File::open(src)?, &mut out)?;
-                    out.sync_data()?;
-                    drop(out);
-                    fs::rename(&tmp, &dst)?;
+                    copy_into_place(src, &self.bodies_dir.join(format!("{name}.tmp")), &dst)?;
                     let _ = fs::remove_file(src);
                 }
                 p.kept = len;

@@ -161,32 +161,7 @@ pub fn hex_dump(bytes: &[u8]) -> Vec<Line<'static>> {
         .collect()
 }
 
-/// Decodes `%XX` escapes and `+` (as a space), as in query strings and form
-/// bodies; invalid escapes are kept literally, invalid UTF-8 shown lossily.
-pub fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                let hex = |c: u8| (c as char).to_digit(16);
-                match (hex(b[i + 1]), hex(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+pub use crate::capture::export::percent_decode;
 
 /// Splits `a=1&b=two` into decoded pairs (a name without `=` has an empty
 /// value), keeping order and duplicates.
