@@ -10,6 +10,8 @@
 #   --duration S         seconds per load run (default 5; quick 2)
 #   --runs N             interleaved runs per system and scenario (default 3)
 #   --only LIST          comma list of phases: load,memory,idle,reconnect
+#   --scenarios LIST     comma list of load scenarios to run (names as in the
+#                        tables, e.g. 1k-c32-keepalive,1k-c1-keepalive)
 #   --no-peers           skip bore / rathole / localtunnel
 #   --no-install         never install anything (use what is there)
 #   --out DIR            results directory (default bench/results/<UTC time>)
@@ -33,6 +35,7 @@ QUICK=0
 DURATION=""
 RUNS=3
 ONLY="load,memory,idle,reconnect"
+SCENARIOS=""
 PEERS=1
 INSTALL=1
 OUT=""
@@ -46,6 +49,7 @@ while [[ $# -gt 0 ]]; do
     --duration) DURATION="$2"; shift ;;
     --runs) RUNS="$2"; shift ;;
     --only) ONLY="$2"; shift ;;
+    --scenarios) SCENARIOS="$2"; shift ;;
     --no-peers) PEERS=0 ;;
     --no-install) INSTALL=0 ;;
     --out) OUT="$2"; shift ;;
@@ -362,6 +366,17 @@ phase_load() {
   else
     scenarios=("1k-c1-keepalive 1024 1 0" "1k-c32-keepalive 1024 32 0" "1k-c1-close 1024 1 1" "1k-c32-close 1024 32 1"
                "256k-c1-keepalive 262144 1 0" "256k-c32-keepalive 262144 32 0" "256k-c1-close 262144 1 1" "256k-c32-close 262144 32 1")
+  fi
+  if [[ -n "${SCENARIOS:-}" ]]; then
+    local all=("1k-c1-keepalive 1024 1 0" "1k-c32-keepalive 1024 32 0" "1k-c1-close 1024 1 1" "1k-c32-close 1024 32 1"
+               "256k-c1-keepalive 262144 1 0" "256k-c32-keepalive 262144 32 0" "256k-c1-close 262144 1 1" "256k-c32-close 262144 32 1")
+    scenarios=()
+    local want
+    for want in ${SCENARIOS//,/ }; do
+      local found=0 cand
+      for cand in "${all[@]}"; do [[ "${cand%% *}" == "$want" ]] && { scenarios+=("$cand"); found=1; }; done
+      [[ $found == 1 ]] || { echo "unknown scenario: $want" >&2; exit 2; }
+    done
   fi
   # Warm-up: one short run per system so pools and caches are filled.
   local s
