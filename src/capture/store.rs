@@ -8,13 +8,18 @@
 //! - `payloads`: headers (JSON) and inline bodies (raw BLOBs) keyed by
 //!   exchange id, read only by `get()`.
 //! - Bodies larger than [`INLINE_BODY_MAX`] live in `bodies/<name>` files. A
-//!   file is written, synced and renamed into place *before* the transaction
-//!   that references it commits, so a crash leaves at worst an unreferenced
-//!   file, which the next writer `open()` deletes.
+//!   file is written completely *before* the transaction that references it
+//!   commits, so a crash leaves at worst an unreferenced file, which the next
+//!   writer `open()` deletes.
 //!
 //! Durability relies on SQLite transactions only (WAL, `synchronous=NORMAL`):
 //! a `kill -9` at any moment loses at most the uncommitted batch and the
-//! database opens without repair.
+//! database opens without repair. Like the WAL under `synchronous=NORMAL`,
+//! body files are not synced one by one (an fsync per body held the single
+//! writer to fewer 256 KiB bodies a second than one sender delivers): they
+//! survive a crash of whtunnel and the kernel writes them out within
+//! seconds; a power loss in that window can leave a recent body file short
+//! or empty, never a database that will not open.
 
 use std::collections::HashSet;
 use std::fs;
@@ -32,8 +37,10 @@ use super::model::{
 };
 
 /// Bodies up to this many kept bytes are stored inline in SQLite; larger ones
-/// go to files under `bodies/` so the database stays small and fast.
-pub const INLINE_BODY_MAX: usize = 256 * 1024;
+/// go to files under `bodies/` so the database stays small and fast. (Inline,
+/// a 256 KiB body is 64 overflow pages written to the WAL and again by the
+/// checkpoint; as a file it is one `write`.)
+pub const INLINE_BODY_MAX: usize = 64 * 1024;
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "capture.db";
@@ -148,6 +155,36 @@ pub struct Store {
     bodies_dir: PathBuf,
     config: StoreConfig,
     read_only: bool,
+    /// Count and body bytes of the stored exchanges as of our last commit,
+    /// so that retention does not scan the table on every batch.
+    totals: Option<Totals>,
+    /// Body files retention freed, oldest first, waiting to be overwritten
+    /// by new bodies (see [`FREE_POOL_MAX`]).
+    free: std::cell::RefCell<std::collections::VecDeque<PathBuf>>,
+}
+
+/// How many body files retention keeps for reuse instead of deleting them
+/// (as many as one batch may need: a batch writes its files before its
+/// commit frees old ones). Overwriting a freed file reuses its pages in the page cache: a copy.
+/// A new file costs an inode and freshly zeroed pages, and deleting files
+/// at the rate they are created makes ext4 scan past every recently freed
+/// inode on each create; at a few thousand 256 KiB bodies a second that
+/// was most of the writer thread's time. Reused oldest first, so a reader
+/// that looked up an evicted body a moment ago still finds it gone rather
+/// than overwritten.
+const FREE_POOL_MAX: usize = 256;
+
+/// Directory (next to `bodies/`) for freed body files awaiting reuse.
+const FREE_DIR: &str = "bodies-free";
+
+/// What retention needs to know, cached between commits.
+#[derive(Debug, Clone, Copy)]
+struct Totals {
+    count: u64,
+    bytes: u64,
+    /// `PRAGMA data_version` when the totals were right: it changes when
+    /// another connection (a `whtunnel replay`) commits, which makes them stale.
+    data_version: i64,
 }
 
 /// Storage decided for one body before its row is written.
@@ -287,18 +324,17 @@ fn is_environmental(e: &StoreError) -> bool {
     }
 }
 
-/// Reads a captured body's bytes, wherever they are (memory or a file written
-/// Copies `src` to `dst` through `tmp` (synced, then renamed), so `dst`
-/// never exists half-written.
+/// Copies `src` to `dst` through `tmp` (renamed into place), so `dst` never
+/// exists half-written.
 fn copy_into_place(src: &Path, tmp: &Path, dst: &Path) -> Result<(), StoreError> {
     let mut out = create_private_file(tmp)?;
     std::io::copy(&mut fs::File::open(src)?, &mut out)?;
-    out.sync_data()?;
     drop(out);
     fs::rename(tmp, dst)?;
     Ok(())
 }
 
+/// Reads a captured body's bytes, wherever they are (memory or a file written
 /// by the tee or the store).
 pub fn read_body(body: &CapturedBody) -> Result<Bytes, StoreError> {
     Ok(match &body.data {
@@ -341,6 +377,9 @@ impl Store {
         create_private_dir(&dir)?;
         let bodies_dir = dir.join("bodies");
         create_private_dir(&bodies_dir)?;
+        if !read_only {
+            create_private_dir(&dir.join(FREE_DIR))?;
+        }
         let db_path = dir.join(DB_FILE);
         if !db_path.exists() {
             // Create the file ourselves so it gets 0600; SQLite gives the -wal
@@ -376,6 +415,8 @@ impl Store {
             bodies_dir,
             config: config.clone(),
             read_only,
+            totals: None,
+            free: Default::default(),
         };
         store.migrate()?;
         Ok(store)
@@ -456,6 +497,12 @@ impl Store {
             let name = entry.file_name().to_string_lossy().into_owned();
             if !referenced.contains(&name) {
                 let _ = fs::remove_file(entry.path());
+            }
+        }
+        let free = self.dir.join(FREE_DIR);
+        if free.is_dir() {
+            for entry in fs::read_dir(&free)? {
+                let _ = fs::remove_file(entry?.path());
             }
         }
         let spill = self.spill_dir();
@@ -540,7 +587,7 @@ impl Store {
         // Only after the commit: a crash before this leaves orphans, which
         // the next open deletes; never a row pointing at a missing file.
         for f in removed {
-            let _ = fs::remove_file(self.bodies_dir.join(f));
+            self.retire_body_file(&f);
         }
         Ok(results)
     }
@@ -563,6 +610,42 @@ impl Store {
         Ok(Prepared { req, resp })
     }
 
+    /// Writes a body file straight to its final name (until its row commits
+    /// no one refers to it, and a crash leaves an orphan that `open()`
+    /// deletes), overwriting a freed file when there is one.
+    fn write_body_file(&self, path: &Path, data: &[u8]) -> Result<(), StoreError> {
+        let recycled = self.free.borrow_mut().pop_front();
+        let mut f = match recycled {
+            Some(old) if fs::rename(&old, path).is_ok() => {
+                fs::OpenOptions::new().write(true).open(path)?
+            }
+            _ => create_private_file(path)?,
+        };
+        let written = f
+            .write_all(data)
+            .and_then(|()| f.set_len(data.len() as u64));
+        if let Err(e) = written {
+            let _ = fs::remove_file(path);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Retires the file of a deleted exchange: into the pool of files to
+    /// overwrite, or deleted when the pool is full.
+    fn retire_body_file(&self, name: &str) {
+        let path = self.bodies_dir.join(name);
+        let mut free = self.free.borrow_mut();
+        if free.len() < FREE_POOL_MAX {
+            let dst = self.dir.join(FREE_DIR).join(name);
+            if fs::rename(&path, &dst).is_ok() {
+                free.push_back(dst);
+                return;
+            }
+        }
+        let _ = fs::remove_file(path);
+    }
+
     fn prepare_body(&self, body: &CapturedBody) -> Result<PreparedBody, StoreError> {
         let mut p = PreparedBody {
             total_len: body.total_len,
@@ -577,12 +660,7 @@ impl Store {
             }
             BodyData::Memory(b) => {
                 let name = new_body_file_name();
-                let tmp = self.bodies_dir.join(format!("{name}.tmp"));
-                let mut f = create_private_file(&tmp)?;
-                f.write_all(b)?;
-                f.sync_data()?;
-                drop(f);
-                fs::rename(&tmp, self.bodies_dir.join(&name))?;
+                self.write_body_file(&self.bodies_dir.join(&name), b)?;
                 p.kept = b.len() as u64;
                 p.file = Some(name);
             }
@@ -603,9 +681,6 @@ impl Store {
                 let name = new_body_file_name();
                 let dst = self.bodies_dir.join(&name);
                 let len = fs::metadata(src)?.len();
-                // Synced so that a committed row never points at an empty
-                // file after a power loss.
-                fs::File::open(src)?.sync_data()?;
                 if fs::rename(src, &dst).is_err() {
                     // Different filesystem: copy then rename into place.
                     copy_into_place(src, &self.bodies_dir.join(format!("{name}.tmp")), &dst)?;
@@ -626,8 +701,11 @@ impl Store {
         prepared: &[Result<Prepared, StoreError>],
         removed: &mut Vec<String>,
     ) -> Result<Vec<ExchangeId>, StoreError> {
+        // A failed transaction leaves the cache alone: it is only replaced
+        // after a commit.
         let tx = self.conn.transaction()?;
         let mut ids = Vec::with_capacity(exs.len());
+        let mut added_bytes = 0u64;
         {
             let mut ins_ex = tx.prepare_cached(
                 "INSERT INTO exchanges (received_at, method, path, target, remote_addr, status,
@@ -669,6 +747,7 @@ impl Store {
                     s.file,
                     (q.kept + s.kept) as i64,
                 ])?;
+                added_bytes += q.kept + s.kept;
                 let id = tx.last_insert_rowid();
                 ins_payload.execute(params![
                     id,
@@ -680,26 +759,56 @@ impl Store {
                 ids.push(id);
             }
         }
-        Self::enforce_retention(&tx, &self.config, removed)?;
+        // Our inserts hold the write lock, so no other connection can commit
+        // from here on: data_version now says whether the cache is still true.
+        let version: i64 = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        let before = match self.totals {
+            Some(t) if t.data_version == version => Totals {
+                count: t.count + exs.len() as u64,
+                bytes: t.bytes + added_bytes,
+                data_version: version,
+            },
+            _ => {
+                let (count, bytes): (i64, i64) = tx.query_row(
+                    "SELECT COUNT(*), COALESCE(SUM(body_bytes), 0) FROM exchanges",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                Totals {
+                    count: count as u64,
+                    bytes: bytes as u64,
+                    data_version: version,
+                }
+            }
+        };
+        let after = Self::enforce_retention(&tx, &self.config, before, removed)?;
         tx.commit()?;
+        self.totals = Some(after);
         Ok(ids)
     }
 
-    /// Deletes the oldest exchanges until both limits hold.
+    /// Deletes the oldest exchanges until both limits hold; returns the
+    /// totals after the deletions.
     fn enforce_retention(
         tx: &rusqlite::Transaction<'_>,
         config: &StoreConfig,
+        totals: Totals,
         removed: &mut Vec<String>,
-    ) -> Result<(), StoreError> {
-        let (count, bytes): (i64, i64) = tx.query_row(
-            "SELECT COUNT(*), COALESCE(SUM(body_bytes), 0) FROM exchanges",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        let (mut count, mut bytes) = (count as u64, bytes as u64);
+    ) -> Result<Totals, StoreError> {
+        let (mut count, mut bytes) = (totals.count, totals.bytes);
         if count <= config.max_exchanges && bytes <= config.max_bytes {
-            return Ok(());
+            return Ok(totals);
         }
+        // Once over the count limit, go 1 % under it: deleting a hundred of
+        // the oldest rows at once touches the same few pages as deleting one,
+        // where trimming a row or two on every commit rewrites them each time.
+        // (The byte limit stays exact: one large body is already many pages.)
+        let max_count = if count > config.max_exchanges {
+            config.max_exchanges - config.max_exchanges / 100
+        } else {
+            config.max_exchanges
+        };
+        let max_bytes = config.max_bytes;
         let mut victims = Vec::new();
         {
             let mut stmt = tx.prepare_cached(
@@ -707,7 +816,7 @@ impl Store {
                  ORDER BY received_at, id",
             )?;
             let mut rows = stmt.query([])?;
-            while count > config.max_exchanges || bytes > config.max_bytes {
+            while count > max_count || bytes > max_bytes {
                 let Some(row) = rows.next()? else { break };
                 let id: i64 = row.get(0)?;
                 let b: i64 = row.get(1)?;
@@ -728,7 +837,11 @@ impl Store {
             del_p.execute([id])?;
             del_e.execute([id])?;
         }
-        Ok(())
+        Ok(Totals {
+            count,
+            bytes,
+            ..totals
+        })
     }
 
     const SUMMARY_COLS: &'static str = "id, received_at, method, path, status, duration_ms, \
@@ -1070,6 +1183,33 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn retention_counts_what_another_writer_added() {
+        // The writer caches its totals between batches; a second writer (what
+        // `whtunnel replay` opens) and a manual delete must not fool it.
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = StoreConfig::new(tmp.path().to_path_buf());
+        cfg.max_exchanges = 4;
+        let mut s = Store::open(&cfg).unwrap();
+        let mut other = Store::open_secondary(&cfg).unwrap();
+        for i in 0..3 {
+            s.insert(&sample(format!("{i}").as_bytes())).unwrap();
+        }
+        for i in 0..3 {
+            other.insert(&sample(format!("o{i}").as_bytes())).unwrap();
+        }
+        assert_eq!(other.count().unwrap(), 4);
+        s.insert(&sample(b"x")).unwrap();
+        assert_eq!(s.count().unwrap(), 4, "the cache missed the other writer");
+        other.conn.execute_batch("DELETE FROM exchanges").unwrap();
+        for i in 0..4 {
+            s.insert(&sample(format!("y{i}").as_bytes())).unwrap();
+        }
+        assert_eq!(s.count().unwrap(), 4, "the cache missed the delete");
+        assert_eq!(s.totals.unwrap().count, 4);
+        assert_eq!(s.totals.unwrap().bytes, s.total_body_bytes().unwrap());
+    }
+
+    #[test]
     fn retention_by_bytes_removes_files() {
         let tmp = tempfile::tempdir().unwrap();
         let mut cfg = StoreConfig::new(tmp.path().to_path_buf());
@@ -1089,6 +1229,36 @@ pub(crate) mod tests {
             assert_eq!(read_body(&ex.request.body).unwrap().len(), body.len());
         }
         assert!(s.get(ids[2]).unwrap().is_none());
+    }
+
+    #[test]
+    fn freed_body_files_are_overwritten_exactly() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = StoreConfig::new(tmp.path().to_path_buf());
+        let big = INLINE_BODY_MAX + 500;
+        cfg.max_bytes = 2 * (big as u64 + 2) + 10; // room for two
+        let mut s = Store::open(&cfg).unwrap();
+        let free_dir = tmp.path().join(FREE_DIR);
+        // Two large bodies, then smaller ones that evict and reuse them.
+        s.insert(&sample(&vec![1u8; big])).unwrap();
+        s.insert(&sample(&vec![2u8; big])).unwrap();
+        let mut ids = Vec::new();
+        for i in 3..9u8 {
+            let body = vec![i; INLINE_BODY_MAX + 1 + i as usize];
+            ids.push((s.insert(&sample(&body)).unwrap(), body));
+            assert!(fs::read_dir(&free_dir).unwrap().count() <= FREE_POOL_MAX);
+        }
+        // A reused file longer than its new body was cut to length.
+        for (id, body) in &ids[ids.len() - 2..] {
+            let ex = s.get(*id).unwrap().unwrap();
+            assert_eq!(&read_body(&ex.request.body).unwrap()[..], &body[..]);
+        }
+        assert_eq!(fs::read_dir(s.bodies_dir()).unwrap().count(), 2);
+        // Freed files are never referenced, and the next writer deletes them.
+        drop(s);
+        let s = Store::open(&cfg).unwrap();
+        assert_eq!(fs::read_dir(&free_dir).unwrap().count(), 0);
+        assert_eq!(s.count().unwrap(), 2);
     }
 
     #[cfg(unix)]
