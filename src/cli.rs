@@ -721,21 +721,64 @@ async fn run_log(
                     Some(rx) => rx.recv().await,
                     None => std::future::pending().await,
                 }
-            } => match event {
-                Ok(CaptureEvent::Stored(s)) => println!("{}", log_line(&s, None)),
-                Ok(CaptureEvent::NotStored { summary, reason }) => {
-                    println!("{}", log_line(&summary, Some(&reason)))
+            } => {
+                if let Some(rx) = events.as_mut() {
+                    if !print_log_lines(event, rx) {
+                        events = None;
+                    }
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    eprintln!("({n} exchanges not shown: output could not keep up)")
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => events = None,
-            },
+            }
             joined = &mut *agent => return finish_agent(joined),
             () = stop.cancelled() => break,
         }
     }
     Ok(())
+}
+
+/// Prints `first` and every capture event already waiting behind it with one
+/// write: under load the recorder publishes a whole batch at once, and a
+/// write per line would cost a syscall per exchange. Returns false once the
+/// recorder is gone.
+fn print_log_lines(
+    first: Result<CaptureEvent, tokio::sync::broadcast::error::RecvError>,
+    rx: &mut tokio::sync::broadcast::Receiver<CaptureEvent>,
+) -> bool {
+    use std::io::Write as _;
+    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+    let mut out = String::new();
+    let mut open = true;
+    let mut next = Some(first);
+    while let Some(event) = next.take() {
+        match event {
+            Ok(CaptureEvent::Stored(s)) => out.push_str(&log_line(&s, None)),
+            Ok(CaptureEvent::NotStored { summary, reason }) => {
+                out.push_str(&log_line(&summary, Some(&reason)))
+            }
+            Err(RecvError::Lagged(n)) => {
+                eprintln!("({n} exchanges not shown: output could not keep up)")
+            }
+            Err(RecvError::Closed) => {
+                open = false;
+                break;
+            }
+        }
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
+        if out.len() > 64 * 1024 {
+            break;
+        }
+        next = match rx.try_recv() {
+            Ok(e) => Some(Ok(e)),
+            Err(TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
+            Err(TryRecvError::Closed) => Some(Err(RecvError::Closed)),
+            Err(TryRecvError::Empty) => None,
+        };
+    }
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(out.as_bytes());
+    let _ = stdout.flush();
+    open
 }
 
 /// One exchange as a log line: time, method, path, status, duration, event.

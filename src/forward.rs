@@ -718,15 +718,6 @@ async fn record(
         }),
         None => None,
     };
-    let content_type = p
-        .headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-        .and_then(|(_, v)| std::str::from_utf8(v).ok());
-    let event = match &request_body.data {
-        BodyData::Memory(b) => capture::event::detect(b, content_type),
-        _ => None,
-    };
     let ex = Exchange {
         id: None,
         received_at: p.received_at,
@@ -741,10 +732,18 @@ async fn record(
         response,
         duration_ms: p.started.elapsed().as_secs_f64() * 1000.0,
         error,
-        event,
+        // Recognised by the recorder's writer thread, off this runtime.
+        event: None,
         replay_of: p.replay_of,
         relay_event_id: p.relay_event_id,
     };
+    // Nobody asked for the id (a live exchange): do not wait for it, which
+    // lets the writer group it with others and spares it a wake-up of this
+    // runtime per exchange.
+    if id_tx.is_closed() {
+        recorder.record_in_background(ex);
+        return;
+    }
     let id = recorder.record(ex).await.ok().and_then(Result::ok);
     let _ = id_tx.send(id);
 }

@@ -49,11 +49,28 @@ pub fn detect(body: &[u8], content_type: Option<&str>) -> Option<String> {
     from_value(&v)
 }
 
-/// Three base64url segments separated by dots, nothing else.
+/// Three base64url segments separated by dots, nothing else. The first
+/// segment is a JSON object header, so it starts `eyJ` (`{"` encoded): that
+/// check turns most bodies away without scanning them.
 fn looks_like_jws(b: &[u8]) -> bool {
-    b.iter().filter(|&&c| c == b'.').count() == 2
-        && b.iter()
-            .all(|&c| c == b'.' || c == b'-' || c == b'_' || c == b'=' || c.is_ascii_alphanumeric())
+    if !b.starts_with(b"eyJ") {
+        return false;
+    }
+    let mut dots = 0;
+    for &c in b {
+        match c {
+            b'.' => {
+                dots += 1;
+                if dots > 2 {
+                    return false;
+                }
+            }
+            b'-' | b'_' | b'=' => {}
+            c if c.is_ascii_alphanumeric() => {}
+            _ => return false,
+        }
+    }
+    dots == 2
 }
 
 /// Decodes the claims (middle segment) of a compact JWS.

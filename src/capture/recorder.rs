@@ -21,6 +21,13 @@ pub const EVENT_CAPACITY: usize = 1024;
 /// At most this many exchanges per transaction, so one huge backlog does not
 /// make a single long transaction.
 const MAX_BATCH: usize = 256;
+/// Under steady traffic the writer waits this long after a commit before
+/// the next one, so that exchanges arriving meanwhile share a transaction:
+/// a commit costs the same for one exchange as for fifty (WAL frames, page
+/// writes, a wake-up of this thread). Jobs someone waits for ([`Recorder::record`]:
+/// held events, whose acknowledgement waits for their row, and replays;
+/// lookups; close) skip it.
+const GROUP_COMMIT_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// What the recorder publishes after each exchange.
 #[derive(Debug, Clone)]
@@ -39,7 +46,8 @@ pub enum CaptureEvent {
 type Reply = oneshot::Sender<Result<ExchangeId, StoreError>>;
 
 enum Job {
-    Record(Box<Exchange>, Reply),
+    /// An exchange to store; `true` when someone waits for its id.
+    Record(Box<Exchange>, Reply, bool),
     /// Store what is queued before this, then stop; answer when done.
     Close(oneshot::Sender<()>),
     /// Find the exchange that answered a relay event, after storing what is
@@ -147,15 +155,31 @@ impl Recorder {
     /// stored (or failed). Never blocks: when the queue is full the exchange is
     /// reported as not stored.
     pub fn record(&self, ex: Exchange) -> oneshot::Receiver<Result<ExchangeId, StoreError>> {
+        self.queue(ex, true)
+    }
+
+    /// Like [`Recorder::record`] for an exchange nobody waits for (a live
+    /// exchange: the UI and the log follow [`Recorder::subscribe`]). The
+    /// writer may hold it for up to [`GROUP_COMMIT_LINGER`] to commit it
+    /// together with others.
+    pub fn record_in_background(&self, ex: Exchange) {
+        drop(self.queue(ex, false));
+    }
+
+    fn queue(
+        &self,
+        ex: Exchange,
+        urgent: bool,
+    ) -> oneshot::Receiver<Result<ExchangeId, StoreError>> {
         let (reply, rx) = oneshot::channel();
-        match self.tx.try_send(Job::Record(Box::new(ex), reply)) {
+        match self.tx.try_send(Job::Record(Box::new(ex), reply, urgent)) {
             Ok(()) => {}
             Err(e) => {
                 let (job, err) = match e {
                     mpsc::error::TrySendError::Full(j) => (j, StoreError::QueueFull),
                     mpsc::error::TrySendError::Closed(j) => (j, StoreError::Closed),
                 };
-                if let Job::Record(mut ex, reply) = job {
+                if let Job::Record(mut ex, reply, _) = job {
                     fill_event(&mut ex, false);
                     let mut summary = ex.summary();
                     summary.id = 0;
@@ -208,14 +232,20 @@ impl Recorder {
 /// queued, and store it as one batch.
 fn writer(mut store: Store, mut rx: mpsc::Receiver<Job>, events: broadcast::Sender<CaptureEvent>) {
     let mut closing: Option<oneshot::Sender<()>> = None;
+    let mut last_commit: Option<std::time::Instant> = None;
     while closing.is_none() {
         let Some(first) = rx.blocking_recv() else {
             break;
         };
+        if let (Some(t), false) = (last_commit, is_urgent(&first)) {
+            if let Some(rest) = GROUP_COMMIT_LINGER.checked_sub(t.elapsed()) {
+                std::thread::sleep(rest);
+            }
+        }
         let mut batch = Vec::new();
         let mut lookups = Vec::new();
         let mut push = |job: Job, batch: &mut Vec<(Box<Exchange>, Reply)>| match job {
-            Job::Record(ex, reply) => batch.push((ex, reply)),
+            Job::Record(ex, reply, _) => batch.push((ex, reply)),
             Job::Close(done) => closing = Some(done),
             Job::Lookup(id, reply) => lookups.push((id, reply)),
         };
@@ -229,7 +259,7 @@ fn writer(mut store: Store, mut rx: mpsc::Receiver<Job>, events: broadcast::Send
         // On close, also drain what is still queued (it was accepted).
         if closing.is_some() {
             while let Ok(job) = rx.try_recv() {
-                if let Job::Record(ex, reply) = job {
+                if let Job::Record(ex, reply, _) = job {
                     batch.push((ex, reply));
                 }
                 if batch.len() >= MAX_BATCH {
@@ -238,6 +268,7 @@ fn writer(mut store: Store, mut rx: mpsc::Receiver<Job>, events: broadcast::Send
             }
         }
         store_batch(&mut store, batch, &events);
+        last_commit = Some(std::time::Instant::now());
         // Answered only now, so every record queued before them is visible.
         for (id, reply) in lookups {
             let _ = reply.send(store.find_by_relay_event(&id).ok().flatten());
@@ -246,13 +277,22 @@ fn writer(mut store: Store, mut rx: mpsc::Receiver<Job>, events: broadcast::Send
     // Stop accepting: later `record` calls see Closed.
     rx.close();
     while let Ok(job) = rx.try_recv() {
-        if let Job::Record(ex, reply) = job {
+        if let Job::Record(ex, reply, _) = job {
             store_batch(&mut store, vec![(ex, reply)], &events);
         }
     }
     drop(store);
     if let Some(done) = closing {
         let _ = done.send(());
+    }
+}
+
+/// Whether someone is waiting for this job to be done (see
+/// [`GROUP_COMMIT_LINGER`]).
+fn is_urgent(job: &Job) -> bool {
+    match job {
+        Job::Record(_, _, urgent) => *urgent,
+        Job::Close(_) | Job::Lookup(..) => true,
     }
 }
 
