@@ -408,6 +408,10 @@ impl Store {
         // NORMAL is safe against process crashes in WAL mode; only a power
         // loss may drop the last transactions.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // Checkpoint every ~16 MiB of WAL instead of 4 MiB: the pages every
+        // commit rewrites (the tables' last leaves, page 1) are then copied
+        // into the database once per checkpoint instead of four times.
+        conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         let mut store = Self {
             conn,
