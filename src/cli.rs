@@ -348,6 +348,33 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 /// The data directory: `--data-dir`, `WHTUNNEL_DATA_DIR`, or the OS default.
+/// Takes `<dir>/listen.lock` for as long as the returned file lives. Two
+/// agents on one data dir would share a tunnel name and agent id (each
+/// reconnect taking the tunnel from the other) and one capture store (each
+/// start-up deleting the other's body files in flight), so the second is
+/// refused. The kernel drops the lock when the process exits, however it exits.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
+    let path = dir.join("listen.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another 'whtunnel listen' is already using {}; stop it, or give this one its own --data-dir",
+            dir.display()
+        ),
+        // A filesystem without locks: carry on, as before locks existed.
+        Err(std::fs::TryLockError::Error(e)) => {
+            tracing::warn!("cannot lock {}: {e}", path.display());
+            Ok(file)
+        }
+    }
+}
+
 fn resolve_data_dir(arg: &DataDirArg) -> Result<PathBuf> {
     match &arg.data_dir {
         Some(d) => Ok(d.clone()),
@@ -533,6 +560,7 @@ async fn relay(args: RelayArgs) -> Result<()> {
 async fn listen(args: ListenArgs) -> Result<()> {
     let dir = resolve_data_dir(&args.data_dir)?;
     ensure_private_dir(&dir)?;
+    let _lock = lock_data_dir(&dir)?;
     let target: Target = args.target.parse()?;
     let name = tunnel_name(args.name.as_deref(), &dir)?;
     let use_tui = !args.no_tui && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();

@@ -414,3 +414,31 @@ async fn usage_errors_are_one_line() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("not a size"), "{err}");
 }
+
+#[tokio::test]
+async fn a_second_listen_on_the_same_data_dir_is_refused() {
+    let app = App::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = app.addr.port().to_string();
+    let first = Listen::start(&port, dir.path(), &[]).await;
+    let out = tokio::time::timeout(
+        Duration::from_secs(15),
+        Command::new(bin())
+            .args(["listen", &port, "--no-tui", "--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output(),
+    )
+    .await
+    .expect("the second listen exits at once")
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("already using"), "{stderr}");
+    assert!(out.stdout.is_empty(), "it must not start forwarding");
+    // The lock goes with the process: after the first stops, a new one starts.
+    assert!(first.stop().await.success());
+    let again = Listen::start(&port, dir.path(), &[]).await;
+    assert!(again.stop().await.success());
+}

@@ -1402,7 +1402,7 @@ pub(crate) mod tests {
         loop {
             let batch: Vec<Exchange> = (0..20)
                 .map(|j| {
-                    sample(if (i + j) % 7 == 0 {
+                    sample(if (i + j).is_multiple_of(7) {
                         &big
                     } else {
                         b"{\"type\":\"t\"}"
