@@ -14,6 +14,10 @@
 //!   cross-thread wake-ups.
 //! - `is_hop_by_hop` against its old form, which lowercased a copy of every
 //!   header name (docs/benchmarks.md, finding 4).
+//! - capture: one batch of 32 exchanges into a store already at its
+//!   10,000-exchange cap (retention runs on every batch: the table scan it
+//!   used to do would show here), and event recognition on a 256 KiB body
+//!   that is not JSON and on a 1 KiB webhook.
 
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -28,6 +32,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
+use whtunnel::capture::{
+    event, CapturedBody, Exchange, RecordedRequest, RecordedResponse, Store, StoreConfig,
+};
 use whtunnel::tunnel::protocol::{is_hop_by_hop, split_public_path, RequestMeta};
 use whtunnel::tunnel::{h2, ws_io, Body, WsIo};
 
@@ -256,5 +263,71 @@ fn tunnel(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, protocol, transport, tunnel);
+fn webhook(i: usize) -> Exchange {
+    let mut body = format!("{{\"type\":\"bench.event\",\"i\":{i},\"pad\":\"").into_bytes();
+    body.resize(1024 - 2, b'x');
+    body.extend_from_slice(b"\"}");
+    Exchange {
+        received_at: chrono::Utc::now(),
+        target: "http://localhost:3000".into(),
+        remote_addr: Some("127.0.0.1:1234".into()),
+        request: RecordedRequest {
+            method: "POST".into(),
+            path: format!("/hooks/{i}"),
+            headers: vec![
+                ("content-type".into(), b"application/json".to_vec()),
+                ("x-signature".into(), b"t=1,v1=0123456789abcdef".to_vec()),
+            ],
+            body: CapturedBody::from_bytes(body),
+        },
+        response: Some(RecordedResponse {
+            status: 200,
+            headers: vec![("content-length".into(), b"2".to_vec())],
+            body: CapturedBody::from_bytes(&b"ok"[..]),
+        }),
+        duration_ms: 1.0,
+        relay_event_id: Some(format!("ev_{i:026}")),
+        ..Default::default()
+    }
+}
+
+fn capture(c: &mut Criterion) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&StoreConfig::new(tmp.path().to_path_buf())).unwrap();
+    let mut next = 0;
+    while next < 10_000 {
+        let batch: Vec<_> = (next..next + 500).map(webhook).collect();
+        store.insert_batch(&batch).unwrap();
+        next += 500;
+    }
+    let mut g = c.benchmark_group("capture");
+    g.throughput(Throughput::Elements(32));
+    g.bench_function("insert_batch 32 x 1 KiB at the 10k cap", |b| {
+        b.iter(|| {
+            let batch: Vec<_> = (next..next + 32).map(webhook).collect();
+            next += 32;
+            black_box(store.insert_batch(&batch).unwrap());
+        })
+    });
+    g.throughput(Throughput::Elements(1));
+    let not_json = vec![b'x'; 256 * 1024];
+    g.bench_function("event::detect 256 KiB, not JSON", |b| {
+        b.iter(|| {
+            black_box(event::detect(
+                black_box(&not_json),
+                Some("application/json"),
+            ))
+        })
+    });
+    let json = match &webhook(1).request.body.data {
+        whtunnel::capture::BodyData::Memory(b) => b.clone(),
+        _ => unreachable!(),
+    };
+    g.bench_function("event::detect 1 KiB webhook", |b| {
+        b.iter(|| black_box(event::detect(black_box(&json), Some("application/json"))))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, protocol, transport, tunnel, capture);
 criterion_main!(benches);
