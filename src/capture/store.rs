@@ -334,6 +334,21 @@ fn copy_into_place(src: &Path, tmp: &Path, dst: &Path) -> Result<(), StoreError>
     Ok(())
 }
 
+/// Whether another name (a replay's hard link) shares this file's contents:
+/// such a file must never be overwritten in place.
+fn is_shared(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(path).map_or(true, |m| m.nlink() > 1)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        true
+    }
+}
+
 /// Reads a captured body's bytes, wherever they are (memory or a file written
 /// by the tee or the store).
 pub fn read_body(body: &CapturedBody) -> Result<Bytes, StoreError> {
@@ -640,7 +655,7 @@ impl Store {
     fn retire_body_file(&self, name: &str) {
         let path = self.bodies_dir.join(name);
         let mut free = self.free.borrow_mut();
-        if free.len() < FREE_POOL_MAX {
+        if free.len() < FREE_POOL_MAX && !is_shared(&path) {
             let dst = self.dir.join(FREE_DIR).join(name);
             if fs::rename(&path, &dst).is_ok() {
                 free.push_back(dst);
@@ -1233,6 +1248,36 @@ pub(crate) mod tests {
             assert_eq!(read_body(&ex.request.body).unwrap().len(), body.len());
         }
         assert!(s.get(ids[2]).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_body_shared_with_a_replay_is_never_overwritten() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = StoreConfig::new(tmp.path().to_path_buf());
+        let big = INLINE_BODY_MAX + 100;
+        cfg.max_bytes = 3 * (big as u64 + 2) + 10; // room for three
+        let mut s = Store::open(&cfg).unwrap();
+        let original = vec![b'o'; big];
+        let first = s.insert(&sample(&original)).unwrap();
+        // A replay stores the original's body file again: a hard link.
+        let mut replay = s.get(first).unwrap().unwrap();
+        replay.id = None;
+        replay.replay_of = Some(first);
+        // Newest of all, so retention keeps it to the end.
+        replay.received_at = Utc::now() + chrono::Duration::hours(1);
+        let replay_id = s.insert(&replay).unwrap();
+        // Evict the original, then write enough new bodies to reuse every
+        // freed file.
+        for i in 0..6u8 {
+            s.insert(&sample(&vec![i; big])).unwrap();
+            let ex = s.get(replay_id).unwrap().expect("the replay is kept");
+            assert_eq!(
+                read_body(&ex.request.body).unwrap(),
+                original,
+                "after {i} more bodies"
+            );
+        }
+        assert!(s.get(first).unwrap().is_none(), "the original was evicted");
     }
 
     #[test]
