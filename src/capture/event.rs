@@ -50,10 +50,11 @@ pub fn detect(body: &[u8], content_type: Option<&str>) -> Option<String> {
 }
 
 /// Three base64url segments separated by dots, nothing else. The first
-/// segment is a JSON object header, so it starts `eyJ` (`{"` encoded): that
-/// check turns most bodies away without scanning them.
+/// segment is a JSON object header, so it starts with `e` (the top bits of
+/// `{` encoded: `eyJ` for `{"`, `eyA` for `{ `, `ew` for `{` and a newline):
+/// that check turns most bodies away without scanning them.
 fn looks_like_jws(b: &[u8]) -> bool {
-    if !b.starts_with(b"eyJ") {
+    if b.first() != Some(&b'e') {
         return false;
     }
     let mut dots = 0;
@@ -181,6 +182,16 @@ mod tests {
             detect(with_nl.as_bytes(), None).as_deref(),
             Some("newTransactions")
         );
+        // A header with spaces or a newline after `{` encodes differently
+        // (`eyAi`, `ewo`): still recognised without the content type.
+        for header in [r#"{ "alg": "none" }"#, "{\n\"alg\":\"none\"}"] {
+            let spaced = format!("{}.{}.", b64url(header), b64url(claims));
+            assert_eq!(
+                detect(spaced.as_bytes(), None).as_deref(),
+                Some("newTransactions"),
+                "{header}"
+            );
+        }
         // A JWT whose claims are not JSON yields nothing, without panicking.
         let bad = format!("{}.{}.x", b64url("{}"), b64url("nope"));
         assert_eq!(detect(bad.as_bytes(), Some("application/jwt")), None);

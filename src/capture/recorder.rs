@@ -237,6 +237,7 @@ fn writer(mut store: Store, mut rx: mpsc::Receiver<Job>, events: broadcast::Send
         let Some(first) = rx.blocking_recv() else {
             break;
         };
+        // No wait after a full batch either: a backlog is drained at once.
         if let (Some(t), false) = (last_commit, is_urgent(&first)) {
             if let Some(rest) = GROUP_COMMIT_LINGER.checked_sub(t.elapsed()) {
                 std::thread::sleep(rest);
@@ -267,8 +268,9 @@ fn writer(mut store: Store, mut rx: mpsc::Receiver<Job>, events: broadcast::Send
                 }
             }
         }
+        let full = batch.len() >= MAX_BATCH;
         store_batch(&mut store, batch, &events);
-        last_commit = Some(std::time::Instant::now());
+        last_commit = (!full).then(std::time::Instant::now);
         // Answered only now, so every record queued before them is visible.
         for (id, reply) in lookups {
             let _ = reply.send(store.find_by_relay_event(&id).ok().flatten());

@@ -158,21 +158,27 @@ pub struct Store {
     /// Count and body bytes of the stored exchanges as of our last commit,
     /// so that retention does not scan the table on every batch.
     totals: Option<Totals>,
-    /// Body files retention freed, oldest first, waiting to be overwritten
-    /// by new bodies (see [`FREE_POOL_MAX`]).
-    free: std::cell::RefCell<std::collections::VecDeque<PathBuf>>,
+    /// Body files retention freed (path, length), oldest first, waiting to
+    /// be reused by new bodies (see [`FREE_POOL_MAX`]). Only the primary
+    /// writer keeps one (`recycle`); others delete what they free.
+    free: std::cell::RefCell<std::collections::VecDeque<(PathBuf, u64)>>,
+    recycle: bool,
 }
 
 /// How many body files retention keeps for reuse instead of deleting them
 /// (as many as one batch may need: a batch writes its files before its
-/// commit frees old ones). Overwriting a freed file reuses its pages in the page cache: a copy.
-/// A new file costs an inode and freshly zeroed pages, and deleting files
-/// at the rate they are created makes ext4 scan past every recently freed
-/// inode on each create; at a few thousand 256 KiB bodies a second that
-/// was most of the writer thread's time. Reused oldest first, so a reader
-/// that looked up an evicted body a moment ago still finds it gone rather
-/// than overwritten.
+/// commit frees old ones). Creating and deleting a file per body at the
+/// rate bodies arrive makes ext4 scan past every recently freed inode on
+/// each create; at a few thousand 256 KiB bodies a second that was most of
+/// the writer thread's time. A reused file keeps its inode but is truncated
+/// before it is written, so it can never show a previous body's bytes, even
+/// after a power loss. Reused oldest first; emptied when the store closes
+/// and when the next writer opens.
 const FREE_POOL_MAX: usize = 256;
+/// Bytes the pooled files may hold in all.
+const FREE_POOL_MAX_BYTES: u64 = 64 << 20;
+/// Larger freed files are deleted, not pooled.
+const FREE_FILE_MAX: u64 = 1 << 20;
 
 /// Directory (next to `bodies/`) for freed body files awaiting reuse.
 const FREE_DIR: &str = "bodies-free";
@@ -359,6 +365,15 @@ pub fn read_body(body: &CapturedBody) -> Result<Bytes, StoreError> {
     })
 }
 
+impl Drop for Store {
+    /// Deletes the pooled files: they belong to no exchange.
+    fn drop(&mut self) {
+        for (path, _) in self.free.get_mut().drain(..) {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
 impl Store {
     /// Opens (creating and migrating if needed) the store in `config.dir`.
     ///
@@ -366,8 +381,9 @@ impl Store {
     /// (left by a crash between writing a file and committing its row) and
     /// empties the tee's spill directory. Open one writer per data dir.
     pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
-        let store = Self::open_inner(config, false)?;
+        let mut store = Self::open_inner(config, false)?;
         store.clean_orphans()?;
+        store.recycle = true;
         Ok(store)
     }
 
@@ -436,6 +452,7 @@ impl Store {
             read_only,
             totals: None,
             free: Default::default(),
+            recycle: false,
         };
         store.migrate()?;
         Ok(store)
@@ -633,16 +650,30 @@ impl Store {
     /// no one refers to it, and a crash leaves an orphan that `open()`
     /// deletes), overwriting a freed file when there is one.
     fn write_body_file(&self, path: &Path, data: &[u8]) -> Result<(), StoreError> {
-        let recycled = self.free.borrow_mut().pop_front();
-        let mut f = match recycled {
-            Some(old) if fs::rename(&old, path).is_ok() => {
-                fs::OpenOptions::new().write(true).open(path)?
+        let mut f = None;
+        while f.is_none() {
+            let Some((old, _)) = self.free.borrow_mut().pop_front() else {
+                break;
+            };
+            // A replay may have linked the file just before it was pooled:
+            // then it is still that replay's body.
+            if is_shared(&old) {
+                let _ = fs::remove_file(&old);
+                continue;
             }
-            _ => create_private_file(path)?,
+            if fs::rename(&old, path).is_ok() {
+                f = fs::OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .open(path)
+                    .ok();
+            }
+        }
+        let mut f = match f {
+            Some(f) => f,
+            None => create_private_file(path)?,
         };
-        let written = f
-            .write_all(data)
-            .and_then(|()| f.set_len(data.len() as u64));
+        let written = f.write_all(data);
         if let Err(e) = written {
             let _ = fs::remove_file(path);
             return Err(e.into());
@@ -655,10 +686,17 @@ impl Store {
     fn retire_body_file(&self, name: &str) {
         let path = self.bodies_dir.join(name);
         let mut free = self.free.borrow_mut();
-        if free.len() < FREE_POOL_MAX && !is_shared(&path) {
+        let len = fs::metadata(&path).map_or(u64::MAX, |m| m.len());
+        let pooled: u64 = free.iter().map(|(_, n)| n).sum();
+        if self.recycle
+            && free.len() < FREE_POOL_MAX
+            && len <= FREE_FILE_MAX
+            && pooled + len <= FREE_POOL_MAX_BYTES
+            && !is_shared(&path)
+        {
             let dst = self.dir.join(FREE_DIR).join(name);
             if fs::rename(&path, &dst).is_ok() {
-                free.push_back(dst);
+                free.push_back((dst, len));
                 return;
             }
         }
@@ -712,8 +750,8 @@ impl Store {
         Ok(p)
     }
 
-    /// One transaction: the rows, then retention. Fills `removed` with files
-    /// to delete after the commit.
+    /// One transaction: the rows, then retention. Adds to `removed` the files
+    /// of the rows it deleted, once the transaction has committed.
     fn write_rows(
         &mut self,
         exs: &[Exchange],
@@ -800,9 +838,13 @@ impl Store {
                 }
             }
         };
-        let after = Self::enforce_retention(&tx, &self.config, before, removed)?;
+        // Files of deleted rows are handed out only after the commit: a
+        // rolled-back deletion leaves its rows, and their files, in place.
+        let mut freed = Vec::new();
+        let after = Self::enforce_retention(&tx, &self.config, before, &mut freed)?;
         tx.commit()?;
         self.totals = Some(after);
+        removed.append(&mut freed);
         Ok(ids)
     }
 
@@ -1280,8 +1322,16 @@ pub(crate) mod tests {
         assert!(s.get(first).unwrap().is_none(), "the original was evicted");
     }
 
+    #[cfg(unix)]
     #[test]
-    fn freed_body_files_are_overwritten_exactly() {
+    fn freed_body_files_are_reused_and_cut_to_length() {
+        use std::os::unix::fs::MetadataExt;
+        let inodes = |dir: &Path| -> HashSet<u64> {
+            fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().metadata().unwrap().ino())
+                .collect()
+        };
         let tmp = tempfile::tempdir().unwrap();
         let mut cfg = StoreConfig::new(tmp.path().to_path_buf());
         let big = INLINE_BODY_MAX + 500;
@@ -1292,22 +1342,45 @@ pub(crate) mod tests {
         s.insert(&sample(&vec![1u8; big])).unwrap();
         s.insert(&sample(&vec![2u8; big])).unwrap();
         let mut ids = Vec::new();
+        let mut reused = 0;
         for i in 3..9u8 {
+            let pooled = inodes(&free_dir);
             let body = vec![i; INLINE_BODY_MAX + 1 + i as usize];
             ids.push((s.insert(&sample(&body)).unwrap(), body));
+            reused += inodes(s.bodies_dir()).intersection(&pooled).count();
             assert!(fs::read_dir(&free_dir).unwrap().count() <= FREE_POOL_MAX);
         }
-        // A reused file longer than its new body was cut to length.
+        assert!(reused >= 4, "freed files were not reused ({reused})");
+        // Every reused file was longer than its new body: cut to length.
         for (id, body) in &ids[ids.len() - 2..] {
             let ex = s.get(*id).unwrap().unwrap();
             assert_eq!(&read_body(&ex.request.body).unwrap()[..], &body[..]);
         }
         assert_eq!(fs::read_dir(s.bodies_dir()).unwrap().count(), 2);
-        // Freed files are never referenced, and the next writer deletes them.
+        // Pooled files belong to no exchange: gone when the store closes.
+        assert!(!inodes(&free_dir).is_empty());
         drop(s);
-        let s = Store::open(&cfg).unwrap();
         assert_eq!(fs::read_dir(&free_dir).unwrap().count(), 0);
+        let s = Store::open(&cfg).unwrap();
         assert_eq!(s.count().unwrap(), 2);
+    }
+
+    #[test]
+    fn a_secondary_writer_deletes_what_it_frees() {
+        // `whtunnel replay` writes through a secondary store; it must not
+        // park files in a pool only it knows about.
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = StoreConfig::new(tmp.path().to_path_buf());
+        let big = INLINE_BODY_MAX + 500;
+        cfg.max_bytes = 2 * (big as u64 + 2) + 10;
+        let primary = Store::open(&cfg).unwrap();
+        let mut s = Store::open_secondary(&cfg).unwrap();
+        for i in 0..5u8 {
+            s.insert(&sample(&vec![i; big])).unwrap();
+        }
+        assert_eq!(fs::read_dir(tmp.path().join(FREE_DIR)).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(s.bodies_dir()).unwrap().count(), 2);
+        drop(primary);
     }
 
     #[cfg(unix)]
