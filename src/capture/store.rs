@@ -158,10 +158,10 @@ pub struct Store {
     /// Count and body bytes of the stored exchanges as of our last commit,
     /// so that retention does not scan the table on every batch.
     totals: Option<Totals>,
-    /// Body files retention freed (path, length), oldest first, waiting to
-    /// be reused by new bodies (see [`FREE_POOL_MAX`]). Only the primary
-    /// writer keeps one (`recycle`); others delete what they free.
-    free: std::cell::RefCell<std::collections::VecDeque<(PathBuf, u64)>>,
+    /// Body files retention freed, emptied, oldest first, waiting to be
+    /// reused by new bodies (see [`FREE_POOL_MAX`]). Only the primary writer
+    /// keeps one (`recycle`); others delete what they free.
+    free: std::cell::RefCell<std::collections::VecDeque<PathBuf>>,
     recycle: bool,
 }
 
@@ -170,15 +170,11 @@ pub struct Store {
 /// commit frees old ones). Creating and deleting a file per body at the
 /// rate bodies arrive makes ext4 scan past every recently freed inode on
 /// each create; at a few thousand 256 KiB bodies a second that was most of
-/// the writer thread's time. A reused file keeps its inode but is truncated
-/// before it is written, so it can never show a previous body's bytes, even
-/// after a power loss. Reused oldest first; emptied when the store closes
-/// and when the next writer opens.
+/// the writer thread's time. A pooled file is truncated as it enters the
+/// pool: it keeps its inode, never a previous body's bytes, and holds no
+/// disk space. Reused oldest first; deleted when the store closes and when
+/// the next writer opens.
 const FREE_POOL_MAX: usize = 256;
-/// Bytes the pooled files may hold in all.
-const FREE_POOL_MAX_BYTES: u64 = 64 << 20;
-/// Larger freed files are deleted, not pooled.
-const FREE_FILE_MAX: u64 = 1 << 20;
 
 /// Directory (next to `bodies/`) for freed body files awaiting reuse.
 const FREE_DIR: &str = "bodies-free";
@@ -368,7 +364,7 @@ pub fn read_body(body: &CapturedBody) -> Result<Bytes, StoreError> {
 impl Drop for Store {
     /// Deletes the pooled files: they belong to no exchange.
     fn drop(&mut self) {
-        for (path, _) in self.free.get_mut().drain(..) {
+        for path in self.free.get_mut().drain(..) {
             let _ = fs::remove_file(path);
         }
     }
@@ -652,7 +648,7 @@ impl Store {
     fn write_body_file(&self, path: &Path, data: &[u8]) -> Result<(), StoreError> {
         let mut f = None;
         while f.is_none() {
-            let Some((old, _)) = self.free.borrow_mut().pop_front() else {
+            let Some(old) = self.free.borrow_mut().pop_front() else {
                 break;
             };
             // A replay may have linked the file just before it was pooled:
@@ -662,11 +658,14 @@ impl Store {
                 continue;
             }
             if fs::rename(&old, path).is_ok() {
+                // Emptied when it was pooled; truncating here, right before
+                // the write, would also make ext4 flush the new data on
+                // close (its replace-by-truncate heuristic).
                 f = fs::OpenOptions::new()
                     .write(true)
-                    .truncate(true)
                     .open(path)
-                    .ok();
+                    .ok()
+                    .filter(|f| f.metadata().is_ok_and(|m| m.len() == 0) || f.set_len(0).is_ok());
             }
         }
         let mut f = match f {
@@ -686,19 +685,21 @@ impl Store {
     fn retire_body_file(&self, name: &str) {
         let path = self.bodies_dir.join(name);
         let mut free = self.free.borrow_mut();
-        let len = fs::metadata(&path).map_or(u64::MAX, |m| m.len());
-        let pooled: u64 = free.iter().map(|(_, n)| n).sum();
-        if self.recycle
-            && free.len() < FREE_POOL_MAX
-            && len <= FREE_FILE_MAX
-            && pooled + len <= FREE_POOL_MAX_BYTES
-            && !is_shared(&path)
-        {
+        if self.recycle && free.len() < FREE_POOL_MAX && !is_shared(&path) {
             let dst = self.dir.join(FREE_DIR).join(name);
-            if fs::rename(&path, &dst).is_ok() {
-                free.push_back((dst, len));
+            // Emptied as it enters the pool: no exchange's bytes wait there,
+            // and a reused file can never show them.
+            let emptied = fs::rename(&path, &dst).is_ok()
+                && fs::OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .open(&dst)
+                    .is_ok();
+            if emptied {
+                free.push_back(dst);
                 return;
             }
+            let _ = fs::remove_file(&dst);
         }
         let _ = fs::remove_file(path);
     }
