@@ -32,9 +32,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
-use whtunnel::capture::{
-    event, CapturedBody, Exchange, RecordedRequest, RecordedResponse, Store, StoreConfig,
-};
+use whtunnel::capture::{event, Store, StoreConfig};
+
+#[path = "support/webhook.rs"]
+mod support;
+use support::webhook;
 use whtunnel::tunnel::protocol::{is_hop_by_hop, split_public_path, RequestMeta};
 use whtunnel::tunnel::{h2, ws_io, Body, WsIo};
 
@@ -261,34 +263,6 @@ fn tunnel(c: &mut Criterion) {
         );
     }
     g.finish();
-}
-
-fn webhook(i: usize) -> Exchange {
-    let mut body = format!("{{\"type\":\"bench.event\",\"i\":{i},\"pad\":\"").into_bytes();
-    body.resize(1024 - 2, b'x');
-    body.extend_from_slice(b"\"}");
-    Exchange {
-        received_at: chrono::Utc::now(),
-        target: "http://localhost:3000".into(),
-        remote_addr: Some("127.0.0.1:1234".into()),
-        request: RecordedRequest {
-            method: "POST".into(),
-            path: format!("/hooks/{i}"),
-            headers: vec![
-                ("content-type".into(), b"application/json".to_vec()),
-                ("x-signature".into(), b"t=1,v1=0123456789abcdef".to_vec()),
-            ],
-            body: CapturedBody::from_bytes(body),
-        },
-        response: Some(RecordedResponse {
-            status: 200,
-            headers: vec![("content-length".into(), b"2".to_vec())],
-            body: CapturedBody::from_bytes(&b"ok"[..]),
-        }),
-        duration_ms: 1.0,
-        relay_event_id: Some(format!("ev_{i:026}")),
-        ..Default::default()
-    }
 }
 
 fn capture(c: &mut Criterion) {

@@ -6,37 +6,11 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use whtunnel::capture::{
-    CapturedBody, Exchange, RecordedRequest, RecordedResponse, Recorder, Store, StoreConfig,
-};
+use whtunnel::capture::{Recorder, Store, StoreConfig};
 
-fn exchange(i: usize) -> Exchange {
-    let mut body = format!("{{\"type\":\"bench.event\",\"i\":{i},\"pad\":\"").into_bytes();
-    body.resize(1024 - 2, b'x');
-    body.extend_from_slice(b"\"}");
-    Exchange {
-        received_at: chrono::Utc::now(),
-        target: "http://localhost:3000".into(),
-        remote_addr: Some("127.0.0.1:1234".into()),
-        request: RecordedRequest {
-            method: "POST".into(),
-            path: format!("/hooks/{i}?key=1"),
-            headers: vec![
-                ("Content-Type".into(), b"application/json".to_vec()),
-                ("User-Agent".into(), b"bench/1.0".to_vec()),
-                ("X-Signature".into(), b"t=1,v1=0123456789abcdef".to_vec()),
-            ],
-            body: CapturedBody::from_bytes(body),
-        },
-        response: Some(RecordedResponse {
-            status: 200,
-            headers: vec![("content-length".into(), b"2".to_vec())],
-            body: CapturedBody::from_bytes(&b"ok"[..]),
-        }),
-        duration_ms: 1.5,
-        ..Default::default()
-    }
-}
+#[path = "../benches/support/webhook.rs"]
+mod support;
+use support::webhook;
 
 #[tokio::main]
 async fn main() {
@@ -51,7 +25,7 @@ async fn main() {
     let mut pending = VecDeque::new();
     let mut stored = 0usize;
     for i in 0..n {
-        pending.push_back(rec.record(exchange(i)));
+        pending.push_back(rec.record(webhook(i)));
         // Stay under the queue size: a sender that waits for replies, so the
         // number measures the writer, not queue-full drops.
         if pending.len() >= 1000 {
