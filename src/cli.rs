@@ -347,7 +347,6 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// The data directory: `--data-dir`, `WHTUNNEL_DATA_DIR`, or the OS default.
 /// Takes `<dir>/listen.lock` for as long as the returned file lives. Two
 /// agents on one data dir would share a tunnel name and agent id (each
 /// reconnect taking the tunnel from the other) and one capture store (each
@@ -375,6 +374,7 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
     }
 }
 
+/// The data directory: `--data-dir`, `WHTUNNEL_DATA_DIR`, or the OS default.
 fn resolve_data_dir(arg: &DataDirArg) -> Result<PathBuf> {
     match &arg.data_dir {
         Some(d) => Ok(d.clone()),

@@ -644,7 +644,7 @@ impl Store {
 
     /// Writes a body file straight to its final name (until its row commits
     /// no one refers to it, and a crash leaves an orphan that `open()`
-    /// deletes), overwriting a freed file when there is one.
+    /// deletes), reusing a pooled file when there is one.
     fn write_body_file(&self, path: &Path, data: &[u8]) -> Result<(), StoreError> {
         let mut f = None;
         while f.is_none() {
@@ -680,8 +680,9 @@ impl Store {
         Ok(())
     }
 
-    /// Retires the file of a deleted exchange: into the pool of files to
-    /// overwrite, or deleted when the pool is full.
+    /// Retires the file of a deleted exchange: emptied into the pool of files
+    /// to reuse, or deleted (pool full, shared with a replay, not the primary
+    /// writer).
     fn retire_body_file(&self, name: &str) {
         let path = self.bodies_dir.join(name);
         let mut free = self.free.borrow_mut();
