@@ -291,6 +291,7 @@ impl Forwarder {
             replay_of: None,
         };
         let body = body.map_err(BoxError::from).boxed_unsync();
+        let attempt = meta.attempt.unwrap_or(0);
         let held_event = meta.attempt.is_some().then_some(meta.event_id).flatten();
         let Some(event_id) = held_event else {
             return self
@@ -320,7 +321,12 @@ impl Forwarder {
         let (resp, id_rx) = self
             .send(parts.method, &path, headers, body, timeout, request)
             .await;
-        let app_answered = !resp.headers().contains_key(HDR_ERROR);
+        let error = resp.headers().get(HDR_ERROR).cloned();
+        let app_answered = error.is_none();
+        // The app got it but never answered in time, again and again: the
+        // one event must not hold up every later one for days. Each attempt
+        // is recorded; the user replays it once the handler is fixed.
+        let gave_up = error.is_some_and(|e| e == "app-timeout") && attempt >= HELD_TIMEOUT_ATTEMPTS;
         let (parts, body) = resp.into_parts();
         // The relay answered the sender long ago; nobody streams this, and
         // reading it to the end is what completes the recording.
@@ -333,6 +339,14 @@ impl Forwarder {
         if app_answered && recorded {
             resp.headers_mut()
                 .insert(HDR_ACK, HeaderValue::from_static("1"));
+        } else if gave_up && recorded {
+            tracing::warn!(
+                event = %event_id,
+                "the app did not answer this held event in time on {attempt} deliveries; \
+                 acknowledged so that later events are not held up (it is recorded: replay it)"
+            );
+            resp.headers_mut()
+                .insert(HDR_ACK, HeaderValue::from_static("timed-out"));
         }
         resp
     }
@@ -605,6 +619,10 @@ fn add_forwarded(headers: &mut HeaderMap, meta: &RequestMeta) {
         headers.insert("x-forwarded-host", host);
     }
 }
+
+/// Deliveries of one held event that may time out before the agent
+/// acknowledges it anyway (see `handle`): the app is up, but hangs on it.
+pub const HELD_TIMEOUT_ATTEMPTS: u32 = 3;
 
 fn describe_client_error(e: &hyper_util::client::legacy::Error, target: &Target) -> String {
     use std::error::Error as _;

@@ -386,3 +386,49 @@ async fn a_stalled_upload_does_not_pin_the_tunnel_in_hold_mode() {
     assert_eq!(app.seen().len(), 1);
     drop(stalled);
 }
+
+#[tokio::test]
+async fn a_held_event_the_app_never_answers_in_time_stops_blocking_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = held_relay_config(dir.path());
+    config.response_timeout = Duration::from_secs(1);
+    let relay = start_relay(config).await;
+    let app = App::start().await;
+    drop(start_agent(&relay.base, AgentOptions::new("hangs", &app)).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The app hangs on the first event (far past the response timeout).
+    let (s, _, _) = send(
+        Method::POST,
+        &format!("{}/t/hangs/hang", relay.base),
+        &[("x-test-delay-ms", "30000")],
+        event_body(0),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let (s, _, _) = send(
+        Method::POST,
+        &format!("{}/t/hangs/next", relay.base),
+        &[],
+        event_body(1),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+
+    let _agent = start_agent(&relay.base, AgentOptions::new("hangs", &app)).await;
+    // Three timed-out deliveries (1 s each, retried after 1 s and 2 s), then
+    // the agent acknowledges it and the next event goes through.
+    wait_for_seen(&app, 4, Duration::from_secs(20)).await;
+    let uris: Vec<_> = app.seen().iter().map(|s| s.uri.clone()).collect();
+    let tries = whtunnel::forward::HELD_TIMEOUT_ATTEMPTS as usize;
+    assert_eq!(uris[..tries], vec!["/hang"; tries][..], "{uris:?}");
+    assert_eq!(uris[tries], "/next", "{uris:?}");
+    let held = relay.held.clone().unwrap();
+    let started = std::time::Instant::now();
+    while held.state("hangs").unwrap().pending > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "queue not emptied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
