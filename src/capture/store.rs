@@ -160,9 +160,11 @@ pub struct Store {
     totals: Option<Totals>,
     /// Body files retention freed, emptied, oldest first, waiting to be
     /// reused by new bodies (see [`FREE_POOL_MAX`]). Only the primary writer
-    /// keeps one (`recycle`); others delete what they free.
+    /// keeps one.
     free: std::cell::RefCell<std::collections::VecDeque<PathBuf>>,
-    recycle: bool,
+    /// Opened with [`Store::open`] (the agent's store): it alone enforces
+    /// retention and pools freed files.
+    primary: bool,
 }
 
 /// How many body files retention keeps for reuse instead of deleting them
@@ -379,14 +381,17 @@ impl Store {
     pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
         let mut store = Self::open_inner(config, false)?;
         store.clean_orphans()?;
-        store.recycle = true;
+        store.primary = true;
         Ok(store)
     }
 
-    /// Opens a writer that leaves orphan cleanup to the primary writer, for
-    /// short-lived commands (`whtunnel replay`) that may run while an agent
-    /// writes to the same data dir: cleaning up could delete a body file the
-    /// agent has written but not yet committed.
+    /// Opens a writer that leaves orphan cleanup and retention to the primary
+    /// writer, for short-lived commands (`whtunnel replay`) that may run while
+    /// an agent writes to the same data dir: cleaning up could delete a body
+    /// file the agent has written but not yet committed, and this command does
+    /// not know the agent's `--keep-*` limits (with the defaults it would trim
+    /// a store the agent keeps larger). The agent's next commit applies its
+    /// own limits.
     pub fn open_secondary(config: &StoreConfig) -> Result<Self, StoreError> {
         Self::open_inner(config, false)
     }
@@ -448,7 +453,7 @@ impl Store {
             read_only,
             totals: None,
             free: Default::default(),
-            recycle: false,
+            primary: false,
         };
         store.migrate()?;
         Ok(store)
@@ -686,7 +691,7 @@ impl Store {
     fn retire_body_file(&self, name: &str) {
         let path = self.bodies_dir.join(name);
         let mut free = self.free.borrow_mut();
-        if self.recycle && free.len() < FREE_POOL_MAX && !is_shared(&path) {
+        if self.primary && free.len() < FREE_POOL_MAX && !is_shared(&path) {
             let dst = self.dir.join(FREE_DIR).join(name);
             // Emptied as it enters the pool: no exchange's bytes wait there,
             // and a reused file can never show them.
@@ -843,7 +848,11 @@ impl Store {
         // Files of deleted rows are handed out only after the commit: a
         // rolled-back deletion leaves its rows, and their files, in place.
         let mut freed = Vec::new();
-        let after = Self::enforce_retention(&tx, &self.config, before, &mut freed)?;
+        let after = if self.primary {
+            Self::enforce_retention(&tx, &self.config, before, &mut freed)?
+        } else {
+            before
+        };
         tx.commit()?;
         self.totals = Some(after);
         removed.append(&mut freed);
@@ -1260,7 +1269,8 @@ pub(crate) mod tests {
         for i in 0..3 {
             other.insert(&sample(format!("o{i}").as_bytes())).unwrap();
         }
-        assert_eq!(other.count().unwrap(), 4);
+        // A secondary writer leaves retention to the primary.
+        assert_eq!(other.count().unwrap(), 6);
         s.insert(&sample(b"x")).unwrap();
         assert_eq!(s.count().unwrap(), 4, "the cache missed the other writer");
         other.conn.execute_batch("DELETE FROM exchanges").unwrap();
@@ -1368,21 +1378,27 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_secondary_writer_deletes_what_it_frees() {
-        // `whtunnel replay` writes through a secondary store; it must not
-        // park files in a pool only it knows about.
+    fn a_secondary_writer_leaves_retention_to_the_agent() {
+        // `whtunnel replay` opens the store with the default limits; an agent
+        // may keep more. The replay must not trim the agent's store.
         let tmp = tempfile::tempdir().unwrap();
-        let mut cfg = StoreConfig::new(tmp.path().to_path_buf());
-        let big = INLINE_BODY_MAX + 500;
-        cfg.max_bytes = 2 * (big as u64 + 2) + 10;
-        let primary = Store::open(&cfg).unwrap();
-        let mut s = Store::open_secondary(&cfg).unwrap();
-        for i in 0..5u8 {
-            s.insert(&sample(&vec![i; big])).unwrap();
+        let mut agent_cfg = StoreConfig::new(tmp.path().to_path_buf());
+        agent_cfg.max_exchanges = 50;
+        let mut agent = Store::open(&agent_cfg).unwrap();
+        for i in 0..20 {
+            agent.insert(&sample(format!("{i}").as_bytes())).unwrap();
         }
+        let mut replay_cfg = StoreConfig::new(tmp.path().to_path_buf());
+        replay_cfg.max_exchanges = 10;
+        let mut replay = Store::open_secondary(&replay_cfg).unwrap();
+        replay.insert(&sample(b"replayed")).unwrap();
+        assert_eq!(replay.count().unwrap(), 21);
         assert_eq!(fs::read_dir(tmp.path().join(FREE_DIR)).unwrap().count(), 0);
-        assert_eq!(fs::read_dir(s.bodies_dir()).unwrap().count(), 2);
-        drop(primary);
+        // The agent's own limit still holds on its next commit.
+        for i in 0..40 {
+            agent.insert(&sample(format!("a{i}").as_bytes())).unwrap();
+        }
+        assert!(agent.count().unwrap() <= 50);
     }
 
     #[cfg(unix)]
