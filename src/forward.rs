@@ -326,7 +326,8 @@ impl Forwarder {
         // The app got it but never answered in time, again and again: the
         // one event must not hold up every later one for days. Each attempt
         // is recorded; the user replays it once the handler is fixed.
-        let gave_up = error.is_some_and(|e| e == "app-timeout") && attempt >= HELD_TIMEOUT_ATTEMPTS;
+        let gave_up =
+            error.is_some_and(|e| e == ERR_APP_TIMEOUT) && attempt >= HELD_TIMEOUT_ATTEMPTS;
         let (parts, body) = resp.into_parts();
         // The relay answered the sender long ago; nobody streams this, and
         // reading it to the end is what completes the recording.
@@ -620,6 +621,10 @@ fn add_forwarded(headers: &mut HeaderMap, meta: &RequestMeta) {
     }
 }
 
+/// The `whtunnel-error` kind of the agent's own 504: the app was reached
+/// but did not answer in time (what a held event's give-up looks for).
+const ERR_APP_TIMEOUT: &str = "app-timeout";
+
 /// Deliveries of one held event that may time out before the agent
 /// acknowledges it anyway (see `handle`): the app is up, but hangs on it.
 pub const HELD_TIMEOUT_ATTEMPTS: u32 = 3;
@@ -645,7 +650,7 @@ fn timeout_response(target: &Target, timeout: Duration) -> (Response<Body>, Stri
         timeout.as_secs_f64()
     );
     (
-        error_response(StatusCode::GATEWAY_TIMEOUT, "app-timeout", &reason),
+        error_response(StatusCode::GATEWAY_TIMEOUT, ERR_APP_TIMEOUT, &reason),
         reason,
     )
 }
