@@ -37,8 +37,10 @@ use whtunnel::capture::{event, Store, StoreConfig};
 #[path = "support/webhook.rs"]
 mod support;
 use support::webhook;
+use tokio_util::sync::CancellationToken;
+use whtunnel::tunnel::link::{self, LinkClient};
 use whtunnel::tunnel::protocol::{is_hop_by_hop, split_public_path, RequestMeta};
-use whtunnel::tunnel::{h2, ws_io, Body, WsIo};
+use whtunnel::tunnel::{h2, ws_io, WsIo};
 
 fn sample_meta() -> RequestMeta {
     RequestMeta {
@@ -182,7 +184,7 @@ fn transport(c: &mut Criterion) {
     g.finish();
 }
 
-type Sender = hyper::client::conn::http2::SendRequest<Body>;
+type Sender = LinkClient;
 
 /// Starts an HTTP/2 link like the tunnel's: relay = client on `relay_io`,
 /// agent = server on `agent_io` answering `200 ok` after draining the body.
@@ -199,15 +201,14 @@ where
             .serve_connection(TokioIo::new(agent_io), service)
             .await;
     });
-    let (sender, conn) = h2::client_builder()
-        .handshake(TokioIo::new(relay_io))
+    let (sender, conn) = link::handshake(relay_io, CancellationToken::new())
         .await
         .unwrap();
-    tokio::spawn(conn);
+    tokio::spawn(conn.run());
     sender
 }
 
-async fn exchange(sender: &mut Sender, body: Bytes) {
+async fn exchange(sender: &Sender, body: Bytes) {
     let req = Request::post("http://tunnel/hook")
         .header("content-type", "application/json")
         .body(
@@ -216,8 +217,18 @@ async fn exchange(sender: &mut Sender, body: Bytes) {
                 .boxed_unsync(),
         )
         .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
+    let resp = sender.send(req).await.unwrap();
     let _ = resp.into_body().collect().await.unwrap();
+}
+
+/// Like the relay, where each public request is a task on a worker thread
+/// (`block_on`'s thread is not one: it would make every wake-up a
+/// cross-thread one).
+async fn on_worker(sender: &Sender, body: Bytes) {
+    let sender = sender.clone();
+    tokio::spawn(async move { exchange(&sender, body).await })
+        .await
+        .unwrap();
 }
 
 fn tunnel(c: &mut Criterion) {
@@ -228,18 +239,18 @@ fn tunnel(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let mut ws_sender = rt.block_on(async {
+    let ws_sender = rt.block_on(async {
         let (agent, relay) = ws_pair().await;
         h2_link(relay, agent).await
     });
-    let mut raw_sender = rt.block_on(async {
+    let raw_sender = rt.block_on(async {
         let (a, b) = tokio::io::duplex(1 << 20);
         h2_link(a, b).await
     });
     // The same link on a current-thread runtime: relay and agent each on one
     // thread, no cross-thread wake-ups (docs/benchmarks.md, finding 1).
     let rt1 = runtime();
-    let mut ws_sender_1t = rt1.block_on(async {
+    let ws_sender_1t = rt1.block_on(async {
         let (agent, relay) = ws_pair().await;
         h2_link(relay, agent).await
     });
@@ -248,18 +259,18 @@ fn tunnel(c: &mut Criterion) {
     let small = Bytes::from(vec![b'x'; 1024]);
     g.throughput(Throughput::Bytes(1024));
     g.bench_function("h2 over WsIo, current-thread runtime/1024", |b| {
-        b.iter(|| rt1.block_on(exchange(&mut ws_sender_1t, small.clone())))
+        b.iter(|| rt1.block_on(exchange(&ws_sender_1t, small.clone())))
     });
     for size in [1024usize, 256 * 1024] {
         let body = Bytes::from(vec![b'x'; size]);
         g.throughput(Throughput::Bytes(size as u64));
         g.bench_with_input(BenchmarkId::new("h2 over WsIo", size), &body, |b, body| {
-            b.iter(|| rt.block_on(exchange(&mut ws_sender, body.clone())))
+            b.iter(|| rt.block_on(on_worker(&ws_sender, body.clone())))
         });
         g.bench_with_input(
             BenchmarkId::new("h2 over bare duplex", size),
             &body,
-            |b, body| b.iter(|| rt.block_on(exchange(&mut raw_sender, body.clone()))),
+            |b, body| b.iter(|| rt.block_on(on_worker(&raw_sender, body.clone()))),
         );
     }
     g.finish();

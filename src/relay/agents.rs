@@ -21,11 +21,12 @@ use tokio_util::sync::CancellationToken;
 use super::auth::Tokens;
 use super::held::{HeldEvent, HeldStore, OfflinePolicy};
 use super::{text, Session, Shared};
+use crate::tunnel::link::{self, LinkClient};
 use crate::tunnel::protocol::{
     is_valid_name, HDR_ACK, HDR_AGENT_ID, HDR_CONTROL, HDR_HELD, HDR_NAME, HDR_OFFLINE,
     HDR_PROTOCOL, HDR_PUBLIC_URL, HDR_TAKEOVER, PROTOCOL_VERSION,
 };
-use crate::tunnel::{h2, ws_io, Body, WsIo};
+use crate::tunnel::{ws_io, Body, WsIo};
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
@@ -170,10 +171,8 @@ async fn run_session(
         Some(ws_io::ws_config()),
     )
     .await;
-    let (sender, conn) = match h2::client_builder()
-        .handshake(TokioIo::new(WsIo::new(ws)))
-        .await
-    {
+    let closed = CancellationToken::new();
+    let (sender, conn) = match link::handshake(WsIo::new(ws), closed.clone()).await {
         Ok(pair) => pair,
         Err(e) => {
             tracing::debug!("HTTP/2 handshake with agent failed: {e}");
@@ -182,7 +181,6 @@ async fn run_session(
     };
     let ready_sender = sender.clone();
     let id = shared.next_session_id();
-    let closed = CancellationToken::new();
     {
         let mut tunnels = shared.tunnels.lock().expect("tunnel map lock");
         if let Some(old) = tunnels.get(&name) {
@@ -216,7 +214,7 @@ async fn run_session(
         kick_delivery(&shared, &name, None);
     }
     tokio::select! {
-        result = conn => {
+        result = conn.run() => {
             if let Err(e) = result {
                 tracing::info!(tunnel = %name, "agent link ended: {e}");
             }
@@ -283,7 +281,7 @@ struct Delivery {
     session: u64,
 }
 
-type Sender = hyper::client::conn::http2::SendRequest<crate::tunnel::Body>;
+type Sender = LinkClient;
 
 impl Delivery {
     /// Delivers held events one at a time, oldest first, deleting each only
@@ -336,7 +334,7 @@ impl Delivery {
                 continue;
             };
             let answer = tokio::select! {
-                a = tokio::time::timeout(timeout, sender.send_request(req)) => a,
+                a = tokio::time::timeout(timeout, sender.send(req)) => a,
                 () = closed.cancelled() => return false,
             };
             if let Ok(Ok(resp)) = answer {
@@ -392,12 +390,12 @@ fn held_request(ev: &HeldEvent, timeout: Duration) -> Option<Request<crate::tunn
 
 /// Tells the agent its tunnel is routable (registered here), so it only
 /// then announces the public URL.
-async fn send_ready(mut sender: hyper::client::conn::http2::SendRequest<crate::tunnel::Body>) {
+async fn send_ready(sender: LinkClient) {
     let mut req = Request::new(crate::tunnel::Body::default());
     *req.uri_mut() = http::Uri::from_static("http://tunnel/_whtunnel/ready");
     req.headers_mut()
         .insert(HDR_CONTROL, HeaderValue::from_static("ready"));
-    if let Ok(resp) = sender.send_request(req).await {
+    if let Ok(resp) = sender.send(req).await {
         let _ = resp.into_body().collect().await;
     }
 }

@@ -94,7 +94,7 @@ impl RelayConfig {
 pub(crate) struct Session {
     id: u64,
     agent_id: Option<String>,
-    sender: hyper::client::conn::http2::SendRequest<Body>,
+    sender: crate::tunnel::link::LinkClient,
     closed: CancellationToken,
 }
 
@@ -111,7 +111,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn sender_for(&self, name: &str) -> Option<hyper::client::conn::http2::SendRequest<Body>> {
+    fn sender_for(&self, name: &str) -> Option<crate::tunnel::link::LinkClient> {
         let tunnels = self.tunnels.lock().expect("tunnel map lock");
         tunnels.get(name).map(|s| s.sender.clone())
     }

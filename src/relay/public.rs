@@ -16,11 +16,10 @@ use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use hyper::client::conn::http2::SendRequest;
-
 use super::held::{new_event_id, Admit, HeldStore, NewEvent, OfflinePolicy};
 use super::limits::MinRateBody;
 use super::{retry_later, text, Shared};
+use crate::tunnel::link::LinkClient;
 use crate::tunnel::protocol::{
     split_public_path, strip_hop_by_hop, RequestMeta, HDR_CONTROL, HDR_EVENT_ID, HDR_META,
 };
@@ -201,7 +200,7 @@ pub(crate) fn tunnel_request(
 async fn live(
     shared: Arc<Shared>,
     name: String,
-    mut sender: SendRequest<Body>,
+    sender: LinkClient,
     p: Prepared,
     body: Incoming,
     declared: Option<u64>,
@@ -246,7 +245,7 @@ async fn live(
     ) else {
         return text(StatusCode::BAD_REQUEST, "whtunnel: malformed request path");
     };
-    let answer = tokio::time::timeout(timeout, sender.send_request(out)).await;
+    let answer = tokio::time::timeout(timeout, sender.send(out)).await;
     if state.over_limit.load(Ordering::Acquire) {
         return too_large(max_body);
     }
@@ -264,7 +263,7 @@ async fn live(
             // The agent went away mid-request (not just this one exchange
             // failing). If the whole body went by, the request can still be
             // held and delivered when the agent returns.
-            let link_gone = sender.is_closed() || !is_stream_reset(&e);
+            let link_gone = sender.is_closed() || !e.is_stream_reset();
             let body = link_gone.then(|| state.complete_body()).flatten();
             if let Some(body) = body {
                 if let Some(resp) = hold_complete(&shared, &name, p, body).await {
@@ -430,19 +429,6 @@ async fn store_held(
             )
         }
     }
-}
-
-/// True when the agent reset this one stream (its handler failed) rather
-/// than the whole link failing (closed, keepalive timeout, I/O error).
-fn is_stream_reset(e: &hyper::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(h2) = s.downcast_ref::<h2::Error>() {
-            return h2.is_reset() && !h2.is_go_away();
-        }
-        source = s.source();
-    }
-    false
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<u64> {

@@ -1,5 +1,6 @@
 //! HTTP/2 settings for the tunnel, shared by both ends so that windows,
-//! stream caps and keepalive always match.
+//! stream caps and keepalive always match. The relay's client is in
+//! [`super::link`]; the agent's server is hyper's, built here.
 
 use std::time::Duration;
 
@@ -27,20 +28,6 @@ pub const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 /// Largest header block accepted on the tunnel (the relay's public side
 /// enforces its own, smaller limit first).
 pub const MAX_HEADER_LIST: u32 = 256 * 1024;
-
-/// The relay's side: an HTTP/2 client that sends public requests to the agent.
-pub fn client_builder() -> hyper::client::conn::http2::Builder<TokioExecutor> {
-    let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-    b.timer(TokioTimer::new())
-        .keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true)
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .max_header_list_size(MAX_HEADER_LIST);
-    b
-}
 
 /// The agent's side: an HTTP/2 server answering the relay's requests.
 pub fn server_builder() -> hyper::server::conn::http2::Builder<TokioExecutor> {

@@ -4,6 +4,7 @@
 //! cancellation and keepalive pings. See `docs/protocol.md`.
 
 pub mod h2;
+pub mod link;
 pub mod protocol;
 pub mod tls;
 pub mod ws_io;
