@@ -311,6 +311,15 @@ fn capture(c: &mut Criterion) {
     g.bench_function("event::detect 1 KiB webhook", |b| {
         b.iter(|| black_box(event::detect(black_box(&json), Some("application/json"))))
     });
+    // The largest payload the provider docs describe: 6000 transaction ids.
+    let ids: Vec<String> = (0..6000).map(|i| format!("\"{i:08x}-tx\"")).collect();
+    let bulk = format!(
+        r#"{{"id": "abe168ce", "userId": "5c79", "payload": {{"transactions": [{}]}}, "eventType": "newTransactions"}}"#,
+        ids.join(", ")
+    );
+    g.bench_function("event::detect 6000-id webhook", |b| {
+        b.iter(|| black_box(event::detect(black_box(bulk.as_bytes()), None)))
+    });
     g.finish();
 }
 

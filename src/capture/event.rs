@@ -4,8 +4,10 @@
 //! Pure and cheap: no I/O, bodies over [`MAX_DETECT_LEN`] are skipped, and a
 //! body that is not JSON (or a JWT whose claims are JSON) yields `None`.
 
+use std::fmt;
+
 use base64::Engine;
-use serde_json::Value;
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 /// Bodies larger than this are not parsed (recognition must stay cheap).
 pub const MAX_DETECT_LEN: usize = 1024 * 1024;
@@ -40,13 +42,24 @@ pub fn detect(body: &[u8], content_type: Option<&str>) -> Option<String> {
     });
     let looks_json = matches!(trimmed.first(), Some(b'{') | Some(b'['));
     if !looks_json && (is_jwt_type || looks_like_jws(trimmed)) {
-        return jwt_claims(trimmed).and_then(|v| from_value(&v));
+        return jwt_claims(trimmed).and_then(|raw| parse(&raw));
     }
     if !looks_json {
         return None;
     }
-    let v: Value = serde_json::from_slice(trimmed).ok()?;
-    from_value(&v)
+    parse(trimmed)
+}
+
+/// Finds the event name in a JSON document. Only the values under [`KEYS`]
+/// are kept; everything else is checked and skipped without being built
+/// (a `serde_json::Value` of a payload with 6000 ids is thousands of
+/// allocations, on the capture writer's thread for every exchange).
+fn parse(json: &[u8]) -> Option<String> {
+    let names = match json.first()? {
+        b'[' => serde_json::from_slice::<FirstElement>(json).ok()?.0?,
+        _ => serde_json::from_slice::<Names>(json).ok()?,
+    };
+    names.event_name()
 }
 
 /// Three base64url segments separated by dots, nothing else. The first
@@ -75,7 +88,7 @@ fn looks_like_jws(b: &[u8]) -> bool {
 }
 
 /// Decodes the claims (middle segment) of a compact JWS.
-fn jwt_claims(b: &[u8]) -> Option<Value> {
+fn jwt_claims(b: &[u8]) -> Option<Vec<u8>> {
     let mut parts = b.split(|&c| c == b'.');
     let (_header, payload, _sig) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {
@@ -83,39 +96,156 @@ fn jwt_claims(b: &[u8]) -> Option<Value> {
     }
     let payload = payload.strip_suffix(b"=").unwrap_or(payload);
     let payload = payload.strip_suffix(b"=").unwrap_or(payload);
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload)
-        .ok()?;
-    serde_json::from_slice(&raw).ok()
+        .ok()
 }
 
-/// Applies the key search to a parsed body.
-pub fn from_value(v: &Value) -> Option<String> {
-    match v {
-        Value::Array(items) => items.first().and_then(from_object),
-        other => from_object(other),
-    }
+/// The values of an object's [`KEYS`], by position in `KEYS`. A key seen
+/// twice keeps its last value, as a JSON object would.
+#[derive(Default)]
+struct Names([Option<Field>; KEYS.len()]);
+
+/// A value under one of the [`KEYS`].
+enum Field {
+    Text(String),
+    /// An object: `{"event": {"type": ..}}` is searched one level down.
+    Object(Box<Names>),
+    Other,
 }
 
-fn from_object(v: &Value) -> Option<String> {
-    let obj = v.as_object()?;
-    for key in KEYS {
-        match obj.get(*key) {
-            Some(Value::String(s)) if !s.trim().is_empty() => return Some(s.clone()),
-            // `{"event": {"type": "..."}}` (one level only: cheap and enough).
-            Some(Value::Object(inner)) if *key == "event" => {
-                for k in KEYS {
-                    if let Some(Value::String(s)) = inner.get(*k) {
-                        if !s.trim().is_empty() {
-                            return Some(s.clone());
-                        }
+impl Names {
+    /// The first non-blank string among [`KEYS`], in their order; an `event`
+    /// object is searched the same way (one level only: cheap and enough).
+    fn event_name(&self) -> Option<String> {
+        for (key, field) in KEYS.iter().zip(&self.0) {
+            match field {
+                Some(Field::Text(s)) if !s.trim().is_empty() => return Some(s.clone()),
+                Some(Field::Object(inner)) if *key == "event" => {
+                    let text = inner.0.iter().find_map(|f| match f {
+                        Some(Field::Text(s)) if !s.trim().is_empty() => Some(s.clone()),
+                        _ => None,
+                    });
+                    if text.is_some() {
+                        return text;
                     }
                 }
+                _ => {}
             }
-            _ => {}
         }
+        None
     }
-    None
+}
+
+/// An object key, as its position in [`KEYS`] (compared without copying).
+struct KeyIndex(Option<usize>);
+
+impl<'de> Deserialize<'de> for KeyIndex {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = KeyIndex;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_str<E>(self, s: &str) -> Result<KeyIndex, E> {
+                Ok(KeyIndex(KEYS.iter().position(|k| *k == s)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+struct NamesVisitor;
+
+impl<'de> Visitor<'de> for NamesVisitor {
+    type Value = Names;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Names, A::Error> {
+        let mut names = Names::default();
+        while let Some(KeyIndex(index)) = map.next_key()? {
+            match index {
+                Some(i) => names.0[i] = Some(map.next_value()?),
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(names)
+    }
+}
+
+impl<'de> Deserialize<'de> for Names {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(NamesVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Field;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Field, E> {
+                Ok(Field::Text(s.to_owned()))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Field, E> {
+                Ok(Field::Text(s))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Field, A::Error> {
+                NamesVisitor
+                    .visit_map(map)
+                    .map(|n| Field::Object(Box::new(n)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Field, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Field::Other)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Field, E> {
+                Ok(Field::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Field, E> {
+                Ok(Field::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Field, E> {
+                Ok(Field::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Field, E> {
+                Ok(Field::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Field, E> {
+                Ok(Field::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A top-level array: the first element's names (when it is an object);
+/// the rest is checked and skipped.
+struct FirstElement(Option<Names>);
+
+impl<'de> Deserialize<'de> for FirstElement {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = FirstElement;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON array")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<FirstElement, A::Error> {
+                let first = seq.next_element::<Names>()?;
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(FirstElement(first))
+            }
+        }
+        d.deserialize_seq(V)
+    }
 }
 
 #[cfg(test)]
@@ -246,6 +376,35 @@ mod tests {
         assert_eq!(detect(b"{broken", None), None);
         assert_eq!(detect(b"", None), None);
         assert_eq!(detect(&[0xff, 0xfe, 0x00], None), None);
+        // Escaped keys and values are read like any JSON.
+        assert_eq!(
+            detect(br#"{"\u0074ype": "a\u002eb"}"#, None).as_deref(),
+            Some("a.b")
+        );
+        // A repeated key keeps its last value; blank strings are skipped.
+        assert_eq!(
+            detect(br#"{"type": "old", "type": "new"}"#, None).as_deref(),
+            Some("new")
+        );
+        assert_eq!(
+            detect(
+                br#"{"type": "  ", "event": {"id": 1, "eventName": "x"}}"#,
+                None
+            )
+            .as_deref(),
+            Some("x")
+        );
+        // An array whose first element is not an object, or a broken tail.
+        assert_eq!(detect(br#"[1, {"type": "a"}]"#, None), None);
+        assert_eq!(detect(br#"[{"type": "a"}, {"#, None), None);
+        assert_eq!(detect(br#"{"type": "a", "x": [1, {"#, None), None);
+        // Ids as numbers, strings and nested arrays around the key are skipped.
+        let ids: Vec<String> = (0..6000).map(|i| format!("\"id-{i}\"")).collect();
+        let big = format!(
+            r#"{{"ids": [{}], "nested": [[1, 2], {{"a": null}}], "eventType": "bulk"}}"#,
+            ids.join(",")
+        );
+        assert_eq!(detect(big.as_bytes(), None).as_deref(), Some("bulk"));
     }
 
     #[test]

@@ -259,19 +259,28 @@ fn parse_time(s: &str) -> DateTime<Utc> {
 /// that is not UTF-8 is kept as `{"base64": ...}` instead of being re-encoded.
 fn headers_to_json(h: &[Header]) -> String {
     use base64::Engine;
-    let arr: Vec<serde_json::Value> = h
+    // Serialized straight from the borrowed headers: building a
+    // `serde_json::Value` first cost an allocation per name and value on the
+    // writer thread.
+    #[derive(serde::Serialize)]
+    #[serde(untagged)]
+    enum Value<'a> {
+        Text(&'a str),
+        Bytes { base64: String },
+    }
+    let pairs: Vec<(&str, Value)> = h
         .iter()
         .map(|(n, v)| {
             let v = match std::str::from_utf8(v) {
-                Ok(s) => serde_json::Value::String(s.to_owned()),
-                Err(_) => serde_json::json!({
-                    "base64": base64::engine::general_purpose::STANDARD.encode(v)
-                }),
+                Ok(s) => Value::Text(s),
+                Err(_) => Value::Bytes {
+                    base64: base64::engine::general_purpose::STANDARD.encode(v),
+                },
             };
-            serde_json::json!([n, v])
+            (n.as_str(), v)
         })
         .collect();
-    serde_json::Value::Array(arr).to_string()
+    serde_json::to_string(&pairs).expect("strings always serialize")
 }
 
 fn headers_from_json(s: &str) -> Vec<Header> {
@@ -1077,6 +1086,25 @@ impl Store {
 pub(crate) mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    /// The stored header format is what `sqlite3` users and older
+    /// versions read: `[[name, value], ...]`, `{"base64": ..}` for bytes that
+    /// are not UTF-8.
+    #[test]
+    fn headers_are_stored_in_the_documented_json_shape() {
+        let headers: Vec<Header> = vec![
+            ("content-type".into(), b"application/json".to_vec()),
+            ("x-quote".into(), br#"a "b" \ c"#.to_vec()),
+            ("x-raw".into(), vec![0xff, 0x00, 0x41]),
+        ];
+        let json = headers_to_json(&headers);
+        assert_eq!(
+            json,
+            r#"[["content-type","application/json"],["x-quote","a \"b\" \\ c"],["x-raw",{"base64":"/wBB"}]]"#
+        );
+        assert_eq!(headers_from_json(&json), headers);
+        assert_eq!(headers_to_json(&[]), "[]");
+    }
 
     /// A representative exchange with a body of `req` bytes.
     pub(crate) fn sample(req: &[u8]) -> Exchange {
