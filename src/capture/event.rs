@@ -55,6 +55,7 @@ pub fn detect(body: &[u8], content_type: Option<&str>) -> Option<String> {
 /// (a `serde_json::Value` of a payload with 6000 ids is thousands of
 /// allocations, on the capture writer's thread for every exchange).
 fn parse(json: &[u8]) -> Option<String> {
+    let json = json.trim_ascii();
     let names = match json.first()? {
         b'[' => serde_json::from_slice::<FirstElement>(json).ok()?.0?,
         _ => serde_json::from_slice::<Names>(json).ok()?,

@@ -263,7 +263,7 @@ async fn live(
             // The agent went away mid-request (not just this one exchange
             // failing). If the whole body went by, the request can still be
             // held and delivered when the agent returns.
-            let link_gone = sender.is_closed() || !e.is_stream_reset();
+            let link_gone = sender.is_closed() || e.is_link_failure();
             let body = link_gone.then(|| state.complete_body()).flatten();
             if let Some(body) = body {
                 if let Some(resp) = hold_complete(&shared, &name, p, body).await {

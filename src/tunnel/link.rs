@@ -14,7 +14,10 @@
 
 use std::future::poll_fn;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -35,7 +38,8 @@ use super::{Body, BoxError};
 const MAX_SEND_BUFFER: usize = 1024 * 1024;
 
 /// Why a request on the link failed. Callers branch on
-/// [`LinkError::is_stream_reset`]: only then is the link itself still fine.
+/// [`LinkError::is_link_failure`]: only then may the request be held for the
+/// agent's next link.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     /// The HTTP/2 layer failed: the stream was reset, or the link broke.
@@ -56,6 +60,48 @@ impl LinkError {
             LinkError::KeepaliveTimeout => false,
         }
     }
+
+    /// True when the link itself failed (I/O error, GOAWAY, keepalive
+    /// timeout): the request may be fine and can be held for the next link.
+    /// A request h2 refused to send (say, a header it does not allow) is
+    /// neither a reset nor a link failure, and holding it would only fail
+    /// the same way on every delivery.
+    pub fn is_link_failure(&self) -> bool {
+        match self {
+            LinkError::H2(e) => e.is_io() || e.is_go_away(),
+            LinkError::KeepaliveTimeout => true,
+        }
+    }
+}
+
+/// When the link last carried something from the agent, so keepalive pings
+/// go out only on a quiet link (as hyper's did): behind a large answer
+/// streaming in, a ping's answer could queue long enough to end a healthy
+/// link.
+struct Activity {
+    start: Instant,
+    /// Milliseconds after `start`.
+    last_heard: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            last_heard: AtomicU64::new(0),
+        }
+    }
+
+    fn heard(&self) {
+        let now = self.start.elapsed().as_millis() as u64;
+        self.last_heard.store(now, Ordering::Relaxed);
+    }
+
+    fn quiet_for(&self) -> std::time::Duration {
+        let last = self.last_heard.load(Ordering::Relaxed);
+        let now = self.start.elapsed().as_millis() as u64;
+        std::time::Duration::from_millis(now.saturating_sub(last))
+    }
 }
 
 /// Sends requests to one agent. Cheap to clone; every clone uses the same
@@ -64,6 +110,7 @@ impl LinkError {
 pub struct LinkClient {
     tx: h2::client::SendRequest<Bytes>,
     closed: CancellationToken,
+    activity: Arc<Activity>,
 }
 
 /// The link's connection: must be driven ([`LinkConnection::run`]) for any
@@ -71,6 +118,7 @@ pub struct LinkClient {
 pub struct LinkConnection {
     conn: h2::client::Connection<Box<dyn Io>, Bytes>,
     closed: CancellationToken,
+    activity: Arc<Activity>,
 }
 
 /// What the link runs on: a websocket seen as a byte stream, in practice.
@@ -93,33 +141,46 @@ pub async fn handshake(
         .max_send_buffer_size(MAX_SEND_BUFFER)
         .handshake(io)
         .await?;
+    let activity = Arc::new(Activity::new());
     Ok((
         LinkClient {
             tx,
             closed: closed.clone(),
+            activity: activity.clone(),
         },
-        LinkConnection { conn, closed },
+        LinkConnection {
+            conn,
+            closed,
+            activity,
+        },
     ))
 }
 
 impl LinkConnection {
     /// Drives the connection until the link ends, the agent stops answering
-    /// pings ([`KEEPALIVE_INTERVAL`], [`KEEPALIVE_TIMEOUT`]: a dead peer is
-    /// noticed within 10 s), or `closed` is cancelled. Cancels `closed` on
-    /// the way out, so every [`LinkClient`] sees the link is gone.
+    /// pings, or `closed` is cancelled. A link that carried nothing from the
+    /// agent for [`KEEPALIVE_INTERVAL`] is pinged, and dropped when the ping
+    /// is not answered within [`KEEPALIVE_TIMEOUT`]: a dead peer is noticed
+    /// within 10 s. Cancels `closed` on the way out, so every [`LinkClient`]
+    /// sees the link is gone.
     pub async fn run(mut self) -> Result<(), LinkError> {
         let closed = self.closed.clone();
         let _cancel_on_exit = closed.clone().drop_guard();
         let pings = self.conn.ping_pong();
+        let activity = self.activity.clone();
         let keepalive = async move {
             let Some(mut pings) = pings else {
                 return std::future::pending().await;
             };
             loop {
-                tokio::time::sleep(KEEPALIVE_INTERVAL).await;
+                let quiet = activity.quiet_for();
+                if quiet < KEEPALIVE_INTERVAL {
+                    tokio::time::sleep(KEEPALIVE_INTERVAL - quiet).await;
+                    continue;
+                }
                 match tokio::time::timeout(KEEPALIVE_TIMEOUT, pings.ping(h2::Ping::opaque())).await
                 {
-                    Ok(Ok(_pong)) => {}
+                    Ok(Ok(_pong)) => activity.heard(),
                     Ok(Err(e)) => return Err(LinkError::H2(e)),
                     Err(_) => return Err(LinkError::KeepaliveTimeout),
                 }
@@ -166,13 +227,16 @@ impl LinkClient {
             }
         }
         let resp = answer.await?;
+        self.activity.heard();
         let _ = answered.send(());
         let len = content_length(resp.headers());
+        let activity = self.activity.clone();
         Ok(resp.map(|rx| {
             RecvBody {
                 rx,
                 remaining: len,
                 data_done: false,
+                activity,
             }
             .boxed_unsync()
         }))
@@ -243,9 +307,28 @@ async fn pipe_body(
                 }
                 while !data.is_empty() {
                     stream.reserve_capacity(data.len());
-                    let granted = match poll_fn(|cx| stream.poll_capacity(cx)).await {
-                        Some(Ok(n)) => n,
-                        _ => return,
+                    // The agent may not open its window for a long time (its
+                    // app stopped reading): a caller giving up still ends it.
+                    let granted = poll_fn(|cx| {
+                        if let Some(rx) = cancelled.as_mut() {
+                            match rx.poll_unpin(cx) {
+                                Poll::Ready(Err(_)) => return Poll::Ready(None),
+                                Poll::Ready(Ok(())) => cancelled = None,
+                                Poll::Pending => {}
+                            }
+                        }
+                        stream
+                            .poll_capacity(cx)
+                            .map(|c| Some(c.and_then(Result::ok)))
+                    })
+                    .await;
+                    let granted = match granted {
+                        None => {
+                            stream.send_reset(h2::Reason::CANCEL);
+                            return;
+                        }
+                        Some(Some(n)) => n,
+                        Some(None) => return,
                     };
                     if granted == 0 {
                         continue;
@@ -260,7 +343,11 @@ async fn pipe_body(
             Err(frame) => frame,
         };
         if let Ok(trailers) = frame.into_trailers() {
-            let _ = stream.send_trailers(trailers);
+            // Refused (a field HTTP/2 forbids): end the stream rather than
+            // leave the agent waiting for a body that never ends.
+            if stream.send_trailers(trailers).is_err() {
+                stream.send_reset(h2::Reason::INTERNAL_ERROR);
+            }
             return;
         }
     }
@@ -279,6 +366,7 @@ struct RecvBody {
     /// then answers with the same `Content-Length` framing the app used.
     remaining: Option<u64>,
     data_done: bool,
+    activity: Arc<Activity>,
 }
 
 impl http_body::Body for RecvBody {
@@ -292,6 +380,7 @@ impl http_body::Body for RecvBody {
         if !self.data_done {
             match ready!(self.rx.poll_data(cx)) {
                 Some(Ok(data)) => {
+                    self.activity.heard();
                     let _ = self.rx.flow_control().release_capacity(data.len());
                     if let Some(r) = self.remaining.as_mut() {
                         *r = r.saturating_sub(data.len() as u64);
@@ -336,10 +425,42 @@ mod tests {
 
     use super::*;
 
-    /// The relay's end of a duplex pipe, counting its writes.
+    /// The relay's end of a duplex pipe, counting its writes and the
+    /// HTTP/2 PINGs in them.
     struct Counted {
         io: DuplexStream,
         writes: Arc<AtomicUsize>,
+        frames: FrameCounter,
+    }
+
+    /// Parses the relay's output as HTTP/2 frames (after the preface) and
+    /// counts the PINGs it sends (not the acks of the agent's).
+    #[derive(Default)]
+    struct FrameCounter {
+        pending: Vec<u8>,
+        preface_left: usize,
+        pings: Arc<AtomicUsize>,
+    }
+
+    impl FrameCounter {
+        fn feed(&mut self, mut bytes: &[u8]) {
+            let skip = self.preface_left.min(bytes.len());
+            self.preface_left -= skip;
+            bytes = &bytes[skip..];
+            self.pending.extend_from_slice(bytes);
+            while self.pending.len() >= 9 {
+                let len = u32::from_be_bytes([0, self.pending[0], self.pending[1], self.pending[2]])
+                    as usize;
+                if self.pending.len() < 9 + len {
+                    break;
+                }
+                let (kind, flags) = (self.pending[3], self.pending[4]);
+                if kind == 0x6 && flags & 0x1 == 0 {
+                    self.pings.fetch_add(1, Ordering::SeqCst);
+                }
+                self.pending.drain(..9 + len);
+            }
+        }
     }
 
     impl AsyncRead for Counted {
@@ -359,8 +480,9 @@ mod tests {
             buf: &[u8],
         ) -> Poll<io::Result<usize>> {
             let r = Pin::new(&mut self.io).poll_write(cx, buf);
-            if r.is_ready() {
+            if let Poll::Ready(Ok(n)) = r {
                 self.writes.fetch_add(1, Ordering::SeqCst);
+                self.frames.feed(&buf[..n]);
             }
             r
         }
@@ -372,8 +494,9 @@ mod tests {
             // Like `WsIo`: one call, one message, whatever the slices.
             let all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
             let r = Pin::new(&mut self.io).poll_write(cx, &all);
-            if r.is_ready() {
+            if let Poll::Ready(Ok(n)) = r {
                 self.writes.fetch_add(1, Ordering::SeqCst);
+                self.frames.feed(&all[..n]);
             }
             r
         }
@@ -395,6 +518,18 @@ mod tests {
         F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = Result<Response<Body>, BoxError>> + Send + 'static,
     {
+        let (client, writes, _) = link_counting_pings(handler).await;
+        (client, writes)
+    }
+
+    /// [`link`], also counting the PINGs the relay's side sends.
+    async fn link_counting_pings<F, Fut>(
+        handler: F,
+    ) -> (LinkClient, Arc<AtomicUsize>, Arc<AtomicUsize>)
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Response<Body>, BoxError>> + Send + 'static,
+    {
         let (relay_io, agent_io) = tokio::io::duplex(64 * 1024);
         let handler = Arc::new(handler);
         tokio::spawn(async move {
@@ -404,13 +539,19 @@ mod tests {
                 .await;
         });
         let writes = Arc::new(AtomicUsize::new(0));
+        let frames = FrameCounter {
+            preface_left: 24,
+            ..FrameCounter::default()
+        };
+        let pings = frames.pings.clone();
         let io = Counted {
             io: relay_io,
             writes: writes.clone(),
+            frames,
         };
         let (client, conn) = handshake(io, CancellationToken::new()).await.unwrap();
         tokio::spawn(conn.run());
-        (client, writes)
+        (client, writes, pings)
     }
 
     fn full(body: impl Into<Bytes>) -> Body {
@@ -543,6 +684,90 @@ mod tests {
         assert!(client.is_closed());
         let err = client.send(post(full("x"))).await.unwrap_err();
         assert!(!err.is_stream_reset(), "{err}");
+        assert!(err.is_link_failure(), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_request_h2_refuses_is_not_a_link_failure() {
+        let (client, _) = link(echo_length).await;
+        // A connection-specific header: HTTP/2 forbids it, h2 refuses to
+        // send it. Holding such a request would fail the same way forever.
+        let req = Request::post("http://tunnel/hook")
+            .header("connection", "close")
+            .body(full("x"))
+            .unwrap();
+        let err = client.send(req).await.unwrap_err();
+        assert!(!err.is_link_failure(), "{err}");
+        assert!(!err.is_stream_reset(), "{err}");
+        let resp = client.send(post(full("x"))).await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+
+    #[tokio::test]
+    async fn giving_up_while_the_agent_stops_reading_resets_the_stream() {
+        // The agent's handler never reads: the body fills the stream's
+        // 1 MiB window and the pipe waits for capacity.
+        let (dropped_tx, mut dropped_rx) = tokio::sync::mpsc::channel::<()>(1);
+        let (client, _) = link(move |req: Request<Incoming>| {
+            let guard = DropSignal(dropped_tx.clone());
+            async move {
+                let _keep = (req, guard);
+                std::future::pending::<()>().await;
+                Ok::<_, BoxError>(Response::new(full("never")))
+            }
+        })
+        .await;
+        let chunks: Vec<Result<Frame<Bytes>, BoxError>> = (0..64)
+            .map(|_| Ok(Frame::data(Bytes::from(vec![b'x'; 64 * 1024]))))
+            .collect();
+        let (_keep_open, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        let body = StreamBody::new(futures_util::StreamExt::chain(
+            futures_util::stream::iter(chunks),
+            tokio_stream_from(rx),
+        ))
+        .boxed_unsync();
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(200), client.send(post(body))).await;
+        assert!(gave_up.is_err(), "no answer was expected");
+        tokio::time::timeout(Duration::from_secs(5), dropped_rx.recv())
+            .await
+            .expect("the agent should drop the request once the relay gives up");
+    }
+
+    /// Sends on drop: tells a test the agent dropped its handler.
+    struct DropSignal(tokio::sync::mpsc::Sender<()>);
+
+    impl Drop for DropSignal {
+        fn drop(&mut self) {
+            let _ = self.0.try_send(());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_link_busy_with_an_answer_is_not_pinged() {
+        // An answer trickling in for 12 s (virtual time), a chunk a second.
+        let (client, _, pings) = link_counting_pings(|_req| async {
+            let chunks = futures_util::stream::unfold(0u32, |i| async move {
+                if i == 12 {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Some((
+                    Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"."))),
+                    i + 1,
+                ))
+            });
+            Ok(Response::new(StreamBody::new(chunks).boxed_unsync()))
+        })
+        .await;
+        let resp = client.send(post(full("x"))).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len(), 12);
+        assert_eq!(pings.load(Ordering::SeqCst), 0, "pinged a busy link");
+        // Quiet from here: pinged every 4 s.
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert_eq!(pings.load(Ordering::SeqCst), 2);
+        assert!(!client.is_closed());
     }
 
     fn tokio_stream_from<T: Send + 'static>(
