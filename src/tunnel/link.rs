@@ -17,7 +17,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use tokio::time::Instant;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -26,6 +25,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::h2::{
@@ -207,8 +207,14 @@ impl LinkClient {
         let mut tx = self.tx.clone().ready().await?;
         let (parts, body) = req.into_parts();
         let mut head = Request::from_parts(parts, ());
+        // As hyper's client did: a body of known length says so, and so does
+        // an empty one where the method defines a body.
         if let Some(len) = body.size_hint().exact() {
-            if len != 0 && !head.headers().contains_key(header::CONTENT_LENGTH) {
+            let defines_body = matches!(
+                *head.method(),
+                http::Method::POST | http::Method::PUT | http::Method::PATCH
+            );
+            if (len != 0 || defines_body) && !head.headers().contains_key(header::CONTENT_LENGTH) {
                 head.headers_mut()
                     .insert(header::CONTENT_LENGTH, len.into());
             }
@@ -600,6 +606,27 @@ mod tests {
         let resp = client.send(post(body)).await.unwrap();
         let got = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(got, format!("{} {expected}", 160 * 64 * 1024));
+    }
+
+    #[tokio::test]
+    async fn an_empty_post_says_its_length() {
+        let (client, _) = link(|req: Request<Incoming>| async move {
+            let len = req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .map(|v| v.to_str().unwrap().to_string());
+            Ok(Response::new(full(format!("{len:?}"))))
+        })
+        .await;
+        let resp = client.send(post(full(Bytes::new()))).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, r#"Some("0")"#);
+        let get = Request::get("http://tunnel/x")
+            .body(full(Bytes::new()))
+            .unwrap();
+        let resp = client.send(get).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "None");
     }
 
     #[tokio::test]
