@@ -21,7 +21,8 @@ use super::limits::MinRateBody;
 use super::{retry_later, text, Shared};
 use crate::tunnel::link::LinkClient;
 use crate::tunnel::protocol::{
-    split_public_path, strip_hop_by_hop, RequestMeta, HDR_CONTROL, HDR_EVENT_ID, HDR_META,
+    content_length, split_public_path, strip_hop_by_hop, RequestMeta, HDR_CONTROL, HDR_EVENT_ID,
+    HDR_META,
 };
 use crate::tunnel::{Body, BoxError};
 
@@ -53,7 +54,7 @@ pub(crate) async fn forward(
     };
     let name = name.to_string();
     let max_body = shared.config.max_body;
-    let declared = declared_length(req.headers());
+    let declared = content_length(req.headers());
     if declared.is_some_and(|len| len > max_body) {
         return too_large(max_body);
     }
@@ -429,16 +430,6 @@ async fn store_held(
             )
         }
     }
-}
-
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// What [`CappedBody`] saw, read after the exchange.

@@ -20,7 +20,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use http::{header, HeaderMap, Request, Response};
+use http::{header, Request, Response};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use super::h2::{
     CONNECTION_WINDOW, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MAX_HEADER_LIST, STREAM_WINDOW,
 };
+use super::protocol::content_length;
 use super::{Body, BoxError};
 
 /// Bytes of a request body that may wait in the send buffer for flow-control
@@ -247,16 +248,6 @@ impl LinkClient {
             .boxed_unsync()
         }))
     }
-}
-
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// Sends `body` on `stream`, within the agent's flow-control window, until

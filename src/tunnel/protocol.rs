@@ -113,6 +113,17 @@ pub fn strip_hop_by_hop(headers: &mut http::HeaderMap) -> Vec<(String, String)> 
     removed
 }
 
+/// The `Content-Length` a message declares, if it is a valid number.
+pub fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Removes `whtunnel-*` headers: on the tunnel they carry the protocol, so
 /// an app's response must not be able to set them (a forged ack would let
 /// the relay delete an event that was never recorded).
@@ -189,6 +200,18 @@ impl RequestMeta {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_length_reads_only_a_valid_number() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(content_length(&h), None);
+        h.insert(http::header::CONTENT_LENGTH, " 42 ".parse().unwrap());
+        assert_eq!(content_length(&h), Some(42));
+        h.insert(http::header::CONTENT_LENGTH, "-1".parse().unwrap());
+        assert_eq!(content_length(&h), None);
+        h.insert(http::header::CONTENT_LENGTH, "12abc".parse().unwrap());
+        assert_eq!(content_length(&h), None);
+    }
 
     #[test]
     fn names() {
