@@ -8,8 +8,9 @@
 //! asked otherwise. When the app cannot answer, the forwarder answers
 //! itself: 502 when it is unreachable, 504 when it is too slow.
 
+use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -22,6 +23,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 use crate::capture::{
     self, BodyData, BodyLimits, CapturedBody, Exchange, ExchangeId, RecordedRequest,
@@ -177,6 +179,7 @@ pub struct Forwarder {
 struct Inner {
     config: ForwarderConfig,
     client: Client<HttpConnector, Body>,
+    in_flight: Arc<InFlight>,
 }
 
 /// The result of a replay.
@@ -216,7 +219,11 @@ impl Forwarder {
             .pool_max_idle_per_host(64)
             .build(connector);
         Forwarder {
-            inner: Arc::new(Inner { config, client }),
+            inner: Arc::new(Inner {
+                config,
+                client,
+                in_flight: Arc::default(),
+            }),
         }
     }
 
@@ -228,6 +235,12 @@ impl Forwarder {
     /// The recorder, if capture is on.
     pub fn recorder(&self) -> Option<&Recorder> {
         self.inner.config.recorder.as_ref()
+    }
+
+    /// Registers an exchange for relay event `id` as in progress until the
+    /// returned entry is dropped (once the exchange is queued for storing).
+    fn in_flight(&self, id: &str) -> InFlightEntry {
+        InFlight::register(&self.inner.in_flight, id)
     }
 
     /// Handles one request from the relay (it carries [`RequestMeta`]).
@@ -280,7 +293,7 @@ impl Forwarder {
         add_forwarded(&mut headers, &meta);
 
         let timeout = Duration::from_millis(meta.timeout_ms.max(1));
-        let request = Pending {
+        let mut request = Pending {
             received_at,
             started,
             method: parts.method.to_string(),
@@ -289,11 +302,17 @@ impl Forwarder {
             remote_addr: meta.remote_addr.clone(),
             relay_event_id: meta.event_id.clone(),
             replay_of: None,
+            in_flight: None,
         };
         let body = body.map_err(BoxError::from).boxed_unsync();
         let attempt = meta.attempt.unwrap_or(0);
-        let held_event = meta.attempt.is_some().then_some(meta.event_id).flatten();
-        let Some(event_id) = held_event else {
+        let Some(event_id) = meta.event_id.filter(|_| meta.attempt.is_some()) else {
+            if self.recorder().is_some() {
+                request.in_flight = request
+                    .relay_event_id
+                    .as_deref()
+                    .map(|id| self.in_flight(id));
+            }
             return self
                 .send(parts.method, &path, headers, body, timeout, request)
                 .await
@@ -302,11 +321,26 @@ impl Forwarder {
 
         // A held event: the relay deletes it once acknowledged, so the ack
         // waits until the exchange is recorded. A redelivery of an event that
-        // already got an answer (the ack was lost in a crash) is acknowledged
-        // without reaching the app twice.
+        // already got an answer (the ack was lost in a crash, or the link
+        // dropped while the app worked on it) is acknowledged without
+        // reaching the app twice; one still in progress is waited for.
         if let Some(recorder) = self.recorder() {
+            if !self.inner.in_flight.wait(&event_id, timeout).await {
+                return error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "in-progress",
+                    &format!(
+                        "whtunnel: an earlier delivery of event {event_id} is still in progress"
+                    ),
+                );
+            }
             if let Some(prev) = recorder.find_relay_event(&event_id).await {
-                if prev.status.is_some() && prev.error.is_none() {
+                if prev.status.is_some()
+                    && prev
+                        .error
+                        .as_deref()
+                        .is_none_or(|e| e == ERR_ANSWER_UNDELIVERED)
+                {
                     tracing::info!(event = %event_id, "already delivered as #{}; not sending it again", prev.id);
                     let mut resp = Response::new(full(format!(
                         "whtunnel: event {event_id} was already delivered as #{}\n",
@@ -317,6 +351,9 @@ impl Forwarder {
                     return resp;
                 }
             }
+        }
+        if self.recorder().is_some() {
+            request.in_flight = Some(self.in_flight(&event_id));
         }
         let (resp, id_rx) = self
             .send(parts.method, &path, headers, body, timeout, request)
@@ -403,15 +440,23 @@ impl Forwarder {
         *out.uri_mut() = uri;
         *out.headers_mut() = headers;
 
-        // If the relay cancels the stream (sender gone, relay timeout) this
-        // future is dropped mid-await; the guard still records the exchange.
-        let mut guard = CancelGuard {
+        // If the relay cancels the stream (sender gone, relay timeout, link
+        // lost) this future is dropped mid-await. The app may already be
+        // working on the request, so the guard lets the call finish in the
+        // background and records what the app answered.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut guard = CallGuard {
+            call: Some(self.inner.client.request(out)),
+            deadline,
+            fwd: self.clone(),
             armed: cfg
                 .recorder
                 .clone()
                 .map(|r| (r, pending, self.target().to_string(), req_done)),
         };
-        let result = tokio::time::timeout(timeout, self.inner.client.request(out)).await;
+        let call = guard.call.as_mut().expect("set just above");
+        let result = tokio::time::timeout_at(deadline, call).await;
+        guard.call = None;
         let recording = guard.armed.take();
 
         let (resp, error) = match result {
@@ -554,6 +599,7 @@ impl Forwarder {
             remote_addr: None,
             relay_event_id: None,
             replay_of: original.id,
+            in_flight: None,
         };
         let (resp, id_rx) = fwd
             .send(method, &path, headers, full(body), DEFAULT_TIMEOUT, pending)
@@ -655,10 +701,16 @@ fn timeout_response(target: &Target, timeout: Duration) -> (Response<Body>, Stri
     )
 }
 
-/// Records an exchange whose forwarding future was dropped before the app
-/// answered: the relay reset the stream because the sender went away or its
-/// own deadline passed.
-struct CancelGuard {
+/// Finishes a call to the app whose forwarding future was dropped before
+/// the app answered: the relay reset the stream because the sender went
+/// away, its own deadline passed, or the link dropped. The request may
+/// already be in the app's hands; cutting it off would leave the app's work
+/// unrecorded, and a held redelivery of the same event could not tell that
+/// the app already has it.
+struct CallGuard {
+    call: Option<hyper_util::client::legacy::ResponseFuture>,
+    deadline: tokio::time::Instant,
+    fwd: Forwarder,
     armed: Option<(
         Recorder,
         Pending,
@@ -667,24 +719,111 @@ struct CancelGuard {
     )>,
 }
 
-impl Drop for CancelGuard {
+impl Drop for CallGuard {
     fn drop(&mut self) {
-        let Some((recorder, pending, target, req_done)) = self.armed.take() else {
+        let (Some(call), Some((recorder, pending, target, req_done))) =
+            (self.call.take(), self.armed.take())
+        else {
             return;
         };
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (id_tx, _) = oneshot::channel();
-        handle.spawn(record(
-            recorder,
-            pending,
-            target,
-            req_done,
-            None,
-            Some("cancelled: the sender went away or the relay gave up waiting".into()),
-            id_tx,
-        ));
+        let (deadline, fwd) = (self.deadline, self.fwd.clone());
+        handle.spawn(async move {
+            let (response, error) = match tokio::time::timeout_at(deadline, call).await {
+                Ok(Ok(resp)) => {
+                    let (parts, body) = resp.into_parts();
+                    let body = body.map_err(BoxError::from).boxed_unsync();
+                    let (mut body, done) = capture::tee(body, &fwd.inner.config.body_limits);
+                    // Nobody else reads it; reading it completes the capture.
+                    let drained = async { while let Some(Ok(_)) = body.frame().await {} };
+                    let _ = tokio::time::timeout_at(deadline, drained).await;
+                    drop(body);
+                    let headers = headers_to_vec(&parts.headers);
+                    let response = Some((parts.status.as_u16(), headers, done));
+                    (response, ERR_ANSWER_UNDELIVERED.to_string())
+                }
+                Ok(Err(e)) => (
+                    None,
+                    format!(
+                        "cancelled: the sender went away, then {}",
+                        describe_client_error(&e, fwd.target()).trim_start_matches("whtunnel: ")
+                    ),
+                ),
+                Err(_) => (
+                    None,
+                    "cancelled: the sender went away and the app did not answer in time".into(),
+                ),
+            };
+            let (id_tx, _) = oneshot::channel();
+            record(
+                recorder,
+                pending,
+                target,
+                req_done,
+                response,
+                Some(error),
+                id_tx,
+            )
+            .await;
+        });
+    }
+}
+
+/// The recorded error of an exchange the app answered after its sender was
+/// gone: the app has the request (a redelivery must not send it again), but
+/// nobody received the answer.
+pub const ERR_ANSWER_UNDELIVERED: &str =
+    "answered after the sender was gone (hung up, relay timeout or lost link); the answer reached nobody";
+
+/// Exchanges for relay events that are still in progress, by event id, so
+/// that a redelivery of an event waits for the attempt already under way
+/// (the link dropped while the app worked on it) instead of reaching the app
+/// a second time.
+#[derive(Default)]
+struct InFlight(Mutex<HashMap<String, CancellationToken>>);
+
+impl InFlight {
+    fn register(set: &Arc<InFlight>, id: &str) -> InFlightEntry {
+        let done = CancellationToken::new();
+        let map = &mut *set.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(id.to_string(), done.clone());
+        InFlightEntry {
+            set: set.clone(),
+            id: id.to_string(),
+            done,
+        }
+    }
+
+    /// Waits until no exchange for `id` is in progress; false if one still
+    /// is after `within`.
+    async fn wait(&self, id: &str, within: Duration) -> bool {
+        let running = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned();
+        match running {
+            None => true,
+            Some(done) => tokio::time::timeout(within, done.cancelled()).await.is_ok(),
+        }
+    }
+}
+
+/// One in-progress exchange in [`InFlight`]; dropping it ends it.
+struct InFlightEntry {
+    set: Arc<InFlight>,
+    id: String,
+    done: CancellationToken,
+}
+
+impl Drop for InFlightEntry {
+    fn drop(&mut self) {
+        let map = &mut *self.set.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(&self.id);
+        self.done.cancel();
     }
 }
 
@@ -710,6 +849,9 @@ struct Pending {
     remote_addr: Option<String>,
     relay_event_id: Option<String>,
     replay_of: Option<ExchangeId>,
+    /// Holds off redeliveries of the same relay event until this exchange
+    /// is queued for storing.
+    in_flight: Option<InFlightEntry>,
 }
 
 async fn captured(rx: Option<oneshot::Receiver<CapturedBody>>) -> CapturedBody {
@@ -741,6 +883,7 @@ async fn record(
         }),
         None => None,
     };
+    let in_flight = p.in_flight;
     let ex = Exchange {
         id: None,
         received_at: p.received_at,
@@ -765,9 +908,14 @@ async fn record(
     // runtime per exchange.
     if id_tx.is_closed() {
         recorder.record_in_background(ex);
+        drop(in_flight);
         return;
     }
-    let id = recorder.record(ex).await.ok().and_then(Result::ok);
+    let stored = recorder.record(ex);
+    // Queued: a lookup from here on finds it (the writer answers lookups
+    // after what was queued before them).
+    drop(in_flight);
+    let id = stored.await.ok().and_then(Result::ok);
     let _ = id_tx.send(id);
 }
 

@@ -432,3 +432,94 @@ async fn a_held_event_the_app_never_answers_in_time_stops_blocking_the_queue() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A TCP proxy whose open connections can all be closed at once while new
+/// ones still pass: a link that drops and comes straight back.
+async fn severable_proxy(
+    upstream: std::net::SocketAddr,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<tokio_util::sync::CancellationToken>>,
+) {
+    use tokio_util::sync::CancellationToken;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let current = std::sync::Arc::new(std::sync::Mutex::new(CancellationToken::new()));
+    let cuts = current.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let cut = cuts.lock().unwrap().clone();
+            tokio::spawn(async move {
+                let mut outbound = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    () = cut.cancelled() => {}
+                }
+            });
+        }
+    });
+    (addr, current)
+}
+
+/// Closes every connection open through the proxy now.
+fn sever(cuts: &std::sync::Mutex<tokio_util::sync::CancellationToken>) {
+    let old = std::mem::take(&mut *cuts.lock().unwrap());
+    old.cancel();
+}
+
+#[tokio::test]
+async fn a_link_lost_while_the_app_works_does_not_deliver_the_event_twice() {
+    let app = App::start().await;
+    let relay_dir = tempfile::tempdir().unwrap();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(held_relay_config(relay_dir.path())).await;
+    let (proxy, cuts) = severable_proxy(relay.addr).await;
+    let rec = recorder(agent_dir.path());
+    let mut opts = AgentOptions::new("once", &app);
+    opts.recorder = Some(rec.clone());
+    opts.data_dir = Some(agent_dir.path().to_path_buf());
+    let agent = start_agent(&format!("http://{proxy}"), opts).await;
+    assert!(
+        !agent.public_url.starts_with("refused"),
+        "{}",
+        agent.public_url
+    );
+
+    // The app takes 1.5 s over this event; the link drops while it works.
+    let url = format!("{}/t/once/x", relay.base);
+    let sender = tokio::spawn(async move {
+        send(
+            Method::POST,
+            &url,
+            &[("x-test-delay-ms", "1500")],
+            event_body(1),
+        )
+        .await
+    });
+    wait_for_seen(&app, 1, Duration::from_secs(5)).await;
+    sever(&cuts);
+    // The relay had the whole body, so the sender is told it is held...
+    let (s, h, _) = sender.await.unwrap();
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let event_id = h["whtunnel-event-id"].to_str().unwrap().to_string();
+
+    // ...and delivers it again once the agent is back, which it is at once,
+    // while the app still works on the first copy.
+    let held = relay.held.clone().unwrap();
+    let started = std::time::Instant::now();
+    while held.state("once").unwrap().pending > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the held copy was never acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(app.seen().len(), 1, "the app got the event once");
+    // The app's answer to the first copy is what the capture shows.
+    let first = rec.find_relay_event(&event_id).await.expect("recorded");
+    assert_eq!(first.status, Some(200));
+    assert_eq!(
+        first.error.as_deref(),
+        Some(whtunnel::forward::ERR_ANSWER_UNDELIVERED)
+    );
+}

@@ -324,3 +324,43 @@ async fn eight_mib_body_arrives_byte_exact() {
         "8 MiB response byte-exact too"
     );
 }
+
+#[tokio::test]
+async fn the_app_answer_to_a_sender_that_hung_up_is_still_recorded() {
+    let app = App::start().await;
+    let relay = start_relay(relay_config("127.0.0.1:0")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let rec = recorder(dir.path());
+    let mut events = rec.subscribe();
+    let mut opts = AgentOptions::new("hangup", &app);
+    opts.recorder = Some(rec.clone());
+    let _agent = start_agent(&relay.base, opts).await;
+
+    // The sender gives up after 200 ms; the app answers after 800 ms.
+    let url = format!("{}/t/hangup/slow", relay.base);
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(200),
+        send(Method::POST, &url, &[("x-test-delay-ms", "800")], "{}"),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the sender hung up first");
+
+    let summary = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(whtunnel::capture::CaptureEvent::Stored(s)) = events.recv().await {
+                if s.path == "/slow" {
+                    return s;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the exchange is recorded");
+    assert_eq!(app.seen().len(), 1);
+    assert_eq!(summary.status, Some(200), "the app's own answer");
+    assert!(summary.duration_ms >= 800.0, "{}", summary.duration_ms);
+    assert_eq!(
+        summary.error.as_deref(),
+        Some(whtunnel::forward::ERR_ANSWER_UNDELIVERED)
+    );
+}
