@@ -180,7 +180,14 @@ struct Inner {
     config: ForwarderConfig,
     client: Client<HttpConnector, Body>,
     in_flight: Arc<InFlight>,
+    /// Permits for calls left to finish after their stream was reset.
+    abandoned: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most calls left to finish in the background at once (as many as the link
+/// carries streams): a sender that starts and drops requests to a slow app
+/// cannot pile up connections to it. Past this, a dropped call is cut off.
+pub const MAX_ABANDONED_CALLS: usize = crate::tunnel::h2::MAX_CONCURRENT_STREAMS as usize;
 
 /// The result of a replay.
 #[derive(Debug)]
@@ -223,6 +230,7 @@ impl Forwarder {
                 config,
                 client,
                 in_flight: Arc::default(),
+                abandoned: Arc::new(tokio::sync::Semaphore::new(MAX_ABANDONED_CALLS)),
             }),
         }
     }
@@ -730,8 +738,31 @@ impl Drop for CallGuard {
             return;
         };
         let (deadline, fwd) = (self.deadline, self.fwd.clone());
+        let permit = fwd.inner.abandoned.clone().try_acquire_owned().ok();
         handle.spawn(async move {
-            let (response, error) = match tokio::time::timeout_at(deadline, call).await {
+            let outcome = match &permit {
+                Some(_) => tokio::time::timeout_at(deadline, call).await,
+                None => {
+                    drop(call);
+                    let error = format!(
+                        "cancelled: the sender went away, with {MAX_ABANDONED_CALLS} earlier \
+                         calls still finishing"
+                    );
+                    let (id_tx, _) = oneshot::channel();
+                    record(
+                        recorder,
+                        pending,
+                        target,
+                        req_done,
+                        None,
+                        Some(error),
+                        id_tx,
+                    )
+                    .await;
+                    return;
+                }
+            };
+            let (response, error) = match outcome {
                 Ok(Ok(resp)) => {
                     let (parts, body) = resp.into_parts();
                     let body = body.map_err(BoxError::from).boxed_unsync();

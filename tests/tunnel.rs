@@ -364,3 +364,63 @@ async fn the_app_answer_to_a_sender_that_hung_up_is_still_recorded() {
         Some(whtunnel::forward::ERR_ANSWER_UNDELIVERED)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn senders_that_hang_up_cannot_pile_up_calls_to_a_slow_app() {
+    use whtunnel::forward::{ERR_ANSWER_UNDELIVERED, MAX_ABANDONED_CALLS};
+    let app = App::start().await;
+    let mut config = relay_config("127.0.0.1:0");
+    config.limits.max_conns_per_ip = 0;
+    config.limits.max_inflight_per_ip = 0;
+    config.limits.rate_limit = 0.0;
+    let relay = start_relay(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let rec = recorder(dir.path());
+    let mut events = rec.subscribe();
+    let mut opts = AgentOptions::new("pile", &app);
+    opts.recorder = Some(rec.clone());
+    let _agent = start_agent(&relay.base, opts).await;
+    let url = format!("{}/t/pile/slow", relay.base);
+
+    // Senders that give up long before the app (6 s) answers, once the app
+    // has their requests: first as many as the link carries at once, then a
+    // few more while those calls still run.
+    let mut sent = 0;
+    for n in [MAX_ABANDONED_CALLS, 20] {
+        let senders: Vec<_> = (0..n)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move {
+                    send(Method::POST, &url, &[("x-test-delay-ms", "6000")], "{}").await
+                })
+            })
+            .collect();
+        sent += n;
+        wait_for_seen(&app, sent, Duration::from_secs(10)).await;
+        for s in &senders {
+            s.abort();
+        }
+        for s in senders {
+            assert!(
+                s.await.unwrap_err().is_cancelled(),
+                "the sender hung up first"
+            );
+        }
+    }
+
+    let (mut finished, mut cut_off) = (0, 0);
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while finished + cut_off < sent {
+            if let Ok(whtunnel::capture::CaptureEvent::Stored(s)) = events.recv().await {
+                match s.error.as_deref() {
+                    Some(ERR_ANSWER_UNDELIVERED) => finished += 1,
+                    Some(e) if e.contains("still finishing") => cut_off += 1,
+                    other => panic!("unexpected record: {other:?}"),
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("only {finished} + {cut_off} of {sent} recorded"));
+    assert_eq!((finished, cut_off), (MAX_ABANDONED_CALLS, 20));
+}
