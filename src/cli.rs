@@ -682,10 +682,15 @@ async fn listen(args: ListenArgs) -> Result<()> {
     };
     stop.cancel();
     if let Some(r) = recorder {
+        forwarder.settle(SETTLE_ON_STOP).await;
         r.close().await;
     }
     result
 }
+
+/// How long `listen` waits on the way out for calls to the app that are
+/// still finishing after their stream was reset.
+const SETTLE_ON_STOP: Duration = Duration::from_secs(10);
 
 fn finish_agent(
     joined: std::result::Result<std::result::Result<(), agent::AgentError>, tokio::task::JoinError>,

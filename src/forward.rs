@@ -245,10 +245,16 @@ impl Forwarder {
         self.inner.config.recorder.as_ref()
     }
 
-    /// Registers an exchange for relay event `id` as in progress until the
-    /// returned entry is dropped (once the exchange is queued for storing).
-    fn in_flight(&self, id: &str) -> InFlightEntry {
-        InFlight::register(&self.inner.in_flight, id)
+    /// Waits, up to `within`, for the calls still finishing after their
+    /// stream was reset, so that they are recorded before the recorder
+    /// closes (the relay holds their events; unrecorded, they would reach
+    /// the app again after a restart).
+    pub async fn settle(&self, within: Duration) {
+        let all = self
+            .inner
+            .abandoned
+            .acquire_many(MAX_ABANDONED_CALLS as u32);
+        let _ = tokio::time::timeout(within, all).await;
     }
 
     /// Handles one request from the relay (it carries [`RequestMeta`]).
@@ -315,11 +321,8 @@ impl Forwarder {
         let body = body.map_err(BoxError::from).boxed_unsync();
         let attempt = meta.attempt.unwrap_or(0);
         let Some(event_id) = meta.event_id.filter(|_| meta.attempt.is_some()) else {
-            if self.recorder().is_some() {
-                request.in_flight = request
-                    .relay_event_id
-                    .as_deref()
-                    .map(|id| self.in_flight(id));
+            if let (Some(_), Some(id)) = (self.recorder(), &request.relay_event_id) {
+                request.in_flight = InFlight::try_register(&self.inner.in_flight, id).ok();
             }
             return self
                 .send(parts.method, &path, headers, body, timeout, request)
@@ -332,8 +335,12 @@ impl Forwarder {
         // already got an answer (the ack was lost in a crash, or the link
         // dropped while the app worked on it) is acknowledged without
         // reaching the app twice; one still in progress is waited for.
+        // One deadline for the whole delivery, waiting included: the relay
+        // gives up on it soon after.
+        let deadline = tokio::time::Instant::now() + timeout;
         if let Some(recorder) = self.recorder() {
-            if !self.inner.in_flight.wait(&event_id, timeout).await {
+            let Some(entry) = InFlight::acquire(&self.inner.in_flight, &event_id, deadline).await
+            else {
                 return error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "in-progress",
@@ -341,7 +348,7 @@ impl Forwarder {
                         "whtunnel: an earlier delivery of event {event_id} is still in progress"
                     ),
                 );
-            }
+            };
             if let Some(prev) = recorder.find_relay_event(&event_id).await {
                 if prev.status.is_some()
                     && prev
@@ -359,10 +366,9 @@ impl Forwarder {
                     return resp;
                 }
             }
+            request.in_flight = Some(entry);
         }
-        if self.recorder().is_some() {
-            request.in_flight = Some(self.in_flight(&event_id));
-        }
+        let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
         let (resp, id_rx) = self
             .send(parts.method, &path, headers, body, timeout, request)
             .await;
@@ -456,7 +462,7 @@ impl Forwarder {
         let mut guard = CallGuard {
             call: Some(self.inner.client.request(out)),
             deadline,
-            fwd: self.clone(),
+            fwd: cfg.recorder.is_some().then(|| self.clone()),
             armed: cfg
                 .recorder
                 .clone()
@@ -718,7 +724,8 @@ fn timeout_response(target: &Target, timeout: Duration) -> (Response<Body>, Stri
 struct CallGuard {
     call: Option<hyper_util::client::legacy::ResponseFuture>,
     deadline: tokio::time::Instant,
-    fwd: Forwarder,
+    /// Set when capture is on (only then is a dropped call finished).
+    fwd: Option<Forwarder>,
     armed: Option<(
         Recorder,
         Pending,
@@ -729,15 +736,15 @@ struct CallGuard {
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
-        let (Some(call), Some((recorder, pending, target, req_done))) =
-            (self.call.take(), self.armed.take())
+        let (Some(call), Some(fwd), Some((recorder, pending, target, req_done))) =
+            (self.call.take(), self.fwd.take(), self.armed.take())
         else {
             return;
         };
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (deadline, fwd) = (self.deadline, self.fwd.clone());
+        let deadline = self.deadline;
         let permit = fwd.inner.abandoned.clone().try_acquire_owned().ok();
         handle.spawn(async move {
             let outcome = match &permit {
@@ -745,8 +752,8 @@ impl Drop for CallGuard {
                 None => {
                     drop(call);
                     let error = format!(
-                        "cancelled: the sender went away, with {MAX_ABANDONED_CALLS} earlier \
-                         calls still finishing"
+                        "cancelled: the stream was reset (sender hung up, relay timeout or lost \
+                         link) while {MAX_ABANDONED_CALLS} earlier calls were still finishing"
                     );
                     let (id_tx, _) = oneshot::channel();
                     record(
@@ -778,13 +785,16 @@ impl Drop for CallGuard {
                 Ok(Err(e)) => (
                     None,
                     format!(
-                        "cancelled: the sender went away, then {}",
+                        "cancelled: the stream was reset (sender hung up, relay timeout or lost \
+                         link), then {}",
                         describe_client_error(&e, fwd.target()).trim_start_matches("whtunnel: ")
                     ),
                 ),
                 Err(_) => (
                     None,
-                    "cancelled: the sender went away and the app did not answer in time".into(),
+                    "cancelled: the stream was reset (sender hung up, relay timeout or lost \
+                     link), and the app did not answer in time"
+                        .into(),
                 ),
             };
             let (id_tx, _) = oneshot::channel();
@@ -804,7 +814,8 @@ impl Drop for CallGuard {
 
 /// The recorded error of an exchange the app answered after its sender was
 /// gone: the app has the request (a redelivery must not send it again), but
-/// nobody received the answer.
+/// nobody received the answer. Stored in capture databases and compared on
+/// redelivery: changing the text makes older records count as failed.
 pub const ERR_ANSWER_UNDELIVERED: &str =
     "answered after the sender was gone (hung up, relay timeout or lost link); the answer reached nobody";
 
@@ -813,32 +824,52 @@ pub const ERR_ANSWER_UNDELIVERED: &str =
 /// (the link dropped while the app worked on it) instead of reaching the app
 /// a second time.
 #[derive(Default)]
-struct InFlight(Mutex<HashMap<String, CancellationToken>>);
+struct InFlight(Mutex<InFlightMap>);
+
+#[derive(Default)]
+struct InFlightMap {
+    /// Tells entries apart, so that one only ever removes itself.
+    next: u64,
+    running: HashMap<String, (u64, CancellationToken)>,
+}
 
 impl InFlight {
-    fn register(set: &Arc<InFlight>, id: &str) -> InFlightEntry {
+    /// Registers an exchange for `id`; when one is already in progress,
+    /// returns the token cancelled when it ends instead.
+    fn try_register(set: &Arc<InFlight>, id: &str) -> Result<InFlightEntry, CancellationToken> {
+        let mut map = set.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, running)) = map.running.get(id) {
+            return Err(running.clone());
+        }
+        map.next += 1;
+        let generation = map.next;
         let done = CancellationToken::new();
-        let map = &mut *set.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.insert(id.to_string(), done.clone());
-        InFlightEntry {
+        map.running
+            .insert(id.to_string(), (generation, done.clone()));
+        Ok(InFlightEntry {
             set: set.clone(),
             id: id.to_string(),
+            generation,
             done,
-        }
+        })
     }
 
-    /// Waits until no exchange for `id` is in progress; false if one still
-    /// is after `within`.
-    async fn wait(&self, id: &str, within: Duration) -> bool {
-        let running = self
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .cloned();
-        match running {
-            None => true,
-            Some(done) => tokio::time::timeout(within, done.cancelled()).await.is_ok(),
+    /// Registers an exchange for `id` once no other one for it is in
+    /// progress; `None` if one still is at `deadline`.
+    async fn acquire(
+        set: &Arc<InFlight>,
+        id: &str,
+        deadline: tokio::time::Instant,
+    ) -> Option<InFlightEntry> {
+        loop {
+            match InFlight::try_register(set, id) {
+                Ok(entry) => return Some(entry),
+                Err(running) => {
+                    tokio::time::timeout_at(deadline, running.cancelled())
+                        .await
+                        .ok()?;
+                }
+            }
         }
     }
 }
@@ -847,13 +878,21 @@ impl InFlight {
 struct InFlightEntry {
     set: Arc<InFlight>,
     id: String,
+    generation: u64,
     done: CancellationToken,
 }
 
 impl Drop for InFlightEntry {
     fn drop(&mut self) {
-        let map = &mut *self.set.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.remove(&self.id);
+        let mut map = self.set.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map
+            .running
+            .get(&self.id)
+            .is_some_and(|(g, _)| *g == self.generation)
+        {
+            map.running.remove(&self.id);
+        }
+        drop(map);
         self.done.cancel();
     }
 }

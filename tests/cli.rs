@@ -442,3 +442,39 @@ async fn a_second_listen_on_the_same_data_dir_is_refused() {
     let again = Listen::start(&port, dir.path(), &[]).await;
     assert!(again.stop().await.success());
 }
+
+#[tokio::test]
+async fn a_call_still_finishing_is_recorded_before_listen_exits() {
+    let app = App::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = Listen::start(&app.addr.to_string(), dir.path(), &[]).await;
+    // The sender hangs up while the app works on its request (1.5 s)...
+    let url = format!("{}/slow", listen.public_url);
+    let sender = tokio::spawn(async move {
+        send(Method::POST, &url, &[("x-test-delay-ms", "1500")], "{}").await
+    });
+    wait_for_seen(&app, 1, Duration::from_secs(5)).await;
+    sender.abort();
+    assert!(sender.await.unwrap_err().is_cancelled());
+    // ...and the user stops whtunnel before the app has answered.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(listen.stop().await.success());
+
+    let (code, out, err) = whtunnel(&[
+        "requests",
+        "list",
+        "--json",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let list: Value = serde_json::from_str(&out).unwrap();
+    let rows = list.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{out}");
+    assert_eq!(rows[0]["path"], "/slow");
+    assert_eq!(
+        rows[0]["status"], 200,
+        "the app's answer was recorded: {out}"
+    );
+}

@@ -485,16 +485,10 @@ async fn a_link_lost_while_the_app_works_does_not_deliver_the_event_twice() {
         agent.public_url
     );
 
-    // The app takes 1.5 s over this event; the link drops while it works.
+    // The app holds this event; the link drops while it works.
     let url = format!("{}/t/once/x", relay.base);
     let sender = tokio::spawn(async move {
-        send(
-            Method::POST,
-            &url,
-            &[("x-test-delay-ms", "1500")],
-            event_body(1),
-        )
-        .await
+        send(Method::POST, &url, &[("x-test-hold", "1")], event_body(1)).await
     });
     wait_for_seen(&app, 1, Duration::from_secs(5)).await;
     sever(&cuts);
@@ -507,6 +501,17 @@ async fn a_link_lost_while_the_app_works_does_not_deliver_the_event_twice() {
     // while the app still works on the first copy.
     let held = relay.held.clone().unwrap();
     let started = std::time::Instant::now();
+    while held.next("once").unwrap().is_none_or(|ev| ev.attempts == 0) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the held copy was never sent again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The redelivery has reached the agent: it must wait for the first copy.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.seen().len(), 1, "the redelivery waits");
+    app.release();
     while held.state("once").unwrap().pending > 0 {
         assert!(
             started.elapsed() < Duration::from_secs(10),

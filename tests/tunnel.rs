@@ -336,14 +336,19 @@ async fn the_app_answer_to_a_sender_that_hung_up_is_still_recorded() {
     opts.recorder = Some(rec.clone());
     let _agent = start_agent(&relay.base, opts).await;
 
-    // The sender gives up after 200 ms; the app answers after 800 ms.
+    // The sender hangs up once the app has its request; the app answers
+    // 800 ms later.
     let url = format!("{}/t/hangup/slow", relay.base);
-    let gave_up = tokio::time::timeout(
-        Duration::from_millis(200),
-        send(Method::POST, &url, &[("x-test-delay-ms", "800")], "{}"),
-    )
-    .await;
-    assert!(gave_up.is_err(), "the sender hung up first");
+    let sender =
+        tokio::spawn(
+            async move { send(Method::POST, &url, &[("x-test-delay-ms", "800")], "{}").await },
+        );
+    wait_for_seen(&app, 1, Duration::from_secs(5)).await;
+    sender.abort();
+    assert!(
+        sender.await.unwrap_err().is_cancelled(),
+        "the sender hung up first"
+    );
 
     let summary = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
@@ -367,7 +372,7 @@ async fn the_app_answer_to_a_sender_that_hung_up_is_still_recorded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn senders_that_hang_up_cannot_pile_up_calls_to_a_slow_app() {
-    use whtunnel::forward::{ERR_ANSWER_UNDELIVERED, MAX_ABANDONED_CALLS};
+    use whtunnel::forward::MAX_ABANDONED_CALLS;
     let app = App::start().await;
     let mut config = relay_config("127.0.0.1:0");
     config.limits.max_conns_per_ip = 0;
@@ -382,16 +387,16 @@ async fn senders_that_hang_up_cannot_pile_up_calls_to_a_slow_app() {
     let _agent = start_agent(&relay.base, opts).await;
     let url = format!("{}/t/pile/slow", relay.base);
 
-    // Senders that give up long before the app (6 s) answers, once the app
-    // has their requests: first as many as the link carries at once, then a
-    // few more while those calls still run.
+    // Senders that give up once the app has their requests, which it holds:
+    // first as many as the link carries at once, then a few more while those
+    // calls still run.
     let mut sent = 0;
     for n in [MAX_ABANDONED_CALLS, 20] {
         let senders: Vec<_> = (0..n)
             .map(|_| {
                 let url = url.clone();
                 tokio::spawn(async move {
-                    send(Method::POST, &url, &[("x-test-delay-ms", "6000")], "{}").await
+                    send(Method::POST, &url, &[("x-test-hold", "1")], "{}").await
                 })
             })
             .collect();
@@ -408,19 +413,34 @@ async fn senders_that_hang_up_cannot_pile_up_calls_to_a_slow_app() {
         }
     }
 
-    let (mut finished, mut cut_off) = (0, 0);
-    tokio::time::timeout(Duration::from_secs(15), async {
-        while finished + cut_off < sent {
+    // The calls over the bound are cut off at once; the others finish when
+    // the app answers.
+    let mut counts = (0, 0);
+    count_abandoned(&mut events, &mut counts, 20).await;
+    app.release();
+    count_abandoned(&mut events, &mut counts, sent).await;
+    let (finished, cut_off) = counts;
+    assert_eq!((finished, cut_off), (MAX_ABANDONED_CALLS, 20));
+}
+
+/// Counts stored exchanges into (finished after the sender was gone, cut
+/// off) until there are `want` in all.
+async fn count_abandoned(
+    events: &mut tokio::sync::broadcast::Receiver<whtunnel::capture::CaptureEvent>,
+    counts: &mut (usize, usize),
+    want: usize,
+) {
+    let counted = tokio::time::timeout(Duration::from_secs(15), async {
+        while counts.0 + counts.1 < want {
             if let Ok(whtunnel::capture::CaptureEvent::Stored(s)) = events.recv().await {
                 match s.error.as_deref() {
-                    Some(ERR_ANSWER_UNDELIVERED) => finished += 1,
-                    Some(e) if e.contains("still finishing") => cut_off += 1,
+                    Some(whtunnel::forward::ERR_ANSWER_UNDELIVERED) => counts.0 += 1,
+                    Some(e) if e.contains("still finishing") => counts.1 += 1,
                     other => panic!("unexpected record: {other:?}"),
                 }
             }
         }
     })
-    .await
-    .unwrap_or_else(|_| panic!("only {finished} + {cut_off} of {sent} recorded"));
-    assert_eq!((finished, cut_off), (MAX_ABANDONED_CALLS, 20));
+    .await;
+    assert!(counted.is_ok(), "only {counts:?} of {want} recorded");
 }

@@ -41,12 +41,14 @@ pub struct Seen {
 }
 
 /// A local app. Behaviour is chosen by request headers:
-/// `x-test-delay-ms` sleeps before answering, `x-test-status` sets the
-/// status; it answers with the request body echoed and `x-app: yes`.
+/// `x-test-delay-ms` sleeps before answering, `x-test-hold` waits until
+/// [`App::release`], `x-test-status` sets the status; it answers with the
+/// request body echoed and `x-app: yes`.
 pub struct App {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     stop: CancellationToken,
+    held: watch::Sender<bool>,
 }
 
 impl Drop for App {
@@ -57,7 +59,11 @@ impl Drop for App {
 
 const KEEP_BODY: u64 = 16 * 1024 * 1024;
 
-async fn app_handle(seen: Arc<Mutex<Vec<Seen>>>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn app_handle(
+    seen: Arc<Mutex<Vec<Seen>>>,
+    mut released: watch::Receiver<bool>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let (parts, mut body) = req.into_parts();
     let mut hasher = Sha256::new();
     let mut kept = Vec::new();
@@ -81,6 +87,9 @@ async fn app_handle(seen: Arc<Mutex<Vec<Seen>>>, req: Request<Incoming>) -> Resp
         body_len: len,
         body_sha256: hasher.finalize().into(),
     });
+    if parts.headers.contains_key("x-test-hold") {
+        let _ = released.wait_for(|r| *r).await;
+    }
     if let Some(ms) = parts
         .headers
         .get("x-test-delay-ms")
@@ -130,6 +139,7 @@ impl App {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = CancellationToken::new();
         let (s, st) = (seen.clone(), stop.clone());
+        let (held, released) = watch::channel(false);
         tokio::spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
@@ -138,10 +148,12 @@ impl App {
                 };
                 let s = s.clone();
                 let st = st.clone();
+                let released = released.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let s = s.clone();
-                        async move { Ok::<_, Infallible>(app_handle(s, req).await) }
+                        let released = released.clone();
+                        async move { Ok::<_, Infallible>(app_handle(s, released, req).await) }
                     });
                     // Stopping the app closes its open connections too, so
                     // "app down" is real even for pooled keep-alive links.
@@ -153,7 +165,18 @@ impl App {
                 });
             }
         });
-        App { addr, seen, stop }
+        App {
+            addr,
+            seen,
+            stop,
+            held,
+        }
+    }
+
+    /// Lets every request with `x-test-hold` (waiting or still to come)
+    /// be answered.
+    pub fn release(&self) {
+        self.held.send_replace(true);
     }
 
     pub fn seen(&self) -> Vec<Seen> {
