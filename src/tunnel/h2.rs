@@ -13,11 +13,12 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type that crosses the tunnel in both directions.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
-/// Both ends ping this often...
+/// The agent pings a link that brought it nothing for this long...
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(4);
-/// ...and drop the link when a ping is not answered within this, so a dead
-/// peer is noticed within 10 s (the contract is 15 s; the margin absorbs a
-/// loaded machine).
+/// ...and drops it when the ping is not answered within this, so a dead
+/// relay is noticed within 10 s (the contract is 15 s; the margin absorbs a
+/// loaded machine). The relay pings only when the agent's pings stop
+/// (`link.rs`), with the same 10 s bound.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(6);
 /// Exchanges in flight on one tunnel; more wait for a free stream.
 pub const MAX_CONCURRENT_STREAMS: u32 = 256;

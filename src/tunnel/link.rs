@@ -28,9 +28,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::h2::{
-    CONNECTION_WINDOW, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MAX_HEADER_LIST, STREAM_WINDOW,
-};
+use super::h2::{CONNECTION_WINDOW, KEEPALIVE_INTERVAL, MAX_HEADER_LIST, STREAM_WINDOW};
 use super::protocol::content_length;
 use super::{Body, BoxError};
 
@@ -47,7 +45,7 @@ pub enum LinkError {
     #[error("{0}")]
     H2(#[from] h2::Error),
     /// The agent did not answer a keepalive ping in time.
-    #[error("the agent did not answer a keepalive ping within {}s", KEEPALIVE_TIMEOUT.as_secs())]
+    #[error("the agent did not answer a keepalive ping within {}s", PING_TIMEOUT.as_secs())]
     KeepaliveTimeout,
 }
 
@@ -75,10 +73,21 @@ impl LinkError {
     }
 }
 
+/// This side pings only a link that brought nothing from the agent for this
+/// long. The agent pings every [`KEEPALIVE_INTERVAL`] on an idle link (and
+/// this side's h2 answers), so a live agent's link is never quiet this long
+/// and only one end pings: half the keepalive traffic of a relay holding
+/// thousands of idle tunnels.
+const PING_WHEN_QUIET: std::time::Duration =
+    KEEPALIVE_INTERVAL.saturating_add(std::time::Duration::from_secs(1));
+/// How long this side waits for the answer to its ping. With
+/// [`PING_WHEN_QUIET`], a dead agent is noticed within 10 s.
+const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// When the link last carried something from the agent, so keepalive pings
-/// go out only on a quiet link (as hyper's did): behind a large answer
-/// streaming in, a ping's answer could queue long enough to end a healthy
-/// link.
+/// go out only on a quiet link: behind a large answer streaming in, a
+/// ping's answer could queue long enough to end a healthy link. Every read
+/// that brings bytes counts ([`HeardIo`]), the agent's own pings included.
 struct Activity {
     start: Instant,
     /// Milliseconds after `start`.
@@ -111,13 +120,12 @@ impl Activity {
 pub struct LinkClient {
     tx: h2::client::SendRequest<Bytes>,
     closed: CancellationToken,
-    activity: Arc<Activity>,
 }
 
 /// The link's connection: must be driven ([`LinkConnection::run`]) for any
 /// request to make progress.
 pub struct LinkConnection {
-    conn: h2::client::Connection<Box<dyn Io>, Bytes>,
+    conn: h2::client::Connection<HeardIo, Bytes>,
     closed: CancellationToken,
     activity: Arc<Activity>,
 }
@@ -126,6 +134,57 @@ pub struct LinkConnection {
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
+/// The link's IO, noting in [`Activity`] every read that brings bytes.
+struct HeardIo {
+    io: Box<dyn Io>,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for HeardIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.heard();
+        }
+        result
+    }
+}
+
+impl AsyncWrite for HeardIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 /// Opens the HTTP/2 client on `io` with the tunnel's settings (see
 /// [`super::h2`]). `closed` is cancelled when the connection ends, and can be
 /// cancelled by the owner to end it.
@@ -133,7 +192,11 @@ pub async fn handshake(
     io: impl Io,
     closed: CancellationToken,
 ) -> Result<(LinkClient, LinkConnection), LinkError> {
-    let io: Box<dyn Io> = Box::new(io);
+    let activity = Arc::new(Activity::new());
+    let io = HeardIo {
+        io: Box::new(io),
+        activity: activity.clone(),
+    };
     let (tx, conn) = h2::client::Builder::new()
         .enable_push(false)
         .initial_window_size(STREAM_WINDOW)
@@ -142,12 +205,10 @@ pub async fn handshake(
         .max_send_buffer_size(MAX_SEND_BUFFER)
         .handshake(io)
         .await?;
-    let activity = Arc::new(Activity::new());
     Ok((
         LinkClient {
             tx,
             closed: closed.clone(),
-            activity: activity.clone(),
         },
         LinkConnection {
             conn,
@@ -160,10 +221,10 @@ pub async fn handshake(
 impl LinkConnection {
     /// Drives the connection until the link ends, the agent stops answering
     /// pings, or `closed` is cancelled. A link that carried nothing from the
-    /// agent for [`KEEPALIVE_INTERVAL`] is pinged, and dropped when the ping
-    /// is not answered within [`KEEPALIVE_TIMEOUT`]: a dead peer is noticed
-    /// within 10 s. Cancels `closed` on the way out, so every [`LinkClient`]
-    /// sees the link is gone.
+    /// agent for [`PING_WHEN_QUIET`] is pinged, and dropped when the ping is
+    /// not answered within [`PING_TIMEOUT`]: a dead peer is noticed within
+    /// 10 s. Cancels `closed` on the way out, so every [`LinkClient`] sees
+    /// the link is gone.
     pub async fn run(mut self) -> Result<(), LinkError> {
         let closed = self.closed.clone();
         let _cancel_on_exit = closed.clone().drop_guard();
@@ -175,12 +236,11 @@ impl LinkConnection {
             };
             loop {
                 let quiet = activity.quiet_for();
-                if quiet < KEEPALIVE_INTERVAL {
-                    tokio::time::sleep(KEEPALIVE_INTERVAL - quiet).await;
+                if quiet < PING_WHEN_QUIET {
+                    tokio::time::sleep(PING_WHEN_QUIET - quiet).await;
                     continue;
                 }
-                match tokio::time::timeout(KEEPALIVE_TIMEOUT, pings.ping(h2::Ping::opaque())).await
-                {
+                match tokio::time::timeout(PING_TIMEOUT, pings.ping(h2::Ping::opaque())).await {
                     Ok(Ok(_pong)) => activity.heard(),
                     Ok(Err(e)) => return Err(LinkError::H2(e)),
                     Err(_) => return Err(LinkError::KeepaliveTimeout),
@@ -234,16 +294,13 @@ impl LinkClient {
             }
         }
         let resp = answer.await?;
-        self.activity.heard();
         let _ = answered.send(());
         let len = content_length(resp.headers());
-        let activity = self.activity.clone();
         Ok(resp.map(|rx| {
             RecvBody {
                 rx,
                 remaining: len,
                 data_done: false,
-                activity,
             }
             .boxed_unsync()
         }))
@@ -363,7 +420,6 @@ struct RecvBody {
     /// then answers with the same `Content-Length` framing the app used.
     remaining: Option<u64>,
     data_done: bool,
-    activity: Arc<Activity>,
 }
 
 impl http_body::Body for RecvBody {
@@ -377,7 +433,6 @@ impl http_body::Body for RecvBody {
         if !self.data_done {
             match ready!(self.rx.poll_data(cx)) {
                 Some(Ok(data)) => {
-                    self.activity.heard();
                     let _ = self.rx.flow_control().release_capacity(data.len());
                     if let Some(r) = self.remaining.as_mut() {
                         *r = r.saturating_sub(data.len() as u64);
@@ -515,13 +570,15 @@ mod tests {
         F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = Result<Response<Body>, BoxError>> + Send + 'static,
     {
-        let (client, writes, _) = link_counting_pings(handler).await;
+        let (client, writes, _) = link_counting_pings(handler, true).await;
         (client, writes)
     }
 
     /// [`link`], also counting the PINGs the relay's side sends.
+    /// `agent_pings`: the agent end keeps its own keepalive, as in `listen`.
     async fn link_counting_pings<F, Fut>(
         handler: F,
+        agent_pings: bool,
     ) -> (LinkClient, Arc<AtomicUsize>, Arc<AtomicUsize>)
     where
         F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
@@ -531,7 +588,11 @@ mod tests {
         let handler = Arc::new(handler);
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| handler(req));
-            let _ = super::super::h2::server_builder()
+            let mut server = super::super::h2::server_builder();
+            if !agent_pings {
+                server.keep_alive_interval(None);
+            }
+            let _ = server
                 .serve_connection(TokioIo::new(agent_io), service)
                 .await;
         });
@@ -763,29 +824,61 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_link_busy_with_an_answer_is_not_pinged() {
-        // An answer trickling in for 12 s (virtual time), a chunk a second.
-        let (client, _, pings) = link_counting_pings(|_req| async {
-            let chunks = futures_util::stream::unfold(0u32, |i| async move {
-                if i == 12 {
-                    return None;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                Some((
-                    Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"."))),
-                    i + 1,
-                ))
-            });
-            Ok(Response::new(StreamBody::new(chunks).boxed_unsync()))
-        })
+        // An answer trickling in for 12 s (virtual time), a chunk a second,
+        // from an agent that sends no pings of its own.
+        let (client, _, pings) = link_counting_pings(
+            |_req| async {
+                let chunks = futures_util::stream::unfold(0u32, |i| async move {
+                    if i == 12 {
+                        return None;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    Some((
+                        Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"."))),
+                        i + 1,
+                    ))
+                });
+                Ok(Response::new(StreamBody::new(chunks).boxed_unsync()))
+            },
+            false,
+        )
         .await;
         let resp = client.send(post(full("x"))).await.unwrap();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body.len(), 12);
         assert_eq!(pings.load(Ordering::SeqCst), 0, "pinged a busy link");
-        // Quiet from here: pinged every 4 s.
-        tokio::time::sleep(Duration::from_secs(9)).await;
+        // Quiet from here: pinged after 5 s, and 5 s after each answer.
+        tokio::time::sleep(Duration::from_secs(11)).await;
         assert_eq!(pings.load(Ordering::SeqCst), 2);
         assert!(!client.is_closed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_agent_that_pings_is_not_pinged_back() {
+        let (client, _, pings) = link_counting_pings(echo_length, true).await;
+        let resp = client.send(post(full("x"))).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+        // Idle for a minute: the agent's pings (every 4 s) show the link is
+        // alive, so this side sends none of its own.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(pings.load(Ordering::SeqCst), 0);
+        assert!(!client.is_closed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_agent_is_dropped_within_10_seconds() {
+        // The agent end never reads: no answers, no pings of its own.
+        let (relay_io, _agent_io) = tokio::io::duplex(64 * 1024);
+        let closed = CancellationToken::new();
+        let started = Instant::now();
+        let handshake = handshake(relay_io, closed.clone());
+        // The handshake itself needs no answer from the agent.
+        let (client, conn) = handshake.await.unwrap();
+        let err = conn.run().await.unwrap_err();
+        assert!(matches!(err, LinkError::KeepaliveTimeout), "{err}");
+        let took = started.elapsed();
+        assert!(took <= Duration::from_secs(10), "{took:?}");
+        assert!(client.is_closed());
     }
 
     fn tokio_stream_from<T: Send + 'static>(
