@@ -470,7 +470,7 @@ phase_idle() {
     [[ $QUICK == 1 ]] && idle_secs=5
     read -r with _ <<<"$(rss_of "$rpid")"
     read -r client _ <<<"$(rss_of "$ipid")"
-    # Relay CPU while the agents sit idle (keepalive pings every 4 s each way).
+    # Relay CPU while the agents sit idle (each agent pings every 4 s; the relay answers).
     c0=$(python3 "$LIB" cputime "$rpid"); sleep "$idle_secs"; c1=$(python3 "$LIB" cputime "$rpid")
     local cpu_pct; cpu_pct=$(python3 -c "print(round(($c1 - $c0) * 100 / $idle_secs, 1))")
     conn=$(sed -n 's/^connected \([0-9]*\) .*/\1/p' "$WORK/idle$n.out")
