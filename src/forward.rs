@@ -747,55 +747,37 @@ impl Drop for CallGuard {
         let deadline = self.deadline;
         let permit = fwd.inner.abandoned.clone().try_acquire_owned().ok();
         handle.spawn(async move {
-            let outcome = match &permit {
-                Some(_) => tokio::time::timeout_at(deadline, call).await,
+            const RESET: &str =
+                "cancelled: the stream was reset (sender hung up, relay timeout or lost link)";
+            let (response, error) = match &permit {
                 None => {
                     drop(call);
-                    let error = format!(
-                        "cancelled: the stream was reset (sender hung up, relay timeout or lost \
-                         link) while {MAX_ABANDONED_CALLS} earlier calls were still finishing"
+                    let why = format!(
+                        "{RESET} while {MAX_ABANDONED_CALLS} earlier calls were still finishing"
                     );
-                    let (id_tx, _) = oneshot::channel();
-                    record(
-                        recorder,
-                        pending,
-                        target,
-                        req_done,
-                        None,
-                        Some(error),
-                        id_tx,
-                    )
-                    .await;
-                    return;
+                    (None, why)
                 }
-            };
-            let (response, error) = match outcome {
-                Ok(Ok(resp)) => {
-                    let (parts, body) = resp.into_parts();
-                    let body = body.map_err(BoxError::from).boxed_unsync();
-                    let (mut body, done) = capture::tee(body, &fwd.inner.config.body_limits);
-                    // Nobody else reads it; reading it completes the capture.
-                    let drained = async { while let Some(Ok(_)) = body.frame().await {} };
-                    let _ = tokio::time::timeout_at(deadline, drained).await;
-                    drop(body);
-                    let headers = headers_to_vec(&parts.headers);
-                    let response = Some((parts.status.as_u16(), headers, done));
-                    (response, ERR_ANSWER_UNDELIVERED.to_string())
-                }
-                Ok(Err(e)) => (
-                    None,
-                    format!(
-                        "cancelled: the stream was reset (sender hung up, relay timeout or lost \
-                         link), then {}",
-                        describe_client_error(&e, fwd.target()).trim_start_matches("whtunnel: ")
-                    ),
-                ),
-                Err(_) => (
-                    None,
-                    "cancelled: the stream was reset (sender hung up, relay timeout or lost \
-                     link), and the app did not answer in time"
-                        .into(),
-                ),
+                Some(_) => match tokio::time::timeout_at(deadline, call).await {
+                    Ok(Ok(resp)) => {
+                        let (parts, body) = resp.into_parts();
+                        let body = body.map_err(BoxError::from).boxed_unsync();
+                        let (mut body, done) = capture::tee(body, &fwd.inner.config.body_limits);
+                        // Nobody else reads it; reading it completes the capture.
+                        let drained = async { while let Some(Ok(_)) = body.frame().await {} };
+                        let _ = tokio::time::timeout_at(deadline, drained).await;
+                        drop(body);
+                        let headers = headers_to_vec(&parts.headers);
+                        let response = Some((parts.status.as_u16(), headers, done));
+                        (response, ERR_ANSWER_UNDELIVERED.to_string())
+                    }
+                    Ok(Err(e)) => {
+                        let reason = describe_client_error(&e, fwd.target());
+                        let why =
+                            format!("{RESET}, then {}", reason.trim_start_matches("whtunnel: "));
+                        (None, why)
+                    }
+                    Err(_) => (None, format!("{RESET}, and the app did not answer in time")),
+                },
             };
             let (id_tx, _) = oneshot::channel();
             record(
@@ -808,6 +790,7 @@ impl Drop for CallGuard {
                 id_tx,
             )
             .await;
+            drop(permit);
         });
     }
 }
