@@ -18,9 +18,10 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::{self, AgentConfig, ConnectionStatus, RelayUrl};
 use crate::capture::{self, BodyLimits, CaptureEvent, Recorder, Store, StoreConfig};
 use crate::forward::{Forwarder, ForwarderConfig, HostHeader, Target};
-use crate::relay::{Caps, OfflinePolicy, Relay, RelayConfig, Tokens};
+use crate::relay::{Caps, Limits, OfflinePolicy, Relay, RelayConfig, Tokens};
 use crate::tunnel::protocol::{generate_name, is_valid_name};
 use crate::tunnel::tls;
+use crate::units::{self, ByteSize, HumanDuration};
 
 /// whtunnel: receive webhooks on localhost, record every exchange, inspect and replay them.
 #[derive(Parser, Debug)]
@@ -86,14 +87,14 @@ struct ListenArgs {
     #[arg(long)]
     no_capture: bool,
     /// Keep at most this many recorded exchanges (oldest deleted first).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = StoreConfig::DEFAULT_MAX_EXCHANGES)]
     keep_exchanges: u64,
     /// Keep at most this many bytes of recorded bodies (e.g. 1GiB).
-    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
-    keep_bytes: u64,
+    #[arg(long, default_value_t = ByteSize(StoreConfig::DEFAULT_MAX_BYTES))]
+    keep_bytes: ByteSize,
     /// While this agent is away: hold webhooks and deliver them when it is back (hold),
     /// or answer 503 so the sender retries (reject). Default: the relay's setting.
-    #[arg(long, value_parser = parse_offline)]
+    #[arg(long)]
     offline: Option<OfflinePolicy>,
 }
 
@@ -120,23 +121,23 @@ struct RelayArgs {
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// How long the app has to answer before the sender gets 504 (e.g. 30s, 500ms).
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    response_timeout: Duration,
+    #[arg(long, default_value_t = HumanDuration(units::DEFAULT_RESPONSE_TIMEOUT))]
+    response_timeout: HumanDuration,
     /// Largest request body accepted; larger ones get 413 (e.g. 25MiB).
-    #[arg(long, default_value = "25MiB", value_parser = parse_size)]
-    max_body: u64,
+    #[arg(long, default_value_t = ByteSize(units::DEFAULT_MAX_BODY))]
+    max_body: ByteSize,
     /// While a known tunnel's agent is away: hold webhooks (202) or reject them (503).
-    #[arg(long, default_value = "hold", value_parser = parse_offline)]
+    #[arg(long, default_value_t = OfflinePolicy::default())]
     offline: OfflinePolicy,
     /// Most events held per tunnel; beyond it senders get 503 + Retry-After.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = Caps::default().max_events)]
     hold_max_events: u64,
     /// Most body bytes held per tunnel (e.g. 1GiB).
-    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
-    hold_max_bytes: u64,
+    #[arg(long, default_value_t = ByteSize(Caps::default().max_bytes))]
+    hold_max_bytes: ByteSize,
     /// Held events older than this are deleted (e.g. 72h).
-    #[arg(long, default_value = "72h", value_parser = parse_duration)]
-    hold_max_age: Duration,
+    #[arg(long, default_value_t = HumanDuration(Caps::default().max_age))]
+    hold_max_age: HumanDuration,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -145,40 +146,40 @@ struct RelayArgs {
 #[derive(Args, Debug)]
 struct LimitArgs {
     /// Concurrent connections one IP may hold; more are closed at once.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = Limits::default().max_conns_per_ip)]
     max_conns_per_ip: usize,
     /// Requests per second per tunnel; more get 429 with Retry-After.
-    #[arg(long, default_value_t = 1000.0)]
+    #[arg(long, default_value_t = Limits::default().rate_limit)]
     rate_limit: f64,
     /// Requests a tunnel may take at once above --rate-limit.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = Limits::default().rate_burst)]
     rate_burst: u32,
     /// Requests one IP may have in flight on one tunnel; more get 429.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = Limits::default().max_inflight_per_ip)]
     max_inflight_per_ip: usize,
     /// Unknown-tunnel requests per minute one IP may make before 429.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = Limits::default().unknown_tunnel_per_min)]
     unknown_tunnel_limit: u32,
     /// Slowest request body accepted after a 10 s grace, per second averaged over 10 s; slower gets 408 (e.g. 1KiB).
-    #[arg(long, default_value = "1KiB", value_parser = parse_size)]
-    min_body_rate: u64,
+    #[arg(long, default_value_t = ByteSize(Limits::default().min_body_rate))]
+    min_body_rate: ByteSize,
     /// Time a sender has to send a request head (and a new connection's first bytes).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    header_timeout: Duration,
+    #[arg(long, default_value_t = HumanDuration(Limits::default().header_read_timeout))]
+    header_timeout: HumanDuration,
     /// Most header fields in one request; more get 431.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = Limits::default().max_headers)]
     max_headers: usize,
 }
 
 impl LimitArgs {
-    fn apply(&self, limits: &mut crate::relay::Limits) {
+    fn apply(&self, limits: &mut Limits) {
         limits.max_conns_per_ip = self.max_conns_per_ip;
         limits.rate_limit = self.rate_limit;
         limits.rate_burst = self.rate_burst;
         limits.max_inflight_per_ip = self.max_inflight_per_ip;
         limits.unknown_tunnel_per_min = self.unknown_tunnel_limit;
-        limits.min_body_rate = self.min_body_rate;
-        limits.header_read_timeout = self.header_timeout;
+        limits.min_body_rate = self.min_body_rate.0;
+        limits.header_read_timeout = self.header_timeout.0;
         limits.max_headers = self.max_headers;
     }
 }
@@ -227,57 +228,8 @@ struct ReplayArgs {
     data_dir: DataDirArg,
 }
 
-fn parse_offline(s: &str) -> Result<OfflinePolicy, String> {
-    s.parse()
-}
-
 fn parse_host_header(s: &str) -> Result<HostHeader, String> {
     s.parse()
-}
-
-/// Parses `30s`, `500ms`, `2m`, `1h`, or plain seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration (e.g. 30s, 500ms)"))?;
-    let secs = match unit.trim() {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("'{s}' is not a duration (e.g. 30s, 500ms)")),
-    };
-    if !(secs > 0.0 && secs < 1e9) {
-        return Err(format!("'{s}' must be a positive duration"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-/// Parses `25MiB`, `512KiB`, `1GiB`, `10MB`, or plain bytes.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a size (e.g. 25MiB)"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1_000,
-        "kib" => 1 << 10,
-        "m" | "mb" => 1_000_000,
-        "mib" => 1 << 20,
-        "g" | "gb" => 1_000_000_000,
-        "gib" => 1 << 30,
-        _ => return Err(format!("'{s}' is not a size (e.g. 25MiB)")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("'{s}' is too large"))
 }
 
 /// Entry point of the `whtunnel` binary.
@@ -530,14 +482,14 @@ async fn relay(args: RelayArgs) -> Result<()> {
     }
     let mut config = RelayConfig::new(args.listen, Tokens::new(&tokens));
     config.public_url = args.public_url.clone();
-    config.response_timeout = args.response_timeout;
-    config.max_body = args.max_body;
+    config.response_timeout = args.response_timeout.0;
+    config.max_body = args.max_body.0;
     config.data_dir = Some(dir.clone());
     config.offline = args.offline;
     config.hold_caps = Caps {
         max_events: args.hold_max_events,
-        max_bytes: args.hold_max_bytes,
-        max_age: args.hold_max_age,
+        max_bytes: args.hold_max_bytes.0,
+        max_age: args.hold_max_age.0,
     };
     args.limits.apply(&mut config.limits);
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
@@ -616,14 +568,13 @@ async fn listen(args: ListenArgs) -> Result<()> {
     };
 
     let mut body_limits = BodyLimits::new(dir.join("spill"));
-    body_limits.max_capture = MAX_CAPTURE;
     let recorder = if args.no_capture {
         None
     } else {
         let store = Store::open(&StoreConfig {
             dir: dir.clone(),
             max_exchanges: args.keep_exchanges,
-            max_bytes: args.keep_bytes,
+            max_bytes: args.keep_bytes.0,
         })
         .with_context(|| format!("cannot open the capture store in {}", dir.display()))?;
         // Spilled bodies sit beside the store so keeping one is a rename.
@@ -643,7 +594,7 @@ async fn listen(args: ListenArgs) -> Result<()> {
         name,
         takeover: args.takeover,
         agent_id: Some(agent_id(&dir)?),
-        offline: args.offline.map(|p| p.as_str().to_string()),
+        offline: args.offline,
         tls,
     };
     let (status_tx, status_rx) = watch::channel(ConnectionStatus::Connecting);
@@ -701,9 +652,6 @@ fn finish_agent(
         Err(e) => Err(anyhow!("the agent task failed: {e}")),
     }
 }
-
-/// Most body bytes kept per exchange: the relay's default body limit.
-const MAX_CAPTURE: u64 = 25 * 1024 * 1024;
 
 /// `--no-tui`: one line per exchange on stdout, link changes on stderr.
 async fn run_log(
@@ -892,7 +840,7 @@ async fn run_inspector(
             if let Some(original) = original {
                 let fwd = forwarder.clone();
                 tokio::spawn(async move {
-                    fwd.replay(&original, req.edit, None).await;
+                    fwd.replay(&original, req.edit).await;
                 });
             }
         }
@@ -1006,8 +954,7 @@ async fn replay(args: ReplayArgs) -> Result<()> {
     };
     let store = Store::open_secondary(&StoreConfig::new(dir.clone()))
         .with_context(|| format!("cannot open the capture store in {}", dir.display()))?;
-    let mut limits = BodyLimits::new(store.spill_dir());
-    limits.max_capture = MAX_CAPTURE;
+    let limits = BodyLimits::new(store.spill_dir());
     let recorder = Recorder::spawn(store);
     let forwarder = Forwarder::new(ForwarderConfig {
         target: target.clone(),
@@ -1015,7 +962,7 @@ async fn replay(args: ReplayArgs) -> Result<()> {
         recorder: Some(recorder.clone()),
         body_limits: limits,
     });
-    let outcome = forwarder.replay(&original, None, None).await;
+    let outcome = forwarder.replay(&original, None).await;
     recorder.close().await;
     let id = outcome
         .id
@@ -1027,7 +974,7 @@ async fn replay(args: ReplayArgs) -> Result<()> {
                 "replayed #{} -> {id}: {} in {} ({target})",
                 args.id,
                 outcome.status,
-                capture::export::fmt_duration(outcome.duration.as_secs_f64() * 1000.0)
+                units::fmt_duration(outcome.duration.as_secs_f64() * 1000.0)
             );
             Ok(())
         }
@@ -1042,29 +989,6 @@ async fn replay(args: ReplayArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        for bad in ["", "s", "10x", "-1s", "0"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("25MiB").unwrap(), 25 << 20);
-        assert_eq!(parse_size("1024").unwrap(), 1024);
-        assert_eq!(parse_size("10mb").unwrap(), 10_000_000);
-        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
-        for bad in ["", "MiB", "1 TiB", "99999999999999999999"] {
-            assert!(parse_size(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn names_are_kept_in_the_data_dir() {

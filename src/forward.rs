@@ -30,16 +30,14 @@ use crate::capture::{
     RecordedResponse, Recorder, RequestEdit,
 };
 use crate::tunnel::protocol::{
-    strip_hop_by_hop, strip_protocol_headers, RequestMeta, HDR_ACK, HDR_ERROR, HDR_META,
+    strip_hop_by_hop, strip_protocol_headers, Ack, AgentError, RequestMeta, HDR_ACK, HDR_ERROR,
+    HDR_META,
 };
 use crate::tunnel::{Body, BoxError};
 
-/// Default time the app has to answer when no relay deadline applies (replay).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Most of an app's answer to a held event read back for the relay (the
 /// sender is gone; this only completes the exchange).
-const HELD_RESPONSE_MAX: usize = 25 * 1024 * 1024;
+const HELD_RESPONSE_MAX: usize = crate::units::DEFAULT_MAX_BODY as usize;
 
 /// Where requests go: an `http://` base URL on the developer's machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -270,7 +268,7 @@ impl Forwarder {
             _ => {
                 return error_response(
                     StatusCode::BAD_REQUEST,
-                    "bad-request",
+                    AgentError::BadRequest,
                     "whtunnel: request without valid relay metadata",
                 )
             }
@@ -343,7 +341,7 @@ impl Forwarder {
             else {
                 return error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "in-progress",
+                    AgentError::InProgress,
                     &format!(
                         "whtunnel: an earlier delivery of event {event_id} is still in progress"
                     ),
@@ -362,7 +360,7 @@ impl Forwarder {
                         prev.id
                     )));
                     resp.headers_mut()
-                        .insert(HDR_ACK, HeaderValue::from_static("duplicate"));
+                        .insert(HDR_ACK, Ack::Duplicate.header_value());
                     return resp;
                 }
             }
@@ -372,13 +370,13 @@ impl Forwarder {
         let (resp, id_rx) = self
             .send(parts.method, &path, headers, body, timeout, request)
             .await;
-        let error = resp.headers().get(HDR_ERROR).cloned();
+        let error = resp.headers().get(HDR_ERROR).map(AgentError::from_header);
         let app_answered = error.is_none();
         // The app got it but never answered in time, again and again: the
         // one event must not hold up every later one for days. Each attempt
         // is recorded; the user replays it once the handler is fixed.
         let gave_up =
-            error.is_some_and(|e| e == ERR_APP_TIMEOUT) && attempt >= HELD_TIMEOUT_ATTEMPTS;
+            error == Some(Some(AgentError::AppTimeout)) && attempt >= HELD_TIMEOUT_ATTEMPTS;
         let (parts, body) = resp.into_parts();
         // The relay answered the sender long ago; nobody streams this, and
         // reading it to the end is what completes the recording.
@@ -390,7 +388,7 @@ impl Forwarder {
         let mut resp = Response::from_parts(parts, full(body));
         if app_answered && recorded {
             resp.headers_mut()
-                .insert(HDR_ACK, HeaderValue::from_static("1"));
+                .insert(HDR_ACK, Ack::Recorded.header_value());
         } else if gave_up && recorded {
             tracing::warn!(
                 event = %event_id,
@@ -398,7 +396,7 @@ impl Forwarder {
                  acknowledged so that later events are not held up (it is recorded: replay it)"
             );
             resp.headers_mut()
-                .insert(HDR_ACK, HeaderValue::from_static("timed-out"));
+                .insert(HDR_ACK, Ack::TimedOut.header_value());
         }
         resp
     }
@@ -437,7 +435,7 @@ impl Forwarder {
         let Ok(uri) = self.target().uri_for(path) else {
             let resp = error_response(
                 StatusCode::BAD_REQUEST,
-                "bad-request",
+                AgentError::BadRequest,
                 "whtunnel: malformed request path",
             );
             return (resp, None);
@@ -503,7 +501,8 @@ impl Forwarder {
             }
             Ok(Err(e)) => {
                 let reason = describe_client_error(&e, self.target());
-                let resp = error_response(StatusCode::BAD_GATEWAY, "app-unreachable", &reason);
+                let resp =
+                    error_response(StatusCode::BAD_GATEWAY, AgentError::AppUnreachable, &reason);
                 (resp, reason)
             }
             Err(_) => timeout_response(self.target(), timeout),
@@ -534,14 +533,9 @@ impl Forwarder {
         (resp, Some(id_rx))
     }
 
-    /// Re-sends a stored request (or its edited form) to the target, or to
-    /// `to` when given, and records the new exchange as a replay of it.
-    pub async fn replay(
-        &self,
-        original: &Exchange,
-        edit: Option<RequestEdit>,
-        to: Option<&Forwarder>,
-    ) -> ReplayOutcome {
+    /// Re-sends a stored request (or its edited form) to the target and
+    /// records the new exchange as a replay of it.
+    pub async fn replay(&self, original: &Exchange, edit: Option<RequestEdit>) -> ReplayOutcome {
         let started = Instant::now();
         let (method, path, header_list, body) = match edit {
             Some(e) => (e.method, e.path, e.headers, e.body),
@@ -572,7 +566,7 @@ impl Forwarder {
                 )
             }
         };
-        let fwd = to.unwrap_or(self);
+        let fwd = self;
         let method = match Method::from_bytes(method.as_bytes()) {
             Ok(m) => m,
             Err(_) => {
@@ -616,7 +610,14 @@ impl Forwarder {
             in_flight: None,
         };
         let (resp, id_rx) = fwd
-            .send(method, &path, headers, full(body), DEFAULT_TIMEOUT, pending)
+            .send(
+                method,
+                &path,
+                headers,
+                full(body),
+                crate::units::DEFAULT_RESPONSE_TIMEOUT,
+                pending,
+            )
             .await;
         let status = resp.status();
         let error = resp
@@ -681,14 +682,6 @@ fn add_forwarded(headers: &mut HeaderMap, meta: &RequestMeta) {
     }
 }
 
-/// The `whtunnel-error` kind of the agent's own 504: the app was reached
-/// but did not answer in time (what a held event's give-up looks for).
-const ERR_APP_TIMEOUT: &str = "app-timeout";
-
-/// Deliveries of one held event that may time out before the agent
-/// acknowledges it anyway (see `handle`): the app is up, but hangs on it.
-pub const HELD_TIMEOUT_ATTEMPTS: u32 = 3;
-
 fn describe_client_error(e: &hyper_util::client::legacy::Error, target: &Target) -> String {
     use std::error::Error as _;
     let mut cause = e.to_string();
@@ -710,10 +703,14 @@ fn timeout_response(target: &Target, timeout: Duration) -> (Response<Body>, Stri
         timeout.as_secs_f64()
     );
     (
-        error_response(StatusCode::GATEWAY_TIMEOUT, ERR_APP_TIMEOUT, &reason),
+        error_response(StatusCode::GATEWAY_TIMEOUT, AgentError::AppTimeout, &reason),
         reason,
     )
 }
+
+/// Deliveries of one held event that may time out before the agent
+/// acknowledges it anyway ([`Ack::TimedOut`]): the app is up, but hangs on it.
+pub const HELD_TIMEOUT_ATTEMPTS: u32 = 3;
 
 /// Finishes a call to the app whose forwarding future was dropped before
 /// the app answered: the relay reset the stream because the sender went
@@ -880,15 +877,14 @@ impl Drop for InFlightEntry {
     }
 }
 
-fn error_response(status: StatusCode, kind: &'static str, reason: &str) -> Response<Body> {
+fn error_response(status: StatusCode, kind: AgentError, reason: &str) -> Response<Body> {
     let mut resp = Response::new(full(format!("{reason}\n")));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    resp.headers_mut()
-        .insert(HDR_ERROR, HeaderValue::from_static(kind));
+    resp.headers_mut().insert(HDR_ERROR, kind.header_value());
     resp
 }
 

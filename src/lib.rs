@@ -10,3 +10,4 @@ pub mod forward;
 pub mod inspect;
 pub mod relay;
 pub mod tunnel;
+pub mod units;

@@ -13,8 +13,8 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::tunnel::protocol::{
-    AGENT_PATH, HDR_AGENT_ID, HDR_HELD, HDR_NAME, HDR_OFFLINE, HDR_PROTOCOL, HDR_PUBLIC_URL,
-    HDR_TAKEOVER, PROTOCOL_VERSION,
+    OfflinePolicy, AGENT_PATH, HDR_AGENT_ID, HDR_HELD, HDR_NAME, HDR_OFFLINE, HDR_PROTOCOL,
+    HDR_PUBLIC_URL, HDR_TAKEOVER, PROTOCOL_VERSION,
 };
 use crate::tunnel::ws_io::ws_config;
 
@@ -66,6 +66,16 @@ impl std::str::FromStr for RelayUrl {
 }
 
 impl RelayUrl {
+    /// A plain-HTTP relay at `addr`, such as the embedded one.
+    pub fn plain(addr: std::net::SocketAddr) -> Self {
+        RelayUrl {
+            tls: false,
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            base_path: String::new(),
+        }
+    }
+
     /// The websocket URL of the relay's agent endpoint.
     pub fn agent_url(&self) -> String {
         let scheme = if self.tls { "wss" } else { "ws" };
@@ -100,9 +110,9 @@ pub struct AgentConfig {
     /// This agent's id (kept in its data dir), so the relay lets it replace
     /// its own stale session after a network blip.
     pub agent_id: Option<String>,
-    /// `hold` or `reject`: what the relay does with webhooks while this agent
-    /// is away; `None` leaves it to the relay.
-    pub offline: Option<String>,
+    /// What the relay does with webhooks while this agent is away; `None`
+    /// leaves it to the relay.
+    pub offline: Option<OfflinePolicy>,
     /// TLS settings for `wss://` relays.
     pub tls: Arc<rustls::ClientConfig>,
 }
@@ -175,12 +185,8 @@ pub async fn connect(config: &AgentConfig) -> Result<Link, ConnectError> {
     {
         h.insert(HDR_AGENT_ID, v);
     }
-    if let Some(v) = config
-        .offline
-        .as_deref()
-        .and_then(|v| HeaderValue::from_str(v).ok())
-    {
-        h.insert(HDR_OFFLINE, v);
+    if let Some(policy) = config.offline {
+        h.insert(HDR_OFFLINE, policy.header_value());
     }
     let mut auth = HeaderValue::from_str(&format!("Bearer {}", config.token)).map_err(|_| {
         ConnectError::Refused("the token contains characters not allowed in a header".into())

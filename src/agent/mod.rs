@@ -7,6 +7,7 @@
 //! retrying would not change the answer.
 
 pub mod connect;
+pub mod listener;
 pub mod status;
 
 use std::time::{Duration, Instant};
@@ -16,10 +17,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use connect::{AgentConfig, ConnectError, RelayUrl};
+pub use listener::{Capture, ListenConfig, ListenError, Listener, RelayChoice};
 pub use status::ConnectionStatus;
 
 use crate::forward::Forwarder;
-use crate::tunnel::protocol::HDR_CONTROL;
+use crate::tunnel::protocol::{Control, HDR_CONTROL};
 use crate::tunnel::{h2, WsIo};
 
 /// Back-off before the first reconnect attempt is at most this...
@@ -149,7 +151,8 @@ async fn serve(
         let control = req
             .headers()
             .get(HDR_CONTROL)
-            .is_some_and(|v| v.as_bytes() == b"ready");
+            .and_then(Control::from_header)
+            == Some(Control::Ready);
         if control {
             status.send_replace(ready.clone());
         }

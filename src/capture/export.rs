@@ -153,17 +153,6 @@ pub fn ascii_column(chunk: &[u8]) -> String {
         .collect()
 }
 
-/// Human duration: `850µs`, `12ms`, `1.52s`.
-pub fn fmt_duration(ms: f64) -> String {
-    if ms < 1.0 {
-        format!("{:.0}µs", ms * 1000.0)
-    } else if ms < 1000.0 {
-        format!("{ms:.0}ms")
-    } else {
-        format!("{:.2}s", ms / 1000.0)
-    }
-}
-
 /// `requests list`: an aligned table (ID, TIME, METHOD, PATH, STATUS,
 /// DURATION, EVENT). Status shows `ERR` for failed exchanges without a
 /// response; replays are marked `↻<id>` after the event.
@@ -198,7 +187,7 @@ pub fn list_human(items: &[ExchangeSummary]) -> String {
                 s.method.clone(),
                 ellipsize(&s.path, 60),
                 status,
-                fmt_duration(s.duration_ms),
+                crate::units::fmt_duration(s.duration_ms),
                 event,
             ]
         })
@@ -289,7 +278,7 @@ pub fn show_human(ex: &Exchange) -> String {
         rfc3339(&s.received_at),
         s.method,
         s.path,
-        fmt_duration(s.duration_ms)
+        crate::units::fmt_duration(s.duration_ms)
     );
     if let Some(e) = &ex.event {
         let _ = writeln!(out, "event:     {e}");

@@ -131,12 +131,17 @@ pub struct StoreConfig {
 }
 
 impl StoreConfig {
+    /// Most exchanges kept by default.
+    pub const DEFAULT_MAX_EXCHANGES: u64 = 10_000;
+    /// Most body bytes kept by default.
+    pub const DEFAULT_MAX_BYTES: u64 = crate::units::GIB;
+
     /// Defaults: 10,000 exchanges, 1 GiB.
     pub fn new(dir: PathBuf) -> Self {
         Self {
             dir,
-            max_exchanges: 10_000,
-            max_bytes: 1 << 30,
+            max_exchanges: Self::DEFAULT_MAX_EXCHANGES,
+            max_bytes: Self::DEFAULT_MAX_BYTES,
         }
     }
 }

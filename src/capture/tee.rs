@@ -38,13 +38,14 @@ pub struct BodyLimits {
 }
 
 impl BodyLimits {
-    /// Defaults: 256 KiB in memory, 64 MiB kept. (Bodies between the store's
+    /// Defaults: 256 KiB in memory, as much kept as the relay accepts
+    /// ([`crate::units::DEFAULT_MAX_BODY`]). (Bodies between the store's
     /// inline limit and 256 KiB are written to a file by the store's writer
     /// thread, in one piece, rather than spilled chunk by chunk here.)
     pub fn new(spill_dir: PathBuf) -> Self {
         Self {
             in_memory: 256 * 1024,
-            max_capture: 64 * 1024 * 1024,
+            max_capture: crate::units::DEFAULT_MAX_BODY,
             spill_dir,
         }
     }

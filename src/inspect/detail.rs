@@ -9,34 +9,13 @@ use ratatui::text::{Line, Span};
 use super::body::{body_lines, pair_lines, parse_urlencoded, BodyKind};
 use super::theme::Theme;
 use crate::capture::{BodyData, CapturedBody, Exchange, Header};
+use crate::units::{fmt_duration, fmt_size};
 
 fn header_value<'a>(headers: &'a [Header], name: &str) -> Option<&'a [u8]> {
     headers
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case(name))
         .map(|(_, v)| v.as_slice())
-}
-
-/// Human size: `512 B`, `1.2 KiB`, `3.4 MiB`.
-pub fn human_size(n: u64) -> String {
-    if n < 1024 {
-        format!("{n} B")
-    } else if n < 1024 * 1024 {
-        format!("{:.1} KiB", n as f64 / 1024.0)
-    } else {
-        format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0))
-    }
-}
-
-/// Human duration from milliseconds: `850 µs`, `12 ms`, `1.5 s`.
-pub fn human_duration(ms: f64) -> String {
-    if ms < 1.0 {
-        format!("{:.0}µs", ms * 1000.0)
-    } else if ms < 1000.0 {
-        format!("{ms:.0}ms")
-    } else {
-        format!("{:.1}s", ms / 1000.0)
-    }
 }
 
 fn header_lines(headers: &[Header], theme: &Theme, out: &mut Vec<Line<'static>>) {
@@ -70,7 +49,7 @@ fn body_section(
             )],
         ),
     };
-    let mut title = format!("Body ({}", human_size(body.total_len));
+    let mut title = format!("Body ({}", fmt_size(body.total_len));
     if kind != BodyKind::Empty {
         title.push_str(", ");
         title.push_str(kind.label());
@@ -85,8 +64,8 @@ fn body_section(
         out.push(Line::styled(
             format!(
                 "! truncated: kept {} of {}",
-                human_size(kept),
-                human_size(body.total_len)
+                fmt_size(kept),
+                fmt_size(body.total_len)
             ),
             theme.warn(),
         ));
@@ -108,7 +87,7 @@ pub fn detail_lines(ex: &Exchange, theme: &Theme, tz: FixedOffset) -> Vec<Line<'
     out.push(Line::styled(
         format!(
             "{id}  {when}  {}  -> {}",
-            human_duration(ex.duration_ms),
+            fmt_duration(ex.duration_ms),
             ex.target
         ),
         theme.dim(),

@@ -13,9 +13,10 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Cell, Clear, Paragraph, Row as TableRow, Table};
 use ratatui::Frame;
 
-use super::detail::{human_duration, human_size, wrap_line, wrapped_height};
+use super::detail::{wrap_line, wrapped_height};
 use super::state::{App, Editor, Level, Row, RowKey, View};
 use crate::agent::ConnectionStatus;
+use crate::units::{fmt_duration, fmt_size};
 
 /// Renders the whole inspector for `app` into `frame`.
 pub fn draw(frame: &mut Frame, app: &App) {
@@ -208,8 +209,8 @@ fn row_cells(app: &App, row: &Row, cols: &[(usize, Col)]) -> Vec<Cell<'static>> 
                 };
                 Cell::from(Span::styled(text, t.status(s.status, failed)))
             }
-            4 => Cell::from(Line::from(human_duration(s.duration_ms)).alignment(Alignment::Right)),
-            5 => Cell::from(Line::from(human_size(s.request_size)).alignment(Alignment::Right)),
+            4 => Cell::from(Line::from(fmt_duration(s.duration_ms)).alignment(Alignment::Right)),
+            5 => Cell::from(Line::from(fmt_size(s.request_size)).alignment(Alignment::Right)),
             6 => Cell::from(s.path.clone()),
             _ => Cell::from(Span::styled(
                 s.event.clone().unwrap_or_default(),
@@ -375,7 +376,7 @@ fn draw_editor(frame: &mut Frame, app: &App, head: Rect, body: Rect) {
                 Line::styled(
                     format!(
                         "The request body of #{id} is binary ({}) and can't be edited as text.",
-                        human_size(*len)
+                        fmt_size(*len)
                     ),
                     t.warn(),
                 ),

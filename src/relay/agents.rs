@@ -23,7 +23,7 @@ use super::held::{HeldEvent, HeldStore, OfflinePolicy};
 use super::{text, Session, Shared};
 use crate::tunnel::link::{self, LinkClient};
 use crate::tunnel::protocol::{
-    is_valid_name, HDR_ACK, HDR_AGENT_ID, HDR_CONTROL, HDR_HELD, HDR_NAME, HDR_OFFLINE,
+    is_valid_name, Control, HDR_ACK, HDR_AGENT_ID, HDR_CONTROL, HDR_HELD, HDR_NAME, HDR_OFFLINE,
     HDR_PROTOCOL, HDR_PUBLIC_URL, HDR_TAKEOVER, PROTOCOL_VERSION,
 };
 use crate::tunnel::{ws_io, Body, WsIo};
@@ -92,7 +92,7 @@ pub(crate) async fn upgrade(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
         None => shared.config.offline,
         Some(v) => match v.parse::<OfflinePolicy>() {
             Ok(p) => p,
-            Err(e) => return text(StatusCode::BAD_REQUEST, &e),
+            Err(e) => return text(StatusCode::BAD_REQUEST, &format!("{HDR_OFFLINE}: {e}")),
         },
     };
     if !takeover {
@@ -338,6 +338,8 @@ impl Delivery {
                 () = closed.cancelled() => return false,
             };
             if let Ok(Ok(resp)) = answer {
+                // Any ack, even a kind this version does not know, means
+                // the agent is done with the event.
                 let acked = resp.headers().contains_key(HDR_ACK);
                 let _ = resp.into_body().collect().await;
                 if acked {
@@ -394,7 +396,7 @@ async fn send_ready(sender: LinkClient) {
     let mut req = Request::new(crate::tunnel::Body::default());
     *req.uri_mut() = http::Uri::from_static("http://tunnel/_whtunnel/ready");
     req.headers_mut()
-        .insert(HDR_CONTROL, HeaderValue::from_static("ready"));
+        .insert(HDR_CONTROL, Control::Ready.header_value());
     if let Ok(resp) = sender.send(req).await {
         let _ = resp.into_body().collect().await;
     }

@@ -31,38 +31,7 @@ pub enum HeldError {
     Io(#[from] std::io::Error),
 }
 
-/// What a relay does with a known tunnel's webhooks while its agent is away.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OfflinePolicy {
-    /// Store them and answer 202; deliver when the agent returns.
-    #[default]
-    Hold,
-    /// Answer 503 with Retry-After, leaving retries to the sender.
-    Reject,
-}
-
-impl std::str::FromStr for OfflinePolicy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "hold" => Ok(OfflinePolicy::Hold),
-            "reject" => Ok(OfflinePolicy::Reject),
-            other => Err(format!(
-                "'{other}' is not an offline policy (hold or reject)"
-            )),
-        }
-    }
-}
-
-impl OfflinePolicy {
-    /// The policy as written on the command line and on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OfflinePolicy::Hold => "hold",
-            OfflinePolicy::Reject => "reject",
-        }
-    }
-}
+pub use crate::tunnel::protocol::OfflinePolicy;
 
 /// Per-tunnel bounds on held events.
 #[derive(Debug, Clone, Copy)]

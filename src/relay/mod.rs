@@ -73,15 +73,16 @@ pub struct RelayConfig {
 }
 
 impl RelayConfig {
-    /// A config with the defaults: 30 s response timeout, 25 MiB bodies.
+    /// A config with the defaults of [`crate::units`] (30 s response
+    /// timeout, 25 MiB bodies) and of each part.
     pub fn new(listen: SocketAddr, tokens: Tokens) -> Self {
         Self {
             listen,
             tokens,
             public_url: None,
             tls: None,
-            response_timeout: Duration::from_secs(30),
-            max_body: 25 * 1024 * 1024,
+            response_timeout: crate::units::DEFAULT_RESPONSE_TIMEOUT,
+            max_body: crate::units::DEFAULT_MAX_BODY,
             data_dir: None,
             offline: OfflinePolicy::Hold,
             hold_caps: Caps::default(),

@@ -18,28 +18,131 @@ pub const HDR_TAKEOVER: &str = "whtunnel-takeover";
 /// connection from the same agent replaces its own stale session (the relay
 /// may not have noticed the old link is dead yet) instead of getting 409.
 pub const HDR_AGENT_ID: &str = "whtunnel-agent-id";
-/// Upgrade request header: `hold` or `reject`, what the relay does with this
-/// tunnel's webhooks while the agent is away (the relay's default if absent).
+/// Upgrade request header: an [`OfflinePolicy`], what the relay does with
+/// this tunnel's webhooks while the agent is away (the relay's default if
+/// absent).
 pub const HDR_OFFLINE: &str = "whtunnel-offline";
 /// 101 response header: how many held events are waiting for the agent.
 pub const HDR_HELD: &str = "whtunnel-held";
-/// Header of the relay's control requests on the link (not webhooks):
-/// `ready` is sent once the tunnel is routable, so the agent announces its
+/// Header of the relay's control requests on the link (not webhooks), a
+/// [`Control`]: `ready` is sent once the tunnel is routable, so the agent announces its
 /// URL only when a webhook sent to it will arrive. Stripped from public
 /// requests, so a sender cannot forge one.
 pub const HDR_CONTROL: &str = "whtunnel-control";
-/// Response header the agent sets on a held event's answer once the
-/// exchange is recorded (or capture is off): the relay may delete it.
+/// Response header the agent sets on a held event's answer, an [`Ack`], once
+/// the relay may delete the event.
 pub const HDR_ACK: &str = "whtunnel-ack";
 /// 101 response header carrying the tunnel's public URL.
 pub const HDR_PUBLIC_URL: &str = "whtunnel-public-url";
 /// Per-request header carrying [`RequestMeta`] as JSON, relay to agent.
 pub const HDR_META: &str = "whtunnel-meta";
-/// Response header the agent sets on answers it made itself (app down,
-/// timeout), so the relay and the capture can tell them from the app's.
+/// Response header the agent sets on answers it made itself, an
+/// [`AgentError`] (app down, timeout), so the relay and the capture can tell
+/// them from the app's.
 pub const HDR_ERROR: &str = "whtunnel-error";
 /// Response header on a `202 Accepted` for a held event.
 pub const HDR_EVENT_ID: &str = "whtunnel-event-id";
+
+/// Declares a closed set of protocol header values: the enum, its wire
+/// text ([`as_str`](Ack::as_str)), parsing from text and from a header.
+macro_rules! wire_values {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant),+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The value as written on the wire (and on the command line).
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+
+            /// The value as a header value.
+            pub const fn header_value(self) -> http::HeaderValue {
+                http::HeaderValue::from_static(self.as_str())
+            }
+
+            /// Reads a header value; `None` for anything this version does not know.
+            pub fn from_header(value: &http::HeaderValue) -> Option<Self> {
+                Self::ALL.iter().copied().find(|v| value.as_bytes() == v.as_str().as_bytes())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, String> {
+                Self::ALL.iter().copied().find(|v| v.as_str() == s).ok_or_else(|| {
+                    let known: Vec<&str> = Self::ALL.iter().map(|v| v.as_str()).collect();
+                    format!("'{s}' is not one of: {}", known.join(", "))
+                })
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+wire_values! {
+    /// Values of [`HDR_CONTROL`]: the relay's control requests on the link.
+    Control {
+        /// The tunnel is routable: a webhook sent to it now will arrive.
+        Ready = "ready",
+    }
+}
+
+wire_values! {
+    /// Values of [`HDR_OFFLINE`]: what a relay does with a known tunnel's
+    /// webhooks while its agent is away.
+    #[derive(Default)]
+    OfflinePolicy {
+        /// Store them and answer 202; deliver when the agent returns.
+        #[default]
+        Hold = "hold",
+        /// Answer 503 with Retry-After, leaving retries to the sender.
+        Reject = "reject",
+    }
+}
+
+wire_values! {
+    /// Values of [`HDR_ACK`]: why the relay may delete a held event.
+    Ack {
+        /// The app answered and the exchange is recorded (or capture is off).
+        Recorded = "1",
+        /// The event already reached the app earlier; it was not sent again.
+        Duplicate = "duplicate",
+        /// The app took the event but never answered in time, on
+        /// several deliveries: it stops holding up the queue.
+        TimedOut = "timed-out",
+    }
+}
+
+wire_values! {
+    /// Values of [`HDR_ERROR`]: which answer the agent made itself, in place
+    /// of the app's.
+    AgentError {
+        /// The relay's request lacked valid metadata or had a malformed path.
+        BadRequest = "bad-request",
+        /// The app could not be reached (502).
+        AppUnreachable = "app-unreachable",
+        /// The app was reached but did not answer in time (504).
+        AppTimeout = "app-timeout",
+        /// An earlier delivery of the same held event is still in progress
+        /// (503, not acknowledged: the relay retries).
+        InProgress = "in-progress",
+    }
+}
 
 /// Longest tunnel name accepted (a DNS label, so names can become subdomains).
 pub const MAX_NAME_LEN: usize = 63;
@@ -200,6 +303,27 @@ impl RequestMeta {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wire_values_round_trip_and_unknown_ones_are_refused() {
+        for ack in Ack::ALL {
+            assert_eq!(Ack::from_header(&ack.header_value()), Some(*ack));
+            assert_eq!(ack.as_str().parse::<Ack>(), Ok(*ack));
+        }
+        assert_eq!(Ack::Recorded.as_str(), "1", "old relays look for any ack");
+        assert_eq!(
+            Ack::from_header(&http::HeaderValue::from_static("later")),
+            None
+        );
+        assert_eq!("hold".parse::<OfflinePolicy>(), Ok(OfflinePolicy::Hold));
+        let e = "keep".parse::<OfflinePolicy>().unwrap_err();
+        assert!(e.contains("hold, reject"), "{e}");
+        assert_eq!(AgentError::AppTimeout.to_string(), "app-timeout");
+        assert_eq!(
+            Control::from_header(&http::HeaderValue::from_static("ready")),
+            Some(Control::Ready)
+        );
+    }
 
     #[test]
     fn content_length_reads_only_a_valid_number() {

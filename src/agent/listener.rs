@@ -1,0 +1,374 @@
+//! `whtunnel listen` as a library type: everything between "forward
+//! NAME to TARGET" and a running agent. [`Listener::bind`] opens the
+//! capture store, binds the embedded relay when no remote one is given,
+//! and builds the forwarder; [`Listener::run`] holds the tunnel until
+//! shutdown, then lets calls still in the app's hands finish and closes the
+//! store. The CLI, the tests and the benchmarks all start agents this way.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::{AgentConfig, AgentError, ConnectionStatus, RelayUrl};
+use crate::capture::{BodyLimits, Recorder, ReplayRequest, Store, StoreConfig, StoreError};
+use crate::forward::{Forwarder, ForwarderConfig, HostHeader, Target};
+use crate::relay::{Relay, RelayConfig, Tokens};
+use crate::tunnel::protocol::OfflinePolicy;
+
+/// Where the embedded relay listens unless told otherwise: a fixed port,
+/// so the URL pasted into a provider's dashboard still works tomorrow.
+pub const EMBEDDED_RELAY_ADDR: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8787));
+
+/// How long [`Listener::run`] waits on the way out for calls to the app
+/// that are still finishing after their stream was reset, so that they are
+/// recorded before the store closes.
+pub const SETTLE_ON_STOP: Duration = Duration::from_secs(10);
+
+/// Replay requests waiting for the replay worker.
+const REPLAY_QUEUE: usize = 16;
+
+/// Which relay the agent holds its tunnel on.
+#[derive(Clone)]
+pub enum RelayChoice {
+    /// A relay elsewhere, reached with a token.
+    Remote {
+        /// The relay's base URL.
+        url: RelayUrl,
+        /// The token the relay expects.
+        token: String,
+        /// TLS settings for a `wss://` relay.
+        tls: Arc<rustls::ClientConfig>,
+    },
+    /// A relay in this process on `listen` (loopback), so the first run
+    /// needs nothing else. When that port is taken, any free port is used
+    /// instead and [`Listener::embedded_relay`] says so.
+    Embedded {
+        /// The address asked for.
+        listen: SocketAddr,
+    },
+}
+
+/// What the listener records.
+#[derive(Clone)]
+pub enum Capture {
+    /// Record nothing.
+    Off,
+    /// Open (or create) the capture store with this config; the listener
+    /// closes it when it stops.
+    Store(StoreConfig),
+    /// Record into a recorder its owner opened and will close (several
+    /// listeners over time can share one).
+    Recorder(Recorder),
+}
+
+/// How a [`Listener`] is set up.
+#[derive(Clone)]
+pub struct ListenConfig {
+    /// Where requests go.
+    pub target: Target,
+    /// The relay to hold the tunnel on.
+    pub relay: RelayChoice,
+    /// The tunnel name.
+    pub name: String,
+    /// The agent's id, kept in its data dir: lets it replace its own stale
+    /// session after a network blip.
+    pub agent_id: Option<String>,
+    /// Take the name over from another agent that holds it.
+    pub takeover: bool,
+    /// What the relay does with webhooks while this agent is away; `None`
+    /// leaves it to the relay.
+    pub offline: Option<OfflinePolicy>,
+    /// The Host header the app sees.
+    pub host_header: HostHeader,
+    /// What is recorded.
+    pub capture: Capture,
+    /// The data directory: spilled bodies, and the embedded relay's held
+    /// events (in `relay/` below it).
+    pub data_dir: PathBuf,
+}
+
+impl ListenConfig {
+    /// A config that forwards tunnel `name` to `target` through the
+    /// embedded relay, recording into a store in `data_dir` with its
+    /// default limits.
+    pub fn new(target: Target, name: impl Into<String>, data_dir: PathBuf) -> Self {
+        ListenConfig {
+            target,
+            relay: RelayChoice::Embedded {
+                listen: EMBEDDED_RELAY_ADDR,
+            },
+            name: name.into(),
+            agent_id: None,
+            takeover: false,
+            offline: None,
+            host_header: HostHeader::Preserve,
+            capture: Capture::Store(StoreConfig::new(data_dir.clone())),
+            data_dir,
+        }
+    }
+}
+
+/// Why a listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// The capture store could not be opened.
+    #[error("cannot open the capture store in {dir}: {source}")]
+    Store {
+        /// The store's directory.
+        dir: PathBuf,
+        /// What went wrong.
+        source: StoreError,
+    },
+    /// The TLS client settings could not be built.
+    #[error(transparent)]
+    Tls(#[from] crate::tunnel::tls::TlsError),
+    /// The embedded relay could not listen.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+}
+
+/// The embedded relay, once bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmbeddedRelay {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The address asked for, when it was taken and `addr` is another one:
+    /// the public URL is not the one of earlier runs.
+    pub fallback_from: Option<SocketAddr>,
+}
+
+/// An agent ready to [`run`](Listener::run): store open, embedded relay
+/// bound, nothing connected yet.
+pub struct Listener {
+    agent: AgentConfig,
+    forwarder: Forwarder,
+    /// Set when the listener opened the store, and so closes it.
+    owned_recorder: Option<Recorder>,
+    embedded: Option<(Relay, EmbeddedRelay)>,
+    status_tx: watch::Sender<ConnectionStatus>,
+    status_rx: watch::Receiver<ConnectionStatus>,
+    replay_tx: mpsc::Sender<ReplayRequest>,
+    replay_rx: mpsc::Receiver<ReplayRequest>,
+    data_dir: PathBuf,
+}
+
+impl Listener {
+    /// Opens the capture store and binds the embedded relay (if any).
+    pub async fn bind(config: ListenConfig) -> Result<Listener, ListenError> {
+        let (recorder, owned_recorder) = match config.capture {
+            Capture::Off => (None, None),
+            Capture::Recorder(r) => (Some(r), None),
+            Capture::Store(store_config) => {
+                let dir = store_config.dir.clone();
+                let store = Store::open(&store_config)
+                    .map_err(|source| ListenError::Store { dir, source })?;
+                let r = Recorder::spawn(store);
+                (Some(r.clone()), Some(r))
+            }
+        };
+        let (embedded, relay_url, token, tls) = match config.relay {
+            RelayChoice::Remote { url, token, tls } => (None, url, token, tls),
+            RelayChoice::Embedded { listen } => {
+                let token = data_encoding::BASE64URL_NOPAD.encode(&rand::random::<[u8; 24]>());
+                let (relay, info) = bind_embedded(listen, &token, &config.data_dir).await?;
+                // Plain HTTP on loopback: the TLS settings go unused.
+                let tls = crate::tunnel::tls::client_config(None)?;
+                (Some((relay, info)), RelayUrl::plain(info.addr), token, tls)
+            }
+        };
+        // Spilled bodies sit beside the store, so keeping one is a rename.
+        let body_limits = BodyLimits::new(config.data_dir.join("spill"));
+        let forwarder = Forwarder::new(ForwarderConfig {
+            target: config.target,
+            host_header: config.host_header,
+            recorder,
+            body_limits,
+        });
+        let agent = AgentConfig {
+            relay: relay_url,
+            token,
+            name: config.name,
+            takeover: config.takeover,
+            agent_id: config.agent_id,
+            offline: config.offline,
+            tls,
+        };
+        let (status_tx, status_rx) = watch::channel(ConnectionStatus::Connecting);
+        let (replay_tx, replay_rx) = mpsc::channel(REPLAY_QUEUE);
+        Ok(Listener {
+            agent,
+            forwarder,
+            owned_recorder,
+            embedded,
+            status_tx,
+            status_rx,
+            replay_tx,
+            replay_rx,
+            data_dir: config.data_dir,
+        })
+    }
+
+    /// The agent's connection state, as it changes.
+    pub fn status(&self) -> watch::Receiver<ConnectionStatus> {
+        self.status_rx.clone()
+    }
+
+    /// The recorder, when capture is on.
+    pub fn recorder(&self) -> Option<&Recorder> {
+        self.forwarder.recorder()
+    }
+
+    /// The forwarder requests go through.
+    pub fn forwarder(&self) -> &Forwarder {
+        &self.forwarder
+    }
+
+    /// Where requests go.
+    pub fn target(&self) -> &Target {
+        self.forwarder.target()
+    }
+
+    /// The embedded relay, when there is one.
+    pub fn embedded_relay(&self) -> Option<EmbeddedRelay> {
+        self.embedded.as_ref().map(|(_, info)| *info)
+    }
+
+    /// Where the inspector sends replay requests; [`run`](Listener::run)
+    /// carries them out (only while capture is on: a replay reads the
+    /// stored exchange).
+    pub fn replays(&self) -> mpsc::Sender<ReplayRequest> {
+        self.replay_tx.clone()
+    }
+
+    /// Holds the tunnel until `shutdown` is cancelled (`Ok`) or the relay
+    /// refuses the agent (the refusal). Either way, calls the app is still
+    /// answering get up to [`SETTLE_ON_STOP`] to be recorded, and a store
+    /// the listener opened is closed, before it returns.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), AgentError> {
+        let Listener {
+            agent,
+            forwarder,
+            owned_recorder,
+            embedded,
+            status_tx,
+            status_rx,
+            replay_tx,
+            replay_rx,
+            data_dir,
+        } = self;
+        drop((status_rx, replay_tx));
+        // The embedded relay stops with the agent, not before it: in-flight
+        // exchanges drain through it.
+        let relay_stop = CancellationToken::new();
+        let relay_task = embedded.map(|(relay, _)| {
+            let stop = relay_stop.clone();
+            tokio::spawn(async move { relay.run(stop.cancelled_owned()).await })
+        });
+        let replays = forwarder
+            .recorder()
+            .is_some()
+            .then(|| tokio::spawn(replay_worker(data_dir, forwarder.clone(), replay_rx)));
+
+        let result = super::run(agent, forwarder.clone(), status_tx, shutdown).await;
+
+        if let Some(task) = replays {
+            task.abort();
+        }
+        if forwarder.recorder().is_some() {
+            forwarder.settle(SETTLE_ON_STOP).await;
+        }
+        if let Some(r) = owned_recorder {
+            drop(forwarder);
+            r.close().await;
+        }
+        relay_stop.cancel();
+        if let Some(task) = relay_task {
+            let _ = task.await;
+        }
+        result
+    }
+}
+
+/// Binds the embedded relay on `listen`, or on any free loopback port when
+/// that one is taken.
+async fn bind_embedded(
+    listen: SocketAddr,
+    token: &str,
+    data_dir: &std::path::Path,
+) -> Result<(Relay, EmbeddedRelay), ListenError> {
+    let mut config = RelayConfig::new(listen, Tokens::new([token]));
+    config.data_dir = Some(data_dir.join("relay"));
+    // Only this machine reaches the embedded relay: rate limits would only
+    // get in the way of load tests against one's own app.
+    config.limits.rate_limit = 0.0;
+    config.limits.unknown_tunnel_per_min = 0;
+    let bind_error = |source| ListenError::Bind {
+        addr: listen,
+        source,
+    };
+    match Relay::bind(config.clone()).await {
+        Ok(relay) => {
+            let addr = relay.local_addr();
+            Ok((
+                relay,
+                EmbeddedRelay {
+                    addr,
+                    fallback_from: None,
+                },
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            config.listen.set_port(0);
+            let relay = Relay::bind(config).await.map_err(bind_error)?;
+            let addr = relay.local_addr();
+            Ok((
+                relay,
+                EmbeddedRelay {
+                    addr,
+                    fallback_from: Some(listen),
+                },
+            ))
+        }
+        Err(e) => Err(bind_error(e)),
+    }
+}
+
+/// Carries out the inspector's replay requests: each reads the stored
+/// exchange and sends it again; its result reaches the inspector through
+/// the capture, like any other exchange.
+async fn replay_worker(
+    dir: PathBuf,
+    forwarder: Forwarder,
+    mut requests: mpsc::Receiver<ReplayRequest>,
+) {
+    let Ok(store) = Store::open_reader(&dir) else {
+        return;
+    };
+    let store = Arc::new(std::sync::Mutex::new(store));
+    while let Some(req) = requests.recv().await {
+        // SQLite reads stay off the runtime, which may forward on one thread.
+        let (store, id) = (store.clone(), req.id);
+        let original = tokio::task::spawn_blocking(move || {
+            store.lock().ok().and_then(|s| s.get(id).ok().flatten())
+        })
+        .await
+        .ok()
+        .flatten();
+        if let Some(original) = original {
+            let fwd = forwarder.clone();
+            tokio::spawn(async move {
+                fwd.replay(&original, req.edit).await;
+            });
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Units and the defaults expressed in them: byte sizes and durations as
+//! users type them (`25MiB`, `30s`) and as whtunnel prints them, plus the
+//! limits that several parts must agree on. Each default lives here once;
+//! clap takes its defaults from these values, never from a second literal.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// One kibibyte.
+pub const KIB: u64 = 1 << 10;
+/// One mebibyte.
+pub const MIB: u64 = 1 << 20;
+/// One gibibyte.
+pub const GIB: u64 = 1 << 30;
+
+/// Largest request body the relay accepts (413 past it), and so the most
+/// of one body the capture keeps and the most of an answer to a held event
+/// the agent reads back.
+pub const DEFAULT_MAX_BODY: u64 = 25 * MIB;
+
+/// How long the app has to answer: the relay's response timeout (504 past
+/// it), and the replay's when no relay deadline applies.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A byte count as users write it (`25MiB`, `512KiB`, `10MB`, `1024`) and
+/// as whtunnel shows it in `--help` (`25MiB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_size(s).map(ByteSize)
+    }
+}
+
+impl fmt::Display for ByteSize {
+    /// The largest binary unit that divides the count exactly.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        for (unit, name) in [(GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB")] {
+            if n >= unit && n.is_multiple_of(unit) {
+                return write!(f, "{}{name}", n / unit);
+            }
+        }
+        write!(f, "{n}")
+    }
+}
+
+/// A duration as users write it (`30s`, `500ms`, `2m`, `72h`) and as
+/// whtunnel shows it in `--help`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_duration(s).map(HumanDuration)
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    /// The largest unit that divides the duration exactly.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        for (unit, name) in [(3_600_000, "h"), (60_000, "m"), (1000, "s")] {
+            if ms >= unit && ms.is_multiple_of(unit) {
+                return write!(f, "{}{name}", ms / unit);
+            }
+        }
+        write!(f, "{ms}ms")
+    }
+}
+
+/// Parses `30s`, `500ms`, `2m`, `1h`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (e.g. 30s, 500ms)"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("'{s}' is not a duration (e.g. 30s, 500ms)")),
+    };
+    if !(secs > 0.0 && secs < 1e9) {
+        return Err(format!("'{s}' must be a positive duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses `25MiB`, `512KiB`, `1GiB`, `10MB`, or plain bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (e.g. 25MiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => KIB,
+        "m" | "mb" => 1_000_000,
+        "mib" => MIB,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => GIB,
+        _ => return Err(format!("'{s}' is not a size (e.g. 25MiB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+/// A measured duration for people, from milliseconds: `850µs`, `12ms`,
+/// `1.52s`. The CLI, the log line and the inspector all print this way.
+pub fn fmt_duration(ms: f64) -> String {
+    if ms < 1.0 {
+        format!("{:.0}µs", ms * 1000.0)
+    } else if ms < 1000.0 {
+        format!("{ms:.0}ms")
+    } else {
+        format!("{:.2}s", ms / 1000.0)
+    }
+}
+
+/// A byte count for people: `512 B`, `1.2 KiB`, `3.4 MiB`.
+pub fn fmt_size(n: u64) -> String {
+    if n < KIB {
+        format!("{n} B")
+    } else if n < MIB {
+        format!("{:.1} KiB", n as f64 / KIB as f64)
+    } else {
+        format!("{:.1} MiB", n as f64 / MIB as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        for bad in ["", "s", "10x", "-1s", "0"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("25MiB").unwrap(), 25 << 20);
+        assert_eq!(parse_size("1024").unwrap(), 1024);
+        assert_eq!(parse_size("10mb").unwrap(), 10_000_000);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        for bad in ["", "MiB", "1 TiB", "99999999999999999999"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn defaults_print_as_users_type_them_and_parse_back() {
+        for (size, text) in [
+            (DEFAULT_MAX_BODY, "25MiB"),
+            (GIB, "1GiB"),
+            (KIB, "1KiB"),
+            (1500, "1500"),
+        ] {
+            assert_eq!(ByteSize(size).to_string(), text);
+            assert_eq!(text.parse::<ByteSize>().unwrap(), ByteSize(size));
+        }
+        for (d, text) in [
+            (DEFAULT_RESPONSE_TIMEOUT, "30s"),
+            (Duration::from_secs(72 * 3600), "72h"),
+            (Duration::from_secs(120), "2m"),
+            (Duration::from_millis(1500), "1500ms"),
+        ] {
+            assert_eq!(HumanDuration(d).to_string(), text);
+            assert_eq!(text.parse::<HumanDuration>().unwrap(), HumanDuration(d));
+        }
+    }
+
+    #[test]
+    fn printed_durations_and_sizes() {
+        assert_eq!(fmt_duration(0.25), "250µs");
+        assert_eq!(fmt_duration(12.4), "12ms");
+        assert_eq!(fmt_duration(1520.0), "1.52s");
+        assert_eq!(fmt_size(512), "512 B");
+        assert_eq!(fmt_size(1230), "1.2 KiB");
+        assert_eq!(fmt_size(3 * MIB + MIB / 2), "3.5 MiB");
+    }
+}
