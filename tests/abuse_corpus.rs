@@ -312,6 +312,7 @@ async fn bad_input_corpus() {
         data_dir: None,
         ca: None,
         agent_id: None,
+        takeover: false,
     };
     let _agent = start_agent(&relay.base, opts("abuse", app.addr)).await;
     let _victim = start_agent(&relay.base, opts("victim", victim_app.addr)).await;

@@ -361,6 +361,7 @@ async fn a_fast_sender_to_a_slow_reading_app_is_not_cut_off() {
         data_dir: None,
         ca: None,
         agent_id: None,
+        takeover: false,
     };
     let _agent = start_agent(&relay.base, opts).await;
 

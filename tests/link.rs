@@ -60,34 +60,12 @@ async fn a_held_name_is_refused_unless_taken_over() {
     assert_eq!((app1.seen().len(), app2.seen().len()), (1, 0));
 
     // Takeover moves the tunnel to the new agent.
-    let forwarder = whtunnel::forward::Forwarder::new(whtunnel::forward::ForwarderConfig {
-        target: app2.addr.to_string().parse().unwrap(),
-        host_header: Default::default(),
-        recorder: None,
-        body_limits: whtunnel::capture::BodyLimits {
-            in_memory: 1024,
-            max_capture: 1024,
-            spill_dir: std::env::temp_dir(),
-        },
-    });
-    let config = whtunnel::agent::AgentConfig {
-        relay: relay.base.parse().unwrap(),
-        token: TOKEN.into(),
-        name: "dup".into(),
-        takeover: true,
-        offline: None,
-        agent_id: None,
-        tls: whtunnel::tunnel::tls::client_config(None).unwrap(),
-    };
-    let (tx, mut rx) = tokio::sync::watch::channel(ConnectionStatus::Connecting);
-    let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(whtunnel::agent::run(config, forwarder, tx, stop.clone()));
-    rx.wait_for(|s| matches!(s, ConnectionStatus::Connected { .. }))
-        .await
-        .unwrap();
+    let mut opts = AgentOptions::new("dup", &app2);
+    opts.takeover = true;
+    let third = start_agent(&relay.base, opts).await;
+    assert!(third.public_url.ends_with("/t/dup"), "{}", third.public_url);
     send(Method::POST, &format!("{}/t/dup/x", relay.base), &[], "{}").await;
     assert_eq!((app1.seen().len(), app2.seen().len()), (1, 1));
-    stop.cancel();
 }
 
 #[tokio::test]

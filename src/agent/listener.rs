@@ -179,7 +179,7 @@ impl Listener {
         let (embedded, relay_url, token, tls) = match config.relay {
             RelayChoice::Remote { url, token, tls } => (None, url, token, tls),
             RelayChoice::Embedded { listen } => {
-                let token = data_encoding::BASE64URL_NOPAD.encode(&rand::random::<[u8; 24]>());
+                let token = crate::tunnel::protocol::generate_token();
                 let (relay, info) = bind_embedded(listen, &token, &config.data_dir).await?;
                 // Plain HTTP on loopback: the TLS settings go unused.
                 let tls = crate::tunnel::tls::client_config(None)?;

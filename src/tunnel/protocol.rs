@@ -165,6 +165,11 @@ pub fn generate_name() -> String {
     data_encoding::BASE32_DNSSEC.encode(&bytes)
 }
 
+/// Makes a fresh agent token: 192 random bits, base64url.
+pub fn generate_token() -> String {
+    data_encoding::BASE64URL_NOPAD.encode(&rand::random::<[u8; 24]>())
+}
+
 /// Headers that describe one hop, not the message: never forwarded
 /// (RFC 9110 §7.6.1), though kept in the capture.
 pub fn is_hop_by_hop(name: &str) -> bool {

@@ -20,9 +20,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use whtunnel::agent::{self, AgentConfig, ConnectionStatus};
-use whtunnel::capture::{BodyLimits, Recorder};
-use whtunnel::forward::{Forwarder, ForwarderConfig, HostHeader, Target};
+use whtunnel::agent::{self, Capture, ConnectionStatus, ListenConfig, Listener, RelayChoice};
+use whtunnel::capture::Recorder;
+use whtunnel::forward::{HostHeader, Target};
 use whtunnel::relay::{Relay, RelayConfig, Tokens};
 use whtunnel::tunnel::tls;
 
@@ -226,6 +226,8 @@ pub struct AgentHandle {
     pub stop: CancellationToken,
     pub task: tokio::task::JoinHandle<Result<(), agent::AgentError>>,
     pub public_url: String,
+    /// The data dir made for an agent started without one.
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for AgentHandle {
@@ -243,6 +245,7 @@ pub struct AgentOptions {
     pub data_dir: Option<std::path::PathBuf>,
     pub ca: Option<std::path::PathBuf>,
     pub agent_id: Option<String>,
+    pub takeover: bool,
 }
 
 impl AgentOptions {
@@ -256,40 +259,39 @@ impl AgentOptions {
             data_dir: None,
             ca: None,
             agent_id: None,
+            takeover: false,
         }
     }
 }
 
-/// Starts an agent and waits until it is connected (or refused).
+/// Starts an agent through the library's [`Listener`], as `whtunnel
+/// listen` does, and waits until it is connected (or refused).
 pub async fn start_agent(relay_base: &str, opts: AgentOptions) -> AgentHandle {
-    let spill = opts
-        .data_dir
-        .clone()
-        .unwrap_or_else(std::env::temp_dir)
-        .join("spill");
-    let forwarder = Forwarder::new(ForwarderConfig {
-        target: opts.target.parse::<Target>().unwrap(),
-        host_header: opts.host_header,
-        recorder: opts.recorder,
-        body_limits: BodyLimits {
-            in_memory: 256 * 1024,
-            max_capture: 25 << 20,
-            spill_dir: spill,
-        },
-    });
-    let config = AgentConfig {
-        relay: relay_base.parse().unwrap(),
+    let (data_dir, temp) = match opts.data_dir {
+        Some(d) => (d, None),
+        None => {
+            let t = tempfile::tempdir().unwrap();
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    let mut config = ListenConfig::new(opts.target.parse::<Target>().unwrap(), opts.name, data_dir);
+    config.relay = RelayChoice::Remote {
+        url: relay_base.parse().unwrap(),
         token: opts.token,
-        name: opts.name,
-        takeover: false,
-        offline: None,
-        agent_id: opts.agent_id,
         tls: tls::client_config(opts.ca.as_deref()).unwrap(),
     };
-    let (tx, mut rx) = watch::channel(ConnectionStatus::Connecting);
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(agent::run(config, forwarder, tx, stop.clone()));
+    config.agent_id = opts.agent_id;
+    config.takeover = opts.takeover;
+    config.host_header = opts.host_header;
+    config.capture = match opts.recorder {
+        Some(r) => Capture::Recorder(r),
+        None => Capture::Off,
+    };
+    let listener = Listener::bind(config).await.unwrap();
+    let mut rx = listener.status();
     let status = rx.clone();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(listener.run(stop.clone()));
     let public_url = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match &*rx.borrow_and_update() {
@@ -307,6 +309,7 @@ pub async fn start_agent(relay_base: &str, opts: AgentOptions) -> AgentHandle {
         stop,
         task,
         public_url,
+        _dir: temp,
     }
 }
 

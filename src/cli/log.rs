@@ -1,0 +1,176 @@
+//! What `listen` and `relay` print: tracing set-up, and with `--no-tui`
+//! one line per exchange on stdout and link changes on stderr.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Result;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::{AgentTask, Ended};
+use crate::agent::ConnectionStatus;
+use crate::capture::{self, CaptureEvent, Recorder};
+use crate::forward::Target;
+
+pub(crate) fn init_logging(to_file: Option<&Path>, default_level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("WHTUNNEL_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let file = to_file.and_then(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .ok()
+    });
+    let _ = match file {
+        Some(f) => builder
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(f))
+            .try_init(),
+        None => builder.with_writer(std::io::stderr).try_init(),
+    };
+}
+
+/// `--no-tui`: one line per exchange on stdout, link changes on stderr.
+pub(crate) async fn run_log(
+    recorder: Option<&Recorder>,
+    mut status: watch::Receiver<ConnectionStatus>,
+    target: &Target,
+    stop: &CancellationToken,
+    agent: &mut AgentTask,
+) -> Ended {
+    let mut events = recorder.map(Recorder::subscribe);
+    let mut announced = false;
+    let report = |s: &ConnectionStatus, announced: &mut bool| match s {
+        ConnectionStatus::Connected { public_url, held } => {
+            if *announced {
+                eprintln!("reconnected: {public_url}");
+            } else {
+                println!("Forwarding {public_url} -> {target}");
+                *announced = true;
+            }
+            if *held > 0 {
+                eprintln!("{held} events held while you were offline — delivering");
+            }
+        }
+        ConnectionStatus::Reconnecting {
+            retry_at,
+            last_error,
+        } => {
+            let wait = retry_at.saturating_duration_since(Instant::now());
+            eprintln!("{last_error}; reconnecting in {:.1}s", wait.as_secs_f64());
+        }
+        ConnectionStatus::Refused { reason } => eprintln!("{reason}"),
+        ConnectionStatus::Connecting => {}
+    };
+    let current = status.borrow_and_update().clone();
+    report(&current, &mut announced);
+    loop {
+        tokio::select! {
+            changed = status.changed() => {
+                // The agent ended: its result says why (a refusal is an error).
+                if changed.is_err() {
+                    return Ended::Agent((&mut *agent).await);
+                }
+                let s = status.borrow_and_update().clone();
+                report(&s, &mut announced);
+            }
+            event = async {
+                match events.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(rx) = events.as_mut() {
+                    if !print_log_lines(event, rx) {
+                        events = None;
+                    }
+                }
+            }
+            joined = &mut *agent => return Ended::Agent(joined),
+            () = stop.cancelled() => break,
+        }
+    }
+    Ended::Stopped(Ok(()))
+}
+
+/// Prints `first` and every capture event already waiting behind it with one
+/// write: under load the recorder publishes a whole batch at once, and a
+/// write per line would cost a syscall per exchange. Returns false once the
+/// recorder is gone.
+fn print_log_lines(
+    first: Result<CaptureEvent, tokio::sync::broadcast::error::RecvError>,
+    rx: &mut tokio::sync::broadcast::Receiver<CaptureEvent>,
+) -> bool {
+    use std::io::Write as _;
+    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+    let mut out = String::new();
+    let mut open = true;
+    let mut next = Some(first);
+    while let Some(event) = next.take() {
+        match event {
+            Ok(CaptureEvent::Stored(s)) => out.push_str(&log_line(&s, None)),
+            Ok(CaptureEvent::NotStored { summary, reason }) => {
+                out.push_str(&log_line(&summary, Some(&reason)))
+            }
+            Err(RecvError::Lagged(n)) => {
+                eprintln!("({n} exchanges not shown: output could not keep up)")
+            }
+            Err(RecvError::Closed) => {
+                open = false;
+                break;
+            }
+        }
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
+        if out.len() > 64 * 1024 {
+            break;
+        }
+        next = match rx.try_recv() {
+            Ok(e) => Some(Ok(e)),
+            Err(TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
+            Err(TryRecvError::Closed) => Some(Err(RecvError::Closed)),
+            Err(TryRecvError::Empty) => None,
+        };
+    }
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(out.as_bytes());
+    let _ = stdout.flush();
+    open
+}
+
+/// One exchange as a log line: time, method, path, status, duration, event.
+pub fn log_line(s: &capture::ExchangeSummary, not_stored: Option<&str>) -> String {
+    let time = s
+        .received_at
+        .with_timezone(&chrono::Local)
+        .format("%H:%M:%S%.3f");
+    let status = s
+        .status
+        .map(|c| c.to_string())
+        .unwrap_or_else(|| "---".into());
+    let mut line = format!(
+        "{time} {:<6} {} {status} {:.1}ms",
+        s.method, s.path, s.duration_ms
+    );
+    if let Some(e) = &s.event {
+        line.push_str(&format!(" {e}"));
+    }
+    if let Some(id) = s.replay_of {
+        line.push_str(&format!(" (replay of #{id})"));
+    }
+    if s.id > 0 {
+        line.push_str(&format!(" #{}", s.id));
+    }
+    if let Some(err) = &s.error {
+        line.push_str(&format!(" [{}]", err.trim()));
+    }
+    if let Some(reason) = not_stored {
+        line.push_str(&format!(" [not stored: {reason}]"));
+    }
+    line
+}

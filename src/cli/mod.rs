@@ -1,0 +1,457 @@
+//! The command line: each subcommand runs the library's parts (relay,
+//! [`Listener`](crate::agent::Listener), capture, inspector) and prints
+//! what they report. The contract is in the README; errors end as one line
+//! on stderr and a non-zero exit.
+//!
+//! [`args`] holds the clap definitions, [`datadir`] what is kept in the data
+//! directory, [`log`] the `--no-tui` output, [`requests`] the capture
+//! readers.
+
+pub mod args;
+pub mod datadir;
+pub mod log;
+pub mod requests;
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use clap::Parser;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{self, Capture, ConnectionStatus, ListenConfig, Listener, RelayChoice};
+use crate::capture::{self, BodyLimits, Recorder, Store, StoreConfig};
+use crate::forward::{Forwarder, ForwarderConfig, HostHeader, Target};
+use crate::relay::{Caps, Relay, RelayConfig, Tokens};
+use crate::tunnel::tls;
+use crate::units;
+
+use args::{Cli, Command, ListenArgs, RelayArgs, ReplayArgs};
+use datadir::{
+    agent_id, ensure_private_dir, lock_data_dir, relay_token, resolve_data_dir, tunnel_name,
+};
+use log::{init_logging, run_log};
+use requests::{load_exchange, requests};
+
+/// Entry point of the `whtunnel` binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // An agent with a remote relay serves one link: one worker thread avoids
+    // a cross-thread wake-up at every hop of every exchange (measured in
+    // docs/benchmarks.md: CPU per request halved, p50 latency -45 % at c=1).
+    // TOKIO_WORKER_THREADS still overrides.
+    if matches!(&cli.command, Command::Listen(a) if a.relay.is_some())
+        && std::env::var_os("TOKIO_WORKER_THREADS").is_none()
+    {
+        builder.worker_threads(1);
+    }
+    let runtime = match builder.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Help and version print as clap renders them; a usage error becomes one
+/// line on stderr (the contract), pointing at `--help`.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        // `whtunnel` alone: the full help is the useful answer.
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitCode::from(2)
+        }
+        _ => {
+            let rendered = e.render().to_string();
+            let first = rendered
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("error: invalid arguments");
+            eprintln!("{} (see 'whtunnel --help')", first.trim_end());
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Listen(args) => listen(args).await,
+        Command::Relay(args) => relay(args).await,
+        Command::Requests { command } => requests(command),
+        Command::Replay(args) => replay(args).await,
+    }
+}
+
+fn shutdown_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = match signal(SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    t.cancel();
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        t.cancel();
+    });
+    token
+}
+
+async fn relay(args: RelayArgs) -> Result<()> {
+    init_logging(None, "info");
+    let dir = resolve_data_dir(&args.data_dir)?;
+    let mut tokens: Vec<String> = args.tokens.clone();
+    if let Some(path) = &args.tokens_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read tokens file {}", path.display()))?;
+        tokens.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string),
+        );
+    }
+    if tokens.iter().all(|t| t.is_empty()) {
+        let (token, path) = relay_token(&dir)?;
+        eprintln!(
+            "No --token given: agents must use the token in {} (--token \"$(cat {})\")",
+            path.display(),
+            path.display()
+        );
+        tokens.push(token);
+    }
+    let mut config = RelayConfig::new(args.listen, Tokens::new(&tokens));
+    config.public_url = args.public_url.clone();
+    config.response_timeout = args.response_timeout.0;
+    config.max_body = args.max_body.0;
+    config.data_dir = Some(dir.clone());
+    config.offline = args.offline;
+    config.hold_caps = Caps {
+        max_events: args.hold_max_events,
+        max_bytes: args.hold_max_bytes.0,
+        max_age: args.hold_max_age.0,
+    };
+    args.limits.apply(&mut config.limits);
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.tls = Some(tls::server_config(cert, key)?);
+    }
+    let relay = Relay::bind(config)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    eprintln!(
+        "whtunnel relay listening on {} (tunnels at {}/t/<name>)",
+        relay.local_addr(),
+        relay.base_url()
+    );
+    let stop = shutdown_signal();
+    relay.run(stop.cancelled_owned()).await?;
+    eprintln!("whtunnel relay stopped");
+    Ok(())
+}
+
+async fn listen(args: ListenArgs) -> Result<()> {
+    let dir = resolve_data_dir(&args.data_dir)?;
+    ensure_private_dir(&dir)?;
+    let _lock = lock_data_dir(&dir)?;
+    let target: Target = args.target.parse()?;
+    let name = tunnel_name(args.name.as_deref(), &dir)?;
+    let use_tui = !args.no_tui && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
+    if use_tui {
+        init_logging(Some(&dir.join("whtunnel.log")), "info");
+    } else {
+        init_logging(None, "warn");
+    }
+    let stop = shutdown_signal();
+
+    let mut config = ListenConfig::new(target.clone(), name, dir.clone());
+    if let Some(url) = &args.relay {
+        let token = args
+            .token
+            .clone()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                anyhow!("the relay needs a token: pass --token or set WHTUNNEL_TOKEN")
+            })?;
+        config.relay = RelayChoice::Remote {
+            url: url.parse()?,
+            token,
+            tls: tls::client_config(args.ca_cert.as_deref())?,
+        };
+    } else {
+        config.relay = RelayChoice::Embedded {
+            listen: args.listen,
+        };
+    }
+    config.agent_id = Some(agent_id(&dir)?);
+    config.takeover = args.takeover;
+    config.offline = args.offline;
+    config.host_header = args.host_header.clone();
+    config.capture = if args.no_capture {
+        Capture::Off
+    } else {
+        Capture::Store(StoreConfig {
+            dir: dir.clone(),
+            max_exchanges: args.keep_exchanges,
+            max_bytes: args.keep_bytes.0,
+        })
+    };
+    let listener = Listener::bind(config).await?;
+    if let Some(relay) = listener.embedded_relay() {
+        if let (Some(asked), false) = (relay.fallback_from, use_tui) {
+            eprintln!(
+                "note: {asked} is in use; the embedded relay listens on {} instead",
+                relay.addr
+            );
+        }
+    }
+    let status = listener.status();
+    let recorder = listener.recorder().cloned();
+    let replays = listener.replays();
+    let mut agent = tokio::spawn(listener.run(stop.clone()));
+
+    // A refusal on the first attempt ends the command before any UI starts.
+    let mut first = status.clone();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(15),
+        first.wait_for(|s| !matches!(s, ConnectionStatus::Connecting)),
+    )
+    .await;
+    if agent.is_finished() || matches!(*status.borrow(), ConnectionStatus::Refused { .. }) {
+        return finish_agent(agent.await);
+    }
+
+    let ended = if use_tui {
+        run_inspector(
+            &dir,
+            recorder.as_ref(),
+            replays,
+            status,
+            &target,
+            &stop,
+            &mut agent,
+        )
+        .await
+    } else {
+        run_log(recorder.as_ref(), status, &target, &stop, &mut agent).await
+    };
+    stop.cancel();
+    // The listener lets calls still in the app's hands finish and closes the
+    // store before its task ends.
+    match ended {
+        Ended::Agent(joined) => finish_agent(joined),
+        Ended::Stopped(result) => {
+            let joined = agent.await;
+            result.and(finish_agent(joined))
+        }
+    }
+}
+
+/// The listener's task, as `listen` runs it.
+pub(crate) type AgentTask = tokio::task::JoinHandle<std::result::Result<(), agent::AgentError>>;
+
+/// How the foreground of `listen` (inspector or log) ended.
+pub(crate) enum Ended {
+    /// The user quit, or a signal came: the listener is still stopping.
+    Stopped(Result<()>),
+    /// The listener's task ended first; this is its result.
+    Agent(std::result::Result<std::result::Result<(), agent::AgentError>, tokio::task::JoinError>),
+}
+
+fn finish_agent(
+    joined: std::result::Result<std::result::Result<(), agent::AgentError>, tokio::task::JoinError>,
+) -> Result<()> {
+    match joined {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(anyhow!("{e}")),
+        Err(e) => Err(anyhow!("the agent task failed: {e}")),
+    }
+}
+
+async fn run_inspector(
+    dir: &Path,
+    recorder: Option<&Recorder>,
+    replays: tokio::sync::mpsc::Sender<capture::ReplayRequest>,
+    status: watch::Receiver<ConnectionStatus>,
+    target: &Target,
+    stop: &CancellationToken,
+    agent: &mut AgentTask,
+) -> Ended {
+    let Some(recorder) = recorder else {
+        return Ended::Stopped(Err(anyhow!(
+            "the inspector needs the capture store; drop --no-capture or add --no-tui"
+        )));
+    };
+    let public_url = match &*status.borrow() {
+        ConnectionStatus::Connected { public_url, .. } => public_url.clone(),
+        _ => String::new(),
+    };
+    let reader = match Store::open_reader(dir) {
+        Ok(r) => r,
+        Err(e) => return Ended::Stopped(Err(e.into())),
+    };
+    let inputs = crate::inspect::Inputs {
+        store: reader,
+        events: recorder.subscribe(),
+        status,
+        replays,
+        public_url,
+        target: target.to_string(),
+    };
+    let mut ui = tokio::task::spawn_blocking(move || crate::inspect::run(inputs));
+    tokio::select! {
+        done = &mut ui => {
+            stop.cancel();
+            Ended::Stopped(match done {
+                Ok(r) => r,
+                Err(e) => Err(anyhow!("the inspector crashed: {e}")),
+            })
+        }
+        joined = &mut *agent => {
+            stop.cancel();
+            // The UI restores the terminal when its inputs close.
+            let _ = ui.await;
+            Ended::Agent(joined)
+        }
+    }
+}
+
+async fn replay(args: ReplayArgs) -> Result<()> {
+    let dir = resolve_data_dir(&args.data_dir)?;
+    let original = load_exchange(&dir, args.id)?;
+    // Only the recorded target unless --to says otherwise: a replay never
+    // goes somewhere the user did not name.
+    let target: Target = match &args.to {
+        Some(to) => to.parse()?,
+        None => original
+            .target
+            .parse()
+            .with_context(|| format!("exchange #{} has no usable target; pass --to", args.id))?,
+    };
+    let store = Store::open_secondary(&StoreConfig::new(dir.clone()))
+        .with_context(|| format!("cannot open the capture store in {}", dir.display()))?;
+    let limits = BodyLimits::new(store.spill_dir());
+    let recorder = Recorder::spawn(store);
+    let forwarder = Forwarder::new(ForwarderConfig {
+        target: target.clone(),
+        host_header: HostHeader::Preserve,
+        recorder: Some(recorder.clone()),
+        body_limits: limits,
+    });
+    let outcome = forwarder.replay(&original, None).await;
+    recorder.close().await;
+    let id = outcome
+        .id
+        .map(|i| format!("#{i}"))
+        .unwrap_or_else(|| "(not recorded)".into());
+    match outcome.error {
+        None => {
+            println!(
+                "replayed #{} -> {id}: {} in {} ({target})",
+                args.id,
+                outcome.status,
+                units::fmt_duration(outcome.duration.as_secs_f64() * 1000.0)
+            );
+            Ok(())
+        }
+        Some(e) => bail!(
+            "replay of #{} to {target} failed: {} ({e})",
+            args.id,
+            outcome.status
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_kept_in_the_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = tunnel_name(None, dir.path()).unwrap();
+        assert_eq!(tunnel_name(None, dir.path()).unwrap(), first);
+        assert_eq!(tunnel_name(Some("mine"), dir.path()).unwrap(), "mine");
+        assert!(tunnel_name(Some("Bad Name"), dir.path()).is_err());
+        assert_eq!(tunnel_name(None, dir.path()).unwrap(), first);
+    }
+
+    #[test]
+    fn cli_parses_the_contract() {
+        Cli::try_parse_from(["whtunnel", "listen", "3000"]).unwrap();
+        Cli::try_parse_from([
+            "whtunnel",
+            "listen",
+            "http://localhost:3000/base",
+            "--relay",
+            "https://r.example",
+            "--token",
+            "t",
+            "--name",
+            "n",
+            "--data-dir",
+            "/tmp/x",
+            "--no-tui",
+        ])
+        .unwrap();
+        Cli::try_parse_from([
+            "whtunnel",
+            "relay",
+            "--listen",
+            "127.0.0.1:0",
+            "--token",
+            "a",
+            "--token",
+            "b",
+            "--data-dir",
+            "/tmp/x",
+            "--public-url",
+            "https://h",
+        ])
+        .unwrap();
+        Cli::try_parse_from([
+            "whtunnel",
+            "requests",
+            "list",
+            "--json",
+            "--data-dir",
+            "/tmp/x",
+        ])
+        .unwrap();
+        Cli::try_parse_from(["whtunnel", "requests", "show", "3", "--json"]).unwrap();
+        Cli::try_parse_from(["whtunnel", "replay", "3", "--to", "http://localhost:4000"]).unwrap();
+        assert!(Cli::try_parse_from(["whtunnel", "listen"]).is_err());
+    }
+}

@@ -1,0 +1,189 @@
+//! Held events, on the agent's side: the relay deletes a held event once
+//! the agent acknowledges it, so the ack waits until the exchange is
+//! recorded, a redelivery of an event the app already has is acknowledged
+//! without reaching the app twice, and one still in progress is waited for
+//! ([`InFlight`]).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use http::{Response, StatusCode};
+use tokio_util::sync::CancellationToken;
+
+use super::{collect_capped, error_response, full, Forwarder, Outgoing, HELD_RESPONSE_MAX};
+use crate::tunnel::protocol::{Ack, AgentError, HDR_ACK, HDR_ERROR};
+use crate::tunnel::Body;
+
+/// Deliveries of one held event that may time out before the agent
+/// acknowledges it anyway ([`Ack::TimedOut`]): the app is up, but hangs on it.
+pub const HELD_TIMEOUT_ATTEMPTS: u32 = 3;
+
+/// The recorded error of an exchange the app answered after its sender was
+/// gone: the app has the request (a redelivery must not send it again), but
+/// nobody received the answer. Stored in capture databases and compared on
+/// redelivery: changing the text makes older records count as failed.
+pub const ERR_ANSWER_UNDELIVERED: &str =
+    "answered after the sender was gone (hung up, relay timeout or lost link); the answer reached nobody";
+
+impl Forwarder {
+    /// Delivers held event `event_id` (delivery `attempt`, from 1). One
+    /// deadline for the whole delivery, waiting included: the relay gives
+    /// up on it soon after.
+    pub(super) async fn deliver_held(
+        &self,
+        event_id: String,
+        attempt: u32,
+        mut out: Outgoing,
+    ) -> Response<Body> {
+        // A held event: the relay deletes it once acknowledged, so the ack
+        // waits until the exchange is recorded. A redelivery of an event that
+        // already got an answer (the ack was lost in a crash, or the link
+        // dropped while the app worked on it) is acknowledged without
+        // reaching the app twice; one still in progress is waited for.
+        // One deadline for the whole delivery, waiting included: the relay
+        // gives up on it soon after.
+        let deadline = tokio::time::Instant::now() + out.timeout;
+        if let Some(recorder) = self.recorder() {
+            let Some(entry) = InFlight::acquire(&self.inner.in_flight, &event_id, deadline).await
+            else {
+                return error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    AgentError::InProgress,
+                    &format!(
+                        "whtunnel: an earlier delivery of event {event_id} is still in progress"
+                    ),
+                );
+            };
+            if let Some(prev) = recorder.find_relay_event(&event_id).await {
+                if prev.status.is_some()
+                    && prev
+                        .error
+                        .as_deref()
+                        .is_none_or(|e| e == ERR_ANSWER_UNDELIVERED)
+                {
+                    tracing::info!(event = %event_id, "already delivered as #{}; not sending it again", prev.id);
+                    let mut resp = Response::new(full(format!(
+                        "whtunnel: event {event_id} was already delivered as #{}\n",
+                        prev.id
+                    )));
+                    resp.headers_mut()
+                        .insert(HDR_ACK, Ack::Duplicate.header_value());
+                    return resp;
+                }
+            }
+            out.pending.in_flight = Some(entry);
+        }
+        out.timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let (resp, id_rx) = self.send(out).await;
+        let error = resp.headers().get(HDR_ERROR).map(AgentError::from_header);
+        let app_answered = error.is_none();
+        // The app got it but never answered in time, again and again: the
+        // one event must not hold up every later one for days. Each attempt
+        // is recorded; the user replays it once the handler is fixed.
+        let gave_up =
+            error == Some(Some(AgentError::AppTimeout)) && attempt >= HELD_TIMEOUT_ATTEMPTS;
+        let (parts, body) = resp.into_parts();
+        // The relay answered the sender long ago; nobody streams this, and
+        // reading it to the end is what completes the recording.
+        let body = collect_capped(body, HELD_RESPONSE_MAX).await;
+        let recorded = match id_rx {
+            Some(rx) => rx.await.ok().flatten().is_some(),
+            None => true,
+        };
+        let mut resp = Response::from_parts(parts, full(body));
+        if app_answered && recorded {
+            resp.headers_mut()
+                .insert(HDR_ACK, Ack::Recorded.header_value());
+        } else if gave_up && recorded {
+            tracing::warn!(
+                event = %event_id,
+                "the app did not answer this held event in time on {attempt} deliveries; \
+                 acknowledged so that later events are not held up (it is recorded: replay it)"
+            );
+            resp.headers_mut()
+                .insert(HDR_ACK, Ack::TimedOut.header_value());
+        }
+        resp
+    }
+}
+
+/// Exchanges for relay events that are still in progress, by event id, so
+/// that a redelivery of an event waits for the attempt already under way
+/// (the link dropped while the app worked on it) instead of reaching the app
+/// a second time.
+#[derive(Default)]
+pub(super) struct InFlight(Mutex<InFlightMap>);
+
+#[derive(Default)]
+struct InFlightMap {
+    /// Tells entries apart, so that one only ever removes itself.
+    next: u64,
+    running: HashMap<String, (u64, CancellationToken)>,
+}
+
+impl InFlight {
+    /// Registers an exchange for `id`; when one is already in progress,
+    /// returns the token cancelled when it ends instead.
+    pub(super) fn try_register(
+        set: &Arc<InFlight>,
+        id: &str,
+    ) -> Result<InFlightEntry, CancellationToken> {
+        let mut map = set.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, running)) = map.running.get(id) {
+            return Err(running.clone());
+        }
+        map.next += 1;
+        let generation = map.next;
+        let done = CancellationToken::new();
+        map.running
+            .insert(id.to_string(), (generation, done.clone()));
+        Ok(InFlightEntry {
+            set: set.clone(),
+            id: id.to_string(),
+            generation,
+            done,
+        })
+    }
+
+    /// Registers an exchange for `id` once no other one for it is in
+    /// progress; `None` if one still is at `deadline`.
+    pub(super) async fn acquire(
+        set: &Arc<InFlight>,
+        id: &str,
+        deadline: tokio::time::Instant,
+    ) -> Option<InFlightEntry> {
+        loop {
+            match InFlight::try_register(set, id) {
+                Ok(entry) => return Some(entry),
+                Err(running) => {
+                    tokio::time::timeout_at(deadline, running.cancelled())
+                        .await
+                        .ok()?;
+                }
+            }
+        }
+    }
+}
+
+/// One in-progress exchange in [`InFlight`]; dropping it ends it.
+pub(super) struct InFlightEntry {
+    set: Arc<InFlight>,
+    id: String,
+    generation: u64,
+    done: CancellationToken,
+}
+
+impl Drop for InFlightEntry {
+    fn drop(&mut self) {
+        let mut map = self.set.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map
+            .running
+            .get(&self.id)
+            .is_some_and(|(g, _)| *g == self.generation)
+        {
+            map.running.remove(&self.id);
+        }
+        drop(map);
+        self.done.cancel();
+    }
+}

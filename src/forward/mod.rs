@@ -1,0 +1,454 @@
+//! Forwarding: turns a request from the relay into a request to the local
+//! app, streams the answer back, and hands the finished exchange to the
+//! capture recorder. Also replays stored exchanges.
+//!
+//! The rules applied here are the HTTP contract: method, path, query, headers
+//! and body bytes reach the app unchanged, except hop-by-hop headers; the app
+//! gets `X-Forwarded-For/-Proto/-Host`; Host is preserved unless the user
+//! asked otherwise. When the app cannot answer, the forwarder answers
+//! itself: 502 when it is unreachable, 504 when it is too slow.
+//!
+//! The parts: [`target`] (where requests go, the Host policy), [`held`]
+//! (held events: ack only once recorded, never twice to the app),
+//! [`abandoned`] (calls that outlive their stream), [`replay`], and
+//! [`record`] (handing the exchange to the capture).
+
+mod abandoned;
+mod held;
+mod record;
+mod replay;
+mod target;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::oneshot;
+
+pub use abandoned::MAX_ABANDONED_CALLS;
+pub use held::{ERR_ANSWER_UNDELIVERED, HELD_TIMEOUT_ATTEMPTS};
+pub use replay::ReplayOutcome;
+pub use target::{HostHeader, Target, TargetError};
+
+use abandoned::CallGuard;
+use held::InFlight;
+use record::{Answer, Pending, Recording};
+
+use crate::capture::{self, BodyData, BodyLimits, CapturedBody, ExchangeId, Recorder};
+use crate::tunnel::protocol::{
+    strip_hop_by_hop, strip_protocol_headers, AgentError, RequestMeta, HDR_ERROR, HDR_META,
+};
+use crate::tunnel::{Body, BoxError};
+
+/// Most of an app's answer to a held event read back for the relay (the
+/// sender is gone; this only completes the exchange).
+const HELD_RESPONSE_MAX: usize = crate::units::DEFAULT_MAX_BODY as usize;
+
+/// How a [`Forwarder`] is set up.
+#[derive(Clone)]
+pub struct ForwarderConfig {
+    /// Where requests go.
+    pub target: Target,
+    /// Host header policy.
+    pub host_header: HostHeader,
+    /// Where exchanges are recorded; `None` records nothing.
+    pub recorder: Option<Recorder>,
+    /// How much of each body the capture keeps.
+    pub body_limits: BodyLimits,
+}
+
+/// A request ready to go to the app, and what the capture knows of it.
+struct Outgoing {
+    method: Method,
+    /// Path and query below the target's base path.
+    path: String,
+    /// Headers as the app will see them.
+    headers: HeaderMap,
+    body: Body,
+    /// How long the app has to answer.
+    timeout: Duration,
+    pending: Pending,
+}
+
+/// Forwards requests to the local app. Cheap to clone.
+#[derive(Clone)]
+pub struct Forwarder {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ForwarderConfig,
+    client: Client<HttpConnector, Body>,
+    in_flight: Arc<InFlight>,
+    /// Permits for calls left to finish after their stream was reset.
+    abandoned: Arc<tokio::sync::Semaphore>,
+}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+fn headers_to_vec(headers: &HeaderMap) -> Vec<capture::Header> {
+    headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+impl Forwarder {
+    /// A forwarder with a pooled HTTP client.
+    pub fn new(config: ForwarderConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(64)
+            .build(connector);
+        Forwarder {
+            inner: Arc::new(Inner {
+                config,
+                client,
+                in_flight: Arc::default(),
+                abandoned: Arc::new(tokio::sync::Semaphore::new(MAX_ABANDONED_CALLS)),
+            }),
+        }
+    }
+
+    /// The target requests go to.
+    pub fn target(&self) -> &Target {
+        &self.inner.config.target
+    }
+
+    /// The recorder, if capture is on.
+    pub fn recorder(&self) -> Option<&Recorder> {
+        self.inner.config.recorder.as_ref()
+    }
+
+    /// Waits, up to `within`, for the calls still finishing after their
+    /// stream was reset, so that they are recorded before the recorder
+    /// closes (the relay holds their events; unrecorded, they would reach
+    /// the app again after a restart).
+    pub async fn settle(&self, within: Duration) {
+        let all = self
+            .inner
+            .abandoned
+            .acquire_many(MAX_ABANDONED_CALLS as u32);
+        let _ = tokio::time::timeout(within, all).await;
+    }
+
+    /// Handles one request from the relay (it carries [`RequestMeta`]).
+    pub async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let (mut parts, body) = req.into_parts();
+        let meta = match parts
+            .headers
+            .remove(HDR_META)
+            .map(|v| RequestMeta::decode(v.as_bytes()))
+        {
+            Some(Ok(m)) => m,
+            _ => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    AgentError::BadRequest,
+                    "whtunnel: request without valid relay metadata",
+                )
+            }
+        };
+        let received_at =
+            DateTime::<Utc>::from_timestamp_millis(meta.received_at_ms).unwrap_or_else(Utc::now);
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+
+        // What the relay received, for the capture: Host first, as senders
+        // put it, then the rest, then the hop-by-hop headers HTTP/2 cannot carry.
+        // Copied only when capture is on: with --no-capture these were a
+        // third of the agent's allocations per request.
+        let mut captured_headers = Vec::new();
+        if self.recorder().is_some() {
+            captured_headers.reserve(parts.headers.len() + 1);
+            if let Some(host) = &meta.host {
+                captured_headers.push(("host".to_string(), host.as_bytes().to_vec()));
+            }
+            captured_headers.extend(headers_to_vec(&parts.headers));
+            captured_headers.extend(
+                meta.hop_headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_bytes().to_vec())),
+            );
+        }
+
+        let mut headers = parts.headers;
+        strip_hop_by_hop(&mut headers);
+        self.apply_host(&mut headers, meta.host.as_deref());
+        add_forwarded(&mut headers, &meta);
+
+        let mut out = Outgoing {
+            method: parts.method,
+            path,
+            headers,
+            body: body.map_err(BoxError::from).boxed_unsync(),
+            timeout: Duration::from_millis(meta.timeout_ms.max(1)),
+            pending: Pending {
+                received_at,
+                started,
+                method: String::new(),
+                path: String::new(),
+                headers: captured_headers,
+                remote_addr: meta.remote_addr,
+                relay_event_id: meta.event_id.clone(),
+                replay_of: None,
+                in_flight: None,
+            },
+        };
+        out.pending.method = out.method.to_string();
+        out.pending.path = out.path.clone();
+        let attempt = meta.attempt.unwrap_or(0);
+        let Some(event_id) = meta.event_id.filter(|_| meta.attempt.is_some()) else {
+            if let (Some(_), Some(id)) = (self.recorder(), &out.pending.relay_event_id) {
+                out.pending.in_flight = InFlight::try_register(&self.inner.in_flight, id).ok();
+            }
+            return self.send(out).await.0;
+        };
+        self.deliver_held(event_id, attempt, out).await
+    }
+
+    fn apply_host(&self, headers: &mut HeaderMap, original: Option<&str>) {
+        let value = match &self.inner.config.host_header {
+            HostHeader::Preserve => original.and_then(|h| HeaderValue::from_str(h).ok()),
+            HostHeader::Rewrite => HeaderValue::from_str(self.target().authority()).ok(),
+            HostHeader::Value(v) => Some(v.clone()),
+        };
+        match value {
+            Some(v) => {
+                headers.insert(header::HOST, v);
+            }
+            None => {
+                headers.remove(header::HOST);
+            }
+        }
+    }
+
+    /// Sends a request to the app and records the exchange. Returns the
+    /// response for the sender and a receiver for the stored id.
+    async fn send(
+        &self,
+        out: Outgoing,
+    ) -> (
+        Response<Body>,
+        Option<oneshot::Receiver<Option<ExchangeId>>>,
+    ) {
+        let cfg = &self.inner.config;
+        let Outgoing {
+            method,
+            path,
+            headers,
+            body,
+            timeout,
+            pending,
+        } = out;
+        let Ok(uri) = self.target().uri_for(&path) else {
+            let resp = error_response(
+                StatusCode::BAD_REQUEST,
+                AgentError::BadRequest,
+                "whtunnel: malformed request path",
+            );
+            return (resp, None);
+        };
+        let (body, request_body) = match &cfg.recorder {
+            Some(_) => {
+                let (b, rx) = capture::tee(body, &cfg.body_limits);
+                (b.boxed_unsync(), Some(rx))
+            }
+            None => (body, None),
+        };
+        let mut request = Request::new(body);
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+
+        // If the relay cancels the stream (sender gone, relay timeout, link
+        // lost) this future is dropped mid-await. The app may already be
+        // working on the request, so the guard lets the call finish in the
+        // background and records what the app answered.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut guard = CallGuard {
+            call: Some(self.inner.client.request(request)),
+            deadline,
+            fwd: cfg.recorder.is_some().then(|| self.clone()),
+            armed: cfg.recorder.clone().map(|recorder| Recording {
+                recorder,
+                pending,
+                target: self.target().to_string(),
+                request_body,
+            }),
+        };
+        let result = match guard.call.as_mut() {
+            Some(call) => tokio::time::timeout_at(deadline, call).await,
+            None => unreachable!("the call was set just above"),
+        };
+        guard.call = None;
+        let recording = guard.armed.take();
+
+        let (resp, error) = match result {
+            Ok(Ok(resp)) => {
+                let (mut parts, body) = resp.into_parts();
+                let app_headers = if recording.is_some() {
+                    headers_to_vec(&parts.headers)
+                } else {
+                    Vec::new()
+                };
+                strip_hop_by_hop(&mut parts.headers);
+                strip_protocol_headers(&mut parts.headers);
+                let body = body.map_err(BoxError::from).boxed_unsync();
+                let Some(recording) = recording else {
+                    return (Response::from_parts(parts, body), None);
+                };
+                let (body, response_body) = capture::tee(body, &cfg.body_limits);
+                let (id_tx, id_rx) = oneshot::channel();
+                let answer = Answer {
+                    status: parts.status.as_u16(),
+                    headers: app_headers,
+                    body: response_body,
+                };
+                tokio::spawn(recording.finish(Some(answer), None, id_tx));
+                let resp = Response::from_parts(parts, body.boxed_unsync());
+                return (resp, Some(id_rx));
+            }
+            Ok(Err(e)) => {
+                let reason = describe_client_error(&e, self.target());
+                let resp =
+                    error_response(StatusCode::BAD_GATEWAY, AgentError::AppUnreachable, &reason);
+                (resp, reason)
+            }
+            Err(_) => timeout_response(self.target(), timeout),
+        };
+        let Some(recording) = recording else {
+            return (resp, None);
+        };
+        // The answer whtunnel made itself is recorded as the response.
+        let body = Bytes::from(format!("{error}\n"));
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(CapturedBody {
+            total_len: body.len() as u64,
+            data: BodyData::Memory(body),
+            truncated: false,
+        });
+        let answer = Answer {
+            status: resp.status().as_u16(),
+            headers: headers_to_vec(resp.headers()),
+            body: rx,
+        };
+        let (id_tx, id_rx) = oneshot::channel();
+        tokio::spawn(recording.finish(Some(answer), Some(error), id_tx));
+        (resp, Some(id_rx))
+    }
+}
+
+/// Reads a body to its end, keeping at most `max` bytes.
+async fn collect_capped(mut body: Body, max: usize) -> Bytes {
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { break };
+        if let Some(data) = frame.data_ref() {
+            let room = max.saturating_sub(out.len());
+            out.extend_from_slice(&data[..data.len().min(room)]);
+        }
+    }
+    out.freeze()
+}
+
+fn add_forwarded(headers: &mut HeaderMap, meta: &RequestMeta) {
+    if let Some(addr) = &meta.remote_addr {
+        let ip = addr
+            .parse::<std::net::SocketAddr>()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_else(|_| addr.clone());
+        let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert("x-forwarded-for", v);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&meta.proto) {
+        headers.insert("x-forwarded-proto", v);
+    }
+    if let Some(host) = meta
+        .host
+        .as_deref()
+        .and_then(|h| HeaderValue::from_str(h).ok())
+    {
+        headers.insert("x-forwarded-host", host);
+    }
+}
+
+fn describe_client_error(e: &hyper_util::client::legacy::Error, target: &Target) -> String {
+    use std::error::Error as _;
+    let mut cause = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        cause = s.to_string();
+        source = s.source();
+    }
+    if e.is_connect() {
+        format!("whtunnel: could not connect to the app at {target} ({cause}); is it running?")
+    } else {
+        format!("whtunnel: the app at {target} failed to answer ({cause})")
+    }
+}
+
+fn timeout_response(target: &Target, timeout: Duration) -> (Response<Body>, String) {
+    let reason = format!(
+        "whtunnel: the app at {target} did not answer within {:.1}s",
+        timeout.as_secs_f64()
+    );
+    (
+        error_response(StatusCode::GATEWAY_TIMEOUT, AgentError::AppTimeout, &reason),
+        reason,
+    )
+}
+
+fn error_response(status: StatusCode, kind: AgentError, reason: &str) -> Response<Body> {
+    let mut resp = Response::new(full(format!("{reason}\n")));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp.headers_mut().insert(HDR_ERROR, kind.header_value());
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
+        let meta = RequestMeta {
+            remote_addr: Some("127.0.0.1:4444".into()),
+            proto: "https".into(),
+            host: Some("hooks.example.com".into()),
+            ..Default::default()
+        };
+        add_forwarded(&mut h, &meta);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "hooks.example.com");
+    }
+}

@@ -1,0 +1,120 @@
+//! Handing a finished exchange to the capture: what is known before the
+//! app answers ([`Pending`]), the exchange on its way to the recorder
+//! ([`Recording`]), and the wait for both bodies before it is stored.
+
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::oneshot;
+
+use super::held::InFlightEntry;
+use crate::capture::{
+    self, CapturedBody, Exchange, ExchangeId, RecordedRequest, RecordedResponse, Recorder,
+};
+
+/// The parts of an exchange known before the body and answer are.
+pub(super) struct Pending {
+    pub(super) received_at: DateTime<Utc>,
+    pub(super) started: Instant,
+    pub(super) method: String,
+    pub(super) path: String,
+    pub(super) headers: Vec<capture::Header>,
+    pub(super) remote_addr: Option<String>,
+    pub(super) relay_event_id: Option<String>,
+    pub(super) replay_of: Option<ExchangeId>,
+    /// Holds off redeliveries of the same relay event until this exchange
+    /// is queued for storing.
+    pub(super) in_flight: Option<InFlightEntry>,
+}
+
+/// An exchange on its way to the recorder: the request as far as it is
+/// known, where it went, and the request body as the tee captures it.
+pub(super) struct Recording {
+    pub(super) recorder: Recorder,
+    pub(super) pending: Pending,
+    /// The target it was sent to, as text.
+    pub(super) target: String,
+    /// The request body, once it has streamed to the app (or failed to).
+    pub(super) request_body: Option<oneshot::Receiver<CapturedBody>>,
+}
+
+/// The answer of an exchange: from the app, or made by the agent itself.
+pub(super) struct Answer {
+    pub(super) status: u16,
+    pub(super) headers: Vec<capture::Header>,
+    /// The response body, once it has streamed to the relay.
+    pub(super) body: oneshot::Receiver<CapturedBody>,
+}
+
+/// Waits for a captured body; a tee that went away without a word kept
+/// nothing.
+async fn captured(rx: Option<oneshot::Receiver<CapturedBody>>) -> CapturedBody {
+    match rx {
+        Some(rx) => rx.await.unwrap_or(CapturedBody {
+            truncated: true,
+            ..CapturedBody::default()
+        }),
+        None => CapturedBody::default(),
+    }
+}
+
+impl Recording {
+    /// Waits for both bodies to finish streaming, then records the
+    /// exchange. The stored id goes to `id_tx` when someone waits for it.
+    pub(super) async fn finish(
+        self,
+        answer: Option<Answer>,
+        error: Option<String>,
+        id_tx: oneshot::Sender<Option<ExchangeId>>,
+    ) {
+        let Recording {
+            recorder,
+            pending: p,
+            target,
+            request_body,
+        } = self;
+        let request_body = captured(request_body).await;
+        let response = match answer {
+            Some(a) => Some(RecordedResponse {
+                status: a.status,
+                headers: a.headers,
+                body: captured(Some(a.body)).await,
+            }),
+            None => None,
+        };
+        let in_flight = p.in_flight;
+        let ex = Exchange {
+            id: None,
+            received_at: p.received_at,
+            target,
+            remote_addr: p.remote_addr,
+            request: RecordedRequest {
+                method: p.method,
+                path: p.path,
+                headers: p.headers,
+                body: request_body,
+            },
+            response,
+            duration_ms: p.started.elapsed().as_secs_f64() * 1000.0,
+            error,
+            // Recognised by the recorder's writer thread, off this runtime.
+            event: None,
+            replay_of: p.replay_of,
+            relay_event_id: p.relay_event_id,
+        };
+        // Nobody asked for the id (a live exchange): do not wait for it,
+        // which lets the writer group it with others and spares it a
+        // wake-up of this runtime per exchange.
+        if id_tx.is_closed() {
+            recorder.record_in_background(ex);
+            drop(in_flight);
+            return;
+        }
+        let stored = recorder.record(ex);
+        // Queued: a lookup from here on finds it (the writer answers lookups
+        // after what was queued before them).
+        drop(in_flight);
+        let id = stored.await.ok().and_then(Result::ok);
+        let _ = id_tx.send(id);
+    }
+}
