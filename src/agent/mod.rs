@@ -53,8 +53,8 @@ struct Backoff {
 /// For this long into an outage (a relay restart, a deploy)...
 const SHORT_OUTAGE: Duration = Duration::from_secs(10);
 /// ...no wait is longer than this, so the agent is back within about half
-/// a second of the relay (1 s here let single reconnects take 0.75 s when an
-/// attempt landed just before the restarted relay listened). Still
+/// a second of the relay even when an attempt lands just before the
+/// restarted relay listens (docs/benchmarks.md, "reconnect"). Still
 /// jittered: agents that lost the same relay return spread over that half
 /// second, not in step.
 const SHORT_OUTAGE_MAX: Duration = Duration::from_millis(500);

@@ -28,7 +28,8 @@ pub(crate) fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
             "another 'whtunnel listen' is already using {}; stop it, or give this one its own --data-dir",
             dir.display()
         ),
-        // A filesystem without locks: carry on, as before locks existed.
+        // A filesystem without locks: carry on unlocked rather than refuse
+        // to run at all.
         Err(std::fs::TryLockError::Error(e)) => {
             tracing::warn!("cannot lock {}: {e}", path.display());
             Ok(file)

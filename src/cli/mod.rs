@@ -1,5 +1,5 @@
 //! The command line: each subcommand runs the library's parts (relay,
-//! [`Listener`](crate::agent::Listener), capture, inspector) and prints
+//! [`agent::Listener`](crate::agent::Listener), capture, inspector) and prints
 //! what they report. The contract is in the README; errors end as one line
 //! on stderr and a non-zero exit.
 //!

@@ -8,10 +8,10 @@
 //! asked otherwise. When the app cannot answer, the forwarder answers
 //! itself: 502 when it is unreachable, 504 when it is too slow.
 //!
-//! The parts: [`target`] (where requests go, the Host policy), [`held`]
-//! (held events: ack only once recorded, never twice to the app),
-//! [`abandoned`] (calls that outlive their stream), [`replay`], and
-//! [`record`] (handing the exchange to the capture).
+//! The parts: `target` (where requests go, the Host policy), `held` (held
+//! events: ack only once recorded, never twice to the app), `abandoned`
+//! (calls that outlive their stream), `replay`, and `record` (handing the
+//! exchange to the capture).
 
 mod abandoned;
 mod held;
@@ -173,8 +173,8 @@ impl Forwarder {
 
         // What the relay received, for the capture: Host first, as senders
         // put it, then the rest, then the hop-by-hop headers HTTP/2 cannot carry.
-        // Copied only when capture is on: with --no-capture these were a
-        // third of the agent's allocations per request.
+        // Copied only when capture is on: these copies are a third of the
+        // agent's allocations per request.
         let mut captured_headers = Vec::new();
         if self.recorder().is_some() {
             captured_headers.reserve(parts.headers.len() + 1);
