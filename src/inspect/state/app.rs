@@ -30,7 +30,8 @@ const DETAIL_CACHE_BYTES: u64 = 32 << 20;
 const NOTICE_TTL: Duration = Duration::from_secs(6);
 
 /// Screen rows above the list/detail body (title, status, column header) and
-/// below it (footer). Shared with `render` so paging matches what is drawn.
+/// below it (footer). Must match `render`'s layout so paging matches what is
+/// drawn.
 pub const CHROME_ROWS: u16 = 4;
 
 /// Rows available to the list or detail body on a terminal `height` rows tall.
