@@ -11,7 +11,9 @@ use super::theme::Theme;
 use crate::capture::{BodyData, CapturedBody, Exchange, Header};
 use crate::units::{fmt_duration, fmt_size};
 
-fn header_value<'a>(headers: &'a [Header], name: &str) -> Option<&'a [u8]> {
+/// The value of the first header called `name` (HTTP header names are
+/// case-insensitive).
+fn find_header<'a>(headers: &'a [Header], name: &str) -> Option<&'a [u8]> {
     headers
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -37,7 +39,7 @@ fn body_section(
     theme: &Theme,
     out: &mut Vec<Line<'static>>,
 ) {
-    let ct = header_value(headers, "content-type").map(|v| String::from_utf8_lossy(v).into_owned());
+    let ct = find_header(headers, "content-type").map(|v| String::from_utf8_lossy(v).into_owned());
     let (kind, lines) = match &body.data {
         BodyData::Empty => body_lines(b"", None, theme),
         BodyData::Memory(b) => body_lines(b, ct.as_deref(), theme),

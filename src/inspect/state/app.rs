@@ -1,25 +1,23 @@
-//! The inspector's state and its only mutator: [`App`] is plain data,
-//! [`update`] applies one [`Msg`] and returns the [`Effect`]s the event loop
-//! must carry out (store reads, replays, quitting). Nothing here touches the
-//! terminal, the store or a clock, so every behaviour is unit-testable.
+//! The inspector's plain-data state: [`App`] with its rows, selection,
+//! screens, notices and detail cache, and the operations
+//! [`update`](fn@super::update) performs on it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::FixedOffset;
-use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use ratatui::text::Line;
 use ratatui_textarea::TextArea;
 
-use super::body::is_text;
-use super::detail::{detail_lines, wrapped_height};
-use super::edit::{fix_content_length, parse_request_text, request_to_text};
-use super::theme::Theme;
+use super::filter::{body_term, matches};
+use super::update::Effect;
 use crate::agent::ConnectionStatus;
-use crate::capture::{
-    BodyData, CaptureEvent, Exchange, ExchangeId, ExchangeSummary, ReplayRequest,
-};
+use crate::capture::{BodyData, Exchange, ExchangeId, ExchangeSummary, ReplayRequest};
+use crate::inspect::body::is_text;
+use crate::inspect::detail::{detail_lines, wrapped_height};
+use crate::inspect::edit::request_to_text;
+use crate::inspect::theme::Theme;
 
 /// The list keeps at most this many rows (the store's default retention);
 /// older rows are still in the store.
@@ -32,7 +30,8 @@ const DETAIL_CACHE_BYTES: u64 = 32 << 20;
 const NOTICE_TTL: Duration = Duration::from_secs(6);
 
 /// Screen rows above the list/detail body (title, status, column header) and
-/// below it (footer). Shared with `render` so paging matches what is drawn.
+/// below it (footer). Must match `render`'s layout so paging matches what is
+/// drawn.
 pub const CHROME_ROWS: u16 = 4;
 
 /// Rows available to the list or detail body on a terminal `height` rows tall.
@@ -149,7 +148,8 @@ pub struct Notice {
     pub expires: Instant,
 }
 
-/// Everything the inspector shows. Pure data: mutated only by [`update`].
+/// Everything the inspector shows. Pure data: mutated only by
+/// [`update`](fn@super::update).
 #[derive(Debug, Clone)]
 pub struct App {
     /// Public URL of the tunnel (replaced by the one in `Connected`).
@@ -191,147 +191,16 @@ pub struct App {
     pub notice: Option<Notice>,
     /// How many exchanges the store could not keep since start.
     pub not_stored: u64,
-    next_unstored: u64,
+    pub(super) next_unstored: u64,
     /// Colours.
     pub theme: Theme,
     /// Offset in which times are shown (local time at start-up; fixed in tests).
     pub tz: FixedOffset,
-    /// The clock as of the last [`Msg::Tick`] (for countdowns and notices).
+    /// The clock as of the last [`Msg::Tick`](super::Msg::Tick) (for countdowns
+    /// and notices).
     pub now: Instant,
     /// Terminal size (columns, rows).
     pub size: (u16, u16),
-}
-
-/// Something that happened.
-#[derive(Debug, Clone)]
-pub enum Msg {
-    /// A key press.
-    Key(KeyEvent),
-    /// Bracketed paste.
-    Paste(String),
-    /// The terminal was resized to (columns, rows).
-    Resize(u16, u16),
-    /// The recorder stored (or failed to store) an exchange.
-    Captured(CaptureEvent),
-    /// Live events were dropped because the inspector fell behind.
-    Lagged(u64),
-    /// The connection state changed.
-    Status(ConnectionStatus),
-    /// The list was (re)loaded from the store.
-    Reloaded(Vec<ExchangeSummary>),
-    /// A full exchange was loaded from the store.
-    DetailLoaded(Box<Exchange>),
-    /// Loading an exchange failed.
-    DetailFailed {
-        /// The exchange.
-        id: ExchangeId,
-        /// Why.
-        error: String,
-    },
-    /// A replay request could not be handed to the agent.
-    ReplayFailed {
-        /// The exchange.
-        id: ExchangeId,
-        /// Why.
-        error: String,
-    },
-    /// One step of a body search finished.
-    BodySearched {
-        /// The text searched for.
-        needle: String,
-        /// Exchanges (of this step) whose bodies contain it.
-        matched: HashSet<ExchangeId>,
-        /// Exchanges still to search.
-        rest: Vec<ExchangeId>,
-    },
-    /// Reading the store failed.
-    StoreError(String),
-    /// Time passed.
-    Tick(Instant),
-}
-
-/// Something the event loop must do for [`update`].
-#[derive(Debug, Clone, PartialEq)]
-pub enum Effect {
-    /// Load one exchange (`Store::get`) and answer with
-    /// [`Msg::DetailLoaded`] or [`Msg::DetailFailed`].
-    LoadDetail(ExchangeId),
-    /// Send a replay request to the agent.
-    Replay(ReplayRequest),
-    /// Reload the list (`Store::list`) and answer with [`Msg::Reloaded`].
-    Reload,
-    /// Search the bodies of `ids` (newest first) for `needle`, a step at a
-    /// time, answering with [`Msg::BodySearched`].
-    SearchBodies {
-        /// The text to find (case-insensitive for ASCII).
-        needle: String,
-        /// Exchanges to search.
-        ids: Vec<ExchangeId>,
-    },
-    /// Leave the inspector.
-    Quit,
-}
-
-/// Does `row` match the filter `filter`? Whitespace-separated terms must all
-/// match (case-insensitive). A term matches:
-/// - `5xx` / `2xx`...: the status class; a three-digit number: the status;
-/// - `err` / `error`: failed exchanges (no status, an error, or not stored);
-/// - `#12`: the exchange id;
-/// - `body:text`: not decided here (the store is searched, see
-///   [`App::row_matches`]); counts as a match;
-/// - anything else: a substring of the method, path, event type or error.
-///
-/// Allocation-free: it runs for every row on each filter keystroke.
-pub fn matches(filter: &str, row: &Row) -> bool {
-    let s = &row.summary;
-    filter.split_whitespace().all(|t| {
-        if t.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("body:")) {
-            return true;
-        }
-        let tb = t.as_bytes();
-        if tb.len() == 3 && tb[0].is_ascii_digit() && tb[1..].eq_ignore_ascii_case(b"xx") {
-            let class = u16::from(tb[0] - b'0');
-            return s.status.is_some_and(|st| st / 100 == class);
-        }
-        if tb.len() == 3 && tb.iter().all(u8::is_ascii_digit) {
-            return s.status.map(u32::from) == t.parse::<u32>().ok();
-        }
-        if t.eq_ignore_ascii_case("err") || t.eq_ignore_ascii_case("error") {
-            return s.status.is_none() || s.error.is_some() || row.not_stored.is_some();
-        }
-        if let Some(n) = t.strip_prefix('#') {
-            if let Ok(id) = n.parse::<ExchangeId>() {
-                return row.key == RowKey::Stored(id);
-            }
-        }
-        let contains = |f: &str| contains_ci(f, t);
-        contains(&s.method)
-            || contains(&s.path)
-            || s.event.as_deref().is_some_and(contains)
-            || s.error.as_deref().is_some_and(contains)
-    })
-}
-
-/// ASCII case-insensitive substring test without allocating.
-fn contains_ci(hay: &str, needle: &str) -> bool {
-    let n = needle.as_bytes();
-    n.is_empty()
-        || hay
-            .as_bytes()
-            .windows(n.len())
-            .any(|w| w.eq_ignore_ascii_case(n))
-}
-
-/// The text of the filter's `body:` term (the first, if several).
-pub fn body_term(filter: &str) -> Option<&str> {
-    filter
-        .split_whitespace()
-        .find_map(|t| {
-            t.get(..5)
-                .filter(|p| p.eq_ignore_ascii_case("body:"))
-                .map(|_| &t[5..])
-        })
-        .filter(|n| !n.is_empty())
 }
 
 impl App {
@@ -396,7 +265,7 @@ impl App {
         c
     }
 
-    fn notify(&mut self, level: Level, text: impl Into<String>) {
+    pub(super) fn notify(&mut self, level: Level, text: impl Into<String>) {
         self.notice = Some(Notice {
             text: text.into(),
             level,
@@ -423,7 +292,7 @@ impl App {
 
     /// Starts a body search for the applied filter's `body:` term over all
     /// stored rows, or drops the search when the filter has none.
-    fn start_body_search(&mut self) -> Vec<Effect> {
+    pub(super) fn start_body_search(&mut self) -> Vec<Effect> {
         let Some(needle) = body_term(&self.filter).map(str::to_string) else {
             self.body_search = None;
             return vec![];
@@ -449,7 +318,7 @@ impl App {
     }
 
     /// Recomputes `visible` and repairs the selection and scroll offset.
-    fn refilter(&mut self) {
+    pub(super) fn refilter(&mut self) {
         self.visible = (0..self.rows.len())
             .filter(|&i| self.row_matches(&self.rows[i]))
             .collect();
@@ -466,7 +335,7 @@ impl App {
         self.ensure_visible();
     }
 
-    fn ensure_visible(&mut self) {
+    pub(super) fn ensure_visible(&mut self) {
         let h = body_height(self.size.1);
         let len = self.visible.len();
         self.offset = self.offset.min(len.saturating_sub(h));
@@ -479,7 +348,7 @@ impl App {
         }
     }
 
-    fn select_index(&mut self, i: usize) {
+    pub(super) fn select_index(&mut self, i: usize) {
         if self.visible.is_empty() {
             return;
         }
@@ -489,14 +358,14 @@ impl App {
         self.ensure_visible();
     }
 
-    fn move_by(&mut self, delta: isize) {
+    pub(super) fn move_by(&mut self, delta: isize) {
         let cur = self.selected_index().unwrap_or(0);
         self.select_index(cur.saturating_add_signed(delta));
     }
 
     /// Adds (or replaces) a row; returns the body search it needs when a
     /// `body:` filter is applied.
-    fn push_row(&mut self, row: Row) -> Vec<Effect> {
+    pub(super) fn push_row(&mut self, row: Row) -> Vec<Effect> {
         let search = match (&self.body_search, row.key) {
             (Some(b), RowKey::Stored(id)) => vec![Effect::SearchBodies {
                 needle: b.needle.clone(),
@@ -533,7 +402,7 @@ impl App {
         search
     }
 
-    fn cache_insert(&mut self, ex: Arc<Exchange>) {
+    pub(super) fn cache_insert(&mut self, ex: Arc<Exchange>) {
         let Some(id) = ex.id else { return };
         if self.cache.insert(id, ex).is_none() {
             self.cache_order.push_back(id);
@@ -561,7 +430,7 @@ impl App {
         wrapped_height(lines, usize::from(self.size.0)).saturating_sub(body_height(self.size.1))
     }
 
-    fn scroll_detail(&mut self, delta: isize) {
+    pub(super) fn scroll_detail(&mut self, delta: isize) {
         let max = self.detail_max_scroll();
         if let Some(d) = self.detail.as_mut() {
             d.scroll = d.scroll.saturating_add_signed(delta).min(max);
@@ -570,7 +439,7 @@ impl App {
 
     /// The id to act on: the open detail's exchange, else the selected row's.
     /// Rows the store could not keep have none.
-    fn target_id(&mut self) -> Option<ExchangeId> {
+    pub(super) fn target_id(&mut self) -> Option<ExchangeId> {
         if self.view == View::Detail {
             return self.detail.as_ref().map(|d| d.id);
         }
@@ -587,7 +456,7 @@ impl App {
         }
     }
 
-    fn open_detail(&mut self, id: ExchangeId) -> Vec<Effect> {
+    pub(super) fn open_detail(&mut self, id: ExchangeId) -> Vec<Effect> {
         self.view = View::Detail;
         let lines = self
             .cache
@@ -610,7 +479,7 @@ impl App {
     /// Shows the next (`delta` 1) or previous (-1) exchange of the list in
     /// the detail view, relative to the one shown (not to the selection,
     /// which may have followed new arrivals meanwhile).
-    fn step_detail(&mut self, delta: isize) -> Vec<Effect> {
+    pub(super) fn step_detail(&mut self, delta: isize) -> Vec<Effect> {
         let Some(cur) = self.detail.as_ref().map(|d| RowKey::Stored(d.id)) else {
             return vec![];
         };
@@ -634,12 +503,12 @@ impl App {
         }
     }
 
-    fn replay(&mut self, id: ExchangeId) -> Vec<Effect> {
+    pub(super) fn replay(&mut self, id: ExchangeId) -> Vec<Effect> {
         self.notify(Level::Info, format!("replay of #{id} requested"));
         vec![Effect::Replay(ReplayRequest { id, edit: None })]
     }
 
-    fn start_edit(&mut self, id: ExchangeId) -> Vec<Effect> {
+    pub(super) fn start_edit(&mut self, id: ExchangeId) -> Vec<Effect> {
         match self.cache.get(&id).cloned() {
             Some(ex) => {
                 self.open_editor(&ex);
@@ -653,7 +522,7 @@ impl App {
         }
     }
 
-    fn open_editor(&mut self, ex: &Exchange) {
+    pub(super) fn open_editor(&mut self, ex: &Exchange) {
         let Some(id) = ex.id else { return };
         let back = if self.view == View::Edit {
             View::List
@@ -713,352 +582,11 @@ impl App {
         self.view = View::Edit;
     }
 
-    fn close_editor(&mut self) {
+    pub(super) fn close_editor(&mut self) {
         let back = match self.editor.take() {
             Some(Editor::Text { back, .. }) | Some(Editor::Binary { back, .. }) => back,
             None => View::List,
         };
         self.view = back;
-    }
-}
-
-fn is_press(k: &KeyEvent) -> bool {
-    k.kind != KeyEventKind::Release
-}
-
-/// Applies one message to the state and returns what the loop must do next.
-pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
-    match msg {
-        Msg::Key(key) if is_press(&key) => on_key(app, key),
-        Msg::Key(_) => vec![],
-        Msg::Paste(text) => {
-            if let Some(d) = app.filter_draft.as_mut() {
-                d.push_str(&text.replace(['\r', '\n'], " "));
-                app.refilter();
-            } else if let Some(Editor::Text { textarea, .. }) = app.editor.as_mut() {
-                textarea.insert_str(text.replace("\r\n", "\n"));
-            }
-            vec![]
-        }
-        Msg::Resize(w, h) => {
-            app.size = (w, h);
-            app.ensure_visible();
-            app.scroll_detail(0);
-            vec![]
-        }
-        Msg::Captured(CaptureEvent::Stored(summary)) => app.push_row(Row {
-            key: RowKey::Stored(summary.id),
-            summary,
-            not_stored: None,
-        }),
-        Msg::Captured(CaptureEvent::NotStored { summary, reason }) => {
-            app.next_unstored += 1;
-            app.not_stored += 1;
-            let key = RowKey::NotStored(app.next_unstored);
-            app.notify(
-                Level::Warn,
-                format!("the capture store could not keep up: exchange not stored ({reason})"),
-            );
-            app.push_row(Row {
-                key,
-                summary,
-                not_stored: Some(reason),
-            })
-        }
-        Msg::Lagged(n) => {
-            app.notify(
-                Level::Warn,
-                format!("fell behind by {n} live events; reloading from the store"),
-            );
-            vec![Effect::Reload]
-        }
-        Msg::Status(s) => {
-            app.status = s;
-            vec![]
-        }
-        Msg::Reloaded(list) => {
-            let unstored: Vec<Row> = app
-                .rows
-                .iter()
-                .filter(|r| r.not_stored.is_some())
-                .cloned()
-                .collect();
-            let mut rows: Vec<Row> = list
-                .into_iter()
-                .take(MAX_ROWS)
-                .map(|summary| Row {
-                    key: RowKey::Stored(summary.id),
-                    summary,
-                    not_stored: None,
-                })
-                .collect();
-            for r in unstored {
-                let pos = rows
-                    .iter()
-                    .position(|x| x.summary.received_at < r.summary.received_at)
-                    .unwrap_or(rows.len());
-                rows.insert(pos, r);
-            }
-            app.rows = rows.into();
-            // Rows missed while lagging were never searched: search again.
-            let fx = if app.body_search.is_some() {
-                app.start_body_search()
-            } else {
-                vec![]
-            };
-            app.refilter();
-            fx
-        }
-        Msg::BodySearched {
-            needle,
-            matched,
-            rest,
-        } => {
-            let Some(b) = app.body_search.as_mut().filter(|b| b.needle == needle) else {
-                return vec![]; // a search for a filter no longer applied
-            };
-            b.matched.extend(matched);
-            b.running = !rest.is_empty();
-            app.refilter();
-            if rest.is_empty() {
-                vec![]
-            } else {
-                vec![Effect::SearchBodies { needle, ids: rest }]
-            }
-        }
-        Msg::DetailLoaded(ex) => {
-            let ex: Arc<Exchange> = Arc::from(ex);
-            app.cache_insert(ex.clone());
-            if let Some(d) = app.detail.as_mut() {
-                if Some(d.id) == ex.id {
-                    d.lines = Some(detail_lines(&ex, &app.theme, app.tz));
-                    d.error = None;
-                }
-            }
-            if app.pending_edit.is_some() && app.pending_edit == ex.id {
-                app.pending_edit = None;
-                app.notice = None;
-                app.open_editor(&ex);
-            }
-            vec![]
-        }
-        Msg::DetailFailed { id, error } => {
-            if let Some(d) = app.detail.as_mut().filter(|d| d.id == id) {
-                d.error = Some(error.clone());
-            }
-            if app.pending_edit == Some(id) {
-                app.pending_edit = None;
-                app.notify(Level::Error, format!("cannot edit #{id}: {error}"));
-            }
-            vec![]
-        }
-        Msg::ReplayFailed { id, error } => {
-            app.notify(Level::Error, format!("replay of #{id} failed: {error}"));
-            vec![]
-        }
-        Msg::StoreError(e) => {
-            app.notify(Level::Error, e);
-            vec![]
-        }
-        Msg::Tick(now) => {
-            app.now = now;
-            if app.notice.as_ref().is_some_and(|n| n.expires <= now) {
-                app.notice = None;
-            }
-            vec![]
-        }
-    }
-}
-
-fn on_key(app: &mut App, key: KeyEvent) -> Vec<Effect> {
-    let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
-    // Raw mode delivers Ctrl-C as a key: it always quits, even mid-edit.
-    if ctrl && key.code == KeyCode::Char('c') {
-        return vec![Effect::Quit];
-    }
-    if app.help {
-        if key.code == KeyCode::Char('q') {
-            return vec![Effect::Quit];
-        }
-        app.help = false;
-        return vec![];
-    }
-    if app.filter_draft.is_some() {
-        return on_filter_key(app, key);
-    }
-    match app.view {
-        View::Edit => on_edit_key(app, key),
-        View::Detail => on_detail_key(app, key),
-        View::List => on_list_key(app, key),
-    }
-}
-
-fn on_filter_key(app: &mut App, key: KeyEvent) -> Vec<Effect> {
-    let Some(draft) = app.filter_draft.as_mut() else {
-        return vec![];
-    };
-    match key.code {
-        KeyCode::Enter => {
-            let new = app.filter_draft.take().unwrap_or_default();
-            let new = new.trim().to_string();
-            let search_again =
-                app.body_search.is_none() || body_term(&new) != body_term(&app.filter);
-            app.filter = new;
-            let fx = if search_again {
-                app.start_body_search()
-            } else {
-                vec![]
-            };
-            app.refilter();
-            return fx;
-        }
-        KeyCode::Esc => {
-            app.filter_draft = None;
-        }
-        KeyCode::Backspace => {
-            draft.pop();
-        }
-        KeyCode::Char('u') if key.modifiers.contains(KeyModifiers::CONTROL) => draft.clear(),
-        KeyCode::Char(c) if !key.modifiers.contains(KeyModifiers::CONTROL) => draft.push(c),
-        // Moving while typing lets the user check the preview.
-        KeyCode::Down => app.move_by(1),
-        KeyCode::Up => app.move_by(-1),
-        _ => return vec![],
-    }
-    app.refilter();
-    vec![]
-}
-
-fn on_list_key(app: &mut App, key: KeyEvent) -> Vec<Effect> {
-    let page = body_height(app.size.1) as isize;
-    match key.code {
-        KeyCode::Char('q') => return vec![Effect::Quit],
-        KeyCode::Char('j') | KeyCode::Down => app.move_by(1),
-        KeyCode::Char('k') | KeyCode::Up => app.move_by(-1),
-        KeyCode::PageDown => app.move_by(page),
-        KeyCode::PageUp => app.move_by(-page),
-        KeyCode::Char('g') | KeyCode::Home => app.select_index(0),
-        KeyCode::Char('G') | KeyCode::End => app.select_index(usize::MAX),
-        KeyCode::Enter => {
-            if let Some(id) = app.target_id() {
-                return app.open_detail(id);
-            }
-        }
-        KeyCode::Char('r') => {
-            if let Some(id) = app.target_id() {
-                return app.replay(id);
-            }
-        }
-        KeyCode::Char('e') => {
-            if let Some(id) = app.target_id() {
-                return app.start_edit(id);
-            }
-        }
-        KeyCode::Char('/') => {
-            app.filter_draft = Some(app.filter.clone());
-        }
-        KeyCode::Char('?') => app.help = true,
-        KeyCode::Esc if !app.filter.is_empty() => {
-            app.filter.clear();
-            app.body_search = None;
-            app.refilter();
-        }
-        _ => {}
-    }
-    vec![]
-}
-
-fn on_detail_key(app: &mut App, key: KeyEvent) -> Vec<Effect> {
-    let page = body_height(app.size.1) as isize;
-    match key.code {
-        KeyCode::Char('q') => return vec![Effect::Quit],
-        KeyCode::Esc | KeyCode::Backspace | KeyCode::Left | KeyCode::Char('h') => {
-            app.view = View::List;
-        }
-        KeyCode::Char('j') | KeyCode::Down => app.scroll_detail(1),
-        KeyCode::Char('k') | KeyCode::Up => app.scroll_detail(-1),
-        KeyCode::PageDown | KeyCode::Char(' ') => app.scroll_detail(page),
-        KeyCode::Char('n') => return app.step_detail(1),
-        KeyCode::Char('p') => return app.step_detail(-1),
-        KeyCode::PageUp => app.scroll_detail(-page),
-        KeyCode::Char('g') | KeyCode::Home => app.scroll_detail(isize::MIN),
-        KeyCode::Char('G') | KeyCode::End => app.scroll_detail(isize::MAX),
-        KeyCode::Char('r') => {
-            if let Some(id) = app.target_id() {
-                return app.replay(id);
-            }
-        }
-        KeyCode::Char('e') => {
-            if let Some(id) = app.target_id() {
-                return app.start_edit(id);
-            }
-        }
-        KeyCode::Char('?') => app.help = true,
-        _ => {}
-    }
-    vec![]
-}
-
-fn on_edit_key(app: &mut App, key: KeyEvent) -> Vec<Effect> {
-    let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
-    let send = (ctrl && key.code == KeyCode::Char('s')) || key.code == KeyCode::F(2);
-    match app.editor.as_mut() {
-        None => {
-            app.view = View::List;
-            vec![]
-        }
-        Some(Editor::Binary { id, .. }) => {
-            let id = *id;
-            match key.code {
-                KeyCode::Esc => app.close_editor(),
-                KeyCode::Char('q') => return vec![Effect::Quit],
-                KeyCode::Char('r') | KeyCode::Enter => {
-                    app.close_editor();
-                    return app.replay(id);
-                }
-                _ if send => {
-                    app.close_editor();
-                    return app.replay(id);
-                }
-                _ => {}
-            }
-            vec![]
-        }
-        Some(Editor::Text {
-            id,
-            textarea,
-            error,
-            crlf,
-            ..
-        }) => {
-            if key.code == KeyCode::Esc {
-                app.close_editor();
-                return vec![];
-            }
-            if send {
-                let id = *id;
-                match parse_request_text(textarea.lines()) {
-                    Ok(mut edit) => {
-                        if *crlf {
-                            let body = String::from_utf8_lossy(&edit.body).replace('\n', "\r\n");
-                            edit.body = body.into_bytes().into();
-                            fix_content_length(&mut edit);
-                        }
-                        app.close_editor();
-                        app.notify(Level::Info, format!("edited replay of #{id} requested"));
-                        return vec![Effect::Replay(ReplayRequest {
-                            id,
-                            edit: Some(edit),
-                        })];
-                    }
-                    Err(e) => *error = Some(e.to_string()),
-                }
-                return vec![];
-            }
-            if textarea.input(key) {
-                *error = None;
-            }
-            vec![]
-        }
     }
 }

@@ -1,0 +1,67 @@
+//! The list filter's language: which rows a filter's terms match, and its
+//! `body:` term (answered by a store search, not here).
+
+use super::app::{Row, RowKey};
+use crate::capture::ExchangeId;
+
+/// Does `row` match the filter `filter`? Whitespace-separated terms must all
+/// match (case-insensitive). A term matches:
+/// - `5xx` / `2xx`...: the status class; a three-digit number: the status;
+/// - `err` / `error`: failed exchanges (no status, an error, or not stored);
+/// - `#12`: the exchange id;
+/// - `body:text`: not decided here (the store is searched, see
+///   [`App::row_matches`](super::App::row_matches)); counts as a match;
+/// - anything else: a substring of the method, path, event type or error.
+///
+/// Allocation-free: it runs for every row on each filter keystroke.
+pub fn matches(filter: &str, row: &Row) -> bool {
+    let s = &row.summary;
+    filter.split_whitespace().all(|t| {
+        if t.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("body:")) {
+            return true;
+        }
+        let tb = t.as_bytes();
+        if tb.len() == 3 && tb[0].is_ascii_digit() && tb[1..].eq_ignore_ascii_case(b"xx") {
+            let class = u16::from(tb[0] - b'0');
+            return s.status.is_some_and(|st| st / 100 == class);
+        }
+        if tb.len() == 3 && tb.iter().all(u8::is_ascii_digit) {
+            return s.status.map(u32::from) == t.parse::<u32>().ok();
+        }
+        if t.eq_ignore_ascii_case("err") || t.eq_ignore_ascii_case("error") {
+            return s.status.is_none() || s.error.is_some() || row.not_stored.is_some();
+        }
+        if let Some(n) = t.strip_prefix('#') {
+            if let Ok(id) = n.parse::<ExchangeId>() {
+                return row.key == RowKey::Stored(id);
+            }
+        }
+        let contains = |f: &str| contains_ci(f, t);
+        contains(&s.method)
+            || contains(&s.path)
+            || s.event.as_deref().is_some_and(contains)
+            || s.error.as_deref().is_some_and(contains)
+    })
+}
+
+/// ASCII case-insensitive substring test without allocating.
+fn contains_ci(hay: &str, needle: &str) -> bool {
+    let n = needle.as_bytes();
+    n.is_empty()
+        || hay
+            .as_bytes()
+            .windows(n.len())
+            .any(|w| w.eq_ignore_ascii_case(n))
+}
+
+/// The text of the filter's `body:` term (the first, if several).
+pub fn body_term(filter: &str) -> Option<&str> {
+    filter
+        .split_whitespace()
+        .find_map(|t| {
+            t.get(..5)
+                .filter(|p| p.eq_ignore_ascii_case("body:"))
+                .map(|_| &t[5..])
+        })
+        .filter(|n| !n.is_empty())
+}

@@ -1,0 +1,21 @@
+//! The inspector's state and its only mutator: [`App`] is plain data,
+//! [`update`](fn@update) applies one [`Msg`] and returns the [`Effect`]s the
+//! event loop must carry out (store reads, replays, quitting). Nothing here
+//! touches the terminal, the store or a clock, so every behaviour is
+//! unit-testable.
+//!
+//! `app` holds the data and the operations on it, `filter` the filter
+//! language, `keys` what each key does on each screen, and `update` the
+//! messages, the effects and the dispatch between them.
+
+mod app;
+mod filter;
+mod keys;
+mod update;
+
+pub use app::{
+    body_height, App, BodySearch, DetailView, Editor, Level, Notice, Row, RowKey, View,
+    CHROME_ROWS, MAX_ROWS,
+};
+pub use filter::{body_term, matches};
+pub use update::{update, Effect, Msg};

@@ -1,0 +1,228 @@
+//! The messages the inspector reacts to ([`Msg`]), what it asks the event
+//! loop to do ([`Effect`]), and [`update`], which applies one message.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossterm::event::KeyEvent;
+
+use super::app::{App, Editor, Level, Row, RowKey, MAX_ROWS};
+use super::keys::{is_press, on_key};
+use crate::agent::ConnectionStatus;
+use crate::capture::{CaptureEvent, Exchange, ExchangeId, ExchangeSummary, ReplayRequest};
+use crate::inspect::detail::detail_lines;
+
+/// Something that happened.
+#[derive(Debug, Clone)]
+pub enum Msg {
+    /// A key press.
+    Key(KeyEvent),
+    /// Bracketed paste.
+    Paste(String),
+    /// The terminal was resized to (columns, rows).
+    Resize(u16, u16),
+    /// The recorder stored (or failed to store) an exchange.
+    Captured(CaptureEvent),
+    /// Live events were dropped because the inspector fell behind.
+    Lagged(u64),
+    /// The connection state changed.
+    Status(ConnectionStatus),
+    /// The list was (re)loaded from the store.
+    Reloaded(Vec<ExchangeSummary>),
+    /// A full exchange was loaded from the store.
+    DetailLoaded(Box<Exchange>),
+    /// Loading an exchange failed.
+    DetailFailed {
+        /// The exchange.
+        id: ExchangeId,
+        /// Why.
+        error: String,
+    },
+    /// A replay request could not be handed to the agent.
+    ReplayFailed {
+        /// The exchange.
+        id: ExchangeId,
+        /// Why.
+        error: String,
+    },
+    /// One step of a body search finished.
+    BodySearched {
+        /// The text searched for.
+        needle: String,
+        /// Exchanges (of this step) whose bodies contain it.
+        matched: HashSet<ExchangeId>,
+        /// Exchanges still to search.
+        rest: Vec<ExchangeId>,
+    },
+    /// Reading the store failed.
+    StoreError(String),
+    /// Time passed.
+    Tick(Instant),
+}
+
+/// Something the event loop must do for [`update`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Load one exchange (`Store::get`) and answer with
+    /// [`Msg::DetailLoaded`] or [`Msg::DetailFailed`].
+    LoadDetail(ExchangeId),
+    /// Send a replay request to the agent.
+    Replay(ReplayRequest),
+    /// Reload the list (`Store::list`) and answer with [`Msg::Reloaded`].
+    Reload,
+    /// Search the bodies of `ids` (newest first) for `needle`, a step at a
+    /// time, answering with [`Msg::BodySearched`].
+    SearchBodies {
+        /// The text to find (case-insensitive for ASCII).
+        needle: String,
+        /// Exchanges to search.
+        ids: Vec<ExchangeId>,
+    },
+    /// Leave the inspector.
+    Quit,
+}
+
+/// Applies one message to the state and returns what the loop must do next.
+pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
+    match msg {
+        Msg::Key(key) if is_press(&key) => on_key(app, key),
+        Msg::Key(_) => vec![],
+        Msg::Paste(text) => {
+            if let Some(d) = app.filter_draft.as_mut() {
+                d.push_str(&text.replace(['\r', '\n'], " "));
+                app.refilter();
+            } else if let Some(Editor::Text { textarea, .. }) = app.editor.as_mut() {
+                textarea.insert_str(text.replace("\r\n", "\n"));
+            }
+            vec![]
+        }
+        Msg::Resize(w, h) => {
+            app.size = (w, h);
+            app.ensure_visible();
+            app.scroll_detail(0);
+            vec![]
+        }
+        Msg::Captured(CaptureEvent::Stored(summary)) => app.push_row(Row {
+            key: RowKey::Stored(summary.id),
+            summary,
+            not_stored: None,
+        }),
+        Msg::Captured(CaptureEvent::NotStored { summary, reason }) => {
+            app.next_unstored += 1;
+            app.not_stored += 1;
+            let key = RowKey::NotStored(app.next_unstored);
+            app.notify(
+                Level::Warn,
+                format!("the capture store could not keep up: exchange not stored ({reason})"),
+            );
+            app.push_row(Row {
+                key,
+                summary,
+                not_stored: Some(reason),
+            })
+        }
+        Msg::Lagged(n) => {
+            app.notify(
+                Level::Warn,
+                format!("fell behind by {n} live events; reloading from the store"),
+            );
+            vec![Effect::Reload]
+        }
+        Msg::Status(s) => {
+            app.status = s;
+            vec![]
+        }
+        Msg::Reloaded(list) => {
+            let unstored: Vec<Row> = app
+                .rows
+                .iter()
+                .filter(|r| r.not_stored.is_some())
+                .cloned()
+                .collect();
+            let mut rows: Vec<Row> = list
+                .into_iter()
+                .take(MAX_ROWS)
+                .map(|summary| Row {
+                    key: RowKey::Stored(summary.id),
+                    summary,
+                    not_stored: None,
+                })
+                .collect();
+            for r in unstored {
+                let pos = rows
+                    .iter()
+                    .position(|x| x.summary.received_at < r.summary.received_at)
+                    .unwrap_or(rows.len());
+                rows.insert(pos, r);
+            }
+            app.rows = rows.into();
+            // Rows missed while lagging were never searched: search again.
+            let fx = if app.body_search.is_some() {
+                app.start_body_search()
+            } else {
+                vec![]
+            };
+            app.refilter();
+            fx
+        }
+        Msg::BodySearched {
+            needle,
+            matched,
+            rest,
+        } => {
+            let Some(b) = app.body_search.as_mut().filter(|b| b.needle == needle) else {
+                return vec![]; // a search for a filter no longer applied
+            };
+            b.matched.extend(matched);
+            b.running = !rest.is_empty();
+            app.refilter();
+            if rest.is_empty() {
+                vec![]
+            } else {
+                vec![Effect::SearchBodies { needle, ids: rest }]
+            }
+        }
+        Msg::DetailLoaded(ex) => {
+            let ex: Arc<Exchange> = Arc::from(ex);
+            app.cache_insert(ex.clone());
+            if let Some(d) = app.detail.as_mut() {
+                if Some(d.id) == ex.id {
+                    d.lines = Some(detail_lines(&ex, &app.theme, app.tz));
+                    d.error = None;
+                }
+            }
+            if app.pending_edit.is_some() && app.pending_edit == ex.id {
+                app.pending_edit = None;
+                app.notice = None;
+                app.open_editor(&ex);
+            }
+            vec![]
+        }
+        Msg::DetailFailed { id, error } => {
+            if let Some(d) = app.detail.as_mut().filter(|d| d.id == id) {
+                d.error = Some(error.clone());
+            }
+            if app.pending_edit == Some(id) {
+                app.pending_edit = None;
+                app.notify(Level::Error, format!("cannot edit #{id}: {error}"));
+            }
+            vec![]
+        }
+        Msg::ReplayFailed { id, error } => {
+            app.notify(Level::Error, format!("replay of #{id} failed: {error}"));
+            vec![]
+        }
+        Msg::StoreError(e) => {
+            app.notify(Level::Error, e);
+            vec![]
+        }
+        Msg::Tick(now) => {
+            app.now = now;
+            if app.notice.as_ref().is_some_and(|n| n.expires <= now) {
+                app.notice = None;
+            }
+            vec![]
+        }
+    }
+}
