@@ -3,94 +3,22 @@
 
 mod common;
 
-use std::process::Stdio;
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::process::{whtunnel, Process, Signal, Spawn};
 use common::*;
 use http::{Method, StatusCode};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
 
-struct Listen {
-    child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
-    public_url: String,
-}
-
-impl Listen {
-    /// `whtunnel listen <target> --no-tui` with its embedded relay on port 0.
-    async fn start(target: &str, data_dir: &std::path::Path, extra: &[&str]) -> Listen {
-        let mut child = Command::new(bin())
-            .args([
-                "listen",
-                target,
-                "--no-tui",
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(data_dir)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = tokio::time::timeout(Duration::from_secs(15), lines.next_line())
-            .await
-            .expect("listen prints its URL within 15 s")
-            .unwrap()
-            .expect("a line");
-        // "Forwarding http://127.0.0.1:PORT/t/NAME -> http://..."
-        let rest = first
-            .strip_prefix("Forwarding ")
-            .unwrap_or_else(|| panic!("{first}"));
-        let (url, to) = rest.split_once(" -> ").unwrap();
-        assert!(to.starts_with("http://"), "{first}");
-        Listen {
-            child,
-            lines,
-            public_url: url.to_string(),
-        }
-    }
-
-    async fn next_line(&mut self) -> String {
-        tokio::time::timeout(Duration::from_secs(10), self.lines.next_line())
-            .await
-            .expect("a log line within 10 s")
-            .unwrap()
-            .expect("a line")
-    }
-
-    async fn stop(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().unwrap() as i32;
-        // SIGINT, as Ctrl-C would.
-        unsafe_kill(pid, 2);
-        tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .expect("listen exits after SIGINT")
-            .unwrap()
-    }
-}
-
-fn unsafe_kill(pid: i32, sig: i32) {
-    let status = std::process::Command::new("kill")
-        .args([format!("-{sig}"), pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-async fn whtunnel(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin()).args(args).output().await.unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+/// `whtunnel listen <target> --no-tui` with its embedded relay on port 0.
+async fn start_listen(target: &str, data_dir: &Path, extra: &[&str]) -> Process {
+    Spawn::listen(target, data_dir)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(extra)
+        .start()
+        .await
 }
 
 #[tokio::test]
@@ -98,7 +26,7 @@ async fn listen_alone_forwards_records_and_replays() {
     let app = App::start().await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    let mut listen = Listen::start(&app.addr.port().to_string(), dir.path(), &[]).await;
+    let mut listen = start_listen(&app.addr.port().to_string(), dir.path(), &[]).await;
     assert!(
         listen.public_url.starts_with("http://127.0.0.1:"),
         "{}",
@@ -216,7 +144,7 @@ async fn listen_alone_forwards_records_and_replays() {
     assert_eq!(list[0]["replay_of"], post_id);
 
     // The next run keeps the same name, so a pasted URL keeps working.
-    let listen = Listen::start(&app.addr.port().to_string(), dir.path(), &[]).await;
+    let listen = start_listen(&app.addr.port().to_string(), dir.path(), &[]).await;
     assert!(
         listen.public_url.ends_with(&format!("/t/{name}")),
         "{}",
@@ -229,27 +157,23 @@ async fn listen_alone_forwards_records_and_replays() {
 async fn wrong_token_exits_non_zero_with_one_clear_line() {
     let relay = start_relay(relay_config("127.0.0.1:0")).await;
     let dir = tempfile::tempdir().unwrap();
-    let out = tokio::time::timeout(
+    let (code, _, stderr) = tokio::time::timeout(
         Duration::from_secs(20),
-        Command::new(bin())
-            .args([
-                "listen",
-                "3999",
-                "--no-tui",
-                "--relay",
-                &relay.base,
-                "--token",
-                "wrong",
-                "--data-dir",
-            ])
-            .arg(dir.path())
-            .output(),
+        whtunnel(&[
+            "listen",
+            "3999",
+            "--no-tui",
+            "--relay",
+            &relay.base,
+            "--token",
+            "wrong",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ]),
     )
     .await
-    .expect("a refused agent exits")
-    .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8(out.stderr).unwrap();
+    .expect("a refused agent exits");
+    assert_ne!(code, 0);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("token refused"), "{stderr}");
     assert!(
@@ -296,77 +220,34 @@ async fn bad_arguments_get_one_line_errors() {
 async fn standalone_relay_serves_agents_and_stops_on_sigterm() {
     let app = App::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut relay = Command::new(bin())
-        .args([
-            "relay",
-            "--listen",
-            "127.0.0.1:0",
-            "--token",
-            "s3cret",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut err_lines = BufReader::new(relay.stderr.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(10), err_lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    // "whtunnel relay listening on 127.0.0.1:PORT (tunnels at http://127.0.0.1:PORT/t/<name>)"
-    let addr = line
-        .split_whitespace()
-        .nth(4)
-        .unwrap_or_else(|| panic!("{line}"))
-        .to_string();
+    let mut relay = Spawn::relay(dir.path())
+        .args(["--listen", "127.0.0.1:0", "--token", "s3cret"])
+        .start()
+        .await;
+    let addr = relay.addr();
     let listen_dir = tempfile::tempdir().unwrap();
-    let mut listen = Command::new(bin())
-        .args([
-            "listen",
-            &app.addr.to_string(),
-            "--no-tui",
-            "--name",
-            "shop",
-            "--token",
-            "s3cret",
-            "--data-dir",
-        ])
-        .arg(listen_dir.path())
+    let listen = Spawn::listen(&app.addr.to_string(), listen_dir.path())
+        .args(["--name", "shop", "--token", "s3cret"])
         .env("WHTUNNEL_RELAY", format!("http://{addr}"))
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(listen.stdout.take().unwrap()).lines();
-    let first = tokio::time::timeout(Duration::from_secs(10), out.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+        .start()
+        .await;
     assert_eq!(
-        first,
+        listen.first_line,
         format!("Forwarding http://{addr}/t/shop -> http://{}", app.addr)
     );
     let (s, _, _) = send(Method::POST, &format!("http://{addr}/t/shop/x"), &[], "{}").await;
     assert_eq!(s, StatusCode::OK);
 
-    unsafe_kill(relay.id().unwrap() as i32, 15);
-    let status = tokio::time::timeout(Duration::from_secs(10), relay.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    relay.signal(Signal::Term);
+    let status = relay.wait().await;
     assert!(status.success(), "relay exits 0 on SIGTERM: {status:?}");
-    let _ = listen.kill().await;
 }
 
 #[tokio::test]
 async fn retention_flag_keeps_only_the_newest_exchanges() {
     let app = App::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut listen = Listen::start(
+    let mut listen = start_listen(
         &app.addr.to_string(),
         dir.path(),
         &["--keep-exchanges", "3"],
@@ -420,26 +301,29 @@ async fn a_second_listen_on_the_same_data_dir_is_refused() {
     let app = App::start().await;
     let dir = tempfile::tempdir().unwrap();
     let port = app.addr.port().to_string();
-    let first = Listen::start(&port, dir.path(), &[]).await;
-    let out = tokio::time::timeout(
+    let first = start_listen(&port, dir.path(), &[]).await;
+    let dir_arg = dir.path().to_str().unwrap();
+    let (code, out, stderr) = tokio::time::timeout(
         Duration::from_secs(15),
-        Command::new(bin())
-            .args(["listen", &port, "--no-tui", "--listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .output(),
+        whtunnel(&[
+            "listen",
+            &port,
+            "--no-tui",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir_arg,
+        ]),
     )
     .await
-    .expect("the second listen exits at once")
-    .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8(out.stderr).unwrap();
+    .expect("the second listen exits at once");
+    assert_eq!(code, 1);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("already using"), "{stderr}");
-    assert!(out.stdout.is_empty(), "it must not start forwarding");
+    assert!(out.is_empty(), "it must not start forwarding");
     // The lock goes with the process: after the first stops, a new one starts.
     assert!(first.stop().await.success());
-    let again = Listen::start(&port, dir.path(), &[]).await;
+    let again = start_listen(&port, dir.path(), &[]).await;
     assert!(again.stop().await.success());
 }
 
@@ -447,7 +331,7 @@ async fn a_second_listen_on_the_same_data_dir_is_refused() {
 async fn a_call_still_finishing_is_recorded_before_listen_exits() {
     let app = App::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let listen = Listen::start(&app.addr.to_string(), dir.path(), &[]).await;
+    let listen = start_listen(&app.addr.to_string(), dir.path(), &[]).await;
     // The sender hangs up while the app works on its request (1.5 s)...
     let url = format!("{}/slow", listen.public_url);
     let sender = tokio::spawn(async move {

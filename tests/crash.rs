@@ -6,90 +6,35 @@ mod common;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::process::{Process, Signal, Spawn};
 use common::*;
 use http::{Method, StatusCode};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 const TOKEN_ARG: &str = "crash-token";
 
-fn signal(child: &Child, sig: &str) {
-    let pid = child.id().expect("process still running").to_string();
-    let ok = std::process::Command::new("kill")
-        .args([sig, &pid])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig} {pid}");
-}
-
 /// `whtunnel relay` on `addr` (port 0 the first time); returns it and the
 /// address it listens on.
-async fn relay_process(addr: &str, dir: &Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(bin())
-        .args([
-            "relay",
-            "--listen",
-            addr,
-            "--token",
-            TOKEN_ARG,
-            "--rate-limit",
-            "0",
-            "--data-dir",
-        ])
-        .arg(dir)
+async fn relay_process(addr: &str, dir: &Path) -> (Process, SocketAddr) {
+    let relay = Spawn::relay(dir)
+        .args(["--listen", addr, "--token", TOKEN_ARG, "--rate-limit", "0"])
         .env("WHTUNNEL_LOG", "warn")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-            .await
-            .expect("relay starts")
-            .unwrap()
-            .expect("relay prints its address");
-        if let Some(rest) = line.strip_prefix("whtunnel relay listening on ") {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
+        .start()
+        .await;
+    let addr = relay.addr();
+    (relay, addr)
 }
 
 /// `whtunnel listen` for tunnel `name`, connected.
-async fn listen_process(target: SocketAddr, relay: SocketAddr, name: &str, dir: &Path) -> Child {
-    let mut child = Command::new(bin())
-        .args([
-            "listen",
-            &target.to_string(),
-            "--no-tui",
-            "--name",
-            name,
-            "--token",
-            TOKEN_ARG,
-        ])
-        .args(["--relay", &format!("http://{relay}"), "--data-dir"])
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+async fn listen_process(target: SocketAddr, relay: SocketAddr, name: &str, dir: &Path) -> Process {
+    Spawn::listen(&target.to_string(), dir)
+        .args(["--name", name, "--token", TOKEN_ARG])
+        .args(["--relay", &format!("http://{relay}")])
+        .quiet()
+        .start()
         .await
-        .expect("listen connects")
-        .unwrap()
-        .expect("listen prints its URL");
-    assert!(first.starts_with("Forwarding "), "{first}");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    child
 }
 
 fn body_for(i: u32) -> Bytes {
@@ -106,8 +51,8 @@ async fn held_events_survive_a_relay_kill_9() {
     let agent_dir = tempfile::tempdir().unwrap();
     let (mut relay, addr) = relay_process("127.0.0.1:0", relay_dir.path()).await;
     let mut agent = listen_process(app.addr, addr, "laptop", agent_dir.path()).await;
-    signal(&agent, "-INT");
-    agent.wait().await.unwrap();
+    agent.signal(Signal::Int);
+    agent.wait().await;
 
     for i in 0..50 {
         let (s, _, _) = send(
@@ -119,8 +64,8 @@ async fn held_events_survive_a_relay_kill_9() {
         .await;
         assert_eq!(s, StatusCode::ACCEPTED);
     }
-    signal(&relay, "-KILL");
-    relay.wait().await.unwrap();
+    relay.signal(Signal::Kill);
+    relay.wait().await;
     let (_relay, addr2) = relay_process(&addr.to_string(), relay_dir.path()).await;
     assert_eq!(addr, addr2);
     let _agent = listen_process(app.addr, addr, "laptop", agent_dir.path()).await;
@@ -170,8 +115,8 @@ async fn every_acknowledged_request_arrives_when_the_agent_is_killed_under_load(
 
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        signal(&agent, "-KILL");
-        agent.wait().await.unwrap();
+        agent.signal(Signal::Kill);
+        agent.wait().await;
         tokio::time::sleep(Duration::from_millis(700)).await;
         agent = listen_process(app.addr, addr, "busy", agent_dir.path()).await;
     }
@@ -233,7 +178,7 @@ async fn a_stopped_agent_is_noticed_and_new_events_are_held() {
     assert_eq!(s, StatusCode::OK);
 
     // Half-open: the process is frozen, its socket stays open and silent.
-    signal(&agent, "-STOP");
+    agent.signal(Signal::Stop);
     let frozen_at = Instant::now();
     // A webhook sent now waits for the link to be declared dead, then is held.
     let (s, _, _) = send(Method::POST, &url, &[], "first while frozen").await;
@@ -252,7 +197,7 @@ async fn a_stopped_agent_is_noticed_and_new_events_are_held() {
     eprintln!("relay noticed the frozen agent after {noticed:?}");
 
     // Thawed, the agent finds its link dead, reconnects and gets both.
-    signal(&agent, "-CONT");
+    agent.signal(Signal::Cont);
     wait_for_seen(&app, 3, Duration::from_secs(15)).await;
     let bodies: Vec<_> = app.seen().iter().map(|r| r.body.clone()).collect();
     assert_eq!(bodies[1].as_ref(), b"first while frozen");

@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::proxy::Proxy;
 use common::*;
 use http::{Method, StatusCode};
 use whtunnel::relay::{Caps, OfflinePolicy};
@@ -433,52 +434,18 @@ async fn a_held_event_the_app_never_answers_in_time_stops_blocking_the_queue() {
     }
 }
 
-/// A TCP proxy whose open connections can all be closed at once while new
-/// ones still pass: a link that drops and comes straight back.
-async fn severable_proxy(
-    upstream: std::net::SocketAddr,
-) -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::Mutex<tokio_util::sync::CancellationToken>>,
-) {
-    use tokio_util::sync::CancellationToken;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let current = std::sync::Arc::new(std::sync::Mutex::new(CancellationToken::new()));
-    let cuts = current.clone();
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            let cut = cuts.lock().unwrap().clone();
-            tokio::spawn(async move {
-                let mut outbound = tokio::net::TcpStream::connect(upstream).await.unwrap();
-                tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                    () = cut.cancelled() => {}
-                }
-            });
-        }
-    });
-    (addr, current)
-}
-
-/// Closes every connection open through the proxy now.
-fn sever(cuts: &std::sync::Mutex<tokio_util::sync::CancellationToken>) {
-    let old = std::mem::take(&mut *cuts.lock().unwrap());
-    old.cancel();
-}
-
 #[tokio::test]
 async fn a_link_lost_while_the_app_works_does_not_deliver_the_event_twice() {
     let app = App::start().await;
     let relay_dir = tempfile::tempdir().unwrap();
     let agent_dir = tempfile::tempdir().unwrap();
     let relay = start_relay(held_relay_config(relay_dir.path())).await;
-    let (proxy, cuts) = severable_proxy(relay.addr).await;
+    let proxy = Proxy::start(relay.addr).await;
     let rec = recorder(agent_dir.path());
     let mut opts = AgentOptions::new("once", &app);
     opts.recorder = Some(rec.clone());
     opts.data_dir = Some(agent_dir.path().to_path_buf());
-    let agent = start_agent(&format!("http://{proxy}"), opts).await;
+    let agent = start_agent(&proxy.url(), opts).await;
     assert!(
         !agent.public_url.starts_with("refused"),
         "{}",
@@ -491,7 +458,7 @@ async fn a_link_lost_while_the_app_works_does_not_deliver_the_event_twice() {
         send(Method::POST, &url, &[("x-test-hold", "1")], event_body(1)).await
     });
     wait_for_seen(&app, 1, Duration::from_secs(5)).await;
-    sever(&cuts);
+    proxy.sever();
     // The relay had the whole body, so the sender is told it is held...
     let (s, h, _) = sender.await.unwrap();
     assert_eq!(s, StatusCode::ACCEPTED);

@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::process::whtunnel;
 use common::*;
 use http::{Method, StatusCode};
 
@@ -194,12 +195,15 @@ async fn inspector_in_a_real_terminal() {
     let status = std::fs::read_to_string(&status_file).unwrap();
     assert_eq!(status.trim(), "0", "exit status");
 
-    let out = Command::new(bin())
-        .args(["requests", "list", "--json", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (_, out, _) = whtunnel(&[
+        "requests",
+        "list",
+        "--json",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ])
+    .await;
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 3);
     assert_eq!(list[0]["replay_of"], list[2]["id"]);
 }

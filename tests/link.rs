@@ -1,15 +1,16 @@
 //! The agent's link to the relay: refusals, takeover, reconnects after a
-//! relay restart, dead-peer detection, TLS, and draining on shutdown.
+//! relay restart, dead-peer detection, draining on shutdown, streaming in
+//! bounded memory, and protocol headers an app cannot forge.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::proxy::Proxy;
 use common::*;
 use http::{Method, StatusCode};
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use whtunnel::agent::ConnectionStatus;
 
 #[tokio::test]
@@ -156,49 +157,6 @@ async fn agent_reconnects_after_relay_restart() {
     relay.stop().await;
 }
 
-/// A TCP proxy that can be told to stop passing bytes, like a laptop lid
-/// closing or a NAT dropping the flow.
-async fn blackhole_proxy(
-    upstream: std::net::SocketAddr,
-) -> (std::net::SocketAddr, tokio_util::sync::CancellationToken) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let cut = tokio_util::sync::CancellationToken::new();
-    let c = cut.clone();
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            let c = c.clone();
-            tokio::spawn(async move {
-                if c.is_cancelled() {
-                    // After the cut, new connections go nowhere either.
-                    tokio::time::sleep(Duration::from_secs(60)).await;
-                    drop(inbound);
-                    return;
-                }
-                let mut outbound = TcpStream::connect(upstream).await.unwrap();
-                let (mut ri, mut wi) = inbound.split();
-                let (mut ro, mut wo) = outbound.split();
-                let pump = async {
-                    tokio::select! {
-                        _ = tokio::io::copy(&mut ri, &mut wo) => {}
-                        _ = tokio::io::copy(&mut ro, &mut wi) => {}
-                    }
-                };
-                tokio::select! {
-                    biased;
-                    // Stop copying but keep both sockets open: silence, not a reset.
-                    () = c.cancelled() => {
-                        tokio::time::sleep(Duration::from_secs(60)).await;
-                    }
-                    () = pump => {}
-                }
-                let _ = wi.shutdown().await;
-            });
-        }
-    });
-    (addr, cut)
-}
-
 #[tokio::test]
 async fn a_silent_peer_is_detected_within_15_seconds() {
     let app = App::start().await;
@@ -206,14 +164,14 @@ async fn a_silent_peer_is_detected_within_15_seconds() {
     // Probes sent to a link that is dying must not wait 30 s for an answer.
     config.response_timeout = Duration::from_secs(1);
     let relay = start_relay(config).await;
-    let (proxy, cut) = blackhole_proxy(relay.addr).await;
-    let agent = start_agent(&format!("http://{proxy}"), AgentOptions::new("quiet", &app)).await;
+    let proxy = Proxy::start(relay.addr).await;
+    let agent = start_agent(&proxy.url(), AgentOptions::new("quiet", &app)).await;
     let url = format!("{}/t/quiet/x", relay.base);
     assert!(wait_until_forwarding(&url, Duration::from_secs(1))
         .await
         .is_some());
 
-    cut.cancel();
+    proxy.black_hole();
     let started = Instant::now();
     let mut status = agent.status.clone();
     tokio::time::timeout(
@@ -338,12 +296,12 @@ async fn a_100_mib_body_streams_in_bounded_memory() {
 async fn the_same_agent_replaces_its_own_stale_session() {
     let app = App::start().await;
     let relay = start_relay(relay_config("127.0.0.1:0")).await;
-    let (proxy, cut) = blackhole_proxy(relay.addr).await;
+    let proxy = Proxy::start(relay.addr).await;
     let mut opts = AgentOptions::new("mine", &app);
     opts.agent_id = Some("agent-1".into());
-    let _old = start_agent(&format!("http://{proxy}"), opts).await;
+    let _old = start_agent(&proxy.url(), opts).await;
     // The old link goes silent; the relay has not noticed yet.
-    cut.cancel();
+    proxy.black_hole();
 
     // Another agent is refused...
     let mut other = AgentOptions::new("mine", &app);

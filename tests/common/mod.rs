@@ -2,6 +2,9 @@
 //! and a plain HTTP client. Everything binds 127.0.0.1 port 0.
 #![allow(dead_code)]
 
+pub mod process;
+pub mod proxy;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
