@@ -7,6 +7,7 @@
 
 pub mod agents;
 pub mod auth;
+mod framing;
 pub mod held;
 pub mod limits;
 pub mod public;
@@ -320,7 +321,7 @@ async fn route(shared: Arc<Shared>, remote: SocketAddr, req: Request<Incoming>) 
     if path == AGENT_PATH {
         agents::upgrade(shared, req).await
     } else if path.starts_with("/t/") {
-        if let Some(refused) = limits::check_framing(&req) {
+        if let Some(refused) = framing::check_framing(&req) {
             return refused;
         }
         public::forward(shared, remote, req).await
