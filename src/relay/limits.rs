@@ -25,13 +25,13 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use super::text;
 use crate::tunnel::{Body, BoxError};
@@ -498,9 +498,7 @@ where
                     }
                     // Wake up when the current window closes, in case the
                     // sender sends nothing at all until then.
-                    let deadline = tokio::time::Instant::from_std(
-                        now + this.next_check.saturating_sub(waited),
-                    );
+                    let deadline = now + this.next_check.saturating_sub(waited);
                     let timer = this
                         .timer
                         .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
@@ -639,15 +637,22 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
 
-    #[test]
-    fn bucket_allows_burst_then_refills() {
+    #[tokio::test(start_paused = true)]
+    async fn bucket_allows_burst_then_refills() {
+        // 4 tokens a second (one per 250 ms, exact in binary), burst of 5.
         let mut b: Buckets<u8> = Buckets::new();
         for _ in 0..5 {
-            assert!(b.take(1, 10.0, 5.0).is_ok());
+            assert!(b.take(1, 4.0, 5.0).is_ok());
         }
-        let wait = b.take(1, 10.0, 5.0).unwrap_err();
-        assert!(wait <= Duration::from_millis(100), "{wait:?}");
-        assert!(b.take(2, 10.0, 5.0).is_ok(), "keys are independent");
+        let wait = b.take(1, 4.0, 5.0).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(250));
+        assert!(b.take(2, 4.0, 5.0).is_ok(), "keys are independent");
+        tokio::time::advance(Duration::from_millis(125)).await;
+        let wait = b.take(1, 4.0, 5.0).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(125), "half a token back");
+        tokio::time::advance(Duration::from_millis(125)).await;
+        assert!(b.take(1, 4.0, 5.0).is_ok(), "a whole token back");
+        assert!(b.take(1, 4.0, 5.0).is_err(), "and only one");
     }
 
     #[test]
@@ -717,7 +722,9 @@ mod tests {
         .boxed()
     }
 
-    #[tokio::test]
+    // Paused clock: the senders' sleeps and the body's timer run on virtual
+    // time, so the windows are judged exactly and the test does not wait.
+    #[tokio::test(start_paused = true)]
     async fn trickling_body_is_cut_but_steady_one_passes() {
         // 100 B every 50 ms = 2 kB/s: a fifth of the minimum.
         let (body, verdict) = watched(every(50, 100, 1000));
@@ -726,15 +733,20 @@ mod tests {
         assert_eq!(verdict.0.load(Ordering::Acquire), BODY_TOO_SLOW);
         let took = start.elapsed();
         assert!(
-            took >= Duration::from_millis(390) && took < Duration::from_secs(2),
+            took >= Duration::from_millis(400) && took < Duration::from_millis(450),
             "cut at grace + window, took {took:?}"
         );
 
-        // A sender that sends nothing at all is cut by the timer.
+        // A sender that sends nothing at all is cut by the timer, at grace +
+        // window; without the timer nothing would wake the body before the
+        // outer timeout.
         let silent = futures_util::stream::pending::<Result<Frame<Bytes>, BoxError>>();
         let (body, verdict) = watched(silent);
-        assert!(body.collect().await.is_err());
+        let start = Instant::now();
+        let cut = tokio::time::timeout(Duration::from_secs(60), body.collect()).await;
+        assert!(matches!(cut, Ok(Err(_))), "the timer cuts a silent sender");
         assert_eq!(verdict.0.load(Ordering::Acquire), BODY_TOO_SLOW);
+        assert_eq!(start.elapsed(), Duration::from_millis(400));
 
         // 4 KiB every 50 ms = 80 kB/s for 1 s: passes.
         let (body, verdict) = watched(every(50, 4096, 20));
