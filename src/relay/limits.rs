@@ -23,13 +23,14 @@ use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Response, StatusCode};
 use http_body::{Frame, SizeHint};
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -182,7 +183,7 @@ pub(crate) struct ConnSlot {
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
-        let mut conns = self.conns.lock().expect("conn table lock");
+        let mut conns = self.conns.lock();
         if let Some(n) = conns.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
@@ -200,7 +201,7 @@ pub(crate) struct InflightSlot {
 
 impl Drop for InflightSlot {
     fn drop(&mut self) {
-        let mut table = self.table.lock().expect("in-flight table lock");
+        let mut table = self.table.lock();
         if let Some(n) = table.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
@@ -246,7 +247,7 @@ impl Limiter {
     /// its share and the connection should be closed.
     pub(crate) fn admit(&self, ip: IpAddr) -> Option<ConnSlot> {
         let max = self.limits.max_conns_per_ip;
-        let mut conns = self.conns.lock().expect("conn table lock");
+        let mut conns = self.conns.lock();
         let n = conns.entry(ip).or_insert(0);
         if max > 0 && *n >= max {
             return None;
@@ -263,7 +264,7 @@ impl Limiter {
     pub(crate) fn unknown_tunnel(&self, ip: IpAddr) -> Response<Body> {
         let per_min = self.limits.unknown_tunnel_per_min;
         if per_min > 0 {
-            let verdict = self.misses.lock().expect("miss table lock").take(
+            let verdict = self.misses.lock().take(
                 miss_key(ip),
                 f64::from(per_min) / 60.0,
                 f64::from(per_min),
@@ -290,11 +291,7 @@ impl Limiter {
         let rate = self.limits.rate_limit;
         if rate > 0.0 {
             let capacity = f64::from(self.limits.rate_burst.max(1));
-            let verdict = self.tunnels.lock().expect("tunnel bucket lock").take(
-                name.to_string(),
-                rate,
-                capacity,
-            );
+            let verdict = self.tunnels.lock().take(name.to_string(), rate, capacity);
             if let Err(wait) = verdict {
                 return Err(Box::new(too_many(
                     &format!("whtunnel: this tunnel is over its limit of {rate} requests per second; retry later"),
@@ -304,7 +301,7 @@ impl Limiter {
         }
         let key = (name.to_string(), ip);
         let max = self.limits.max_inflight_per_ip;
-        let mut inflight = self.inflight.lock().expect("in-flight table lock");
+        let mut inflight = self.inflight.lock();
         let n = inflight.entry(key.clone()).or_insert(0);
         if max > 0 && *n >= max {
             return Err(Box::new(too_many(

@@ -4,6 +4,10 @@
 //!
 //! [`Relay::bind`] then [`Relay::run`]: tests and the embedded relay in
 //! `whtunnel listen` use the same path as the standalone server.
+//!
+//! Locks here and in the tunnel transport are `parking_lot`'s: they do not
+//! poison, so a panic while one is held cannot turn every later request
+//! that takes the same lock into a panic too.
 
 pub mod agents;
 pub mod auth;
@@ -17,7 +21,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
@@ -25,6 +29,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -114,7 +119,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn sender_for(&self, name: &str) -> Option<crate::tunnel::link::LinkClient> {
-        let tunnels = self.tunnels.lock().expect("tunnel map lock");
+        let tunnels = self.tunnels.lock();
         tunnels.get(name).map(|s| s.sender.clone())
     }
 
@@ -283,13 +288,7 @@ impl Relay {
         {
             tracing::warn!("drain timed out after {DRAIN_TIMEOUT:?}");
         }
-        let sessions: Vec<Session> = shared
-            .tunnels
-            .lock()
-            .expect("tunnel map lock")
-            .drain()
-            .map(|(_, s)| s)
-            .collect();
+        let sessions: Vec<Session> = shared.tunnels.lock().drain().map(|(_, s)| s).collect();
         for s in sessions {
             s.closed.cancel();
         }
