@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::Tokens;
 use super::held::{HeldEvent, HeldStore, OfflinePolicy};
-use super::{text, Session, Shared};
+use super::{text, Shared, TunnelSession};
 use crate::tunnel::link::{self, LinkClient};
 use crate::tunnel::protocol::{
     is_valid_name, Control, HDR_ACK, HDR_AGENT_ID, HDR_CONTROL, HDR_HELD, HDR_NAME, HDR_OFFLINE,
@@ -192,7 +192,7 @@ async fn run_session(
         }
         tunnels.insert(
             name.clone(),
-            Session {
+            TunnelSession {
                 id,
                 agent_id,
                 sender,

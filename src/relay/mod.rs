@@ -97,18 +97,22 @@ impl RelayConfig {
     }
 }
 
-/// One agent's live link.
-pub(crate) struct Session {
+/// One agent's session holding a tunnel: the registry entry that routes
+/// the tunnel's requests to that agent's live link.
+pub(crate) struct TunnelSession {
+    /// Tells this session from one that replaced it (a takeover).
     id: u64,
+    /// The agent's own id: the same agent reconnecting takes over at once.
     agent_id: Option<String>,
     sender: crate::tunnel::link::LinkClient,
+    /// Cancelled when the link ends or the session is replaced.
     closed: CancellationToken,
 }
 
 /// State shared by every connection the relay serves.
 pub(crate) struct Shared {
     config: RelayConfig,
-    tunnels: Mutex<HashMap<String, Session>>,
+    tunnels: Mutex<HashMap<String, TunnelSession>>,
     next_session: AtomicU64,
     scheme: &'static str,
     held: Option<Arc<HeldStore>>,
@@ -288,7 +292,7 @@ impl Relay {
         {
             tracing::warn!("drain timed out after {DRAIN_TIMEOUT:?}");
         }
-        let sessions: Vec<Session> = shared.tunnels.lock().drain().map(|(_, s)| s).collect();
+        let sessions: Vec<TunnelSession> = shared.tunnels.lock().drain().map(|(_, s)| s).collect();
         for s in sessions {
             s.closed.cancel();
         }
