@@ -26,6 +26,7 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+use tokio_util::io::InspectReader;
 use tokio_util::sync::CancellationToken;
 
 use super::h2::{CONNECTION_WINDOW, KEEPALIVE_INTERVAL, MAX_HEADER_LIST, STREAM_WINDOW};
@@ -135,55 +136,7 @@ pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
 /// The link's IO, noting in [`Activity`] every read that brings bytes.
-struct HeardIo {
-    io: Box<dyn Io>,
-    activity: Arc<Activity>,
-}
-
-impl AsyncRead for HeardIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.heard();
-        }
-        result
-    }
-}
-
-impl AsyncWrite for HeardIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
+type HeardIo = InspectReader<Box<dyn Io>, Box<dyn FnMut(&[u8]) + Send>>;
 
 /// Opens the HTTP/2 client on `io` with the tunnel's settings (see
 /// [`super::h2`]). `closed` is cancelled when the connection ends, and can be
@@ -193,10 +146,16 @@ pub async fn handshake(
     closed: CancellationToken,
 ) -> Result<(LinkClient, LinkConnection), LinkError> {
     let activity = Arc::new(Activity::new());
-    let io = HeardIo {
-        io: Box::new(io),
-        activity: activity.clone(),
-    };
+    let heard = activity.clone();
+    let io: HeardIo = InspectReader::new(
+        Box::new(io),
+        Box::new(move |read: &[u8]| {
+            // Empty at the end of the link: no sign of life.
+            if !read.is_empty() {
+                heard.heard();
+            }
+        }),
+    );
     let (tx, conn) = h2::client::Builder::new()
         .enable_push(false)
         .initial_window_size(STREAM_WINDOW)
