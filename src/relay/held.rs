@@ -506,8 +506,8 @@ impl HeldStore {
 ///
 /// Time first, so that ids sort by when they were made: the agent indexes
 /// every exchange by its event id (to spot redeliveries), and sorted keys
-/// append to the index's last page, where random ones dirtied a different
-/// page with nearly every insert.
+/// append to the index's last page, while random ones would dirty a
+/// different page with nearly every insert.
 pub fn new_event_id() -> String {
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

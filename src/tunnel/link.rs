@@ -1,16 +1,15 @@
 //! The relay's end of the link: an HTTP/2 client on the `h2` crate, sending
 //! each public request to the agent as one stream.
 //!
-//! hyper's HTTP/2 client puts two more tasks between the caller and the
-//! connection: requests go through a dispatch channel to a client task, and
-//! each response comes back through a task spawned for it. Each is a
-//! wake-up (often on another worker thread) per request, and the body only
-//! reached the connection after its HEADERS had been written, so every
-//! request crossed the websocket as two messages. Here the caller's own task
-//! opens the stream and queues HEADERS and a body already in memory
-//! together; the connection task writes them in one message. Only a body
-//! still streaming in gets a task of its own. The wire protocol is
-//! unchanged: the agent is hyper's HTTP/2 server, as before.
+//! Not hyper's HTTP/2 client, which puts two more tasks between the caller
+//! and the connection (a dispatch channel to a client task, and a task per
+//! response: a wake-up each per request, often on another worker thread)
+//! and hands a body to the connection only after its HEADERS are written,
+//! so every request would cross the websocket as two messages. Here the
+//! caller's own task opens the stream and queues HEADERS and a body already
+//! in memory together; the connection task writes them in one message. Only
+//! a body still streaming in gets a task of its own. The agent's end is
+//! hyper's HTTP/2 server.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -34,7 +33,7 @@ use super::protocol::content_length;
 use super::{Body, BoxError};
 
 /// Bytes of a request body that may wait in the send buffer for flow-control
-/// window (hyper's client used the same).
+/// window (the figure hyper's client uses).
 const MAX_SEND_BUFFER: usize = 1024 * 1024;
 
 /// Why a request on the link failed. Callers branch on
@@ -227,8 +226,8 @@ impl LinkClient {
         let mut tx = self.tx.clone().ready().await?;
         let (parts, body) = req.into_parts();
         let mut head = Request::from_parts(parts, ());
-        // As hyper's client did: a body of known length says so, and so does
-        // an empty one where the method defines a body.
+        // The framing an app sees from hyper's client: a body of known length
+        // says so, and so does an empty one where the method defines a body.
         if let Some(len) = body.size_hint().exact() {
             let defines_body = matches!(
                 *head.method(),
@@ -599,8 +598,8 @@ mod tests {
         let resp = client.send(post(full(vec![7u8; 1024]))).await.unwrap();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, format!("1024 {}", 7 * 1024));
-        // HEADERS and DATA went out together (hyper's client wrote them
-        // apart: two websocket messages per webhook).
+        // HEADERS and DATA go out together: one websocket message per
+        // webhook, not two.
         assert_eq!(writes.load(Ordering::SeqCst) - before, 1);
     }
 
