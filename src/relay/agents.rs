@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::Tokens;
 use super::held::{HeldEvent, HeldStore, OfflinePolicy};
-use super::{text, Session, Shared};
+use super::{text, Shared, TunnelSession};
 use crate::tunnel::link::{self, LinkClient};
 use crate::tunnel::protocol::{
     is_valid_name, Control, HDR_ACK, HDR_AGENT_ID, HDR_CONTROL, HDR_HELD, HDR_NAME, HDR_OFFLINE,
@@ -96,7 +96,7 @@ pub(crate) async fn upgrade(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
         },
     };
     if !takeover {
-        let tunnels = shared.tunnels.lock().expect("tunnel map lock");
+        let tunnels = shared.tunnels.lock();
         match tunnels.get(&name) {
             // The same agent again: its old link is dead but not yet noticed.
             Some(s) if agent_id.is_some() && s.agent_id == agent_id => takeover = true,
@@ -182,7 +182,7 @@ async fn run_session(
     let ready_sender = sender.clone();
     let id = shared.next_session_id();
     {
-        let mut tunnels = shared.tunnels.lock().expect("tunnel map lock");
+        let mut tunnels = shared.tunnels.lock();
         if let Some(old) = tunnels.get(&name) {
             if !takeover {
                 // Lost a race with another agent claiming the same name.
@@ -192,7 +192,7 @@ async fn run_session(
         }
         tunnels.insert(
             name.clone(),
-            Session {
+            TunnelSession {
                 id,
                 agent_id,
                 sender,
@@ -226,7 +226,7 @@ async fn run_session(
     closed.cancel();
     {
         // Only if still ours: a takeover may have replaced it.
-        let mut tunnels = shared.tunnels.lock().expect("tunnel map lock");
+        let mut tunnels = shared.tunnels.lock();
         if tunnels.get(&name).is_some_and(|s| s.id == id) {
             tunnels.remove(&name);
         }
@@ -247,7 +247,7 @@ pub(crate) fn kick_delivery(shared: &Arc<Shared>, name: &str, except: Option<u64
         return;
     };
     let link = {
-        let tunnels = shared.tunnels.lock().expect("tunnel map lock");
+        let tunnels = shared.tunnels.lock();
         tunnels
             .get(name)
             .filter(|s| Some(s.id) != except && !s.closed.is_cancelled())

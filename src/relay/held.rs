@@ -9,10 +9,10 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use parking_lot::{Mutex, MutexGuard};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::tunnel::protocol::RequestMeta;
@@ -240,12 +240,12 @@ impl HeldStore {
         })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock()
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, TunnelState>> {
-        self.tunnels.lock().unwrap_or_else(|p| p.into_inner())
+    fn map(&self) -> MutexGuard<'_, HashMap<String, TunnelState>> {
+        self.tunnels.lock()
     }
 
     /// Caps the database at `pages` pages, so inserts fail exactly as on a
@@ -506,8 +506,8 @@ impl HeldStore {
 ///
 /// Time first, so that ids sort by when they were made: the agent indexes
 /// every exchange by its event id (to spot redeliveries), and sorted keys
-/// append to the index's last page, where random ones dirtied a different
-/// page with nearly every insert.
+/// append to the index's last page, while random ones would dirty a
+/// different page with nearly every insert.
 pub fn new_event_id() -> String {
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -4,9 +4,14 @@
 //!
 //! [`Relay::bind`] then [`Relay::run`]: tests and the embedded relay in
 //! `whtunnel listen` use the same path as the standalone server.
+//!
+//! Locks here and in the tunnel transport are `parking_lot`'s: they do not
+//! poison, so a panic while one is held cannot turn every later request
+//! that takes the same lock into a panic too.
 
 pub mod agents;
 pub mod auth;
+mod framing;
 pub mod held;
 pub mod limits;
 pub mod public;
@@ -16,7 +21,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
@@ -24,6 +29,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -91,18 +97,22 @@ impl RelayConfig {
     }
 }
 
-/// One agent's live link.
-pub(crate) struct Session {
+/// One agent's session holding a tunnel: the registry entry that routes
+/// the tunnel's requests to that agent's live link.
+pub(crate) struct TunnelSession {
+    /// Tells this session from one that replaced it (a takeover).
     id: u64,
+    /// The agent's own id: the same agent reconnecting takes over at once.
     agent_id: Option<String>,
     sender: crate::tunnel::link::LinkClient,
+    /// Cancelled when the link ends or the session is replaced.
     closed: CancellationToken,
 }
 
 /// State shared by every connection the relay serves.
 pub(crate) struct Shared {
     config: RelayConfig,
-    tunnels: Mutex<HashMap<String, Session>>,
+    tunnels: Mutex<HashMap<String, TunnelSession>>,
     next_session: AtomicU64,
     scheme: &'static str,
     held: Option<Arc<HeldStore>>,
@@ -113,7 +123,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn sender_for(&self, name: &str) -> Option<crate::tunnel::link::LinkClient> {
-        let tunnels = self.tunnels.lock().expect("tunnel map lock");
+        let tunnels = self.tunnels.lock();
         tunnels.get(name).map(|s| s.sender.clone())
     }
 
@@ -282,13 +292,7 @@ impl Relay {
         {
             tracing::warn!("drain timed out after {DRAIN_TIMEOUT:?}");
         }
-        let sessions: Vec<Session> = shared
-            .tunnels
-            .lock()
-            .expect("tunnel map lock")
-            .drain()
-            .map(|(_, s)| s)
-            .collect();
+        let sessions: Vec<TunnelSession> = shared.tunnels.lock().drain().map(|(_, s)| s).collect();
         for s in sessions {
             s.closed.cancel();
         }
@@ -320,7 +324,7 @@ async fn route(shared: Arc<Shared>, remote: SocketAddr, req: Request<Incoming>) 
     if path == AGENT_PATH {
         agents::upgrade(shared, req).await
     } else if path.starts_with("/t/") {
-        if let Some(refused) = limits::check_framing(&req) {
+        if let Some(refused) = framing::check_framing(&req) {
             return refused;
         }
         public::forward(shared, remote, req).await

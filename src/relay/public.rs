@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,6 +15,7 @@ use http::{header, HeaderMap, HeaderName, Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use parking_lot::Mutex;
 
 use super::held::{new_event_id, Admit, HeldStore, NewEvent, OfflinePolicy};
 use super::limits::MinRateBody;
@@ -454,7 +455,7 @@ impl Default for BodyState {
 
 impl BodyState {
     fn keep(&self, chunk: &Bytes, total: u64) {
-        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        let mut kept = self.kept.lock();
         if total > FALLBACK_KEEP {
             *kept = None;
         } else if let Some(v) = kept.as_mut() {
@@ -463,7 +464,7 @@ impl BodyState {
     }
 
     fn drop_kept(&self) {
-        *self.kept.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.kept.lock() = None;
     }
 
     /// The whole body, if it was read to the end and kept.
@@ -471,7 +472,7 @@ impl BodyState {
         if !self.complete.load(Ordering::Acquire) {
             return None;
         }
-        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        let kept = self.kept.lock();
         let chunks = kept.as_ref()?;
         let mut all = bytes::BytesMut::new();
         for c in chunks {

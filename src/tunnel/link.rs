@@ -1,16 +1,15 @@
 //! The relay's end of the link: an HTTP/2 client on the `h2` crate, sending
 //! each public request to the agent as one stream.
 //!
-//! hyper's HTTP/2 client puts two more tasks between the caller and the
-//! connection: requests go through a dispatch channel to a client task, and
-//! each response comes back through a task spawned for it. Each is a
-//! wake-up (often on another worker thread) per request, and the body only
-//! reached the connection after its HEADERS had been written, so every
-//! request crossed the websocket as two messages. Here the caller's own task
-//! opens the stream and queues HEADERS and a body already in memory
-//! together; the connection task writes them in one message. Only a body
-//! still streaming in gets a task of its own. The wire protocol is
-//! unchanged: the agent is hyper's HTTP/2 server, as before.
+//! Not hyper's HTTP/2 client, which puts two more tasks between the caller
+//! and the connection (a dispatch channel to a client task, and a task per
+//! response: a wake-up each per request, often on another worker thread)
+//! and hands a body to the connection only after its HEADERS are written,
+//! so every request would cross the websocket as two messages. Here the
+//! caller's own task opens the stream and queues HEADERS and a body already
+//! in memory together; the connection task writes them in one message. Only
+//! a body still streaming in gets a task of its own. The agent's end is
+//! hyper's HTTP/2 server.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -26,6 +25,7 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+use tokio_util::io::InspectReader;
 use tokio_util::sync::CancellationToken;
 
 use super::h2::{CONNECTION_WINDOW, KEEPALIVE_INTERVAL, MAX_HEADER_LIST, STREAM_WINDOW};
@@ -33,7 +33,7 @@ use super::protocol::content_length;
 use super::{Body, BoxError};
 
 /// Bytes of a request body that may wait in the send buffer for flow-control
-/// window (hyper's client used the same).
+/// window (the figure hyper's client uses).
 const MAX_SEND_BUFFER: usize = 1024 * 1024;
 
 /// Why a request on the link failed. Callers branch on
@@ -135,55 +135,7 @@ pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
 /// The link's IO, noting in [`Activity`] every read that brings bytes.
-struct HeardIo {
-    io: Box<dyn Io>,
-    activity: Arc<Activity>,
-}
-
-impl AsyncRead for HeardIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.heard();
-        }
-        result
-    }
-}
-
-impl AsyncWrite for HeardIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
+type HeardIo = InspectReader<Box<dyn Io>, Box<dyn FnMut(&[u8]) + Send>>;
 
 /// Opens the HTTP/2 client on `io` with the tunnel's settings (see
 /// [`super::h2`]). `closed` is cancelled when the connection ends, and can be
@@ -193,10 +145,16 @@ pub async fn handshake(
     closed: CancellationToken,
 ) -> Result<(LinkClient, LinkConnection), LinkError> {
     let activity = Arc::new(Activity::new());
-    let io = HeardIo {
-        io: Box::new(io),
-        activity: activity.clone(),
-    };
+    let heard = activity.clone();
+    let io: HeardIo = InspectReader::new(
+        Box::new(io),
+        Box::new(move |read: &[u8]| {
+            // Empty at the end of the link: no sign of life.
+            if !read.is_empty() {
+                heard.heard();
+            }
+        }),
+    );
     let (tx, conn) = h2::client::Builder::new()
         .enable_push(false)
         .initial_window_size(STREAM_WINDOW)
@@ -268,8 +226,8 @@ impl LinkClient {
         let mut tx = self.tx.clone().ready().await?;
         let (parts, body) = req.into_parts();
         let mut head = Request::from_parts(parts, ());
-        // As hyper's client did: a body of known length says so, and so does
-        // an empty one where the method defines a body.
+        // The framing an app sees from hyper's client: a body of known length
+        // says so, and so does an empty one where the method defines a body.
         if let Some(len) = body.size_hint().exact() {
             let defines_body = matches!(
                 *head.method(),
@@ -640,8 +598,8 @@ mod tests {
         let resp = client.send(post(full(vec![7u8; 1024]))).await.unwrap();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, format!("1024 {}", 7 * 1024));
-        // HEADERS and DATA went out together (hyper's client wrote them
-        // apart: two websocket messages per webhook).
+        // HEADERS and DATA go out together: one websocket message per
+        // webhook, not two.
         assert_eq!(writes.load(Ordering::SeqCst) - before, 1);
     }
 
