@@ -354,16 +354,14 @@ async fn replay_worker(
     let Ok(store) = Store::open_reader(&dir) else {
         return;
     };
-    let store = Arc::new(std::sync::Mutex::new(store));
+    let store = Arc::new(parking_lot::Mutex::new(store));
     while let Some(req) = requests.recv().await {
         // SQLite reads stay off the runtime, which may forward on one thread.
         let (store, id) = (store.clone(), req.id);
-        let original = tokio::task::spawn_blocking(move || {
-            store.lock().ok().and_then(|s| s.get(id).ok().flatten())
-        })
-        .await
-        .ok()
-        .flatten();
+        let original = tokio::task::spawn_blocking(move || store.lock().get(id).ok().flatten())
+            .await
+            .ok()
+            .flatten();
         if let Some(original) = original {
             let fwd = forwarder.clone();
             tokio::spawn(async move {

@@ -5,7 +5,9 @@
 //! ([`InFlight`]).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use http::{Response, StatusCode};
 use tokio_util::sync::CancellationToken;
@@ -128,7 +130,7 @@ impl InFlight {
         set: &Arc<InFlight>,
         id: &str,
     ) -> Result<InFlightEntry, CancellationToken> {
-        let mut map = set.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = set.0.lock();
         if let Some((_, running)) = map.running.get(id) {
             return Err(running.clone());
         }
@@ -175,7 +177,7 @@ pub(super) struct InFlightEntry {
 
 impl Drop for InFlightEntry {
     fn drop(&mut self) {
-        let mut map = self.set.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.set.0.lock();
         if map
             .running
             .get(&self.id)

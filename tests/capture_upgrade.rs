@@ -1,0 +1,105 @@
+//! A capture store written by an older whtunnel opens with today's
+//! migrations and reads right. `tests/fixtures/capture-v1/` was made by
+//! `tests/fixtures/make-old-capture-store.sh` with the whtunnel of the
+//! schema-1 era, and `expected/` holds what that whtunnel printed for it:
+//! the oracle is the old binary, not today's idea of the format.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/capture-v1")
+}
+
+/// A private copy of the fixture store: opening it migrates it in place.
+fn copy_of_fixture() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture().join("capture.db"), dir.path().join("capture.db")).unwrap();
+    std::fs::create_dir(dir.path().join("bodies")).unwrap();
+    for f in std::fs::read_dir(fixture().join("bodies")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), dir.path().join("bodies").join(f.file_name())).unwrap();
+    }
+    dir
+}
+
+fn whtunnel_json(args: &[&str], dir: &Path) -> Value {
+    let out = Command::new(common::bin())
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "whtunnel {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn expected(name: &str) -> Value {
+    let text = std::fs::read_to_string(fixture().join("expected").join(name)).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Every field the old whtunnel printed is printed again, with the same
+/// value; fields added since are allowed.
+fn assert_contains(actual: &Value, old: &Value, at: &str) {
+    match (old, actual) {
+        (Value::Object(o), Value::Object(a)) => {
+            for (k, v) in o {
+                let got = a
+                    .get(k)
+                    .unwrap_or_else(|| panic!("{at}.{k} is missing: {actual}"));
+                assert_contains(got, v, &format!("{at}.{k}"));
+            }
+        }
+        (Value::Array(o), Value::Array(a)) => {
+            assert_eq!(o.len(), a.len(), "{at}: {actual}");
+            for (i, (o, a)) in o.iter().zip(a).enumerate() {
+                assert_contains(a, o, &format!("{at}[{i}]"));
+            }
+        }
+        _ => assert_eq!(actual, old, "{at}"),
+    }
+}
+
+#[test]
+fn an_old_store_lists_and_shows_every_exchange_as_the_old_whtunnel_did() {
+    let dir = copy_of_fixture();
+    let list = whtunnel_json(&["requests", "list", "--json"], dir.path());
+    assert_contains(&list, &expected("list.json"), "list");
+    for id in 1..=7 {
+        let shown = whtunnel_json(&["requests", "show", &id.to_string(), "--json"], dir.path());
+        assert_contains(&shown, &expected(&format!("show-{id}.json")), "show");
+    }
+    // Opened twice: the migration ran once and the second open reads the same.
+    let again = whtunnel_json(&["requests", "list", "--json"], dir.path());
+    assert_eq!(again, list);
+}
+
+#[test]
+fn the_migration_tells_outcomes_apart_that_the_old_schema_kept_as_text() {
+    let dir = copy_of_fixture();
+    let outcome = |id: i64| {
+        whtunnel_json(&["requests", "show", &id.to_string(), "--json"], dir.path())["outcome"]
+            .clone()
+    };
+    let want = [
+        (1, "answered"),
+        (2, "undelivered"),
+        (3, "app-timeout"),
+        (4, "answered"),
+        (5, "answered"),
+        (6, "app-unreachable"),
+        (7, "app-unreachable"),
+    ];
+    for (id, o) in want {
+        assert_eq!(outcome(id), Value::from(o), "exchange #{id}");
+    }
+}
