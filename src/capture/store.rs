@@ -1080,11 +1080,6 @@ impl Store {
             .conn
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
     }
-
-    /// The underlying connection, for diagnostics and tests.
-    pub fn connection(&self) -> &Connection {
-        &self.conn
-    }
 }
 
 #[cfg(test)]
