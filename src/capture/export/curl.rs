@@ -3,22 +3,9 @@
 
 use base64::Engine;
 
-use super::{find_header, header_value, load, B64};
+use super::{find_header, header_text, load, B64};
 use crate::capture::model::Exchange;
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1 plus the usual proxy ones): never
-/// replayed by `curl`, since they describe one connection, not the request.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-];
+use crate::tunnel::protocol::is_hop_by_hop;
 
 /// Quotes `s` for a POSIX shell: single quotes, with `'` written as `'\''`.
 pub fn shell_quote(s: &str) -> String {
@@ -74,7 +61,7 @@ pub fn curl_command(ex: &Exchange, base_url: Option<&str>) -> String {
         .iter()
         .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
         .flat_map(|(_, v)| {
-            header_value(v)
+            header_text(v)
                 .split(',')
                 .map(|t| t.trim().to_ascii_lowercase())
                 .collect::<Vec<_>>()
@@ -89,8 +76,8 @@ pub fn curl_command(ex: &Exchange, base_url: Option<&str>) -> String {
     ];
     for (n, v) in &req.headers {
         let lower = n.to_ascii_lowercase();
-        if HOP_BY_HOP.contains(&lower.as_str())
-            || lower.starts_with("proxy-")
+        // curl sets Host, Content-Length and Expect itself, for the new connection.
+        if is_hop_by_hop(n)
             || lower == "host"
             || lower == "content-length"
             || lower == "expect"
@@ -98,7 +85,7 @@ pub fn curl_command(ex: &Exchange, base_url: Option<&str>) -> String {
         {
             continue;
         }
-        let v = header_value(v);
+        let v = header_text(v);
         // `Name;` is curl's way to send a header with an empty value.
         let h = if v.is_empty() {
             format!("{n};")
@@ -247,6 +234,10 @@ mod tests {
             ex.request.headers.extend([
                 ("Connection".into(), b"keep-alive, X-Hop".to_vec()),
                 ("X-Hop".into(), b"gone".to_vec()),
+                (
+                    "HTTP2-Settings".into(),
+                    b"AAMAAABkAAQAoAAAAAIAAAAA".to_vec(),
+                ),
                 ("Transfer-Encoding".into(), b"chunked".to_vec()),
                 ("Content-Length".into(), b"999".to_vec()),
                 ("X-Signature".into(), b"t=1,v1=ab'cd".to_vec()),
@@ -257,7 +248,7 @@ mod tests {
             assert_eq!(line, "PUT /hooks?key=0123 HTTP/1.1");
             assert_eq!(got, body, "body bytes differ for command:\n{cmd}");
             let names: Vec<String> = headers.iter().map(|h| h.0.to_ascii_lowercase()).collect();
-            for gone in ["x-hop", "transfer-encoding", "connection"] {
+            for gone in ["x-hop", "transfer-encoding", "connection", "http2-settings"] {
                 assert!(
                     !names.contains(&gone.to_owned()),
                     "{gone} forwarded: {headers:?}"

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use super::curl::target_url;
 use super::json::rfc3339;
-use super::{find_header, header_value, load, percent_decode, B64};
+use super::{find_header, header_text, load, percent_decode, B64};
 use crate::capture::model::{CapturedBody, Exchange, Header};
 use crate::capture::store::{ListQuery, Store, StoreError};
 
@@ -26,7 +26,7 @@ fn query_string(path: &str) -> Vec<Value> {
 fn har_headers(h: &[Header]) -> Value {
     Value::Array(
         h.iter()
-            .map(|(n, v)| json!({"name": n, "value": header_value(v)}))
+            .map(|(n, v)| json!({"name": n, "value": header_text(v)}))
             .collect(),
     )
 }
@@ -47,7 +47,7 @@ fn har_entry(ex: &Exchange) -> Value {
     let req = &ex.request;
     let mime = |h: &[Header]| {
         find_header(h, "content-type")
-            .map(header_value)
+            .map(header_text)
             .unwrap_or_default()
     };
     let mut request = json!({
@@ -87,7 +87,7 @@ fn har_entry(ex: &Exchange) -> Value {
                 "cookies": [],
                 "headers": har_headers(&r.headers),
                 "content": content,
-                "redirectURL": find_header(&r.headers, "location").map(header_value).unwrap_or_default(),
+                "redirectURL": find_header(&r.headers, "location").map(header_text).unwrap_or_default(),
                 "headersSize": -1,
                 "bodySize": size,
             })

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::json::rfc3339;
-use super::{header_value, load};
+use super::{header_text, load};
 use crate::capture::model::{CapturedBody, Exchange, ExchangeSummary};
 
 /// Cuts `s` to at most `max` characters, marking the cut with `…`.
@@ -177,7 +177,7 @@ pub fn show_human(ex: &Exchange) -> String {
     }
     let _ = writeln!(out, "\n> {} {}", ex.request.method, ex.request.path);
     for (n, v) in &ex.request.headers {
-        let _ = writeln!(out, "> {n}: {}", header_value(v));
+        let _ = writeln!(out, "> {n}: {}", header_text(v));
     }
     out.push_str(">\n");
     body_human(&mut out, &ex.request.body);
@@ -189,7 +189,7 @@ pub fn show_human(ex: &Exchange) -> String {
                 .unwrap_or("");
             let _ = writeln!(out, "\n< {} {reason}", r.status);
             for (n, v) in &r.headers {
-                let _ = writeln!(out, "< {n}: {}", header_value(v));
+                let _ = writeln!(out, "< {n}: {}", header_text(v));
             }
             out.push_str("<\n");
             body_human(&mut out, &r.body);

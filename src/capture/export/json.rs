@@ -6,7 +6,7 @@ use base64::Engine;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
 
-use super::{header_value, load, B64};
+use super::{header_text, load, B64};
 use crate::capture::model::{CapturedBody, Exchange, ExchangeSummary, Header};
 
 /// RFC 3339 with milliseconds, as in the JSON contract and HAR.
@@ -42,7 +42,7 @@ fn half_json(headers: &[Header], body: &CapturedBody) -> Map<String, Value> {
     let mut m = Map::new();
     let hs: Vec<Value> = headers
         .iter()
-        .map(|(n, v)| json!([n, header_value(v)]))
+        .map(|(n, v)| json!([n, header_text(v)]))
         .collect();
     m.insert("headers".into(), Value::Array(hs));
     let (mut text, mut b64, mut err) = (Value::Null, Value::Null, Value::Null);

@@ -27,7 +27,9 @@ pub use json::{list_json, rfc3339, show_json, summary_json};
 
 pub(super) const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
-pub(super) fn header_value(v: &[u8]) -> String {
+/// A header value as text, lossily where it is not UTF-8 (what every export
+/// shows; the bytes themselves stay in the store).
+pub(super) fn header_text(v: &[u8]) -> String {
     String::from_utf8_lossy(v).into_owned()
 }
 
