@@ -1,16 +1,134 @@
 //! `requests export --har`: HAR 1.2 for browser devtools and HAR viewers,
 //! streamed from the store one exchange at a time.
 
+use std::borrow::Cow;
+
 use base64::Engine;
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use super::curl::target_url;
 use super::json::rfc3339;
 use super::{find_header, header_text, load, percent_decode, B64};
-use crate::capture::model::{CapturedBody, Exchange, Header};
+use crate::capture::model::{CapturedBody, Exchange, ExchangeId, Header};
 use crate::capture::store::{ListQuery, Store, StoreError};
 
-fn query_string(path: &str) -> Vec<Value> {
+/// The HTTP version every entry states.
+const HTTP_VERSION: &str = "HTTP/1.1";
+
+/// `log.creator`: the application that wrote the log.
+#[derive(Serialize)]
+struct Creator {
+    name: &'static str,
+    version: &'static str,
+}
+
+impl Creator {
+    /// This build of whtunnel.
+    const WHTUNNEL: Creator = Creator {
+        name: "whtunnel",
+        version: env!("CARGO_PKG_VERSION"),
+    };
+}
+
+/// A name and a value: a header, a query parameter or a cookie.
+#[derive(Serialize)]
+struct NameValue<'a> {
+    name: Cow<'a, str>,
+    value: Cow<'a, str>,
+}
+
+/// One exchange, `log.entries[]`. Fields of whtunnel's own start with `_`,
+/// as HAR allows.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Entry<'a> {
+    started_date_time: String,
+    time: f64,
+    request: Request<'a>,
+    response: Response<'a>,
+    cache: Cache,
+    timings: Timings,
+    #[serde(rename = "_id")]
+    id: Option<ExchangeId>,
+    #[serde(rename = "_event")]
+    event: Option<&'a str>,
+    #[serde(rename = "_replayOf")]
+    replay_of: Option<ExchangeId>,
+    #[serde(rename = "_error", skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+}
+
+/// `entry.cache`: always empty (nothing passes through a cache).
+#[derive(Serialize)]
+struct Cache {}
+
+/// `entry.timings`: only the whole duration is measured, so it is all `wait`.
+#[derive(Serialize)]
+struct Timings {
+    send: u8,
+    wait: f64,
+    receive: u8,
+}
+
+/// `entry.request`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Request<'a> {
+    method: &'a str,
+    url: String,
+    http_version: &'static str,
+    cookies: Vec<NameValue<'a>>,
+    headers: Vec<NameValue<'a>>,
+    query_string: Vec<NameValue<'a>>,
+    headers_size: i64,
+    body_size: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    post_data: Option<PostData>,
+}
+
+/// `request.postData`: the body, when there is one.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PostData {
+    mime_type: String,
+    text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    encoding: Option<&'static str>,
+}
+
+/// `entry.response`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Response<'a> {
+    status: u16,
+    status_text: &'static str,
+    http_version: &'static str,
+    cookies: Vec<NameValue<'a>>,
+    headers: Vec<NameValue<'a>>,
+    content: Content,
+    #[serde(rename = "redirectURL")]
+    redirect_url: String,
+    headers_size: i64,
+    body_size: i64,
+}
+
+/// `response.content`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Content {
+    size: usize,
+    mime_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    encoding: Option<&'static str>,
+}
+
+/// HAR's value for "not known" (`headersSize`, a missing response's
+/// `bodySize`).
+const UNKNOWN: i64 = -1;
+
+fn query_string(path: &str) -> Vec<NameValue<'static>> {
     let Some((_, q)) = path.split_once('?') else {
         return Vec::new();
     };
@@ -18,17 +136,21 @@ fn query_string(path: &str) -> Vec<Value> {
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (n, v) = p.split_once('=').unwrap_or((p, ""));
-            json!({"name": percent_decode(n), "value": percent_decode(v)})
+            NameValue {
+                name: Cow::Owned(percent_decode(n)),
+                value: Cow::Owned(percent_decode(v)),
+            }
         })
         .collect()
 }
 
-fn har_headers(h: &[Header]) -> Value {
-    Value::Array(
-        h.iter()
-            .map(|(n, v)| json!({"name": n, "value": header_text(v)}))
-            .collect(),
-    )
+fn har_headers(h: &[Header]) -> Vec<NameValue<'_>> {
+    h.iter()
+        .map(|(n, v)| NameValue {
+            name: Cow::Borrowed(n),
+            value: Cow::Owned(header_text(v)),
+        })
+        .collect()
 }
 
 /// HAR body fields: `text` and, for binary bodies, `encoding: "base64"`.
@@ -43,106 +165,99 @@ fn har_text(body: &CapturedBody) -> (Option<String>, Option<&'static str>, usize
     }
 }
 
-fn har_entry(ex: &Exchange) -> Value {
+/// The `content-type` header as text, empty when there is none.
+fn mime_type(h: &[Header]) -> String {
+    find_header(h, "content-type")
+        .map(header_text)
+        .unwrap_or_default()
+}
+
+fn har_entry(ex: &Exchange) -> Entry<'_> {
     let req = &ex.request;
-    let mime = |h: &[Header]| {
-        find_header(h, "content-type")
-            .map(header_text)
-            .unwrap_or_default()
-    };
-    let mut request = json!({
-        "method": req.method,
-        "url": target_url(&ex.target, &req.path),
-        "httpVersion": "HTTP/1.1",
-        "cookies": [],
-        "headers": har_headers(&req.headers),
-        "queryString": query_string(&req.path),
-        "headersSize": -1,
-        "bodySize": 0,
-    });
-    let (text, enc, size) = har_text(&req.body);
-    if let Some(text) = text {
-        let mut pd = json!({"mimeType": mime(&req.headers), "text": text});
-        if let Some(enc) = enc {
-            pd["encoding"] = json!(enc);
-        }
-        request["postData"] = pd;
-        request["bodySize"] = json!(size);
-    }
-    let response = match &ex.response {
-        Some(r) => {
-            let (text, enc, size) = har_text(&r.body);
-            let mut content = json!({"size": size, "mimeType": mime(&r.headers)});
-            if let Some(text) = text {
-                content["text"] = json!(text);
-            }
-            if let Some(enc) = enc {
-                content["encoding"] = json!(enc);
-            }
-            json!({
-                "status": r.status,
-                "statusText": http::StatusCode::from_u16(r.status).ok()
-                    .and_then(|c| c.canonical_reason()).unwrap_or(""),
-                "httpVersion": "HTTP/1.1",
-                "cookies": [],
-                "headers": har_headers(&r.headers),
-                "content": content,
-                "redirectURL": find_header(&r.headers, "location").map(header_text).unwrap_or_default(),
-                "headersSize": -1,
-                "bodySize": size,
-            })
-        }
-        // No response (app down, cancelled): status 0, as browsers record it.
-        None => json!({
-            "status": 0,
-            "statusText": "",
-            "httpVersion": "HTTP/1.1",
-            "cookies": [],
-            "headers": [],
-            "content": {"size": 0, "mimeType": ""},
-            "redirectURL": "",
-            "headersSize": -1,
-            "bodySize": -1,
+    let (text, encoding, size) = har_text(&req.body);
+    let request = Request {
+        method: &req.method,
+        url: target_url(&ex.target, &req.path),
+        http_version: HTTP_VERSION,
+        cookies: Vec::new(),
+        headers: har_headers(&req.headers),
+        query_string: query_string(&req.path),
+        headers_size: UNKNOWN,
+        body_size: if text.is_some() { size } else { 0 },
+        post_data: text.map(|text| PostData {
+            mime_type: mime_type(&req.headers),
+            text,
+            encoding,
         }),
     };
-    let time = ex.duration_ms.max(0.0);
-    let mut entry = json!({
-        "startedDateTime": rfc3339(&ex.received_at),
-        "time": time,
-        "request": request,
-        "response": response,
-        "cache": {},
-        "timings": {"send": 0, "wait": time, "receive": 0},
-        "_id": ex.id,
-        "_event": ex.event,
-        "_replayOf": ex.replay_of,
-    });
-    if let Some(e) = &ex.error {
-        entry["_error"] = json!(e);
-    }
-    entry
-}
-
-/// `requests export --har FILE`: a HAR 1.2 log (entries oldest first) that
-/// browser devtools and HAR viewers import. Binary bodies are base64 with
-/// `encoding: "base64"`; whtunnel-specific fields start with `_`.
-pub fn har(exchanges: &[Exchange]) -> Value {
-    let mut sorted: Vec<&Exchange> = exchanges.iter().collect();
-    sorted.sort_by_key(|e| (e.received_at, e.id));
-    json!({
-        "log": {
-            "version": "1.2",
-            "creator": {"name": "whtunnel", "version": env!("CARGO_PKG_VERSION")},
-            "pages": [],
-            "entries": sorted.into_iter().map(har_entry).collect::<Vec<_>>(),
+    let response = match &ex.response {
+        Some(r) => {
+            let (text, encoding, size) = har_text(&r.body);
+            Response {
+                status: r.status,
+                status_text: http::StatusCode::from_u16(r.status)
+                    .ok()
+                    .and_then(|c| c.canonical_reason())
+                    .unwrap_or(""),
+                http_version: HTTP_VERSION,
+                cookies: Vec::new(),
+                headers: har_headers(&r.headers),
+                content: Content {
+                    size,
+                    mime_type: mime_type(&r.headers),
+                    text,
+                    encoding,
+                },
+                redirect_url: find_header(&r.headers, "location")
+                    .map(header_text)
+                    .unwrap_or_default(),
+                headers_size: UNKNOWN,
+                body_size: size as i64,
+            }
         }
-    })
+        // No response (app down, cancelled): status 0, as browsers record it.
+        None => Response {
+            status: 0,
+            status_text: "",
+            http_version: HTTP_VERSION,
+            cookies: Vec::new(),
+            headers: Vec::new(),
+            content: Content {
+                size: 0,
+                mime_type: String::new(),
+                text: None,
+                encoding: None,
+            },
+            redirect_url: String::new(),
+            headers_size: UNKNOWN,
+            body_size: UNKNOWN,
+        },
+    };
+    let time = ex.duration_ms.max(0.0);
+    Entry {
+        started_date_time: rfc3339(&ex.received_at),
+        time,
+        request,
+        response,
+        cache: Cache {},
+        timings: Timings {
+            send: 0,
+            wait: time,
+            receive: 0,
+        },
+        id: ex.id,
+        event: ex.event.as_deref(),
+        replay_of: ex.replay_of,
+        error: ex.error.as_deref(),
+    }
 }
 
-/// `requests export --har FILE`, streaming: writes a HAR 1.2 log of the
-/// stored exchanges (oldest first; the newest `limit` when given) to `out`,
+/// `requests export --har FILE`: writes a HAR 1.2 log of the stored
+/// exchanges (oldest first; the newest `limit` when given) to `out`, for
+/// browser devtools and HAR viewers. Binary bodies are base64 with
+/// `encoding: "base64"`; whtunnel-specific fields start with `_`. Streamed,
 /// one exchange in memory at a time, so exporting a full store stays
-/// bounded. Returns how many entries were written. Same shape as [`har`].
+/// bounded. Returns how many entries were written.
 pub fn write_har<W: std::io::Write>(
     store: &Store,
     limit: Option<usize>,
@@ -150,7 +265,7 @@ pub fn write_har<W: std::io::Write>(
 ) -> Result<usize, StoreError> {
     let mut rows = store.list(&ListQuery { limit })?;
     rows.reverse();
-    let creator = json!({"name": "whtunnel", "version": env!("CARGO_PKG_VERSION")});
+    let creator = serde_json::to_string(&Creator::WHTUNNEL).map_err(std::io::Error::from)?;
     write!(
         out,
         "{{\"log\":{{\"version\":\"1.2\",\"creator\":{creator},\"pages\":[],\"entries\":["
@@ -177,13 +292,27 @@ mod tests {
     use super::*;
     use crate::capture::export::ex_with;
     use crate::capture::model::RecordedResponse;
+    use crate::capture::StoreConfig;
     use chrono::DateTime;
+    use serde_json::{json, Value};
+
+    /// The HAR [`write_har`] makes of `exchanges` once stored, parsed back,
+    /// and the ids the store gave them (in the order given).
+    fn stored_har(exchanges: &[Exchange]) -> (Value, Vec<ExchangeId>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&StoreConfig::new(tmp.path().to_path_buf())).unwrap();
+        let ids = exchanges.iter().map(|e| store.insert(e).unwrap()).collect();
+        let mut buf = Vec::new();
+        let n = write_har(&store, None, &mut buf).unwrap();
+        assert_eq!(n, exchanges.len());
+        (serde_json::from_slice(&buf).unwrap(), ids)
+    }
 
     #[test]
     fn query_strings_decode() {
         let q = query_string("/p?a=1&b=x%20y+z&c&d=%E2%9C%93&e=%zz&é=%");
         assert_eq!(
-            Value::Array(q),
+            serde_json::to_value(q).unwrap(),
             json!([
                 {"name": "a", "value": "1"},
                 {"name": "b", "value": "x y z"},
@@ -210,9 +339,7 @@ mod tests {
         c.id = Some(9);
         c.response = None;
         c.error = Some("timeout".into());
-        let v = har(&[a, b, c]);
-        // Round-trips through text, as a file would.
-        let v: Value = serde_json::from_str(&serde_json::to_string_pretty(&v).unwrap()).unwrap();
+        let (v, ids) = stored_har(&[a, b, c]);
         let log = &v["log"];
         assert_eq!(log["version"], "1.2");
         assert_eq!(log["creator"]["name"], "whtunnel");
@@ -220,7 +347,7 @@ mod tests {
         let entries = log["entries"].as_array().unwrap();
         assert_eq!(entries.len(), 3);
         // Oldest first.
-        assert_eq!(entries[2]["_id"], 7);
+        assert_eq!(entries[2]["_id"], ids[0]);
         for e in entries {
             assert!(DateTime::parse_from_rfc3339(e["startedDateTime"].as_str().unwrap()).is_ok());
             let t = &e["timings"];
@@ -299,9 +426,6 @@ mod tests {
                 .len(),
             big.len()
         );
-        // Same entry shape as the in-memory export.
-        let one = har(&[store.get(ids[0]).unwrap().unwrap()]);
-        assert_eq!(one["log"]["entries"][0], entries[0]);
         let mut buf = Vec::new();
         assert_eq!(write_har(&store, Some(1), &mut buf).unwrap(), 1);
         let v: Value = serde_json::from_slice(&buf).unwrap();
