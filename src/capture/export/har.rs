@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::curl::target_url;
 use super::json::rfc3339;
-use super::{find_header, header_text, load, percent_decode, B64};
+use super::{find_header, header_text, load, B64};
 use crate::capture::model::{CapturedBody, Exchange, ExchangeId, Header};
 use crate::capture::store::{ListQuery, Store, StoreError};
 
@@ -128,19 +128,13 @@ struct Content {
 /// `bodySize`).
 const UNKNOWN: i64 = -1;
 
-fn query_string(path: &str) -> Vec<NameValue<'static>> {
+/// `request.queryString`: the decoded pairs of the URL's query, in order.
+fn query_string(path: &str) -> Vec<NameValue<'_>> {
     let Some((_, q)) = path.split_once('?') else {
         return Vec::new();
     };
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (n, v) = p.split_once('=').unwrap_or((p, ""));
-            NameValue {
-                name: Cow::Owned(percent_decode(n)),
-                value: Cow::Owned(percent_decode(v)),
-            }
-        })
+    form_urlencoded::parse(q.as_bytes())
+        .map(|(name, value)| NameValue { name, value })
         .collect()
 }
 

@@ -45,33 +45,15 @@ pub(super) fn load(body: &CapturedBody) -> Result<Bytes, String> {
     read_body(body).map_err(|e| format!("body no longer available: {e}"))
 }
 
-/// Percent-decodes a query component (`+` is a space in forms). Invalid
-/// escapes are kept literally.
 /// Decodes `%XX` escapes and `+` (as a space), as in query strings and form
 /// bodies; invalid escapes are kept literally, invalid UTF-8 shown lossily.
+/// One component (a name or a value) of what `form_urlencoded::parse` splits.
 pub fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                let hex = |c: u8| (c as char).to_digit(16);
-                match (hex(b[i + 1]), hex(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    // `+` first, as form decoding does: an escaped `%2B` stays a plus.
+    let spaced = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// An exchange with id 7 and a recognised event, for the format tests.
@@ -81,4 +63,16 @@ fn ex_with(body: &[u8]) -> super::model::Exchange {
     ex.id = Some(7);
     ex.event = Some("consent.created".into());
     ex
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding_keeps_what_is_not_an_escape() {
+        assert_eq!(percent_decode("a%20b+c%2Bd%zz%4"), "a b c+d%zz%4");
+        assert_eq!(percent_decode("%é%C3%A9%41"), "%é\u{e9}A");
+        assert_eq!(percent_decode("%ff%"), "\u{fffd}%");
+    }
 }
