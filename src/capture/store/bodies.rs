@@ -19,11 +19,10 @@ use crate::capture::model::{BodyData, CapturedBody, Exchange};
 /// (as many as one batch may need: a batch writes its files before its
 /// commit frees old ones). Creating and deleting a file per body at the
 /// rate bodies arrive makes ext4 scan past every recently freed inode on
-/// each create; at a few thousand 256 KiB bodies a second that was most of
-/// the writer thread's time. A pooled file is truncated as it enters the
-/// pool: it keeps its inode, never a previous body's bytes, and holds no
-/// disk space. Reused oldest first; deleted when the store closes and when
-/// the next writer opens.
+/// each create, which can take most of the writer thread's time. A pooled
+/// file is truncated as it enters the pool: it keeps its inode, never a
+/// previous body's bytes, and holds no disk space. Reused oldest first;
+/// deleted when the store closes and when the next writer opens.
 pub(super) const FREE_POOL_MAX: usize = 256;
 
 /// Directory (next to `bodies/`) for freed body files awaiting reuse.

@@ -15,8 +15,8 @@
 //! Durability relies on SQLite transactions only (WAL, `synchronous=NORMAL`):
 //! a `kill -9` at any moment loses at most the uncommitted batch and the
 //! database opens without repair. Like the WAL under `synchronous=NORMAL`,
-//! body files are not synced one by one (an fsync per body held the single
-//! writer to fewer 256 KiB bodies a second than one sender delivers): they
+//! body files are not synced one by one (waiting for a sync per body, the
+//! single writer could not keep up with one sender of large bodies): they
 //! survive a crash of whtunnel and the kernel writes them out within
 //! seconds; a power loss in that window can leave a recent body file short
 //! or empty, never a database that will not open.
@@ -155,8 +155,8 @@ fn parse_time(s: &str) -> DateTime<Utc> {
 /// that is not UTF-8 is kept as `{"base64": ...}` instead of being re-encoded.
 fn headers_to_json(h: &[Header]) -> String {
     use base64::Engine;
-    // Serialized straight from the borrowed headers: building a
-    // `serde_json::Value` first cost an allocation per name and value on the
+    // Serialized straight from the borrowed headers, without a
+    // `serde_json::Value` in between: no allocation per name and value on the
     // writer thread.
     #[derive(serde::Serialize)]
     #[serde(untagged)]
