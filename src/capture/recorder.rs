@@ -46,8 +46,16 @@ pub enum CaptureEvent {
 type Reply = oneshot::Sender<Result<ExchangeId, StoreError>>;
 
 enum Job {
-    /// An exchange to store; `true` when someone waits for its id.
-    Record(Box<Exchange>, Reply, bool),
+    /// An exchange to store.
+    Record {
+        /// The exchange.
+        ex: Box<Exchange>,
+        /// Answered with its id once stored (or why it was not).
+        reply: Reply,
+        /// Someone waits for the id: commit without lingering (see
+        /// [`GROUP_COMMIT_LINGER`]).
+        urgent: bool,
+    },
     /// Store what is queued before this, then stop; answer when done.
     Close(oneshot::Sender<()>),
     /// Find the exchange that answered a relay event, after storing what is
@@ -172,14 +180,18 @@ impl Recorder {
         urgent: bool,
     ) -> oneshot::Receiver<Result<ExchangeId, StoreError>> {
         let (reply, rx) = oneshot::channel();
-        match self.tx.try_send(Job::Record(Box::new(ex), reply, urgent)) {
+        match self.tx.try_send(Job::Record {
+            ex: Box::new(ex),
+            reply,
+            urgent,
+        }) {
             Ok(()) => {}
             Err(e) => {
                 let (job, err) = match e {
                     mpsc::error::TrySendError::Full(j) => (j, StoreError::QueueFull),
                     mpsc::error::TrySendError::Closed(j) => (j, StoreError::Closed),
                 };
-                if let Job::Record(mut ex, reply, _) = job {
+                if let Job::Record { mut ex, reply, .. } = job {
                     fill_event(&mut ex, false);
                     let mut summary = ex.summary();
                     summary.id = 0;
@@ -246,7 +258,7 @@ fn writer(mut store: Store, mut rx: mpsc::Receiver<Job>, events: broadcast::Send
         let mut batch = Vec::new();
         let mut lookups = Vec::new();
         let mut push = |job: Job, batch: &mut Vec<(Box<Exchange>, Reply)>| match job {
-            Job::Record(ex, reply, _) => batch.push((ex, reply)),
+            Job::Record { ex, reply, .. } => batch.push((ex, reply)),
             Job::Close(done) => closing = Some(done),
             Job::Lookup(id, reply) => lookups.push((id, reply)),
         };
@@ -260,7 +272,7 @@ fn writer(mut store: Store, mut rx: mpsc::Receiver<Job>, events: broadcast::Send
         // On close, also drain what is still queued (it was accepted).
         if closing.is_some() {
             while let Ok(job) = rx.try_recv() {
-                if let Job::Record(ex, reply, _) = job {
+                if let Job::Record { ex, reply, .. } = job {
                     batch.push((ex, reply));
                 }
                 if batch.len() >= MAX_BATCH {
@@ -279,7 +291,7 @@ fn writer(mut store: Store, mut rx: mpsc::Receiver<Job>, events: broadcast::Send
     // Stop accepting: later `record` calls see Closed.
     rx.close();
     while let Ok(job) = rx.try_recv() {
-        if let Job::Record(ex, reply, _) = job {
+        if let Job::Record { ex, reply, .. } = job {
             store_batch(&mut store, vec![(ex, reply)], &events);
         }
     }
@@ -293,7 +305,7 @@ fn writer(mut store: Store, mut rx: mpsc::Receiver<Job>, events: broadcast::Send
 /// [`GROUP_COMMIT_LINGER`]).
 fn is_urgent(job: &Job) -> bool {
     match job {
-        Job::Record(_, _, urgent) => *urgent,
+        Job::Record { urgent, .. } => *urgent,
         Job::Close(_) | Job::Lookup(..) => true,
     }
 }

@@ -1,0 +1,621 @@
+//! SQLite-backed capture store: owns `capture.db` (WAL mode), the schema and
+//! its migrations, body files under `bodies/`, retention, and orphan cleanup.
+//!
+//! Layout (users may open `capture.db` with `sqlite3`):
+//! - `exchanges`: one small row per exchange (everything a list row needs,
+//!   plus body lengths and file names). `list()` reads only this table, so
+//!   listing never touches header or body bytes.
+//! - `payloads`: headers (JSON) and inline bodies (raw BLOBs) keyed by
+//!   exchange id, read only by `get()`.
+//! - Bodies larger than [`INLINE_BODY_MAX`] live in `bodies/<name>` files. A
+//!   file is written completely *before* the transaction that references it
+//!   commits, so a crash leaves at worst an unreferenced file, which the next
+//!   writer `open()` deletes.
+//!
+//! Durability relies on SQLite transactions only (WAL, `synchronous=NORMAL`):
+//! a `kill -9` at any moment loses at most the uncommitted batch and the
+//! database opens without repair. Like the WAL under `synchronous=NORMAL`,
+//! body files are not synced one by one (waiting for a sync per body, the
+//! single writer could not keep up with one sender of large bodies): they
+//! survive a crash of whtunnel and the kernel writes them out within
+//! seconds; a power loss in that window can leave a recent body file short
+//! or empty, never a database that will not open.
+//!
+//! The open/read/write API lives here; `schema` owns the migrations,
+//! `bodies` where body bytes go (inline, files, the pool of freed files),
+//! and `retention` the count and byte limits.
+
+mod bodies;
+mod retention;
+mod schema;
+#[cfg(test)]
+pub(crate) mod tests;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
+
+use super::model::{
+    Exchange, ExchangeId, ExchangeSummary, Header, RecordedRequest, RecordedResponse,
+};
+use bodies::{create_private_dir, Prepared, FREE_DIR};
+use retention::Totals;
+
+pub use bodies::read_body;
+
+/// Bodies up to this many kept bytes are stored inline in SQLite; larger ones
+/// go to files under `bodies/` so the database stays small and fast. (Inline,
+/// a 256 KiB body is 64 overflow pages written to the WAL and again by the
+/// checkpoint; as a file it is one `write`.)
+pub const INLINE_BODY_MAX: usize = 64 * 1024;
+
+/// File name of the database inside the data directory.
+pub const DB_FILE: &str = "capture.db";
+
+/// Errors from the capture store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The underlying database failed.
+    #[error("capture store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A filesystem operation failed.
+    #[error("capture store: {0}")]
+    Io(#[from] std::io::Error),
+    /// The recorder's queue was full; the exchange was forwarded but not stored.
+    #[error("capture store: recorder queue full, exchange not stored")]
+    QueueFull,
+    /// The recorder has stopped; nothing more can be stored.
+    #[error("capture store: recorder closed")]
+    Closed,
+    /// Storing failed inside the recorder (the original error, as text, since
+    /// errors are not clonable and one failure may answer several callers).
+    #[error("capture store: {0}")]
+    Failed(String),
+    /// The database was written by a newer whtunnel (unknown schema version).
+    #[error("capture store: database schema version {found} is newer than this whtunnel supports ({supported}); upgrade whtunnel")]
+    TooNew {
+        /// Version found in the file.
+        found: i64,
+        /// Highest version this build knows.
+        supported: i64,
+    },
+    /// Writing through a reader handle (see [`Store::open_reader`]).
+    #[error("capture store: opened read-only")]
+    ReadOnly,
+}
+
+/// Where the store lives and how much it may keep.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Data directory; the database is `capture.db` inside it.
+    pub dir: PathBuf,
+    /// Keep at most this many exchanges (oldest deleted first).
+    pub max_exchanges: u64,
+    /// Keep at most this many body bytes in total (oldest deleted first).
+    pub max_bytes: u64,
+}
+
+impl StoreConfig {
+    /// Most exchanges kept by default.
+    pub const DEFAULT_MAX_EXCHANGES: u64 = 10_000;
+    /// Most body bytes kept by default.
+    pub const DEFAULT_MAX_BYTES: u64 = crate::units::GIB;
+
+    /// Defaults: 10,000 exchanges, 1 GiB.
+    pub fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            max_exchanges: Self::DEFAULT_MAX_EXCHANGES,
+            max_bytes: Self::DEFAULT_MAX_BYTES,
+        }
+    }
+}
+
+/// Which exchanges to list.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// At most this many rows (newest first); `None` for all.
+    pub limit: Option<usize>,
+}
+
+/// An open capture store.
+pub struct Store {
+    conn: Connection,
+    dir: PathBuf,
+    bodies_dir: PathBuf,
+    config: StoreConfig,
+    read_only: bool,
+    /// Count and body bytes of the stored exchanges as of our last commit,
+    /// so that retention does not scan the table on every batch.
+    totals: Option<Totals>,
+    /// Body files retention freed, emptied, oldest first, waiting to be
+    /// reused by new bodies (see [`FREE_POOL_MAX`]). Only the primary writer
+    /// keeps one.
+    free: std::cell::RefCell<std::collections::VecDeque<PathBuf>>,
+    /// Opened with [`Store::open`] (the agent's store): it alone enforces
+    /// retention and pools freed files.
+    primary: bool,
+}
+
+/// Fixed-width RFC 3339 text so that text order is time order in SQL.
+fn fmt_time(t: &DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+fn parse_time(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.fZ").map(|n| n.and_utc()))
+        .unwrap_or_default()
+}
+
+/// Headers as JSON text: readable in `sqlite3`, and still exact because a value
+/// that is not UTF-8 is kept as `{"base64": ...}` instead of being re-encoded.
+fn headers_to_json(h: &[Header]) -> String {
+    use base64::Engine;
+    // Serialized straight from the borrowed headers, without a
+    // `serde_json::Value` in between: no allocation per name and value on the
+    // writer thread.
+    #[derive(serde::Serialize)]
+    #[serde(untagged)]
+    enum Value<'a> {
+        Text(&'a str),
+        Bytes { base64: String },
+    }
+    let pairs: Vec<(&str, Value)> = h
+        .iter()
+        .map(|(n, v)| {
+            let v = match std::str::from_utf8(v) {
+                Ok(s) => Value::Text(s),
+                Err(_) => Value::Bytes {
+                    base64: base64::engine::general_purpose::STANDARD.encode(v),
+                },
+            };
+            (n.as_str(), v)
+        })
+        .collect();
+    serde_json::to_string(&pairs).expect("strings always serialize")
+}
+
+fn headers_from_json(s: &str) -> Vec<Header> {
+    use base64::Engine;
+    let Ok(serde_json::Value::Array(arr)) = serde_json::from_str::<serde_json::Value>(s) else {
+        return Vec::new();
+    };
+    arr.into_iter()
+        .filter_map(|pair| {
+            let name = pair.get(0)?.as_str()?.to_owned();
+            let value = match pair.get(1)? {
+                serde_json::Value::String(s) => s.clone().into_bytes(),
+                v => base64::engine::general_purpose::STANDARD
+                    .decode(v.get("base64")?.as_str()?)
+                    .ok()?,
+            };
+            Some((name, value))
+        })
+        .collect()
+}
+
+/// True for failures of the database as a whole rather than of one row.
+fn is_environmental(e: &StoreError) -> bool {
+    use rusqlite::ErrorCode::*;
+    match e {
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => matches!(
+            f.code,
+            DatabaseBusy
+                | DatabaseLocked
+                | DiskFull
+                | SystemIoFailure
+                | ReadOnly
+                | CannotOpen
+                | OutOfMemory
+                | DatabaseCorrupt
+                | NotADatabase
+        ),
+        StoreError::Io(_) => true,
+        _ => false,
+    }
+}
+
+impl Store {
+    /// Opens (creating and migrating if needed) the store in `config.dir`.
+    ///
+    /// This is the writer's open: it also deletes body files no row refers to
+    /// (left by a crash between writing a file and committing its row) and
+    /// empties the tee's spill directory. Open one writer per data dir.
+    pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        let mut store = Self::open_inner(config, false)?;
+        store.clean_orphans()?;
+        store.primary = true;
+        Ok(store)
+    }
+
+    /// Opens a writer that leaves orphan cleanup and retention to the primary
+    /// writer, for short-lived commands (`whtunnel replay`) that may run while
+    /// an agent writes to the same data dir: cleaning up could delete a body
+    /// file the agent has written but not yet committed, and this command does
+    /// not know the agent's `--keep-*` limits (with the defaults it would trim
+    /// a store the agent keeps larger). The agent's next commit applies its
+    /// own limits.
+    pub fn open_secondary(config: &StoreConfig) -> Result<Self, StoreError> {
+        Self::open_inner(config, false)
+    }
+
+    /// Opens a second handle on the same data dir for readers (the CLI and the
+    /// inspector read while the agent writes; WAL lets them). Creates and
+    /// migrates the database if it does not exist yet, but never deletes files
+    /// and refuses [`Store::insert`].
+    pub fn open_reader(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_inner(&StoreConfig::new(dir.to_path_buf()), true)
+    }
+
+    fn open_inner(config: &StoreConfig, read_only: bool) -> Result<Self, StoreError> {
+        let dir = config.dir.clone();
+        create_private_dir(&dir)?;
+        let bodies_dir = dir.join("bodies");
+        create_private_dir(&bodies_dir)?;
+        if !read_only {
+            create_private_dir(&dir.join(FREE_DIR))?;
+        }
+        let db_path = dir.join(DB_FILE);
+        if !db_path.exists() {
+            // Create the file ourselves so it gets 0600; SQLite gives the -wal
+            // and -shm files the database file's permissions.
+            let mut o = fs::OpenOptions::new();
+            o.write(true).create(true).truncate(false);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                o.mode(0o600);
+            }
+            o.open(&db_path)?;
+        }
+        let conn = Connection::open_with_flags(
+            &db_path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        // Readers and the writer share the file: wait instead of failing.
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!("capture store: journal_mode is {mode}, not WAL");
+        }
+        // NORMAL is safe against process crashes in WAL mode; only a power
+        // loss may drop the last transactions.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // Checkpoint every ~16 MiB of WAL instead of 4 MiB: the pages every
+        // commit rewrites (the tables' last leaves, page 1) are then copied
+        // into the database once per checkpoint instead of four times.
+        conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let mut store = Self {
+            conn,
+            dir,
+            bodies_dir,
+            config: config.clone(),
+            read_only,
+            totals: None,
+            free: Default::default(),
+            primary: false,
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Path of the database file.
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.join(DB_FILE)
+    }
+
+    /// Directory where spilled bodies are kept.
+    pub fn bodies_dir(&self) -> &Path {
+        &self.bodies_dir
+    }
+
+    /// Where the tee should spill large bodies while they stream: inside the
+    /// data dir so adopting a file is a rename, emptied by the writer's open.
+    pub fn spill_dir(&self) -> PathBuf {
+        self.dir.join("spill")
+    }
+
+    /// Stores one exchange and returns its id.
+    pub fn insert(&mut self, ex: &Exchange) -> Result<ExchangeId, StoreError> {
+        let mut ids = self.insert_batch(std::slice::from_ref(ex))?;
+        ids.pop()
+            .ok_or_else(|| StoreError::Failed("no id returned".into()))
+            .and_then(|r| r)
+    }
+
+    /// Stores several exchanges, in one transaction when possible (what makes
+    /// the recorder fast). Returns one result per exchange, in order: if the
+    /// batch fails as a whole, each exchange is retried on its own so one bad
+    /// exchange cannot lose the others. Retention runs once at the end.
+    pub fn insert_batch(
+        &mut self,
+        exs: &[Exchange],
+    ) -> Result<Vec<Result<ExchangeId, StoreError>>, StoreError> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly);
+        }
+        // Files first: they must be in place before any row points at them.
+        let prepared: Vec<Result<Prepared, StoreError>> =
+            exs.iter().map(|ex| self.prepare(ex)).collect();
+
+        let all_ok = prepared.iter().all(|p| p.is_ok());
+        let mut results: Vec<Result<ExchangeId, StoreError>> = Vec::with_capacity(exs.len());
+        let mut removed = Vec::new();
+        let batch = if all_ok {
+            self.write_rows(exs, &prepared, &mut removed)
+        } else {
+            Err(StoreError::Failed("batch has a failed body".into()))
+        };
+        match batch {
+            Ok(ids) => results.extend(ids.into_iter().map(Ok)),
+            // The database itself is unusable right now (disk full, locked,
+            // I/O error): retrying one by one would only fail slower.
+            Err(e) if is_environmental(&e) => {
+                for p in prepared.iter().flatten() {
+                    for f in p.files() {
+                        let _ = fs::remove_file(self.bodies_dir.join(f));
+                    }
+                }
+                let msg = e.to_string();
+                results.extend(exs.iter().map(|_| Err(StoreError::Failed(msg.clone()))));
+                return Ok(results);
+            }
+            Err(_) => {
+                removed.clear();
+                for (ex, prep) in exs.iter().zip(prepared.iter()) {
+                    let r = match prep {
+                        Err(e) => Err(StoreError::Failed(e.to_string())),
+                        Ok(_) => {
+                            let one = std::slice::from_ref(ex);
+                            let p = std::slice::from_ref(prep);
+                            match self.write_rows(one, p, &mut removed) {
+                                Ok(mut ids) => Ok(ids.remove(0)),
+                                Err(e) => {
+                                    if let Ok(p) = prep {
+                                        for f in p.files() {
+                                            let _ = fs::remove_file(self.bodies_dir.join(f));
+                                        }
+                                    }
+                                    Err(e)
+                                }
+                            }
+                        }
+                    };
+                    results.push(r);
+                }
+            }
+        }
+        // Only after the commit: a crash before this leaves orphans, which
+        // the next open deletes; never a row pointing at a missing file.
+        for f in removed {
+            self.retire_body_file(&f);
+        }
+        Ok(results)
+    }
+
+    /// One transaction: the rows, then retention. Adds to `removed` the files
+    /// of the rows it deleted, once the transaction has committed.
+    fn write_rows(
+        &mut self,
+        exs: &[Exchange],
+        prepared: &[Result<Prepared, StoreError>],
+        removed: &mut Vec<String>,
+    ) -> Result<Vec<ExchangeId>, StoreError> {
+        // A failed transaction leaves the cache alone: it is only replaced
+        // after a commit.
+        let tx = self.conn.transaction()?;
+        let mut ids = Vec::with_capacity(exs.len());
+        let mut added_bytes = 0u64;
+        {
+            let mut ins_ex = tx.prepare_cached(
+                "INSERT INTO exchanges (received_at, method, path, target, remote_addr, status,
+                    duration_ms, error, event, replay_of, relay_event_id, has_response,
+                    req_body_len, req_body_kept, req_truncated, req_body_file,
+                    resp_body_len, resp_body_kept, resp_truncated, resp_body_file, body_bytes)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                    ?17, ?18, ?19, ?20, ?21)",
+            )?;
+            let mut ins_payload = tx.prepare_cached(
+                "INSERT INTO payloads (exchange_id, req_headers, resp_headers, req_body, resp_body)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for (ex, prep) in exs.iter().zip(prepared) {
+                let prep = prep
+                    .as_ref()
+                    .map_err(|e| StoreError::Failed(e.to_string()))?;
+                let (q, s) = (&prep.req, &prep.resp);
+                ins_ex.execute(params![
+                    fmt_time(&ex.received_at),
+                    ex.request.method,
+                    ex.request.path,
+                    ex.target,
+                    ex.remote_addr,
+                    ex.response.as_ref().map(|r| r.status),
+                    ex.duration_ms,
+                    ex.error,
+                    ex.event,
+                    ex.replay_of,
+                    ex.relay_event_id,
+                    ex.response.is_some(),
+                    q.total_len as i64,
+                    q.kept as i64,
+                    q.truncated,
+                    q.file,
+                    s.total_len as i64,
+                    s.kept as i64,
+                    s.truncated,
+                    s.file,
+                    (q.kept + s.kept) as i64,
+                ])?;
+                added_bytes += q.kept + s.kept;
+                let id = tx.last_insert_rowid();
+                ins_payload.execute(params![
+                    id,
+                    headers_to_json(&ex.request.headers),
+                    ex.response.as_ref().map(|r| headers_to_json(&r.headers)),
+                    q.inline.as_deref(),
+                    s.inline.as_deref(),
+                ])?;
+                ids.push(id);
+            }
+        }
+        let before = Totals::after_insert(&tx, self.totals, exs.len() as u64, added_bytes)?;
+        // Files of deleted rows are handed out only after the commit: a
+        // rolled-back deletion leaves its rows, and their files, in place.
+        let mut freed = Vec::new();
+        let after = if self.primary {
+            Self::enforce_retention(&tx, &self.config, before, &mut freed)?
+        } else {
+            before
+        };
+        tx.commit()?;
+        self.totals = Some(after);
+        removed.append(&mut freed);
+        Ok(ids)
+    }
+
+    const SUMMARY_COLS: &'static str = "id, received_at, method, path, status, duration_ms, \
+        event, replay_of, req_body_len, resp_body_len, error";
+
+    fn summary_from_row(r: &Row<'_>) -> rusqlite::Result<ExchangeSummary> {
+        Ok(ExchangeSummary {
+            id: r.get(0)?,
+            received_at: parse_time(&r.get::<_, String>(1)?),
+            method: r.get(2)?,
+            path: r.get(3)?,
+            status: r.get(4)?,
+            duration_ms: r.get(5)?,
+            event: r.get(6)?,
+            replay_of: r.get(7)?,
+            request_size: r.get::<_, i64>(8)? as u64,
+            response_size: r.get::<_, i64>(9)? as u64,
+            error: r.get(10)?,
+        })
+    }
+
+    /// Lists exchanges, newest first (by received time, then id). Reads only
+    /// the small `exchanges` table: never headers or bodies.
+    pub fn list(&self, q: &ListQuery) -> Result<Vec<ExchangeSummary>, StoreError> {
+        let limit = q.limit.map_or(-1, |l| l as i64);
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {} FROM exchanges ORDER BY received_at DESC, id DESC LIMIT ?1",
+            Self::SUMMARY_COLS
+        ))?;
+        let rows = stmt.query_map([limit], Self::summary_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The summary of one exchange, without headers or bodies.
+    pub fn summary(&self, id: ExchangeId) -> Result<Option<ExchangeSummary>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {} FROM exchanges WHERE id = ?1",
+            Self::SUMMARY_COLS
+        ))?;
+        Ok(stmt.query_row([id], Self::summary_from_row).optional()?)
+    }
+
+    /// The newest exchange recorded for a relay held-event id (dedup: an
+    /// event delivered twice by the relay is recognisable).
+    pub fn find_by_relay_event(&self, id: &str) -> Result<Option<ExchangeSummary>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {} FROM exchanges WHERE relay_event_id = ?1 ORDER BY id DESC LIMIT 1",
+            Self::SUMMARY_COLS
+        ))?;
+        Ok(stmt.query_row([id], Self::summary_from_row).optional()?)
+    }
+
+    /// Number of stored exchanges.
+    pub fn count(&self) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM exchanges", [], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
+    /// Total body bytes kept (inline and files), what `max_bytes` limits.
+    pub fn total_body_bytes(&self) -> Result<u64, StoreError> {
+        let n: i64 = self.conn.query_row(
+            "SELECT COALESCE(SUM(body_bytes), 0) FROM exchanges",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
+    /// Loads one exchange with headers and bodies. Small bodies come back as
+    /// [`BodyData::Memory`](super::BodyData::Memory); spilled ones as
+    /// [`BodyData::File`](super::BodyData::File) pointing into
+    /// `bodies/` (read them with [`read_body`]; retention may delete the file
+    /// later, so treat a missing file as "no longer available").
+    pub fn get(&self, id: ExchangeId) -> Result<Option<Exchange>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT e.id, e.received_at, e.method, e.path, e.target, e.remote_addr, e.status,
+                    e.duration_ms, e.error, e.event, e.replay_of, e.relay_event_id, e.has_response,
+                    e.req_body_len, e.req_truncated, e.req_body_file,
+                    e.resp_body_len, e.resp_truncated, e.resp_body_file,
+                    p.req_headers, p.resp_headers, p.req_body, p.resp_body
+             FROM exchanges e LEFT JOIN payloads p ON p.exchange_id = e.id
+             WHERE e.id = ?1",
+        )?;
+        let ex = stmt
+            .query_row([id], |r| {
+                let has_response: bool = r.get(12)?;
+                let req_body = self.body_from(r.get(21)?, r.get(15)?, r.get(13)?, r.get(14)?);
+                let response = if has_response {
+                    Some(RecordedResponse {
+                        status: r.get::<_, Option<u16>>(6)?.unwrap_or(0),
+                        headers: r
+                            .get::<_, Option<String>>(20)?
+                            .map(|s| headers_from_json(&s))
+                            .unwrap_or_default(),
+                        body: self.body_from(r.get(22)?, r.get(18)?, r.get(16)?, r.get(17)?),
+                    })
+                } else {
+                    None
+                };
+                Ok(Exchange {
+                    id: Some(r.get(0)?),
+                    received_at: parse_time(&r.get::<_, String>(1)?),
+                    target: r.get(4)?,
+                    remote_addr: r.get(5)?,
+                    request: RecordedRequest {
+                        method: r.get(2)?,
+                        path: r.get(3)?,
+                        headers: r
+                            .get::<_, Option<String>>(19)?
+                            .map(|s| headers_from_json(&s))
+                            .unwrap_or_default(),
+                        body: req_body,
+                    },
+                    response,
+                    duration_ms: r.get(7)?,
+                    error: r.get(8)?,
+                    event: r.get(9)?,
+                    replay_of: r.get(10)?,
+                    relay_event_id: r.get(11)?,
+                })
+            })
+            .optional()?;
+        Ok(ex)
+    }
+
+    /// Runs `PRAGMA integrity_check` and returns its first line (`"ok"` when
+    /// the database is sound).
+    pub fn integrity_check(&self) -> Result<String, StoreError> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    }
+}

@@ -1,0 +1,90 @@
+//! The database schema: the [`MIGRATIONS`] list and applying it on open.
+//!
+//! The list only grows: a store written by any earlier whtunnel must open and
+//! read right, so a shipped migration is never edited, only followed by new
+//! ones.
+
+use super::{Store, StoreError};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` counts how many
+/// have been applied. Append only: never edit a shipped entry.
+pub(super) const MIGRATIONS: &[&str] = &[
+    // 1: initial schema.
+    r#"
+    CREATE TABLE exchanges (
+        id               INTEGER PRIMARY KEY AUTOINCREMENT,
+        received_at      TEXT    NOT NULL,  -- RFC 3339 UTC, fixed width: sorts as text
+        method           TEXT    NOT NULL,
+        path             TEXT    NOT NULL,
+        target           TEXT    NOT NULL,
+        remote_addr      TEXT,
+        status           INTEGER,
+        duration_ms      REAL    NOT NULL,
+        error            TEXT,
+        event            TEXT,
+        replay_of        INTEGER,
+        relay_event_id   TEXT,
+        has_response     INTEGER NOT NULL,
+        req_body_len     INTEGER NOT NULL,  -- bytes that streamed through
+        req_body_kept    INTEGER NOT NULL,  -- bytes stored
+        req_truncated    INTEGER NOT NULL,
+        req_body_file    TEXT,              -- name under bodies/, when spilled
+        resp_body_len    INTEGER NOT NULL,
+        resp_body_kept   INTEGER NOT NULL,
+        resp_truncated   INTEGER NOT NULL,
+        resp_body_file   TEXT,
+        body_bytes       INTEGER NOT NULL   -- req_body_kept + resp_body_kept, for retention
+    );
+    CREATE INDEX exchanges_received_at ON exchanges(received_at, id);
+    CREATE INDEX exchanges_relay_event ON exchanges(relay_event_id)
+        WHERE relay_event_id IS NOT NULL;
+    CREATE TABLE payloads (
+        exchange_id   INTEGER PRIMARY KEY REFERENCES exchanges(id) ON DELETE CASCADE,
+        req_headers   TEXT NOT NULL,   -- JSON [[name, value], ...]; non-UTF-8 values as {"base64": ..}
+        resp_headers  TEXT,
+        req_body      BLOB,            -- raw bytes when inline
+        resp_body     BLOB
+    );
+    "#,
+];
+
+impl Store {
+    pub(super) fn migrate(&mut self) -> Result<(), StoreError> {
+        let supported = MIGRATIONS.len() as i64;
+        let current = self.schema_version()?;
+        if current > supported {
+            return Err(StoreError::TooNew {
+                found: current,
+                supported,
+            });
+        }
+        if current == supported {
+            return Ok(());
+        }
+        // IMMEDIATE: two processes opening a fresh dir at once must not both
+        // run the migrations; the second re-reads the version under the lock.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut v: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        while v < supported {
+            tx.execute_batch(MIGRATIONS[v as usize])?;
+            v += 1;
+        }
+        tx.pragma_update(None, "user_version", v)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The schema version recorded in the database (`PRAGMA user_version`).
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    /// The newest schema version this build knows.
+    pub fn latest_schema_version() -> i64 {
+        MIGRATIONS.len() as i64
+    }
+}

@@ -1,0 +1,600 @@
+//! Tests of the capture store as a whole: round trips, retention, the file
+//! pool, crash safety, migrations and readers.
+
+use std::collections::HashSet;
+
+use super::bodies::{FREE_DIR, FREE_POOL_MAX};
+use super::schema::MIGRATIONS;
+use super::*;
+use crate::capture::model::{BodyData, CapturedBody};
+use chrono::TimeZone;
+
+/// The stored header format is what `sqlite3` users and older
+/// versions read: `[[name, value], ...]`, `{"base64": ..}` for bytes that
+/// are not UTF-8.
+#[test]
+fn headers_are_stored_in_the_documented_json_shape() {
+    let headers: Vec<Header> = vec![
+        ("content-type".into(), b"application/json".to_vec()),
+        ("x-quote".into(), br#"a "b" \ c"#.to_vec()),
+        ("x-raw".into(), vec![0xff, 0x00, 0x41]),
+    ];
+    let json = headers_to_json(&headers);
+    assert_eq!(
+        json,
+        r#"[["content-type","application/json"],["x-quote","a \"b\" \\ c"],["x-raw",{"base64":"/wBB"}]]"#
+    );
+    assert_eq!(headers_from_json(&json), headers);
+    assert_eq!(headers_to_json(&[]), "[]");
+}
+
+/// A representative exchange with a body of `req` bytes.
+pub(crate) fn sample(req: &[u8]) -> Exchange {
+    Exchange {
+        id: None,
+        received_at: Utc::now(),
+        target: "http://localhost:3000".into(),
+        remote_addr: Some("203.0.113.7:5555".into()),
+        request: RecordedRequest {
+            method: "POST".into(),
+            path: "/hooks?key=0123".into(),
+            headers: vec![
+                ("Content-Type".into(), b"application/json".to_vec()),
+                ("X-Dup".into(), b"one".to_vec()),
+                ("Host".into(), b"example.test".to_vec()),
+                ("X-Dup".into(), b"two".to_vec()),
+            ],
+            body: CapturedBody::from_bytes(req.to_vec()),
+        },
+        response: Some(RecordedResponse {
+            status: 200,
+            headers: vec![("content-type".into(), b"text/plain".to_vec())],
+            body: CapturedBody::from_bytes(&b"ok"[..]),
+        }),
+        duration_ms: 12.5,
+        error: None,
+        event: None,
+        replay_of: None,
+        relay_event_id: None,
+    }
+}
+
+fn open(dir: &Path) -> Store {
+    Store::open(&StoreConfig::new(dir.to_path_buf())).unwrap()
+}
+
+#[test]
+fn round_trip_binary_and_utf8_bodies_and_headers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = open(tmp.path());
+    let binary: Vec<u8> = (0..=255u8).cycle().take(5000).collect();
+    let mut ex = sample(&binary);
+    ex.received_at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap()
+        + chrono::Duration::microseconds(123_456);
+    ex.request
+        .headers
+        .push(("X-Raw".into(), vec![0xff, 0x00, b'a', 0x80]));
+    ex.replay_of = Some(41);
+    ex.relay_event_id = Some("evt-1".into());
+    ex.error = Some("boom".into());
+    ex.event = Some("consent.created".into());
+    let id = s.insert(&ex).unwrap();
+    let got = s.get(id).unwrap().unwrap();
+    let mut want = ex.clone();
+    want.id = Some(id);
+    assert_eq!(got, want);
+    assert_eq!(read_body(&got.request.body).unwrap(), &binary[..]);
+
+    // UTF-8 (with multi-byte characters and a trailing newline) exact too.
+    let text = "{\"type\":\"ünïcödé ✓\"}\n".as_bytes();
+    let id2 = s.insert(&sample(text)).unwrap();
+    let got2 = s.get(id2).unwrap().unwrap();
+    assert_eq!(read_body(&got2.request.body).unwrap(), text);
+    let names: Vec<_> = got2.request.headers.iter().map(|h| h.0.as_str()).collect();
+    assert_eq!(names, ["Content-Type", "X-Dup", "Host", "X-Dup"]);
+    assert_eq!(got2.request.headers[1].1, b"one");
+    assert_eq!(got2.request.headers[3].1, b"two");
+    assert!(s.get(9999).unwrap().is_none());
+}
+
+#[test]
+fn exchange_without_response_and_empty_body() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = open(tmp.path());
+    let mut ex = sample(b"");
+    ex.response = None;
+    ex.error = Some("connection refused".into());
+    let id = s.insert(&ex).unwrap();
+    let got = s.get(id).unwrap().unwrap();
+    assert!(got.response.is_none());
+    assert_eq!(got.request.body, CapturedBody::default());
+    let row = &s.list(&ListQuery::default()).unwrap()[0];
+    assert_eq!(row.status, None);
+    assert_eq!(row.error.as_deref(), Some("connection refused"));
+}
+
+#[test]
+fn large_bodies_go_to_files_and_tee_files_are_adopted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = open(tmp.path());
+    let big: Vec<u8> = (0..INLINE_BODY_MAX as u32 + 10)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let id = s.insert(&sample(&big)).unwrap();
+    let got = s.get(id).unwrap().unwrap();
+    let BodyData::File(p) = &got.request.body.data else {
+        panic!("expected a file body, got {:?}", got.request.body.data);
+    };
+    assert!(p.starts_with(s.bodies_dir()));
+    assert_eq!(fs::read(p).unwrap(), big);
+
+    // A spilled tee file is moved (not copied) into bodies/.
+    fs::create_dir_all(s.spill_dir()).unwrap();
+    let spilled = s.spill_dir().join("x.spill");
+    fs::write(&spilled, &big).unwrap();
+    let mut ex = sample(b"");
+    ex.request.body = CapturedBody {
+        data: BodyData::File(spilled.clone()),
+        total_len: big.len() as u64 + 100,
+        truncated: true,
+    };
+    let id = s.insert(&ex).unwrap();
+    assert!(!spilled.exists());
+    let got = s.get(id).unwrap().unwrap();
+    assert_eq!(read_body(&got.request.body).unwrap(), &big[..]);
+    assert_eq!(got.request.body.total_len, big.len() as u64 + 100);
+    assert!(got.request.body.truncated);
+    assert_eq!(
+        s.total_body_bytes().unwrap(),
+        2 * big.len() as u64 + 2 * 2 // + the two "ok" responses
+    );
+}
+
+#[test]
+fn list_is_newest_first_and_never_reads_payloads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = open(tmp.path());
+    let t0 = Utc::now();
+    // Stored out of order: listing follows received time, not id.
+    for (i, secs) in [(0, 10), (1, 30), (2, 20)] {
+        let mut ex = sample(format!("body {i}").as_bytes());
+        ex.received_at = t0 + chrono::Duration::seconds(secs);
+        ex.request.path = format!("/{i}");
+        s.insert(&ex).unwrap();
+    }
+    // Proof that list() does not touch headers or bodies: drop them.
+    s.conn.execute_batch("DROP TABLE payloads").unwrap();
+    let rows = s.list(&ListQuery::default()).unwrap();
+    let paths: Vec<_> = rows.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, ["/1", "/2", "/0"]);
+    assert_eq!(rows[0].request_size, 6);
+    assert_eq!(rows[0].response_size, 2);
+    assert_eq!(rows[0].status, Some(200));
+    let two = s.list(&ListQuery { limit: Some(2) }).unwrap();
+    assert_eq!(two.len(), 2);
+    assert_eq!(two[0].path, "/1");
+}
+
+#[test]
+fn retention_by_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = StoreConfig::new(tmp.path().to_path_buf());
+    cfg.max_exchanges = 5;
+    let mut s = Store::open(&cfg).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        ids.push(s.insert(&sample(format!("{i}").as_bytes())).unwrap());
+    }
+    assert_eq!(s.count().unwrap(), 5);
+    let kept: Vec<_> = s
+        .list(&ListQuery::default())
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    let mut want = ids[7..].to_vec();
+    want.reverse();
+    assert_eq!(kept, want);
+    assert!(s.get(ids[0]).unwrap().is_none());
+    // Payload rows go with their exchange.
+    let payloads: i64 = s
+        .conn
+        .query_row("SELECT COUNT(*) FROM payloads", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(payloads, 5);
+}
+
+#[test]
+fn retention_counts_what_another_writer_added() {
+    // The writer caches its totals between batches; a second writer (what
+    // `whtunnel replay` opens) and a manual delete must not fool it.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = StoreConfig::new(tmp.path().to_path_buf());
+    cfg.max_exchanges = 4;
+    let mut s = Store::open(&cfg).unwrap();
+    let mut other = Store::open_secondary(&cfg).unwrap();
+    for i in 0..3 {
+        s.insert(&sample(format!("{i}").as_bytes())).unwrap();
+    }
+    for i in 0..3 {
+        other.insert(&sample(format!("o{i}").as_bytes())).unwrap();
+    }
+    // A secondary writer leaves retention to the primary.
+    assert_eq!(other.count().unwrap(), 6);
+    s.insert(&sample(b"x")).unwrap();
+    assert_eq!(s.count().unwrap(), 4, "the cache missed the other writer");
+    other.conn.execute_batch("DELETE FROM exchanges").unwrap();
+    for i in 0..4 {
+        s.insert(&sample(format!("y{i}").as_bytes())).unwrap();
+    }
+    assert_eq!(s.count().unwrap(), 4, "the cache missed the delete");
+    assert_eq!(s.totals.unwrap().count, 4);
+    assert_eq!(s.totals.unwrap().bytes, s.total_body_bytes().unwrap());
+}
+
+#[test]
+fn retention_by_bytes_removes_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = StoreConfig::new(tmp.path().to_path_buf());
+    let body = vec![7u8; INLINE_BODY_MAX + 1]; // spilled to a file each
+    cfg.max_bytes = 3 * (body.len() as u64 + 2) + 10; // room for three
+    let mut s = Store::open(&cfg).unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(s.insert(&sample(&body)).unwrap());
+    }
+    assert_eq!(s.count().unwrap(), 3);
+    assert!(s.total_body_bytes().unwrap() <= cfg.max_bytes);
+    let files = fs::read_dir(s.bodies_dir()).unwrap().count();
+    assert_eq!(files, 3, "files of deleted exchanges must be removed");
+    for id in &ids[3..] {
+        let ex = s.get(*id).unwrap().unwrap();
+        assert_eq!(read_body(&ex.request.body).unwrap().len(), body.len());
+    }
+    assert!(s.get(ids[2]).unwrap().is_none());
+}
+
+#[test]
+fn a_body_shared_with_a_replay_is_never_overwritten() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = StoreConfig::new(tmp.path().to_path_buf());
+    let big = INLINE_BODY_MAX + 100;
+    cfg.max_bytes = 3 * (big as u64 + 2) + 10; // room for three
+    let mut s = Store::open(&cfg).unwrap();
+    let original = vec![b'o'; big];
+    let first = s.insert(&sample(&original)).unwrap();
+    // A replay stores the original's body file again: a hard link.
+    let mut replay = s.get(first).unwrap().unwrap();
+    replay.id = None;
+    replay.replay_of = Some(first);
+    // Newest of all, so retention keeps it to the end.
+    replay.received_at = Utc::now() + chrono::Duration::hours(1);
+    let replay_id = s.insert(&replay).unwrap();
+    // Evict the original, then write enough new bodies to reuse every
+    // freed file.
+    for i in 0..6u8 {
+        s.insert(&sample(&vec![i; big])).unwrap();
+        let ex = s.get(replay_id).unwrap().expect("the replay is kept");
+        assert_eq!(
+            read_body(&ex.request.body).unwrap(),
+            original,
+            "after {i} more bodies"
+        );
+    }
+    assert!(s.get(first).unwrap().is_none(), "the original was evicted");
+}
+
+#[cfg(unix)]
+#[test]
+fn freed_body_files_are_reused_and_cut_to_length() {
+    use std::os::unix::fs::MetadataExt;
+    let inodes = |dir: &Path| -> HashSet<u64> {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().ino())
+            .collect()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = StoreConfig::new(tmp.path().to_path_buf());
+    let big = INLINE_BODY_MAX + 500;
+    cfg.max_bytes = 2 * (big as u64 + 2) + 10; // room for two
+    let mut s = Store::open(&cfg).unwrap();
+    let free_dir = tmp.path().join(FREE_DIR);
+    // Two large bodies, then smaller ones that evict and reuse them.
+    s.insert(&sample(&vec![1u8; big])).unwrap();
+    s.insert(&sample(&vec![2u8; big])).unwrap();
+    let mut ids = Vec::new();
+    let mut reused = 0;
+    for i in 3..9u8 {
+        let pooled = inodes(&free_dir);
+        let body = vec![i; INLINE_BODY_MAX + 1 + i as usize];
+        ids.push((s.insert(&sample(&body)).unwrap(), body));
+        reused += inodes(s.bodies_dir()).intersection(&pooled).count();
+        assert!(fs::read_dir(&free_dir).unwrap().count() <= FREE_POOL_MAX);
+    }
+    assert!(reused >= 4, "freed files were not reused ({reused})");
+    // Every reused file was longer than its new body: cut to length.
+    for (id, body) in &ids[ids.len() - 2..] {
+        let ex = s.get(*id).unwrap().unwrap();
+        assert_eq!(&read_body(&ex.request.body).unwrap()[..], &body[..]);
+    }
+    assert_eq!(fs::read_dir(s.bodies_dir()).unwrap().count(), 2);
+    // Pooled files belong to no exchange: gone when the store closes.
+    assert!(!inodes(&free_dir).is_empty());
+    drop(s);
+    assert_eq!(fs::read_dir(&free_dir).unwrap().count(), 0);
+    let s = Store::open(&cfg).unwrap();
+    assert_eq!(s.count().unwrap(), 2);
+}
+
+#[test]
+fn a_secondary_writer_leaves_retention_to_the_agent() {
+    // `whtunnel replay` opens the store with the default limits; an agent
+    // may keep more. The replay must not trim the agent's store.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut agent_cfg = StoreConfig::new(tmp.path().to_path_buf());
+    agent_cfg.max_exchanges = 50;
+    let mut agent = Store::open(&agent_cfg).unwrap();
+    for i in 0..20 {
+        agent.insert(&sample(format!("{i}").as_bytes())).unwrap();
+    }
+    let mut replay_cfg = StoreConfig::new(tmp.path().to_path_buf());
+    replay_cfg.max_exchanges = 10;
+    let mut replay = Store::open_secondary(&replay_cfg).unwrap();
+    replay.insert(&sample(b"replayed")).unwrap();
+    assert_eq!(replay.count().unwrap(), 21);
+    assert_eq!(fs::read_dir(tmp.path().join(FREE_DIR)).unwrap().count(), 0);
+    // The agent's own limit still holds on its next commit.
+    for i in 0..40 {
+        agent.insert(&sample(format!("a{i}").as_bytes())).unwrap();
+    }
+    assert!(agent.count().unwrap() <= 50);
+}
+
+#[cfg(unix)]
+#[test]
+fn wal_mode_and_private_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("new/data");
+    let mut s = open(&dir);
+    s.insert(&sample(b"x")).unwrap();
+    let mode: String = s
+        .conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let sync: i64 = s
+        .conn
+        .query_row("PRAGMA synchronous", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(sync, 1, "synchronous=NORMAL");
+    let m = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(m(&dir.join(DB_FILE)), 0o600);
+    assert_eq!(m(&dir.join("capture.db-wal")), 0o600);
+    assert_eq!(m(&dir.join("capture.db-shm")), 0o600);
+    assert_eq!(m(&dir), 0o700);
+    assert_eq!(m(&dir.join("bodies")), 0o700);
+    // Body files too.
+    s.insert(&sample(&vec![1u8; INLINE_BODY_MAX + 1])).unwrap();
+    for e in fs::read_dir(s.bodies_dir()).unwrap() {
+        assert_eq!(m(&e.unwrap().path()), 0o600);
+    }
+}
+
+#[test]
+fn migrations_are_versioned_and_idempotent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let id = {
+        let mut s = open(tmp.path());
+        assert_eq!(s.schema_version().unwrap(), Store::latest_schema_version());
+        s.insert(&sample(b"keep me")).unwrap()
+    };
+    // Reopen: no migration re-run (would fail on CREATE TABLE), data kept.
+    let s = open(tmp.path());
+    assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+    assert!(s.get(id).unwrap().is_some());
+    // A newer schema is refused with a clear error instead of misread.
+    s.conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(s);
+    let err = Store::open(&StoreConfig::new(tmp.path().to_path_buf()))
+        .err()
+        .unwrap();
+    assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
+}
+
+#[test]
+fn reader_sees_writer_and_refuses_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w = open(tmp.path());
+    let mut r = Store::open_reader(tmp.path()).unwrap();
+    assert!(r.list(&ListQuery::default()).unwrap().is_empty());
+    let mut ex = sample(b"{}");
+    ex.relay_event_id = Some("held-42".into());
+    let id = w.insert(&ex).unwrap();
+    let found = r.find_by_relay_event("held-42").unwrap().unwrap();
+    assert_eq!(found.id, id);
+    assert!(r.find_by_relay_event("nope").unwrap().is_none());
+    assert_eq!(
+        r.get(id).unwrap().unwrap().relay_event_id.as_deref(),
+        Some("held-42")
+    );
+    assert!(matches!(r.insert(&ex), Err(StoreError::ReadOnly)));
+    // The partial index is there for dedup lookups.
+    let plan: String = r
+        .conn
+        .query_row(
+            "EXPLAIN QUERY PLAN SELECT id FROM exchanges WHERE relay_event_id = 'x'",
+            [],
+            |row| row.get(3),
+        )
+        .unwrap();
+    assert!(plan.contains("exchanges_relay_event"), "{plan}");
+}
+
+#[test]
+fn orphan_files_are_cleaned_on_open_only_by_the_writer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kept = {
+        let mut s = open(tmp.path());
+        s.insert(&sample(&vec![3u8; INLINE_BODY_MAX + 1])).unwrap()
+    };
+    let orphan = tmp.path().join("bodies/deadbeef.body");
+    let tmp_file = tmp.path().join("bodies/x.body.tmp");
+    fs::write(&orphan, b"lost").unwrap();
+    fs::write(&tmp_file, b"half").unwrap();
+    fs::create_dir_all(tmp.path().join("spill")).unwrap();
+    let spill = tmp.path().join("spill/1-1.spill");
+    fs::write(&spill, b"partial").unwrap();
+    drop(Store::open_reader(tmp.path()).unwrap());
+    assert!(orphan.exists(), "readers must not delete files");
+    let s = open(tmp.path());
+    assert!(!orphan.exists() && !tmp_file.exists() && !spill.exists());
+    let ex = s.get(kept).unwrap().unwrap();
+    assert_eq!(
+        read_body(&ex.request.body).unwrap().len(),
+        INLINE_BODY_MAX + 1
+    );
+}
+
+#[test]
+fn batch_with_a_bad_exchange_keeps_the_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = open(tmp.path());
+    let mut bad = sample(b"");
+    bad.request.body = CapturedBody {
+        data: BodyData::File(tmp.path().join("missing.spill")),
+        total_len: 10,
+        truncated: false,
+    };
+    let res = s.insert_batch(&[sample(b"a"), bad, sample(b"c")]).unwrap();
+    assert!(res[0].is_ok() && res[1].is_err() && res[2].is_ok());
+    assert_eq!(s.count().unwrap(), 2);
+}
+
+/// Helper for the kill -9 test: writes until killed. Run only when
+/// re-invoked by `survives_kill_9`.
+#[test]
+#[ignore]
+fn crash_writer_helper() {
+    let Ok(dir) = std::env::var("WHTUNNEL_CRASH_DIR") else {
+        return;
+    };
+    let mut cfg = StoreConfig::new(PathBuf::from(dir));
+    cfg.max_exchanges = 300; // retention deletes run too
+    let mut s = Store::open(&cfg).unwrap();
+    let big = vec![9u8; INLINE_BODY_MAX + 1];
+    let mut i = 0u64;
+    loop {
+        let batch: Vec<Exchange> = (0..20)
+            .map(|j| {
+                sample(if (i + j).is_multiple_of(7) {
+                    &big
+                } else {
+                    b"{\"type\":\"t\"}"
+                })
+            })
+            .collect();
+        s.insert_batch(&batch).unwrap();
+        i += 1;
+        if i == 5 {
+            fs::write(s.dir().join("started"), b"1").unwrap();
+        }
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn survives_kill_9() {
+    let tmp = tempfile::tempdir().unwrap();
+    for round in 0..3 {
+        let _ = fs::remove_file(tmp.path().join("started"));
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "capture::store::tests::crash_writer_helper",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("WHTUNNEL_CRASH_DIR", tmp.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !tmp.path().join("started").exists() {
+            assert!(std::time::Instant::now() < deadline, "helper never started");
+            assert!(child.try_wait().unwrap().is_none(), "helper exited early");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50 + 37 * round));
+        child.kill().unwrap(); // SIGKILL on unix
+        child.wait().unwrap();
+
+        let s = open(tmp.path());
+        assert_eq!(s.integrity_check().unwrap(), "ok");
+        let n = s.count().unwrap();
+        assert!(n > 0 && n <= 300 + 20, "count {n}");
+        // Every referenced file exists; no unreferenced file is left.
+        let mut referenced = 0;
+        for row in s.list(&ListQuery::default()).unwrap() {
+            let ex = s.get(row.id).unwrap().unwrap();
+            if let BodyData::File(p) = &ex.request.body.data {
+                assert_eq!(fs::read(p).unwrap().len(), INLINE_BODY_MAX + 1);
+                referenced += 1;
+            }
+        }
+        assert_eq!(fs::read_dir(s.bodies_dir()).unwrap().count(), referenced);
+    }
+}
+
+#[test]
+fn reinserting_a_stored_file_body_shares_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = open(tmp.path());
+    let big = vec![5u8; INLINE_BODY_MAX + 1];
+    let orig = s.insert(&sample(&big)).unwrap();
+    // A replay built from the stored exchange reuses its body as is.
+    let mut replay = s.get(orig).unwrap().unwrap();
+    replay.id = None;
+    replay.replay_of = Some(orig);
+    let rid = s.insert(&replay).unwrap();
+    for id in [orig, rid] {
+        let ex = s.get(id).unwrap().unwrap();
+        assert_eq!(read_body(&ex.request.body).unwrap(), &big[..], "id {id}");
+    }
+    // Each row owns its own name: retention of one keeps the other's.
+    let mut cfg = StoreConfig::new(tmp.path().to_path_buf());
+    cfg.max_exchanges = 1;
+    drop(s);
+    let mut s = Store::open(&cfg).unwrap();
+    s.insert(&sample(b"small")).unwrap();
+    assert_eq!(fs::read_dir(s.bodies_dir()).unwrap().count(), 0);
+}
+
+#[test]
+fn a_broken_database_fails_the_whole_batch_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = open(tmp.path());
+    s.conn
+        .busy_timeout(std::time::Duration::from_secs(1))
+        .unwrap();
+    let blocker = Connection::open(tmp.path().join(DB_FILE)).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let big = vec![1u8; INLINE_BODY_MAX + 1];
+    let start = std::time::Instant::now();
+    let res = s
+        .insert_batch(&[sample(b"a"), sample(&big), sample(b"c")])
+        .unwrap();
+    // One busy wait for the batch (1 s), not one per exchange (4 s); the
+    // margin is wide because a loaded CI machine stretches every wait.
+    assert!(start.elapsed() < std::time::Duration::from_secs(3));
+    assert!(res.iter().all(|r| r.is_err()));
+    assert_eq!(
+        fs::read_dir(s.bodies_dir()).unwrap().count(),
+        0,
+        "no orphans left"
+    );
+    blocker.execute_batch("ROLLBACK").unwrap();
+    assert!(s.insert(&sample(b"d")).is_ok());
+}
