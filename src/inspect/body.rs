@@ -166,13 +166,7 @@ pub use crate::capture::export::percent_decode;
 /// Splits `a=1&b=two` into decoded pairs (a name without `=` has an empty
 /// value), keeping order and duplicates.
 pub fn parse_urlencoded(s: &str) -> Vec<(String, String)> {
-    s.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (percent_decode(k), percent_decode(v)),
-            None => (percent_decode(p), String::new()),
-        })
-        .collect()
+    form_urlencoded::parse(s.as_bytes()).into_owned().collect()
 }
 
 /// `name = value` lines for decoded fields; a value that is itself JSON (as
