@@ -494,4 +494,5 @@ async fn a_link_lost_while_the_app_works_does_not_deliver_the_event_twice() {
         first.error.as_deref(),
         Some(whtunnel::forward::ERR_ANSWER_UNDELIVERED)
     );
+    assert_eq!(first.outcome, Some(whtunnel::capture::Outcome::Undelivered));
 }

@@ -368,6 +368,10 @@ async fn the_app_answer_to_a_sender_that_hung_up_is_still_recorded() {
         summary.error.as_deref(),
         Some(whtunnel::forward::ERR_ANSWER_UNDELIVERED)
     );
+    assert_eq!(
+        summary.outcome,
+        Some(whtunnel::capture::Outcome::Undelivered)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -443,4 +447,47 @@ async fn count_abandoned(
     })
     .await;
     assert!(counted.is_ok(), "only {counts:?} of {want} recorded");
+}
+
+#[tokio::test]
+async fn each_way_an_exchange_ends_is_recorded_as_its_outcome() {
+    use whtunnel::capture::{CaptureEvent, Outcome};
+    let app = App::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rec = recorder(dir.path());
+    let mut events = rec.subscribe();
+    let mut config = relay_config("127.0.0.1:0");
+    config.response_timeout = Duration::from_millis(800);
+    let relay = start_relay(config).await;
+    let mut opts = AgentOptions::new("ends", &app);
+    opts.recorder = Some(rec.clone());
+    opts.data_dir = Some(dir.path().to_path_buf());
+    let _agent = start_agent(&relay.base, opts).await;
+    let url = |p: &str| format!("{}/t/ends/{p}", relay.base);
+
+    send(Method::POST, &url("ok"), &[], "{}").await;
+    send(
+        Method::POST,
+        &url("slow"),
+        &[("x-test-delay-ms", "3000")],
+        "{}",
+    )
+    .await;
+    drop(app);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    send(Method::POST, &url("down"), &[], "{}").await;
+
+    let mut outcomes = std::collections::HashMap::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while outcomes.len() < 3 {
+            if let Ok(CaptureEvent::Stored(s)) = events.recv().await {
+                outcomes.insert(s.path.clone(), s.outcome);
+            }
+        }
+    })
+    .await
+    .expect("three exchanges recorded");
+    assert_eq!(outcomes["/ok"], Some(Outcome::Answered));
+    assert_eq!(outcomes["/slow"], Some(Outcome::AppTimeout));
+    assert_eq!(outcomes["/down"], Some(Outcome::AppUnreachable));
 }

@@ -3,6 +3,8 @@
 
 use chrono::{DateTime, Utc};
 
+pub use crate::tunnel::protocol::Outcome;
+
 /// Identifier of a stored exchange (SQLite rowid, assigned by the store).
 pub type ExchangeId = i64;
 
@@ -75,7 +77,10 @@ pub struct Exchange {
     pub response: Option<RecordedResponse>,
     /// Wall time from receipt to the end of the response, in milliseconds.
     pub duration_ms: f64,
-    /// Why the exchange failed (app down, timeout, cancelled...), if it did.
+    /// How it ended; `None` for older records none of the migration's rules
+    /// could classify.
+    pub outcome: Option<Outcome>,
+    /// Why the exchange failed (app down, timeout, cancelled...), for people.
     pub error: Option<String>,
     /// Event type recognised from the request body, if any.
     pub event: Option<String>,
@@ -108,6 +113,8 @@ pub struct ExchangeSummary {
     pub request_size: u64,
     /// Response body length in bytes.
     pub response_size: u64,
+    /// How it ended (see [`Exchange::outcome`]).
+    pub outcome: Option<Outcome>,
     /// Failure reason, if any.
     pub error: Option<String>,
 }
@@ -150,6 +157,7 @@ impl Exchange {
             replay_of: self.replay_of,
             request_size: self.request.body.total_len,
             response_size: self.response.as_ref().map_or(0, |r| r.body.total_len),
+            outcome: self.outcome,
             error: self.error.clone(),
         }
     }

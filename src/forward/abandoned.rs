@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use super::held::ERR_ANSWER_UNDELIVERED;
 use super::record::{Answer, Recording};
 use super::{describe_client_error, headers_to_vec, Forwarder};
-use crate::capture;
+use crate::capture::{self, Outcome};
 use crate::tunnel::BoxError;
 
 /// Most calls left to finish in the background at once (as many as the link
@@ -46,13 +46,13 @@ impl Drop for CallGuard {
         handle.spawn(async move {
             const RESET: &str =
                 "cancelled: the stream was reset (sender hung up, relay timeout or lost link)";
-            let (answer, error) = match &permit {
+            let (outcome, answer, error) = match &permit {
                 None => {
                     drop(call);
                     let why = format!(
                         "{RESET} while {MAX_ABANDONED_CALLS} earlier calls were still finishing"
                     );
-                    (None, why)
+                    (Outcome::Cancelled, None, why)
                 }
                 Some(_) => match tokio::time::timeout_at(deadline, call).await {
                     Ok(Ok(resp)) => {
@@ -68,19 +68,23 @@ impl Drop for CallGuard {
                             headers: headers_to_vec(&parts.headers),
                             body: done,
                         };
-                        (Some(answer), ERR_ANSWER_UNDELIVERED.to_string())
+                        let why = ERR_ANSWER_UNDELIVERED.to_string();
+                        (Outcome::Undelivered, Some(answer), why)
                     }
                     Ok(Err(e)) => {
                         let reason = describe_client_error(&e, fwd.target());
                         let why =
                             format!("{RESET}, then {}", reason.trim_start_matches("whtunnel: "));
-                        (None, why)
+                        (Outcome::Cancelled, None, why)
                     }
-                    Err(_) => (None, format!("{RESET}, and the app did not answer in time")),
+                    Err(_) => {
+                        let why = format!("{RESET}, and the app did not answer in time");
+                        (Outcome::Cancelled, None, why)
+                    }
                 },
             };
             let (id_tx, _) = oneshot::channel();
-            recording.finish(answer, Some(error), id_tx).await;
+            recording.finish(outcome, answer, Some(error), id_tx).await;
             drop(permit);
         });
     }

@@ -13,7 +13,7 @@ use http::{Response, StatusCode};
 use tokio_util::sync::CancellationToken;
 
 use super::{collect_capped, error_response, full, Forwarder, Outgoing, HELD_RESPONSE_MAX};
-use crate::tunnel::protocol::{Ack, AgentError, HDR_ACK, HDR_ERROR};
+use crate::tunnel::protocol::{Ack, AgentError, Outcome, HDR_ACK, HDR_ERROR};
 use crate::tunnel::Body;
 
 /// Deliveries of one held event that may time out before the agent
@@ -57,12 +57,7 @@ impl Forwarder {
                 );
             };
             if let Some(prev) = recorder.find_relay_event(&event_id).await {
-                if prev.status.is_some()
-                    && prev
-                        .error
-                        .as_deref()
-                        .is_none_or(|e| e == ERR_ANSWER_UNDELIVERED)
-                {
+                if prev.outcome.is_some_and(Outcome::app_answered) {
                     tracing::info!(event = %event_id, "already delivered as #{}; not sending it again", prev.id);
                     let mut resp = Response::new(full(format!(
                         "whtunnel: event {event_id} was already delivered as #{}\n",

@@ -40,7 +40,7 @@ use abandoned::CallGuard;
 use held::InFlight;
 use record::{Answer, Pending, Recording};
 
-use crate::capture::{self, BodyData, BodyLimits, CapturedBody, ExchangeId, Recorder};
+use crate::capture::{self, BodyData, BodyLimits, CapturedBody, ExchangeId, Outcome, Recorder};
 use crate::tunnel::protocol::{
     strip_hop_by_hop, strip_protocol_headers, AgentError, RequestMeta, HDR_ERROR, HDR_META,
 };
@@ -301,7 +301,7 @@ impl Forwarder {
         guard.call = None;
         let recording = guard.armed.take();
 
-        let (resp, error) = match result {
+        let (resp, outcome, error) = match result {
             Ok(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
                 let app_headers = if recording.is_some() {
@@ -322,7 +322,7 @@ impl Forwarder {
                     headers: app_headers,
                     body: response_body,
                 };
-                tokio::spawn(recording.finish(Some(answer), None, id_tx));
+                tokio::spawn(recording.finish(Outcome::Answered, Some(answer), None, id_tx));
                 let resp = Response::from_parts(parts, body.boxed_unsync());
                 return (resp, Some(id_rx));
             }
@@ -330,9 +330,12 @@ impl Forwarder {
                 let reason = describe_client_error(&e, self.target());
                 let resp =
                     error_response(StatusCode::BAD_GATEWAY, AgentError::AppUnreachable, &reason);
-                (resp, reason)
+                (resp, Outcome::AppUnreachable, reason)
             }
-            Err(_) => timeout_response(self.target(), timeout),
+            Err(_) => {
+                let (resp, reason) = timeout_response(self.target(), timeout);
+                (resp, Outcome::AppTimeout, reason)
+            }
         };
         let Some(recording) = recording else {
             return (resp, None);
@@ -351,7 +354,7 @@ impl Forwarder {
             body: rx,
         };
         let (id_tx, id_rx) = oneshot::channel();
-        tokio::spawn(recording.finish(Some(answer), Some(error), id_tx));
+        tokio::spawn(recording.finish(outcome, Some(answer), Some(error), id_tx));
         (resp, Some(id_rx))
     }
 }

@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 
 use super::held::InFlightEntry;
 use crate::capture::{
-    self, CapturedBody, Exchange, ExchangeId, RecordedRequest, RecordedResponse, Recorder,
+    self, CapturedBody, Exchange, ExchangeId, Outcome, RecordedRequest, RecordedResponse, Recorder,
 };
 
 /// The parts of an exchange known before the body and answer are.
@@ -63,6 +63,7 @@ impl Recording {
     /// exchange. The stored id goes to `id_tx` when someone waits for it.
     pub(super) async fn finish(
         self,
+        outcome: Outcome,
         answer: Option<Answer>,
         error: Option<String>,
         id_tx: oneshot::Sender<Option<ExchangeId>>,
@@ -96,6 +97,7 @@ impl Recording {
             },
             response,
             duration_ms: p.started.elapsed().as_secs_f64() * 1000.0,
+            outcome: Some(outcome),
             error,
             // Recognised by the recorder's writer thread, off this runtime.
             event: None,

@@ -144,6 +144,35 @@ wire_values! {
     }
 }
 
+wire_values! {
+    /// How an exchange ended, as the capture store keeps it (its `outcome`
+    /// column) and `requests show --json` prints it. The text is stored:
+    /// changing one needs a store migration.
+    Outcome {
+        /// The app answered, and its answer went back to the sender.
+        Answered = "answered",
+        /// The app answered after the sender was gone (hung up, relay
+        /// timeout, lost link): the app has the request, but its answer
+        /// reached nobody.
+        Undelivered = "undelivered",
+        /// The app could not be reached, or broke off: the agent answered 502.
+        AppUnreachable = "app-unreachable",
+        /// The app did not answer in time: the agent answered 504.
+        AppTimeout = "app-timeout",
+        /// The call was cut off with no answer: the stream was reset and the
+        /// app gave none in time (or too many calls were still finishing).
+        Cancelled = "cancelled",
+    }
+}
+
+impl Outcome {
+    /// True when the app got the request and answered it: a redelivery of
+    /// the same held event must not reach the app again.
+    pub fn app_answered(self) -> bool {
+        matches!(self, Outcome::Answered | Outcome::Undelivered)
+    }
+}
+
 /// Longest tunnel name accepted (a DNS label, so names can become subdomains).
 pub const MAX_NAME_LEN: usize = 63;
 

@@ -66,7 +66,8 @@ fn half_json(headers: &[Header], body: &CapturedBody) -> Map<String, Value> {
 
 /// `requests show <ID> --json`: the list fields plus `request`, `response`
 /// (with `status`, or null when there was no response) and `error`. Extra
-/// fields: `target`, `remote_addr`, `relay_event_id`, and per half
+/// fields: `outcome` (how it ended, see [`Outcome`](crate::capture::Outcome)),
+/// `target`, `remote_addr`, `relay_event_id`, and per half
 /// `body_size`, `truncated` (and `body_error` if a spilled file is gone).
 pub fn show_json(ex: &Exchange) -> Value {
     let mut v = summary_json(&ex.summary());
@@ -83,6 +84,7 @@ pub fn show_json(ex: &Exchange) -> Value {
     });
     o.insert("response".into(), resp);
     o.insert("error".into(), json!(ex.error));
+    o.insert("outcome".into(), json!(ex.outcome.map(|o| o.as_str())));
     o.insert("target".into(), json!(ex.target));
     o.insert("remote_addr".into(), json!(ex.remote_addr));
     o.insert("relay_event_id".into(), json!(ex.relay_event_id));
@@ -173,6 +175,7 @@ mod tests {
         let mut ex = ex_with(&binary);
         ex.response = None;
         ex.error = Some("app down: connection refused".into());
+        ex.outcome = Some(crate::capture::Outcome::AppUnreachable);
         let v = show_json(&ex);
         assert_eq!(v["request"]["body"], Value::Null);
         let b64 = v["request"]["body_base64"].as_str().unwrap();
@@ -180,6 +183,7 @@ mod tests {
         assert_eq!(v["response"], Value::Null);
         assert_eq!(v["status"], Value::Null);
         assert_eq!(v["error"], "app down: connection refused");
+        assert_eq!(v["outcome"], "app-unreachable");
 
         // No body: both null.
         let v = show_json(&ex_with(b""));

@@ -38,7 +38,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
 use super::model::{
-    Exchange, ExchangeId, ExchangeSummary, Header, RecordedRequest, RecordedResponse,
+    Exchange, ExchangeId, ExchangeSummary, Header, Outcome, RecordedRequest, RecordedResponse,
 };
 use bodies::{create_private_dir, Prepared, FREE_DIR};
 use retention::Totals;
@@ -53,6 +53,12 @@ pub const INLINE_BODY_MAX: usize = 64 * 1024;
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "capture.db";
+
+/// Reads the `outcome` column: text this build does not know reads as
+/// unknown, so that a newer whtunnel's records still list.
+fn outcome_from(text: Option<String>) -> Option<Outcome> {
+    text.and_then(|t| t.parse().ok())
+}
 
 /// Errors from the capture store.
 #[derive(Debug, thiserror::Error)]
@@ -423,9 +429,10 @@ impl Store {
                 "INSERT INTO exchanges (received_at, method, path, target, remote_addr, status,
                     duration_ms, error, event, replay_of, relay_event_id, has_response,
                     req_body_len, req_body_kept, req_truncated, req_body_file,
-                    resp_body_len, resp_body_kept, resp_truncated, resp_body_file, body_bytes)
+                    resp_body_len, resp_body_kept, resp_truncated, resp_body_file, body_bytes,
+                    outcome)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                    ?17, ?18, ?19, ?20, ?21)",
+                    ?17, ?18, ?19, ?20, ?21, ?22)",
             )?;
             let mut ins_payload = tx.prepare_cached(
                 "INSERT INTO payloads (exchange_id, req_headers, resp_headers, req_body, resp_body)
@@ -458,6 +465,7 @@ impl Store {
                     s.truncated,
                     s.file,
                     (q.kept + s.kept) as i64,
+                    ex.outcome.map(Outcome::as_str),
                 ])?;
                 added_bytes += q.kept + s.kept;
                 let id = tx.last_insert_rowid();
@@ -487,7 +495,7 @@ impl Store {
     }
 
     const SUMMARY_COLS: &'static str = "id, received_at, method, path, status, duration_ms, \
-        event, replay_of, req_body_len, resp_body_len, error";
+        event, replay_of, req_body_len, resp_body_len, error, outcome";
 
     fn summary_from_row(r: &Row<'_>) -> rusqlite::Result<ExchangeSummary> {
         Ok(ExchangeSummary {
@@ -502,6 +510,7 @@ impl Store {
             request_size: r.get::<_, i64>(8)? as u64,
             response_size: r.get::<_, i64>(9)? as u64,
             error: r.get(10)?,
+            outcome: outcome_from(r.get(11)?),
         })
     }
 
@@ -565,7 +574,7 @@ impl Store {
                     e.duration_ms, e.error, e.event, e.replay_of, e.relay_event_id, e.has_response,
                     e.req_body_len, e.req_truncated, e.req_body_file,
                     e.resp_body_len, e.resp_truncated, e.resp_body_file,
-                    p.req_headers, p.resp_headers, p.req_body, p.resp_body
+                    p.req_headers, p.resp_headers, p.req_body, p.resp_body, e.outcome
              FROM exchanges e LEFT JOIN payloads p ON p.exchange_id = e.id
              WHERE e.id = ?1",
         )?;
@@ -601,6 +610,7 @@ impl Store {
                     },
                     response,
                     duration_ms: r.get(7)?,
+                    outcome: outcome_from(r.get(23)?),
                     error: r.get(8)?,
                     event: r.get(9)?,
                     replay_of: r.get(10)?,

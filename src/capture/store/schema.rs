@@ -4,13 +4,26 @@
 //! read right, so a shipped migration is never edited, only followed by new
 //! ones.
 
+use rusqlite::Transaction;
+
 use super::{Store, StoreError};
+use crate::tunnel::protocol::Outcome;
+
+/// One step of the schema: SQL, or code where the step needs values that
+/// live in Rust (the wire text of an enum).
+pub(super) enum Migration {
+    /// Plain SQL, run as one batch.
+    Sql(&'static str),
+    /// A step that binds values.
+    Code(fn(&Transaction<'_>) -> rusqlite::Result<()>),
+}
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts how many
 /// have been applied. Append only: never edit a shipped entry.
-pub(super) const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[Migration] = &[
     // 1: initial schema.
-    r#"
+    Migration::Sql(
+        r#"
     CREATE TABLE exchanges (
         id               INTEGER PRIMARY KEY AUTOINCREMENT,
         received_at      TEXT    NOT NULL,  -- RFC 3339 UTC, fixed width: sorts as text
@@ -46,7 +59,47 @@ pub(super) const MIGRATIONS: &[&str] = &[
         resp_body     BLOB
     );
     "#,
+    ),
+    // 2: how each exchange ended, as an `Outcome` instead of error text.
+    Migration::Code(add_outcome),
 ];
+
+/// The error text schema 1 stored for an app that answered after its
+/// sender was gone: the only way it told that case apart. Frozen here; the
+/// text the forwarder writes today may change freely.
+const SCHEMA1_UNDELIVERED: &str = "answered after the sender was gone (hung up, relay timeout or \
+     lost link); the answer reached nobody";
+
+/// Migration 2: the `outcome` column, filled for older rows from what
+/// schema 1 kept (whether there was an answer, its status, the error text
+/// the agent wrote). Rows none of the rules match keep `NULL`: unknown, never
+/// guessed.
+fn add_outcome(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch("ALTER TABLE exchanges ADD COLUMN outcome TEXT")?;
+    let rules: [(Outcome, &str); 5] = [
+        (Outcome::Answered, "error IS NULL AND has_response = 1"),
+        (Outcome::Undelivered, "error = ?2"),
+        (
+            Outcome::AppUnreachable,
+            "status = 502 AND error LIKE 'whtunnel: %'",
+        ),
+        (
+            Outcome::AppTimeout,
+            "status = 504 AND error LIKE 'whtunnel: %'",
+        ),
+        (Outcome::Cancelled, "error LIKE 'cancelled%'"),
+    ];
+    for (outcome, rule) in rules {
+        let sql = format!("UPDATE exchanges SET outcome = ?1 WHERE outcome IS NULL AND {rule}");
+        let mut stmt = tx.prepare(&sql)?;
+        if rule.contains("?2") {
+            stmt.execute(rusqlite::params![outcome.as_str(), SCHEMA1_UNDELIVERED])?;
+        } else {
+            stmt.execute(rusqlite::params![outcome.as_str()])?;
+        }
+    }
+    Ok(())
+}
 
 impl Store {
     pub(super) fn migrate(&mut self) -> Result<(), StoreError> {
@@ -68,7 +121,10 @@ impl Store {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut v: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         while v < supported {
-            tx.execute_batch(MIGRATIONS[v as usize])?;
+            match &MIGRATIONS[v as usize] {
+                Migration::Sql(sql) => tx.execute_batch(sql)?,
+                Migration::Code(step) => step(&tx)?,
+            }
             v += 1;
         }
         tx.pragma_update(None, "user_version", v)?;

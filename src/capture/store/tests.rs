@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use super::bodies::{FREE_DIR, FREE_POOL_MAX};
 use super::schema::MIGRATIONS;
 use super::*;
-use crate::capture::model::{BodyData, CapturedBody};
+use crate::capture::model::{BodyData, CapturedBody, Outcome};
 use chrono::TimeZone;
 
 /// The stored header format is what `sqlite3` users and older
@@ -52,6 +52,7 @@ pub(crate) fn sample(req: &[u8]) -> Exchange {
             body: CapturedBody::from_bytes(&b"ok"[..]),
         }),
         duration_ms: 12.5,
+        outcome: Some(Outcome::Answered),
         error: None,
         event: None,
         replay_of: None,

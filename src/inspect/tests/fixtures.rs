@@ -6,8 +6,8 @@ use chrono::{DateTime, FixedOffset, TimeZone, Utc};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use crate::capture::{
-    BodyData, CaptureEvent, CapturedBody, Exchange, ExchangeId, ExchangeSummary, RecordedRequest,
-    RecordedResponse,
+    BodyData, CaptureEvent, CapturedBody, Exchange, ExchangeId, ExchangeSummary, Outcome,
+    RecordedRequest, RecordedResponse,
 };
 use crate::inspect::state::{update, App, Effect, Msg};
 use crate::inspect::theme::Theme;
@@ -48,6 +48,7 @@ pub fn summary(id: ExchangeId, method: &str, path: &str, status: Option<u16>) ->
         replay_of: None,
         request_size: 512 * id as u64,
         response_size: 2,
+        outcome: status.map(|_| Outcome::Answered),
         error: None,
     }
 }
@@ -132,6 +133,7 @@ pub fn exchange(id: ExchangeId, content_type: &str, req_body: &[u8]) -> Exchange
             body: body(b"ok"),
         }),
         duration_ms: 15.2,
+        outcome: Some(Outcome::Answered),
         error: None,
         event: Some("invoice.paid".into()),
         replay_of: None,
