@@ -19,6 +19,9 @@
 //!   used to do would show here), and event recognition on a 256 KiB body
 //!   that is not JSON and on a 1 KiB webhook.
 
+// A measuring tool, not the product: a failed unwrap is a failed run.
+#![allow(clippy::unwrap_used)]
+
 use std::convert::Infallible;
 use std::hint::black_box;
 use std::time::Duration;
@@ -323,5 +326,12 @@ fn capture(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, protocol, transport, tunnel, capture);
+// criterion's macro defines an undocumented function.
+#[allow(missing_docs)]
+mod group {
+    use super::*;
+    criterion_group!(benches, protocol, transport, tunnel, capture);
+}
+use group::benches;
+
 criterion_main!(benches);

@@ -4,6 +4,9 @@
 //!
 //! `cargo run --release --example bench_target [PORT]`
 
+// A measuring tool, not the product: a failed unwrap is a failed run.
+#![allow(clippy::unwrap_used)]
+
 use std::convert::Infallible;
 
 use bytes::Bytes;

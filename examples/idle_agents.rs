@@ -12,6 +12,9 @@
 //! then `holding` and, after `--hold-secs`, exits. Everything is bounded:
 //! connecting gives up after `--connect-timeout-secs` (default 120).
 
+// A measuring tool, not the product: a failed unwrap is a failed run.
+#![allow(clippy::unwrap_used)]
+
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

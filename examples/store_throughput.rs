@@ -3,6 +3,9 @@
 //!
 //! `cargo run --release --example store_throughput [N]`
 
+// A measuring tool, not the product: a failed unwrap is a failed run.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::VecDeque;
 use std::time::Instant;
 

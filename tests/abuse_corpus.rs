@@ -10,6 +10,9 @@
 //! `victim`, must never see a single byte. After the corpus the relay must
 //! still serve a good request.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod abuse_support;
 mod common;
 

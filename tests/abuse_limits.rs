@@ -3,6 +3,9 @@
 //! and body deadlines. Real relay, agent and app on loopback; the limits are
 //! configured small so each test stays quick and bounded.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod abuse_support;
 mod common;
 

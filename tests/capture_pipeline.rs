@@ -2,6 +2,9 @@
 //! wraps hyper's `Incoming` body (content-length and chunked), the recorder
 //! stores the exchange, and the export renders it byte-exact.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 
 use bytes::Bytes;

@@ -4,6 +4,9 @@
 //! schema-1 era, and `expected/` holds what that whtunnel printed for it:
 //! the oracle is the old binary, not today's idea of the format.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,9 @@
 //! The binary as a user runs it: `whtunnel listen` with its embedded relay,
 //! `requests list/show`, `replay`, refusals, and the standalone relay.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::Path;

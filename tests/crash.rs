@@ -1,6 +1,9 @@
 //! Nothing lost across crashes, with real processes: the relay and the agent
 //! are `kill -9`ed, stopped with SIGSTOP, and restarted.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::HashMap;

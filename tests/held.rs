@@ -1,6 +1,9 @@
 //! Held events: webhooks for a known tunnel whose agent is away are stored
 //! durably (202) and delivered in order when it returns.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;

@@ -2,6 +2,9 @@
 //! sent with `send-keys`, the screen read with `capture-pane`.
 //! Needs tmux (`apt-get install tmux`; `.ci/run` installs it).
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::process::Command;

@@ -2,6 +2,9 @@
 //! relay restart, dead-peer detection, draining on shutdown, streaming in
 //! bounded memory, and protocol headers an app cannot forge.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};

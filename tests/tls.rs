@@ -1,6 +1,9 @@
 //! TLS end to end: an HTTPS public side and a wss:// agent link, both
 //! trusting a CA made in the test.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::Path;

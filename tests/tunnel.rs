@@ -1,6 +1,9 @@
 //! End-to-end tests of the tunnel core: a real relay, agent and local app on
 //! loopback, port 0.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -18,8 +18,6 @@
 //! Filter terms: `5xx`, `404`, `err`, `#12`, `body:text`, or text matched
 //! against method, path, event type and error.
 
-#![warn(missing_docs)]
-
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::agent::ConnectionStatus;
