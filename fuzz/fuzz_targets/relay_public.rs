@@ -11,11 +11,8 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use whtunnel::agent::{self, AgentConfig, ConnectionStatus};
-use whtunnel::capture::BodyLimits;
-use whtunnel::forward::{Forwarder, ForwarderConfig, HostHeader};
+use whtunnel::agent::{Capture, ConnectionStatus, ListenConfig, Listener, RelayChoice};
 use whtunnel::relay::{Relay, RelayConfig, Tokens};
 use whtunnel::tunnel::tls;
 
@@ -78,25 +75,17 @@ fn world() -> &'static World {
             let addr = relay.local_addr();
             let base = relay.base_url();
             tokio::spawn(relay.run(std::future::pending()));
-            let forwarder = Forwarder::new(ForwarderConfig {
-                target: app_addr.to_string().parse().unwrap(),
-                host_header: HostHeader::Preserve,
-                recorder: None,
-                body_limits: BodyLimits {
-                    in_memory: 64 * 1024,
-                    max_capture: 1 << 20,
-                    spill_dir: std::env::temp_dir().join("whtunnel-fuzz-bodies"),
-                },
-            });
-            let (tx, mut rx) = watch::channel(ConnectionStatus::Connecting);
-            let config = AgentConfig {
-                relay: base.parse().unwrap(),
+            let dir = std::env::temp_dir().join("whtunnel-fuzz-agent");
+            let mut config = ListenConfig::new(app_addr.to_string().parse().unwrap(), "f", dir);
+            config.relay = RelayChoice::Remote {
+                url: base.parse().unwrap(),
                 token: "fuzz".into(),
-                name: "f".into(),
-                takeover: false,
                 tls: tls::client_config(None).unwrap(),
             };
-            tokio::spawn(agent::run(config, forwarder, tx, CancellationToken::new()));
+            config.capture = Capture::Off;
+            let listener = Listener::bind(config).await.unwrap();
+            let mut rx = listener.status();
+            tokio::spawn(listener.run(CancellationToken::new()));
             while !matches!(*rx.borrow_and_update(), ConnectionStatus::Connected { .. }) {
                 rx.changed().await.unwrap();
             }
