@@ -126,9 +126,9 @@ impl Provider {
     /// Whether the sender tries again after a failure or a timeout.
     pub fn retries(self) -> Option<bool> {
         match self {
-            Self::Moneyhub => Some(false),
+            // GitHub redelivers only when asked to.
+            Self::Moneyhub | Self::Github => Some(false),
             Self::Stripe
-            | Self::Github
             | Self::Shopify
             | Self::Slack
             | Self::Svix
