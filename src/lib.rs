@@ -15,6 +15,8 @@
 //! | [`capture`] | the durable record of every exchange (SQLite), its readers and exports |
 //! | [`inspect`] | the terminal UI over the capture: pure `update`, `draw` on any backend |
 //! | [`units`] | sizes, durations and the defaults several parts share |
+//! | [`config`] | `whtunnel.toml`: discovery, typed `[listen]`, `[[route]]`, `[[webhook]]`, errors naming file, line and key |
+//! | [`verify`] | webhook signatures: verdicts and reasons, re-signing for replay, provider and event recognition (pure, no I/O) |
 //! | [`cli`] | the command line: flags, and printing what the parts report |
 //!
 //! Servers follow one shape: `bind` (a handle with its address), then
@@ -25,8 +27,10 @@
 pub mod agent;
 pub mod capture;
 pub mod cli;
+pub mod config;
 pub mod forward;
 pub mod inspect;
 pub mod relay;
 pub mod tunnel;
 pub mod units;
+pub mod verify;

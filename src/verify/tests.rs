@@ -1,0 +1,648 @@
+//! Published test vectors of each scheme, sign→verify round trips for every
+//! signable preset, and one test per failure reason.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+
+use super::*;
+use crate::capture::model::Header;
+
+fn at(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+fn hdrs(list: &[(&str, &str)]) -> Vec<Header> {
+    list.iter()
+        .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+fn run(rule: &Rule, url: &str, headers: &[Header], body: &[u8], now: SystemTime) -> Check {
+    let req = RequestView::new("POST", url, headers, body);
+    check(rule, &req, now).expect("a scheme applies")
+}
+
+fn valid(c: &Check) {
+    assert_eq!(c.verdict, Verdict::Valid, "{:?}", c.reason);
+    assert_eq!(c.reason, None);
+}
+
+// Standard Webhooks' own example, used verbatim in the test suites of its
+// reference libraries (standard-webhooks/libraries, python/tests) and in
+// Svix's (svix-webhooks, python/tests/test_webhooks.py).
+const SW_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const SW_ID: &str = "msg_p5jXN8AQM9LWM0D4loKWxJek";
+const SW_TS: u64 = 1614265330;
+const SW_BODY: &str = r#"{"test": 2432232314}"#;
+const SW_SIG: &str = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+
+#[test]
+fn standard_webhooks_published_vector() {
+    let rule = Rule::for_provider(Provider::StandardWebhooks).with_secret(SW_SECRET);
+    let ts = SW_TS.to_string();
+    let h = hdrs(&[
+        ("webhook-id", SW_ID),
+        ("webhook-timestamp", &ts),
+        ("webhook-signature", SW_SIG),
+    ]);
+    valid(&run(
+        &rule,
+        "https://x/",
+        &h,
+        SW_BODY.as_bytes(),
+        at(SW_TS + 10),
+    ));
+}
+
+#[test]
+fn svix_published_vector_among_several_signatures() {
+    let rule = Rule::for_provider(Provider::Svix).with_secret(SW_SECRET);
+    let ts = SW_TS.to_string();
+    // Svix sends a space-separated list during secret rotation.
+    let list = format!("v1,Zm9vYmFy {SW_SIG} v2,whatever");
+    let h = hdrs(&[
+        ("svix-id", SW_ID),
+        ("svix-timestamp", &ts),
+        ("svix-signature", &list),
+    ]);
+    valid(&run(&rule, "https://x/", &h, SW_BODY.as_bytes(), at(SW_TS)));
+}
+
+// GitHub's documented example ("Validating webhook deliveries", testing
+// the webhook payload validation).
+#[test]
+fn github_documented_vector() {
+    let rule = Rule::for_provider(Provider::Github).with_secret("It's a Secret to Everybody");
+    let h = hdrs(&[(
+        "X-Hub-Signature-256",
+        "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
+    )]);
+    valid(&run(&rule, "https://x/", &h, b"Hello, World!", at(0)));
+}
+
+// Slack's documented example ("Verifying requests from Slack").
+#[test]
+fn slack_documented_vector() {
+    let body = "token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&channel_id=G8PSS9T3V&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&command=%2Fwebhook-collect&text=&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c";
+    let rule = Rule::for_provider(Provider::Slack).with_secret("8f742231b10e8888abcd99yyyzzz85a5");
+    let h = hdrs(&[
+        ("X-Slack-Request-Timestamp", "1531420618"),
+        (
+            "X-Slack-Signature",
+            "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503",
+        ),
+    ]);
+    valid(&run(
+        &rule,
+        "https://x/",
+        &h,
+        body.as_bytes(),
+        at(1531420618 + 60),
+    ));
+}
+
+// twilio-python, tests/unit/test_request_validator.py: a form POST and a
+// JSON POST whose body hash rides in the URL.
+#[test]
+fn twilio_library_vectors() {
+    let rule = Rule::for_provider(Provider::Twilio).with_secret("12345");
+    let url = "https://mycompany.com/myapp.php?foo=1&bar=2";
+    let body = "CallSid=CA1234567890ABCDE&Digits=1234&From=%2B14158675309&To=%2B18005551212&Caller=%2B14158675309";
+    let h = hdrs(&[
+        ("Content-Type", "application/x-www-form-urlencoded"),
+        ("X-Twilio-Signature", "RSOYDt4T1cUTdK1PDd93/VVr8B8="),
+    ]);
+    valid(&run(&rule, url, &h, body.as_bytes(), at(0)));
+
+    let json_url = format!(
+        "{url}&bodySHA256=0a1ff7634d9ab3b95db5c9a2dfe9416e41502b283a80c7cf19632632f96e6620"
+    );
+    let h = hdrs(&[
+        ("Content-Type", "application/json"),
+        ("X-Twilio-Signature", "a9nBmqA0ju/hNViExpshrM61xv4="),
+    ]);
+    valid(&run(
+        &rule,
+        &json_url,
+        &h,
+        br#"{"property": "value", "boolean": true}"#,
+        at(0),
+    ));
+    // The local URL is not what Twilio signed.
+    let c = run(
+        &rule,
+        "http://localhost:3000/myapp.php?foo=1&bar=2",
+        &h,
+        b"{}",
+        at(0),
+    );
+    assert!(matches!(c.reason, Some(Reason::SignatureMismatch { .. })));
+}
+
+// Square's published test notification (Square SDKs' webhooks helper tests,
+// and "Validate notifications" in Square's docs).
+#[test]
+fn square_published_vector() {
+    let body = r#"{"merchant_id":"MLEFBHHSJGVHD","type":"webhooks.test_notification","event_id":"ac3ac95b-f97d-458c-a6e6-18981597e05f","created_at":"2022-07-13T20:30:59.037339943Z","data":{"type":"webhooks","id":"bc368e64-01aa-407e-b46e-3231809b1129"}}"#;
+    let rule = Rule::for_provider(Provider::Square).with_secret("Ibxx_5AKakO-3qeNVR61Dw");
+    let h = hdrs(&[(
+        "x-square-hmacsha256-signature",
+        "GF4YkrJgGBDZ9NIYbNXBnMzqb2HoL4RW/S6vkZ9/2N4=",
+    )]);
+    let url = "https://webhook.site/679a4f3a-dcfa-49ee-bac5-9d0edad886b9";
+    valid(&run(&rule, url, &h, body.as_bytes(), at(0)));
+    let c = run(&rule, "http://localhost:3000/", &h, body.as_bytes(), at(0));
+    assert_eq!(c.verdict, Verdict::Invalid);
+}
+
+// sendgrid-nodejs, packages/eventwebhook/src/eventwebhook.spec.js.
+const SG_KEY: &str = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEEDr2LjtURuePQzplybdC+u4CwrqDqBaWjcMMsTbhdbcwHBcepxo7yAQGhHPTnlvFYPAZFceEu/1FwCM/QmGUhA==";
+const SG_SIG: &str = "MEUCIQCtIHJeH93Y+qpYeWrySphQgpNGNr/U+UyUlBkU6n7RAwIgJTz2C+8a8xonZGi6BpSzoQsbVRamr2nlxFDWYNH2j/0=";
+const SG_BODY: &str =
+    r#"{"category":"example_payload","event":"test_event","message_id":"message_id"}"#;
+
+#[test]
+fn sendgrid_library_vector_and_tampering() {
+    let rule = Rule::for_provider(Provider::Sendgrid).with_secret(SG_KEY);
+    let h = hdrs(&[
+        ("X-Twilio-Email-Event-Webhook-Signature", SG_SIG),
+        ("X-Twilio-Email-Event-Webhook-Timestamp", "1588788367"),
+    ]);
+    let c = run(&rule, "https://x/", &h, SG_BODY.as_bytes(), at(0));
+    valid(&c);
+    assert_eq!(c.scheme, "ecdsa");
+    let c = run(&rule, "https://x/", &h, b"payload", at(0));
+    assert!(matches!(c.reason, Some(Reason::SignatureMismatch { .. })));
+    let req = RequestView::new("POST", "https://x/", &h, SG_BODY.as_bytes());
+    let err = sign(&rule, &req, at(0)).unwrap_err();
+    assert!(err.to_string().contains("cannot be re-signed"), "{err}");
+}
+
+#[test]
+fn discord_ed25519_verifies_and_refuses_to_resign() {
+    use ed25519_dalek::Signer as _;
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    let public = data_encoding::HEXLOWER.encode(key.verifying_key().as_bytes());
+    let body = br#"{"type":1}"#;
+    let mut signed = b"1700000000".to_vec();
+    signed.extend_from_slice(body);
+    let sig = data_encoding::HEXLOWER.encode(&key.sign(&signed).to_bytes());
+    let rule = Rule::for_provider(Provider::Discord).with_secret(public);
+    let h = hdrs(&[
+        ("X-Signature-Ed25519", &sig),
+        ("X-Signature-Timestamp", "1700000000"),
+    ]);
+    valid(&run(&rule, "https://x/", &h, body, at(0)));
+    let c = run(&rule, "https://x/", &h, br#"{"type":2}"#, at(0));
+    assert!(matches!(c.reason, Some(Reason::SignatureMismatch { .. })));
+    let req = RequestView::new("POST", "https://x/", &h, body);
+    assert!(matches!(
+        sign(&rule, &req, at(0)),
+        Err(SignError::CannotResign(_))
+    ));
+}
+
+#[test]
+fn jwt_bodies_hs256_and_es256_via_jwks() {
+    use jsonwebtoken::{encode, EncodingKey, Header as JwtHeader};
+    use p256::pkcs8::EncodePrivateKey as _;
+    let claims = serde_json::json!({
+        "iss": "https://identity.moneyhub.co.uk",
+        "jti": "abc",
+        "events": {"urn:com:moneyhub:events:payment-completed": {"paymentId": "p1"}}
+    });
+    let h = hdrs(&[("Content-Type", "application/jwt")]);
+
+    let hs = encode(
+        &JwtHeader::default(),
+        &claims,
+        &EncodingKey::from_secret(b"s3cret"),
+    )
+    .unwrap();
+    let rule = Rule::for_provider(Provider::Moneyhub).with_secret("s3cret");
+    valid(&run(&rule, "https://x/", &h, hs.as_bytes(), at(0)));
+    let wrong = Rule::for_provider(Provider::Moneyhub).with_secret("other");
+    let c = run(&wrong, "https://x/", &h, hs.as_bytes(), at(0));
+    assert!(matches!(c.reason, Some(Reason::SignatureMismatch { .. })));
+
+    let sk = p256::SecretKey::from_slice(&[3u8; 32]).unwrap();
+    let der = sk.to_pkcs8_der().unwrap();
+    let mut header = JwtHeader::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("k1".into());
+    let es = encode(&header, &claims, &EncodingKey::from_ec_der(der.as_bytes())).unwrap();
+    use p256::elliptic_curve::sec1::ToEncodedPoint as _;
+    let point = sk.public_key().to_encoded_point(false);
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_value(serde_json::json!({"keys": [{
+        "kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256",
+        "x": b64.encode(point.x().unwrap()), "y": b64.encode(point.y().unwrap())
+    }]}))
+    .unwrap();
+    let rule = Rule::for_provider(Provider::Moneyhub).with_jwks(jwks.clone());
+    let c = run(&rule, "https://x/", &h, es.as_bytes(), at(0));
+    valid(&c);
+    assert_eq!(c.scheme, "jwt");
+    let mut other = header.clone();
+    other.kid = Some("k2".into());
+    let es2 = encode(&other, &claims, &EncodingKey::from_ec_der(der.as_bytes())).unwrap();
+    let c = run(&rule, "https://x/", &h, es2.as_bytes(), at(0));
+    assert_eq!(
+        c.reason,
+        Some(Reason::UnknownKey {
+            kid: Some("k2".into())
+        })
+    );
+
+    // Recognised from the body alone, with the `events` key as its type.
+    let req = RequestView::new("POST", "https://x/", &h, es.as_bytes());
+    let r = recognise(&req).unwrap();
+    assert_eq!(r.provider, Provider::Moneyhub);
+    assert_eq!(
+        r.event.as_deref(),
+        Some("urn:com:moneyhub:events:payment-completed")
+    );
+    let req = RequestView::new("POST", "https://x/", &h, es.as_bytes());
+    assert!(matches!(
+        sign(&rule, &req, at(0)),
+        Err(SignError::CannotResign(_))
+    ));
+}
+
+/// A request as the sender would send it: `base` headers plus whatever
+/// `sign` returns for `body` at `when`.
+fn signed_request(
+    rule: &Rule,
+    base: &[Header],
+    url: &str,
+    body: &[u8],
+    when: SystemTime,
+) -> Vec<Header> {
+    let req = RequestView::new("POST", url, base, body);
+    let mut headers = base.to_vec();
+    for (n, v) in sign(rule, &req, when).unwrap() {
+        headers.retain(|(name, _)| !name.eq_ignore_ascii_case(&n));
+        headers.push((n, v.into_bytes()));
+    }
+    headers
+}
+
+fn secret_for(p: Provider) -> &'static str {
+    match p {
+        Provider::StandardWebhooks | Provider::Svix => SW_SECRET,
+        _ => "test-secret-1",
+    }
+}
+
+#[test]
+fn every_signable_preset_round_trips_and_names_each_failure() {
+    let now = at(1_700_000_000);
+    let url = "https://relay.example/t/abc/hook?key=test-secret-1";
+    let body = br#"{"id":"evt_1","type":"demo.event"}"#;
+    let base = hdrs(&[
+        ("Content-Type", "application/json"),
+        ("webhook-id", "msg_1"),
+    ]);
+    let mut signable = 0;
+    for p in Provider::ALL {
+        let scheme = p.scheme();
+        if !scheme.can_sign() {
+            continue;
+        }
+        signable += 1;
+        let rule = Rule::for_provider(p).with_secret(secret_for(p));
+        // Twilio signs form fields; its JSON bodies are covered by a hash in the URL instead.
+        let base = if p == Provider::Twilio {
+            hdrs(&[("Content-Type", "application/x-www-form-urlencoded")])
+        } else {
+            base.clone()
+        };
+        let h = signed_request(&rule, &base, url, body, now);
+        let c = run(&rule, url, &h, body, now);
+        assert_eq!(c.verdict, Verdict::Valid, "{p}: {:?}", c.reason);
+        assert_eq!(c.provider, Some(p));
+        if matches!(scheme, Scheme::QueryKey { .. }) {
+            let c = run(
+                &rule,
+                "https://relay.example/t/abc/hook?key=nope",
+                &h,
+                body,
+                now,
+            );
+            assert_eq!(c.verdict, Verdict::Invalid, "{p}");
+            continue;
+        }
+        // Tampered body.
+        let c = run(
+            &rule,
+            url,
+            &h,
+            br#"{"id":"evt_1","type":"demo.evenT"}"#,
+            now,
+        );
+        assert_eq!(
+            c.reason,
+            Some(Reason::SignatureMismatch { body_changed: None }),
+            "{p}"
+        );
+        // Wrong secret.
+        let other = Rule::for_provider(p).with_secret("whsec_b3RoZXI=");
+        let c = run(&other, url, &h, body, now);
+        assert_eq!(
+            c.reason,
+            Some(Reason::SignatureMismatch { body_changed: None }),
+            "{p}"
+        );
+        // Stale: signed fifteen minutes before now (past every preset tolerance).
+        let Scheme::Hmac(spec) = &scheme else {
+            unreachable!()
+        };
+        if let Some(tol) = spec.tolerance {
+            let stale = signed_request(&rule, &base, url, body, at(1_700_000_000 - 900));
+            let c = run(&rule, url, &stale, body, now);
+            assert_eq!(
+                c.reason,
+                Some(Reason::TimestampOutsideTolerance {
+                    age_secs: 900,
+                    tolerance: tol
+                }),
+                "{p}"
+            );
+            // Re-signing the stale event makes it pass again, id kept.
+            let again = signed_request(&rule, &stale, url, body, now);
+            valid(&run(&rule, url, &again, body, now));
+            if let Some(id) = &spec.id_header {
+                let find =
+                    |h: &[Header]| h.iter().find(|(n, _)| n.eq_ignore_ascii_case(id)).cloned();
+                assert_eq!(find(&again), find(&stale), "{p}: event id kept");
+            }
+        }
+    }
+    assert_eq!(signable, 15);
+}
+
+#[test]
+fn reasons_separate_the_checks() {
+    let rule = Rule::for_provider(Provider::Stripe).with_secret("whsec_test");
+    let body = b"{}";
+    let c = run(&rule, "https://x/", &[], body, at(0));
+    assert_eq!(c.verdict, Verdict::Unsigned);
+    assert_eq!(
+        c.reason.unwrap().to_string(),
+        "missing header Stripe-Signature"
+    );
+
+    let h = hdrs(&[("Stripe-Signature", "v1=abcd")]);
+    let c = run(&rule, "https://x/", &h, body, at(0));
+    assert_eq!(c.verdict, Verdict::Invalid);
+    assert_eq!(
+        c.reason.unwrap().to_string(),
+        "malformed header Stripe-Signature: no `t=` timestamp in it"
+    );
+    let h = hdrs(&[("Stripe-Signature", "t=1,v1=zz")]);
+    let c = run(&rule, "https://x/", &h, body, at(0));
+    assert_eq!(
+        c.reason.unwrap().to_string(),
+        "malformed header Stripe-Signature: the signature is not hex"
+    );
+
+    // Slack: the signature is there, its timestamp header is not.
+    let slack = Rule::for_provider(Provider::Slack).with_secret("s");
+    let h = hdrs(&[("X-Slack-Signature", "v0=abcd")]);
+    let c = run(&slack, "https://x/", &h, body, at(0));
+    assert_eq!(c.verdict, Verdict::Invalid);
+    assert_eq!(
+        c.reason,
+        Some(Reason::MissingHeader {
+            header: "X-Slack-Request-Timestamp".into()
+        })
+    );
+
+    // Stale and future timestamps say by how much and which way.
+    let h = signed_request(&rule, &[], "https://x/", body, at(10_000));
+    let c = run(&rule, "https://x/", &h, body, at(10_000 + 330));
+    assert_eq!(
+        c.reason.unwrap().to_string(),
+        "timestamp outside tolerance: 5m30s old, 30s past the 5m tolerance"
+    );
+    let c = run(&rule, "https://x/", &h, body, at(10_000 - 400));
+    assert_eq!(
+        c.reason.unwrap().to_string(),
+        "timestamp outside tolerance: 6m40s in the future, 1m40s past the 5m tolerance (clock ahead?)"
+    );
+}
+
+#[test]
+fn body_hash_from_the_relay_tells_wrong_secret_from_changed_body() {
+    let rule = Rule::for_provider(Provider::Github).with_secret("right");
+    let body = b"payload";
+    let h = signed_request(&rule, &[], "https://x/", body, at(0));
+    let relay_saw: [u8; 32] = sha2::Sha256::digest(body).into();
+    let wrong = Rule::for_provider(Provider::Github).with_secret("wrong");
+    let mut req = RequestView::new("POST", "https://x/", &h, body);
+    req.relay_body_sha256 = Some(relay_saw);
+    let c = check(&wrong, &req, at(0)).unwrap();
+    assert_eq!(
+        c.reason,
+        Some(Reason::SignatureMismatch {
+            body_changed: Some(false)
+        })
+    );
+    assert!(c.reason.unwrap().to_string().contains("wrong secret"));
+
+    let mut req = RequestView::new("POST", "https://x/", &h, b"payloaD");
+    req.relay_body_sha256 = Some(relay_saw);
+    let c = check(&rule, &req, at(0)).unwrap();
+    assert_eq!(c.body_changed, Some(true));
+    assert!(c
+        .reason
+        .unwrap()
+        .to_string()
+        .contains("differs from the bytes the relay received"));
+}
+
+#[test]
+fn stripe_several_v1_and_github_legacy_sha1_and_upper_case_hex() {
+    let rule = Rule::for_provider(Provider::Stripe).with_secret("whsec_x");
+    let h = signed_request(&rule, &[], "https://x/", b"b", at(100));
+    let good = std::str::from_utf8(&h[0].1).unwrap().to_string();
+    let (t, v1) = good.split_once(',').unwrap();
+    let several = format!("{t},v1={},{v1},v0=deadbeef", "00".repeat(32));
+    let h = hdrs(&[("Stripe-Signature", &several)]);
+    valid(&run(&rule, "https://x/", &h, b"b", at(100)));
+
+    let gh = Rule::for_provider(Provider::Github).with_secret("s");
+    let signed = signed_request(&gh, &[], "https://x/", b"b", at(0));
+    let sha1 = signed
+        .iter()
+        .find(|(n, _)| n == "X-Hub-Signature")
+        .unwrap()
+        .clone();
+    valid(&run(&gh, "https://x/", &[sha1], b"b", at(0)));
+
+    let bridge = Rule::for_provider(Provider::Bridge).with_secret("s");
+    let signed = signed_request(&bridge, &[], "https://x/", b"b", at(0));
+    let v = std::str::from_utf8(&signed[0].1).unwrap();
+    assert_eq!(
+        v,
+        v.to_uppercase().replace("V1=", "v1="),
+        "Bridge writes upper-case hex"
+    );
+    let lower = hdrs(&[(
+        "BridgeApi-Signature",
+        &format!("v1=00,{}", v.to_lowercase()),
+    )]);
+    valid(&run(&bridge, "https://x/", &lower, b"b", at(0)));
+}
+
+#[test]
+fn no_secret_is_unchecked_and_secrets_never_show_in_debug() {
+    let rule = Rule::for_provider(Provider::Stripe);
+    let h = hdrs(&[("Stripe-Signature", "t=1,v1=00")]);
+    let c = run(&rule, "https://x/", &h, b"{}", at(0));
+    assert_eq!(c.verdict, Verdict::Unchecked);
+    let json = serde_json::to_value(&c).unwrap();
+    assert_eq!(json["verdict"], "unchecked");
+    assert_eq!(json["provider"], "stripe");
+    assert_eq!(json["scheme"], "hmac");
+    assert!(json["reason"]
+        .as_str()
+        .unwrap()
+        .contains("no secret configured for stripe"));
+
+    let rule = rule.with_secret("whsec_TOPSECRET");
+    assert!(!format!("{rule:?}").contains("TOPSECRET"));
+}
+
+#[test]
+fn recognition_names_senders_and_their_event_types_and_never_guesses() {
+    let rec = |h: &[(&str, &str)], body: &str| {
+        let h = hdrs(h);
+        recognise(&RequestView::new("POST", "https://x/", &h, body.as_bytes()))
+    };
+    let r = rec(
+        &[
+            ("X-GitHub-Event", "pull_request"),
+            ("X-GitHub-Delivery", "d-1"),
+            ("X-Hub-Signature-256", "sha256=00"),
+        ],
+        r#"{"action":"opened"}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        (r.provider, r.event.as_deref(), r.delivery_id.as_deref()),
+        (Provider::Github, Some("pull_request.opened"), Some("d-1"))
+    );
+    let r = rec(&[("X-Shopify-Topic", "orders/create")], "{}").unwrap();
+    assert_eq!(
+        (r.provider, r.event.as_deref()),
+        (Provider::Shopify, Some("orders/create"))
+    );
+    let r = rec(
+        &[("Stripe-Signature", "t=1,v1=00")],
+        r#"{"id":"evt_9","type":"charge.succeeded"}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        (r.provider, r.event.as_deref(), r.delivery_id.as_deref()),
+        (Provider::Stripe, Some("charge.succeeded"), Some("evt_9"))
+    );
+    let r = rec(
+        &[("svix-id", "msg_1"), ("svix-signature", "v1,x")],
+        r#"{"type":"user.created"}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        (r.provider, r.delivery_id.as_deref()),
+        (Provider::Svix, Some("msg_1"))
+    );
+    let r = rec(
+        &[("webhook-id", "msg_2"), ("webhook-signature", "v1,x")],
+        "{}",
+    )
+    .unwrap();
+    assert_eq!(r.provider, Provider::StandardWebhooks);
+    let r = rec(
+        &[("X-Slack-Signature", "v0=00")],
+        r#"{"type":"event_callback","event":{"type":"app_mention"}}"#,
+    )
+    .unwrap();
+    assert_eq!(r.event.as_deref(), Some("app_mention"));
+    let r = rec(
+        &[
+            ("User-Agent", "FinAegis-Webhook/1.0"),
+            ("X-Webhook-Event", "transfer.completed"),
+        ],
+        "{}",
+    )
+    .unwrap();
+    assert_eq!(
+        (r.provider, r.event.as_deref()),
+        (Provider::Finaegis, Some("transfer.completed"))
+    );
+    let r = rec(&[], r#"[{"partnerAppId":"1","eventId":"e1","eventType":"api","eventName":"consent_authorised"}]"#).unwrap();
+    assert_eq!(
+        (r.provider, r.event.as_deref(), r.delivery_id.as_deref()),
+        (Provider::Klavi, Some("consent_authorised"), Some("e1"))
+    );
+    let r = rec(&[], r#"{"id":"evt_B","object":"event","created_at":"2020-01-30T12:44:55Z","type":"consent.created","data":{}}"#).unwrap();
+    assert_eq!(
+        (r.provider, r.event.as_deref()),
+        (Provider::Finexer, Some("consent.created"))
+    );
+    let r = rec(
+        &[],
+        r#"{"id":"a","eventType":"newTransactions","userId":"u","payload":{}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        (r.provider, r.event.as_deref()),
+        (Provider::Moneyhub, Some("newTransactions"))
+    );
+
+    // Unknown senders stay unknown.
+    assert_eq!(rec(&[], r#"{"type":"x","id":"evt_1"}"#), None);
+    assert_eq!(
+        rec(
+            &[],
+            r#"{"id":"evt_1","object":"event","created":1,"type":"charge.succeeded"}"#
+        ),
+        None
+    );
+    assert_eq!(rec(&[("X-Webhook-Signature", "00")], "{}"), None);
+    assert_eq!(rec(&[("Content-Type", "application/jwt")], "a.b.c"), None);
+    assert_eq!(rec(&[], "[1,2]"), None);
+}
+
+#[test]
+fn every_provider_id_round_trips_and_unknown_lists_the_known() {
+    for p in Provider::ALL {
+        assert_eq!(Provider::from_id(p.id()), Ok(p));
+    }
+    let err = Provider::from_id("strype").unwrap_err();
+    assert!(
+        err.starts_with("unknown provider `strype` (known: standard-webhooks, svix, stripe"),
+        "{err}"
+    );
+    assert!(err.ends_with("klavi, finaegis)"), "{err}");
+    assert_eq!(Provider::Moneyhub.timeout(), Some(Duration::from_secs(5)));
+    assert_eq!(Provider::Moneyhub.retries(), Some(false));
+}
+
+#[test]
+fn templates_parse_placeholders_and_reject_unknown_ones() {
+    use super::hmac::{Piece, Template};
+    assert_eq!(
+        Template::parse("v0:{timestamp}:{body}").unwrap().0,
+        vec![
+            Piece::Literal("v0:".into()),
+            Piece::Timestamp,
+            Piece::Literal(":".into()),
+            Piece::Body
+        ]
+    );
+    assert!(Template::parse("{bdy}")
+        .unwrap_err()
+        .contains("unknown placeholder `{bdy}`"));
+    assert!(Template::parse("{body").unwrap_err().contains("unclosed"));
+}
