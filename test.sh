@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs whtunnel's whole test suite on a fresh machine: installs what the
+# tests need that cargo does not (tmux for the real-terminal inspector test;
+# the official webhook libraries the signature tests check against, in a
+# venv and an npm tree under target/oracles), then `cargo test --locked`.
+# Extra arguments go to cargo test (e.g. ./test.sh --test held).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+apt_install() {
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "test.sh: please install: $* (or run as root)" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+need=()
+command -v tmux >/dev/null 2>&1 || need+=(tmux)
+command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+  apt_install "${need[@]}"
+fi
+
+bash tests/oracles/setup.sh
+exec cargo test --locked "$@"
