@@ -24,9 +24,11 @@ use crate::tunnel::protocol::OfflinePolicy;
 pub const EMBEDDED_RELAY_ADDR: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8787));
 
-/// How long [`Listener::run`] waits on the way out for calls to the app
-/// that are still finishing after their stream was reset, so that they are
-/// recorded before the store closes.
+/// How long [`Listener::run`] lets exchanges in flight finish once asked to
+/// stop; then it gives up on them (each is answered 503 and recorded as
+/// abandoned), and waits as long again at most for calls still finishing
+/// after their stream was reset, so that they are recorded before the
+/// store closes.
 pub const SETTLE_ON_STOP: Duration = Duration::from_secs(10);
 
 /// Replay requests waiting for the replay worker.
@@ -243,6 +245,20 @@ impl Listener {
         self.embedded.as_ref().map(|(_, info)| *info)
     }
 
+    /// Exchanges in flight (arrived, not yet recorded): what stopping
+    /// waits for.
+    pub fn in_flight(&self) -> watch::Receiver<usize> {
+        self.forwarder.in_flight()
+    }
+
+    /// Cancelling this gives up on the exchanges in flight (a second
+    /// Ctrl-C): each is answered 503 and recorded as abandoned at exit.
+    /// [`run`](Listener::run) cancels it itself [`SETTLE_ON_STOP`] after
+    /// `shutdown`.
+    pub fn abandon_token(&self) -> CancellationToken {
+        self.forwarder.abandon_token()
+    }
+
     /// Where the inspector sends replay requests; [`run`](Listener::run)
     /// carries them out (only while capture is on: a replay reads the
     /// stored exchange).
@@ -251,9 +267,10 @@ impl Listener {
     }
 
     /// Holds the tunnel until `shutdown` is cancelled (`Ok`) or the relay
-    /// refuses the agent (the refusal). Either way, calls the app is still
-    /// answering get up to [`SETTLE_ON_STOP`] to be recorded, and a store
-    /// the listener opened is closed, before it returns.
+    /// refuses the agent (the refusal). Either way, exchanges in flight get
+    /// up to [`SETTLE_ON_STOP`] to finish (then they are abandoned, see
+    /// [`abandon_token`](Listener::abandon_token)) and are recorded, and a
+    /// store the listener opened is closed, before it returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AgentError> {
         let Listener {
             agent,
@@ -279,6 +296,19 @@ impl Listener {
             .is_some()
             .then(|| tokio::spawn(replay_worker(data_dir, forwarder.clone(), replay_rx)));
 
+        // The bound on stopping: past it, whatever is still waiting for the
+        // app is given up on (and recorded as such).
+        let abandon = forwarder.abandon_token();
+        let bound = {
+            let (shutdown, abandon) = (shutdown.clone(), abandon.clone());
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                tokio::select! {
+                    () = tokio::time::sleep(SETTLE_ON_STOP) => abandon.cancel(),
+                    () = abandon.cancelled() => {}
+                }
+            })
+        };
         let result = super::run(agent, forwarder.clone(), status_tx, shutdown).await;
 
         if let Some(task) = replays {
@@ -286,6 +316,11 @@ impl Listener {
         }
         if forwarder.recorder().is_some() {
             forwarder.settle(SETTLE_ON_STOP).await;
+            // Answered exchanges whose record is still on its way (the
+            // answer's body was streaming back) are queued before the store
+            // closes.
+            let mut in_flight = forwarder.in_flight();
+            let _ = tokio::time::timeout(SETTLE_ON_STOP, in_flight.wait_for(|n| *n == 0)).await;
         }
         if let Some(r) = owned_recorder {
             drop(forwarder);
@@ -295,6 +330,7 @@ impl Listener {
         if let Some(task) = relay_task {
             let _ = task.await;
         }
+        bound.abort();
         result
     }
 }

@@ -214,6 +214,9 @@ pub(crate) struct ReplayArgs {
     /// Send to this target instead of the recorded one (port, host:port or URL).
     #[arg(long)]
     pub(crate) to: Option<String>,
+    /// Send even when the recorded body was not kept in full (sends what was kept).
+    #[arg(long)]
+    pub(crate) force: bool,
     #[command(flatten)]
     pub(crate) data_dir: DataDirArg,
 }

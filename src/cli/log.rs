@@ -41,9 +41,11 @@ pub(crate) async fn run_log(
     target: &Target,
     stop: &CancellationToken,
     agent: &mut AgentTask,
+    in_flight: &watch::Receiver<usize>,
 ) -> Ended {
     let mut events = recorder.map(Recorder::subscribe);
     let mut announced = false;
+    let mut stopping = false;
     let report = |s: &ConnectionStatus, announced: &mut bool| match s {
         ConnectionStatus::Connected { public_url, held } => {
             if *announced {
@@ -73,7 +75,9 @@ pub(crate) async fn run_log(
             changed = status.changed() => {
                 // The agent ended: its result says why (a refusal is an error).
                 if changed.is_err() {
-                    return Ended::Agent((&mut *agent).await);
+                    let joined = (&mut *agent).await;
+                    print_left_over(events.as_mut());
+                    return Ended::Agent(joined);
                 }
                 let s = status.borrow_and_update().clone();
                 report(&s, &mut announced);
@@ -90,11 +94,29 @@ pub(crate) async fn run_log(
                     }
                 }
             }
-            joined = &mut *agent => return Ended::Agent(joined),
-            () = stop.cancelled() => break,
+            joined = &mut *agent => {
+                print_left_over(events.as_mut());
+                return Ended::Agent(joined);
+            }
+            // Stopping: the exchanges in flight finish (and are printed)
+            // before the listener's task ends.
+            () = stop.cancelled(), if !stopping => {
+                stopping = true;
+                super::say_waiting(*in_flight.borrow());
+            }
         }
     }
-    Ended::Stopped(Ok(()))
+}
+
+/// Prints the capture events still queued once the listener has ended
+/// (the exchanges that finished while it stopped).
+fn print_left_over(events: Option<&mut tokio::sync::broadcast::Receiver<CaptureEvent>>) {
+    let Some(rx) = events else { return };
+    while let Ok(first) = rx.try_recv() {
+        if !print_log_lines(Ok(first), rx) {
+            break;
+        }
+    }
 }
 
 /// Prints `first` and every capture event already waiting behind it with one

@@ -104,30 +104,59 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 fn shutdown_signal() -> CancellationToken {
+    shutdown_signals(None)
+}
+
+/// A token cancelled by the first Ctrl-C or SIGTERM. With `abandon`, the
+/// next one (or the first after `stop` was cancelled otherwise, say by `q`
+/// in the inspector) cancels `abandon`: the user gives up on what is still
+/// in flight.
+fn shutdown_signals(abandon: Option<CancellationToken>) -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
         #[cfg(unix)]
-        {
+        let mut term = {
             use tokio::signal::unix::{signal, SignalKind};
-            let mut term = match signal(SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    t.cancel();
+            signal(SignalKind::terminate()).ok()
+        };
+        loop {
+            #[cfg(unix)]
+            {
+                let term_recv = async {
+                    match term.as_mut() {
+                        Some(t) => {
+                            t.recv().await;
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    () = term_recv => {}
+                }
+            }
+            #[cfg(not(unix))]
+            let _ = tokio::signal::ctrl_c().await;
+            match &abandon {
+                Some(abandon) if t.is_cancelled() => {
+                    abandon.cancel();
                     return;
                 }
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+                None if t.is_cancelled() => return,
+                _ => t.cancel(),
             }
         }
-        #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
-        t.cancel();
     });
     token
+}
+
+/// Says on stderr what stopping waits for, when anything.
+pub(crate) fn say_waiting(in_flight: usize) {
+    if in_flight > 0 {
+        let s = if in_flight == 1 { "" } else { "s" };
+        eprintln!("{in_flight} request{s} in flight — waiting (Ctrl-C again to abandon)");
+    }
 }
 
 async fn relay(args: RelayArgs) -> Result<()> {
@@ -194,8 +223,6 @@ async fn listen(args: ListenArgs) -> Result<()> {
     } else {
         init_logging(None, "warn");
     }
-    let stop = shutdown_signal();
-
     let mut config = ListenConfig::new(target.clone(), name, dir.clone());
     if let Some(url) = &args.relay {
         let token = args
@@ -237,6 +264,8 @@ async fn listen(args: ListenArgs) -> Result<()> {
             );
         }
     }
+    let stop = shutdown_signals(Some(listener.abandon_token()));
+    let in_flight = listener.in_flight();
     let status = listener.status();
     let recorder = listener.recorder().cloned();
     let replays = listener.replays();
@@ -265,8 +294,19 @@ async fn listen(args: ListenArgs) -> Result<()> {
         )
         .await
     } else {
-        run_log(recorder.as_ref(), status, &target, &stop, &mut agent).await
+        run_log(
+            recorder.as_ref(),
+            status,
+            &target,
+            &stop,
+            &mut agent,
+            &in_flight,
+        )
+        .await
     };
+    if use_tui && matches!(ended, Ended::Stopped(_)) {
+        say_waiting(*in_flight.borrow());
+    }
     stop.cancel();
     // The listener lets calls still in the app's hands finish and closes the
     // store before its task ends.
@@ -351,6 +391,9 @@ async fn run_inspector(
 async fn replay(args: ReplayArgs) -> Result<()> {
     let dir = resolve_data_dir(&args.data_dir)?;
     let original = load_exchange(&dir, args.id)?;
+    if let (Some(why), false) = (crate::forward::not_replayable(&original), args.force) {
+        bail!("{why}");
+    }
     // Only the recorded target unless --to says otherwise: a replay never
     // goes somewhere the user did not name.
     let target: Target = match &args.to {
@@ -370,7 +413,7 @@ async fn replay(args: ReplayArgs) -> Result<()> {
         recorder: Some(recorder.clone()),
         body_limits: limits,
     });
-    let outcome = forwarder.replay(&original, None).await;
+    let outcome = forwarder.replay_forced(&original, None).await;
     recorder.close().await;
     let id = outcome
         .id
