@@ -290,3 +290,50 @@ async fn a_second_ctrl_c_abandons_and_records_the_exchange_as_abandoned() {
         "{out:.500}"
     );
 }
+
+/// The body of issue #12: an OSC title change, a line erase, a carriage
+/// return and colours.
+const HOSTILE_TYPE: &str =
+    "payment.ok\u{1b}]0;PWNED\u{7}\u{1b}[2K\r\u{1b}[32mALL GOOD\u{1b}[0m\u{2028}\u{9b}";
+
+fn assert_no_controls(what: &str, out: &str) {
+    for c in out.chars() {
+        assert!(
+            c == '\n' || !(c.is_control() || c == '\u{2028}' || c == '\u{2029}'),
+            "{what}: {c:?} reaches the terminal in {out:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn what_a_sender_writes_never_reaches_the_terminal_raw() {
+    let app = App::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let mut listen = start_listen(&app.addr.port().to_string(), dir.path()).await;
+    let body = serde_json::json!({ "type": HOSTILE_TYPE }).to_string();
+    let (status, _, _) = send(
+        Method::POST,
+        &format!("{}/hooks/%1B%5D0%3BX%07", listen.public_url),
+        &[("content-type", "application/json")],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let line = listen.next_line().await;
+    assert_no_controls("log line", &line);
+    assert!(line.contains("payment.ok\\x1b]0;PWNED\\x07"), "{line}");
+    listen.stop().await;
+
+    let (_, out, _) = whtunnel(&["requests", "list", "--data-dir", d]).await;
+    assert_no_controls("requests list", &out);
+    assert!(out.contains("ALL GOOD"), "{out}");
+    let (_, out, _) = whtunnel(&["requests", "show", "1", "--data-dir", d]).await;
+    assert_no_controls("requests show", &out);
+    assert!(out.contains("\\x1b[32mALL GOOD"), "{out}");
+    // JSON stays exact.
+    let (_, out, _) = whtunnel(&["requests", "show", "1", "--json", "--data-dir", d]).await;
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["request"]["body"], body.as_str());
+    assert_eq!(shown["event"], HOSTILE_TYPE);
+}

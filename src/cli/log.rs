@@ -165,34 +165,38 @@ fn print_log_lines(
     open
 }
 
-/// One exchange as a log line: time, method, path, status, duration, event.
+/// One exchange as a log line: time (UTC, like `requests list`), method,
+/// path, status, duration, event. What a sender controls (method, path,
+/// event type, error text) is escaped: it never reaches the terminal as
+/// control characters.
 pub fn log_line(s: &capture::ExchangeSummary, not_stored: Option<&str>) -> String {
-    let time = s
-        .received_at
-        .with_timezone(&chrono::Local)
-        .format("%H:%M:%S%.3f");
+    use crate::capture::export::terminal_safe;
+    let line = |t: &str| terminal_safe(t, false).into_owned();
+    let time = s.received_at.format("%H:%M:%S%.3fZ");
     let status = s
         .status
         .map(|c| c.to_string())
         .unwrap_or_else(|| "---".into());
-    let mut line = format!(
+    let mut out = format!(
         "{time} {:<6} {} {status} {:.1}ms",
-        s.method, s.path, s.duration_ms
+        line(&s.method),
+        line(&s.path),
+        s.duration_ms
     );
     if let Some(e) = &s.event {
-        line.push_str(&format!(" {e}"));
+        out.push_str(&format!(" {}", line(e)));
     }
     if let Some(id) = s.replay_of {
-        line.push_str(&format!(" (replay of #{id})"));
+        out.push_str(&format!(" (replay of #{id})"));
     }
     if s.id > 0 {
-        line.push_str(&format!(" #{}", s.id));
+        out.push_str(&format!(" #{}", s.id));
     }
     if let Some(err) = &s.error {
-        line.push_str(&format!(" [{}]", err.trim()));
+        out.push_str(&format!(" [{}]", line(err.trim())));
     }
     if let Some(reason) = not_stored {
-        line.push_str(&format!(" [not stored: {reason}]"));
+        out.push_str(&format!(" [not stored: {}]", line(reason)));
     }
-    line
+    out
 }
