@@ -152,8 +152,12 @@ const WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl Listen {
     async fn start(target: &str, data_dir: &Path) -> Listen {
+        Listen::start_on(target, data_dir, "127.0.0.1:0").await
+    }
+
+    async fn start_on(target: &str, data_dir: &Path, relay: &str) -> Listen {
         let mut child = tokio::process::Command::new(bin())
-            .args(["listen", target, "--no-tui", "--listen", "127.0.0.1:0"])
+            .args(["listen", target, "--no-tui", "--listen", relay])
             .arg("--data-dir")
             .arg(data_dir)
             .stdout(std::process::Stdio::piped())
@@ -336,4 +340,119 @@ async fn what_a_sender_writes_never_reaches_the_terminal_raw() {
     let shown: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(shown["request"]["body"], body.as_str());
     assert_eq!(shown["event"], HOSTILE_TYPE);
+}
+
+#[tokio::test]
+async fn replay_names_its_target_and_wants_to_for_another_machine() {
+    let app = App::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let mut listen = start_listen(&app.addr.port().to_string(), dir.path()).await;
+    let (status, _, _) = send(
+        Method::POST,
+        &format!("{}/x", listen.public_url),
+        &[
+            ("authorization", "Bearer secret-1"),
+            ("stripe-signature", "t=1,v1=ab"),
+        ],
+        "{}",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    listen.next_line().await;
+    listen.stop().await;
+
+    let (code, _, err) = whtunnel(&["replay", "1", "--data-dir", d]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!(
+            "replaying #1 to http://localhost:{}",
+            app.addr.port()
+        )),
+        "{err}"
+    );
+
+    // A store edited to point elsewhere: refused without --to.
+    let db =
+        rusqlite::Connection::open(dir.path().join(whtunnel::capture::store::DB_FILE)).unwrap();
+    db.execute(
+        "UPDATE exchanges SET target = 'http://203.0.113.9:80' WHERE id = 1",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    let (code, _, err) = whtunnel(&["replay", "1", "--data-dir", d]).await;
+    assert_ne!(code, 0);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("not this machine") && err.contains("--to"),
+        "{err}"
+    );
+    assert_eq!(app.seen().len(), 2, "nothing more was sent");
+
+    // HAR exports are private, and --redact hides credentials.
+    let har = dir.path().join("out.har");
+    let h = har.to_str().unwrap();
+    let (code, _, err) = whtunnel(&[
+        "requests",
+        "export",
+        "--har",
+        h,
+        "--redact",
+        "--data-dir",
+        d,
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&har).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let text = std::fs::read_to_string(&har).unwrap();
+    assert!(
+        !text.contains("secret-1") && !text.contains("v1=ab"),
+        "{text:.400}"
+    );
+    let parsed: Value = serde_json::from_str(&text).unwrap();
+    let url = parsed["log"]["entries"][0]["request"]["url"]
+        .as_str()
+        .unwrap();
+    assert!(
+        url.starts_with("http://127.0.0.1:") && url.ends_with("/x"),
+        "{url}"
+    );
+}
+
+#[tokio::test]
+async fn listen_refuses_a_mistyped_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    for typo in ["3000x", ":3000x"] {
+        let (code, _, err) = whtunnel(&["listen", typo, "--no-tui", "--data-dir", d]).await;
+        assert_ne!(code, 0, "{typo}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("mistyped port"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn start_up_says_when_the_app_is_down_and_when_the_usual_url_is_taken() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let asked = taken.local_addr().unwrap().to_string();
+    let mut listen = Listen::start_on(&port.to_string(), dir.path(), &asked).await;
+    let line = listen.stderr_line("is in use").await;
+    assert!(
+        line.contains(&asked) && line.contains("NOT the usual one") && line.contains("--listen"),
+        "{line}"
+    );
+    assert!(!listen.public_url.contains(&asked), "{}", listen.public_url);
+    let line = listen.stderr_line("app:").await;
+    assert_eq!(
+        line,
+        format!("app: nothing listening on localhost:{port} yet")
+    );
 }

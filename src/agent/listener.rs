@@ -31,6 +31,37 @@ pub const EMBEDDED_RELAY_ADDR: SocketAddr =
 /// store closes.
 pub const SETTLE_ON_STOP: Duration = Duration::from_secs(10);
 
+/// How long the start-up probe of the app waits for a TCP connection.
+pub const APP_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// What is known of the app behind the target: the "connected" of the
+/// status is the relay's, this is the app's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppState {
+    /// Not probed yet.
+    Unknown,
+    /// Something accepted a TCP connection on the target.
+    Listening,
+    /// Nothing accepted one: the app is not running (yet), or the target is
+    /// wrong. `why` is the connect error, or that it timed out.
+    NotListening {
+        /// The connect error.
+        why: String,
+    },
+}
+
+/// Tries a TCP connection to `target` within [`APP_PROBE_TIMEOUT`].
+pub async fn probe_app(target: &Target) -> AppState {
+    let connect = tokio::net::TcpStream::connect(target.authority());
+    match tokio::time::timeout(APP_PROBE_TIMEOUT, connect).await {
+        Ok(Ok(_)) => AppState::Listening,
+        Ok(Err(e)) => AppState::NotListening { why: e.to_string() },
+        Err(_) => AppState::NotListening {
+            why: format!("no answer within {} ms", APP_PROBE_TIMEOUT.as_millis()),
+        },
+    }
+}
+
 /// Replay requests waiting for the replay worker.
 const REPLAY_QUEUE: usize = 16;
 
@@ -162,6 +193,7 @@ pub struct Listener {
     replay_tx: mpsc::Sender<ReplayRequest>,
     replay_rx: mpsc::Receiver<ReplayRequest>,
     data_dir: PathBuf,
+    app_state: watch::Sender<AppState>,
 }
 
 impl Listener {
@@ -217,7 +249,21 @@ impl Listener {
             replay_tx,
             replay_rx,
             data_dir: config.data_dir,
+            app_state: watch::channel(AppState::Unknown).0,
         })
+    }
+
+    /// The app's state as last probed ([`Listener::probe_app`]).
+    pub fn app_state(&self) -> watch::Receiver<AppState> {
+        self.app_state.subscribe()
+    }
+
+    /// Probes the target (a TCP connection, at most [`APP_PROBE_TIMEOUT`])
+    /// and publishes the result on [`Listener::app_state`].
+    pub async fn probe_app(&self) -> AppState {
+        let state = probe_app(self.target()).await;
+        self.app_state.send_replace(state.clone());
+        state
     }
 
     /// The agent's connection state, as it changes.
@@ -282,7 +328,9 @@ impl Listener {
             replay_tx,
             replay_rx,
             data_dir,
+            app_state,
         } = self;
+        drop(app_state);
         drop((status_rx, replay_tx));
         // The embedded relay stops with the agent, not before it: in-flight
         // exchanges drain through it.

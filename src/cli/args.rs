@@ -199,9 +199,12 @@ pub(crate) enum RequestsCommand {
     },
     /// Export recorded exchanges.
     Export {
-        /// Write a HAR 1.2 file (importable in browser devtools).
+        /// Write a HAR 1.2 file (importable in browser devtools), readable by you alone.
         #[arg(long)]
         har: PathBuf,
+        /// Replace credential header values (authorization, cookies, signatures, tokens) with [redacted].
+        #[arg(long)]
+        redact: bool,
         #[command(flatten)]
         data_dir: DataDirArg,
     },

@@ -212,10 +212,10 @@ async fn relay(args: RelayArgs) -> Result<()> {
 }
 
 async fn listen(args: ListenArgs) -> Result<()> {
-    let dir = resolve_data_dir(&args.data_dir)?;
-    ensure_private_dir(&dir)?;
-    let _lock = lock_data_dir(&dir)?;
     let target: Target = args.target.parse()?;
+    let dir = resolve_data_dir(&args.data_dir)?;
+    let open_dir = ensure_private_dir(&dir)?;
+    let _lock = lock_data_dir(&dir)?;
     let name = tunnel_name(args.name.as_deref(), &dir)?;
     let use_tui = !args.no_tui && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
     if use_tui {
@@ -257,11 +257,30 @@ async fn listen(args: ListenArgs) -> Result<()> {
     };
     let listener = Listener::bind(config).await?;
     if let Some(relay) = listener.embedded_relay() {
-        if let (Some(asked), false) = (relay.fallback_from, use_tui) {
-            eprintln!(
-                "note: {asked} is in use; the embedded relay listens on {} instead",
+        if let Some(asked) = relay.fallback_from {
+            let warning = format!(
+                "warning: {asked} is in use, so the embedded relay listens on {} instead: \
+                 the public URL is NOT the usual one and webhooks sent to the old one will not \
+                 arrive; stop what holds {asked}, or pick a fixed port with --listen 127.0.0.1:PORT",
                 relay.addr
             );
+            // In the inspector, stderr is hidden: the log file keeps it.
+            if use_tui {
+                tracing::warn!("{warning}");
+            } else {
+                eprintln!("{warning}");
+            }
+        }
+    }
+    if let agent::listener::AppState::NotListening { why } = listener.probe_app().await {
+        // In the inspector, stderr is hidden: the log file keeps it.
+        if use_tui {
+            tracing::warn!(
+                "app: nothing listening on {} yet ({why})",
+                target.authority()
+            );
+        } else {
+            eprintln!("app: nothing listening on {} yet", target.authority());
         }
     }
     let stop = shutdown_signals(Some(listener.abandon_token()));
@@ -282,6 +301,9 @@ async fn listen(args: ListenArgs) -> Result<()> {
         return finish_agent(agent.await);
     }
 
+    if let Some(warning) = open_dir {
+        eprintln!("{warning}");
+    }
     let ended = if use_tui {
         run_inspector(
             &dir,
@@ -398,11 +420,23 @@ async fn replay(args: ReplayArgs) -> Result<()> {
     // goes somewhere the user did not name.
     let target: Target = match &args.to {
         Some(to) => to.parse()?,
-        None => original
-            .target
-            .parse()
-            .with_context(|| format!("exchange #{} has no usable target; pass --to", args.id))?,
+        None => {
+            let recorded: Target = original.target.parse().with_context(|| {
+                format!("exchange #{} has no usable target; pass --to", args.id)
+            })?;
+            // The store is only a file: an edited copy must not send the
+            // recorded headers (Authorization, signatures) to another host.
+            if !recorded.is_loopback() {
+                bail!(
+                    "exchange #{} was recorded for {recorded}, which is not this machine; \
+                     pass --to {recorded} to send it there",
+                    args.id
+                );
+            }
+            recorded
+        }
     };
+    eprintln!("replaying #{} to {target}", args.id);
     let store = Store::open_secondary(&StoreConfig::new(dir.clone()))
         .with_context(|| format!("cannot open the capture store in {}", dir.display()))?;
     let limits = BodyLimits::new(store.spill_dir());
