@@ -24,10 +24,43 @@ use crate::tunnel::protocol::OfflinePolicy;
 pub const EMBEDDED_RELAY_ADDR: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8787));
 
-/// How long [`Listener::run`] waits on the way out for calls to the app
-/// that are still finishing after their stream was reset, so that they are
-/// recorded before the store closes.
+/// How long [`Listener::run`] lets exchanges in flight finish once asked to
+/// stop; then it gives up on them (each is answered 503 and recorded as
+/// abandoned), and waits as long again at most for calls still finishing
+/// after their stream was reset, so that they are recorded before the
+/// store closes.
 pub const SETTLE_ON_STOP: Duration = Duration::from_secs(10);
+
+/// How long the start-up probe of the app waits for a TCP connection.
+pub const APP_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// What is known of the app behind the target: the "connected" of the
+/// status is the relay's, this is the app's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppState {
+    /// Not probed yet.
+    Unknown,
+    /// Something accepted a TCP connection on the target.
+    Listening,
+    /// Nothing accepted one: the app is not running (yet), or the target is
+    /// wrong. `why` is the connect error, or that it timed out.
+    NotListening {
+        /// The connect error.
+        why: String,
+    },
+}
+
+/// Tries a TCP connection to `target` within [`APP_PROBE_TIMEOUT`].
+pub async fn probe_app(target: &Target) -> AppState {
+    let connect = tokio::net::TcpStream::connect(target.authority());
+    match tokio::time::timeout(APP_PROBE_TIMEOUT, connect).await {
+        Ok(Ok(_)) => AppState::Listening,
+        Ok(Err(e)) => AppState::NotListening { why: e.to_string() },
+        Err(_) => AppState::NotListening {
+            why: format!("no answer within {} ms", APP_PROBE_TIMEOUT.as_millis()),
+        },
+    }
+}
 
 /// Replay requests waiting for the replay worker.
 const REPLAY_QUEUE: usize = 16;
@@ -160,6 +193,7 @@ pub struct Listener {
     replay_tx: mpsc::Sender<ReplayRequest>,
     replay_rx: mpsc::Receiver<ReplayRequest>,
     data_dir: PathBuf,
+    app_state: watch::Sender<AppState>,
 }
 
 impl Listener {
@@ -215,7 +249,21 @@ impl Listener {
             replay_tx,
             replay_rx,
             data_dir: config.data_dir,
+            app_state: watch::channel(AppState::Unknown).0,
         })
+    }
+
+    /// The app's state as last probed ([`Listener::probe_app`]).
+    pub fn app_state(&self) -> watch::Receiver<AppState> {
+        self.app_state.subscribe()
+    }
+
+    /// Probes the target (a TCP connection, at most [`APP_PROBE_TIMEOUT`])
+    /// and publishes the result on [`Listener::app_state`].
+    pub async fn probe_app(&self) -> AppState {
+        let state = probe_app(self.target()).await;
+        self.app_state.send_replace(state.clone());
+        state
     }
 
     /// The agent's connection state, as it changes.
@@ -243,6 +291,20 @@ impl Listener {
         self.embedded.as_ref().map(|(_, info)| *info)
     }
 
+    /// Exchanges in flight (arrived, not yet recorded): what stopping
+    /// waits for.
+    pub fn in_flight(&self) -> watch::Receiver<usize> {
+        self.forwarder.in_flight()
+    }
+
+    /// Cancelling this gives up on the exchanges in flight (a second
+    /// Ctrl-C): each is answered 503 and recorded as abandoned at exit.
+    /// [`run`](Listener::run) cancels it itself [`SETTLE_ON_STOP`] after
+    /// `shutdown`.
+    pub fn abandon_token(&self) -> CancellationToken {
+        self.forwarder.abandon_token()
+    }
+
     /// Where the inspector sends replay requests; [`run`](Listener::run)
     /// carries them out (only while capture is on: a replay reads the
     /// stored exchange).
@@ -251,9 +313,10 @@ impl Listener {
     }
 
     /// Holds the tunnel until `shutdown` is cancelled (`Ok`) or the relay
-    /// refuses the agent (the refusal). Either way, calls the app is still
-    /// answering get up to [`SETTLE_ON_STOP`] to be recorded, and a store
-    /// the listener opened is closed, before it returns.
+    /// refuses the agent (the refusal). Either way, exchanges in flight get
+    /// up to [`SETTLE_ON_STOP`] to finish (then they are abandoned, see
+    /// [`abandon_token`](Listener::abandon_token)) and are recorded, and a
+    /// store the listener opened is closed, before it returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AgentError> {
         let Listener {
             agent,
@@ -265,7 +328,9 @@ impl Listener {
             replay_tx,
             replay_rx,
             data_dir,
+            app_state,
         } = self;
+        drop(app_state);
         drop((status_rx, replay_tx));
         // The embedded relay stops with the agent, not before it: in-flight
         // exchanges drain through it.
@@ -279,6 +344,19 @@ impl Listener {
             .is_some()
             .then(|| tokio::spawn(replay_worker(data_dir, forwarder.clone(), replay_rx)));
 
+        // The bound on stopping: past it, whatever is still waiting for the
+        // app is given up on (and recorded as such).
+        let abandon = forwarder.abandon_token();
+        let bound = {
+            let (shutdown, abandon) = (shutdown.clone(), abandon.clone());
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                tokio::select! {
+                    () = tokio::time::sleep(SETTLE_ON_STOP) => abandon.cancel(),
+                    () = abandon.cancelled() => {}
+                }
+            })
+        };
         let result = super::run(agent, forwarder.clone(), status_tx, shutdown).await;
 
         if let Some(task) = replays {
@@ -286,6 +364,11 @@ impl Listener {
         }
         if forwarder.recorder().is_some() {
             forwarder.settle(SETTLE_ON_STOP).await;
+            // Answered exchanges whose record is still on its way (the
+            // answer's body was streaming back) are queued before the store
+            // closes.
+            let mut in_flight = forwarder.in_flight();
+            let _ = tokio::time::timeout(SETTLE_ON_STOP, in_flight.wait_for(|n| *n == 0)).await;
         }
         if let Some(r) = owned_recorder {
             drop(forwarder);
@@ -295,6 +378,7 @@ impl Listener {
         if let Some(task) = relay_task {
             let _ = task.await;
         }
+        bound.abort();
         result
     }
 }

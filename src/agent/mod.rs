@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use connect::{AgentConfig, ConnectError, RelayUrl};
-pub use listener::{Capture, ListenConfig, ListenError, Listener, RelayChoice};
+pub use listener::{AppState, Capture, ListenConfig, ListenError, Listener, RelayChoice};
 pub use status::ConnectionStatus;
 
 use crate::forward::Forwarder;

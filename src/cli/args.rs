@@ -199,9 +199,12 @@ pub(crate) enum RequestsCommand {
     },
     /// Export recorded exchanges.
     Export {
-        /// Write a HAR 1.2 file (importable in browser devtools).
+        /// Write a HAR 1.2 file (importable in browser devtools), readable by you alone.
         #[arg(long)]
         har: PathBuf,
+        /// Replace credential header values (authorization, cookies, signatures, tokens) with [redacted].
+        #[arg(long)]
+        redact: bool,
         #[command(flatten)]
         data_dir: DataDirArg,
     },
@@ -214,6 +217,9 @@ pub(crate) struct ReplayArgs {
     /// Send to this target instead of the recorded one (port, host:port or URL).
     #[arg(long)]
     pub(crate) to: Option<String>,
+    /// Send even when the recorded body was not kept in full (sends what was kept).
+    #[arg(long)]
+    pub(crate) force: bool,
     #[command(flatten)]
     pub(crate) data_dir: DataDirArg,
 }

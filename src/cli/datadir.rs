@@ -49,15 +49,43 @@ pub(crate) fn resolve_data_dir(arg: &DataDirArg) -> Result<PathBuf> {
 
 /// Creates the data dir readable only by its owner: it holds captured
 /// webhooks, which carry secrets.
-pub(crate) fn ensure_private_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+/// Creates the data directory (and missing parents) readable by the user
+/// alone. A directory that already exists keeps its mode, which may be the
+/// user's choice or a shared one (`/tmp`'s sticky bit); when others can
+/// read it, the warning to print is returned (captures hold secrets). The
+/// caller prints it once the command is under way, so that a refusal is
+/// still one line.
+pub(crate) fn ensure_private_dir(dir: &Path) -> Result<Option<String>> {
+    let cannot = || format!("cannot create data directory {}", dir.display());
+    if dir.is_dir() {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir)
+                .with_context(cannot)?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Ok(Some(format!(
+                    "warning: data directory {} is open to other users (mode {:o}); \
+                     captured webhooks and their secrets are kept there \
+                     (chmod 700 it, or pick another --data-dir)",
+                    dir.display(),
+                    mode & 0o7777
+                )));
+            }
+        }
+        return Ok(None);
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
     }
-    Ok(())
+    builder.create(dir).with_context(cannot)?;
+    Ok(None)
 }
 
 pub(crate) fn write_private(path: &Path, contents: &str) -> Result<()> {
@@ -114,7 +142,9 @@ pub(crate) fn agent_id(dir: &Path) -> Result<String> {
 /// The relay's own token, generated once and kept in `dir` (0600), for a
 /// relay started without `--token`. Returns it and the file it is in.
 pub(crate) fn relay_token(dir: &Path) -> Result<(String, PathBuf)> {
-    ensure_private_dir(dir)?;
+    if let Some(warning) = ensure_private_dir(dir)? {
+        eprintln!("{warning}");
+    }
     let path = dir.join("relay-token");
     let token = match std::fs::read_to_string(&path) {
         Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
@@ -125,4 +155,40 @@ pub(crate) fn relay_token(dir: &Path) -> Result<(String, PathBuf)> {
         }
     };
     Ok((token, path))
+}
+
+#[cfg(test)]
+#[cfg(unix)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn an_existing_directory_keeps_its_mode_and_an_open_one_is_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        let shared = tmp.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let warning = ensure_private_dir(&shared).unwrap().unwrap();
+        assert_eq!(mode(&shared), 0o1777, "the sticky bit is kept");
+        assert!(
+            warning.contains("1777") && warning.contains("--data-dir"),
+            "{warning}"
+        );
+
+        let mine = tmp.path().join("mine");
+        std::fs::create_dir(&mine).unwrap();
+        std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(ensure_private_dir(&mine).unwrap(), None);
+
+        // What whtunnel creates is private, parents included.
+        let new = tmp.path().join("a/b");
+        assert_eq!(ensure_private_dir(&new).unwrap(), None);
+        assert_eq!(mode(&new), 0o700);
+        assert_eq!(mode(&tmp.path().join("a")), 0o700);
+    }
 }

@@ -41,9 +41,11 @@ pub(crate) async fn run_log(
     target: &Target,
     stop: &CancellationToken,
     agent: &mut AgentTask,
+    in_flight: &watch::Receiver<usize>,
 ) -> Ended {
     let mut events = recorder.map(Recorder::subscribe);
     let mut announced = false;
+    let mut stopping = false;
     let report = |s: &ConnectionStatus, announced: &mut bool| match s {
         ConnectionStatus::Connected { public_url, held } => {
             if *announced {
@@ -73,7 +75,9 @@ pub(crate) async fn run_log(
             changed = status.changed() => {
                 // The agent ended: its result says why (a refusal is an error).
                 if changed.is_err() {
-                    return Ended::Agent((&mut *agent).await);
+                    let joined = (&mut *agent).await;
+                    print_left_over(events.as_mut());
+                    return Ended::Agent(joined);
                 }
                 let s = status.borrow_and_update().clone();
                 report(&s, &mut announced);
@@ -90,11 +94,29 @@ pub(crate) async fn run_log(
                     }
                 }
             }
-            joined = &mut *agent => return Ended::Agent(joined),
-            () = stop.cancelled() => break,
+            joined = &mut *agent => {
+                print_left_over(events.as_mut());
+                return Ended::Agent(joined);
+            }
+            // Stopping: the exchanges in flight finish (and are printed)
+            // before the listener's task ends.
+            () = stop.cancelled(), if !stopping => {
+                stopping = true;
+                super::say_waiting(*in_flight.borrow());
+            }
         }
     }
-    Ended::Stopped(Ok(()))
+}
+
+/// Prints the capture events still queued once the listener has ended
+/// (the exchanges that finished while it stopped).
+fn print_left_over(events: Option<&mut tokio::sync::broadcast::Receiver<CaptureEvent>>) {
+    let Some(rx) = events else { return };
+    while let Ok(first) = rx.try_recv() {
+        if !print_log_lines(Ok(first), rx) {
+            break;
+        }
+    }
 }
 
 /// Prints `first` and every capture event already waiting behind it with one
@@ -143,34 +165,38 @@ fn print_log_lines(
     open
 }
 
-/// One exchange as a log line: time, method, path, status, duration, event.
+/// One exchange as a log line: time (UTC, like `requests list`), method,
+/// path, status, duration, event. What a sender controls (method, path,
+/// event type, error text) is escaped: it never reaches the terminal as
+/// control characters.
 pub fn log_line(s: &capture::ExchangeSummary, not_stored: Option<&str>) -> String {
-    let time = s
-        .received_at
-        .with_timezone(&chrono::Local)
-        .format("%H:%M:%S%.3f");
+    use crate::capture::export::terminal_safe;
+    let line = |t: &str| terminal_safe(t, false).into_owned();
+    let time = s.received_at.format("%H:%M:%S%.3fZ");
     let status = s
         .status
         .map(|c| c.to_string())
         .unwrap_or_else(|| "---".into());
-    let mut line = format!(
+    let mut out = format!(
         "{time} {:<6} {} {status} {:.1}ms",
-        s.method, s.path, s.duration_ms
+        line(&s.method),
+        line(&s.path),
+        s.duration_ms
     );
     if let Some(e) = &s.event {
-        line.push_str(&format!(" {e}"));
+        out.push_str(&format!(" {}", line(e)));
     }
     if let Some(id) = s.replay_of {
-        line.push_str(&format!(" (replay of #{id})"));
+        out.push_str(&format!(" (replay of #{id})"));
     }
     if s.id > 0 {
-        line.push_str(&format!(" #{}", s.id));
+        out.push_str(&format!(" #{}", s.id));
     }
     if let Some(err) = &s.error {
-        line.push_str(&format!(" [{}]", err.trim()));
+        out.push_str(&format!(" [{}]", line(err.trim())));
     }
     if let Some(reason) = not_stored {
-        line.push_str(&format!(" [not stored: {reason}]"));
+        out.push_str(&format!(" [not stored: {}]", line(reason)));
     }
-    line
+    out
 }

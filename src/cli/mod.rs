@@ -104,30 +104,59 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 fn shutdown_signal() -> CancellationToken {
+    shutdown_signals(None)
+}
+
+/// A token cancelled by the first Ctrl-C or SIGTERM. With `abandon`, the
+/// next one (or the first after `stop` was cancelled otherwise, say by `q`
+/// in the inspector) cancels `abandon`: the user gives up on what is still
+/// in flight.
+fn shutdown_signals(abandon: Option<CancellationToken>) -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
         #[cfg(unix)]
-        {
+        let mut term = {
             use tokio::signal::unix::{signal, SignalKind};
-            let mut term = match signal(SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    t.cancel();
+            signal(SignalKind::terminate()).ok()
+        };
+        loop {
+            #[cfg(unix)]
+            {
+                let term_recv = async {
+                    match term.as_mut() {
+                        Some(t) => {
+                            t.recv().await;
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    () = term_recv => {}
+                }
+            }
+            #[cfg(not(unix))]
+            let _ = tokio::signal::ctrl_c().await;
+            match &abandon {
+                Some(abandon) if t.is_cancelled() => {
+                    abandon.cancel();
                     return;
                 }
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+                None if t.is_cancelled() => return,
+                _ => t.cancel(),
             }
         }
-        #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
-        t.cancel();
     });
     token
+}
+
+/// Says on stderr what stopping waits for, when anything.
+pub(crate) fn say_waiting(in_flight: usize) {
+    if in_flight > 0 {
+        let s = if in_flight == 1 { "" } else { "s" };
+        eprintln!("{in_flight} request{s} in flight — waiting (Ctrl-C again to abandon)");
+    }
 }
 
 async fn relay(args: RelayArgs) -> Result<()> {
@@ -183,10 +212,10 @@ async fn relay(args: RelayArgs) -> Result<()> {
 }
 
 async fn listen(args: ListenArgs) -> Result<()> {
-    let dir = resolve_data_dir(&args.data_dir)?;
-    ensure_private_dir(&dir)?;
-    let _lock = lock_data_dir(&dir)?;
     let target: Target = args.target.parse()?;
+    let dir = resolve_data_dir(&args.data_dir)?;
+    let open_dir = ensure_private_dir(&dir)?;
+    let _lock = lock_data_dir(&dir)?;
     let name = tunnel_name(args.name.as_deref(), &dir)?;
     let use_tui = !args.no_tui && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
     if use_tui {
@@ -194,8 +223,6 @@ async fn listen(args: ListenArgs) -> Result<()> {
     } else {
         init_logging(None, "warn");
     }
-    let stop = shutdown_signal();
-
     let mut config = ListenConfig::new(target.clone(), name, dir.clone());
     if let Some(url) = &args.relay {
         let token = args
@@ -230,13 +257,34 @@ async fn listen(args: ListenArgs) -> Result<()> {
     };
     let listener = Listener::bind(config).await?;
     if let Some(relay) = listener.embedded_relay() {
-        if let (Some(asked), false) = (relay.fallback_from, use_tui) {
-            eprintln!(
-                "note: {asked} is in use; the embedded relay listens on {} instead",
+        if let Some(asked) = relay.fallback_from {
+            let warning = format!(
+                "warning: {asked} is in use, so the embedded relay listens on {} instead: \
+                 the public URL is NOT the usual one and webhooks sent to the old one will not \
+                 arrive; stop what holds {asked}, or pick a fixed port with --listen 127.0.0.1:PORT",
                 relay.addr
             );
+            // In the inspector, stderr is hidden: the log file keeps it.
+            if use_tui {
+                tracing::warn!("{warning}");
+            } else {
+                eprintln!("{warning}");
+            }
         }
     }
+    if let agent::listener::AppState::NotListening { why } = listener.probe_app().await {
+        // In the inspector, stderr is hidden: the log file keeps it.
+        if use_tui {
+            tracing::warn!(
+                "app: nothing listening on {} yet ({why})",
+                target.authority()
+            );
+        } else {
+            eprintln!("app: nothing listening on {} yet", target.authority());
+        }
+    }
+    let stop = shutdown_signals(Some(listener.abandon_token()));
+    let in_flight = listener.in_flight();
     let status = listener.status();
     let recorder = listener.recorder().cloned();
     let replays = listener.replays();
@@ -253,6 +301,9 @@ async fn listen(args: ListenArgs) -> Result<()> {
         return finish_agent(agent.await);
     }
 
+    if let Some(warning) = open_dir {
+        eprintln!("{warning}");
+    }
     let ended = if use_tui {
         run_inspector(
             &dir,
@@ -265,8 +316,19 @@ async fn listen(args: ListenArgs) -> Result<()> {
         )
         .await
     } else {
-        run_log(recorder.as_ref(), status, &target, &stop, &mut agent).await
+        run_log(
+            recorder.as_ref(),
+            status,
+            &target,
+            &stop,
+            &mut agent,
+            &in_flight,
+        )
+        .await
     };
+    if use_tui && matches!(ended, Ended::Stopped(_)) {
+        say_waiting(*in_flight.borrow());
+    }
     stop.cancel();
     // The listener lets calls still in the app's hands finish and closes the
     // store before its task ends.
@@ -351,15 +413,30 @@ async fn run_inspector(
 async fn replay(args: ReplayArgs) -> Result<()> {
     let dir = resolve_data_dir(&args.data_dir)?;
     let original = load_exchange(&dir, args.id)?;
+    if let (Some(why), false) = (crate::forward::not_replayable(&original), args.force) {
+        bail!("{why}");
+    }
     // Only the recorded target unless --to says otherwise: a replay never
     // goes somewhere the user did not name.
     let target: Target = match &args.to {
         Some(to) => to.parse()?,
-        None => original
-            .target
-            .parse()
-            .with_context(|| format!("exchange #{} has no usable target; pass --to", args.id))?,
+        None => {
+            let recorded: Target = original.target.parse().with_context(|| {
+                format!("exchange #{} has no usable target; pass --to", args.id)
+            })?;
+            // The store is only a file: an edited copy must not send the
+            // recorded headers (Authorization, signatures) to another host.
+            if !recorded.is_loopback() {
+                bail!(
+                    "exchange #{} was recorded for {recorded}, which is not this machine; \
+                     pass --to {recorded} to send it there",
+                    args.id
+                );
+            }
+            recorded
+        }
     };
+    eprintln!("replaying #{} to {target}", args.id);
     let store = Store::open_secondary(&StoreConfig::new(dir.clone()))
         .with_context(|| format!("cannot open the capture store in {}", dir.display()))?;
     let limits = BodyLimits::new(store.spill_dir());
@@ -370,7 +447,7 @@ async fn replay(args: ReplayArgs) -> Result<()> {
         recorder: Some(recorder.clone()),
         body_limits: limits,
     });
-    let outcome = forwarder.replay(&original, None).await;
+    let outcome = forwarder.replay_forced(&original, None).await;
     recorder.close().await;
     let id = outcome
         .id

@@ -33,6 +33,29 @@ pub(crate) fn load_exchange(dir: &Path, id: i64) -> Result<capture::Exchange> {
         })
 }
 
+/// Creates (or truncates) `path` readable by the user alone: exports hold
+/// every header and body, secrets included.
+fn create_private(path: &Path) -> Result<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let file = opts
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    // An existing file keeps its mode on open: narrow it too.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot make {} private", path.display()))?;
+    }
+    Ok(file)
+}
+
 pub(crate) fn requests(command: RequestsCommand) -> Result<()> {
     use capture::export;
     use std::io::Write;
@@ -75,13 +98,17 @@ pub(crate) fn requests(command: RequestsCommand) -> Result<()> {
                 write!(out, "{}", export::show_human(&ex))?;
             }
         }
-        RequestsCommand::Export { har, data_dir } => {
+        RequestsCommand::Export {
+            har,
+            redact,
+            data_dir,
+        } => {
             let dir = resolve_data_dir(&data_dir)?;
             let store = open_captures(&dir)?
                 .ok_or_else(|| anyhow!("no exchanges recorded in {} yet", dir.display()))?;
-            let file = std::fs::File::create(&har)
-                .with_context(|| format!("cannot create {}", har.display()))?;
-            let n = export::write_har(&store, None, std::io::BufWriter::new(file))?;
+            let file = create_private(&har)?;
+            let options = export::HarOptions { redact };
+            let n = export::write_har_with(&store, None, options, std::io::BufWriter::new(file))?;
             eprintln!("wrote {n} exchanges to {}", har.display());
         }
     }

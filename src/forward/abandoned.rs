@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 use super::held::ERR_ANSWER_UNDELIVERED;
 use super::record::{Answer, Recording};
-use super::{describe_client_error, headers_to_vec, Forwarder};
+use super::{describe_client_error, headers_to_vec, Forwarder, ERR_ABANDONED_AT_EXIT};
 use crate::capture::{self, Outcome};
 use crate::tunnel::BoxError;
 
@@ -42,6 +42,7 @@ impl Drop for CallGuard {
             return;
         };
         let deadline = self.deadline;
+        let abandon = fwd.inner.abandon.clone();
         let permit = fwd.inner.abandoned.clone().try_acquire_owned().ok();
         handle.spawn(async move {
             const RESET: &str =
@@ -54,8 +55,21 @@ impl Drop for CallGuard {
                     );
                     (Outcome::Cancelled, None, why)
                 }
-                Some(_) => match tokio::time::timeout_at(deadline, call).await {
-                    Ok(Ok(resp)) => {
+                Some(_) if abandon.is_cancelled() => {
+                    drop(call);
+                    (
+                        Outcome::Cancelled,
+                        None,
+                        format!("{RESET}; {ERR_ABANDONED_AT_EXIT}"),
+                    )
+                }
+                Some(_) => match finish_unless_abandoned(call, deadline, &abandon).await {
+                    None => (
+                        Outcome::Cancelled,
+                        None,
+                        format!("{RESET}; {ERR_ABANDONED_AT_EXIT}"),
+                    ),
+                    Some(Ok(Ok(resp))) => {
                         let (parts, body) = resp.into_parts();
                         let body = body.map_err(BoxError::from).boxed_unsync();
                         let (mut body, done) = capture::tee(body, &fwd.inner.config.body_limits);
@@ -71,13 +85,13 @@ impl Drop for CallGuard {
                         let why = ERR_ANSWER_UNDELIVERED.to_string();
                         (Outcome::Undelivered, Some(answer), why)
                     }
-                    Ok(Err(e)) => {
+                    Some(Ok(Err(e))) => {
                         let reason = describe_client_error(&e, fwd.target());
                         let why =
                             format!("{RESET}, then {}", reason.trim_start_matches("whtunnel: "));
                         (Outcome::Cancelled, None, why)
                     }
-                    Err(_) => {
+                    Some(Err(_)) => {
                         let why = format!("{RESET}, and the app did not answer in time");
                         (Outcome::Cancelled, None, why)
                     }
@@ -87,5 +101,23 @@ impl Drop for CallGuard {
             recording.finish(outcome, answer, Some(error), id_tx).await;
             drop(permit);
         });
+    }
+}
+
+/// The call's result by `deadline`, or `None` once the agent gives up on
+/// the exchanges in flight.
+async fn finish_unless_abandoned(
+    call: hyper_util::client::legacy::ResponseFuture,
+    deadline: tokio::time::Instant,
+    abandon: &tokio_util::sync::CancellationToken,
+) -> Option<
+    Result<
+        Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>,
+        tokio::time::error::Elapsed,
+    >,
+> {
+    tokio::select! {
+        r = tokio::time::timeout_at(deadline, call) => Some(r),
+        () = abandon.cancelled() => None,
     }
 }

@@ -15,6 +15,7 @@
 
 mod abandoned;
 mod held;
+mod reclaim;
 mod record;
 mod replay;
 mod target;
@@ -29,16 +30,17 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
 
 pub use abandoned::MAX_ABANDONED_CALLS;
 pub use held::{ERR_ANSWER_UNDELIVERED, HELD_TIMEOUT_ATTEMPTS};
-pub use replay::ReplayOutcome;
+pub use replay::{not_replayable, ReplayOutcome};
 pub use target::{HostHeader, Target, TargetError};
 
 use abandoned::CallGuard;
 use held::InFlight;
-use record::{Answer, Pending, Recording};
+use record::{Answer, Busy, Pending, Recording};
 
 use crate::capture::{self, BodyData, BodyLimits, CapturedBody, ExchangeId, Outcome, Recorder};
 use crate::tunnel::protocol::{
@@ -88,7 +90,18 @@ struct Inner {
     in_flight: Arc<InFlight>,
     /// Permits for calls left to finish after their stream was reset.
     abandoned: Arc<tokio::sync::Semaphore>,
+    /// Exchanges between arrival and being queued for storing.
+    busy: Arc<watch::Sender<usize>>,
+    /// Cancelled when the agent gives up on the exchanges in flight (a
+    /// second Ctrl-C, or the bound on stopping): each still waiting for the
+    /// app is answered and recorded as abandoned.
+    abandon: CancellationToken,
 }
+
+/// The recorded error of an exchange still waiting for the app when the
+/// agent stopped and gave up on it.
+pub const ERR_ABANDONED_AT_EXIT: &str =
+    "abandoned at exit: whtunnel stopped before the app answered";
 
 fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
@@ -119,6 +132,8 @@ impl Forwarder {
                 client,
                 in_flight: Arc::default(),
                 abandoned: Arc::new(tokio::sync::Semaphore::new(MAX_ABANDONED_CALLS)),
+                busy: Arc::new(watch::channel(0).0),
+                abandon: CancellationToken::new(),
             }),
         }
     }
@@ -145,9 +160,27 @@ impl Forwarder {
         let _ = tokio::time::timeout(within, all).await;
     }
 
+    /// Exchanges in flight: arrived (or replayed) and not yet queued for
+    /// storing. Watch it to say what stopping waits for.
+    pub fn in_flight(&self) -> watch::Receiver<usize> {
+        self.inner.busy.subscribe()
+    }
+
+    /// Cancelling this gives up on every exchange still waiting for the app
+    /// (now and later): each is answered 503 and recorded as cancelled with
+    /// [`ERR_ABANDONED_AT_EXIT`].
+    pub fn abandon_token(&self) -> CancellationToken {
+        self.inner.abandon.clone()
+    }
+
+    fn busy(&self) -> Busy {
+        Busy::new(&self.inner.busy)
+    }
+
     /// Handles one request from the relay (it carries [`RequestMeta`]).
     pub async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Body> {
         let started = Instant::now();
+        let busy = self.busy();
         let (mut parts, body) = req.into_parts();
         let meta = match parts
             .headers
@@ -210,6 +243,7 @@ impl Forwarder {
                 relay_event_id: meta.event_id.clone(),
                 replay_of: None,
                 in_flight: None,
+                busy: Some(busy),
             },
         };
         out.pending.method = out.method.to_string();
@@ -256,8 +290,11 @@ impl Forwarder {
             headers,
             body,
             timeout,
-            pending,
+            mut pending,
         } = out;
+        // Without capture nothing is recorded: the exchange is in flight
+        // until this call returns.
+        let _busy = cfg.recorder.is_none().then(|| pending.busy.take());
         let Ok(uri) = self.target().uri_for(&path) else {
             let resp = error_response(
                 StatusCode::BAD_REQUEST,
@@ -266,12 +303,15 @@ impl Forwarder {
             );
             return (resp, None);
         };
-        let (body, request_body) = match &cfg.recorder {
+        // Recorded or not, the body the app did not read comes back when the
+        // call fails, so that the capture keeps it whatever the app did.
+        let (body, request_body, unread) = match &cfg.recorder {
             Some(_) => {
                 let (b, rx) = capture::tee(body, &cfg.body_limits);
-                (b.boxed_unsync(), Some(rx))
+                let (b, unread) = reclaim::reclaim(b);
+                (b.boxed_unsync(), Some(rx), Some(unread))
             }
-            None => (body, None),
+            None => (body, None, None),
         };
         let mut request = Request::new(body);
         *request.method_mut() = method;
@@ -294,12 +334,29 @@ impl Forwarder {
                 request_body,
             }),
         };
+        let abandon = &self.inner.abandon;
         let result = match guard.call.as_mut() {
-            Some(call) => tokio::time::timeout_at(deadline, call).await,
+            Some(call) => tokio::select! {
+                r = tokio::time::timeout_at(deadline, call) => Some(r),
+                () = abandon.cancelled() => None,
+            },
             None => unreachable!("the call was set just above"),
         };
         guard.call = None;
         let recording = guard.armed.take();
+        let Some(result) = result else {
+            let resp = error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                AgentError::AppUnreachable,
+                &format!("whtunnel: {ERR_ABANDONED_AT_EXIT}"),
+            );
+            return self.record_own_answer(
+                resp,
+                recording,
+                Outcome::Cancelled,
+                ERR_ABANDONED_AT_EXIT.to_string(),
+            );
+        };
 
         let (resp, outcome, error) = match result {
             Ok(Ok(resp)) => {
@@ -327,6 +384,9 @@ impl Forwarder {
                 return (resp, Some(id_rx));
             }
             Ok(Err(e)) => {
+                if let Some(unread) = unread {
+                    read_unread(unread, deadline).await;
+                }
                 let reason = describe_client_error(&e, self.target());
                 let resp =
                     error_response(StatusCode::BAD_GATEWAY, AgentError::AppUnreachable, &reason);
@@ -337,10 +397,24 @@ impl Forwarder {
                 (resp, Outcome::AppTimeout, reason)
             }
         };
+        self.record_own_answer(resp, recording, outcome, error)
+    }
+
+    /// Records an answer whtunnel made itself (`resp`) as the exchange's
+    /// response.
+    fn record_own_answer(
+        &self,
+        resp: Response<Body>,
+        recording: Option<Recording>,
+        outcome: Outcome,
+        error: String,
+    ) -> (
+        Response<Body>,
+        Option<oneshot::Receiver<Option<ExchangeId>>>,
+    ) {
         let Some(recording) = recording else {
             return (resp, None);
         };
-        // The answer whtunnel made itself is recorded as the response.
         let body = Bytes::from(format!("{error}\n"));
         let (tx, rx) = oneshot::channel();
         let _ = tx.send(CapturedBody {
@@ -357,6 +431,26 @@ impl Forwarder {
         tokio::spawn(recording.finish(outcome, Some(answer), Some(error), id_tx));
         (resp, Some(id_rx))
     }
+}
+
+/// How long a failed call may take to give its unread request body back
+/// (the client's connection task may hold it for a moment).
+const RECLAIM_WAIT: Duration = Duration::from_millis(500);
+
+/// Reads the rest of a request body the app never read, so that its tee
+/// records it: the capture keeps a webhook's body even when the app was
+/// down. Bounded by the exchange's deadline; the bytes are dropped as they
+/// come (the tee keeps its own bounded copy).
+async fn read_unread<B>(unread: oneshot::Receiver<B>, deadline: tokio::time::Instant)
+where
+    B: http_body::Body + Unpin,
+{
+    let wait = deadline.min(tokio::time::Instant::now() + RECLAIM_WAIT);
+    let Ok(Ok(mut body)) = tokio::time::timeout_at(wait, unread).await else {
+        return;
+    };
+    let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+    let _ = tokio::time::timeout_at(deadline, drain).await;
 }
 
 /// Reads a body to its end, keeping at most `max` bytes.

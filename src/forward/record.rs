@@ -25,6 +25,25 @@ pub(super) struct Pending {
     /// Holds off redeliveries of the same relay event until this exchange
     /// is queued for storing.
     pub(super) in_flight: Option<InFlightEntry>,
+    /// Counts the exchange as in flight until it is queued for storing.
+    pub(super) busy: Option<Busy>,
+}
+
+/// One exchange in flight, counted in the forwarder's
+/// [`in_flight`](super::Forwarder::in_flight) until dropped.
+pub(super) struct Busy(pub(super) std::sync::Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Busy {
+    pub(super) fn new(count: &std::sync::Arc<tokio::sync::watch::Sender<usize>>) -> Busy {
+        count.send_modify(|n| *n += 1);
+        Busy(count.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 /// An exchange on its way to the recorder: the request as far as it is
@@ -84,6 +103,7 @@ impl Recording {
             None => None,
         };
         let in_flight = p.in_flight;
+        let busy = p.busy;
         let ex = Exchange {
             id: None,
             received_at: p.received_at,
@@ -109,13 +129,13 @@ impl Recording {
         // wake-up of this runtime per exchange.
         if id_tx.is_closed() {
             recorder.record_in_background(ex);
-            drop(in_flight);
+            drop((in_flight, busy));
             return;
         }
         let stored = recorder.record(ex);
         // Queued: a lookup from here on finds it (the writer answers lookups
         // after what was queued before them).
-        drop(in_flight);
+        drop((in_flight, busy));
         let id = stored.await.ok().and_then(Result::ok);
         let _ = id_tx.send(id);
     }

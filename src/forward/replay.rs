@@ -26,10 +26,52 @@ pub struct ReplayOutcome {
     pub error: Option<String>,
 }
 
+/// Why a stored request cannot be replayed as recorded: its body was not
+/// kept in full, so a replay would send a different (empty or cut) body.
+/// `None` when it can be.
+pub fn not_replayable(original: &Exchange) -> Option<String> {
+    let body = &original.request.body;
+    if !body.truncated {
+        return None;
+    }
+    let id = original
+        .id
+        .map(|i| format!("#{i}"))
+        .unwrap_or_else(|| "the exchange".into());
+    Some(format!(
+        "cannot replay {id} as recorded: its request body was not kept in full \
+         ({} bytes arrived, fewer kept), so a replay would send a different body; \
+         pass --force to send what was kept",
+        body.total_len
+    ))
+}
+
 impl Forwarder {
     /// Re-sends a stored request (or its edited form) to the target and
-    /// records the new exchange as a replay of it.
+    /// records the new exchange as a replay of it. A request whose body was
+    /// not kept in full is refused (see [`not_replayable`]) unless it is
+    /// edited: an edit says which body to send.
     pub async fn replay(&self, original: &Exchange, edit: Option<RequestEdit>) -> ReplayOutcome {
+        if edit.is_none() {
+            if let Some(why) = not_replayable(original) {
+                return ReplayOutcome {
+                    status: StatusCode::BAD_REQUEST,
+                    duration: Duration::ZERO,
+                    id: None,
+                    error: Some(why),
+                };
+            }
+        }
+        self.replay_forced(original, edit).await
+    }
+
+    /// [`replay`](Forwarder::replay) that sends whatever body was kept,
+    /// even a cut one (`whtunnel replay --force`).
+    pub async fn replay_forced(
+        &self,
+        original: &Exchange,
+        edit: Option<RequestEdit>,
+    ) -> ReplayOutcome {
         let started = Instant::now();
         let (method, path, header_list, body) = match edit {
             Some(e) => (e.method, e.path, e.headers, e.body),
@@ -101,6 +143,7 @@ impl Forwarder {
             relay_event_id: None,
             replay_of: original.id,
             in_flight: None,
+            busy: Some(self.busy()),
         };
         let (resp, id_rx) = self
             .send(Outgoing {

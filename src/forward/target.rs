@@ -39,6 +39,9 @@ impl FromStr for Target {
                 base_path: String::new(),
             });
         }
+        if !s.contains("://") && looks_like_a_port(s) {
+            return Err(err("it looks like a mistyped port"));
+        }
         let with_scheme = if s.contains("://") {
             s.to_string()
         } else {
@@ -68,6 +71,19 @@ impl FromStr for Target {
     }
 }
 
+/// True for a scheme-less target meant as a port but mistyped: `3000x`,
+/// `:3000x`, `70000`, `3000:80`. The host part of a real host name has a
+/// dot (`127.0.0.1`, `api.test`), or starts with a letter (`localhost`,
+/// `web1`, `[::1]` starts with a bracket): one that starts with a digit
+/// and has no dot is a typo, not a host.
+fn looks_like_a_port(s: &str) -> bool {
+    let host = match s.rsplit_once(':') {
+        Some((host, _)) => host,
+        None => s,
+    };
+    host.is_empty() || (host.starts_with(|c: char| c.is_ascii_digit()) && !host.contains('.'))
+}
+
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "http://{}{}", self.authority, self.base_path)
@@ -75,6 +91,20 @@ impl std::fmt::Display for Target {
 }
 
 impl Target {
+    /// True when requests go to this machine (`localhost`, 127.0.0.0/8,
+    /// `::1`): a replay may go there without the user naming it again.
+    pub fn is_loopback(&self) -> bool {
+        let host = match self.authority.rsplit_once(':') {
+            Some((h, _)) => h,
+            None => &self.authority,
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
     /// The `host:port` requests are sent to.
     pub fn authority(&self) -> &str {
         &self.authority
@@ -155,6 +185,40 @@ mod tests {
         }
         let e = "https://x:1".parse::<Target>().unwrap_err().to_string();
         assert!(e.contains("https targets are not supported"), "{e}");
+    }
+
+    #[test]
+    fn a_mistyped_port_is_refused_and_host_names_are_not() {
+        for typo in [
+            "3000x", "30000x", ":3000x", ":3000", "70000", "3000:80", "8o8o",
+        ] {
+            let e = typo.parse::<Target>();
+            // `8o8o` starts with a digit and has no dot: refused too.
+            let e = e.unwrap_err().to_string();
+            assert!(e.contains("mistyped port"), "{typo}: {e}");
+        }
+        for host in [
+            "localhost:3000",
+            "web1:3000",
+            "app",
+            "127.0.0.1:8080",
+            "10.0.0.7",
+            "api.test:80",
+            "[::1]:3000",
+            "http://3000x:80",
+        ] {
+            assert!(host.parse::<Target>().is_ok(), "{host}");
+        }
+    }
+
+    #[test]
+    fn loopback_targets() {
+        for t in ["3000", "127.0.0.1:1", "http://[::1]:3000", "LOCALHOST:1"] {
+            assert!(t.parse::<Target>().unwrap().is_loopback(), "{t}");
+        }
+        for t in ["web1:3000", "10.0.0.7:80", "http://example.test"] {
+            assert!(!t.parse::<Target>().unwrap().is_loopback(), "{t}");
+        }
     }
 
     #[test]

@@ -8,8 +8,31 @@ use crate::capture::model::Exchange;
 use crate::tunnel::protocol::is_hop_by_hop;
 
 /// Quotes `s` for a POSIX shell: single quotes, with `'` written as `'\''`.
+/// Text with control characters (which would act on the terminal the
+/// command is printed to) is written as `$'...'` with escapes instead, which
+/// bash and zsh read back to the same bytes.
 pub fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
+    let acts =
+        |c: char| (c.is_control() && c != '\n' && c != '\t') || c == '\u{2028}' || c == '\u{2029}';
+    if !s.chars().any(acts) {
+        return format!("'{}'", s.replace('\'', r"'\''"));
+    }
+    let mut out = String::from("$'");
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            c if (c as u32) < 0x80 && acts(c) => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if acts(c) => {
+                out.push_str(&format!("\\u{:04x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
 }
 
 /// The URL a request path goes to below a target base URL. When the recorded
@@ -67,9 +90,11 @@ pub fn curl_command(ex: &Exchange, base_url: Option<&str>) -> String {
                 .collect::<Vec<_>>()
         })
         .collect();
+    // -g: `{}` and `[]` in a path are the app's, not curl's URL globbing.
     let mut args: Vec<String> = vec![
         "curl".into(),
         "-sS".into(),
+        "-g".into(),
         "-X".into(),
         shell_quote(&req.method),
         shell_quote(&url),
@@ -268,12 +293,33 @@ mod tests {
     }
 
     #[test]
+    fn curl_sends_brackets_and_braces_once_and_quotes_controls_safely() {
+        let (addr, server) = one_request_server();
+        let mut ex = ex_with(b"{}");
+        ex.request.path = "/a{1,2}[1-3]".into();
+        let evil = "ok\u{1b}]0;PWNED\u{7}\u{1b}[32mALL GOOD 'q' \\";
+        ex.request
+            .headers
+            .push(("X-Evil".into(), evil.as_bytes().to_vec()));
+        let cmd = curl_command(&ex, Some(&format!("http://{addr}")));
+        assert!(!cmd.chars().any(|c| c.is_control()), "{cmd:?}");
+        run_curl(&cmd);
+        // One request (the server takes one), with the path as it was.
+        let (line, headers, _) = server.join().unwrap();
+        assert_eq!(line, "POST /a{1,2}[1-3] HTTP/1.1");
+        assert!(
+            headers.contains(&("X-Evil".into(), evil.into())),
+            "{headers:?}"
+        );
+    }
+
+    #[test]
     fn curl_without_content_type_or_body() {
         let (addr, server) = one_request_server();
         let mut ex = ex_with(b"a=1");
         ex.request.headers.retain(|(n, _)| n != "Content-Type");
         let cmd = curl_command(&ex, Some(&format!("http://{addr}/")));
-        assert!(cmd.starts_with("curl -sS -X 'POST' "), "{cmd}");
+        assert!(cmd.starts_with("curl -sS -g -X 'POST' "), "{cmd}");
         run_curl(&cmd);
         let (_, headers, body) = server.join().unwrap();
         assert_eq!(body, b"a=1");

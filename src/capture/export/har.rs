@@ -56,6 +56,67 @@ struct Entry<'a> {
     replay_of: Option<ExchangeId>,
     #[serde(rename = "_error", skip_serializing_if = "Option::is_none")]
     error: Option<&'a str>,
+    /// Where whtunnel forwarded it (the request's `url` is the public one
+    /// the sender used).
+    #[serde(rename = "_target")]
+    target: &'a str,
+}
+
+/// How [`write_har_with`] writes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HarOptions {
+    /// Replace the values of credential headers (authorization, cookies,
+    /// signatures, tokens) with `[redacted]`: see [`is_secret_header`].
+    pub redact: bool,
+}
+
+/// The value a redacted header gets.
+pub const REDACTED: &str = "[redacted]";
+
+/// True for headers whose values are credentials: `Authorization`,
+/// `Proxy-Authorization`, `Cookie`, `Set-Cookie`, and any whose name says
+/// signature, HMAC, token, secret or API key (`Stripe-Signature`,
+/// `X-Hub-Signature-256`, `X-Shopify-Hmac-Sha256`, `X-Api-Key`, ...).
+pub fn is_secret_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    matches!(
+        n.as_str(),
+        "authorization" | "proxy-authorization" | "cookie" | "set-cookie"
+    ) || ["signature", "hmac", "token", "secret", "api-key", "apikey"]
+        .iter()
+        .any(|w| n.contains(w))
+}
+
+/// The URL the sender used: the scheme it came in on (`X-Forwarded-Proto`
+/// when a proxy in front said so; `http` for a loopback host, else
+/// `https`), its `Host` header and the path. `None` without a Host header
+/// or for a replay (whtunnel itself sent it to the target).
+fn public_url(ex: &Exchange) -> Option<String> {
+    if ex.replay_of.is_some() {
+        return None;
+    }
+    let req = &ex.request;
+    let host = header_text(find_header(&req.headers, "host")?);
+    let host = host.trim();
+    if host.is_empty() || host.contains(['/', ' ']) {
+        return None;
+    }
+    let scheme = match find_header(&req.headers, "x-forwarded-proto").map(header_text) {
+        Some(p) if p.eq_ignore_ascii_case("http") || p.eq_ignore_ascii_case("https") => {
+            p.to_ascii_lowercase()
+        }
+        _ => {
+            let bare = host.rsplit_once(':').map_or(host, |(h, _)| h);
+            let local = bare == "localhost" || bare.starts_with("127.") || bare == "[::1]";
+            if local { "http" } else { "https" }.to_string()
+        }
+    };
+    let path = if req.path.starts_with('/') {
+        req.path.clone()
+    } else {
+        format!("/{}", req.path)
+    };
+    Some(format!("{scheme}://{host}{path}"))
 }
 
 /// `entry.cache`: always empty (nothing passes through a cache).
@@ -138,11 +199,15 @@ fn query_string(path: &str) -> Vec<NameValue<'_>> {
         .collect()
 }
 
-fn har_headers(h: &[Header]) -> Vec<NameValue<'_>> {
+fn har_headers(h: &[Header], redact: bool) -> Vec<NameValue<'_>> {
     h.iter()
         .map(|(n, v)| NameValue {
             name: Cow::Borrowed(n),
-            value: Cow::Owned(header_text(v)),
+            value: if redact && is_secret_header(n) {
+                Cow::Borrowed(REDACTED)
+            } else {
+                Cow::Owned(header_text(v))
+            },
         })
         .collect()
 }
@@ -166,15 +231,15 @@ fn mime_type(h: &[Header]) -> String {
         .unwrap_or_default()
 }
 
-fn har_entry(ex: &Exchange) -> Entry<'_> {
+fn har_entry(ex: &Exchange, options: HarOptions) -> Entry<'_> {
     let req = &ex.request;
     let (text, encoding, size) = har_text(&req.body);
     let request = Request {
         method: &req.method,
-        url: target_url(&ex.target, &req.path),
+        url: public_url(ex).unwrap_or_else(|| target_url(&ex.target, &req.path)),
         http_version: HTTP_VERSION,
         cookies: Vec::new(),
-        headers: har_headers(&req.headers),
+        headers: har_headers(&req.headers, options.redact),
         query_string: query_string(&req.path),
         headers_size: UNKNOWN,
         body_size: if text.is_some() { size } else { 0 },
@@ -195,7 +260,7 @@ fn har_entry(ex: &Exchange) -> Entry<'_> {
                     .unwrap_or(""),
                 http_version: HTTP_VERSION,
                 cookies: Vec::new(),
-                headers: har_headers(&r.headers),
+                headers: har_headers(&r.headers, options.redact),
                 content: Content {
                     size,
                     mime_type: mime_type(&r.headers),
@@ -243,6 +308,7 @@ fn har_entry(ex: &Exchange) -> Entry<'_> {
         event: ex.event.as_deref(),
         replay_of: ex.replay_of,
         error: ex.error.as_deref(),
+        target: &ex.target,
     }
 }
 
@@ -255,6 +321,16 @@ fn har_entry(ex: &Exchange) -> Entry<'_> {
 pub fn write_har<W: std::io::Write>(
     store: &Store,
     limit: Option<usize>,
+    out: W,
+) -> Result<usize, StoreError> {
+    write_har_with(store, limit, HarOptions::default(), out)
+}
+
+/// [`write_har`] with [`HarOptions`] (`--redact`).
+pub fn write_har_with<W: std::io::Write>(
+    store: &Store,
+    limit: Option<usize>,
+    options: HarOptions,
     mut out: W,
 ) -> Result<usize, StoreError> {
     let mut rows = store.list(&ListQuery { limit })?;
@@ -273,7 +349,7 @@ pub fn write_har<W: std::io::Write>(
         if n > 0 {
             out.write_all(b",")?;
         }
-        serde_json::to_writer(&mut out, &har_entry(&ex)).map_err(std::io::Error::from)?;
+        serde_json::to_writer(&mut out, &har_entry(&ex, options)).map_err(std::io::Error::from)?;
         n += 1;
     }
     out.write_all(b"]}}\n")?;
@@ -386,14 +462,55 @@ mod tests {
         assert_eq!(entries[1]["response"]["status"], 0);
         assert_eq!(entries[1]["_error"], "timeout");
         let text = &entries[2];
+        // The URL the sender used, not where whtunnel forwarded it.
         assert_eq!(
             text["request"]["url"],
-            "http://localhost:3000/hooks?key=0123"
+            "https://example.test/hooks?key=0123"
         );
+        assert_eq!(text["_target"], "http://localhost:3000");
         assert_eq!(text["request"]["postData"]["text"], "{\"type\":\"a\"}");
         assert!(text["request"]["postData"].get("encoding").is_none());
         assert_eq!(text["response"]["content"]["text"], "ok");
         assert_eq!(text["response"]["content"]["size"], 2);
+    }
+
+    #[test]
+    fn public_urls_and_redaction() {
+        let mut ex = ex_with(b"{}");
+        ex.request.headers.extend([
+            ("Host".into(), b"127.0.0.1:8787".to_vec()),
+            ("Authorization".into(), b"Bearer sk_live_1".to_vec()),
+            ("Stripe-Signature".into(), b"t=1,v1=ab".to_vec()),
+            ("Cookie".into(), b"s=1".to_vec()),
+        ]);
+        // The sample's own Host goes; the one added above stays.
+        let sample_host = ex.request.headers.iter().position(|(n, _)| n == "Host");
+        ex.request.headers.remove(sample_host.unwrap());
+        let entry = serde_json::to_value(har_entry(&ex, HarOptions::default())).unwrap();
+        assert_eq!(
+            entry["request"]["url"],
+            "http://127.0.0.1:8787/hooks?key=0123"
+        );
+        let clear = entry["request"]["headers"].to_string();
+        assert!(
+            clear.contains("sk_live_1") && clear.contains("v1=ab"),
+            "{clear}"
+        );
+
+        let entry = serde_json::to_value(har_entry(&ex, HarOptions { redact: true })).unwrap();
+        let headers = entry["request"]["headers"].to_string();
+        for secret in ["sk_live_1", "v1=ab", "s=1"] {
+            assert!(!headers.contains(secret), "{secret} in {headers}");
+        }
+        assert_eq!(headers.matches(REDACTED).count(), 3, "{headers}");
+        assert!(headers.contains("application/json"), "{headers}");
+
+        ex.replay_of = Some(1);
+        let entry = serde_json::to_value(har_entry(&ex, HarOptions::default())).unwrap();
+        assert_eq!(
+            entry["request"]["url"],
+            "http://localhost:3000/hooks?key=0123"
+        );
     }
 
     #[test]

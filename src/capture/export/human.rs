@@ -1,11 +1,49 @@
 //! Text for people: the `requests list` table and the `requests show`
 //! view (request and response like `curl -v`, binary bodies as a hex dump).
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use super::json::rfc3339;
 use super::{header_text, load};
 use crate::capture::model::{CapturedBody, Exchange, ExchangeSummary};
+
+/// True for characters a terminal may act on rather than show: C0 and C1
+/// controls, DEL, and the Unicode line and paragraph separators.
+fn is_terminal_control(c: char) -> bool {
+    c.is_control() || c == '\u{2028}' || c == '\u{2029}'
+}
+
+/// Text a sender controls, made safe to print to a terminal: every control
+/// character (C0, C1, DEL, U+2028/U+2029) is written as an escape (`\x1b`,
+/// `\u{9b}`, `\u{2028}`, `\t`, `\r`, `\n`), so an escape sequence in a
+/// webhook cannot retitle, rewrite or read the user's terminal. With
+/// `multiline`, line feeds, tabs and the CR of a CRLF stay as they are (a
+/// body keeps its shape); without, the result is one line.
+pub fn terminal_safe(s: &str, multiline: bool) -> Cow<'_, str> {
+    if !s.chars().any(is_terminal_control) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\n' | '\t' if multiline => out.push(c),
+            '\r' if multiline && chars.peek() == Some(&'\n') => out.push(c),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x80 && is_terminal_control(c) => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if is_terminal_control(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
 
 /// Cuts `s` to at most `max` characters, marking the cut with `…`.
 fn ellipsize(s: &str, max: usize) -> String {
@@ -56,15 +94,19 @@ pub fn list_human(items: &[ExchangeSummary]) -> String {
                 (None, Some(_)) => "ERR".into(),
                 (None, None) => "-".into(),
             };
-            let mut event = s.event.clone().unwrap_or_else(|| "-".into());
+            let mut event = s
+                .event
+                .as_deref()
+                .map(|e| terminal_safe(e, false).into_owned())
+                .unwrap_or_else(|| "-".into());
             if let Some(r) = s.replay_of {
                 let _ = write!(event, " ↻{r}");
             }
             [
                 s.id.to_string(),
                 s.received_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-                s.method.clone(),
-                ellipsize(&s.path, 60),
+                terminal_safe(&s.method, false).into_owned(),
+                ellipsize(&terminal_safe(&s.path, false), 60),
                 status,
                 crate::units::fmt_duration(s.duration_ms),
                 event,
@@ -114,7 +156,8 @@ fn body_human(out: &mut String, body: &CapturedBody) {
     }
     match std::str::from_utf8(&bytes) {
         Ok(s) => {
-            out.push_str(s);
+            let s = terminal_safe(s, true);
+            out.push_str(&s);
             if !s.ends_with('\n') {
                 out.push('\n');
             }
@@ -150,34 +193,40 @@ fn body_human(out: &mut String, body: &CapturedBody) {
 pub fn show_human(ex: &Exchange) -> String {
     let mut out = String::new();
     let s = ex.summary();
+    let line = |t: &str| terminal_safe(t, false).into_owned();
     let _ = writeln!(
         out,
         "#{}  {}  {} {}  ({})",
         s.id,
         rfc3339(&s.received_at),
-        s.method,
-        s.path,
+        line(&s.method),
+        line(&s.path),
         crate::units::fmt_duration(s.duration_ms)
     );
     if let Some(e) = &ex.event {
-        let _ = writeln!(out, "event:     {e}");
+        let _ = writeln!(out, "event:     {}", line(e));
     }
     if let Some(r) = ex.replay_of {
         let _ = writeln!(out, "replay of: #{r}");
     }
-    let _ = writeln!(out, "target:    {}", ex.target);
+    let _ = writeln!(out, "target:    {}", line(&ex.target));
     if let Some(a) = &ex.remote_addr {
-        let _ = writeln!(out, "from:      {a}");
+        let _ = writeln!(out, "from:      {}", line(a));
     }
     if let Some(id) = &ex.relay_event_id {
-        let _ = writeln!(out, "held as:   {id}");
+        let _ = writeln!(out, "held as:   {}", line(id));
     }
     if let Some(e) = &ex.error {
-        let _ = writeln!(out, "error:     {e}");
+        let _ = writeln!(out, "error:     {}", line(e));
     }
-    let _ = writeln!(out, "\n> {} {}", ex.request.method, ex.request.path);
+    let _ = writeln!(
+        out,
+        "\n> {} {}",
+        line(&ex.request.method),
+        line(&ex.request.path)
+    );
     for (n, v) in &ex.request.headers {
-        let _ = writeln!(out, "> {n}: {}", header_text(v));
+        let _ = writeln!(out, "> {}: {}", line(n), line(&header_text(v)));
     }
     out.push_str(">\n");
     body_human(&mut out, &ex.request.body);
@@ -189,7 +238,7 @@ pub fn show_human(ex: &Exchange) -> String {
                 .unwrap_or("");
             let _ = writeln!(out, "\n< {} {reason}", r.status);
             for (n, v) in &r.headers {
-                let _ = writeln!(out, "< {n}: {}", header_text(v));
+                let _ = writeln!(out, "< {}: {}", line(n), line(&header_text(v)));
             }
             out.push_str("<\n");
             body_human(&mut out, &r.body);
@@ -231,5 +280,45 @@ mod tests {
         let bin = show_human(&ex_with(&[0, 1, 2, 255]));
         assert!(bin.contains("binary body, 4 bytes"));
         assert!(bin.contains("00 01 02 ff"));
+    }
+
+    /// The body of issue #12: an OSC title change, a line erase, a carriage
+    /// return and colours, and OSC 52 (clipboard) behind it.
+    const HOSTILE: &str = "payment.ok\u{1b}]0;PWNED\u{7}\u{1b}[2K\r\u{1b}[32mALL GOOD\u{1b}[0m\u{1b}]52;c;cHduZWQ=\u{7}";
+
+    fn no_controls(out: &str) {
+        for c in out.chars() {
+            assert!(
+                c == '\n' || !is_terminal_control(c),
+                "{c:?} reaches the terminal in {out:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn what_a_sender_controls_is_escaped_for_the_terminal() {
+        assert_eq!(
+            terminal_safe("a\u{1b}[2K\rb\u{7f}\u{9b}\u{2028}", false),
+            "a\\x1b[2K\\rb\\x7f\\u{9b}\\u{2028}"
+        );
+        assert_eq!(terminal_safe("a\r\n\tb\rc", true), "a\r\n\tb\\rc");
+        assert!(matches!(terminal_safe("plain ü", false), Cow::Borrowed(_)));
+
+        let body = format!("{{\"type\":\"{HOSTILE}\"}}");
+        let mut ex = ex_with(body.as_bytes());
+        ex.event = Some(HOSTILE.into());
+        ex.request.path = format!("/hooks/{HOSTILE}");
+        ex.request
+            .headers
+            .push(("x-evil".into(), HOSTILE.as_bytes().to_vec()));
+        ex.error = Some(HOSTILE.into());
+        let shown = show_human(&ex);
+        no_controls(&shown);
+        assert!(shown.contains("payment.ok\\x1b]0;PWNED\\x07"), "{shown}");
+        let mut s = ex.summary();
+        s.event = Some(HOSTILE.into());
+        let listed = list_human(&[s]);
+        no_controls(&listed);
+        assert!(listed.contains("\\x1b[32mALL GOOD"), "{listed}");
     }
 }

@@ -21,8 +21,8 @@ use super::model::{CapturedBody, Header};
 use super::store::read_body;
 
 pub use curl::{curl_command, shell_quote, target_url};
-pub use har::write_har;
-pub use human::{ascii_column, list_human, show_human};
+pub use har::{is_secret_header, write_har, write_har_with, HarOptions, REDACTED};
+pub use human::{ascii_column, list_human, show_human, terminal_safe};
 pub use json::{list_json, rfc3339, show_json, summary_json};
 
 pub(super) const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
