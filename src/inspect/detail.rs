@@ -7,6 +7,7 @@ use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span};
 
 use super::body::{body_lines, pair_lines, parse_urlencoded, BodyKind};
+use super::text::sanitize_line;
 use super::theme::Theme;
 use crate::capture::{BodyData, CapturedBody, Exchange, Header};
 use crate::units::{fmt_duration, fmt_size};
@@ -153,6 +154,9 @@ pub fn detail_lines(ex: &Exchange, theme: &Theme, tz: FixedOffset) -> Vec<Line<'
             out.push(Line::styled("RESPONSE", theme.heading()));
             out.push(Line::styled("(no response)", theme.error()));
         }
+    }
+    for line in &mut out {
+        sanitize_line(line);
     }
     out
 }

@@ -190,6 +190,7 @@ fn on_edit_key(app: &mut App, key: KeyEvent) -> Vec<Effect> {
                         }
                         app.close_editor();
                         app.notify(Level::Info, format!("edited replay of #{id} requested"));
+                        app.await_replay(id);
                         return vec![Effect::Replay(ReplayRequest {
                             id,
                             edit: Some(edit),

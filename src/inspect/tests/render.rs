@@ -16,7 +16,7 @@ use crate::inspect::state::{update, App, Msg};
 use crate::inspect::{draw, Theme};
 
 /// Renders `app` into a fresh `TestBackend` of the app's size.
-fn render(app: &App) -> Buffer {
+pub(super) fn render(app: &App) -> Buffer {
     let (w, h) = app.size;
     let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
     terminal.draw(|f| draw(f, app)).unwrap();
@@ -24,7 +24,7 @@ fn render(app: &App) -> Buffer {
 }
 
 /// The buffer as text, one line per row, trailing spaces trimmed.
-fn text(buf: &Buffer) -> String {
+pub(super) fn text(buf: &Buffer) -> String {
     let area = buf.area;
     let mut out = String::new();
     for y in 0..area.height {
@@ -38,11 +38,11 @@ fn text(buf: &Buffer) -> String {
     out
 }
 
-fn screen(app: &App) -> String {
+pub(super) fn screen(app: &App) -> String {
     text(&render(app))
 }
 
-fn connected(app: &mut App) {
+pub(super) fn connected(app: &mut App) {
     update(
         app,
         Msg::Status(ConnectionStatus::Connected {

@@ -11,7 +11,7 @@ use crate::inspect::state::{matches, update, Editor, Effect, Level, Msg, RowKey,
 fn selected_id(app: &crate::inspect::App) -> Option<i64> {
     match app.selected? {
         RowKey::Stored(id) => Some(id),
-        RowKey::NotStored(_) => None,
+        RowKey::NotStored(_) | RowKey::Live(_) => None,
     }
 }
 
@@ -399,6 +399,7 @@ fn lagged_reloads_and_reload_keeps_selection_and_unstored_rows() {
         .map(|r| match r.key {
             RowKey::Stored(id) => id.to_string(),
             RowKey::NotStored(_) => "!".into(),
+            RowKey::Live(n) => format!("~{n}"),
         })
         .collect();
     assert_eq!(order, vec!["7", "6", "5", "!", "4", "3", "2", "1"]);
