@@ -444,14 +444,40 @@ fn draw_detail(frame: &mut Frame, app: &App, head: Rect, body: Rect) {
 fn draw_editor(frame: &mut Frame, app: &App, head: Rect, body: Rect) {
     let t = &app.theme;
     match &app.editor {
-        Some(Editor::Text { id, textarea, .. }) => {
-            frame.render_widget(
-                Paragraph::new(Span::styled(
-                    format!(" Edit #{id}, then replay"),
-                    t.heading(),
-                )),
-                head,
-            );
+        Some(Editor::Text {
+            id,
+            textarea,
+            signed,
+            reformatted,
+            ..
+        }) => {
+            let mut spans = vec![Span::styled(
+                format!(" Edit #{id}, then replay"),
+                t.heading(),
+            )];
+            let used = Span::raw(spans[0].content.clone()).width();
+            let room = usize::from(head.width).saturating_sub(used + 2);
+            if let Some(h) = signed {
+                spans.push(Span::styled(
+                    format!(
+                        "  {}",
+                        fit(
+                            &format!(
+                                "signed request ({h}): editing the body breaks the signature \
+                                 unless replay re-signs it"
+                            ),
+                            room
+                        )
+                    ),
+                    t.warn(),
+                ));
+            } else if *reformatted {
+                spans.push(Span::styled(
+                    format!("  {}", fit("body pretty-printed: its bytes changed", room)),
+                    t.warn(),
+                ));
+            }
+            frame.render_widget(Paragraph::new(Line::from(spans)), head);
             frame.render_widget(&**textarea, body);
         }
         Some(Editor::Binary { id, len, .. }) => {
@@ -519,7 +545,10 @@ fn draw_footer(frame: &mut Frame, app: &App, area: Rect) {
             } else if let Some(w) = warning {
                 spans.push(Span::styled(format!("! {w}"), t.warn()));
             } else {
-                spans.push(Span::styled("Ctrl-S/F2 send · Esc cancel", t.dim()));
+                spans.push(Span::styled(
+                    "Ctrl-S/F2 send · F3 pretty-print JSON (changes bytes) · Esc cancel",
+                    t.dim(),
+                ));
             }
             frame.render_widget(Paragraph::new(Line::from(spans)), area);
             return;
@@ -553,6 +582,7 @@ pub const HELP: &[(&str, &str)] = &[
     ("Esc ← Bksp", "back from details; Esc clears the filter"),
     ("r", "replay the selected exchange"),
     ("e", "edit, then replay (Ctrl-S/F2 send)"),
+    ("F3 (editor)", "pretty-print JSON (changes the bytes)"),
     ("/", "filter (Enter apply, Esc cancel)"),
     ("?", "this help"),
     ("q  Ctrl-C", "quit"),

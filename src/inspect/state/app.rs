@@ -16,7 +16,34 @@ use crate::agent::ConnectionStatus;
 use crate::capture::{BodyData, Exchange, ExchangeId, ExchangeSummary, ReplayRequest};
 use crate::inspect::body::is_text;
 use crate::inspect::detail::{detail_lines, wrapped_height};
-use crate::inspect::edit::request_to_text;
+use crate::inspect::edit::{request_to_text, BodyLines};
+
+/// Headers that carry a webhook signature over the body.
+const SIGNATURE_HEADERS: &[&str] = &[
+    "stripe-signature",
+    "x-hub-signature-256",
+    "x-hub-signature",
+    "webhook-signature",
+    "svix-signature",
+    "x-signature",
+    "x-shopify-hmac-sha256",
+    "x-slack-signature",
+    "x-square-hmacsha256-signature",
+    "paddle-signature",
+    "x-twilio-signature",
+    "x-zm-signature",
+    "twitch-eventsub-message-signature",
+    "x-twilio-email-event-webhook-signature",
+    "x-signature-ed25519",
+];
+
+/// The name of the first header of `headers` that carries a signature.
+pub fn signature_header(headers: &[crate::capture::Header]) -> Option<String> {
+    headers
+        .iter()
+        .find(|(n, _)| SIGNATURE_HEADERS.iter().any(|s| n.eq_ignore_ascii_case(s)))
+        .map(|(n, _)| n.clone())
+}
 use crate::inspect::theme::Theme;
 
 /// The list keeps at most this many rows (the store's default retention);
@@ -142,9 +169,14 @@ pub enum Editor {
         error: Option<String>,
         /// A standing warning (e.g. the captured body was truncated).
         warning: Option<String>,
-        /// The body used CRLF line ends: shown as plain lines (a raw `\r`
-        /// would garble the terminal) and restored on send.
-        crlf: bool,
+        /// The body as it was captured, by line with each line's own end
+        /// (shown without them: a raw `\r` would garble the terminal), so
+        /// that only the lines the user changed change.
+        body: BodyLines,
+        /// The request's signature header, if it has one.
+        signed: Option<String>,
+        /// The body was pretty-printed for editing (its bytes changed).
+        reformatted: bool,
         /// Screen to return to.
         back: View,
     },
@@ -714,14 +746,8 @@ impl App {
             self.view = View::Edit;
             return;
         }
-        let body = std::str::from_utf8(bytes).unwrap_or_default();
-        let crlf = body.contains("\r\n");
-        let text = request_to_text(
-            &req.method,
-            &req.path,
-            &req.headers,
-            &body.replace("\r\n", "\n"),
-        );
+        let body = BodyLines::split(std::str::from_utf8(bytes).unwrap_or_default());
+        let text = request_to_text(&req.method, &req.path, &req.headers, &body.lines.join("\n"));
         let mut textarea = TextArea::new(text.split('\n').map(str::to_string).collect());
         textarea.set_cursor_line_style(ratatui::style::Style::new());
         // The default selection colour would break NO_COLOR.
@@ -738,7 +764,9 @@ impl App {
             textarea: Box::new(textarea),
             error: None,
             warning,
-            crlf,
+            body,
+            signed: signature_header(&req.headers),
+            reformatted: false,
             back,
         });
         self.view = View::Edit;
