@@ -255,3 +255,23 @@ fn ids_cut_texts_port_and_odd_characters_at_80x24_and_160x40() {
         assert!(s.contains("␛]0;PWNED␇"), "visible, not executed: {s}");
     }
 }
+
+#[test]
+fn the_detail_view_puts_the_outcome_first() {
+    for (w, h) in [(80, 24), (160, 40)] {
+        let mut app = list_app(w, h);
+        let mut ex = exchange(6, "application/json", &vec![b'x'; 4096]);
+        ex.response.as_mut().unwrap().status = 502;
+        ex.error = Some("whtunnel: could not connect to the app at http://localhost:3000".into());
+        update(&mut app, Msg::DetailLoaded(Box::new(ex)));
+        update(&mut app, key(KeyCode::Enter));
+        let s = screen(&app);
+        let outcome = s.lines().nth(4).unwrap_or_default();
+        assert!(
+            outcome.contains("502 Bad Gateway"),
+            "line 2 of the details: {s}"
+        );
+        assert!(outcome.contains("15ms"), "{outcome}");
+        insta::assert_snapshot!(format!("detail_outcome_first_{w}x{h}"), s);
+    }
+}
