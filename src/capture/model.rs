@@ -88,6 +88,10 @@ pub struct Exchange {
     pub replay_of: Option<ExchangeId>,
     /// The relay's held-event id, when the request was held while offline.
     pub relay_event_id: Option<String>,
+    /// This process's number for the exchange while it is in flight (see
+    /// [`Recorder::started`](super::Recorder::started)): lets the finished
+    /// exchange replace its in-progress row. 0 when none; never stored.
+    pub live: u64,
 }
 
 /// What a list row needs: everything but headers and bodies.
@@ -117,6 +121,9 @@ pub struct ExchangeSummary {
     pub outcome: Option<Outcome>,
     /// Failure reason, if any.
     pub error: Option<String>,
+    /// This process's in-flight number (see [`Exchange::live`]); 0 when
+    /// read from the store.
+    pub live: u64,
 }
 
 /// A user's edit of a captured request before replaying it.
@@ -159,6 +166,7 @@ impl Exchange {
             response_size: self.response.as_ref().map_or(0, |r| r.body.total_len),
             outcome: self.outcome,
             error: self.error.clone(),
+            live: self.live,
         }
     }
 }

@@ -6,7 +6,11 @@
 //! `try_send`; when the queue is full or storing fails, the exchange is
 //! reported as [`CaptureEvent::NotStored`] and forwarding goes on.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -29,9 +33,18 @@ const MAX_BATCH: usize = 256;
 /// lookups; close) skip it.
 const GROUP_COMMIT_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
-/// What the recorder publishes after each exchange.
+/// What the recorder publishes: each exchange as it starts, then once it
+/// is stored (or could not be). `Started` and the final event carry the
+/// same [`ExchangeSummary::live`] number, so a follower can replace the
+/// in-progress row.
 #[derive(Debug, Clone)]
 pub enum CaptureEvent {
+    /// The forwarder started sending a request to the app. The summary has
+    /// `id` 0, `status` None, no event type or sizes yet, and `duration_ms`
+    /// set to the time the app has to answer (after which the exchange ends
+    /// one way or another, so a row still in progress well past it will
+    /// never be filled in).
+    Started(ExchangeSummary),
     /// The exchange was stored.
     Stored(ExchangeSummary),
     /// The exchange was forwarded but could not be stored.
@@ -69,6 +82,8 @@ pub struct Recorder {
     tx: mpsc::Sender<Job>,
     events: broadcast::Sender<CaptureEvent>,
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// The last live number handed out by [`Recorder::started`].
+    live: Arc<AtomicU64>,
 }
 
 /// Bodies up to this size get their event type recognised even on the
@@ -156,7 +171,40 @@ impl Recorder {
             tx,
             events,
             thread: Arc::new(Mutex::new(Some(thread))),
+            live: Arc::default(),
         }
+    }
+
+    /// Announces an exchange the forwarder is starting (it received at
+    /// `received_at`, has `budget` to be answered) as
+    /// [`CaptureEvent::Started`] and returns its live number, to be set as
+    /// [`Exchange::live`] on the finished exchange. Never blocks: a
+    /// broadcast like the others.
+    pub fn started(
+        &self,
+        received_at: DateTime<Utc>,
+        method: &str,
+        path: &str,
+        replay_of: Option<ExchangeId>,
+        budget: Duration,
+    ) -> u64 {
+        let live = self.live.fetch_add(1, Ordering::Relaxed) + 1;
+        let _ = self.events.send(CaptureEvent::Started(ExchangeSummary {
+            id: 0,
+            received_at,
+            method: method.to_string(),
+            path: path.to_string(),
+            status: None,
+            duration_ms: budget.as_secs_f64() * 1000.0,
+            event: None,
+            replay_of,
+            request_size: 0,
+            response_size: 0,
+            outcome: None,
+            error: None,
+            live,
+        }));
+        live
     }
 
     /// Queues an exchange without waiting; the receiver resolves once it is
@@ -380,6 +428,7 @@ mod tests {
                         last = s.event;
                     }
                     Ok(CaptureEvent::NotStored { reason, .. }) => panic!("not stored: {reason}"),
+                    Ok(CaptureEvent::Started(s)) => panic!("nothing was started: {s:?}"),
                     Err(e) => panic!("event stream: {e}"),
                 }
             }
@@ -409,6 +458,38 @@ mod tests {
         rec.close().await;
         let s = Store::open_reader(tmp.path()).unwrap();
         assert_eq!(s.count().unwrap() as usize, N);
+    }
+
+    #[tokio::test]
+    async fn started_then_stored_share_a_live_number() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rec = Recorder::spawn(store(tmp.path()));
+        let mut events = rec.subscribe();
+        let budget = Duration::from_secs(30);
+        let a = rec.started(Utc::now(), "POST", "/a", None, budget);
+        let b = rec.started(Utc::now(), "POST", "/b", Some(7), budget);
+        assert!(a > 0 && b > a, "live numbers are distinct: {a} {b}");
+        for (live, path) in [(a, "/a"), (b, "/b")] {
+            match events.recv().await.unwrap() {
+                CaptureEvent::Started(s) => {
+                    assert_eq!((s.id, s.status, s.live), (0, None, live));
+                    assert_eq!(s.path, path);
+                    assert_eq!(s.duration_ms, 30_000.0, "the budget");
+                }
+                other => panic!("expected Started, got {other:?}"),
+            }
+        }
+        let mut ex = sample(b"x");
+        ex.live = b;
+        let id = rec.record(ex).await.unwrap().unwrap();
+        match events.recv().await.unwrap() {
+            CaptureEvent::Stored(s) => assert_eq!((s.id, s.live), (id, b)),
+            other => panic!("expected Stored, got {other:?}"),
+        }
+        rec.close().await;
+        // Not kept: a reader sees 0.
+        let r = Store::open_reader(tmp.path()).unwrap();
+        assert_eq!(r.summary(id).unwrap().unwrap().live, 0);
     }
 
     #[tokio::test]

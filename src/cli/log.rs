@@ -134,6 +134,8 @@ fn print_log_lines(
     let mut next = Some(first);
     while let Some(event) = next.take() {
         match event {
+            // One line per finished exchange: its start is not logged.
+            Ok(CaptureEvent::Started(_)) => {}
             Ok(CaptureEvent::Stored(s)) => out.push_str(&log_line(&s, None)),
             Ok(CaptureEvent::NotStored { summary, reason }) => {
                 out.push_str(&log_line(&summary, Some(&reason)))

@@ -391,6 +391,7 @@ async fn run_inspector(
         replays,
         public_url,
         target: target.to_string(),
+        notice: None,
     };
     let mut ui = tokio::task::spawn_blocking(move || crate::inspect::run(inputs));
     tokio::select! {

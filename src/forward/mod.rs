@@ -323,6 +323,11 @@ impl Forwarder {
         // working on the request, so the guard lets the call finish in the
         // background and records what the app answered.
         let deadline = tokio::time::Instant::now() + timeout;
+        // Shown at once as a row in progress; the finished exchange replaces it.
+        let live = cfg.recorder.as_ref().map_or(0, |r| {
+            let p = &pending;
+            r.started(p.received_at, &p.method, &p.path, p.replay_of, timeout)
+        });
         let mut guard = CallGuard {
             call: Some(self.inner.client.request(request)),
             deadline,
@@ -332,6 +337,7 @@ impl Forwarder {
                 pending,
                 target: self.target().to_string(),
                 request_body,
+                live,
             }),
         };
         let abandon = &self.inner.abandon;

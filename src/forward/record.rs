@@ -55,6 +55,8 @@ pub(super) struct Recording {
     pub(super) target: String,
     /// The request body, once it has streamed to the app (or failed to).
     pub(super) request_body: Option<oneshot::Receiver<CapturedBody>>,
+    /// Its number from [`Recorder::started`].
+    pub(super) live: u64,
 }
 
 /// The answer of an exchange: from the app, or made by the agent itself.
@@ -92,6 +94,7 @@ impl Recording {
             pending: p,
             target,
             request_body,
+            live,
         } = self;
         let request_body = captured(request_body).await;
         let response = match answer {
@@ -123,6 +126,7 @@ impl Recording {
             event: None,
             replay_of: p.replay_of,
             relay_event_id: p.relay_event_id,
+            live,
         };
         // Nobody asked for the id (a live exchange): do not wait for it,
         // which lets the writer group it with others and spares it a

@@ -7,6 +7,7 @@ use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span};
 
 use super::body::{body_lines, pair_lines, parse_urlencoded, BodyKind};
+use super::text::sanitize_line;
 use super::theme::Theme;
 use crate::capture::{BodyData, CapturedBody, Exchange, Header};
 use crate::units::{fmt_duration, fmt_size};
@@ -94,6 +95,37 @@ pub fn detail_lines(ex: &Exchange, theme: &Theme, tz: FixedOffset) -> Vec<Line<'
         ),
         theme.dim(),
     ));
+    // The outcome first: a 1 MiB request body must not push it out of sight.
+    let dur = fmt_duration(ex.duration_ms);
+    let mut outcome = match &ex.response {
+        Some(resp) => {
+            let reason = http::StatusCode::from_u16(resp.status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("");
+            vec![
+                Span::styled("→ ", theme.dim()),
+                Span::styled(
+                    format!("{} {reason}", resp.status).trim_end().to_string(),
+                    theme
+                        .status(Some(resp.status), ex.error.is_some())
+                        .add_modifier(Modifier::BOLD),
+                ),
+                Span::raw(format!(
+                    " in {dur} · response {}",
+                    fmt_size(resp.body.total_len)
+                )),
+            ]
+        }
+        None => vec![Span::styled(
+            format!("✕ no response after {dur}"),
+            theme.error(),
+        )],
+    };
+    if let Some(err) = &ex.error {
+        outcome.push(Span::styled(format!(" · {}", err.trim()), theme.error()));
+    }
+    out.push(Line::from(outcome));
     if let Some(ev) = &ex.event {
         out.push(Line::from(vec![
             Span::styled("event: ", theme.dim()),
@@ -105,9 +137,6 @@ pub fn detail_lines(ex: &Exchange, theme: &Theme, tz: FixedOffset) -> Vec<Line<'
     }
     if let Some(addr) = &ex.remote_addr {
         out.push(Line::styled(format!("from {addr}"), theme.dim()));
-    }
-    if let Some(err) = &ex.error {
-        out.push(Line::styled(format!("error: {err}"), theme.error()));
     }
     out.push(Line::raw(""));
     out.push(Line::styled("REQUEST", theme.heading()));
@@ -153,6 +182,9 @@ pub fn detail_lines(ex: &Exchange, theme: &Theme, tz: FixedOffset) -> Vec<Line<'
             out.push(Line::styled("RESPONSE", theme.heading()));
             out.push(Line::styled("(no response)", theme.error()));
         }
+    }
+    for line in &mut out {
+        sanitize_line(line);
     }
     out
 }

@@ -113,6 +113,103 @@ pub fn parse_request_text(lines: &[String]) -> Result<RequestEdit, EditError> {
     Ok(edit)
 }
 
+/// A text body as the editor holds it: its lines without their ends, and
+/// each line's own end (`"\r\n"`, `"\n"`, or `""` for the last line), so
+/// that lines the user did not touch go back byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyLines {
+    /// The lines, without ends.
+    pub lines: Vec<String>,
+    /// The end of each line.
+    pub ends: Vec<&'static str>,
+}
+
+impl BodyLines {
+    /// Splits `body` at LF, remembering which lines ended with CRLF.
+    pub fn split(body: &str) -> Self {
+        let mut lines = Vec::new();
+        let mut ends = Vec::new();
+        let mut rest = body;
+        loop {
+            match rest.find('\n') {
+                Some(i) => {
+                    let line = &rest[..i];
+                    match line.strip_suffix('\r') {
+                        Some(l) => {
+                            lines.push(l.to_string());
+                            ends.push("\r\n");
+                        }
+                        None => {
+                            lines.push(line.to_string());
+                            ends.push("\n");
+                        }
+                    }
+                    rest = &rest[i + 1..];
+                }
+                None => {
+                    lines.push(rest.to_string());
+                    ends.push("");
+                    break;
+                }
+            }
+        }
+        BodyLines { lines, ends }
+    }
+
+    /// The end a new or changed line gets: the body's usual one.
+    fn usual_end(&self) -> &'static str {
+        let crlf = self.ends.iter().filter(|e| **e == "\r\n").count();
+        let lf = self.ends.iter().filter(|e| **e == "\n").count();
+        if crlf > lf {
+            "\r\n"
+        } else {
+            "\n"
+        }
+    }
+
+    /// Joins `edited` lines back into a body. Lines equal to the original
+    /// ones at the start and at the end keep their own ends, and so do lines
+    /// changed in place (as many lines as before); added lines get the
+    /// body's usual end. An unchanged body comes back byte for byte.
+    pub fn join(&self, edited: &[String]) -> String {
+        let (m, n) = (self.lines.len(), edited.len());
+        let prefix = self
+            .lines
+            .iter()
+            .zip(edited)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let max_suffix = m.min(n) - prefix;
+        let suffix = self
+            .lines
+            .iter()
+            .rev()
+            .zip(edited.iter().rev())
+            .take(max_suffix)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let usual = self.usual_end();
+        let mut out = String::new();
+        for (i, line) in edited.iter().enumerate() {
+            out.push_str(line);
+            let end = if i < prefix {
+                self.ends[i]
+            } else if i >= n - suffix {
+                self.ends[m - (n - i)]
+            } else if m == n {
+                // Lines changed in place keep their own ends.
+                self.ends[i]
+            } else if i + 1 == n {
+                self.ends[m - 1]
+            } else {
+                usual
+            };
+            out.push_str(end);
+        }
+        out
+    }
+}
+
 /// Sets any `Content-Length` header of `edit` to its body's length.
 pub fn fix_content_length(edit: &mut RequestEdit) {
     let len = edit.body.len().to_string().into_bytes();
@@ -203,6 +300,25 @@ mod tests {
             parse_request_text(&[]).unwrap_err(),
             EditError::BadRequestLine
         );
+    }
+
+    #[test]
+    fn line_ends_are_kept_for_unchanged_lines() {
+        let body = "{\r\n  \"a\": 1,\n  \"b\": 2\r\n}\n";
+        let bl = BodyLines::split(body);
+        assert_eq!(bl.lines, vec!["{", "  \"a\": 1,", "  \"b\": 2", "}", ""]);
+        assert_eq!(bl.join(&bl.lines), body, "unchanged: identical bytes");
+        let mut edited = bl.lines.clone();
+        edited[1] = "  \"a\": 5,".into();
+        assert_eq!(bl.join(&edited), "{\r\n  \"a\": 5,\n  \"b\": 2\r\n}\n");
+        edited.insert(2, "  \"c\": 3,".into());
+        assert_eq!(
+            bl.join(&edited),
+            "{\r\n  \"a\": 5,\n  \"c\": 3,\n  \"b\": 2\r\n}\n"
+        );
+        let one = BodyLines::split("x");
+        assert_eq!(one.join(&["y".to_string()]), "y");
+        assert_eq!(one.join(&["y".to_string(), "z".to_string()]), "y\nz");
     }
 
     #[test]

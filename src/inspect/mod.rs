@@ -30,6 +30,7 @@ pub mod render;
 pub mod session;
 pub mod state;
 pub mod terminal;
+pub mod text;
 pub mod theme;
 
 #[cfg(test)]
@@ -54,6 +55,10 @@ pub struct Inputs {
     pub public_url: String,
     /// Shown in the header: where requests are forwarded.
     pub target: String,
+    /// A standing notice from the agent shown in the status line (e.g.
+    /// "app: nothing listening on localhost:3000", or that the embedded
+    /// relay moved to another port); "" for none. `None`: not followed.
+    pub notice: Option<watch::Receiver<String>>,
 }
 
 /// Runs the inspector on the current terminal until the user quits.

@@ -15,6 +15,7 @@ use ratatui::Frame;
 
 use super::detail::{wrap_line, wrapped_height};
 use super::state::{App, Editor, Level, Row, RowKey, View};
+use super::text::{fit, fit_left, sanitize, sanitize_buffer};
 use crate::agent::ConnectionStatus;
 use crate::units::{fmt_duration, fmt_size};
 
@@ -40,6 +41,7 @@ pub fn draw(frame: &mut Frame, app: &App) {
     if app.help {
         draw_help(frame, app, area);
     }
+    sanitize_buffer(frame.buffer_mut());
 }
 
 fn public_url(app: &App) -> &str {
@@ -49,17 +51,33 @@ fn public_url(app: &App) -> &str {
     }
 }
 
+/// The public URL and the target fitted into `width` columns after the
+/// title's fixed parts: the target (with its port) is kept whole when at all
+/// possible, dropping its `http://` first; the URL is cut with `…`.
+pub fn fit_title(url: &str, target: &str, width: usize) -> (String, String) {
+    let room = width.saturating_sub(" whtunnel  ".len() + " → ".chars().count());
+    let url_w = Span::raw(url).width();
+    let mut target = sanitize(target).into_owned();
+    if url_w + Span::raw(target.as_str()).width() > room {
+        if let Some(rest) = target.strip_prefix("http://") {
+            target = rest.to_string();
+        }
+    }
+    // At least a little of the URL stays, so the line still says what it is.
+    let target = fit_left(&target, room.saturating_sub(url_w.min(12)));
+    let url = fit(url, room.saturating_sub(Span::raw(target.as_str()).width()));
+    (url, target)
+}
+
 fn draw_title(frame: &mut Frame, app: &App, area: Rect) {
     let t = &app.theme;
+    let (url, target) = fit_title(public_url(app), &app.target, usize::from(area.width));
     let line = Line::from(vec![
         Span::styled(" whtunnel ", t.heading().add_modifier(Modifier::REVERSED)),
         Span::raw(" "),
-        Span::styled(
-            public_url(app).to_string(),
-            Style::new().add_modifier(Modifier::BOLD),
-        ),
+        Span::styled(url, Style::new().add_modifier(Modifier::BOLD)),
         Span::styled(" → ", t.dim()),
-        Span::raw(app.target.clone()),
+        Span::raw(target),
     ]);
     frame.render_widget(Paragraph::new(line), area);
 }
@@ -101,9 +119,19 @@ fn draw_status(frame: &mut Frame, app: &App, area: Rect) {
         spans.push(Span::styled(format!(" {label} "), t.dim()));
         spans.push(Span::styled(c[i].to_string(), *style));
     }
+    let live = app.in_progress();
+    if live > 0 {
+        spans.push(Span::styled(format!("  ⋯ {live} in flight"), t.heading()));
+    }
     if app.not_stored > 0 {
         spans.push(Span::styled(
             format!("  ! {} not stored", app.not_stored),
+            t.warn(),
+        ));
+    }
+    if app.unfinished > 0 {
+        spans.push(Span::styled(
+            format!("  ! {} never finished", app.unfinished),
             t.warn(),
         ));
     }
@@ -113,10 +141,14 @@ fn draw_status(frame: &mut Frame, app: &App, area: Rect) {
     let [left, right] =
         Layout::horizontal([Constraint::Fill(1), Constraint::Length(cw)]).areas(area);
     let (text, style) = status_text(app);
-    frame.render_widget(
-        Paragraph::new(Line::styled(format!(" {text}"), style)),
-        left,
-    );
+    let mut line = Line::styled(format!(" {text}"), style);
+    if !app.banner.is_empty() {
+        line.spans.push(Span::styled(
+            format!(" · {}", sanitize(&app.banner)),
+            t.warn(),
+        ));
+    }
+    frame.render_widget(Paragraph::new(line), left);
     frame.render_widget(Paragraph::new(counts), right);
 }
 
@@ -127,11 +159,22 @@ struct Col {
     min_term_width: u16,
 }
 
-fn columns(width: u16) -> Vec<(usize, Col)> {
+/// Columns of digits the `#` column needs for ids up to `max_id`.
+fn id_width(max_id: i64) -> u16 {
+    let digits = max_id.max(1).to_string().len() as u16;
+    (digits + 1).max(3)
+}
+
+fn columns(width: u16, id_w: u16) -> Vec<(usize, Col)> {
     let all = [
         Col {
             title: "",
             width: Constraint::Length(5),
+            min_term_width: 0,
+        },
+        Col {
+            title: "#",
+            width: Constraint::Length(id_w),
             min_term_width: 0,
         },
         Col {
@@ -176,11 +219,12 @@ fn columns(width: u16) -> Vec<(usize, Col)> {
         .collect()
 }
 
-fn row_cells(app: &App, row: &Row, cols: &[(usize, Col)]) -> Vec<Cell<'static>> {
+fn row_cells(app: &App, row: &Row, cols: &[(usize, Col)], widths: &[u16]) -> Vec<Cell<'static>> {
     let t = &app.theme;
     let s = &row.summary;
     cols.iter()
-        .map(|(i, _)| match i {
+        .zip(widths)
+        .map(|((i, _), &w)| match i {
             0 => {
                 if row.not_stored.is_some() {
                     Cell::from(Span::styled("!", t.warn()))
@@ -189,31 +233,54 @@ fn row_cells(app: &App, row: &Row, cols: &[(usize, Col)]) -> Vec<Cell<'static>> 
                         format!("↻#{orig}"),
                         t.fg(ratatui::style::Color::Magenta),
                     ))
+                } else if row.in_progress() {
+                    Cell::from(Span::styled("⋯", t.heading()))
                 } else {
                     Cell::from("")
                 }
             }
-            1 => Cell::from(
+            1 => match row.key {
+                RowKey::Stored(id) => {
+                    Cell::from(Line::from(format!("#{id}")).alignment(Alignment::Right))
+                }
+                RowKey::NotStored(_) | RowKey::Live(_) => Cell::from(""),
+            },
+            2 => Cell::from(
                 s.received_at
                     .with_timezone(&app.tz)
                     .format("%H:%M:%S")
                     .to_string(),
             ),
-            2 => Cell::from(s.method.clone()),
-            3 => {
+            3 => Cell::from(fit(&s.method, usize::from(w))),
+            4 => {
                 let failed = s.error.is_some();
                 let text = match s.status {
                     Some(st) => st.to_string(),
+                    None if row.in_progress() => "…".into(),
                     None if failed => "ERR".into(),
                     None => "---".into(),
                 };
                 Cell::from(Span::styled(text, t.status(s.status, failed)))
             }
-            4 => Cell::from(Line::from(fmt_duration(s.duration_ms)).alignment(Alignment::Right)),
-            5 => Cell::from(Line::from(fmt_size(s.request_size)).alignment(Alignment::Right)),
-            6 => Cell::from(s.path.clone()),
+            5 => {
+                // Rows in progress show a running timer.
+                let ms = match row.since {
+                    Some(since) => app.now.saturating_duration_since(since).as_secs_f64() * 1000.0,
+                    None => s.duration_ms,
+                };
+                let text = fmt_duration(ms);
+                let style = if row.in_progress() {
+                    t.heading()
+                } else {
+                    Style::new()
+                };
+                Cell::from(Line::styled(text, style).alignment(Alignment::Right))
+            }
+            6 if row.in_progress() => Cell::from(""),
+            6 => Cell::from(Line::from(fmt_size(s.request_size)).alignment(Alignment::Right)),
+            7 => Cell::from(fit(&s.path, usize::from(w))),
             _ => Cell::from(Span::styled(
-                s.event.clone().unwrap_or_default(),
+                fit(s.event.as_deref().unwrap_or_default(), usize::from(w)),
                 t.json_key(),
             )),
         })
@@ -222,14 +289,35 @@ fn row_cells(app: &App, row: &Row, cols: &[(usize, Col)]) -> Vec<Cell<'static>> 
 
 fn draw_list(frame: &mut Frame, app: &App, head: Rect, body: Rect) {
     let t = &app.theme;
-    let cols = columns(head.width);
+    let cols = columns(head.width, id_width(app.max_id));
     let widths: Vec<Constraint> = cols.iter().map(|(_, c)| c.width).collect();
+    // The same split the table makes, so cut texts can end with `…`.
+    let col_w: Vec<u16> = Layout::horizontal(widths.clone())
+        .flex(ratatui::layout::Flex::Start)
+        .spacing(1)
+        .split(Rect::new(0, 0, body.width, 1))
+        .iter()
+        .map(|r| r.width)
+        .collect();
     let header = TableRow::new(cols.iter().map(|(_, c)| Cell::from(c.title)))
         .style(t.dim().add_modifier(Modifier::BOLD));
     frame.render_widget(
         Table::new(Vec::<TableRow>::new(), widths.clone()).header(header),
         head,
     );
+    if app.new_above > 0 {
+        let marker = format!(" {} new ↑ (g) ", app.new_above);
+        let mw = (Span::raw(marker.as_str()).width() as u16).min(head.width);
+        let [_, right] =
+            Layout::horizontal([Constraint::Fill(1), Constraint::Length(mw)]).areas(head);
+        frame.render_widget(
+            Paragraph::new(Span::styled(
+                marker,
+                t.heading().add_modifier(Modifier::REVERSED),
+            )),
+            right,
+        );
+    }
 
     if app.visible.is_empty() {
         let msg = if app.rows.is_empty() {
@@ -268,7 +356,7 @@ fn draw_list(frame: &mut Frame, app: &App, head: Rect, body: Rect) {
         .skip(offset)
         .take(h)
         .map(|(i, &ri)| {
-            let r = TableRow::new(row_cells(app, &app.rows[ri], &cols));
+            let r = TableRow::new(row_cells(app, &app.rows[ri], &cols, &col_w));
             if Some(i) == sel {
                 r.style(t.selected())
             } else {
@@ -286,7 +374,7 @@ fn draw_detail(frame: &mut Frame, app: &App, head: Rect, body: Rect) {
         .rows
         .iter()
         .find(|r| r.key == RowKey::Stored(d.id))
-        .map(|r| format!(" {} {}", r.summary.method, r.summary.path))
+        .map(|r| format!(" {} {}", r.summary.method, sanitize(&r.summary.path)))
         .unwrap_or_default();
     let width = usize::from(body.width);
     let h = usize::from(body.height);
@@ -356,14 +444,40 @@ fn draw_detail(frame: &mut Frame, app: &App, head: Rect, body: Rect) {
 fn draw_editor(frame: &mut Frame, app: &App, head: Rect, body: Rect) {
     let t = &app.theme;
     match &app.editor {
-        Some(Editor::Text { id, textarea, .. }) => {
-            frame.render_widget(
-                Paragraph::new(Span::styled(
-                    format!(" Edit #{id}, then replay"),
-                    t.heading(),
-                )),
-                head,
-            );
+        Some(Editor::Text {
+            id,
+            textarea,
+            signed,
+            reformatted,
+            ..
+        }) => {
+            let mut spans = vec![Span::styled(
+                format!(" Edit #{id}, then replay"),
+                t.heading(),
+            )];
+            let used = Span::raw(spans[0].content.clone()).width();
+            let room = usize::from(head.width).saturating_sub(used + 2);
+            if let Some(h) = signed {
+                spans.push(Span::styled(
+                    format!(
+                        "  {}",
+                        fit(
+                            &format!(
+                                "signed request ({h}): editing the body breaks the signature \
+                                 unless replay re-signs it"
+                            ),
+                            room
+                        )
+                    ),
+                    t.warn(),
+                ));
+            } else if *reformatted {
+                spans.push(Span::styled(
+                    format!("  {}", fit("body pretty-printed: its bytes changed", room)),
+                    t.warn(),
+                ));
+            }
+            frame.render_widget(Paragraph::new(Line::from(spans)), head);
             frame.render_widget(&**textarea, body);
         }
         Some(Editor::Binary { id, len, .. }) => {
@@ -431,7 +545,10 @@ fn draw_footer(frame: &mut Frame, app: &App, area: Rect) {
             } else if let Some(w) = warning {
                 spans.push(Span::styled(format!("! {w}"), t.warn()));
             } else {
-                spans.push(Span::styled("Ctrl-S/F2 send · Esc cancel", t.dim()));
+                spans.push(Span::styled(
+                    "Ctrl-S/F2 send · F3 pretty-print JSON (changes bytes) · Esc cancel",
+                    t.dim(),
+                ));
             }
             frame.render_widget(Paragraph::new(Line::from(spans)), area);
             return;
@@ -465,6 +582,7 @@ pub const HELP: &[(&str, &str)] = &[
     ("Esc ← Bksp", "back from details; Esc clears the filter"),
     ("r", "replay the selected exchange"),
     ("e", "edit, then replay (Ctrl-S/F2 send)"),
+    ("F3 (editor)", "pretty-print JSON (changes the bytes)"),
     ("/", "filter (Enter apply, Esc cancel)"),
     ("?", "this help"),
     ("q  Ctrl-C", "quit"),

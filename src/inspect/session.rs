@@ -23,6 +23,9 @@ pub const FILE_BODY_LIMIT: u64 = 8 << 20;
 /// Exchanges read per body-search step, so the UI stays responsive while a
 /// search walks thousands of exchanges.
 pub const SEARCH_CHUNK: usize = 100;
+/// Rows from other processes loaded per store poll (a burst larger than
+/// this arrives over a few polls).
+pub const POLL_CHUNK: usize = 500;
 
 /// Read access to captured exchanges, as the inspector needs it.
 pub trait Source {
@@ -30,6 +33,10 @@ pub trait Source {
     fn list(&self, limit: usize) -> Result<Vec<ExchangeSummary>, String>;
     /// One exchange with headers and bodies.
     fn get(&self, id: ExchangeId) -> Result<Option<Exchange>, String>;
+    /// The highest id stored (0 when empty); polled, so it must be cheap.
+    fn max_id(&self) -> Result<ExchangeId, String>;
+    /// Exchanges with an id above `after`, lowest id first, at most `limit`.
+    fn list_after(&self, after: ExchangeId, limit: usize) -> Result<Vec<ExchangeSummary>, String>;
 }
 
 impl Source for Store {
@@ -39,6 +46,14 @@ impl Source for Store {
 
     fn get(&self, id: ExchangeId) -> Result<Option<Exchange>, String> {
         Store::get(self, id).map_err(|e| e.to_string())
+    }
+
+    fn max_id(&self) -> Result<ExchangeId, String> {
+        Store::max_id(self).map_err(|e| e.to_string())
+    }
+
+    fn list_after(&self, after: ExchangeId, limit: usize) -> Result<Vec<ExchangeSummary>, String> {
+        Store::list_after(self, after, limit).map_err(|e| e.to_string())
     }
 }
 
@@ -97,6 +112,7 @@ pub struct Session<S: Source> {
     events_open: bool,
     status: watch::Receiver<ConnectionStatus>,
     replays: mpsc::Sender<ReplayRequest>,
+    banner: Option<watch::Receiver<String>>,
     queue: VecDeque<Msg>,
     pending: VecDeque<Effect>,
     /// The agent's status channel closed: the agent is gone.
@@ -120,10 +136,20 @@ impl<S: Source> Session<S> {
             events_open: true,
             status,
             replays,
+            banner: None,
             queue: VecDeque::new(),
             pending: VecDeque::from([Effect::Reload]),
             agent_gone: false,
         }
+    }
+
+    /// Follows the agent's standing notice (see [`super::Inputs::notice`]).
+    pub fn with_banner(mut self, banner: Option<watch::Receiver<String>>) -> Self {
+        if let Some(rx) = banner.as_ref() {
+            self.queue.push_back(Msg::Banner(rx.borrow().clone()));
+        }
+        self.banner = banner;
+        self
     }
 
     /// Queues a message (terminal input, ticks).
@@ -134,9 +160,17 @@ impl<S: Source> Session<S> {
     /// Takes everything waiting on the capture and status channels, without
     /// blocking. A lagged receiver becomes [`Msg::Lagged`] (and a reload).
     pub fn poll_channels(&mut self) {
+        let mut stamped = false;
         while self.events_open {
             match self.events.try_recv() {
-                Ok(ev) => self.queue.push_back(Msg::Captured(ev)),
+                Ok(ev) => {
+                    // Rows in progress start their timer at the app's clock.
+                    if !stamped && matches!(ev, CaptureEvent::Started(_)) {
+                        self.queue.push_back(Msg::Tick(std::time::Instant::now()));
+                        stamped = true;
+                    }
+                    self.queue.push_back(Msg::Captured(ev));
+                }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Lagged(n)) => self.queue.push_back(Msg::Lagged(n)),
                 // The recorder is gone (agent shutting down): keep browsing.
@@ -152,6 +186,16 @@ impl<S: Source> Session<S> {
             // The agent has stopped (shutdown signal, or refused): the UI ends
             // too, and `listen` reports why on the restored terminal.
             Err(_) => self.agent_gone = true,
+        }
+        if let Some(rx) = self.banner.as_mut() {
+            match rx.has_changed() {
+                Ok(true) => {
+                    let text = rx.borrow_and_update().clone();
+                    self.queue.push_back(Msg::Banner(text));
+                }
+                Ok(false) => {}
+                Err(_) => self.banner = None,
+            }
         }
     }
 
@@ -201,6 +245,17 @@ impl<S: Source> Session<S> {
                 Ok(list) => Msg::Reloaded(list),
                 Err(e) => Msg::StoreError(format!("could not read the capture store: {e}")),
             }),
+            Effect::PollStore { after } => match self.source.max_id() {
+                Ok(max) if max > after => match self.source.list_after(after, POLL_CHUNK) {
+                    Ok(list) => Outcome::Msg(Msg::Polled(list)),
+                    Err(e) => Outcome::Msg(Msg::StoreError(format!(
+                        "could not read the capture store: {e}"
+                    ))),
+                },
+                Ok(_) => Outcome::Nothing,
+                // A busy store is asked again at the next poll.
+                Err(_) => Outcome::Nothing,
+            },
             Effect::LoadDetail(id) => Outcome::Msg(match self.source.get(id) {
                 Ok(Some(mut ex)) => {
                     load_file_body(&mut ex.request.body);

@@ -511,6 +511,7 @@ impl Store {
             response_size: r.get::<_, i64>(9)? as u64,
             error: r.get(10)?,
             outcome: outcome_from(r.get(11)?),
+            live: 0,
         })
     }
 
@@ -543,6 +544,34 @@ impl Store {
             Self::SUMMARY_COLS
         ))?;
         Ok(stmt.query_row([id], Self::summary_from_row).optional()?)
+    }
+
+    /// The highest id stored so far (0 when empty): a cheap way for a
+    /// reader to notice rows another process added.
+    pub fn max_id(&self) -> Result<ExchangeId, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM exchanges", [], |r| {
+                r.get(0)
+            })?)
+    }
+
+    /// Summaries of exchanges with an id above `after`, lowest id first, at
+    /// most `limit`.
+    pub fn list_after(
+        &self,
+        after: ExchangeId,
+        limit: usize,
+    ) -> Result<Vec<ExchangeSummary>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {} FROM exchanges WHERE id > ?1 ORDER BY id LIMIT ?2",
+            Self::SUMMARY_COLS
+        ))?;
+        let rows = stmt.query_map(
+            rusqlite::params![after, limit as i64],
+            Self::summary_from_row,
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Number of stored exchanges.
@@ -615,6 +644,7 @@ impl Store {
                     event: r.get(9)?,
                     replay_of: r.get(10)?,
                     relay_event_id: r.get(11)?,
+                    live: 0,
                 })
             })
             .optional()?;

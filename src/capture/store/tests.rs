@@ -57,6 +57,7 @@ pub(crate) fn sample(req: &[u8]) -> Exchange {
         event: None,
         replay_of: None,
         relay_event_id: None,
+        live: 0,
     }
 }
 

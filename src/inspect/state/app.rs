@@ -16,7 +16,34 @@ use crate::agent::ConnectionStatus;
 use crate::capture::{BodyData, Exchange, ExchangeId, ExchangeSummary, ReplayRequest};
 use crate::inspect::body::is_text;
 use crate::inspect::detail::{detail_lines, wrapped_height};
-use crate::inspect::edit::request_to_text;
+use crate::inspect::edit::{request_to_text, BodyLines};
+
+/// Headers that carry a webhook signature over the body.
+const SIGNATURE_HEADERS: &[&str] = &[
+    "stripe-signature",
+    "x-hub-signature-256",
+    "x-hub-signature",
+    "webhook-signature",
+    "svix-signature",
+    "x-signature",
+    "x-shopify-hmac-sha256",
+    "x-slack-signature",
+    "x-square-hmacsha256-signature",
+    "paddle-signature",
+    "x-twilio-signature",
+    "x-zm-signature",
+    "twitch-eventsub-message-signature",
+    "x-twilio-email-event-webhook-signature",
+    "x-signature-ed25519",
+];
+
+/// The name of the first header of `headers` that carries a signature.
+pub fn signature_header(headers: &[crate::capture::Header]) -> Option<String> {
+    headers
+        .iter()
+        .find(|(n, _)| SIGNATURE_HEADERS.iter().any(|s| n.eq_ignore_ascii_case(s)))
+        .map(|(n, _)| n.clone())
+}
 use crate::inspect::theme::Theme;
 
 /// The list keeps at most this many rows (the store's default retention);
@@ -28,6 +55,15 @@ const DETAIL_CACHE: usize = 32;
 const DETAIL_CACHE_BYTES: u64 = 32 << 20;
 /// How long a notice stays in the footer.
 const NOTICE_TTL: Duration = Duration::from_secs(6);
+/// A row in progress is dropped this long after its exchange's deadline
+/// (the response body may still be streaming when the deadline passes).
+const LIVE_GRACE: Duration = Duration::from_secs(10);
+/// The longest budget a `Started` event is believed (a day).
+const MAX_BUDGET_SECS: f64 = 86_400.0;
+/// Replays requested from this inspector whose result is awaited.
+const MAX_AWAITED_REPLAYS: usize = 32;
+/// How often the store is asked whether another process added rows.
+pub const STORE_POLL: Duration = Duration::from_millis(500);
 
 /// Screen rows above the list/detail body (title, status, column header) and
 /// below it (footer). Must match `render`'s layout so paging matches what is
@@ -41,13 +77,16 @@ pub fn body_height(height: u16) -> usize {
 
 /// Identifies a list row. Stored exchanges by their store id (stable across
 /// reloads); exchanges the store could not keep get a local sequence number,
-/// since their summary id is 0.
+/// since their summary id is 0; exchanges still in progress their live
+/// number (see [`ExchangeSummary::live`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RowKey {
     /// A stored exchange.
     Stored(ExchangeId),
     /// An exchange that was forwarded but not stored.
     NotStored(u64),
+    /// An exchange still in progress.
+    Live(u64),
 }
 
 /// One row of the live list.
@@ -59,6 +98,38 @@ pub struct Row {
     pub summary: ExchangeSummary,
     /// Why the exchange was not stored, for rows the store could not keep.
     pub not_stored: Option<String>,
+    /// For rows in progress: when the row appeared (the running timer).
+    pub since: Option<Instant>,
+}
+
+impl Row {
+    /// A row for a stored exchange.
+    pub fn stored(summary: ExchangeSummary) -> Self {
+        Row {
+            key: RowKey::Stored(summary.id),
+            summary,
+            not_stored: None,
+            since: None,
+        }
+    }
+
+    /// Whether the exchange is still in progress.
+    pub fn in_progress(&self) -> bool {
+        matches!(self.key, RowKey::Live(_))
+    }
+
+    /// When a row in progress is given up on: its exchange's budget (the
+    /// summary's `duration_ms` while in progress) plus a grace period.
+    pub fn give_up_at(&self) -> Option<Instant> {
+        let since = self.since?;
+        let budget = self.summary.duration_ms;
+        let budget = if budget.is_finite() {
+            budget.clamp(0.0, MAX_BUDGET_SECS * 1000.0)
+        } else {
+            MAX_BUDGET_SECS * 1000.0
+        };
+        Some(since + Duration::from_secs_f64(budget / 1000.0) + LIVE_GRACE)
+    }
 }
 
 /// Which screen is shown.
@@ -98,9 +169,14 @@ pub enum Editor {
         error: Option<String>,
         /// A standing warning (e.g. the captured body was truncated).
         warning: Option<String>,
-        /// The body used CRLF line ends: shown as plain lines (a raw `\r`
-        /// would garble the terminal) and restored on send.
-        crlf: bool,
+        /// The body as it was captured, by line with each line's own end
+        /// (shown without them: a raw `\r` would garble the terminal), so
+        /// that only the lines the user changed change.
+        body: BodyLines,
+        /// The request's signature header, if it has one.
+        signed: Option<String>,
+        /// The body was pretty-printed for editing (its bytes changed).
+        reformatted: bool,
         /// Screen to return to.
         back: View,
     },
@@ -192,6 +268,20 @@ pub struct App {
     /// How many exchanges the store could not keep since start.
     pub not_stored: u64,
     pub(super) next_unstored: u64,
+    /// Rows that arrived above the view since the user moved off the top.
+    pub new_above: usize,
+    /// Rows in progress given up on (their exchange never came back).
+    pub unfinished: u64,
+    /// Exchanges whose replay this inspector requested and whose result
+    /// has not been seen yet (oldest first, bounded).
+    pub awaited_replays: VecDeque<ExchangeId>,
+    /// The highest store id seen (events, reloads, polls).
+    pub max_id: ExchangeId,
+    /// When the store was last polled for rows from other processes.
+    pub last_poll: Option<Instant>,
+    /// A standing notice from the agent (app reachability, relay port
+    /// fallback), shown in the status line; empty for none.
+    pub banner: String,
     /// Colours.
     pub theme: Theme,
     /// Offset in which times are shown (local time at start-up; fixed in tests).
@@ -228,6 +318,12 @@ impl App {
             notice: None,
             not_stored: 0,
             next_unstored: 0,
+            new_above: 0,
+            unfinished: 0,
+            awaited_replays: VecDeque::new(),
+            max_id: 0,
+            last_poll: None,
+            banner: String::new(),
             theme,
             tz,
             now: Instant::now(),
@@ -255,7 +351,7 @@ impl App {
     /// without a status.
     pub fn counts(&self) -> [usize; 5] {
         let mut c = [0; 5];
-        for r in &self.rows {
+        for r in self.rows.iter().filter(|r| !r.in_progress()) {
             match r.summary.status {
                 Some(s @ 200..=599) => c[usize::from(s / 100 - 2)] += 1,
                 Some(_) => {}
@@ -302,7 +398,7 @@ impl App {
             .iter()
             .filter_map(|r| match r.key {
                 RowKey::Stored(id) => Some(id),
-                RowKey::NotStored(_) => None,
+                RowKey::NotStored(_) | RowKey::Live(_) => None,
             })
             .collect();
         self.body_search = Some(BodySearch {
@@ -332,7 +428,15 @@ impl App {
             self.selected = self.visible.first().map(|&i| self.rows[i].key);
             self.follow = true;
         }
+        if self.follow {
+            self.new_above = 0;
+        }
         self.ensure_visible();
+    }
+
+    /// Rows in progress.
+    pub fn in_progress(&self) -> usize {
+        self.rows.iter().filter(|r| r.in_progress()).count()
     }
 
     pub(super) fn ensure_visible(&mut self) {
@@ -355,6 +459,9 @@ impl App {
         let i = i.min(self.visible.len() - 1);
         self.selected = Some(self.rows[self.visible[i]].key);
         self.follow = i == 0;
+        if self.follow {
+            self.new_above = 0;
+        }
         self.ensure_visible();
     }
 
@@ -394,12 +501,86 @@ impl App {
                 self.visible.pop();
             }
         }
-        // Keep a user who scrolled away looking at the same rows.
+        // Keep a user who scrolled away looking at the same rows, and tell
+        // them what arrived above.
         if shown && !self.follow {
             self.offset += 1;
+            self.new_above += 1;
         }
         self.fix_selection();
         search
+    }
+
+    /// Adds the finished (stored or not) form of an exchange: it replaces
+    /// the row of the same exchange in progress, where that row is, or is
+    /// added as a new row.
+    pub(super) fn finish_row(&mut self, live: u64, row: Row) -> Vec<Effect> {
+        let live_pos = (live != 0)
+            .then(|| self.rows.iter().position(|r| r.key == RowKey::Live(live)))
+            .flatten();
+        let Some(pos) = live_pos else {
+            return self.push_row(row);
+        };
+        let key = row.key;
+        if self.selected == Some(RowKey::Live(live)) {
+            self.selected = Some(key);
+        }
+        if self.rows.iter().any(|r| r.key == key) {
+            // Already loaded by a store poll: the row in progress goes.
+            self.rows.remove(pos);
+            return self.push_row(row);
+        }
+        let search = match (&self.body_search, key) {
+            (Some(b), RowKey::Stored(id)) => vec![Effect::SearchBodies {
+                needle: b.needle.clone(),
+                ids: vec![id],
+            }],
+            _ => vec![],
+        };
+        self.rows[pos] = row;
+        self.refilter();
+        search
+    }
+
+    /// Drops rows in progress whose exchange never came back; returns how
+    /// many.
+    pub(super) fn expire_live_rows(&mut self) -> usize {
+        let now = self.now;
+        let before = self.rows.len();
+        self.rows
+            .retain(|r| !r.in_progress() || r.give_up_at().is_none_or(|t| t > now));
+        let gone = before - self.rows.len();
+        if gone > 0 {
+            self.unfinished += gone as u64;
+            self.refilter();
+        }
+        gone
+    }
+
+    /// Remembers that the result of a replay of `id` is awaited.
+    pub(super) fn await_replay(&mut self, id: ExchangeId) {
+        if self.awaited_replays.len() >= MAX_AWAITED_REPLAYS {
+            self.awaited_replays.pop_front();
+        }
+        self.awaited_replays.push_back(id);
+    }
+
+    /// Takes the awaited replay of `orig`, if this inspector asked for one.
+    pub(super) fn take_awaited(&mut self, orig: Option<ExchangeId>) -> Option<ExchangeId> {
+        let orig = orig?;
+        let pos = self.awaited_replays.iter().position(|&o| o == orig)?;
+        self.awaited_replays.remove(pos)
+    }
+
+    /// Puts the selection on `key` (a replay's result) when the list is
+    /// shown, so the user sees it.
+    pub(super) fn select_key(&mut self, key: RowKey) {
+        if self.view != View::List {
+            return;
+        }
+        if let Some(i) = self.visible.iter().position(|&r| self.rows[r].key == key) {
+            self.select_index(i);
+        }
     }
 
     pub(super) fn cache_insert(&mut self, ex: Arc<Exchange>) {
@@ -452,6 +633,13 @@ impl App {
                 );
                 None
             }
+            Some(RowKey::Live(_)) => {
+                self.notify(
+                    Level::Info,
+                    "still in progress: details once the app has answered",
+                );
+                None
+            }
             None => None,
         }
     }
@@ -500,11 +688,17 @@ impl App {
                 self.notify(Level::Warn, "this exchange was not stored: no details");
                 vec![]
             }
+            RowKey::Live(_) => {
+                self.view = View::List;
+                self.notify(Level::Info, "still in progress: no details yet");
+                vec![]
+            }
         }
     }
 
     pub(super) fn replay(&mut self, id: ExchangeId) -> Vec<Effect> {
         self.notify(Level::Info, format!("replay of #{id} requested"));
+        self.await_replay(id);
         vec![Effect::Replay(ReplayRequest { id, edit: None })]
     }
 
@@ -552,14 +746,8 @@ impl App {
             self.view = View::Edit;
             return;
         }
-        let body = std::str::from_utf8(bytes).unwrap_or_default();
-        let crlf = body.contains("\r\n");
-        let text = request_to_text(
-            &req.method,
-            &req.path,
-            &req.headers,
-            &body.replace("\r\n", "\n"),
-        );
+        let body = BodyLines::split(std::str::from_utf8(bytes).unwrap_or_default());
+        let text = request_to_text(&req.method, &req.path, &req.headers, &body.lines.join("\n"));
         let mut textarea = TextArea::new(text.split('\n').map(str::to_string).collect());
         textarea.set_cursor_line_style(ratatui::style::Style::new());
         // The default selection colour would break NO_COLOR.
@@ -576,7 +764,9 @@ impl App {
             textarea: Box::new(textarea),
             error: None,
             warning,
-            crlf,
+            body,
+            signed: signature_header(&req.headers),
+            reformatted: false,
             back,
         });
         self.view = View::Edit;

@@ -7,7 +7,8 @@ use crate::capture::ExchangeId;
 /// Does `row` match the filter `filter`? Whitespace-separated terms must all
 /// match (case-insensitive). A term matches:
 /// - `5xx` / `2xx`...: the status class; a three-digit number: the status;
-/// - `err` / `error`: failed exchanges (no status, an error, or not stored);
+/// - `err` / `error`: failed exchanges (no status once finished, an error,
+///   or not stored);
 /// - `#12`: the exchange id;
 /// - `body:text`: not decided here (the store is searched, see
 ///   [`App::row_matches`](super::App::row_matches)); counts as a match;
@@ -29,7 +30,9 @@ pub fn matches(filter: &str, row: &Row) -> bool {
             return s.status.map(u32::from) == t.parse::<u32>().ok();
         }
         if t.eq_ignore_ascii_case("err") || t.eq_ignore_ascii_case("error") {
-            return s.status.is_none() || s.error.is_some() || row.not_stored.is_some();
+            return (s.status.is_none() && !row.in_progress())
+                || s.error.is_some()
+                || row.not_stored.is_some();
         }
         if let Some(n) = t.strip_prefix('#') {
             if let Ok(id) = n.parse::<ExchangeId>() {

@@ -8,7 +8,9 @@ use super::app::{body_height, App, Editor, Level, View};
 use super::filter::body_term;
 use super::update::Effect;
 use crate::capture::ReplayRequest;
+use crate::inspect::body::pretty_json;
 use crate::inspect::edit::{fix_content_length, parse_request_text};
+use crate::inspect::theme::Theme;
 
 pub(super) fn is_press(k: &KeyEvent) -> bool {
     k.kind != KeyEventKind::Release
@@ -172,24 +174,46 @@ fn on_edit_key(app: &mut App, key: KeyEvent) -> Vec<Effect> {
             id,
             textarea,
             error,
-            crlf,
+            body,
+            reformatted,
             ..
         }) => {
             if key.code == KeyCode::Esc {
                 app.close_editor();
                 return vec![];
             }
+            if key.code == KeyCode::F(3) {
+                let id = *id;
+                return match pretty_print_body(textarea) {
+                    Some((before, after)) => {
+                        *reformatted = true;
+                        app.notify(
+                            Level::Warn,
+                            format!(
+                                "#{id}'s body pretty-printed for editing: its bytes change \
+                                 ({before} → {after} B)"
+                            ),
+                        );
+                        vec![]
+                    }
+                    None => {
+                        app.notify(Level::Warn, "the body is not JSON: nothing to pretty-print");
+                        vec![]
+                    }
+                };
+            }
             if send {
                 let id = *id;
                 match parse_request_text(textarea.lines()) {
                     Ok(mut edit) => {
-                        if *crlf {
-                            let body = String::from_utf8_lossy(&edit.body).replace('\n', "\r\n");
-                            edit.body = body.into_bytes().into();
-                            fix_content_length(&mut edit);
-                        }
+                        // Lines the user did not change keep their own ends.
+                        let text = String::from_utf8_lossy(&edit.body).into_owned();
+                        let edited: Vec<String> = text.split('\n').map(str::to_string).collect();
+                        edit.body = body.join(&edited).into_bytes().into();
+                        fix_content_length(&mut edit);
                         app.close_editor();
                         app.notify(Level::Info, format!("edited replay of #{id} requested"));
+                        app.await_replay(id);
                         return vec![Effect::Replay(ReplayRequest {
                             id,
                             edit: Some(edit),
@@ -205,4 +229,28 @@ fn on_edit_key(app: &mut App, key: KeyEvent) -> Vec<Effect> {
             vec![]
         }
     }
+}
+
+/// Replaces the editor's body (the lines after the first blank line) with
+/// its pretty-printed JSON; returns the body's length before and after, or
+/// `None` when the body is not JSON.
+fn pretty_print_body(textarea: &mut ratatui_textarea::TextArea<'static>) -> Option<(usize, usize)> {
+    let lines = textarea.lines();
+    let start = lines.iter().position(|l| l.trim().is_empty())? + 1;
+    let body = lines[start..].join("\n");
+    let pretty: Vec<String> = pretty_json(&body, &Theme::PLAIN)?
+        .iter()
+        .map(|l| l.to_string())
+        .collect();
+    let after = pretty.join("\n").len();
+    let mut all: Vec<String> = lines[..start].to_vec();
+    all.extend(pretty);
+    let mut fresh = ratatui_textarea::TextArea::new(all);
+    fresh.set_cursor_line_style(ratatui::style::Style::new());
+    fresh.set_selection_style(
+        ratatui::style::Style::new().add_modifier(ratatui::style::Modifier::REVERSED),
+    );
+    fresh.move_cursor(ratatui_textarea::CursorMove::Jump(start as u16, 0));
+    *textarea = fresh;
+    Some((body.len(), after))
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use crossterm::event::KeyEvent;
 
-use super::app::{App, Editor, Level, Row, RowKey, MAX_ROWS};
+use super::app::{App, Editor, Level, Row, RowKey, MAX_ROWS, STORE_POLL};
 use super::keys::{is_press, on_key};
 use crate::agent::ConnectionStatus;
 use crate::capture::{CaptureEvent, Exchange, ExchangeId, ExchangeSummary, ReplayRequest};
@@ -30,6 +30,11 @@ pub enum Msg {
     Status(ConnectionStatus),
     /// The list was (re)loaded from the store.
     Reloaded(Vec<ExchangeSummary>),
+    /// Rows the store gained that no event announced (another process,
+    /// e.g. a `whtunnel replay` in another terminal), lowest id first.
+    Polled(Vec<ExchangeSummary>),
+    /// The agent's standing notice changed ("" = none).
+    Banner(String),
     /// A full exchange was loaded from the store.
     DetailLoaded(Box<Exchange>),
     /// Loading an exchange failed.
@@ -71,6 +76,12 @@ pub enum Effect {
     Replay(ReplayRequest),
     /// Reload the list (`Store::list`) and answer with [`Msg::Reloaded`].
     Reload,
+    /// Ask the store for rows with an id above `after` (cheaply: its
+    /// highest id first) and answer with [`Msg::Polled`] if there are any.
+    PollStore {
+        /// The highest id the inspector has seen.
+        after: ExchangeId,
+    },
     /// Search the bodies of `ids` (newest first) for `needle`, a step at a
     /// time, answering with [`Msg::BodySearched`].
     SearchBodies {
@@ -103,24 +114,58 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             app.scroll_detail(0);
             vec![]
         }
-        Msg::Captured(CaptureEvent::Stored(summary)) => app.push_row(Row {
-            key: RowKey::Stored(summary.id),
-            summary,
-            not_stored: None,
-        }),
+        Msg::Captured(CaptureEvent::Started(summary)) => {
+            if let Some(orig) = summary
+                .replay_of
+                .filter(|o| app.awaited_replays.contains(o))
+            {
+                app.notify(Level::Info, format!("replay of #{orig} running…"));
+            }
+            app.push_row(Row {
+                key: RowKey::Live(summary.live),
+                summary,
+                not_stored: None,
+                since: Some(app.now),
+            })
+        }
+        Msg::Captured(CaptureEvent::Stored(summary)) => {
+            app.max_id = app.max_id.max(summary.id);
+            let awaited = app.take_awaited(summary.replay_of);
+            let (live, key) = (summary.live, RowKey::Stored(summary.id));
+            if let Some(orig) = awaited {
+                let (level, text) = replay_result(orig, &summary, None);
+                app.notify(level, text);
+            }
+            let fx = app.finish_row(live, Row::stored(summary));
+            if awaited.is_some() {
+                app.select_key(key);
+            }
+            fx
+        }
         Msg::Captured(CaptureEvent::NotStored { summary, reason }) => {
             app.next_unstored += 1;
             app.not_stored += 1;
             let key = RowKey::NotStored(app.next_unstored);
-            app.notify(
-                Level::Warn,
-                format!("the capture store could not keep up: exchange not stored ({reason})"),
-            );
-            app.push_row(Row {
-                key,
-                summary,
-                not_stored: Some(reason),
-            })
+            match app.take_awaited(summary.replay_of) {
+                Some(orig) => {
+                    let (level, text) = replay_result(orig, &summary, Some(&reason));
+                    app.notify(level, text);
+                }
+                None => app.notify(
+                    Level::Warn,
+                    format!("the capture store could not keep up: exchange not stored ({reason})"),
+                ),
+            }
+            let live = summary.live;
+            app.finish_row(
+                live,
+                Row {
+                    key,
+                    summary,
+                    not_stored: Some(reason),
+                    since: None,
+                },
+            )
         }
         Msg::Lagged(n) => {
             app.notify(
@@ -134,21 +179,17 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             vec![]
         }
         Msg::Reloaded(list) => {
+            // Rows the store does not have: not stored, or still in progress.
             let unstored: Vec<Row> = app
                 .rows
                 .iter()
-                .filter(|r| r.not_stored.is_some())
+                .filter(|r| r.not_stored.is_some() || r.in_progress())
                 .cloned()
                 .collect();
-            let mut rows: Vec<Row> = list
-                .into_iter()
-                .take(MAX_ROWS)
-                .map(|summary| Row {
-                    key: RowKey::Stored(summary.id),
-                    summary,
-                    not_stored: None,
-                })
-                .collect();
+            if let Some(max) = list.iter().map(|s| s.id).max() {
+                app.max_id = app.max_id.max(max);
+            }
+            let mut rows: Vec<Row> = list.into_iter().take(MAX_ROWS).map(Row::stored).collect();
             for r in unstored {
                 let pos = rows
                     .iter()
@@ -165,6 +206,25 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             };
             app.refilter();
             fx
+        }
+        Msg::Polled(list) => {
+            let mut fx = Vec::new();
+            for summary in list {
+                app.max_id = app.max_id.max(summary.id);
+                let key = RowKey::Stored(summary.id);
+                if !app.rows.iter().any(|r| r.key == key) {
+                    if let Some(orig) = app.take_awaited(summary.replay_of) {
+                        let (level, text) = replay_result(orig, &summary, None);
+                        app.notify(level, text);
+                    }
+                    fx.extend(app.push_row(Row::stored(summary)));
+                }
+            }
+            fx
+        }
+        Msg::Banner(text) => {
+            app.banner = text;
+            vec![]
         }
         Msg::BodySearched {
             needle,
@@ -222,7 +282,60 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             if app.notice.as_ref().is_some_and(|n| n.expires <= now) {
                 app.notice = None;
             }
-            vec![]
+            let gone = app.expire_live_rows();
+            if gone > 0 {
+                app.notify(
+                    Level::Warn,
+                    format!(
+                        "{gone} request{} in progress never finished (dropped from the list)",
+                        if gone == 1 { "" } else { "s" }
+                    ),
+                );
+            }
+            let due = app
+                .last_poll
+                .is_none_or(|t| now.saturating_duration_since(t) >= STORE_POLL);
+            if due {
+                app.last_poll = Some(now);
+                vec![Effect::PollStore { after: app.max_id }]
+            } else {
+                vec![]
+            }
         }
     }
+}
+
+/// The footer line for a replay's result: where it went, its status and
+/// duration.
+fn replay_result(
+    orig: ExchangeId,
+    s: &ExchangeSummary,
+    not_stored: Option<&str>,
+) -> (Level, String) {
+    let to = if s.id > 0 {
+        format!(" → #{}", s.id)
+    } else {
+        String::new()
+    };
+    let dur = crate::units::fmt_duration(s.duration_ms);
+    let (level, outcome) = match (s.status, &s.error) {
+        (Some(st @ 200..=399), None) => (Level::Info, status_text(st)),
+        (Some(st), None) => (Level::Warn, status_text(st)),
+        (Some(st), Some(e)) => (Level::Error, format!("{} ({})", status_text(st), e.trim())),
+        (None, Some(e)) => (Level::Error, e.trim().to_string()),
+        (None, None) => (Level::Error, "no answer".into()),
+    };
+    let mut text = format!("replay of #{orig}{to}: {outcome} in {dur}");
+    if let Some(reason) = not_stored {
+        text.push_str(&format!(" (not stored: {reason})"));
+    }
+    (level, text)
+}
+
+fn status_text(status: u16) -> String {
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    format!("{status} {reason}").trim_end().to_string()
 }

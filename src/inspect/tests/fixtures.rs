@@ -50,6 +50,7 @@ pub fn summary(id: ExchangeId, method: &str, path: &str, status: Option<u16>) ->
         response_size: 2,
         outcome: status.map(|_| Outcome::Answered),
         error: None,
+        live: 0,
     }
 }
 
@@ -138,6 +139,7 @@ pub fn exchange(id: ExchangeId, content_type: &str, req_body: &[u8]) -> Exchange
         event: Some("invoice.paid".into()),
         replay_of: None,
         relay_event_id: None,
+        live: 0,
     }
 }
 

@@ -2,6 +2,7 @@
 //! `TestBackend` (with insta snapshots under `snapshots/`).
 
 mod fixtures;
+mod live;
 mod render;
 mod session;
 mod update;

@@ -16,7 +16,7 @@ use crate::inspect::state::{update, App, Msg};
 use crate::inspect::{draw, Theme};
 
 /// Renders `app` into a fresh `TestBackend` of the app's size.
-fn render(app: &App) -> Buffer {
+pub(super) fn render(app: &App) -> Buffer {
     let (w, h) = app.size;
     let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
     terminal.draw(|f| draw(f, app)).unwrap();
@@ -24,7 +24,7 @@ fn render(app: &App) -> Buffer {
 }
 
 /// The buffer as text, one line per row, trailing spaces trimmed.
-fn text(buf: &Buffer) -> String {
+pub(super) fn text(buf: &Buffer) -> String {
     let area = buf.area;
     let mut out = String::new();
     for y in 0..area.height {
@@ -38,11 +38,11 @@ fn text(buf: &Buffer) -> String {
     out
 }
 
-fn screen(app: &App) -> String {
+pub(super) fn screen(app: &App) -> String {
     text(&render(app))
 }
 
-fn connected(app: &mut App) {
+pub(super) fn connected(app: &mut App) {
     update(
         app,
         Msg::Status(ConnectionStatus::Connected {
@@ -254,12 +254,13 @@ fn detail_scrolls() {
     let mut app = detail_app(80, 24, "application/json", JSON_BODY);
     let top = screen(&app);
     assert!(top.contains("REQUEST"));
-    for _ in 0..5 {
+    // Six lines above REQUEST now that the outcome comes first.
+    for _ in 0..6 {
         update(&mut app, key(KeyCode::Down));
     }
     let s = screen(&app);
     assert!(!s.contains("REQUEST"));
-    assert!(s.contains(" 6-25/"), "position indicator: {s}");
+    assert!(s.contains(" 7-26/"), "position indicator: {s}");
 }
 
 #[test]

@@ -23,6 +23,7 @@ struct FakeStore {
     full: RefCell<HashMap<ExchangeId, Exchange>>,
     list_calls: Cell<usize>,
     get_calls: Cell<usize>,
+    max_calls: Cell<usize>,
     fail: Cell<bool>,
 }
 
@@ -38,6 +39,24 @@ impl Source for &FakeStore {
     fn get(&self, id: ExchangeId) -> Result<Option<Exchange>, String> {
         self.get_calls.set(self.get_calls.get() + 1);
         Ok(self.full.borrow().get(&id).cloned())
+    }
+
+    fn max_id(&self) -> Result<ExchangeId, String> {
+        self.max_calls.set(self.max_calls.get() + 1);
+        Ok(self.list.borrow().iter().map(|s| s.id).max().unwrap_or(0))
+    }
+
+    fn list_after(&self, after: ExchangeId, limit: usize) -> Result<Vec<ExchangeSummary>, String> {
+        let mut v: Vec<ExchangeSummary> = self
+            .list
+            .borrow()
+            .iter()
+            .filter(|s| s.id > after)
+            .cloned()
+            .collect();
+        v.sort_by_key(|s| s.id);
+        v.truncate(limit);
+        Ok(v)
     }
 }
 

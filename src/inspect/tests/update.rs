@@ -11,7 +11,7 @@ use crate::inspect::state::{matches, update, Editor, Effect, Level, Msg, RowKey,
 fn selected_id(app: &crate::inspect::App) -> Option<i64> {
     match app.selected? {
         RowKey::Stored(id) => Some(id),
-        RowKey::NotStored(_) => None,
+        RowKey::NotStored(_) | RowKey::Live(_) => None,
     }
 }
 
@@ -399,6 +399,7 @@ fn lagged_reloads_and_reload_keeps_selection_and_unstored_rows() {
         .map(|r| match r.key {
             RowKey::Stored(id) => id.to_string(),
             RowKey::NotStored(_) => "!".into(),
+            RowKey::Live(n) => format!("~{n}"),
         })
         .collect();
     assert_eq!(order, vec!["7", "6", "5", "!", "4", "3", "2", "1"]);
@@ -625,6 +626,78 @@ fn crlf_bodies_are_edited_as_lines_and_sent_with_crlf() {
         &body[..],
         "unchanged text round-trips byte for byte"
     );
+}
+
+#[test]
+fn ctrl_s_on_an_unchanged_body_with_mixed_line_ends_sends_the_identical_bytes() {
+    let mut app = app();
+    // LF and CRLF lines mixed, as in the report (191 bytes, not 198).
+    let body: &[u8] = b"{\n  \"id\": \"evt_1\",\r\n  \"type\": \"charge.succeeded\",\n  \"data\": {\r\n    \"object\": {\"amount\": 4200, \"currency\": \"eur\"},\n    \"note\": \"line one\\nline two\"\r\n  },\n  \"livemode\": false\r\n}\n";
+    open_editor_for(&mut app, body);
+    let fx = update(&mut app, ctrl('s'));
+    let [Effect::Replay(ReplayRequest {
+        edit: Some(edit), ..
+    })] = fx.as_slice()
+    else {
+        panic!("expected an edited replay, got {fx:?}");
+    };
+    assert_eq!(edit.body.len(), body.len());
+    assert_eq!(&edit.body[..], body, "identical bytes");
+
+    // One changed value: only its bytes change, every line end stays.
+    update(&mut app, ch('e'));
+    if let Some(Editor::Text { textarea, .. }) = app.editor.as_mut() {
+        let mut lines = textarea.lines().to_vec();
+        let i = lines.iter().position(|l| l.contains("4200")).unwrap();
+        lines[i] = lines[i].replace("4200", "4300");
+        **textarea = ratatui_textarea::TextArea::new(lines);
+    }
+    let fx = update(&mut app, ctrl('s'));
+    let [Effect::Replay(ReplayRequest {
+        edit: Some(edit), ..
+    })] = fx.as_slice()
+    else {
+        panic!("expected an edited replay, got {fx:?}");
+    };
+    let want = String::from_utf8(body.to_vec())
+        .unwrap()
+        .replace("4200", "4300");
+    assert_eq!(String::from_utf8_lossy(&edit.body), want);
+}
+
+#[test]
+fn pretty_print_for_editing_is_explicit_and_signed_requests_say_so() {
+    let mut app = app();
+    open_editor_for(
+        &mut app,
+        br#"{"type":"invoice.paid","data":{"amount":4200}}"#,
+    );
+    let Some(Editor::Text { signed, .. }) = &app.editor else {
+        panic!("text editor expected");
+    };
+    assert_eq!(signed.as_deref(), Some("Stripe-Signature"));
+    update(&mut app, key(KeyCode::F(3)));
+    let n = app.notice.clone().unwrap();
+    assert!(
+        n.text
+            .contains("pretty-printed for editing: its bytes change"),
+        "{}",
+        n.text
+    );
+    let Some(Editor::Text { textarea, .. }) = &app.editor else {
+        panic!("text editor expected");
+    };
+    assert!(textarea
+        .lines()
+        .contains(&"  \"type\": \"invoice.paid\",".to_string()));
+    let fx = update(&mut app, ctrl('s'));
+    let [Effect::Replay(ReplayRequest {
+        edit: Some(edit), ..
+    })] = fx.as_slice()
+    else {
+        panic!("expected an edited replay, got {fx:?}");
+    };
+    assert!(edit.body.starts_with(b"{\n  \"type\""));
 }
 
 #[test]
