@@ -705,10 +705,11 @@ async fn soak_with_random_faults_loses_nothing_acknowledged() {
     let mut first_seen: HashMap<u64, f64> = HashMap::new();
     let mut dup_ids = Vec::new();
     for &(id, t) in &seen {
-        if first_seen.contains_key(&id) {
-            dup_ids.push(id);
-        } else {
-            first_seen.insert(id, t);
+        match first_seen.entry(id) {
+            std::collections::hash_map::Entry::Occupied(_) => dup_ids.push(id),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(t);
+            }
         }
     }
     let sent_ids: std::collections::HashSet<u64> = answers.iter().map(|a| a.id).collect();
