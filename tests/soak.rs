@@ -144,6 +144,16 @@ impl Fault {
         }
     }
 
+    /// How long the fault lasts, restarts aside.
+    fn nominal(self) -> Duration {
+        match self {
+            Fault::AgentKill { down } | Fault::RelayKill { down } => down,
+            Fault::AgentStop { frozen } => frozen,
+            Fault::LinkCut { down, .. } | Fault::AppStop { down } => down,
+            Fault::AppSlow { lasting, .. } => lasting,
+        }
+    }
+
     /// A crash: whatever was in flight may reach the app twice.
     fn is_crash(self) -> bool {
         matches!(self, Fault::AgentKill { .. } | Fault::RelayKill { .. })
@@ -618,7 +628,7 @@ async fn soak_with_random_faults_loses_nothing_acknowledged() {
         let (gap, fault) = schedule.next();
         tokio::time::sleep(gap).await;
         let start = clock.now();
-        if i >= KINDS.len() && start + TAIL.as_secs_f64() > load_end {
+        if i >= KINDS.len() && start + (fault.nominal() + TAIL).as_secs_f64() > load_end {
             break;
         }
         eprintln!("{start:7.1}s fault {}: {fault}", i + 1);
