@@ -4,9 +4,12 @@
 //! crash would, and killed when dropped.
 
 use std::ffi::OsStr;
+use std::io::Write as _;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -79,6 +82,8 @@ enum Kind {
 pub struct Spawn {
     kind: Kind,
     cmd: Command,
+    /// A file that also gets every line of the watched output.
+    tee: Option<PathBuf>,
 }
 
 impl Spawn {
@@ -93,6 +98,7 @@ impl Spawn {
         Spawn {
             kind: Kind::Listen,
             cmd,
+            tee: None,
         }
     }
 
@@ -105,6 +111,7 @@ impl Spawn {
         Spawn {
             kind: Kind::Relay,
             cmd,
+            tee: None,
         }
     }
 
@@ -133,6 +140,27 @@ impl Spawn {
         self
     }
 
+    /// Appends a `listen` process's log (stderr) to `path` instead of the
+    /// test's output, for evidence after a long run.
+    pub fn log_to(mut self, path: &Path) -> Spawn {
+        if let Kind::Listen = self.kind {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap();
+            self.cmd.stderr(Stdio::from(file));
+        }
+        self
+    }
+
+    /// Also appends every line of the watched output (stdout for `listen`,
+    /// stderr for `relay`) to `path`.
+    pub fn tee(mut self, path: &Path) -> Spawn {
+        self.tee = Some(path.to_path_buf());
+        self
+    }
+
     /// Spawns the process and waits for its start-up line.
     pub async fn start(mut self) -> Process {
         let mut child = self.cmd.kill_on_drop(true).spawn().unwrap();
@@ -140,12 +168,24 @@ impl Spawn {
             Kind::Listen => Box::new(child.stdout.take().unwrap()),
             Kind::Relay => Box::new(child.stderr.take().unwrap()),
         };
+        let mut tee = self.tee.as_ref().map(|path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap()
+        });
         // Read all the time, so a chatty process never blocks on a full pipe.
         let (tx, mut lines) = mpsc::unbounded_channel();
+        let keep = Arc::new(AtomicBool::new(true));
+        let keeping = keep.clone();
         tokio::spawn(async move {
             let mut output = BufReader::new(output).lines();
             while let Ok(Some(line)) = output.next_line().await {
-                if tx.send(line).is_err() {
+                if let Some(file) = &mut tee {
+                    let _ = writeln!(file, "{line}");
+                }
+                if keeping.load(Ordering::Relaxed) && tx.send(line).is_err() {
                     break;
                 }
             }
@@ -177,6 +217,7 @@ impl Spawn {
         Process {
             child,
             lines,
+            keep,
             first_line,
             public_url,
         }
@@ -209,6 +250,8 @@ fn relay_url(line: &str) -> Option<String> {
 pub struct Process {
     child: Child,
     lines: mpsc::UnboundedReceiver<String>,
+    /// Cleared by [`Process::discard_lines`].
+    keep: Arc<AtomicBool>,
     /// The line that said the process was up.
     pub first_line: String,
     /// For `listen`, the tunnel's public URL; for `relay`, `http://` and the
@@ -232,6 +275,13 @@ impl Process {
             .await
             .expect("a log line within 10 s")
             .expect("a line")
+    }
+
+    /// From now on, lines after the start-up line are read and dropped
+    /// (still [`Spawn::tee`]d) instead of kept for [`Process::next_line`]:
+    /// for a process that logs every exchange through a long run.
+    pub fn discard_lines(&self) {
+        self.keep.store(false, Ordering::Relaxed);
     }
 
     /// Sends `sig` to the process.

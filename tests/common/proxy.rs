@@ -1,9 +1,11 @@
 //! A loopback TCP proxy that a test can break on purpose, to play a network
 //! that fails under the agent's link: it can go silent (a laptop lid
-//! closing, a NAT dropping the flow) or drop every connection at once (a
-//! link that comes straight back).
+//! closing, a NAT dropping the flow), drop every connection at once (a
+//! link that comes straight back), or refuse new connections for a while
+//! (a network that is gone).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,15 +16,27 @@ use tokio_util::sync::CancellationToken;
 /// so the peer sees silence rather than a close.
 const SILENCE: Duration = Duration::from_secs(60);
 
+/// The connections open between two calls to [`Proxy::sever`].
+#[derive(Clone, Default)]
+struct Generation {
+    /// Cancelled by [`Proxy::sever`]: the connections close.
+    severed: CancellationToken,
+    /// Cancelled by [`Proxy::silence_open`]: the connections stop passing
+    /// bytes but stay open.
+    muted: CancellationToken,
+}
+
 /// A TCP proxy on 127.0.0.1 port 0 in front of one upstream address.
 pub struct Proxy {
     /// Where clients connect.
     pub addr: SocketAddr,
     /// Cancelled by [`Proxy::black_hole`]; never reset.
     silenced: CancellationToken,
-    /// Cancelled by [`Proxy::sever`] for the connections open at that time;
-    /// replaced so later connections pass again.
-    open: Arc<Mutex<CancellationToken>>,
+    /// The connections open now; replaced by [`Proxy::sever`] so later
+    /// connections pass again.
+    open: Arc<Mutex<Generation>>,
+    /// Set by [`Proxy::set_down`]: new connections are closed at once.
+    down: Arc<AtomicBool>,
 }
 
 impl Proxy {
@@ -31,18 +45,24 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let silenced = CancellationToken::new();
-        let open = Arc::new(Mutex::new(CancellationToken::new()));
-        let (s, o) = (silenced.clone(), open.clone());
+        let open = Arc::new(Mutex::new(Generation::default()));
+        let down = Arc::new(AtomicBool::new(false));
+        let (s, o, d) = (silenced.clone(), open.clone(), down.clone());
         tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
-                let severed = o.lock().unwrap().clone();
-                tokio::spawn(pass(inbound, upstream, s.clone(), severed));
+                if d.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let generation = o.lock().unwrap().clone();
+                tokio::spawn(pass(inbound, upstream, s.clone(), generation));
             }
         });
         Proxy {
             addr,
             silenced,
             open,
+            down,
         }
     }
 
@@ -61,27 +81,48 @@ impl Proxy {
     /// pass.
     pub fn sever(&self) {
         let old = std::mem::take(&mut *self.open.lock().unwrap());
-        old.cancel();
+        old.severed.cancel();
+    }
+
+    /// Stops passing bytes on the connections open now, keeping their
+    /// sockets open until [`Proxy::sever`]; new connections still pass.
+    pub fn silence_open(&self) {
+        self.open.lock().unwrap().muted.cancel();
+    }
+
+    /// While `down`, new connections are accepted and closed at once, as a
+    /// network that is gone; open ones are left alone (see [`Proxy::sever`]).
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
     }
 }
 
 /// Copies one connection both ways until it ends, is severed (both sockets
-/// closed) or silenced (both kept open, nothing copied).
+/// closed) or silenced (both kept open, nothing copied). An upstream that
+/// refuses (a relay being restarted) closes the inbound connection.
 async fn pass(
     mut inbound: TcpStream,
     upstream: SocketAddr,
     silenced: CancellationToken,
-    severed: CancellationToken,
+    generation: Generation,
 ) {
     if silenced.is_cancelled() {
         tokio::time::sleep(SILENCE).await;
         return;
     }
-    let mut outbound = TcpStream::connect(upstream).await.unwrap();
+    let Ok(mut outbound) = TcpStream::connect(upstream).await else {
+        return;
+    };
     tokio::select! {
         biased;
         () = silenced.cancelled() => tokio::time::sleep(SILENCE).await,
-        () = severed.cancelled() => {}
+        () = generation.severed.cancelled() => {}
+        () = generation.muted.cancelled() => {
+            tokio::select! {
+                () = generation.severed.cancelled() => {}
+                () = tokio::time::sleep(SILENCE) => {}
+            }
+        }
         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
     }
 }
