@@ -272,17 +272,12 @@ async fn listen(args: ListenArgs) -> Result<()> {
             }
         }
     }
-    if let agent::listener::AppState::NotListening { why } = listener.probe_app().await {
-        // In the inspector, stderr is hidden: the log file keeps it.
-        if use_tui {
-            tracing::warn!(
-                "app: nothing listening on {} yet ({why})",
-                target.authority()
-            );
-        } else {
-            eprintln!("app: nothing listening on {} yet", target.authority());
-        }
-    }
+    // Probed before the agent runs (it moves the listener); said only once
+    // the relay took the agent, so that a refusal stays one line.
+    let app_down = match listener.probe_app().await {
+        agent::listener::AppState::NotListening { why } => Some(why),
+        _ => None,
+    };
     let stop = shutdown_signals(Some(listener.abandon_token()));
     let in_flight = listener.in_flight();
     let status = listener.status();
@@ -303,6 +298,17 @@ async fn listen(args: ListenArgs) -> Result<()> {
 
     if let Some(warning) = open_dir {
         eprintln!("{warning}");
+    }
+    if let Some(why) = app_down {
+        // In the inspector, stderr is hidden: the log file keeps it.
+        if use_tui {
+            tracing::warn!(
+                "app: nothing listening on {} yet ({why})",
+                target.authority()
+            );
+        } else {
+            eprintln!("app: nothing listening on {} yet", target.authority());
+        }
     }
     let ended = if use_tui {
         run_inspector(
