@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 
 pub use crate::tunnel::protocol::Outcome;
+pub use crate::verify::Verdict;
 
 /// Identifier of a stored exchange (SQLite rowid, assigned by the store).
 pub type ExchangeId = i64;
@@ -92,6 +93,33 @@ pub struct Exchange {
     /// [`Recorder::started`](super::Recorder::started)): lets the finished
     /// exchange replace its in-progress row. 0 when none; never stored.
     pub live: u64,
+    /// The sender and its signature, when a `[[webhook]]` rule matched or
+    /// the sender was recognised.
+    pub webhook: WebhookInfo,
+}
+
+/// What is known of a webhook's sender and its signature, as stored with
+/// the exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WebhookInfo {
+    /// The provider id (`stripe`, `github`, ...), named by a rule or
+    /// recognised; `None` for senders nobody recognised (never guessed).
+    pub provider: Option<String>,
+    /// The provider's delivery or event id: retries of one delivery share it.
+    pub delivery_id: Option<String>,
+    /// The signature check, when there was one to make.
+    pub signature: Option<SignatureCheck>,
+}
+
+/// One request's signature check, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureCheck {
+    /// The scheme checked (`hmac`, `stripe`, `jwt`, ...).
+    pub scheme: String,
+    /// The contract's verdict.
+    pub verdict: Verdict,
+    /// Why, in one line (which check failed, or why nothing was checked).
+    pub reason: Option<String>,
 }
 
 /// What a list row needs: everything but headers and bodies.
@@ -124,6 +152,12 @@ pub struct ExchangeSummary {
     /// This process's in-flight number (see [`Exchange::live`]); 0 when
     /// read from the store.
     pub live: u64,
+    /// The provider id (see [`WebhookInfo::provider`]).
+    pub provider: Option<String>,
+    /// The signature verdict, when there was a check.
+    pub signature: Option<Verdict>,
+    /// The provider's delivery id (see [`WebhookInfo::delivery_id`]).
+    pub delivery_id: Option<String>,
 }
 
 /// A user's edit of a captured request before replaying it.
@@ -167,6 +201,9 @@ impl Exchange {
             outcome: self.outcome,
             error: self.error.clone(),
             live: self.live,
+            provider: self.webhook.provider.clone(),
+            signature: self.webhook.signature.as_ref().map(|s| s.verdict),
+            delivery_id: self.webhook.delivery_id.clone(),
         }
     }
 }

@@ -203,6 +203,9 @@ impl Recorder {
             outcome: None,
             error: None,
             live,
+            provider: None,
+            signature: None,
+            delivery_id: None,
         }));
         live
     }

@@ -126,6 +126,7 @@ impl Recording {
             event: None,
             replay_of: p.replay_of,
             relay_event_id: p.relay_event_id,
+            webhook: Default::default(),
             live,
         };
         // Nobody asked for the id (a live exchange): do not wait for it,

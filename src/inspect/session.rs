@@ -86,6 +86,9 @@ fn body_contains(body: &CapturedBody, needle: &[u8]) -> bool {
 }
 
 /// The result of carrying out one effect.
+// One lives at a time, on the stack, for the length of one effect: boxing
+// the message would cost an allocation per effect for nothing.
+#[allow(clippy::large_enum_variant)]
 enum Outcome {
     Msg(Msg),
     Quit,

@@ -125,6 +125,17 @@ impl Verdict {
     }
 }
 
+impl std::str::FromStr for Verdict {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        [Self::Valid, Self::Invalid, Self::Unsigned, Self::Unchecked]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| format!("'{s}' is not a verdict (valid, invalid, unsigned, unchecked)"))
+    }
+}
+
 impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

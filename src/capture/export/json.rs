@@ -15,7 +15,8 @@ pub fn rfc3339(t: &DateTime<Utc>) -> String {
 }
 
 /// One list row in the contract shape: `id`, `received_at`, `method`, `path`,
-/// `status`, `duration_ms`, `event`, `replay_of`.
+/// `status`, `duration_ms`, `event`, `replay_of`, `provider` (id or null)
+/// and `signature` (verdict or null).
 pub fn summary_json(s: &ExchangeSummary) -> Value {
     json!({
         "id": s.id,
@@ -26,6 +27,8 @@ pub fn summary_json(s: &ExchangeSummary) -> Value {
         "duration_ms": s.duration_ms,
         "event": s.event,
         "replay_of": s.replay_of,
+        "provider": s.provider,
+        "signature": s.signature.map(|v| v.as_str()),
     })
 }
 
@@ -65,9 +68,11 @@ fn half_json(headers: &[Header], body: &CapturedBody) -> Map<String, Value> {
 }
 
 /// `requests show <ID> --json`: the list fields plus `request`, `response`
-/// (with `status`, or null when there was no response) and `error`. Extra
-/// fields: `outcome` (how it ended, see [`Outcome`](crate::capture::Outcome)),
-/// `target`, `remote_addr`, `relay_event_id`, and per half
+/// (with `status`, or null when there was no response), `error`, and
+/// `signature` as an object (`provider`, `scheme`, `verdict`, `reason`) or
+/// null. Extra fields: `outcome` (how it ended, see
+/// [`Outcome`](crate::capture::Outcome)), `target`, `remote_addr`,
+/// `relay_event_id`, and per half
 /// `body_size`, `truncated` (and `body_error` if a spilled file is gone).
 pub fn show_json(ex: &Exchange) -> Value {
     let mut v = summary_json(&ex.summary());
@@ -85,6 +90,15 @@ pub fn show_json(ex: &Exchange) -> Value {
     o.insert("response".into(), resp);
     o.insert("error".into(), json!(ex.error));
     o.insert("outcome".into(), json!(ex.outcome.map(|o| o.as_str())));
+    let signature = ex.webhook.signature.as_ref().map(|s| {
+        json!({
+            "provider": ex.webhook.provider,
+            "scheme": s.scheme,
+            "verdict": s.verdict.as_str(),
+            "reason": s.reason,
+        })
+    });
+    o.insert("signature".into(), signature.unwrap_or(Value::Null));
     o.insert("target".into(), json!(ex.target));
     o.insert("remote_addr".into(), json!(ex.remote_addr));
     o.insert("relay_event_id".into(), json!(ex.relay_event_id));
@@ -119,8 +133,10 @@ mod tests {
                     "id",
                     "method",
                     "path",
+                    "provider",
                     "received_at",
                     "replay_of",
+                    "signature",
                     "status"
                 ]
             );

@@ -39,6 +39,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
 use super::model::{
     Exchange, ExchangeId, ExchangeSummary, Header, Outcome, RecordedRequest, RecordedResponse,
+    SignatureCheck, WebhookInfo,
 };
 use bodies::{create_private_dir, Prepared, FREE_DIR};
 use retention::Totals;
@@ -53,6 +54,20 @@ pub const INLINE_BODY_MAX: usize = 64 * 1024;
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "capture.db";
+
+/// Reads the `sig_*` columns: a check is there when its scheme and a
+/// verdict this build knows are.
+fn signature_from(
+    scheme: Option<String>,
+    verdict: Option<String>,
+    reason: Option<String>,
+) -> Option<SignatureCheck> {
+    Some(SignatureCheck {
+        scheme: scheme?,
+        verdict: verdict?.parse().ok()?,
+        reason,
+    })
+}
 
 /// Reads the `outcome` column: text this build does not know reads as
 /// unknown, so that a newer whtunnel's records still list.
@@ -430,9 +445,9 @@ impl Store {
                     duration_ms, error, event, replay_of, relay_event_id, has_response,
                     req_body_len, req_body_kept, req_truncated, req_body_file,
                     resp_body_len, resp_body_kept, resp_truncated, resp_body_file, body_bytes,
-                    outcome)
+                    outcome, provider, delivery_id, sig_scheme, sig_verdict, sig_reason)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                    ?17, ?18, ?19, ?20, ?21, ?22)",
+                    ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
             )?;
             let mut ins_payload = tx.prepare_cached(
                 "INSERT INTO payloads (exchange_id, req_headers, resp_headers, req_body, resp_body)
@@ -443,6 +458,7 @@ impl Store {
                     .as_ref()
                     .map_err(|e| StoreError::Failed(e.to_string()))?;
                 let (q, s) = (&prep.req, &prep.resp);
+                let sig = ex.webhook.signature.as_ref();
                 ins_ex.execute(params![
                     fmt_time(&ex.received_at),
                     ex.request.method,
@@ -466,6 +482,11 @@ impl Store {
                     s.file,
                     (q.kept + s.kept) as i64,
                     ex.outcome.map(Outcome::as_str),
+                    ex.webhook.provider,
+                    ex.webhook.delivery_id,
+                    sig.map(|s| s.scheme.as_str()),
+                    sig.map(|s| s.verdict.as_str()),
+                    sig.and_then(|s| s.reason.as_deref()),
                 ])?;
                 added_bytes += q.kept + s.kept;
                 let id = tx.last_insert_rowid();
@@ -495,7 +516,8 @@ impl Store {
     }
 
     const SUMMARY_COLS: &'static str = "id, received_at, method, path, status, duration_ms, \
-        event, replay_of, req_body_len, resp_body_len, error, outcome";
+        event, replay_of, req_body_len, resp_body_len, error, outcome, provider, sig_verdict, \
+        delivery_id";
 
     fn summary_from_row(r: &Row<'_>) -> rusqlite::Result<ExchangeSummary> {
         Ok(ExchangeSummary {
@@ -512,6 +534,9 @@ impl Store {
             error: r.get(10)?,
             outcome: outcome_from(r.get(11)?),
             live: 0,
+            provider: r.get(12)?,
+            signature: r.get::<_, Option<String>>(13)?.and_then(|v| v.parse().ok()),
+            delivery_id: r.get(14)?,
         })
     }
 
@@ -603,7 +628,8 @@ impl Store {
                     e.duration_ms, e.error, e.event, e.replay_of, e.relay_event_id, e.has_response,
                     e.req_body_len, e.req_truncated, e.req_body_file,
                     e.resp_body_len, e.resp_truncated, e.resp_body_file,
-                    p.req_headers, p.resp_headers, p.req_body, p.resp_body, e.outcome
+                    p.req_headers, p.resp_headers, p.req_body, p.resp_body, e.outcome,
+                    e.provider, e.delivery_id, e.sig_scheme, e.sig_verdict, e.sig_reason
              FROM exchanges e LEFT JOIN payloads p ON p.exchange_id = e.id
              WHERE e.id = ?1",
         )?;
@@ -645,6 +671,11 @@ impl Store {
                     replay_of: r.get(10)?,
                     relay_event_id: r.get(11)?,
                     live: 0,
+                    webhook: WebhookInfo {
+                        provider: r.get(24)?,
+                        delivery_id: r.get(25)?,
+                        signature: signature_from(r.get(26)?, r.get(27)?, r.get(28)?),
+                    },
                 })
             })
             .optional()?;

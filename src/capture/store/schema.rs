@@ -62,6 +62,17 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     ),
     // 2: how each exchange ended, as an `Outcome` instead of error text.
     Migration::Code(add_outcome),
+    // 3: the sender and its signature check.
+    Migration::Sql(
+        r#"
+    ALTER TABLE exchanges ADD COLUMN provider    TEXT;  -- provider id, named or recognised
+    ALTER TABLE exchanges ADD COLUMN delivery_id TEXT;  -- the provider's delivery id: retries share it
+    ALTER TABLE exchanges ADD COLUMN sig_scheme  TEXT;
+    ALTER TABLE exchanges ADD COLUMN sig_verdict TEXT;  -- valid | invalid | unsigned | unchecked
+    ALTER TABLE exchanges ADD COLUMN sig_reason  TEXT;
+    CREATE INDEX exchanges_delivery ON exchanges(delivery_id) WHERE delivery_id IS NOT NULL;
+    "#,
+    ),
 ];
 
 /// The error text schema 1 stored for an app that answered after its

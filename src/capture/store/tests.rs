@@ -58,6 +58,7 @@ pub(crate) fn sample(req: &[u8]) -> Exchange {
         replay_of: None,
         relay_event_id: None,
         live: 0,
+        webhook: Default::default(),
     }
 }
 
@@ -599,4 +600,33 @@ fn a_broken_database_fails_the_whole_batch_at_once() {
     );
     blocker.execute_batch("ROLLBACK").unwrap();
     assert!(s.insert(&sample(b"d")).is_ok());
+}
+
+#[test]
+fn the_sender_and_its_signature_check_are_stored_and_listed() {
+    use crate::capture::model::{SignatureCheck, Verdict, WebhookInfo};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Store::open(&StoreConfig::new(tmp.path().to_path_buf())).unwrap();
+    let mut ex = sample(b"{}");
+    ex.webhook = WebhookInfo {
+        provider: Some("stripe".into()),
+        delivery_id: Some("evt_1".into()),
+        signature: Some(SignatureCheck {
+            scheme: "stripe".into(),
+            verdict: Verdict::Invalid,
+            reason: Some("signature mismatch".into()),
+        }),
+    };
+    let id = s.insert(&ex).unwrap();
+    let got = s.get(id).unwrap().unwrap();
+    assert_eq!(got.webhook, ex.webhook);
+    let row = &s.list(&ListQuery::default()).unwrap()[0];
+    assert_eq!(row.provider.as_deref(), Some("stripe"));
+    assert_eq!(row.signature, Some(Verdict::Invalid));
+    assert_eq!(row.delivery_id.as_deref(), Some("evt_1"));
+    let plain = s.insert(&sample(b"x")).unwrap();
+    assert_eq!(
+        s.get(plain).unwrap().unwrap().webhook,
+        WebhookInfo::default()
+    );
 }

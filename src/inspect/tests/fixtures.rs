@@ -51,6 +51,9 @@ pub fn summary(id: ExchangeId, method: &str, path: &str, status: Option<u16>) ->
         outcome: status.map(|_| Outcome::Answered),
         error: None,
         live: 0,
+        provider: None,
+        signature: None,
+        delivery_id: None,
     }
 }
 
@@ -140,6 +143,7 @@ pub fn exchange(id: ExchangeId, content_type: &str, req_body: &[u8]) -> Exchange
         replay_of: None,
         relay_event_id: None,
         live: 0,
+        webhook: Default::default(),
     }
 }
 
