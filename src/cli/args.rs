@@ -34,6 +34,17 @@ pub(crate) enum Command {
     },
     /// Send a recorded request again, to its target or to --to.
     Replay(ReplayArgs),
+    /// Save recorded exchanges as fixture files.
+    Fixtures {
+        #[command(subcommand)]
+        command: FixturesCommand,
+    },
+    /// Send fixture files to the app, signed afresh like their provider would.
+    Send(SendArgs),
+    /// Send fixture files and check the app's answers (exit 0 only if all hold).
+    Test(TestArgs),
+    /// Send a sample event from the built-in catalog (or --list them).
+    Trigger(TriggerArgs),
 }
 
 #[derive(Args, Debug)]
@@ -222,6 +233,91 @@ pub(crate) struct ReplayArgs {
     pub(crate) force: bool,
     #[command(flatten)]
     pub(crate) data_dir: DataDirArg,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum FixturesCommand {
+    /// Write one fixture file per exchange into --dir (provider-event-id.json).
+    Save {
+        /// Exchange ids (see `requests list`).
+        #[arg(required = true)]
+        ids: Vec<i64>,
+        /// Directory for the fixture files.
+        #[arg(long)]
+        dir: PathBuf,
+        /// whtunnel.toml to use (default: found from the current directory).
+        #[arg(long, env = "WHTUNNEL_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        data_dir: DataDirArg,
+    },
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct SendArgs {
+    /// Fixture files, or directories searched for *.json.
+    #[arg(required = true)]
+    pub(crate) fixtures: Vec<PathBuf>,
+    /// Where to send (port, host:port or URL); default: the config's [[route]] or [listen] target.
+    #[arg(long)]
+    pub(crate) to: Option<String>,
+    /// whtunnel.toml to use (default: found from the current directory).
+    #[arg(long, env = "WHTUNNEL_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct TestArgs {
+    /// Fixture files, or directories searched for *.json.
+    #[arg(required = true)]
+    pub(crate) fixtures: Vec<PathBuf>,
+    /// Where to send (port, host:port or URL); default: the config's [[route]] or [listen] target.
+    #[arg(long)]
+    pub(crate) to: Option<String>,
+    /// Write a JUnit XML report here.
+    #[arg(long)]
+    pub(crate) junit: Option<PathBuf>,
+    /// Fixtures sent at once.
+    #[arg(short = 'j', long = "jobs", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub(crate) jobs: u16,
+    /// Print a JSON report instead of lines.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// How long the app has to answer each fixture.
+    #[arg(long, default_value_t = HumanDuration(units::DEFAULT_RESPONSE_TIMEOUT))]
+    pub(crate) timeout: HumanDuration,
+    /// whtunnel.toml to use (default: found from the current directory).
+    #[arg(long, env = "WHTUNNEL_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct TriggerArgs {
+    /// Provider id (see --list).
+    #[arg(required_unless_present = "list")]
+    pub(crate) provider: Option<String>,
+    /// Event type (see --list PROVIDER).
+    #[arg(required_unless_present = "list")]
+    pub(crate) event: Option<String>,
+    /// List the catalog's events (of PROVIDER, if given).
+    #[arg(long, conflicts_with_all = ["event", "set", "to", "save"])]
+    pub(crate) list: bool,
+    /// With --list: print JSON.
+    #[arg(long, requires = "list")]
+    pub(crate) json: bool,
+    /// Edit the body: a dotted path with array indexes, then a JSON value or text
+    /// (data.object.amount=5000, items[0].id="x").
+    #[arg(long, value_name = "JSON.PATH=VALUE")]
+    pub(crate) set: Vec<String>,
+    /// Where to send (port, host:port or URL); default: the config's [[route]] or [listen] target.
+    #[arg(long)]
+    pub(crate) to: Option<String>,
+    /// Also save the event sent as a fixture in this directory.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) save: Option<PathBuf>,
+    /// whtunnel.toml to use (default: found from the current directory).
+    #[arg(long, env = "WHTUNNEL_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
 }
 
 pub(crate) fn parse_host_header(s: &str) -> Result<HostHeader, String> {

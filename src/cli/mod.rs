@@ -9,6 +9,7 @@
 
 pub mod args;
 pub mod datadir;
+pub mod fixtures;
 pub mod log;
 pub mod requests;
 
@@ -100,6 +101,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Relay(args) => relay(args).await,
         Command::Requests { command } => requests(command),
         Command::Replay(args) => replay(args).await,
+        Command::Fixtures { command } => fixtures::fixtures(command),
+        Command::Send(args) => fixtures::send(args).await,
+        Command::Test(args) => fixtures::test(args).await,
+        Command::Trigger(args) => fixtures::trigger(args).await,
     }
 }
 
