@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::agent::listener::EMBEDDED_RELAY_ADDR;
 use crate::capture::StoreConfig;
 use crate::forward::HostHeader;
-use crate::relay::{Caps, Limits, OfflinePolicy};
+use crate::relay::{Caps, HoldDelivery, HoldOrder, Limits, OfflinePolicy};
 use crate::units::{self, ByteSize, HumanDuration};
 
 /// whtunnel: receive webhooks on localhost, record every exchange, inspect and replay them.
@@ -128,6 +128,15 @@ pub(crate) struct RelayArgs {
     /// Held events older than this are deleted (e.g. 72h).
     #[arg(long, default_value_t = HumanDuration(Caps::default().max_age))]
     pub(crate) hold_max_age: HumanDuration,
+    /// Most body bytes held relay-wide, all tunnels together (e.g. 4GiB).
+    #[arg(long, default_value_t = ByteSize(Caps::default().max_total_bytes))]
+    pub(crate) hold_max_total_bytes: ByteSize,
+    /// Held events delivered at once per tunnel when its agent is back (an agent may ask for fewer).
+    #[arg(long, default_value_t = HoldDelivery::default().concurrency, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub(crate) hold_concurrency: u32,
+    /// concurrent: held events drain alongside live traffic; strict: one at a time, new traffic queues behind them.
+    #[arg(long, default_value_t = HoldOrder::default())]
+    pub(crate) hold_order: HoldOrder,
     #[command(flatten)]
     pub(crate) limits: LimitArgs,
 }

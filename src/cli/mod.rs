@@ -163,7 +163,10 @@ async fn relay(args: RelayArgs) -> Result<()> {
         max_events: args.hold_max_events,
         max_bytes: args.hold_max_bytes.0,
         max_age: args.hold_max_age.0,
+        max_total_bytes: args.hold_max_total_bytes.0,
     };
+    config.hold_delivery.concurrency = args.hold_concurrency;
+    config.hold_delivery.order = args.hold_order;
     args.limits.apply(&mut config.limits);
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls = Some(tls::server_config(cert, key)?);
