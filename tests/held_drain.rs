@@ -227,14 +227,14 @@ async fn idle_connections_announcing_large_bodies_do_not_block_holding_for_other
     let relay = start_relay(held_relay_config(dir.path())).await;
     known_offline(&relay, "victim", &app).await;
     known_offline(&relay, "other", &app).await;
-    // Eleven connections announce 25 MiB bodies (275 MiB in all, past the
-    // relay's 256 MiB in-memory budget) and send nothing.
+    // Eleven connections announce ten 25 MiB bodies and one of 6 MiB (the
+    // relay's whole 256 MiB in-memory budget) and send nothing.
     let mut idle = Vec::new();
-    for _ in 0..11 {
+    for i in 0..11 {
+        let len = if i < 10 { 25 << 20 } else { 6 << 20 };
         let mut c = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
-        c.write_all(b"POST /t/victim/x HTTP/1.1\r\nhost: x\r\ncontent-length: 26214400\r\n\r\n")
-            .await
-            .unwrap();
+        let head = format!("POST /t/victim/x HTTP/1.1\r\nhost: x\r\ncontent-length: {len}\r\n\r\n");
+        c.write_all(head.as_bytes()).await.unwrap();
         idle.push(c);
     }
     let held = relay.held.clone().unwrap();
