@@ -334,3 +334,45 @@ async fn a_full_disk_and_the_relay_wide_cap_answer_503_across_tunnels() {
         assert_eq!(held.state(name).unwrap().pending, 2);
     }
 }
+
+/// The drain benchmark of `docs/benchmarks.md`: a backlog of
+/// `WHTUNNEL_DRAIN_EVENTS` (1000) events, an app taking
+/// `WHTUNNEL_DRAIN_APP_MS` (40) ms each. Run with
+/// `cargo test --release --test held_drain drain_benchmark -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement, not a check: run it by hand"]
+async fn drain_benchmark() {
+    let env = |k: &str, d: u32| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let n = env("WHTUNNEL_DRAIN_EVENTS", 1000);
+    let ms = env("WHTUNNEL_DRAIN_APP_MS", 40).to_string();
+    let app = App::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = held_relay_config(dir.path());
+    config.limits.rate_limit = 0.0;
+    if std::env::var("WHTUNNEL_DRAIN_STRICT").is_ok() {
+        config.hold_delivery.order = whtunnel::relay::HoldOrder::Strict;
+    }
+    let relay = start_relay(config).await;
+    known_offline(&relay, "bench", &app).await;
+    hold_events(&relay, "bench", n, &[("x-test-delay-ms", &ms)]).await;
+    let started = Instant::now();
+    let _agent = start_agent(&relay.base, AgentOptions::new("bench", &app)).await;
+    wait_drained(
+        relay.held.as_ref().unwrap(),
+        "bench",
+        Duration::from_secs(3600),
+    )
+    .await;
+    let took = started.elapsed();
+    println!(
+        "drain: {n} events, app {ms} ms: {:.2} s ({:.0} events/s)",
+        took.as_secs_f64(),
+        f64::from(n) / took.as_secs_f64()
+    );
+    assert_eq!(app.seen().len(), n as usize);
+}

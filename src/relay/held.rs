@@ -300,6 +300,22 @@ impl HeldStore {
         self.conn.lock()
     }
 
+    /// Runs `f` without waiting for the disk at commit (`synchronous=NORMAL`
+    /// in WAL mode: durable at the next checkpoint). For writes whose loss
+    /// in a power cut costs nothing but a redelivery the agent recognises
+    /// (deleting a delivered event, counting attempts): an fsync for each
+    /// would cap the drain at the disk's sync rate.
+    fn relaxed<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, HeldError> {
+        let conn = self.conn();
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let result = f(&conn);
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        Ok(result?)
+    }
+
     fn map(&self) -> MutexGuard<'_, HashMap<String, TunnelState>> {
         self.tunnels.lock()
     }
@@ -520,10 +536,12 @@ impl HeldStore {
 
     /// Counts a delivery attempt.
     pub fn attempted(&self, seq: i64) -> Result<(), HeldError> {
-        self.conn().execute(
-            "UPDATE events SET attempts = attempts + 1 WHERE seq = ?1",
-            params![seq],
-        )?;
+        self.relaxed(|c| {
+            c.execute(
+                "UPDATE events SET attempts = attempts + 1 WHERE seq = ?1",
+                params![seq],
+            )
+        })?;
         Ok(())
     }
 
@@ -647,9 +665,8 @@ impl HeldStore {
 
     /// Removes a delivered (acknowledged) event.
     pub fn remove(&self, ev: &HeldEvent) -> Result<(), HeldError> {
-        let n = self
-            .conn()
-            .execute("DELETE FROM events WHERE seq = ?1", params![ev.seq])?;
+        let n =
+            self.relaxed(|c| c.execute("DELETE FROM events WHERE seq = ?1", params![ev.seq]))?;
         if n > 0 {
             if let Some(st) = self.map().get_mut(&ev.event.tunnel) {
                 st.pending = st.pending.saturating_sub(1);
