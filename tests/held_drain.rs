@@ -376,3 +376,70 @@ async fn drain_benchmark() {
     );
     assert_eq!(app.seen().len(), n as usize);
 }
+
+#[tokio::test]
+async fn the_held_api_lists_retries_and_drops_only_the_tokens_own_tunnel() {
+    let app = App::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = held_relay_config(dir.path());
+    config.tokens = whtunnel::relay::Tokens::new([TOKEN, "other-token"]);
+    let relay = start_relay(config).await;
+    known_offline(&relay, "mine", &app).await;
+    hold_events(&relay, "mine", 3, &[]).await;
+    let held = relay.held.clone().unwrap();
+    // The first one has been failing: dead-lettered.
+    let first = held.next("mine").unwrap().unwrap();
+    assert!(held
+        .failed(&first, "the app broke \u{1b}[2J off", true, 1)
+        .unwrap());
+
+    let api = |method: Method, path: &str, token: &str| {
+        let url = format!("{}/_whtunnel/held/{path}", relay.base);
+        let auth = format!("Bearer {token}");
+        async move {
+            let req = http::Request::builder()
+                .method(method)
+                .uri(url)
+                .header("authorization", auth)
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let resp = client().request(req).await.unwrap();
+            let status = resp.status();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).to_string())
+        }
+    };
+    let (s, body) = api(Method::GET, "mine", TOKEN).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["pending"].as_u64(), v["dead"].as_u64()),
+        (Some(2), Some(1))
+    );
+    let events = v["events"].as_array().unwrap();
+    assert_eq!(events.len(), 3);
+    assert_eq!(events[0]["dead"], true);
+    assert_eq!(events[0]["last_error"], "the app broke \u{1b}[2J off");
+    assert_eq!(events[1]["path"], "/e?n=1");
+
+    // Another accepted token, or none, sees nothing of it.
+    let (s, _) = api(Method::GET, "mine", "other-token").await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = api(Method::GET, "mine", "wrong").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let id = first.event.event_id.clone();
+    let (s, _) = api(Method::DELETE, &format!("mine/{id}"), "other-token").await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    let (s, body) = api(Method::POST, &format!("mine/{id}/retry"), TOKEN).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let st = held.state("mine").unwrap();
+    assert_eq!((st.pending, st.dead), (3, 0));
+    let (s, _) = api(Method::POST, &format!("mine/{id}/retry"), TOKEN).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "no longer dead-lettered");
+    let (s, _) = api(Method::DELETE, &format!("mine/{id}"), TOKEN).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(held.state("mine").unwrap().pending, 2);
+    let (s, _) = api(Method::DELETE, &format!("mine/{id}"), TOKEN).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}

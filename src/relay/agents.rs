@@ -28,6 +28,13 @@ use crate::tunnel::protocol::{
 };
 use crate::tunnel::{ws_io, Body, WsIo};
 
+/// The SHA-256 of a token, hex: how the held store remembers which token
+/// held a tunnel without keeping the token.
+pub(crate) fn token_sha256(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    data_encoding::HEXLOWER.encode(&Sha256::digest(token.as_bytes()))
+}
+
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -152,8 +159,9 @@ pub(crate) async fn upgrade(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
         .and_then(|h| h.state(&name))
         .map_or(0, |s| s.pending);
 
+    let owner = token_sha256(presented);
     tokio::spawn(run_session(
-        shared, req, name, takeover, policy, agent_id, drain,
+        shared, req, name, takeover, policy, agent_id, drain, owner,
     ));
 
     let mut resp = Response::new(Body::default());
@@ -180,6 +188,7 @@ async fn run_session(
     policy: OfflinePolicy,
     agent_id: Option<String>,
     drain: (usize, bool),
+    owner: String,
 ) {
     let upgraded = match hyper::upgrade::on(req).await {
         Ok(u) => u,
@@ -233,7 +242,11 @@ async fn run_session(
         // Remember the name across restarts: while this agent is away, its
         // webhooks are held (or rejected) instead of answered 404.
         let n = name.clone();
-        match tokio::task::spawn_blocking(move || held.remember(&n, policy)).await {
+        let remembered = move || {
+            held.remember(&n, policy)?;
+            held.set_owner(&n, &owner)
+        };
+        match tokio::task::spawn_blocking(remembered).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(tunnel = %name, "could not remember the tunnel: {e}"),
             Err(_) => {}

@@ -190,6 +190,7 @@ const MIGRATE_2: &str = "
 ALTER TABLE events ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE events ADD COLUMN last_error TEXT;
 ALTER TABLE events ADD COLUMN dead_at_ms INTEGER;
+ALTER TABLE tunnels ADD COLUMN owner TEXT;
 PRAGMA user_version = 2;
 ";
 
@@ -339,6 +340,29 @@ impl HeldStore {
         )?;
         self.map().entry(name.to_string()).or_default().policy = policy;
         Ok(())
+    }
+
+    /// Records which token last held `name` (its SHA-256, hex): only that
+    /// token may list or change the tunnel's held events.
+    pub fn set_owner(&self, name: &str, token_sha256: &str) -> Result<(), HeldError> {
+        self.conn().execute(
+            "UPDATE tunnels SET owner = ?2 WHERE name = ?1",
+            params![name, token_sha256],
+        )?;
+        Ok(())
+    }
+
+    /// The SHA-256 (hex) of the token that last held `name`.
+    pub fn owner(&self, name: &str) -> Result<Option<String>, HeldError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT owner FROM tunnels WHERE name = ?1",
+                params![name],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()?
+            .flatten())
     }
 
     /// The tunnel's state, if an agent ever held it.

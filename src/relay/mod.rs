@@ -15,6 +15,7 @@ mod budget;
 pub mod drain;
 mod framing;
 pub mod held;
+pub mod held_api;
 pub mod limits;
 pub mod public;
 
@@ -339,6 +340,8 @@ async fn route(shared: Arc<Shared>, remote: SocketAddr, req: Request<Incoming>) 
             return refused;
         }
         public::forward(shared, remote, req).await
+    } else if path.starts_with(held_api::HELD_API_PATH) {
+        held_api::serve(shared, req).await
     } else if path == "/_whtunnel/health" {
         text(StatusCode::OK, "ok")
     } else {
