@@ -422,6 +422,34 @@ async fn the_held_api_lists_retries_and_drops_only_the_tokens_own_tunnel() {
     assert_eq!(events[0]["last_error"], "the app broke \u{1b}[2J off");
     assert_eq!(events[1]["path"], "/e?n=1");
 
+    // The same through `whtunnel held list`: escaped, one row per event.
+    let cli = |args: &[&str], token: &str| {
+        let mut cmd = tokio::process::Command::new(bin());
+        cmd.args(args)
+            .args(["--relay", &relay.base, "--name", "mine"])
+            .env("WHTUNNEL_TOKEN", token)
+            .env_remove("WHTUNNEL_RELAY");
+        async move { cmd.output().await.unwrap() }
+    };
+    let out = cli(&["held", "list"], TOKEN).await;
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.starts_with("2 held, 1 dead-lettered\n"), "{stdout}");
+    assert!(stdout.contains("the app broke \\u{1b}[2J off"), "{stdout}");
+    assert!(
+        !stdout.contains('\u{1b}'),
+        "no raw escape reaches the terminal"
+    );
+    assert!(stdout.contains("POST /e?n=1"), "{stdout}");
+    let out = cli(&["held", "list", "--json"], TOKEN).await;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["events"].as_array().unwrap().len(), 3);
+    let out = cli(&["held", "list"], "other-token").await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("403"), "{stderr}");
+
     // Another accepted token, or none, sees nothing of it.
     let (s, _) = api(Method::GET, "mine", "other-token").await;
     assert_eq!(s, StatusCode::FORBIDDEN);

@@ -34,6 +34,52 @@ pub(crate) enum Command {
     },
     /// Send a recorded request again, to its target or to --to.
     Replay(ReplayArgs),
+    /// List, retry or drop a tunnel's events held by its relay (dead letters included).
+    Held(HeldArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct HeldArgs {
+    #[command(flatten)]
+    pub(crate) common: HeldCommon,
+    #[command(subcommand)]
+    pub(crate) command: HeldCommand,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct HeldCommon {
+    /// Relay base URL, http(s)://.
+    #[arg(long, env = "WHTUNNEL_RELAY", global = true)]
+    pub(crate) relay: Option<String>,
+    /// The token the tunnel's agent uses.
+    #[arg(long, env = "WHTUNNEL_TOKEN", hide_env_values = true, global = true)]
+    pub(crate) token: Option<String>,
+    /// The tunnel name.
+    #[arg(long, global = true)]
+    pub(crate) name: Option<String>,
+    /// Extra CA certificate (PEM) to trust for an https:// relay.
+    #[arg(long, global = true)]
+    pub(crate) ca_cert: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum HeldCommand {
+    /// List held and dead-lettered events, oldest first.
+    List {
+        /// Print the relay's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a dead-lettered event back at the end of the queue.
+    Retry {
+        /// Event id (see `held list`).
+        event_id: String,
+    },
+    /// Delete a held or dead-lettered event.
+    Drop {
+        /// Event id (see `held list`).
+        event_id: String,
+    },
 }
 
 #[derive(Args, Debug)]

@@ -9,6 +9,7 @@
 
 pub mod args;
 pub mod datadir;
+mod held;
 pub mod log;
 pub mod requests;
 
@@ -100,6 +101,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Relay(args) => relay(args).await,
         Command::Requests { command } => requests(command),
         Command::Replay(args) => replay(args).await,
+        Command::Held(args) => held::held(args).await,
     }
 }
 
