@@ -132,6 +132,9 @@ pub(crate) struct ListenArgs {
     /// or answer 503 so the sender retries (reject). Default: the relay's setting.
     #[arg(long)]
     pub(crate) offline: Option<OfflinePolicy>,
+    /// Held events delivered at once when this agent returns (the relay caps it at its own setting) [default: the relay's, 16].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub(crate) hold_concurrency: Option<u32>,
 }
 
 #[derive(Args, Debug)]

@@ -223,6 +223,7 @@ async fn listen(args: ListenArgs) -> Result<()> {
     config.agent_id = Some(agent_id(&dir)?);
     config.takeover = args.takeover;
     config.offline = args.offline;
+    config.hold_concurrency = args.hold_concurrency;
     config.host_header = args.host_header.clone();
     config.capture = if args.no_capture {
         Capture::Off

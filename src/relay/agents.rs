@@ -160,9 +160,15 @@ pub(crate) async fn upgrade(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
         .map_or(0, |s| s.pending);
 
     let owner = token_sha256(presented);
-    tokio::spawn(run_session(
-        shared, req, name, takeover, policy, agent_id, drain, owner,
-    ));
+    let session = SessionAsk {
+        name,
+        takeover,
+        policy,
+        agent_id,
+        drain,
+        owner,
+    };
+    tokio::spawn(run_session(shared, req, session));
 
     let mut resp = Response::new(Body::default());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -180,16 +186,27 @@ pub(crate) async fn upgrade(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
     resp
 }
 
-async fn run_session(
-    shared: Arc<Shared>,
-    req: Request<Incoming>,
+/// What an accepted upgrade request asked for.
+struct SessionAsk {
     name: String,
     takeover: bool,
     policy: OfflinePolicy,
     agent_id: Option<String>,
+    /// Held events in flight at once, and strict order.
     drain: (usize, bool),
+    /// SHA-256 (hex) of the agent's token.
     owner: String,
-) {
+}
+
+async fn run_session(shared: Arc<Shared>, req: Request<Incoming>, ask: SessionAsk) {
+    let SessionAsk {
+        name,
+        takeover,
+        policy,
+        agent_id,
+        drain,
+        owner,
+    } = ask;
     let upgraded = match hyper::upgrade::on(req).await {
         Ok(u) => u,
         Err(e) => {
