@@ -55,6 +55,7 @@ fn sample_meta() -> RequestMeta {
         hop_headers: vec![("connection".into(), "keep-alive".into())],
         event_id: None,
         attempt: None,
+        held_left: None,
     }
 }
 

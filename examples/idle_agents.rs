@@ -100,6 +100,7 @@ async fn main() {
             name: format!("{}-{i}", args.prefix),
             takeover: false,
             offline: None,
+            hold_concurrency: None,
             agent_id: None,
             tls: tls.clone(),
         };

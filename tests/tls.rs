@@ -100,6 +100,7 @@ async fn an_untrusted_relay_certificate_is_not_accepted() {
         name: "untrusted".into(),
         takeover: false,
         offline: None,
+        hold_concurrency: None,
         agent_id: None,
         tls: whtunnel::tunnel::tls::client_config(None).unwrap(),
     };

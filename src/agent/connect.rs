@@ -113,6 +113,9 @@ pub struct AgentConfig {
     /// What the relay does with webhooks while this agent is away; `None`
     /// leaves it to the relay.
     pub offline: Option<OfflinePolicy>,
+    /// Most held events the relay should deliver at once to this agent
+    /// (capped by the relay); `None` leaves it to the relay.
+    pub hold_concurrency: Option<u32>,
     /// TLS settings for `wss://` relays.
     pub tls: Arc<rustls::ClientConfig>,
 }
@@ -187,6 +190,12 @@ pub async fn connect(config: &AgentConfig) -> Result<Link, ConnectError> {
     }
     if let Some(policy) = config.offline {
         h.insert(HDR_OFFLINE, policy.header_value());
+    }
+    if let Some(n) = config.hold_concurrency {
+        h.insert(
+            crate::tunnel::protocol::HDR_HOLD_CONCURRENCY,
+            HeaderValue::from(n),
+        );
     }
     let mut auth = HeaderValue::from_str(&format!("Bearer {}", config.token)).map_err(|_| {
         ConnectError::Refused("the token contains characters not allowed in a header".into())

@@ -116,6 +116,9 @@ pub struct ListenConfig {
     /// What the relay does with webhooks while this agent is away; `None`
     /// leaves it to the relay.
     pub offline: Option<OfflinePolicy>,
+    /// Most held events delivered at once (`--hold-concurrency`): asked of
+    /// the relay, and the embedded relay's own setting; `None`: the default.
+    pub hold_concurrency: Option<u32>,
     /// The Host header the app sees.
     pub host_header: HostHeader,
     /// What is recorded.
@@ -139,6 +142,7 @@ impl ListenConfig {
             agent_id: None,
             takeover: false,
             offline: None,
+            hold_concurrency: None,
             host_header: HostHeader::Preserve,
             capture: Capture::Store(StoreConfig::new(data_dir.clone())),
             data_dir,
@@ -214,7 +218,9 @@ impl Listener {
             RelayChoice::Remote { url, token, tls } => (None, url, token, tls),
             RelayChoice::Embedded { listen } => {
                 let token = crate::tunnel::protocol::generate_token();
-                let (relay, info) = bind_embedded(listen, &token, &config.data_dir).await?;
+                let (relay, info) =
+                    bind_embedded(listen, &token, &config.data_dir, config.hold_concurrency)
+                        .await?;
                 // Plain HTTP on loopback: the TLS settings go unused.
                 let tls = crate::tunnel::tls::client_config(None)?;
                 (Some((relay, info)), RelayUrl::plain(info.addr), token, tls)
@@ -235,6 +241,7 @@ impl Listener {
             takeover: config.takeover,
             agent_id: config.agent_id,
             offline: config.offline,
+            hold_concurrency: config.hold_concurrency,
             tls,
         };
         let (status_tx, status_rx) = watch::channel(ConnectionStatus::Connecting);
@@ -389,8 +396,12 @@ async fn bind_embedded(
     listen: SocketAddr,
     token: &str,
     data_dir: &std::path::Path,
+    hold_concurrency: Option<u32>,
 ) -> Result<(Relay, EmbeddedRelay), ListenError> {
     let mut config = RelayConfig::new(listen, Tokens::new([token]));
+    if let Some(n) = hold_concurrency {
+        config.hold_delivery.concurrency = n;
+    }
     config.data_dir = Some(data_dir.join("relay"));
     // Only this machine reaches the embedded relay: rate limits would only
     // get in the way of load tests against one's own app.

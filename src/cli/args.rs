@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::agent::listener::EMBEDDED_RELAY_ADDR;
 use crate::capture::StoreConfig;
 use crate::forward::HostHeader;
-use crate::relay::{Caps, Limits, OfflinePolicy};
+use crate::relay::{Caps, HoldDelivery, HoldOrder, Limits, OfflinePolicy};
 use crate::units::{self, ByteSize, HumanDuration};
 
 /// whtunnel: receive webhooks on localhost, record every exchange, inspect and replay them.
@@ -45,6 +45,52 @@ pub(crate) enum Command {
     Test(TestArgs),
     /// Send a sample event from the built-in catalog (or --list them).
     Trigger(TriggerArgs),
+    /// List, retry or drop a tunnel's events held by its relay (dead letters included).
+    Held(HeldArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct HeldArgs {
+    #[command(flatten)]
+    pub(crate) common: HeldCommon,
+    #[command(subcommand)]
+    pub(crate) command: HeldCommand,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct HeldCommon {
+    /// Relay base URL, http(s)://.
+    #[arg(long, env = "WHTUNNEL_RELAY", global = true)]
+    pub(crate) relay: Option<String>,
+    /// The token the tunnel's agent uses.
+    #[arg(long, env = "WHTUNNEL_TOKEN", hide_env_values = true, global = true)]
+    pub(crate) token: Option<String>,
+    /// The tunnel name.
+    #[arg(long, global = true)]
+    pub(crate) name: Option<String>,
+    /// Extra CA certificate (PEM) to trust for an https:// relay.
+    #[arg(long, global = true)]
+    pub(crate) ca_cert: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum HeldCommand {
+    /// List held and dead-lettered events, oldest first.
+    List {
+        /// Print the relay's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a dead-lettered event back at the end of the queue.
+    Retry {
+        /// Event id (see `held list`).
+        event_id: String,
+    },
+    /// Delete a held or dead-lettered event.
+    Drop {
+        /// Event id (see `held list`).
+        event_id: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -97,6 +143,9 @@ pub(crate) struct ListenArgs {
     /// or answer 503 so the sender retries (reject). Default: the relay's setting.
     #[arg(long)]
     pub(crate) offline: Option<OfflinePolicy>,
+    /// Held events delivered at once when this agent returns (the relay caps it at its own setting) [default: the relay's, 16].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub(crate) hold_concurrency: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -139,6 +188,15 @@ pub(crate) struct RelayArgs {
     /// Held events older than this are deleted (e.g. 72h).
     #[arg(long, default_value_t = HumanDuration(Caps::default().max_age))]
     pub(crate) hold_max_age: HumanDuration,
+    /// Most body bytes held relay-wide, all tunnels together (e.g. 4GiB).
+    #[arg(long, default_value_t = ByteSize(Caps::default().max_total_bytes))]
+    pub(crate) hold_max_total_bytes: ByteSize,
+    /// Held events delivered at once per tunnel when its agent is back (an agent may ask for fewer).
+    #[arg(long, default_value_t = HoldDelivery::default().concurrency, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub(crate) hold_concurrency: u32,
+    /// concurrent: held events drain alongside live traffic; strict: one at a time, new traffic queues behind them.
+    #[arg(long, default_value_t = HoldOrder::default())]
+    pub(crate) hold_order: HoldOrder,
     #[command(flatten)]
     pub(crate) limits: LimitArgs,
 }

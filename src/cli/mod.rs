@@ -10,6 +10,7 @@
 pub mod args;
 pub mod datadir;
 pub mod fixtures;
+mod held;
 pub mod log;
 pub mod requests;
 
@@ -105,6 +106,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Send(args) => fixtures::send(args).await,
         Command::Test(args) => fixtures::test(args).await,
         Command::Trigger(args) => fixtures::trigger(args).await,
+        Command::Held(args) => held::held(args).await,
     }
 }
 
@@ -197,7 +199,10 @@ async fn relay(args: RelayArgs) -> Result<()> {
         max_events: args.hold_max_events,
         max_bytes: args.hold_max_bytes.0,
         max_age: args.hold_max_age.0,
+        max_total_bytes: args.hold_max_total_bytes.0,
     };
+    config.hold_delivery.concurrency = args.hold_concurrency;
+    config.hold_delivery.order = args.hold_order;
     args.limits.apply(&mut config.limits);
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls = Some(tls::server_config(cert, key)?);
@@ -250,6 +255,7 @@ async fn listen(args: ListenArgs) -> Result<()> {
     config.agent_id = Some(agent_id(&dir)?);
     config.takeover = args.takeover;
     config.offline = args.offline;
+    config.hold_concurrency = args.hold_concurrency;
     config.host_header = args.host_header.clone();
     config.capture = if args.no_capture {
         Capture::Off

@@ -394,8 +394,14 @@ impl Forwarder {
                     read_unread(unread, deadline).await;
                 }
                 let reason = describe_client_error(&e, self.target());
-                let resp =
-                    error_response(StatusCode::BAD_GATEWAY, AgentError::AppUnreachable, &reason);
+                // Refused tells "app down" from a handler failing on this
+                // one request: the relay dead-letters only the latter.
+                let kind = if e.is_connect() {
+                    AgentError::AppUnreachable
+                } else {
+                    AgentError::AppBrokeOff
+                };
+                let resp = error_response(StatusCode::BAD_GATEWAY, kind, &reason);
                 (resp, Outcome::AppUnreachable, reason)
             }
             Err(_) => {

@@ -7,10 +7,8 @@
 
 use std::sync::Arc;
 
-use std::time::Duration;
-
-use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -19,14 +17,23 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::Tokens;
-use super::held::{HeldEvent, HeldStore, OfflinePolicy};
+use super::drain::{Delivery, HoldOrder};
+use super::held::OfflinePolicy;
 use super::{text, Shared, TunnelSession};
 use crate::tunnel::link::{self, LinkClient};
 use crate::tunnel::protocol::{
-    is_valid_name, Control, HDR_ACK, HDR_AGENT_ID, HDR_CONTROL, HDR_HELD, HDR_NAME, HDR_OFFLINE,
-    HDR_PROTOCOL, HDR_PUBLIC_URL, HDR_TAKEOVER, PROTOCOL_VERSION,
+    is_valid_name, Control, HDR_AGENT_ID, HDR_CONTROL, HDR_HELD, HDR_HOLD_CONCURRENCY,
+    HDR_HOLD_ORDER, HDR_NAME, HDR_OFFLINE, HDR_PROTOCOL, HDR_PUBLIC_URL, HDR_TAKEOVER,
+    PROTOCOL_VERSION,
 };
 use crate::tunnel::{ws_io, Body, WsIo};
+
+/// The SHA-256 of a token, hex: how the held store remembers which token
+/// held a tunnel without keeping the token.
+pub(crate) fn token_sha256(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    data_encoding::HEXLOWER.encode(&Sha256::digest(token.as_bytes()))
+}
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
@@ -95,6 +102,26 @@ pub(crate) async fn upgrade(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
             Err(e) => return text(StatusCode::BAD_REQUEST, &format!("{HDR_OFFLINE}: {e}")),
         },
     };
+    let hold = shared.config.hold_delivery;
+    let concurrency = match header_str(headers, HDR_HOLD_CONCURRENCY).map(str::parse::<u32>) {
+        None => hold.concurrency,
+        // Capped by the relay's own setting.
+        Some(Ok(n)) if n >= 1 => n.min(hold.concurrency),
+        Some(_) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                &format!("{HDR_HOLD_CONCURRENCY}: expected a whole number of at least 1"),
+            )
+        }
+    };
+    let order = match header_str(headers, HDR_HOLD_ORDER) {
+        None => hold.order,
+        Some(v) => match v.parse::<HoldOrder>() {
+            Ok(o) => o,
+            Err(e) => return text(StatusCode::BAD_REQUEST, &format!("{HDR_HOLD_ORDER}: {e}")),
+        },
+    };
+    let drain = (concurrency.max(1) as usize, order == HoldOrder::Strict);
     if !takeover {
         let tunnels = shared.tunnels.lock();
         match tunnels.get(&name) {
@@ -132,7 +159,16 @@ pub(crate) async fn upgrade(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
         .and_then(|h| h.state(&name))
         .map_or(0, |s| s.pending);
 
-    tokio::spawn(run_session(shared, req, name, takeover, policy, agent_id));
+    let owner = token_sha256(presented);
+    let session = SessionAsk {
+        name,
+        takeover,
+        policy,
+        agent_id,
+        drain,
+        owner,
+    };
+    tokio::spawn(run_session(shared, req, session));
 
     let mut resp = Response::new(Body::default());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -150,14 +186,27 @@ pub(crate) async fn upgrade(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
     resp
 }
 
-async fn run_session(
-    shared: Arc<Shared>,
-    req: Request<Incoming>,
+/// What an accepted upgrade request asked for.
+struct SessionAsk {
     name: String,
     takeover: bool,
     policy: OfflinePolicy,
     agent_id: Option<String>,
-) {
+    /// Held events in flight at once, and strict order.
+    drain: (usize, bool),
+    /// SHA-256 (hex) of the agent's token.
+    owner: String,
+}
+
+async fn run_session(shared: Arc<Shared>, req: Request<Incoming>, ask: SessionAsk) {
+    let SessionAsk {
+        name,
+        takeover,
+        policy,
+        agent_id,
+        drain,
+        owner,
+    } = ask;
     let upgraded = match hyper::upgrade::on(req).await {
         Ok(u) => u,
         Err(e) => {
@@ -197,8 +246,12 @@ async fn run_session(
                 agent_id,
                 sender,
                 closed: closed.clone(),
+                drain,
             },
         );
+    }
+    if let Some(held) = &shared.held {
+        held.set_strict(&name, drain.1);
     }
     tracing::info!(tunnel = %name, "agent connected");
     tokio::spawn(send_ready(ready_sender));
@@ -206,7 +259,11 @@ async fn run_session(
         // Remember the name across restarts: while this agent is away, its
         // webhooks are held (or rejected) instead of answered 404.
         let n = name.clone();
-        match tokio::task::spawn_blocking(move || held.remember(&n, policy)).await {
+        let remembered = move || {
+            held.remember(&n, policy)?;
+            held.set_owner(&n, &owner)
+        };
+        match tokio::task::spawn_blocking(remembered).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(tunnel = %name, "could not remember the tunnel: {e}"),
             Err(_) => {}
@@ -251,9 +308,9 @@ pub(crate) fn kick_delivery(shared: &Arc<Shared>, name: &str, except: Option<u64
         tunnels
             .get(name)
             .filter(|s| Some(s.id) != except && !s.closed.is_cancelled())
-            .map(|s| (s.sender.clone(), s.closed.clone(), s.id))
+            .map(|s| (s.sender.clone(), s.closed.clone(), s.id, s.drain))
     };
-    let Some((sender, closed, id)) = link else {
+    let Some((sender, closed, id, (concurrency, strict))) = link else {
         return;
     };
     if held.state(name).is_none_or(|s| s.pending == 0) || !held.start_delivery(name) {
@@ -264,130 +321,10 @@ pub(crate) fn kick_delivery(shared: &Arc<Shared>, name: &str, except: Option<u64
         held,
         name: name.to_string(),
         session: id,
+        concurrency,
+        strict,
     };
     tokio::spawn(task.run(sender, closed));
-}
-
-/// Back-off between attempts while the agent cannot deliver an event (its
-/// app is down): 1 s doubling to 60 s.
-const REDELIVER_MIN: Duration = Duration::from_secs(1);
-const REDELIVER_MAX: Duration = Duration::from_secs(60);
-
-/// One tunnel's delivery task, bound to one agent session.
-struct Delivery {
-    shared: Arc<Shared>,
-    held: Arc<HeldStore>,
-    name: String,
-    session: u64,
-}
-
-type Sender = LinkClient;
-
-impl Delivery {
-    /// Delivers held events one at a time, oldest first, deleting each only
-    /// when the agent acknowledges it was recorded. New traffic for the
-    /// tunnel queues behind them (see `HeldStore::admit`) until the queue is
-    /// empty. When this session's link ends first, the queue is handed to
-    /// the session that replaced it, if any.
-    async fn run(self, mut sender: Sender, closed: CancellationToken) {
-        if self.deliver_all(&mut sender, &closed).await {
-            return;
-        }
-        self.held.stop_delivery(&self.name);
-        kick_delivery(&self.shared, &self.name, Some(self.session));
-    }
-
-    /// True when the queue is empty; false when the link ended first.
-    async fn deliver_all(&self, sender: &mut Sender, closed: &CancellationToken) -> bool {
-        let (held, name) = (&self.held, &self.name);
-        let mut backoff = REDELIVER_MIN;
-        let timeout = self.shared.config.response_timeout;
-        loop {
-            if closed.is_cancelled() || sender.is_closed() {
-                return false;
-            }
-            let h = held.clone();
-            let n = name.clone();
-            let next = match tokio::task::spawn_blocking(move || h.next(&n)).await {
-                Ok(Ok(next)) => next,
-                Ok(Err(e)) => {
-                    tracing::warn!(tunnel = %name, "reading held events failed: {e}");
-                    None
-                }
-                Err(_) => None,
-            };
-            let Some(ev) = next else {
-                if held.finish_delivery(name) {
-                    return true;
-                }
-                // Counted but not yet readable: give the writer a moment.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            };
-            let h = held.clone();
-            let seq = ev.seq;
-            let _ = tokio::task::spawn_blocking(move || h.attempted(seq)).await;
-            let Some(req) = held_request(&ev, timeout) else {
-                tracing::warn!(tunnel = %name, event = %ev.event.event_id, "dropping a held event that cannot be sent");
-                let h = held.clone();
-                let _ = tokio::task::spawn_blocking(move || h.remove(&ev)).await;
-                continue;
-            };
-            let answer = tokio::select! {
-                a = tokio::time::timeout(timeout, sender.send(req)) => a,
-                () = closed.cancelled() => return false,
-            };
-            if let Ok(Ok(resp)) = answer {
-                // Any ack, even a kind this version does not know, means
-                // the agent is done with the event.
-                let acked = resp.headers().contains_key(HDR_ACK);
-                let _ = resp.into_body().collect().await;
-                if acked {
-                    let h = held.clone();
-                    let event_id = ev.event.event_id.clone();
-                    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || h.remove(&ev)).await {
-                        tracing::warn!(tunnel = %name, event = %event_id, "could not delete a delivered event: {e}");
-                    }
-                    backoff = REDELIVER_MIN;
-                    continue;
-                }
-            }
-            if sender.is_closed() {
-                return false;
-            }
-            // Not delivered (app down or too slow, the agent could not record
-            // it, or this one exchange failed): it stays first in line.
-            tracing::info!(tunnel = %name, "held event not delivered; retrying in {backoff:?}");
-            tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
-                () = closed.cancelled() => return false,
-            }
-            backoff = (backoff * 2).min(REDELIVER_MAX);
-        }
-    }
-}
-
-fn held_request(ev: &HeldEvent, timeout: Duration) -> Option<Request<crate::tunnel::Body>> {
-    let mut headers = HeaderMap::new();
-    for (k, v) in &ev.event.headers {
-        if let (Ok(k), Ok(v)) = (
-            HeaderName::from_bytes(k.as_bytes()),
-            HeaderValue::from_bytes(v),
-        ) {
-            headers.append(k, v);
-        }
-    }
-    let mut meta = ev.event.meta.clone();
-    meta.event_id = Some(ev.event.event_id.clone());
-    meta.attempt = Some(ev.attempts + 1);
-    meta.timeout_ms = timeout
-        .saturating_sub((timeout / 10).min(Duration::from_millis(500)))
-        .as_millis() as u64;
-    let method = http::Method::from_bytes(ev.event.method.as_bytes()).ok()?;
-    let body = Full::new(ev.event.body.clone())
-        .map_err(|never| match never {})
-        .boxed_unsync();
-    super::public::tunnel_request(method, &ev.event.path, headers, &meta, body)
 }
 
 /// Tells the agent its tunnel is routable (registered here), so it only

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -23,6 +24,9 @@ pub enum HeldError {
     /// The tunnel's queue is at one of its caps; the sender should retry later.
     #[error("the tunnel's held-event queue is full ({0}); retry later")]
     Full(&'static str),
+    /// The relay-wide cap on held bytes is reached (every tunnel together).
+    #[error("the relay's held-event storage is full; retry later")]
+    RelayFull,
     /// SQLite failed (disk full, I/O error...).
     #[error("held-event store: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -42,15 +46,18 @@ pub struct Caps {
     pub max_bytes: u64,
     /// Events older than this are deleted (and logged).
     pub max_age: Duration,
+    /// At most this many body bytes held relay-wide, all tunnels together.
+    pub max_total_bytes: u64,
 }
 
 impl Default for Caps {
-    /// 10,000 events, 1 GiB, 72 hours.
+    /// 10,000 events, 1 GiB, 72 hours per tunnel; 4 GiB relay-wide.
     fn default() -> Self {
         Caps {
             max_events: 10_000,
             max_bytes: 1 << 30,
             max_age: Duration::from_secs(72 * 3600),
+            max_total_bytes: 4 << 30,
         }
     }
 }
@@ -85,13 +92,39 @@ pub struct HeldEvent {
     pub event: NewEvent,
 }
 
+/// One held or dead-lettered event as `whtunnel held list` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HeldSummary {
+    /// The event id.
+    pub event_id: String,
+    /// When the relay received it (ms since the epoch).
+    pub received_at_ms: i64,
+    /// Deliveries tried so far.
+    pub attempts: u32,
+    /// HTTP method (sender-controlled text).
+    pub method: String,
+    /// Path and query below the tunnel (sender-controlled text).
+    pub path: String,
+    /// Body size in bytes.
+    pub body_bytes: u64,
+    /// Why the last delivery failed, if one did.
+    pub last_error: Option<String>,
+    /// Moved to the dead-letter list: no longer delivered until retried.
+    pub dead: bool,
+}
+
 /// Per-tunnel facts kept in memory so the request path does not query SQLite.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TunnelState {
     /// Offline policy the agent asked for.
     pub policy: OfflinePolicy,
-    /// Events stored and not yet delivered.
+    /// Events stored and not yet delivered (dead letters not included).
     pub pending: u64,
+    /// Dead-lettered events: kept, listed, not delivered until retried.
+    pub dead: u64,
+    /// The connected agent asked for strict order: new traffic queues
+    /// behind held events instead of going live.
+    pub strict: bool,
     /// Events admitted whose body is still being read or written. They do
     /// not hold back live traffic: a stalled upload must not put a tunnel
     /// in hold mode.
@@ -122,6 +155,9 @@ pub enum Admit {
 pub struct HeldStore {
     conn: Mutex<Connection>,
     tunnels: Mutex<HashMap<String, TunnelState>>,
+    /// Body bytes stored or reserved, all tunnels together. Changed only
+    /// with `tunnels` locked, so a check and its update are one step.
+    total_bytes: AtomicU64,
     caps: Caps,
 }
 
@@ -146,6 +182,16 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_by_tunnel ON events(tunnel, seq);
 CREATE INDEX IF NOT EXISTS events_by_time ON events(received_at_ms);
+";
+
+/// Schema 2 (`user_version` 2): dead letters. Stores of schema 1 gain the
+/// columns on open; their events are all pending, as before.
+const MIGRATE_2: &str = "
+ALTER TABLE events ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE events ADD COLUMN last_error TEXT;
+ALTER TABLE events ADD COLUMN dead_at_ms INTEGER;
+ALTER TABLE tunnels ADD COLUMN owner TEXT;
+PRAGMA user_version = 2;
 ";
 
 fn now_ms() -> i64 {
@@ -205,10 +251,16 @@ impl HeldStore {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version < 2 {
+            conn.execute_batch(&format!("BEGIN; {MIGRATE_2} COMMIT;"))?;
+        }
         let mut tunnels = HashMap::new();
+        let mut total = 0u64;
         {
             let mut stmt = conn.prepare(
-                "SELECT t.name, t.policy, COUNT(e.seq), COALESCE(SUM(LENGTH(e.body)), 0)
+                "SELECT t.name, t.policy, COUNT(e.seq), COUNT(e.dead_at_ms),
+                        COALESCE(SUM(LENGTH(e.body)), 0)
                  FROM tunnels t LEFT JOIN events e ON e.tunnel = t.name GROUP BY t.name",
             )?;
             let rows = stmt.query_map([], |r| {
@@ -217,15 +269,19 @@ impl HeldStore {
                     r.get::<_, String>(1)?,
                     r.get::<_, i64>(2)?,
                     r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
                 ))
             })?;
             for row in rows {
-                let (name, policy, pending, bytes) = row?;
+                let (name, policy, count, dead, bytes) = row?;
+                total += bytes as u64;
                 tunnels.insert(
                     name,
                     TunnelState {
                         policy: policy.parse().unwrap_or_default(),
-                        pending: pending as u64,
+                        pending: (count - dead) as u64,
+                        dead: dead as u64,
+                        strict: false,
                         storing: 0,
                         bytes: bytes as u64,
                         delivering: false,
@@ -236,12 +292,29 @@ impl HeldStore {
         Ok(HeldStore {
             conn: Mutex::new(conn),
             tunnels: Mutex::new(tunnels),
+            total_bytes: AtomicU64::new(total),
             caps,
         })
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock()
+    }
+
+    /// Runs `f` without waiting for the disk at commit (`synchronous=NORMAL`
+    /// in WAL mode: durable at the next checkpoint). For writes whose loss
+    /// in a power cut costs nothing but a redelivery the agent recognises
+    /// (deleting a delivered event, counting attempts): an fsync for each
+    /// would cap the drain at the disk's sync rate.
+    fn relaxed<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, HeldError> {
+        let conn = self.conn();
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let result = f(&conn);
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        Ok(result?)
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<String, TunnelState>> {
@@ -269,6 +342,29 @@ impl HeldStore {
         Ok(())
     }
 
+    /// Records which token last held `name` (its SHA-256, hex): only that
+    /// token may list or change the tunnel's held events.
+    pub fn set_owner(&self, name: &str, token_sha256: &str) -> Result<(), HeldError> {
+        self.conn().execute(
+            "UPDATE tunnels SET owner = ?2 WHERE name = ?1",
+            params![name, token_sha256],
+        )?;
+        Ok(())
+    }
+
+    /// The SHA-256 (hex) of the token that last held `name`.
+    pub fn owner(&self, name: &str) -> Result<Option<String>, HeldError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT owner FROM tunnels WHERE name = ?1",
+                params![name],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()?
+            .flatten())
+    }
+
     /// The tunnel's state, if an agent ever held it.
     pub fn state(&self, name: &str) -> Option<TunnelState> {
         self.map().get(name).copied()
@@ -286,7 +382,9 @@ impl HeldStore {
                 Admit::Unknown
             };
         };
-        if st.pending == 0 && connected {
+        // Held events drain alongside live traffic, unless the agent asked
+        // for strict order: then new traffic queues behind them.
+        if connected && (st.pending == 0 || !st.strict) {
             return Admit::Live;
         }
         if st.pending == 0 && st.storing == 0 && st.policy == OfflinePolicy::Reject {
@@ -304,11 +402,41 @@ impl HeldStore {
     pub fn add_bytes(&self, name: &str, len: u64) -> Result<(), HeldError> {
         let mut map = self.map();
         let st = map.entry(name.to_string()).or_default();
+        self.charge(st, len)
+    }
+
+    /// Counts `len` more bytes for a tunnel (its state, locked) and
+    /// relay-wide, or says which cap it would pass.
+    fn charge(&self, st: &mut TunnelState, len: u64) -> Result<(), HeldError> {
         if st.bytes + len > self.caps.max_bytes {
             return Err(HeldError::Full("byte cap"));
         }
+        let total = self.total_bytes.load(Ordering::Relaxed);
+        if total + len > self.caps.max_total_bytes {
+            return Err(HeldError::RelayFull);
+        }
         st.bytes += len;
+        self.total_bytes.store(total + len, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Gives back `len` bytes counted by [`charge`](Self::charge).
+    fn uncharge(&self, st: &mut TunnelState, len: u64) {
+        let len = len.min(st.bytes);
+        st.bytes -= len;
+        let total = self.total_bytes.load(Ordering::Relaxed);
+        self.total_bytes
+            .store(total.saturating_sub(len), Ordering::Relaxed);
+    }
+
+    /// Body bytes held relay-wide, all tunnels together.
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Sets the delivery order the connected agent asked for.
+    pub fn set_strict(&self, name: &str, strict: bool) {
+        self.map().entry(name.to_string()).or_default().strict = strict;
     }
 
     /// Marks a delivery task as running; false when one already is.
@@ -348,11 +476,8 @@ impl HeldStore {
         if st.pending + st.storing >= self.caps.max_events {
             return Err(HeldError::Full("event count cap"));
         }
-        if st.bytes + len > self.caps.max_bytes {
-            return Err(HeldError::Full("byte cap"));
-        }
+        self.charge(st, len)?;
         st.storing += 1;
-        st.bytes += len;
         Ok(())
     }
 
@@ -360,7 +485,7 @@ impl HeldStore {
     pub fn cancel(&self, name: &str, len: u64) {
         if let Some(st) = self.map().get_mut(name) {
             st.storing = st.storing.saturating_sub(1);
-            st.bytes = st.bytes.saturating_sub(len);
+            self.uncharge(st, len);
         }
     }
 
@@ -387,14 +512,21 @@ impl HeldStore {
         Ok(())
     }
 
-    /// The oldest held event for `name`.
+    /// The oldest held event for `name` (dead letters are skipped).
     pub fn next(&self, name: &str) -> Result<Option<HeldEvent>, HeldError> {
+        self.next_after(name, 0)
+    }
+
+    /// The oldest held event for `name` queued after position `after`
+    /// (dead letters are skipped).
+    pub fn next_after(&self, name: &str, after: i64) -> Result<Option<HeldEvent>, HeldError> {
         let conn = self.conn();
         let row = conn
             .query_row(
                 "SELECT seq, attempts, event_id, method, path, headers, meta, body
-                 FROM events WHERE tunnel = ?1 ORDER BY seq LIMIT 1",
-                params![name],
+                 FROM events WHERE tunnel = ?1 AND seq > ?2 AND dead_at_ms IS NULL
+                 ORDER BY seq LIMIT 1",
+                params![name, after],
                 |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
@@ -428,22 +560,141 @@ impl HeldStore {
 
     /// Counts a delivery attempt.
     pub fn attempted(&self, seq: i64) -> Result<(), HeldError> {
-        self.conn().execute(
-            "UPDATE events SET attempts = attempts + 1 WHERE seq = ?1",
-            params![seq],
-        )?;
+        self.relaxed(|c| {
+            c.execute(
+                "UPDATE events SET attempts = attempts + 1 WHERE seq = ?1",
+                params![seq],
+            )
+        })?;
         Ok(())
+    }
+
+    /// Records a failed delivery of event `seq`: its reason, and a strike
+    /// when the failure is the event's own (see `docs/protocol.md`). At
+    /// `max_failures` strikes it moves to the dead-letter list; true then.
+    pub fn failed(
+        &self,
+        ev: &HeldEvent,
+        error: &str,
+        strike: bool,
+        max_failures: u32,
+    ) -> Result<bool, HeldError> {
+        let conn = self.conn();
+        conn.execute(
+            "UPDATE events SET last_error = ?2, failures = failures + ?3 WHERE seq = ?1",
+            params![ev.seq, error, i64::from(strike)],
+        )?;
+        let dead = conn.execute(
+            "UPDATE events SET dead_at_ms = ?3
+             WHERE seq = ?1 AND failures >= ?2 AND dead_at_ms IS NULL",
+            params![ev.seq, max_failures, now_ms()],
+        )? > 0;
+        drop(conn);
+        if dead {
+            if let Some(st) = self.map().get_mut(&ev.event.tunnel) {
+                st.pending = st.pending.saturating_sub(1);
+                st.dead += 1;
+            }
+        }
+        Ok(dead)
+    }
+
+    /// The tunnel's held and dead-lettered events, oldest first, at most `limit`.
+    pub fn list(&self, name: &str, limit: usize) -> Result<Vec<HeldSummary>, HeldError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT event_id, received_at_ms, attempts, method, path, LENGTH(body),
+                    last_error, dead_at_ms IS NOT NULL
+             FROM events WHERE tunnel = ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = stmt
+            .query_map(params![name, limit as i64], |r| {
+                Ok(HeldSummary {
+                    event_id: r.get(0)?,
+                    received_at_ms: r.get(1)?,
+                    attempts: r.get(2)?,
+                    method: r.get(3)?,
+                    path: r.get(4)?,
+                    body_bytes: r.get::<_, i64>(5)? as u64,
+                    last_error: r.get(6)?,
+                    dead: r.get(7)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Puts dead-lettered event `event_id` of tunnel `name` back in the
+    /// queue, at its end, with its strikes cleared. False when the tunnel
+    /// has no such dead letter.
+    pub fn retry(&self, name: &str, event_id: &str) -> Result<bool, HeldError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        // A new position at the end of the queue: delivery reads forward
+        // from where it is, so the event must come after it.
+        let moved = tx.execute(
+            "INSERT INTO events(event_id, tunnel, received_at_ms, method, path, headers, meta, body,
+                                attempts, failures, last_error, dead_at_ms)
+             SELECT event_id || '~', tunnel, received_at_ms, method, path, headers, meta, body,
+                    attempts, 0, last_error, NULL
+             FROM events WHERE tunnel = ?1 AND event_id = ?2 AND dead_at_ms IS NOT NULL",
+            params![name, event_id],
+        )?;
+        if moved == 0 {
+            return Ok(false);
+        }
+        tx.execute(
+            "DELETE FROM events WHERE tunnel = ?1 AND event_id = ?2",
+            params![name, event_id],
+        )?;
+        tx.execute(
+            "UPDATE events SET event_id = ?2 WHERE tunnel = ?1 AND event_id = ?2 || '~'",
+            params![name, event_id],
+        )?;
+        tx.commit()?;
+        drop(conn);
+        if let Some(st) = self.map().get_mut(name) {
+            st.dead = st.dead.saturating_sub(1);
+            st.pending += 1;
+        }
+        Ok(true)
+    }
+
+    /// Deletes event `event_id` of tunnel `name`, held or dead-lettered.
+    /// False when the tunnel has no such event.
+    pub fn drop_event(&self, name: &str, event_id: &str) -> Result<bool, HeldError> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(
+                "DELETE FROM events WHERE tunnel = ?1 AND event_id = ?2
+                 RETURNING LENGTH(body), dead_at_ms IS NOT NULL",
+                params![name, event_id],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, bool>(1)?)),
+            )
+            .optional()?;
+        drop(conn);
+        let Some((len, dead)) = row else {
+            return Ok(false);
+        };
+        if let Some(st) = self.map().get_mut(name) {
+            if dead {
+                st.dead = st.dead.saturating_sub(1);
+            } else {
+                st.pending = st.pending.saturating_sub(1);
+            }
+            self.uncharge(st, len);
+        }
+        Ok(true)
     }
 
     /// Removes a delivered (acknowledged) event.
     pub fn remove(&self, ev: &HeldEvent) -> Result<(), HeldError> {
-        let n = self
-            .conn()
-            .execute("DELETE FROM events WHERE seq = ?1", params![ev.seq])?;
+        let n =
+            self.relaxed(|c| c.execute("DELETE FROM events WHERE seq = ?1", params![ev.seq]))?;
         if n > 0 {
             if let Some(st) = self.map().get_mut(&ev.event.tunnel) {
                 st.pending = st.pending.saturating_sub(1);
-                st.bytes = st.bytes.saturating_sub(ev.event.body.len() as u64);
+                self.uncharge(st, ev.event.body.len() as u64);
             }
         }
         Ok(())
@@ -456,15 +707,16 @@ impl HeldStore {
         let cutoff = now_ms() - self.caps.max_age.as_millis() as i64;
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT tunnel, COUNT(*), SUM(LENGTH(body)) FROM events
+            "SELECT tunnel, COUNT(*), SUM(LENGTH(body)), COUNT(dead_at_ms) FROM events
              WHERE received_at_ms < ?1 GROUP BY tunnel",
         )?;
-        let expired: Vec<(String, u64, u64)> = stmt
+        let expired: Vec<(String, u64, u64, u64)> = stmt
             .query_map(params![cutoff], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, i64>(1)? as u64,
                     r.get::<_, i64>(2)? as u64,
+                    r.get::<_, i64>(3)? as u64,
                 ))
             })?
             .collect::<Result<_, _>>()?;
@@ -491,13 +743,17 @@ impl HeldStore {
                 map.remove(name);
             }
         }
-        for (name, n, bytes) in &expired {
+        for (name, n, bytes, dead) in &expired {
             if let Some(st) = map.get_mut(name) {
-                st.pending = st.pending.saturating_sub(*n);
-                st.bytes = st.bytes.saturating_sub(*bytes);
+                st.pending = st.pending.saturating_sub(n - dead);
+                st.dead = st.dead.saturating_sub(*dead);
+                self.uncharge(st, *bytes);
             }
         }
-        Ok(expired)
+        Ok(expired
+            .into_iter()
+            .map(|(name, n, bytes, _)| (name, n, bytes))
+            .collect())
     }
 }
 
@@ -603,6 +859,7 @@ mod tests {
             max_events: 2,
             max_bytes: 10,
             max_age: Duration::from_secs(3600),
+            ..Caps::default()
         };
         let store = HeldStore::open(dir.path(), caps).unwrap();
         store.remember("t", OfflinePolicy::Hold).unwrap();
@@ -657,7 +914,10 @@ mod tests {
         assert_eq!(store.admit("t", false), Admit::Hold);
         assert_eq!(store.admit("t", true), Admit::Live);
         store.insert(&event("t", 1, b"x")).unwrap();
-        // Stored: now new traffic queues behind it, up to the cap.
+        // Stored: by default the backlog drains alongside live traffic...
+        assert_eq!(store.admit("t", true), Admit::Live);
+        // ...and in strict order new traffic queues behind it, up to the cap.
+        store.set_strict("t", true);
         assert_eq!(store.admit("t", true), Admit::Hold);
         assert_eq!(store.admit("t", true), Admit::Full);
         store.cancel("t", 0);
@@ -681,6 +941,96 @@ mod tests {
             store.add_bytes("t", 1 << 30),
             Err(HeldError::Full("byte cap"))
         ));
+    }
+
+    #[test]
+    fn dead_letters_are_kept_listed_retried_and_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = HeldStore::open(dir.path(), Caps::default()).unwrap();
+        store.remember("t", OfflinePolicy::Hold).unwrap();
+        for n in 0..3u32 {
+            store.reserve("t", 2).unwrap();
+            store.insert(&event("t", n, b"ab")).unwrap();
+        }
+        let poison = store.next("t").unwrap().unwrap();
+        // Failures that are not the event's fault never dead-letter it.
+        for _ in 0..5 {
+            assert!(!store.failed(&poison, "in progress", false, 2).unwrap());
+        }
+        assert!(!store.failed(&poison, "refused", true, 2).unwrap());
+        assert!(store.failed(&poison, "refused \x1b[31m", true, 2).unwrap());
+        let st = store.state("t").unwrap();
+        assert_eq!((st.pending, st.dead, st.bytes), (2, 1, 6));
+        // Skipped by delivery, still listed.
+        assert_eq!(store.next("t").unwrap().unwrap().event.path, "/hook/1");
+        let list = store.list("t", 100).unwrap();
+        assert_eq!(list.len(), 3);
+        assert!(list[0].dead && !list[1].dead);
+        assert_eq!(list[0].last_error.as_deref(), Some("refused \x1b[31m"));
+        // Reopened: counts come back from disk.
+        drop(store);
+        let store = HeldStore::open(dir.path(), Caps::default()).unwrap();
+        let st = store.state("t").unwrap();
+        assert_eq!((st.pending, st.dead, st.bytes), (2, 1, 6));
+        // Retried: back at the end of the queue, after the others.
+        let id = &poison.event.event_id;
+        assert!(store.retry("t", id).unwrap());
+        assert!(!store.retry("t", id).unwrap(), "no longer dead");
+        assert!(!store.retry("other", id).unwrap(), "another tunnel's");
+        let order: Vec<_> = store
+            .list("t", 100)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
+        assert_eq!(order, ["/hook/1", "/hook/2", "/hook/0"]);
+        assert_eq!(store.state("t").unwrap().pending, 3);
+        assert!(!store.drop_event("other", id).unwrap());
+        assert!(store.drop_event("t", id).unwrap());
+        let st = store.state("t").unwrap();
+        assert_eq!((st.pending, st.dead, st.bytes), (2, 0, 4));
+        assert_eq!(store.total_bytes(), 4);
+    }
+
+    #[test]
+    fn a_schema_1_store_opens_and_keeps_its_events() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join("held.db")).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.execute("INSERT INTO tunnels VALUES ('old', 'hold', 1, 1)", [])
+                .unwrap();
+            conn.execute(
+                "INSERT INTO events(event_id, tunnel, received_at_ms, method, path, headers, meta, body, attempts)
+                 VALUES ('ev_1', 'old', ?1, 'POST', '/x', '[]', '{}', X'0102', 4)",
+                params![now_ms()],
+            )
+            .unwrap();
+        }
+        let store = HeldStore::open(dir.path(), Caps::default()).unwrap();
+        let st = store.state("old").unwrap();
+        assert_eq!((st.pending, st.dead, st.bytes), (1, 0, 2));
+        let ev = store.next("old").unwrap().unwrap();
+        assert_eq!((ev.attempts, ev.event.body.as_ref()), (4, &[1u8, 2][..]));
+        drop(store);
+        // And opening it again (already migrated) works too.
+        HeldStore::open(dir.path(), Caps::default()).unwrap();
+    }
+
+    #[test]
+    fn the_relay_wide_byte_cap_spans_tunnels() {
+        let dir = tempfile::tempdir().unwrap();
+        let caps = Caps {
+            max_total_bytes: 10,
+            ..Caps::default()
+        };
+        let store = HeldStore::open(dir.path(), caps).unwrap();
+        store.reserve("a", 6).unwrap();
+        assert!(matches!(store.reserve("b", 5), Err(HeldError::RelayFull)));
+        store.reserve("b", 4).unwrap();
+        store.cancel("a", 6);
+        store.reserve("b", 5).unwrap();
+        assert_eq!(store.total_bytes(), 9);
     }
 
     #[test]

@@ -212,7 +212,7 @@ impl Drop for InflightSlot {
 }
 
 /// IPv6 senders usually hold a whole /64, so misses are counted per /64.
-fn miss_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn miss_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => {

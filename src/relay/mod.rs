@@ -11,8 +11,11 @@
 
 pub mod agents;
 pub mod auth;
+mod budget;
+pub mod drain;
 mod framing;
 pub mod held;
+pub mod held_api;
 pub mod limits;
 pub mod public;
 
@@ -38,6 +41,7 @@ use crate::tunnel::protocol::AGENT_PATH;
 use crate::tunnel::Body;
 
 pub use auth::Tokens;
+pub use drain::{HoldDelivery, HoldOrder};
 pub use held::{Caps, HeldStore, OfflinePolicy};
 pub use limits::Limits;
 
@@ -45,6 +49,9 @@ pub use limits::Limits;
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Request bodies being read into memory to be held, relay-wide (KiB).
 const HOLD_BUDGET_KIB: usize = 256 * 1024;
+/// Of which one sender IP (one /64) may use this much: two bodies of the
+/// largest default size, and an eighth of the whole.
+const HOLD_BUDGET_IP_SHARE_KIB: u64 = 64 * 1024;
 /// A client must finish sending request headers within this.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// A TLS handshake must finish within this.
@@ -74,6 +81,8 @@ pub struct RelayConfig {
     pub offline: OfflinePolicy,
     /// Per-tunnel bounds on held events.
     pub hold_caps: Caps,
+    /// How held events are delivered once their agent is back.
+    pub hold_delivery: drain::HoldDelivery,
     /// Abuse limits on the public side (see [`limits`]).
     pub limits: Limits,
 }
@@ -92,6 +101,7 @@ impl RelayConfig {
             data_dir: None,
             offline: OfflinePolicy::Hold,
             hold_caps: Caps::default(),
+            hold_delivery: drain::HoldDelivery::default(),
             limits: Limits::default(),
         }
     }
@@ -107,6 +117,8 @@ pub(crate) struct TunnelSession {
     sender: crate::tunnel::link::LinkClient,
     /// Cancelled when the link ends or the session is replaced.
     closed: CancellationToken,
+    /// Held events in flight at once, and strict order, as the agent asked.
+    drain: (usize, bool),
 }
 
 /// State shared by every connection the relay serves.
@@ -116,8 +128,8 @@ pub(crate) struct Shared {
     next_session: AtomicU64,
     scheme: &'static str,
     held: Option<Arc<HeldStore>>,
-    /// KiB of request bodies being read into memory to be held, relay-wide.
-    hold_budget: Arc<tokio::sync::Semaphore>,
+    /// Memory for request bodies being read to be held, relay-wide.
+    hold_budget: Arc<budget::HoldBudget>,
     limiter: limits::Limiter,
 }
 
@@ -166,7 +178,7 @@ impl Relay {
                 next_session: AtomicU64::new(1),
                 scheme,
                 held,
-                hold_budget: Arc::new(tokio::sync::Semaphore::new(HOLD_BUDGET_KIB)),
+                hold_budget: budget::HoldBudget::new(HOLD_BUDGET_KIB, HOLD_BUDGET_IP_SHARE_KIB),
             }),
         })
     }
@@ -328,6 +340,8 @@ async fn route(shared: Arc<Shared>, remote: SocketAddr, req: Request<Incoming>) 
             return refused;
         }
         public::forward(shared, remote, req).await
+    } else if path.starts_with(held_api::HELD_API_PATH) {
+        held_api::serve(shared, req).await
     } else if path == "/_whtunnel/health" {
         text(StatusCode::OK, "ok")
     } else {

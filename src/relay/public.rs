@@ -82,7 +82,7 @@ pub(crate) async fn forward(
     let prepared = prepare(&shared, remote, received_at, app_path, parts);
     match (admit, sender) {
         (Admit::Live, Some(sender)) => live(shared, name, sender, prepared, body, declared).await,
-        (Admit::Hold, _) => hold(shared, name, prepared, body, declared).await,
+        (Admit::Hold, _) => hold(shared, name, remote, prepared, body, declared).await,
         (Admit::Reject, _) => retry_later(
             "whtunnel: the agent for this tunnel is offline; retry later",
             30,
@@ -164,6 +164,7 @@ fn prepare(
         hop_headers,
         event_id: Some(new_event_id()),
         attempt: None,
+        held_left: None,
     };
     // HTTP/2 carries the authority in :authority; the original Host travels
     // in the metadata. A sender's own whtunnel-meta is dropped, never trusted.
@@ -291,47 +292,43 @@ async fn live(
 async fn hold(
     shared: Arc<Shared>,
     name: String,
+    remote: SocketAddr,
     p: Prepared,
     body: Incoming,
     declared: Option<u64>,
 ) -> Response<Body> {
     let held = shared.held.clone().expect("admit only holds with a store");
     let max_body = shared.config.max_body;
-    // Bodies being held sit in memory until stored: draw on the relay-wide
-    // budget for the declared length, or the most a body may be.
-    let want = declared.unwrap_or(max_body).max(1);
-    let permits = u32::try_from(want.div_ceil(1024)).unwrap_or(u32::MAX);
-    let Ok(_budget) = shared.hold_budget.clone().try_acquire_many_owned(permits) else {
-        held.cancel(&name, 0);
-        return retry_later(
-            "whtunnel: the relay is busy storing other events; retry later",
-            5,
-        );
-    };
-    // The byte cap is checked before reading when the length is known.
+    // The byte caps (the tunnel's and the relay-wide one) are checked
+    // before reading when the length is known: that reserves nothing in
+    // memory, only room on disk.
     let reserved = declared.unwrap_or(0);
-    if held.add_bytes(&name, reserved).is_err() {
+    if let Err(e) = held.add_bytes(&name, reserved) {
         held.cancel(&name, 0);
-        return retry_later(
-            "whtunnel: this tunnel's held-event queue is full; retry later",
-            60,
-        );
+        return queue_full(&e);
     }
     let deadline = shared.config.response_timeout;
     let (body, body_verdict) = shared.limiter.watch_body(body);
-    let read = tokio::time::timeout(
-        deadline,
-        http_body_util::Limited::new(body, max_body as usize).collect(),
-    )
-    .await;
+    // Bodies being held sit in memory until stored: they draw on the
+    // relay-wide budget as their bytes arrive, within the sender IP's share.
+    let mut draw = shared.hold_budget.draw(remote.ip());
+    let read = tokio::time::timeout(deadline, read_drawing(body, max_body, &mut draw)).await;
     let body = match read {
-        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Ok(bytes)) => bytes,
         Ok(Err(e)) => {
             held.cancel(&name, reserved);
-            if e.is::<http_body_util::LengthLimitError>() {
-                return too_large(max_body);
-            }
-            return unreadable_body(&shared, &body_verdict, false);
+            return match e {
+                ReadError::TooLarge => too_large(max_body),
+                ReadError::Budget(super::budget::Refused::Busy) => retry_later(
+                    "whtunnel: the relay is busy storing other events; retry later",
+                    5,
+                ),
+                ReadError::Budget(super::budget::Refused::IpShare) => retry_later(
+                    "whtunnel: this sender has too many event bodies in transit; retry later",
+                    5,
+                ),
+                ReadError::Body => unreadable_body(&shared, &body_verdict, false),
+            };
         }
         Err(_) => {
             held.cancel(&name, reserved);
@@ -339,14 +336,56 @@ async fn hold(
         }
     };
     let extra = (body.len() as u64).saturating_sub(reserved);
-    if held.add_bytes(&name, extra).is_err() {
+    if let Err(e) = held.add_bytes(&name, extra) {
         held.cancel(&name, reserved);
-        return retry_later(
+        return queue_full(&e);
+    }
+    drop(draw);
+    store_held(&shared, held, name, p, body).await
+}
+
+/// The 503 for a byte cap: the tunnel's own, or the relay-wide one.
+fn queue_full(e: &super::held::HeldError) -> Response<Body> {
+    match e {
+        super::held::HeldError::RelayFull => retry_later(
+            "whtunnel: the relay's held-event storage is full; retry later",
+            60,
+        ),
+        _ => retry_later(
             "whtunnel: this tunnel's held-event queue is full; retry later",
             60,
-        );
+        ),
     }
-    store_held(&shared, held, name, p, body).await
+}
+
+enum ReadError {
+    TooLarge,
+    Budget(super::budget::Refused),
+    Body,
+}
+
+/// Reads a body to be held, drawing on the memory budget as bytes arrive.
+async fn read_drawing<B>(
+    mut body: B,
+    max_body: u64,
+    draw: &mut super::budget::Draw,
+) -> Result<Bytes, ReadError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ReadError::Body)?;
+        if let Ok(data) = frame.into_data() {
+            let len = (buf.len() + data.len()) as u64;
+            if len > max_body {
+                return Err(ReadError::TooLarge);
+            }
+            draw.cover(len).map_err(ReadError::Budget)?;
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
 }
 
 /// Holds a request that failed on the agent link after its body was read.

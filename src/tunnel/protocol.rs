@@ -42,6 +42,11 @@ pub const HDR_META: &str = "whtunnel-meta";
 pub const HDR_ERROR: &str = "whtunnel-error";
 /// Response header on a `202 Accepted` for a held event.
 pub const HDR_EVENT_ID: &str = "whtunnel-event-id";
+/// Upgrade request header: the most held events the agent wants delivered
+/// at once (the relay caps it at its own `--hold-concurrency`).
+pub const HDR_HOLD_CONCURRENCY: &str = "whtunnel-hold-concurrency";
+/// Upgrade request header: a [`HoldOrder`] (the relay's default if absent).
+pub const HDR_HOLD_ORDER: &str = "whtunnel-hold-order";
 
 /// Declares a closed set of protocol header values: the enum, its wire
 /// text ([`as_str`](Ack::as_str)), parsing from text and from a header.
@@ -116,6 +121,22 @@ wire_values! {
 }
 
 wire_values! {
+    /// Values of [`HDR_HOLD_ORDER`]: how a tunnel's held events are
+    /// delivered once its agent is back.
+    #[derive(Default)]
+    HoldOrder {
+        /// Several at once, dispatched in arrival order; new traffic goes
+        /// live alongside them; a failed one is retried later without
+        /// holding up the rest.
+        #[default]
+        Concurrent = "concurrent",
+        /// One at a time in arrival order; new traffic queues behind them
+        /// and a failed one is retried before any later one.
+        Strict = "strict",
+    }
+}
+
+wire_values! {
     /// Values of [`HDR_ACK`]: why the relay may delete a held event.
     Ack {
         /// The app answered and the exchange is recorded (or capture is off).
@@ -134,8 +155,11 @@ wire_values! {
     AgentError {
         /// The relay's request lacked valid metadata or had a malformed path.
         BadRequest = "bad-request",
-        /// The app could not be reached (502).
+        /// The app could not be reached: the connection was refused (502).
         AppUnreachable = "app-unreachable",
+        /// The app took the connection, then broke it off without an
+        /// answer (502): a handler that crashes on this request.
+        AppBrokeOff = "app-broke-off",
         /// The app was reached but did not answer in time (504).
         AppTimeout = "app-timeout",
         /// An earlier delivery of the same held event is still in progress
@@ -320,6 +344,10 @@ pub struct RequestMeta {
     /// Delivery attempt of a held event, starting at 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
+    /// On a held event's delivery: the tunnel's held events still queued,
+    /// this one included, so the agent can show the backlog draining.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_left: Option<u64>,
 }
 
 impl RequestMeta {
@@ -440,6 +468,7 @@ mod tests {
             hop_headers: vec![("connection".into(), "close".into())],
             event_id: None,
             attempt: None,
+            held_left: Some(3),
         };
         assert_eq!(RequestMeta::decode(m.encode().as_bytes()).unwrap(), m);
         assert!(RequestMeta::decode(b"{").is_err());

@@ -1,0 +1,126 @@
+//! The relay's held-event API, on its own listener, for `whtunnel held`:
+//!
+//! - `GET /_whtunnel/held/<name>`: the tunnel's held and dead-lettered
+//!   events as JSON;
+//! - `POST /_whtunnel/held/<name>/<event-id>/retry`: a dead letter back
+//!   into the queue;
+//! - `DELETE /_whtunnel/held/<name>/<event-id>`: drop an event.
+//!
+//! Authenticated with `Authorization: Bearer <token>`: the token must be
+//! one the relay accepts *and* the one that last held the tunnel, so an
+//! agent sees and changes only its own tunnel's events.
+
+use std::sync::Arc;
+
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+
+use super::agents::{kick_delivery, token_sha256};
+use super::auth::Tokens;
+use super::{text, Shared};
+use crate::tunnel::protocol::is_valid_name;
+use crate::tunnel::Body;
+
+/// Path prefix of the API.
+pub const HELD_API_PATH: &str = "/_whtunnel/held/";
+
+/// Most events one listing returns.
+const LIST_LIMIT: usize = 1000;
+
+/// Serves one API request.
+pub(crate) async fn serve(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    let Some(held) = shared.held.clone() else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "whtunnel relay: this relay holds no events (it has no data directory)",
+        );
+    };
+    let rest = req.uri().path()[HELD_API_PATH.len()..].to_string();
+    let parts: Vec<&str> = rest.split('/').collect();
+    let name = parts[0].to_string();
+    if !is_valid_name(&name) {
+        return text(StatusCode::BAD_REQUEST, "invalid tunnel name");
+    }
+    let presented = Tokens::bearer(req.headers().get(header::AUTHORIZATION)).unwrap_or("");
+    if !shared.config.tokens.accepts(presented) {
+        return text(
+            StatusCode::UNAUTHORIZED,
+            "token refused: this relay does not accept the token (check --token or WHTUNNEL_TOKEN)",
+        );
+    }
+    // Same answer for "unknown tunnel" and "another token's tunnel": the
+    // API does not tell which names exist.
+    let (h, n) = (held.clone(), name.clone());
+    let owner = tokio::task::spawn_blocking(move || h.owner(&n))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
+    if owner.as_deref() != Some(token_sha256(presented).as_str()) {
+        return text(
+            StatusCode::FORBIDDEN,
+            &format!("tunnel '{name}' was not last held with this token"),
+        );
+    }
+    let method = req.method().clone();
+    let event = parts.get(1).map(|s| s.to_string());
+    let action = parts.get(2).copied().map(str::to_string);
+    let (h, n) = (held.clone(), name.clone());
+    match (method, event, action.as_deref(), parts.len()) {
+        (Method::GET, None, None, 1) => {
+            let listed = tokio::task::spawn_blocking(move || h.list(&n, LIST_LIMIT)).await;
+            let Ok(Ok(events)) = listed else {
+                return text(StatusCode::INTERNAL_SERVER_ERROR, "could not read the held-event store");
+            };
+            let st = held.state(&name).unwrap_or_default();
+            json(&serde_json::json!({
+                "tunnel": name,
+                "pending": st.pending,
+                "dead": st.dead,
+                "events": events,
+            }))
+        }
+        (Method::POST, Some(id), Some("retry"), 3) => {
+            let id2 = id.clone();
+            match tokio::task::spawn_blocking(move || h.retry(&n, &id2)).await {
+                Ok(Ok(true)) => {
+                    kick_delivery(&shared, &name, None);
+                    json(&serde_json::json!({"event_id": id, "retried": true}))
+                }
+                Ok(Ok(false)) => text(
+                    StatusCode::NOT_FOUND,
+                    &format!("no dead-lettered event {id} on tunnel '{name}'"),
+                ),
+                _ => text(StatusCode::INTERNAL_SERVER_ERROR, "could not update the held-event store"),
+            }
+        }
+        (Method::DELETE, Some(id), None, 2) => {
+            let id2 = id.clone();
+            match tokio::task::spawn_blocking(move || h.drop_event(&n, &id2)).await {
+                Ok(Ok(true)) => json(&serde_json::json!({"event_id": id, "dropped": true})),
+                Ok(Ok(false)) => text(
+                    StatusCode::NOT_FOUND,
+                    &format!("no held event {id} on tunnel '{name}'"),
+                ),
+                _ => text(StatusCode::INTERNAL_SERVER_ERROR, "could not update the held-event store"),
+            }
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "whtunnel relay: GET /_whtunnel/held/<name>, POST .../<event-id>/retry, DELETE .../<event-id>",
+        ),
+    }
+}
+
+fn json(value: &serde_json::Value) -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(
+            Full::new(bytes::Bytes::from(value.to_string()))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
+        .expect("static response parts are valid")
+}
