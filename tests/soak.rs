@@ -56,7 +56,7 @@ const TAIL: Duration = Duration::from_secs(4);
 /// Each sender's rate range by default. Today's relay delivers held events
 /// one at a time and queues new ones behind them while it does, so a faster
 /// load outruns the drain in a debug build; `bench/soak.sh` runs 30-90.
-const DEFAULT_RATE: (u32, u32) = (10, 25);
+const DEFAULT_RATE: (u32, u32) = (8, 16);
 /// How long to keep waiting, past the drain bound, while late deliveries
 /// still arrive: tells a slow drain from a lost event.
 const LATE_WAIT: Duration = Duration::from_secs(600);
