@@ -7,7 +7,9 @@
 //! reported as [`CaptureEvent::NotStored`] and forwarding goes on.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -283,7 +285,7 @@ impl Recorder {
         if self.tx.send(Job::Close(done)).await.is_ok() {
             let _ = wait.await;
         }
-        let handle = self.thread.lock().ok().and_then(|mut h| h.take());
+        let handle = self.thread.lock().take();
         if let Some(h) = handle {
             // The thread has answered `done` and only drops the store now.
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
