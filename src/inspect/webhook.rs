@@ -198,13 +198,12 @@ pub fn signature_line(w: &WebhookInfo, theme: &Theme) -> Option<Line<'static>> {
             spans.push(Span::raw(provider.clone()));
         }
         (None, None) => {
-            if w.delivery_id.is_none() {
-                return None;
-            }
+            w.delivery_id.as_ref()?;
         }
     }
     if let Some(id) = &w.delivery_id {
-        spans.push(Span::styled(format!(" · delivery {id}"), theme.dim()));
+        let sep = if spans.is_empty() { "" } else { " · " };
+        spans.push(Span::styled(format!("{sep}delivery {id}"), theme.dim()));
     }
     Some(Line::from(spans))
 }
