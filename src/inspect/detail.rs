@@ -9,6 +9,7 @@ use ratatui::text::{Line, Span};
 use super::body::{body_lines, pair_lines, parse_urlencoded, BodyKind};
 use super::text::sanitize_line;
 use super::theme::Theme;
+use super::webhook::{signature_line, Budget, Mark};
 use crate::capture::{BodyData, CapturedBody, Exchange, Header};
 use crate::units::{fmt_duration, fmt_size};
 
@@ -126,6 +127,17 @@ pub fn detail_lines(ex: &Exchange, theme: &Theme, tz: FixedOffset) -> Vec<Line<'
         outcome.push(Span::styled(format!(" · {}", err.trim()), theme.error()));
     }
     out.push(Line::from(outcome));
+    // Why a signature check failed is the question asked most: next to the
+    // outcome, before any header.
+    if let Some(line) = signature_line(&ex.webhook, theme) {
+        out.push(line);
+    }
+    if let Some(b) = Budget::of(ex.webhook.provider.as_deref(), ex.duration_ms) {
+        out.push(b.meter(theme));
+        if b.mark() == Some(Mark::Over) {
+            out.push(Line::styled(format!("⌛ {}", b.gave_up()), theme.error()));
+        }
+    }
     if let Some(ev) = &ex.event {
         out.push(Line::from(vec![
             Span::styled("event: ", theme.dim()),

@@ -15,8 +15,9 @@
 //! details, `Esc`/`←`/`Backspace` back, `r` replay, `e` edit then replay
 //! (`Ctrl-S`/`F2` send, `Esc` cancel), `/` filter (`Enter` apply, `Esc`
 //! cancel; `Esc` in the list clears it), `?` help, `q`/`Ctrl-C` quit.
-//! Filter terms: `5xx`, `404`, `err`, `#12`, `body:text`, or text matched
-//! against method, path, event type and error.
+//! Filter terms: `5xx`, `404`, `err`, `#12`, `body:text`, `sig:invalid`,
+//! `provider:stripe`, or text matched against method, path, event type,
+//! provider and error.
 
 use tokio::sync::{broadcast, mpsc, watch};
 
@@ -32,6 +33,7 @@ pub mod state;
 pub mod terminal;
 pub mod text;
 pub mod theme;
+pub mod webhook;
 
 #[cfg(test)]
 mod tests;

@@ -16,6 +16,7 @@ use ratatui::Frame;
 use super::detail::{wrap_line, wrapped_height};
 use super::state::{App, Editor, Level, Row, RowKey, View};
 use super::text::{fit, fit_left, sanitize, sanitize_buffer};
+use super::webhook::{fmt_secs, gave_up_text, verdict_glyph, verdict_style, Budget, Mark};
 use crate::agent::ConnectionStatus;
 use crate::units::{fmt_duration, fmt_size};
 
@@ -165,6 +166,30 @@ fn id_width(max_id: i64) -> u16 {
     (digits + 1).max(3)
 }
 
+/// From this width on, the signature column names the provider.
+const WIDE: u16 = 120;
+/// Its width then: `✓ standard-webhooks`.
+const SIG_WIDE: u16 = 19;
+/// Indices of the columns drawn from the sender's side.
+const COL_MARK: usize = 6;
+const COL_SIG_GLYPH: usize = 8;
+const COL_SIG_WIDE: usize = 9;
+const COL_PATH: usize = 10;
+
+/// The timeout-budget mark of `row` (rows in progress by their running
+/// timer, so a slow handler is flagged before the sender gives up).
+fn budget_mark(app: &App, row: &Row) -> Option<Mark> {
+    Budget::of(row.summary.provider.as_deref(), row_ms(app, row))?.mark()
+}
+
+/// The duration shown for `row`: the running timer while in progress.
+fn row_ms(app: &App, row: &Row) -> f64 {
+    match row.since {
+        Some(since) => app.now.saturating_duration_since(since).as_secs_f64() * 1000.0,
+        None => row.summary.duration_ms,
+    }
+}
+
 fn columns(width: u16, id_w: u16) -> Vec<(usize, Col)> {
     let all = [
         Col {
@@ -198,9 +223,27 @@ fn columns(width: u16, id_w: u16) -> Vec<(usize, Col)> {
             min_term_width: 70,
         },
         Col {
+            title: "",
+            width: Constraint::Length(2),
+            min_term_width: 0,
+        },
+        // Below 90 columns the signature and budget marks matter more to
+        // a webhook developer than the body size (shown in the details).
+        Col {
             title: "SIZE",
             width: Constraint::Length(8),
-            min_term_width: 70,
+            min_term_width: 90,
+        },
+        // The signature: a glyph, and the provider when there is room.
+        Col {
+            title: "",
+            width: Constraint::Length(1),
+            min_term_width: 0,
+        },
+        Col {
+            title: "SIGNATURE",
+            width: Constraint::Length(SIG_WIDE),
+            min_term_width: WIDE,
         },
         Col {
             title: "PATH",
@@ -215,7 +258,8 @@ fn columns(width: u16, id_w: u16) -> Vec<(usize, Col)> {
     ];
     all.into_iter()
         .enumerate()
-        .filter(|(_, c)| width >= c.min_term_width)
+        // One signature column: the glyph alone, or glyph and provider.
+        .filter(|(i, c)| width >= c.min_term_width && !(*i == COL_SIG_GLYPH && width >= WIDE))
         .collect()
 }
 
@@ -224,7 +268,7 @@ fn row_cells(app: &App, row: &Row, cols: &[(usize, Col)], widths: &[u16]) -> Vec
     let s = &row.summary;
     cols.iter()
         .zip(widths)
-        .map(|((i, _), &w)| match i {
+        .map(|((i, _), &w)| match *i {
             0 => {
                 if row.not_stored.is_some() {
                     Cell::from(Span::styled("!", t.warn()))
@@ -264,11 +308,7 @@ fn row_cells(app: &App, row: &Row, cols: &[(usize, Col)], widths: &[u16]) -> Vec
             }
             5 => {
                 // Rows in progress show a running timer.
-                let ms = match row.since {
-                    Some(since) => app.now.saturating_duration_since(since).as_secs_f64() * 1000.0,
-                    None => s.duration_ms,
-                };
-                let text = fmt_duration(ms);
+                let text = fmt_duration(row_ms(app, row));
                 let style = if row.in_progress() {
                     t.heading()
                 } else {
@@ -276,9 +316,40 @@ fn row_cells(app: &App, row: &Row, cols: &[(usize, Col)], widths: &[u16]) -> Vec
                 };
                 Cell::from(Line::styled(text, style).alignment(Alignment::Right))
             }
-            6 if row.in_progress() => Cell::from(""),
-            6 => Cell::from(Line::from(fmt_size(s.request_size)).alignment(Alignment::Right)),
-            7 => Cell::from(fit(&s.path, usize::from(w))),
+            COL_MARK => match budget_mark(app, row) {
+                Some(m) => Cell::from(Span::styled(m.glyph(), m.style(t))),
+                None => Cell::from(""),
+            },
+            7 if row.in_progress() => Cell::from(""),
+            7 => Cell::from(Line::from(fmt_size(s.request_size)).alignment(Alignment::Right)),
+            COL_SIG_GLYPH | COL_SIG_WIDE => {
+                let mut spans = Vec::new();
+                if let Some(v) = s.signature {
+                    spans.push(Span::styled(verdict_glyph(v), verdict_style(t, v)));
+                }
+                if *i == COL_SIG_WIDE {
+                    let p = s.provider.as_deref().unwrap_or_default();
+                    let room = usize::from(w).saturating_sub(2);
+                    if s.signature.is_none() && !p.is_empty() {
+                        spans.push(Span::raw(" "));
+                    }
+                    if !p.is_empty() {
+                        spans.push(Span::styled(format!(" {}", fit(p, room)), t.dim()));
+                    }
+                }
+                Cell::from(Line::from(spans))
+            }
+            COL_PATH => match app.attempts.get(&row.key) {
+                Some(n) => {
+                    let mark = format!("↳ retry {n} ");
+                    let room = usize::from(w).saturating_sub(Span::raw(mark.as_str()).width());
+                    Cell::from(Line::from(vec![
+                        Span::styled(mark, t.warn()),
+                        Span::raw(fit(&s.path, room)),
+                    ]))
+                }
+                None => Cell::from(fit(&s.path, usize::from(w))),
+            },
             _ => Cell::from(Span::styled(
                 fit(s.event.as_deref().unwrap_or_default(), usize::from(w)),
                 t.json_key(),
@@ -430,6 +501,9 @@ fn draw_detail(frame: &mut Frame, app: &App, head: Rect, body: Rect) {
         Span::styled(format!(" #{}", d.id), t.heading()),
         Span::styled(summary, Style::new().add_modifier(Modifier::BOLD)),
     ];
+    if let Some(n) = app.attempts.get(&RowKey::Stored(d.id)) {
+        title.push(Span::styled(format!("  ↳ retry {n}"), t.warn()));
+    }
     if !replays.is_empty() {
         title.push(Span::styled(
             format!("  ↻ replayed as {}", replays.join(" ")),
@@ -561,6 +635,23 @@ fn draw_footer(frame: &mut Frame, app: &App, area: Rect) {
             Level::Error => t.error(),
         };
         spans.push(Span::styled(n.text.clone(), style));
+    } else if let Some(b) = app
+        .selected_row()
+        .filter(|_| app.view == View::List)
+        .and_then(|r| Budget::of(r.summary.provider.as_deref(), row_ms(app, r)))
+        .filter(|b| b.mark() == Some(Mark::Over))
+    {
+        // The selected exchange outlived its sender's patience: say what
+        // that means rather than the key hints.
+        spans.push(Span::styled(
+            format!(
+                "⌛ past {}'s {} timeout: {}",
+                b.provider.id(),
+                fmt_secs(b.timeout.as_secs_f64() * 1000.0),
+                gave_up_text(b.provider)
+            ),
+            t.error(),
+        ));
     } else {
         let hints = match app.view {
             View::List => "↑↓/jk move · ⏎ details · r replay · e edit · / filter · ? help · q quit",
@@ -591,8 +682,10 @@ pub const HELP: &[(&str, &str)] = &[
     ("5xx  404", "status class / status"),
     ("err", "failed or not stored"),
     ("#12", "exchange id"),
+    ("sig:invalid", "signature valid/invalid/unsigned/unchecked"),
+    ("provider:name", "sender (stripe, github, ...)"),
     ("body:text", "request or response body contains text"),
-    ("text", "method, path, event or error"),
+    ("text", "method, path, event, provider, error"),
 ];
 
 fn draw_help(frame: &mut Frame, app: &App, area: Rect) {

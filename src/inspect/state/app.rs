@@ -113,6 +113,17 @@ impl Row {
         }
     }
 
+    /// The delivery this row is an attempt of: its provider and the
+    /// provider's delivery id. Replays carry the same id but are ours, not
+    /// the sender's, so they belong to no delivery.
+    pub fn delivery(&self) -> Option<(&str, &str)> {
+        let s = &self.summary;
+        if s.replay_of.is_some() {
+            return None;
+        }
+        Some((s.provider.as_deref()?, s.delivery_id.as_deref()?))
+    }
+
     /// Whether the exchange is still in progress.
     pub fn in_progress(&self) -> bool {
         matches!(self.key, RowKey::Live(_))
@@ -282,6 +293,9 @@ pub struct App {
     /// A standing notice from the agent (app reachability, relay port
     /// fallback), shown in the status line; empty for none.
     pub banner: String,
+    /// Rows that are a sender's retry of an earlier row: their attempt
+    /// number (2 for the first retry), counted over all rows.
+    pub attempts: HashMap<RowKey, u32>,
     /// Colours.
     pub theme: Theme,
     /// Offset in which times are shown (local time at start-up; fixed in tests).
@@ -324,6 +338,7 @@ impl App {
             max_id: 0,
             last_poll: None,
             banner: String::new(),
+            attempts: HashMap::new(),
             theme,
             tz,
             now: Instant::now(),
@@ -414,11 +429,58 @@ impl App {
     }
 
     /// Recomputes `visible` and repairs the selection and scroll offset.
+    ///
+    /// Retries are grouped: rows of one delivery (same provider and
+    /// delivery id, see [`Row::delivery`]) are shown together, at the place
+    /// of the first attempt, each retry right below it in the order they
+    /// came (`↳ retry 2`, `↳ retry 3`). Grouped rather than collapsed, so
+    /// every attempt keeps its own row, status, duration and selection,
+    /// and nothing is hidden behind an extra key. The list stays newest
+    /// first between groups; a new retry therefore appears below its first
+    /// attempt, not at the top.
     pub(super) fn refilter(&mut self) {
-        self.visible = (0..self.rows.len())
+        self.attempts.clear();
+        let mut seen: HashMap<(&str, &str), u32> = HashMap::new();
+        for r in self.rows.iter().rev() {
+            if let Some(d) = r.delivery() {
+                let n = seen.entry(d).or_insert(0);
+                *n += 1;
+                if *n > 1 {
+                    self.attempts.insert(r.key, *n);
+                }
+            }
+        }
+        let flat: Vec<usize> = (0..self.rows.len())
             .filter(|&i| self.row_matches(&self.rows[i]))
             .collect();
+        self.visible = if self.attempts.is_empty() {
+            flat
+        } else {
+            // Each group's shown rows, newest first; the oldest is the anchor.
+            let mut groups: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+            for &i in &flat {
+                if let Some(d) = self.rows[i].delivery() {
+                    groups.entry(d).or_default().push(i);
+                }
+            }
+            let mut visible = Vec::with_capacity(flat.len());
+            for &i in &flat {
+                match self.rows[i].delivery().and_then(|d| groups.get(&d)) {
+                    Some(g) if g.last() == Some(&i) => visible.extend(g.iter().rev()),
+                    Some(_) => {}
+                    None => visible.push(i),
+                }
+            }
+            visible
+        };
         self.fix_selection();
+    }
+
+    /// Whether `row`, added as the newest, is a retry of a row already in
+    /// the list (and so is not shown at the top).
+    fn is_retry(&self, row: &Row) -> bool {
+        row.delivery()
+            .is_some_and(|d| self.rows.iter().any(|r| r.delivery() == Some(d)))
     }
 
     /// Puts the selection on the newest row when following (or when the
@@ -485,6 +547,12 @@ impl App {
             self.refilter();
             return search;
         }
+        if self.is_retry(&row) {
+            self.rows.push_front(row);
+            self.rows.truncate(MAX_ROWS);
+            self.refilter();
+            return search;
+        }
         // Incremental, not a full refilter: bursts of arrivals must stay
         // cheap with thousands of rows and a filter applied.
         let shown = self.row_matches(&row);
@@ -497,8 +565,13 @@ impl App {
         }
         if self.rows.len() > MAX_ROWS {
             self.rows.truncate(MAX_ROWS);
-            while self.visible.last().is_some_and(|&i| i >= MAX_ROWS) {
-                self.visible.pop();
+            if self.attempts.is_empty() {
+                while self.visible.last().is_some_and(|&i| i >= MAX_ROWS) {
+                    self.visible.pop();
+                }
+            } else {
+                // A group's first attempt may be gone: number and place anew.
+                self.refilter();
             }
         }
         // Keep a user who scrolled away looking at the same rows, and tell

@@ -3,6 +3,7 @@
 
 use super::app::{Row, RowKey};
 use crate::capture::ExchangeId;
+use crate::verify::Verdict;
 
 /// Does `row` match the filter `filter`? Whitespace-separated terms must all
 /// match (case-insensitive). A term matches:
@@ -10,9 +11,12 @@ use crate::capture::ExchangeId;
 /// - `err` / `error`: failed exchanges (no status once finished, an error,
 ///   or not stored);
 /// - `#12`: the exchange id;
+/// - `sig:invalid` (`valid`, `unsigned`, `unchecked`): the signature verdict;
+/// - `provider:stripe`: the provider id (exactly, any case);
 /// - `body:text`: not decided here (the store is searched, see
 ///   [`App::row_matches`](super::App::row_matches)); counts as a match;
-/// - anything else: a substring of the method, path, event type or error.
+/// - anything else: a substring of the method, path, event type, provider
+///   or error.
 ///
 /// Allocation-free: it runs for every row on each filter keystroke.
 pub fn matches(filter: &str, row: &Row) -> bool {
@@ -34,6 +38,17 @@ pub fn matches(filter: &str, row: &Row) -> bool {
                 || s.error.is_some()
                 || row.not_stored.is_some();
         }
+        if let Some(v) = prefixed(t, "sig:") {
+            return s
+                .signature
+                .is_some_and(|x| x.as_str().eq_ignore_ascii_case(v));
+        }
+        if let Some(p) = prefixed(t, "provider:") {
+            return s
+                .provider
+                .as_deref()
+                .is_some_and(|x| x.eq_ignore_ascii_case(p));
+        }
         if let Some(n) = t.strip_prefix('#') {
             if let Ok(id) = n.parse::<ExchangeId>() {
                 return row.key == RowKey::Stored(id);
@@ -43,7 +58,30 @@ pub fn matches(filter: &str, row: &Row) -> bool {
         contains(&s.method)
             || contains(&s.path)
             || s.event.as_deref().is_some_and(contains)
+            || s.provider.as_deref().is_some_and(contains)
             || s.error.as_deref().is_some_and(contains)
+    })
+}
+
+/// The rest of `term` after `prefix` (ASCII case-insensitive).
+fn prefixed<'a>(term: &'a str, prefix: &str) -> Option<&'a str> {
+    term.get(..prefix.len())
+        .filter(|p| p.eq_ignore_ascii_case(prefix))
+        .map(|_| &term[prefix.len()..])
+}
+
+/// A `sig:` term whose value is not a verdict, for a one-line warning
+/// (such a term matches nothing).
+pub fn bad_sig_term(filter: &str) -> Option<&str> {
+    filter.split_whitespace().find_map(|t| {
+        let v = prefixed(t, "sig:")?;
+        let known = [
+            Verdict::Valid,
+            Verdict::Invalid,
+            Verdict::Unsigned,
+            Verdict::Unchecked,
+        ];
+        (!known.iter().any(|k| k.as_str().eq_ignore_ascii_case(v))).then_some(v)
     })
 }
 

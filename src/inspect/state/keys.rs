@@ -5,7 +5,7 @@
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use super::app::{body_height, App, Editor, Level, View};
-use super::filter::body_term;
+use super::filter::{bad_sig_term, body_term};
 use super::update::Effect;
 use crate::capture::ReplayRequest;
 use crate::inspect::body::pretty_json;
@@ -56,6 +56,15 @@ fn on_filter_key(app: &mut App, key: KeyEvent) -> Vec<Effect> {
                 vec![]
             };
             app.refilter();
+            if let Some(v) = bad_sig_term(&app.filter) {
+                let v = crate::inspect::text::sanitize(v).into_owned();
+                app.notify(
+                    Level::Warn,
+                    format!(
+                        "sig:{v} matches nothing: verdicts are valid, invalid, unsigned, unchecked"
+                    ),
+                );
+            }
             return fx;
         }
         KeyCode::Esc => {

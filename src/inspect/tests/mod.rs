@@ -6,3 +6,4 @@ mod live;
 mod render;
 mod session;
 mod update;
+mod webhook;
