@@ -123,6 +123,10 @@ pub struct ListenConfig {
     /// The data directory: spilled bodies, and the embedded relay's held
     /// events (in `relay/` below it).
     pub data_dir: PathBuf,
+    /// The `[[webhook]]` rules: each recorded exchange gets its sender and
+    /// signature verdict by them (or by recognition when none matches).
+    /// Empty leaves a [`Capture::Recorder`]'s own rules in place.
+    pub webhooks: crate::verify::Rules,
 }
 
 impl ListenConfig {
@@ -142,6 +146,7 @@ impl ListenConfig {
             host_header: HostHeader::Preserve,
             capture: Capture::Store(StoreConfig::new(data_dir.clone())),
             data_dir,
+            webhooks: Default::default(),
         }
     }
 }
@@ -210,6 +215,10 @@ impl Listener {
                 (Some(r.clone()), Some(r))
             }
         };
+        // A recorder handed in may have been given its rules by its owner.
+        if let Some(r) = recorder.as_ref().filter(|_| !config.webhooks.is_empty()) {
+            r.set_webhook_rules(config.webhooks.clone());
+        }
         let (embedded, relay_url, token, tls) = match config.relay {
             RelayChoice::Remote { url, token, tls } => (None, url, token, tls),
             RelayChoice::Embedded { listen } => {
@@ -331,7 +340,24 @@ impl Listener {
             app_state,
         } = self;
         drop(app_state);
-        drop((status_rx, replay_tx));
+        drop(replay_tx);
+        // Signatures over the URL the sender used (Square, Twilio) need the
+        // tunnel's public URL, known once connected.
+        let public_url = forwarder.recorder().cloned().map(|recorder| {
+            let mut status = status_rx;
+            tokio::spawn(async move {
+                loop {
+                    if let ConnectionStatus::Connected { public_url, .. } =
+                        &*status.borrow_and_update()
+                    {
+                        recorder.set_public_url(Some(public_url.clone()));
+                    }
+                    if status.changed().await.is_err() {
+                        break;
+                    }
+                }
+            })
+        });
         // The embedded relay stops with the agent, not before it: in-flight
         // exchanges drain through it.
         let relay_stop = CancellationToken::new();
@@ -360,6 +386,9 @@ impl Listener {
         let result = super::run(agent, forwarder.clone(), status_tx, shutdown).await;
 
         if let Some(task) = replays {
+            task.abort();
+        }
+        if let Some(task) = public_url {
             task.abort();
         }
         if forwarder.recorder().is_some() {
