@@ -183,3 +183,121 @@ async fn a_recognised_sender_without_a_rule_is_unchecked_and_a_stranger_stays_nu
     rec.close().await;
     relay.stop().await;
 }
+
+/// `whtunnel listen` with only a `whtunnel.toml`: the target, the routes and
+/// the webhook rules all come from the file.
+#[tokio::test]
+async fn listen_takes_target_routes_and_rules_from_whtunnel_toml() {
+    let default_app = App::start().await;
+    let api_app = App::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("whtunnel.toml");
+    write_file(
+        &config,
+        &format!(
+            "[listen]\ntarget = {}\n\n[[route]]\npath = \"/api/\"\ntarget = \"{}\"\n\n\
+             [[webhook]]\npath = \"/webhooks/stripe\"\nprovider = \"stripe\"\nsecret_env = \"SIG_TEST_SECRET\"\n",
+            default_app.addr.port(),
+            api_app.addr,
+        ),
+    );
+    let data = dir.path().join("data");
+    let mut listen = common::process::Spawn::listen_with(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &data,
+    )
+    .env("SIG_TEST_SECRET", SECRET)
+    .start()
+    .await;
+    let base = listen.public_url.clone();
+    let sig = stripe_signature(BODY, SystemTime::now());
+    let (s1, _, _) = send(Method::POST, &format!("{base}/api/orders"), &[], "a").await;
+    let (s2, _, _) = send(Method::POST, &format!("{base}/other"), &[], "b").await;
+    let (s3, _, _) = send(
+        Method::POST,
+        &format!("{base}/webhooks/stripe"),
+        &[
+            ("stripe-signature", &sig),
+            ("content-type", "application/json"),
+        ],
+        BODY,
+    )
+    .await;
+    assert_eq!(
+        (s1, s2, s3),
+        (StatusCode::OK, StatusCode::OK, StatusCode::OK)
+    );
+    // The longest matching [[route]] took /api/, the default the rest.
+    let api: Vec<String> = api_app.seen().iter().map(|s| s.uri.clone()).collect();
+    let default: Vec<String> = default_app.seen().iter().map(|s| s.uri.clone()).collect();
+    assert_eq!(api, ["/api/orders"]);
+    assert_eq!(default, ["/other", "/webhooks/stripe"]);
+    // One log line per exchange: all three recorded once these are printed.
+    for _ in 0..3 {
+        listen.next_line().await;
+    }
+    listen.stop().await;
+    let (code, out, err) = whtunnel(&[
+        "requests",
+        "list",
+        "--json",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let rows: Value = serde_json::from_str(&out).unwrap();
+    let stripe = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["path"] == "/webhooks/stripe")
+        .unwrap();
+    assert_eq!(stripe["signature"], "valid", "{stripe}");
+}
+
+#[tokio::test]
+async fn listen_config_errors_are_one_line_naming_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let bad = dir.path().join("bad.toml");
+    write_file(
+        &bad,
+        "[listen]\ntarget = 3000\n\n[[webhook]]\npath = \"/w\"\nprovider = \"nope\"\n",
+    );
+    let (code, _, err) = whtunnel(&[
+        "listen",
+        "--config",
+        bad.to_str().unwrap(),
+        "--no-tui",
+        "--data-dir",
+        data,
+    ])
+    .await;
+    assert_ne!(code, 0);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("bad.toml:6"), "{err}");
+    assert!(err.contains("webhook.provider"), "{err}");
+
+    // Neither TARGET nor [listen] target: says how to give one.
+    let empty = dir.path().join("empty.toml");
+    write_file(&empty, "[listen]\nname = \"x\"\n");
+    let (code, _, err) = whtunnel(&[
+        "listen",
+        "--config",
+        empty.to_str().unwrap(),
+        "--no-tui",
+        "--data-dir",
+        data,
+    ])
+    .await;
+    assert_ne!(code, 0);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("no target"), "{err}");
+}

@@ -127,6 +127,9 @@ pub struct ListenConfig {
     /// signature verdict by them (or by recognition when none matches).
     /// Empty leaves a [`Capture::Recorder`]'s own rules in place.
     pub webhooks: crate::verify::Rules,
+    /// `[[route]]`s: requests below a path prefix go to another local
+    /// target (longest prefix wins; `target` takes the rest).
+    pub routes: Vec<(String, Target)>,
 }
 
 impl ListenConfig {
@@ -147,6 +150,7 @@ impl ListenConfig {
             capture: Capture::Store(StoreConfig::new(data_dir.clone())),
             data_dir,
             webhooks: Default::default(),
+            routes: Vec::new(),
         }
     }
 }
@@ -233,6 +237,8 @@ impl Listener {
         let body_limits = BodyLimits::new(config.data_dir.join("spill"));
         let forwarder = Forwarder::new(ForwarderConfig {
             target: config.target,
+            routes: config.routes,
+            webhooks: Arc::new(config.webhooks),
             host_header: config.host_header,
             recorder,
             body_limits,
