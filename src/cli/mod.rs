@@ -569,6 +569,9 @@ mod tests {
         .unwrap();
         Cli::try_parse_from(["whtunnel", "requests", "show", "3", "--json"]).unwrap();
         Cli::try_parse_from(["whtunnel", "replay", "3", "--to", "http://localhost:4000"]).unwrap();
-        assert!(Cli::try_parse_from(["whtunnel", "listen"]).is_err());
+        // TARGET may come from whtunnel.toml: its absence is checked once
+        // the file is read.
+        Cli::try_parse_from(["whtunnel", "listen", "--config", "w.toml"]).unwrap();
+        assert!(Cli::try_parse_from(["whtunnel", "listen", "3000", "4000"]).is_err());
     }
 }
