@@ -238,9 +238,15 @@ async fn listen_takes_target_routes_and_rules_from_whtunnel_toml() {
     assert_eq!(api, ["/api/orders"]);
     assert_eq!(default, ["/other", "/webhooks/stripe"]);
     // One log line per exchange: all three recorded once these are printed.
+    let mut lines = Vec::new();
     for _ in 0..3 {
-        listen.next_line().await;
+        lines.push(listen.next_line().await);
     }
+    let stripe_line = lines
+        .iter()
+        .find(|l| l.contains("/webhooks/stripe"))
+        .unwrap();
+    assert!(stripe_line.contains("\u{2713} stripe"), "{stripe_line}");
     listen.stop().await;
     let (code, out, err) = whtunnel(&[
         "requests",
