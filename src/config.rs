@@ -242,6 +242,15 @@ impl Config {
         longest(&self.routes, path, |r| &r.path)
     }
 
+    /// The `[[webhook]]` rules as the agent judges and re-signs by them.
+    pub fn webhook_rules(&self) -> crate::verify::Rules {
+        crate::verify::Rules::new(
+            self.webhooks
+                .iter()
+                .map(|w| (w.path.clone(), w.rule.clone())),
+        )
+    }
+
     /// The `[[webhook]]` with the longest prefix covering `path`.
     pub fn webhook_for(&self, path: &str) -> Option<&Webhook> {
         longest(&self.webhooks, path, |w| &w.path)

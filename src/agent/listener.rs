@@ -126,6 +126,13 @@ pub struct ListenConfig {
     /// The data directory: spilled bodies, and the embedded relay's held
     /// events (in `relay/` below it).
     pub data_dir: PathBuf,
+    /// The `[[webhook]]` rules: each recorded exchange gets its sender and
+    /// signature verdict by them (or by recognition when none matches).
+    /// Empty leaves a [`Capture::Recorder`]'s own rules in place.
+    pub webhooks: crate::verify::Rules,
+    /// `[[route]]`s: requests below a path prefix go to another local
+    /// target (longest prefix wins; `target` takes the rest).
+    pub routes: Vec<(String, Target)>,
 }
 
 impl ListenConfig {
@@ -146,6 +153,8 @@ impl ListenConfig {
             host_header: HostHeader::Preserve,
             capture: Capture::Store(StoreConfig::new(data_dir.clone())),
             data_dir,
+            webhooks: Default::default(),
+            routes: Vec::new(),
         }
     }
 }
@@ -214,6 +223,10 @@ impl Listener {
                 (Some(r.clone()), Some(r))
             }
         };
+        // A recorder handed in may have been given its rules by its owner.
+        if let Some(r) = recorder.as_ref().filter(|_| !config.webhooks.is_empty()) {
+            r.set_webhook_rules(config.webhooks.clone());
+        }
         let (embedded, relay_url, token, tls) = match config.relay {
             RelayChoice::Remote { url, token, tls } => (None, url, token, tls),
             RelayChoice::Embedded { listen } => {
@@ -230,6 +243,8 @@ impl Listener {
         let body_limits = BodyLimits::new(config.data_dir.join("spill"));
         let forwarder = Forwarder::new(ForwarderConfig {
             target: config.target,
+            routes: config.routes,
+            webhooks: Arc::new(config.webhooks),
             host_header: config.host_header,
             recorder,
             body_limits,
@@ -338,7 +353,24 @@ impl Listener {
             app_state,
         } = self;
         drop(app_state);
-        drop((status_rx, replay_tx));
+        drop(replay_tx);
+        // Signatures over the URL the sender used (Square, Twilio) need the
+        // tunnel's public URL, known once connected.
+        let public_url = forwarder.recorder().cloned().map(|recorder| {
+            let mut status = status_rx;
+            tokio::spawn(async move {
+                loop {
+                    if let ConnectionStatus::Connected { public_url, .. } =
+                        &*status.borrow_and_update()
+                    {
+                        recorder.set_public_url(Some(public_url.clone()));
+                    }
+                    if status.changed().await.is_err() {
+                        break;
+                    }
+                }
+            })
+        });
         // The embedded relay stops with the agent, not before it: in-flight
         // exchanges drain through it.
         let relay_stop = CancellationToken::new();
@@ -367,6 +399,9 @@ impl Listener {
         let result = super::run(agent, forwarder.clone(), status_tx, shutdown).await;
 
         if let Some(task) = replays {
+            task.abort();
+        }
+        if let Some(task) = public_url {
             task.abort();
         }
         if forwarder.recorder().is_some() {

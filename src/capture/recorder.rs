@@ -18,6 +18,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::model::{BodyData, Exchange, ExchangeId, ExchangeSummary};
 use super::store::{Store, StoreError};
+use crate::verify::{RequestView, Rules};
 
 /// Default capacity of the recorder's queue.
 pub const DEFAULT_QUEUE: usize = 1024;
@@ -86,6 +87,61 @@ pub struct Recorder {
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     /// The last live number handed out by [`Recorder::started`].
     live: Arc<AtomicU64>,
+    /// What the writer judges signatures by.
+    webhooks: Arc<parking_lot::RwLock<Webhooks>>,
+}
+
+/// What the writer judges each exchange's sender and signature by.
+#[derive(Debug, Clone, Default)]
+struct Webhooks {
+    rules: Arc<Rules>,
+    /// The tunnel's public URL: Square and Twilio sign the URL the sender
+    /// used, not the local one.
+    public_url: Option<String>,
+}
+
+/// Bodies up to this size are read back from their spill file to check
+/// their signature (a body over the relay's limit never arrives whole).
+const MAX_VERIFY_LEN: u64 = crate::units::DEFAULT_MAX_BODY;
+
+/// Fills `ex.webhook` (provider, delivery id, signature verdict) and the
+/// event type from the sender's own place for it. Runs on the writer
+/// thread: it may read a spilled body. The bytes are read as captured,
+/// never rewritten; a body not kept in full is not judged.
+fn judge(ex: &mut Exchange, hooks: &Webhooks) {
+    if ex.webhook != Default::default() || ex.request.body.truncated {
+        return;
+    }
+    let path = ex.request.path.as_str();
+    let rule_matches = hooks.rules.for_path(path).is_some();
+    let spilled;
+    let body: &[u8] = match &ex.request.body.data {
+        BodyData::Empty => &[],
+        BodyData::Memory(b) => b,
+        BodyData::File(p) if ex.request.body.total_len <= MAX_VERIFY_LEN => {
+            match std::fs::read(p) {
+                Ok(b) => {
+                    spilled = b;
+                    &spilled
+                }
+                Err(_) => return,
+            }
+        }
+        BodyData::File(_) => return,
+    };
+    // Recognition alone parses the body: only a rule justifies big ones.
+    if !rule_matches && body.len() > super::event::MAX_DETECT_LEN {
+        return;
+    }
+    let headers = &ex.request.headers;
+    let probe = RequestView::new(&ex.request.method, "", headers, body);
+    let url = crate::verify::rules::public_url_for(hooks.public_url.as_deref(), &probe, path);
+    let view = RequestView::new(&ex.request.method, &url, headers, body);
+    let judged = hooks.rules.judge(path, &view, ex.received_at.into());
+    ex.webhook = judged.webhook;
+    if ex.event.is_none() {
+        ex.event = judged.event;
+    }
 }
 
 /// Bodies up to this size get their event type recognised even on the
@@ -163,18 +219,33 @@ impl Recorder {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let ev = events.clone();
+        let webhooks: Arc<parking_lot::RwLock<Webhooks>> = Arc::default();
+        let hooks = webhooks.clone();
         // A dedicated OS thread: SQLite calls block, and must never run on
         // the tokio runtime's workers.
         let thread = std::thread::Builder::new()
             .name("whtunnel-capture".into())
-            .spawn(move || writer(store, rx, ev))
+            .spawn(move || writer(store, rx, ev, hooks))
             .expect("spawn capture writer thread");
         Self {
             tx,
             events,
             thread: Arc::new(Mutex::new(Some(thread))),
             live: Arc::default(),
+            webhooks,
         }
+    }
+
+    /// Judges the senders and signatures of exchanges recorded from now on
+    /// by `rules` (recognition without a rule applies always).
+    pub fn set_webhook_rules(&self, rules: Rules) {
+        self.webhooks.write().rules = Arc::new(rules);
+    }
+
+    /// The tunnel's public URL (`http://relay/t/NAME`), once known: the URL
+    /// a sender signs for Square and Twilio is it plus the request's path.
+    pub fn set_public_url(&self, url: Option<String>) {
+        self.webhooks.write().public_url = url;
     }
 
     /// Announces an exchange the forwarder is starting (it received at
@@ -295,7 +366,12 @@ impl Recorder {
 
 /// The writer loop: take one job (blocking), then everything else already
 /// queued, and store it as one batch.
-fn writer(mut store: Store, mut rx: mpsc::Receiver<Job>, events: broadcast::Sender<CaptureEvent>) {
+fn writer(
+    mut store: Store,
+    mut rx: mpsc::Receiver<Job>,
+    events: broadcast::Sender<CaptureEvent>,
+    hooks: Arc<parking_lot::RwLock<Webhooks>>,
+) {
     let mut closing: Option<oneshot::Sender<()>> = None;
     let mut last_commit: Option<std::time::Instant> = None;
     while closing.is_none() {
@@ -329,12 +405,12 @@ fn writer(mut store: Store, mut rx: mpsc::Receiver<Job>, events: broadcast::Send
                     batch.push((ex, reply));
                 }
                 if batch.len() >= MAX_BATCH {
-                    store_batch(&mut store, std::mem::take(&mut batch), &events);
+                    store_batch(&mut store, std::mem::take(&mut batch), &events, &hooks);
                 }
             }
         }
         let full = batch.len() >= MAX_BATCH;
-        store_batch(&mut store, batch, &events);
+        store_batch(&mut store, batch, &events, &hooks);
         last_commit = (!full).then(std::time::Instant::now);
         // Answered only now, so every record queued before them is visible.
         for (id, reply) in lookups {
@@ -345,7 +421,7 @@ fn writer(mut store: Store, mut rx: mpsc::Receiver<Job>, events: broadcast::Send
     rx.close();
     while let Ok(job) = rx.try_recv() {
         if let Job::Record { ex, reply, .. } = job {
-            store_batch(&mut store, vec![(ex, reply)], &events);
+            store_batch(&mut store, vec![(ex, reply)], &events, &hooks);
         }
     }
     drop(store);
@@ -367,13 +443,16 @@ fn store_batch(
     store: &mut Store,
     batch: Vec<(Box<Exchange>, Reply)>,
     events: &broadcast::Sender<CaptureEvent>,
+    hooks: &parking_lot::RwLock<Webhooks>,
 ) {
     if batch.is_empty() {
         return;
     }
     let (mut exs, replies): (Vec<Exchange>, Vec<Reply>) =
         batch.into_iter().map(|(ex, reply)| (*ex, reply)).unzip();
+    let hooks = hooks.read().clone();
     for ex in exs.iter_mut() {
+        judge(ex, &hooks);
         fill_event(ex, true);
     }
     let results = match store.insert_batch(&exs) {

@@ -103,7 +103,11 @@ pub(crate) struct DataDirArg {
 #[derive(Args, Debug)]
 pub(crate) struct ListenArgs {
     /// Where to forward: a port (3000), host:port, or a URL (http://localhost:3000/base).
-    pub(crate) target: String,
+    /// Optional when whtunnel.toml has [listen] target.
+    pub(crate) target: Option<String>,
+    /// The project config file [default: WHTUNNEL_CONFIG, else the nearest whtunnel.toml].
+    #[arg(long)]
+    pub(crate) config: Option<PathBuf>,
     /// Relay base URL, http(s):// or ws(s)://. Without it an embedded relay runs in this process.
     #[arg(long, env = "WHTUNNEL_RELAY")]
     pub(crate) relay: Option<String>,

@@ -188,6 +188,9 @@ pub fn log_line(s: &capture::ExchangeSummary, not_stored: Option<&str>) -> Strin
     if let Some(e) = &s.event {
         out.push_str(&format!(" {}", line(e)));
     }
+    if let Some(v) = signature_mark(s) {
+        out.push_str(&format!(" {}", line(&v)));
+    }
     if let Some(id) = s.replay_of {
         out.push_str(&format!(" (replay of #{id})"));
     }
@@ -201,4 +204,49 @@ pub fn log_line(s: &capture::ExchangeSummary, not_stored: Option<&str>) -> Strin
         out.push_str(&format!(" [not stored: {}]", line(reason)));
     }
     out
+}
+
+/// The signature verdict for the log line: `✓ stripe`, `✗ stripe`,
+/// `unsigned stripe`, `unchecked stripe`; `None` when nothing was checked.
+fn signature_mark(s: &capture::ExchangeSummary) -> Option<String> {
+    use crate::verify::Verdict;
+    let mark = match s.signature? {
+        Verdict::Valid => "\u{2713}",
+        Verdict::Invalid => "\u{2717}",
+        Verdict::Unsigned => "unsigned",
+        Verdict::Unchecked => "unchecked",
+    };
+    Some(match &s.provider {
+        Some(p) => format!("{mark} {p}"),
+        None => mark.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verify::Verdict;
+
+    #[test]
+    fn the_log_line_carries_the_verdict_escaped() {
+        let mut ex = crate::capture::Exchange::default();
+        ex.request.method = "POST".into();
+        ex.request.path = "/webhooks/stripe".into();
+        let mut s = ex.summary();
+        assert!(!log_line(&s, None).contains('\u{2713}'));
+        s.provider = Some("stripe".into());
+        s.signature = Some(Verdict::Valid);
+        assert!(
+            log_line(&s, None).contains(" \u{2713} stripe"),
+            "{}",
+            log_line(&s, None)
+        );
+        s.signature = Some(Verdict::Invalid);
+        assert!(log_line(&s, None).contains(" \u{2717} stripe"));
+        s.signature = Some(Verdict::Unsigned);
+        assert!(log_line(&s, None).contains(" unsigned stripe"));
+        // A provider id comes from the store: escaped like the rest.
+        s.provider = Some("evil\x1b[2J".into());
+        assert!(!log_line(&s, None).contains('\x1b'));
+    }
 }

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{self, Capture, ConnectionStatus, ListenConfig, Listener, RelayChoice};
 use crate::capture::{self, BodyLimits, Recorder, Store, StoreConfig};
+use crate::config::layered;
 use crate::forward::{Forwarder, ForwarderConfig, HostHeader, Target};
 use crate::relay::{Caps, Relay, RelayConfig, Tokens};
 use crate::tunnel::tls;
@@ -221,8 +222,36 @@ async fn relay(args: RelayArgs) -> Result<()> {
     Ok(())
 }
 
-async fn listen(args: ListenArgs) -> Result<()> {
-    let target: Target = args.target.parse()?;
+async fn listen(mut args: ListenArgs) -> Result<()> {
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let file = crate::config::Config::from_cli(args.config.as_deref(), &cwd)?;
+    // A flag (or, for the relay, its environment variable: clap merged
+    // them), then the file.
+    let target = match layered(args.target.take(), None, file.listen.target.clone()) {
+        Some((t, _)) => t,
+        None => bail!(
+            "no target: pass TARGET (a port like 3000, host:port or a URL), \
+             or set [listen] target in whtunnel.toml"
+        ),
+    };
+    let target: Target = target.parse()?;
+    args.relay = layered(args.relay.take(), None, file.listen.relay.clone()).map(|(r, _)| r);
+    args.name = layered(args.name.take(), None, file.listen.name.clone()).map(|(n, _)| n);
+    let routes = file
+        .routes
+        .iter()
+        .map(|r| {
+            let file_name = file
+                .path
+                .as_deref()
+                .unwrap_or(Path::new(crate::config::FILE_NAME));
+            let t: Target = r
+                .target
+                .parse()
+                .map_err(|e| anyhow!("{}: route.target: {e}", file_name.display()))?;
+            Ok((r.path.clone(), t))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let dir = resolve_data_dir(&args.data_dir)?;
     let open_dir = ensure_private_dir(&dir)?;
     let _lock = lock_data_dir(&dir)?;
@@ -234,6 +263,8 @@ async fn listen(args: ListenArgs) -> Result<()> {
         init_logging(None, "warn");
     }
     let mut config = ListenConfig::new(target.clone(), name, dir.clone());
+    config.routes = routes;
+    config.webhooks = file.webhook_rules();
     if let Some(url) = &args.relay {
         let token = args
             .token
@@ -461,6 +492,8 @@ async fn replay(args: ReplayArgs) -> Result<()> {
     let recorder = Recorder::spawn(store);
     let forwarder = Forwarder::new(ForwarderConfig {
         target: target.clone(),
+        routes: Vec::new(),
+        webhooks: Default::default(),
         host_header: HostHeader::Preserve,
         recorder: Some(recorder.clone()),
         body_limits: limits,
@@ -547,6 +580,9 @@ mod tests {
         .unwrap();
         Cli::try_parse_from(["whtunnel", "requests", "show", "3", "--json"]).unwrap();
         Cli::try_parse_from(["whtunnel", "replay", "3", "--to", "http://localhost:4000"]).unwrap();
-        assert!(Cli::try_parse_from(["whtunnel", "listen"]).is_err());
+        // TARGET may come from whtunnel.toml: its absence is checked once
+        // the file is read.
+        Cli::try_parse_from(["whtunnel", "listen", "--config", "w.toml"]).unwrap();
+        assert!(Cli::try_parse_from(["whtunnel", "listen", "3000", "4000"]).is_err());
     }
 }

@@ -57,6 +57,11 @@ const HELD_RESPONSE_MAX: usize = crate::units::DEFAULT_MAX_BODY as usize;
 pub struct ForwarderConfig {
     /// Where requests go.
     pub target: Target,
+    /// Other targets by path prefix below the tunnel (`[[route]]`): the
+    /// longest matching prefix wins, `target` takes the rest.
+    pub routes: Vec<(String, Target)>,
+    /// The `[[webhook]]` rules replays are re-signed by.
+    pub webhooks: Arc<crate::verify::Rules>,
     /// Host header policy.
     pub host_header: HostHeader,
     /// Where exchanges are recorded; `None` records nothing.
@@ -143,6 +148,18 @@ impl Forwarder {
         &self.inner.config.target
     }
 
+    /// The target a request to `path` goes to: the `[[route]]` with the
+    /// longest prefix covering it, else the default target.
+    pub fn target_for(&self, path: &str) -> &Target {
+        self.inner
+            .config
+            .routes
+            .iter()
+            .filter(|(prefix, _)| crate::config::prefix_matches(prefix, path))
+            .max_by_key(|(prefix, _)| prefix.trim_end_matches('/').len())
+            .map_or(&self.inner.config.target, |(_, t)| t)
+    }
+
     /// The recorder, if capture is on.
     pub fn recorder(&self) -> Option<&Recorder> {
         self.inner.config.recorder.as_ref()
@@ -224,7 +241,7 @@ impl Forwarder {
 
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
-        self.apply_host(&mut headers, meta.host.as_deref());
+        self.apply_host(&mut headers, meta.host.as_deref(), &path);
         add_forwarded(&mut headers, &meta);
 
         let mut out = Outgoing {
@@ -258,10 +275,10 @@ impl Forwarder {
         self.deliver_held(event_id, attempt, out).await
     }
 
-    fn apply_host(&self, headers: &mut HeaderMap, original: Option<&str>) {
+    fn apply_host(&self, headers: &mut HeaderMap, original: Option<&str>, path: &str) {
         let value = match &self.inner.config.host_header {
             HostHeader::Preserve => original.and_then(|h| HeaderValue::from_str(h).ok()),
-            HostHeader::Rewrite => HeaderValue::from_str(self.target().authority()).ok(),
+            HostHeader::Rewrite => HeaderValue::from_str(self.target_for(path).authority()).ok(),
             HostHeader::Value(v) => Some(v.clone()),
         };
         match value {
@@ -295,7 +312,8 @@ impl Forwarder {
         // Without capture nothing is recorded: the exchange is in flight
         // until this call returns.
         let _busy = cfg.recorder.is_none().then(|| pending.busy.take());
-        let Ok(uri) = self.target().uri_for(&path) else {
+        let target = self.target_for(&path);
+        let Ok(uri) = target.uri_for(&path) else {
             let resp = error_response(
                 StatusCode::BAD_REQUEST,
                 AgentError::BadRequest,
@@ -335,7 +353,7 @@ impl Forwarder {
             armed: cfg.recorder.clone().map(|recorder| Recording {
                 recorder,
                 pending,
-                target: self.target().to_string(),
+                target: target.to_string(),
                 request_body,
                 live,
             }),
@@ -393,7 +411,7 @@ impl Forwarder {
                 if let Some(unread) = unread {
                     read_unread(unread, deadline).await;
                 }
-                let reason = describe_client_error(&e, self.target());
+                let reason = describe_client_error(&e, target);
                 // Refused tells "app down" from a handler failing on this
                 // one request: the relay dead-letters only the latter.
                 let kind = if e.is_connect() {
@@ -405,7 +423,7 @@ impl Forwarder {
                 (resp, Outcome::AppUnreachable, reason)
             }
             Err(_) => {
-                let (resp, reason) = timeout_response(self.target(), timeout);
+                let (resp, reason) = timeout_response(target, timeout);
                 (resp, Outcome::AppTimeout, reason)
             }
         };

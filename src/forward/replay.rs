@@ -132,7 +132,7 @@ impl Forwarder {
         if !body.is_empty() || method_expects_body(&method) {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         }
-        self.apply_host(&mut headers, original_host.as_deref());
+        self.apply_host(&mut headers, original_host.as_deref(), &path);
         let pending = Pending {
             received_at: Utc::now(),
             started,

@@ -16,6 +16,7 @@ pub mod asym;
 pub mod hmac;
 pub mod presets;
 pub mod recognise;
+pub mod rules;
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -25,6 +26,7 @@ use sha2::Digest as _;
 
 pub use presets::Provider;
 pub use recognise::{recognise, Recognised};
+pub use rules::{Judgement, Rules};
 
 use crate::capture::model::Header;
 

@@ -90,8 +90,16 @@ impl Spawn {
     /// `whtunnel listen <target> --no-tui --data-dir <data_dir>`; its log
     /// (stderr) goes to the test's output unless [`Spawn::quiet`].
     pub fn listen(target: &str, data_dir: &Path) -> Spawn {
+        Spawn::listen_with(&[target], data_dir)
+    }
+
+    /// `whtunnel listen <args> --no-tui --data-dir <data_dir>`: no TARGET
+    /// when a config file gives one.
+    pub fn listen_with(args: &[&str], data_dir: &Path) -> Spawn {
         let mut cmd = Command::new(bin());
-        cmd.args(["listen", target, "--no-tui", "--data-dir"])
+        cmd.arg("listen")
+            .args(args)
+            .args(["--no-tui", "--data-dir"])
             .arg(data_dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
