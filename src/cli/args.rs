@@ -293,6 +293,22 @@ pub(crate) struct ReplayArgs {
     /// Send even when the recorded body was not kept in full (sends what was kept).
     #[arg(long)]
     pub(crate) force: bool,
+    /// Send the recorded bytes and signature untouched (no fresh signature).
+    #[arg(long)]
+    pub(crate) as_is: bool,
+    /// Edit the JSON body before sending: a dotted path with array indexes
+    /// and a value (number, bool, null, JSON, else text), e.g. data.object.amount=5000.
+    #[arg(long = "set", value_name = "JSON.PATH=VALUE")]
+    pub(crate) set: Vec<String>,
+    /// Set a header before sending, replacing one of the same name (repeatable).
+    #[arg(long = "header", value_name = "Name: value")]
+    pub(crate) headers: Vec<String>,
+    /// Send this file's bytes as the body.
+    #[arg(long, conflicts_with = "set")]
+    pub(crate) body_file: Option<PathBuf>,
+    /// The project config (whtunnel.toml) whose [[webhook]] secrets sign the replay.
+    #[arg(long, env = "WHTUNNEL_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) data_dir: DataDirArg,
 }

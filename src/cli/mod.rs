@@ -490,16 +490,28 @@ async fn replay(args: ReplayArgs) -> Result<()> {
         .with_context(|| format!("cannot open the capture store in {}", dir.display()))?;
     let limits = BodyLimits::new(store.spill_dir());
     let recorder = Recorder::spawn(store);
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let file = crate::config::Config::from_cli(args.config.as_deref(), &cwd)?;
+    recorder.set_webhook_rules(file.webhook_rules());
+    let rules = std::sync::Arc::new(file.webhook_rules());
     let forwarder = Forwarder::new(ForwarderConfig {
         target: target.clone(),
         routes: Vec::new(),
-        webhooks: Default::default(),
+        webhooks: rules,
         host_header: HostHeader::Preserve,
         recorder: Some(recorder.clone()),
         body_limits: limits,
     });
-    let outcome = forwarder.replay_forced(&original, None).await;
+    let options = crate::forward::ReplayOptions {
+        edit: replay_edit(&original, &args)?,
+        force: args.force,
+        as_is: args.as_is,
+    };
+    let outcome = forwarder.replay_with(&original, options).await;
     recorder.close().await;
+    if outcome.signing != crate::forward::Signing::None {
+        eprintln!("{}", outcome.signing);
+    }
     let id = outcome
         .id
         .map(|i| format!("#{i}"))
@@ -520,6 +532,58 @@ async fn replay(args: ReplayArgs) -> Result<()> {
             outcome.status
         ),
     }
+}
+
+/// The edit `--set`, `--header` and `--body-file` ask for, or `None` to
+/// send the recorded request.
+fn replay_edit(
+    original: &capture::Exchange,
+    args: &ReplayArgs,
+) -> Result<Option<capture::RequestEdit>> {
+    if args.set.is_empty() && args.headers.is_empty() && args.body_file.is_none() {
+        return Ok(None);
+    }
+    let stored = capture::read_body(&original.request.body)
+        .with_context(|| format!("cannot read the body of #{}", args.id))?;
+    let body = match &args.body_file {
+        Some(path) => bytes::Bytes::from(
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+        ),
+        None if args.set.is_empty() => stored,
+        None => {
+            let mut doc: serde_json::Value =
+                serde_json::from_slice(&stored).with_context(|| {
+                    format!("--set edits JSON, and the body of #{} is not JSON", args.id)
+                })?;
+            for assignment in &args.set {
+                crate::fixture::set::apply(&mut doc, assignment).map_err(|e| anyhow!("{e}"))?;
+            }
+            bytes::Bytes::from(serde_json::to_vec(&doc)?)
+        }
+    };
+    let mut headers = original.request.headers.clone();
+    for h in &args.headers {
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| anyhow!("--header '{h}' is not 'Name: value'"))?;
+        let name = name.trim();
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            bail!("--header '{h}': '{name}' is not a header name");
+        }
+        headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        headers.push((name.to_string(), value.trim().as_bytes().to_vec()));
+    }
+    if args.as_is && !args.set.is_empty() {
+        eprintln!(
+            "note: --as-is keeps the recorded signature, which an edited body no longer matches"
+        );
+    }
+    Ok(Some(capture::RequestEdit {
+        method: original.request.method.clone(),
+        path: original.request.path.clone(),
+        headers,
+        body,
+    }))
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use abandoned::MAX_ABANDONED_CALLS;
 pub use held::{ERR_ANSWER_UNDELIVERED, HELD_TIMEOUT_ATTEMPTS};
-pub use replay::{not_replayable, ReplayOutcome};
+pub use replay::{not_replayable, ReplayOptions, ReplayOutcome, Signing};
 pub use target::{HostHeader, Target, TargetError};
 
 use abandoned::CallGuard;

@@ -1,5 +1,9 @@
 //! Replays: a stored request (or its edited form) sent to the app again
-//! and recorded as a replay of the original.
+//! and recorded as a replay of the original. When the request's
+//! `[[webhook]]` rule (or its recognised sender's preset) has a secret and
+//! its scheme can be signed, the replay is signed afresh (new timestamp, new
+//! signature over the bytes sent, same event id), so the app's own
+//! verification passes after an edit or past the tolerance window.
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +28,45 @@ pub struct ReplayOutcome {
     pub id: Option<ExchangeId>,
     /// Why it failed, if the app did not answer.
     pub error: Option<String>,
+    /// What happened to the signature: re-signed, or why not.
+    pub signing: Signing,
+}
+
+/// What a replay did about the request's signature.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Signing {
+    /// No rule or recognised sender: nothing to sign.
+    #[default]
+    None,
+    /// Signed afresh for this sender.
+    Resigned(String),
+    /// Sent with the recorded signature, as asked (`--as-is`).
+    AsIs,
+    /// Could not be signed afresh (asymmetric scheme, no secret): sent as
+    /// recorded, and this says why.
+    NotResigned(String),
+}
+
+impl std::fmt::Display for Signing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Signing::None => Ok(()),
+            Signing::Resigned(who) => write!(f, "signed afresh for {who}"),
+            Signing::AsIs => f.write_str("sent with the recorded signature (--as-is)"),
+            Signing::NotResigned(why) => write!(f, "not signed afresh: {why}"),
+        }
+    }
+}
+
+/// How a replay treats the recorded request.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions {
+    /// The edited request; `None` sends the recorded one.
+    pub edit: Option<RequestEdit>,
+    /// Send a body that was not kept in full (what was kept).
+    pub force: bool,
+    /// Keep the recorded signature headers instead of signing afresh.
+    pub as_is: bool,
 }
 
 /// Why a stored request cannot be replayed as recorded: its body was not
@@ -52,28 +95,29 @@ impl Forwarder {
     /// not kept in full is refused (see [`not_replayable`]) unless it is
     /// edited: an edit says which body to send.
     pub async fn replay(&self, original: &Exchange, edit: Option<RequestEdit>) -> ReplayOutcome {
-        if edit.is_none() {
-            if let Some(why) = not_replayable(original) {
-                return ReplayOutcome {
-                    status: StatusCode::BAD_REQUEST,
-                    duration: Duration::ZERO,
-                    id: None,
-                    error: Some(why),
-                };
-            }
-        }
-        self.replay_forced(original, edit).await
+        let options = ReplayOptions {
+            edit,
+            ..ReplayOptions::default()
+        };
+        self.replay_with(original, options).await
     }
 
-    /// [`replay`](Forwarder::replay) that sends whatever body was kept,
-    /// even a cut one (`whtunnel replay --force`).
-    pub async fn replay_forced(
-        &self,
-        original: &Exchange,
-        edit: Option<RequestEdit>,
-    ) -> ReplayOutcome {
+    /// [`replay`](Forwarder::replay) with every choice spelled out.
+    pub async fn replay_with(&self, original: &Exchange, options: ReplayOptions) -> ReplayOutcome {
         let started = Instant::now();
-        let (method, path, header_list, body) = match edit {
+        let fail = |status, error: String| ReplayOutcome {
+            status,
+            duration: started.elapsed(),
+            id: None,
+            error: Some(error),
+            signing: Signing::None,
+        };
+        if options.edit.is_none() && !options.force {
+            if let Some(why) = not_replayable(original) {
+                return fail(StatusCode::BAD_REQUEST, why);
+            }
+        }
+        let (method, path, mut header_list, body) = match options.edit {
             Some(e) => (e.method, e.path, e.headers, e.body),
             None => {
                 let body = match &original.request.body.data {
@@ -82,15 +126,8 @@ impl Forwarder {
                     BodyData::File(p) => match tokio::fs::read(p).await {
                         Ok(b) => Bytes::from(b),
                         Err(e) => {
-                            return ReplayOutcome {
-                                status: StatusCode::INTERNAL_SERVER_ERROR,
-                                duration: started.elapsed(),
-                                id: None,
-                                error: Some(format!(
-                                    "cannot read the stored body {}: {e}",
-                                    p.display()
-                                )),
-                            }
+                            let why = format!("cannot read the stored body {}: {e}", p.display());
+                            return fail(StatusCode::INTERNAL_SERVER_ERROR, why);
                         }
                     },
                 };
@@ -102,16 +139,16 @@ impl Forwarder {
                 )
             }
         };
-        let method = match Method::from_bytes(method.as_bytes()) {
-            Ok(m) => m,
-            Err(_) => {
-                return ReplayOutcome {
-                    status: StatusCode::BAD_REQUEST,
-                    duration: started.elapsed(),
-                    id: None,
-                    error: Some(format!("invalid method '{method}'")),
-                }
-            }
+        let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                format!("invalid method '{method}'"),
+            );
+        };
+        let signing = if options.as_is {
+            Signing::AsIs
+        } else {
+            self.resign(method.as_str(), &path, &mut header_list, &body)
         };
         let mut headers = HeaderMap::new();
         for (k, v) in &header_list {
@@ -171,6 +208,47 @@ impl Forwarder {
             duration: started.elapsed(),
             id,
             error,
+            signing,
+        }
+    }
+
+    /// Signs `headers` afresh for `body` when the rule for `path` (or the
+    /// recognised sender's preset with a configured secret) allows it:
+    /// the signature headers the scheme sets are replaced, the rest kept.
+    fn resign(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &mut Vec<crate::capture::Header>,
+        body: &[u8],
+    ) -> Signing {
+        use crate::verify::{self, RequestView};
+        let rules = &self.inner.config.webhooks;
+        // The URL the sender signed (Square, Twilio) is the public one; the
+        // capture keeps its Host and scheme.
+        let probe = RequestView::new(method, "", headers, body);
+        let url = verify::rules::public_url_for(None, &probe, path);
+        let view = RequestView::new(method, &url, headers, body);
+        let Some(rule) = rules.rule_for(path, &view) else {
+            return Signing::None;
+        };
+        let who = rule
+            .provider
+            .map_or_else(|| "this rule".to_string(), |p| p.id().to_string());
+        if rule.secret.is_none() {
+            return Signing::NotResigned(format!(
+                "no secret for {who} in whtunnel.toml (sent as recorded)"
+            ));
+        }
+        match verify::sign(&rule, &view, std::time::SystemTime::now()) {
+            Ok(set) => {
+                for (name, value) in set {
+                    headers.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
+                    headers.push((name, value.into_bytes()));
+                }
+                Signing::Resigned(who)
+            }
+            Err(e) => Signing::NotResigned(format!("{e} (sent as recorded)")),
         }
     }
 }
