@@ -154,6 +154,9 @@ async fn serve(
             .and_then(Control::from_header)
             == Some(Control::Ready);
         if control {
+            if let ConnectionStatus::Connected { held, .. } = &ready {
+                forwarder.reset_backlog(*held);
+            }
             status.send_replace(ready.clone());
         }
         async move {

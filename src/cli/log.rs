@@ -42,8 +42,10 @@ pub(crate) async fn run_log(
     stop: &CancellationToken,
     agent: &mut AgentTask,
     in_flight: &watch::Receiver<usize>,
+    mut backlog: watch::Receiver<u64>,
 ) -> Ended {
     let mut events = recorder.map(Recorder::subscribe);
+    let mut drain = DrainReport::default();
     let mut announced = false;
     let mut stopping = false;
     let report = |s: &ConnectionStatus, announced: &mut bool| match s {
@@ -98,11 +100,51 @@ pub(crate) async fn run_log(
                 print_left_over(events.as_mut());
                 return Ended::Agent(joined);
             }
+            Ok(()) = backlog.changed() => {
+                let left = *backlog.borrow_and_update();
+                if let Some(line) = drain.update(left, Instant::now()) {
+                    eprintln!("{line}");
+                }
+            }
             // Stopping: the exchanges in flight finish (and are printed)
             // before the listener's task ends.
             () = stop.cancelled(), if !stopping => {
                 stopping = true;
                 super::say_waiting(*in_flight.borrow());
+            }
+        }
+    }
+}
+
+/// The `held: N left, R/s` lines while a backlog drains: at most one a
+/// second, and one when it is done.
+#[derive(Debug, Default)]
+struct DrainReport {
+    /// The count and time of the last line printed.
+    last: Option<(u64, Instant)>,
+}
+
+impl DrainReport {
+    /// The line to print for the backlog now at `left`, if one is due.
+    fn update(&mut self, left: u64, now: Instant) -> Option<String> {
+        match self.last {
+            None if left == 0 => None,
+            None => {
+                self.last = Some((left, now));
+                Some(format!("held: {left} left"))
+            }
+            Some(_) if left == 0 => {
+                self.last = None;
+                Some("held: all delivered".to_string())
+            }
+            Some((before, at)) => {
+                let secs = now.duration_since(at).as_secs_f64();
+                if secs < 1.0 {
+                    return None;
+                }
+                self.last = Some((left, now));
+                let rate = before.saturating_sub(left) as f64 / secs;
+                Some(format!("held: {left} left, {rate:.0}/s"))
             }
         }
     }
@@ -220,6 +262,30 @@ fn signature_mark(s: &capture::ExchangeSummary) -> Option<String> {
         Some(p) => format!("{mark} {p}"),
         None => mark.to_string(),
     })
+}
+
+#[cfg(test)]
+mod drain_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_draining_backlog_is_reported_at_most_once_a_second_and_when_done() {
+        let t0 = Instant::now();
+        let mut d = DrainReport::default();
+        assert_eq!(d.update(0, t0), None, "nothing held: nothing said");
+        assert_eq!(d.update(1000, t0).as_deref(), Some("held: 1000 left"));
+        assert_eq!(d.update(900, t0 + Duration::from_millis(500)), None);
+        assert_eq!(
+            d.update(700, t0 + Duration::from_secs(2)).as_deref(),
+            Some("held: 700 left, 150/s")
+        );
+        assert_eq!(
+            d.update(0, t0 + Duration::from_millis(2100)).as_deref(),
+            Some("held: all delivered")
+        );
+        assert_eq!(d.update(0, t0 + Duration::from_secs(3)), None);
+    }
 }
 
 #[cfg(test)]

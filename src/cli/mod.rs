@@ -322,6 +322,7 @@ async fn listen(mut args: ListenArgs) -> Result<()> {
     };
     let stop = shutdown_signals(Some(listener.abandon_token()));
     let in_flight = listener.in_flight();
+    let backlog = listener.forwarder().backlog();
     let status = listener.status();
     let recorder = listener.recorder().cloned();
     let replays = listener.replays();
@@ -371,6 +372,7 @@ async fn listen(mut args: ListenArgs) -> Result<()> {
             &stop,
             &mut agent,
             &in_flight,
+            backlog,
         )
         .await
     };

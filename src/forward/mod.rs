@@ -97,6 +97,9 @@ struct Inner {
     abandoned: Arc<tokio::sync::Semaphore>,
     /// Exchanges between arrival and being queued for storing.
     busy: Arc<watch::Sender<usize>>,
+    /// Held events the relay still has queued for this tunnel, as it last
+    /// said (see [`Forwarder::backlog`]).
+    backlog: watch::Sender<u64>,
     /// Cancelled when the agent gives up on the exchanges in flight (a
     /// second Ctrl-C, or the bound on stopping): each still waiting for the
     /// app is answered and recorded as abandoned.
@@ -138,6 +141,7 @@ impl Forwarder {
                 in_flight: Arc::default(),
                 abandoned: Arc::new(tokio::sync::Semaphore::new(MAX_ABANDONED_CALLS)),
                 busy: Arc::new(watch::channel(0).0),
+                backlog: watch::channel(0).0,
                 abandon: CancellationToken::new(),
             }),
         }
@@ -175,6 +179,19 @@ impl Forwarder {
             .abandoned
             .acquire_many(MAX_ABANDONED_CALLS as u32);
         let _ = tokio::time::timeout(within, all).await;
+    }
+
+    /// Held events the relay still has queued for this tunnel: set from
+    /// the count the relay announces when the agent connects, then lowered
+    /// as each held delivery finishes (the relay tells how many were left
+    /// when it sent it). Watch it to show the backlog draining.
+    pub fn backlog(&self) -> watch::Receiver<u64> {
+        self.inner.backlog.subscribe()
+    }
+
+    /// A new link: the relay holds `held` events for this tunnel.
+    pub fn reset_backlog(&self, held: u64) {
+        self.inner.backlog.send_replace(held);
     }
 
     /// Exchanges in flight: arrived (or replayed) and not yet queued for
@@ -272,7 +289,20 @@ impl Forwarder {
             }
             return self.send(out).await.0;
         };
-        self.deliver_held(event_id, attempt, out).await
+        let resp = self.deliver_held(event_id, attempt, out).await;
+        if let Some(left) = meta.held_left {
+            // Deliveries finish out of order when several run at once:
+            // the count only goes down within one link.
+            let after = left.saturating_sub(1);
+            self.inner.backlog.send_if_modified(|n| {
+                let lower = after < *n;
+                if lower {
+                    *n = after;
+                }
+                lower
+            });
+        }
+        resp
     }
 
     fn apply_host(&self, headers: &mut HeaderMap, original: Option<&str>, path: &str) {
