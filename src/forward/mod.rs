@@ -181,10 +181,9 @@ impl Forwarder {
         let _ = tokio::time::timeout(within, all).await;
     }
 
-    /// Held events the relay still has queued for this tunnel: set from
-    /// the count the relay announces when the agent connects, then lowered
-    /// as each held delivery finishes (the relay tells how many were left
-    /// when it sent it). Watch it to show the backlog draining.
+    /// Held events the relay still has queued for this tunnel: the count
+    /// the relay announces when the agent connects, less one per held
+    /// delivery finished. Watch it to show the backlog draining.
     pub fn backlog(&self) -> watch::Receiver<u64> {
         self.inner.backlog.subscribe()
     }
@@ -290,18 +289,15 @@ impl Forwarder {
             return self.send(out).await.0;
         };
         let resp = self.deliver_held(event_id, attempt, out).await;
-        if let Some(left) = meta.held_left {
-            // Deliveries finish out of order when several run at once:
-            // the count only goes down within one link.
-            let after = left.saturating_sub(1);
-            self.inner.backlog.send_if_modified(|n| {
-                let lower = after < *n;
-                if lower {
-                    *n = after;
-                }
-                lower
-            });
-        }
+        // One held delivery done: one fewer queued. (The relay's own count
+        // rides on each delivery, but with several in flight it counts the
+        // others too; the count announced at connect, less one per finished
+        // delivery, is the one that reaches zero.)
+        self.inner.backlog.send_if_modified(|n| {
+            let before = *n;
+            *n = n.saturating_sub(1);
+            *n != before
+        });
         resp
     }
 
