@@ -1,6 +1,7 @@
 //! Tests of the inspector: `update` behaviour and rendering into
 //! `TestBackend` (with insta snapshots under `snapshots/`).
 
+mod filter;
 mod fixtures;
 mod live;
 mod render;
