@@ -3,7 +3,9 @@
 
 mod filter;
 mod fixtures;
+mod halves;
 mod live;
+mod notice;
 mod render;
 mod session;
 mod update;
