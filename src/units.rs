@@ -23,6 +23,10 @@ pub const DEFAULT_MAX_BODY: u64 = 25 * MIB;
 /// it), and the replay's when no relay deadline applies.
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// While the app is down, how often the inspector probes it again, so that
+/// its "nothing listening" notice goes away soon after the app starts.
+pub const APP_REPROBE_INTERVAL: Duration = Duration::from_secs(2);
+
 /// A byte count as users write it (`25MiB`, `512KiB`, `10MB`, `1024`) and
 /// as whtunnel shows it in `--help` (`25MiB`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

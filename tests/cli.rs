@@ -365,3 +365,121 @@ async fn a_call_still_finishing_is_recorded_before_listen_exits() {
         "the app's answer was recorded: {out}"
     );
 }
+
+/// A store in `dir` holding `n` exchanges, oldest first: `/n/{i}`, status
+/// 500 for every fifth, and a body naming the order only for every third.
+fn seed_store(dir: &Path, n: u32) {
+    use whtunnel::capture::{
+        CapturedBody, Exchange, RecordedRequest, RecordedResponse, Store, StoreConfig,
+    };
+    let mut store = Store::open(&StoreConfig::new(dir.to_path_buf())).unwrap();
+    let t0 = chrono::Utc::now() - chrono::Duration::hours(1);
+    for i in 0..n {
+        let body = if i % 3 == 0 {
+            format!(r#"{{"order":"ord_{i}","needle":"Kiwi"}}"#)
+        } else {
+            format!(r#"{{"order":"ord_{i}"}}"#)
+        };
+        let ex = Exchange {
+            received_at: t0 + chrono::Duration::seconds(i64::from(i)),
+            target: "http://localhost:3000".into(),
+            request: RecordedRequest {
+                method: "POST".into(),
+                path: format!("/n/{i}"),
+                body: CapturedBody::from_bytes(body),
+                ..Default::default()
+            },
+            response: Some(RecordedResponse {
+                status: if i % 5 == 0 { 500 } else { 200 },
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        store.insert(&ex).unwrap();
+    }
+}
+
+async fn list_paths(args: &[&str]) -> Vec<String> {
+    let (code, out, err) = whtunnel(args).await;
+    assert_eq!(code, 0, "{err}");
+    let list: Value = serde_json::from_str(&out).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn requests_list_takes_limit_and_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    seed_store(dir.path(), 40);
+    let base = ["requests", "list", "--json", "--data-dir", d];
+    let with = |extra: &[&'static str]| [&base[..], extra].concat();
+
+    assert_eq!(list_paths(&base).await.len(), 40);
+    assert_eq!(
+        list_paths(&with(&["--limit", "3"])).await,
+        ["/n/39", "/n/38", "/n/37"]
+    );
+    // The inspector's syntax: a status class, then two terms at once.
+    assert_eq!(
+        list_paths(&with(&["--filter", "5xx", "--limit", "2"])).await,
+        ["/n/35", "/n/30"]
+    );
+    assert_eq!(
+        list_paths(&with(&["--filter", "500 /n/1"])).await,
+        ["/n/15", "/n/10"]
+    );
+    assert_eq!(list_paths(&with(&["--filter", "#7"])).await, ["/n/6"]);
+    // `body:` searches the stored bodies, case-insensitively, newest first.
+    assert_eq!(
+        list_paths(&with(&["--filter", "body:kiwi", "--limit", "3"])).await,
+        ["/n/39", "/n/36", "/n/33"]
+    );
+    assert_eq!(
+        list_paths(&with(&["--filter", "body:kiwi 5xx"])).await,
+        ["/n/30", "/n/15", "/n/0"]
+    );
+
+    // The table honours them too.
+    let (code, out, err) = whtunnel(&[
+        "requests",
+        "list",
+        "--limit",
+        "2",
+        "--filter",
+        "2xx",
+        "--data-dir",
+        d,
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("/n/39") && out.contains("/n/38"), "{out}");
+    assert!(!out.contains("/n/37"), "{out}");
+    let (code, out, _) = whtunnel(&[
+        "requests",
+        "list",
+        "--filter",
+        "nothing-like-this",
+        "--data-dir",
+        d,
+    ])
+    .await;
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), "no exchange matches the filter");
+
+    // Bad values: one clear line each.
+    for (args, says) in [
+        (&["--limit", "0"][..], "--limit"),
+        (&["--limit", "five"][..], "--limit"),
+        (&["--filter", "sig:maybe"][..], "sig:maybe"),
+    ] {
+        let (code, out, err) = whtunnel(&with(args)).await;
+        assert_ne!(code, 0, "{args:?}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}

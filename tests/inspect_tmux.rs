@@ -1,5 +1,7 @@
 //! The inspector driven for real: `whtunnel listen` in a tmux pane, keys
-//! sent with `send-keys`, the screen read with `capture-pane`.
+//! sent with `send-keys`, the screen read with `capture-pane`: details
+//! with tabs, a replay's outcome in the footer, the new-rows marker, and a
+//! `whtunnel replay` from another process appearing live.
 //! Needs tmux (`apt-get install tmux`; `.ci/run` installs it).
 
 // Test code: a failed unwrap is a failed test.
@@ -145,11 +147,14 @@ async fn inspector_in_a_real_terminal() {
     // Newest first: the GET is selected; move down to the POST and open it.
     tmux.keys(&["j", "Enter"]);
     tmux.wait_for("the detail view with pretty JSON", |s| {
-        s.contains("REQUEST")
-            && s.contains(r#""type": "order.created""#)
-            && s.contains("RESPONSE 200")
+        s.contains("→ 200 OK") && s.contains("REQUEST") && s.contains(r#""type": "order.created""#)
     })
     .await;
+    // 100 columns: the response is the other tab.
+    tmux.keys(&["Tab"]);
+    tmux.wait_for("the response tab", |s| s.contains("RESPONSE 200"))
+        .await;
+    tmux.keys(&["Tab"]);
 
     // Replay from the detail view: the app gets the same bytes again.
     tmux.keys(&["r"]);
@@ -164,9 +169,41 @@ async fn inspector_in_a_real_terminal() {
     let seen = app.seen();
     assert_eq!(seen[2].body, body);
     assert_eq!(seen[2].uri, "/orders?x=1");
+    // Its outcome where the user is looking: the footer.
+    tmux.wait_for("the replay's outcome in the footer", |s| {
+        s.lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .is_some_and(|l| l.contains("replay of #1 → #3: 200 OK in"))
+    })
+    .await;
     tmux.keys(&["Escape"]);
     tmux.wait_for("the replay linked to its original", |s| s.contains("↻#1"))
         .await;
+
+    // Off the top of the list, new rows are announced rather than hidden.
+    tmux.keys(&["g"]);
+    tmux.keys(&["j"]);
+    for i in 0..3 {
+        let (s, _, _) = send(Method::POST, &format!("{url}/burst/{i}"), &[], "{}").await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    tmux.wait_for("the new-rows marker", |s| s.contains("3 new ↑"))
+        .await;
+    tmux.keys(&["g"]);
+    tmux.wait_for("the new rows in view, the marker gone", |s| {
+        s.contains("/burst/2") && !s.contains("new ↑")
+    })
+    .await;
+
+    // A replay run from another process shows up live.
+    let d = dir.path().to_str().unwrap();
+    let (code, _, err) = whtunnel(&["replay", "1", "--data-dir", d]).await;
+    assert_eq!(code, 0, "{err}");
+    tmux.wait_for("the other process's replay in the list", |s| {
+        s.matches("↻#1").count() == 2
+    })
+    .await;
 
     // Filter: only the orders remain.
     tmux.keys(&["/"]);
@@ -207,6 +244,10 @@ async fn inspector_in_a_real_terminal() {
     ])
     .await;
     let list: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(list.as_array().unwrap().len(), 3);
-    assert_eq!(list[0]["replay_of"], list[2]["id"]);
+    assert_eq!(list.as_array().unwrap().len(), 7);
+    assert_eq!(list[0]["replay_of"], list[6]["id"], "the CLI's replay");
+    assert_eq!(
+        list[4]["replay_of"], list[6]["id"],
+        "the inspector's replay"
+    );
 }

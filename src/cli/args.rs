@@ -254,6 +254,14 @@ pub(crate) enum RequestsCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Print at most N exchanges (the newest that match).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        limit: Option<u32>,
+        /// Only exchanges matching EXPR, the inspector's `/` syntax:
+        /// `5xx`, `404`, `err`, `#12`, `sig:invalid`, `provider:stripe`,
+        /// `body:TEXT`, or text in the method, path or event.
+        #[arg(long, value_name = "EXPR")]
+        filter: Option<String>,
         #[command(flatten)]
         data_dir: DataDirArg,
     },

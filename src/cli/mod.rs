@@ -326,6 +326,14 @@ async fn listen(mut args: ListenArgs) -> Result<()> {
     let status = listener.status();
     let recorder = listener.recorder().cloned();
     let replays = listener.replays();
+    let notice = use_tui.then(|| {
+        crate::inspect::notice::follow(
+            listener.app_state(),
+            recorder.as_ref().map(Recorder::subscribe),
+            target.clone(),
+            listener.embedded_relay(),
+        )
+    });
     let mut agent = tokio::spawn(listener.run(stop.clone()));
 
     // A refusal on the first attempt ends the command before any UI starts.
@@ -359,6 +367,7 @@ async fn listen(mut args: ListenArgs) -> Result<()> {
             recorder.as_ref(),
             replays,
             status,
+            notice,
             &target,
             &stop,
             &mut agent,
@@ -412,11 +421,15 @@ fn finish_agent(
     }
 }
 
+// The listener's parts, handed over one by one: a struct would exist for
+// this one call.
+#[allow(clippy::too_many_arguments)]
 async fn run_inspector(
     dir: &Path,
     recorder: Option<&Recorder>,
     replays: tokio::sync::mpsc::Sender<capture::ReplayRequest>,
     status: watch::Receiver<ConnectionStatus>,
+    notice: Option<watch::Receiver<String>>,
     target: &Target,
     stop: &CancellationToken,
     agent: &mut AgentTask,
@@ -441,7 +454,7 @@ async fn run_inspector(
         replays,
         public_url,
         target: target.to_string(),
-        notice: None,
+        notice,
     };
     let mut ui = tokio::task::spawn_blocking(move || crate::inspect::run(inputs));
     tokio::select! {

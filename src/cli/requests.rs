@@ -3,11 +3,13 @@
 
 use std::path::Path;
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 
 use super::args::RequestsCommand;
 use super::datadir::resolve_data_dir;
-use crate::capture::{self, Store};
+use crate::capture::{self, ExchangeSummary, Store};
+use crate::inspect::session::bodies_contain;
+use crate::inspect::state as filter;
 
 /// Opens the capture store of `dir` for reading, or `None` when nothing
 /// was ever recorded there.
@@ -31,6 +33,42 @@ pub(crate) fn load_exchange(dir: &Path, id: i64) -> Result<capture::Exchange> {
                 dir.display()
             )
         })
+}
+
+/// The newest stored exchanges matching `filter` (the inspector's `/`
+/// language), at most `limit`. Without a filter the store does the limiting;
+/// with one, summaries are matched newest first and, for a `body:` term,
+/// each candidate's bodies are loaded one at a time and searched, stopping
+/// as soon as `limit` have matched.
+fn list_matching(
+    store: &Store,
+    filter: Option<&str>,
+    limit: Option<usize>,
+) -> Result<Vec<ExchangeSummary>> {
+    let Some(filter) = filter else {
+        return Ok(store.list(&capture::ListQuery { limit })?);
+    };
+    let needle = filter::body_term(filter).map(str::as_bytes);
+    let mut out = Vec::new();
+    for s in store.list(&capture::ListQuery::default())? {
+        if limit.is_some_and(|l| out.len() >= l) {
+            break;
+        }
+        if !filter::matches_summary(filter, &s) {
+            continue;
+        }
+        if let Some(needle) = needle {
+            // Deleted by retention since the listing: it no longer matches.
+            let Some(mut ex) = store.get(s.id)? else {
+                continue;
+            };
+            if !bodies_contain(&mut ex, needle) {
+                continue;
+            }
+        }
+        out.push(s);
+    }
+    Ok(out)
 }
 
 /// Creates (or truncates) `path` readable by the user alone: exports hold
@@ -61,10 +99,23 @@ pub(crate) fn requests(command: RequestsCommand) -> Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     match command {
-        RequestsCommand::List { json, data_dir } => {
+        RequestsCommand::List {
+            json,
+            limit,
+            filter,
+            data_dir,
+        } => {
             let dir = resolve_data_dir(&data_dir)?;
+            let filter = filter.as_deref().map(str::trim).filter(|f| !f.is_empty());
+            if let Some(bad) = filter.and_then(filter::bad_sig_term) {
+                bail!(
+                    "--filter: `sig:{bad}` is not a signature verdict \
+                     (valid, invalid, unsigned or unchecked)"
+                );
+            }
+            let limit = limit.map(|n| n as usize);
             let items = match open_captures(&dir)? {
-                Some(store) => store.list(&capture::ListQuery::default())?,
+                Some(store) => list_matching(&store, filter, limit)?,
                 None => Vec::new(),
             };
             if json {
@@ -73,6 +124,8 @@ pub(crate) fn requests(command: RequestsCommand) -> Result<()> {
                     "{}",
                     serde_json::to_string_pretty(&export::list_json(&items))?
                 )?;
+            } else if items.is_empty() && filter.is_some() {
+                writeln!(out, "no exchange matches the filter")?;
             } else if items.is_empty() {
                 writeln!(out, "no exchanges recorded in {} yet", dir.display())?;
             } else {

@@ -12,7 +12,9 @@
 //!
 //! Keys (the contract's, plus a few): `↑/↓` `j/k` move (scroll in details),
 //! `PgUp/PgDn`, `g/G` first/last, `Enter` details, `n/p` next/previous in
-//! details, `Esc`/`←`/`Backspace` back, `r` replay, `e` edit then replay
+//! details, `Tab` request/response in details (side by side from 140
+//! columns, then `Tab` selects one), `R` the selected half's raw bytes,
+//! `Esc`/`←`/`Backspace` back, `r` replay, `e` edit then replay
 //! (`Ctrl-S`/`F2` send, `Esc` cancel), `/` filter (`Enter` apply, `Esc`
 //! cancel; `Esc` in the list clears it), `?` help, `q`/`Ctrl-C` quit.
 //! Filter terms: `5xx`, `404`, `err`, `#12`, `body:text`, `sig:invalid`,
@@ -27,6 +29,7 @@ use crate::capture::{CaptureEvent, ReplayRequest, Store};
 pub mod body;
 pub mod detail;
 pub mod edit;
+pub mod notice;
 pub mod render;
 pub mod session;
 pub mod state;
@@ -57,9 +60,10 @@ pub struct Inputs {
     pub public_url: String,
     /// Shown in the header: where requests are forwarded.
     pub target: String,
-    /// A standing notice from the agent shown in the status line (e.g.
-    /// "app: nothing listening on localhost:3000", or that the embedded
-    /// relay moved to another port); "" for none. `None`: not followed.
+    /// A standing notice from the agent, shown below the status line, one
+    /// row per line (e.g. "app: nothing listening on localhost:3000", or
+    /// that the embedded relay moved to another port; see [`notice`]); ""
+    /// for none. `None`: not followed.
     pub notice: Option<watch::Receiver<String>>,
 }
 

@@ -13,7 +13,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Cell, Clear, Paragraph, Row as TableRow, Table};
 use ratatui::Frame;
 
-use super::detail::{wrap_line, wrapped_height};
+use super::detail::{tab_line, wrap_line, wrapped_height, DetailLayout};
 use super::state::{App, Editor, Level, Row, RowKey, View};
 use super::text::{fit, fit_left, sanitize, sanitize_buffer};
 use super::webhook::{fmt_secs, gave_up_text, verdict_glyph, verdict_style, Budget, Mark};
@@ -23,9 +23,11 @@ use crate::units::{fmt_duration, fmt_size};
 /// Renders the whole inspector for `app` into `frame`.
 pub fn draw(frame: &mut Frame, app: &App) {
     let area = frame.area();
-    let [title, status, head, body, footer] = Layout::vertical([
+    let banner = app.banner_lines();
+    let [title, status, notice, head, body, footer] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Length(1),
+        Constraint::Length(banner.len() as u16),
         Constraint::Length(1),
         Constraint::Fill(1),
         Constraint::Length(1),
@@ -33,6 +35,7 @@ pub fn draw(frame: &mut Frame, app: &App) {
     .areas(area);
     draw_title(frame, app, title);
     draw_status(frame, app, status);
+    frame.render_widget(Paragraph::new(banner), notice);
     match app.view {
         View::List => draw_list(frame, app, head, body),
         View::Detail => draw_detail(frame, app, head, body),
@@ -142,13 +145,7 @@ fn draw_status(frame: &mut Frame, app: &App, area: Rect) {
     let [left, right] =
         Layout::horizontal([Constraint::Fill(1), Constraint::Length(cw)]).areas(area);
     let (text, style) = status_text(app);
-    let mut line = Line::styled(format!(" {text}"), style);
-    if !app.banner.is_empty() {
-        line.spans.push(Span::styled(
-            format!(" · {}", sanitize(&app.banner)),
-            t.warn(),
-        ));
-    }
+    let line = Line::styled(format!(" {text}"), style);
     frame.render_widget(Paragraph::new(line), left);
     frame.render_widget(Paragraph::new(counts), right);
 }
@@ -447,46 +444,68 @@ fn draw_detail(frame: &mut Frame, app: &App, head: Rect, body: Rect) {
         .find(|r| r.key == RowKey::Stored(d.id))
         .map(|r| format!(" {} {}", r.summary.method, sanitize(&r.summary.path)))
         .unwrap_or_default();
-    let width = usize::from(body.width);
     let h = usize::from(body.height);
-    let placeholder;
-    let source: &[Line<'static>] = match (&d.lines, &d.error) {
-        (_, Some(e)) => {
-            placeholder = [Line::styled(
-                format!("Could not load #{}: {e}", d.id),
-                t.error(),
-            )];
-            &placeholder
-        }
-        (Some(lines), None) => lines,
-        (None, None) => {
-            placeholder = [Line::styled(format!("Loading #{}…", d.id), t.dim())];
-            &placeholder
-        }
+    let placeholder = match (&d.parts, &d.error) {
+        (_, Some(e)) => Some(Line::styled(
+            format!("Could not load #{}: {e}", d.id),
+            t.error(),
+        )),
+        (Some(_), None) => None,
+        (None, None) => Some(Line::styled(format!("Loading #{}…", d.id), t.dim())),
     };
-    let total = wrapped_height(source, width);
-    let scroll = d.scroll.min(total.saturating_sub(h));
-    // Wrap only what is on screen: a large body has tens of thousands of
-    // lines and this runs on every keypress.
-    let mut shown: Vec<Line<'static>> = Vec::with_capacity(h);
-    let mut row = 0;
-    for line in source {
-        let lh = wrapped_height(std::slice::from_ref(line), width);
-        if row + lh > scroll {
-            let skip = scroll.saturating_sub(row);
-            shown.extend(wrap_line(line, width).into_iter().skip(skip));
-            if shown.len() >= h {
-                break;
+    let mut pos = String::new();
+    match (&d.parts, placeholder) {
+        (Some(parts), None) => {
+            let lay = DetailLayout::of(parts, body.width, h);
+            let [top, pane] = Layout::vertical([
+                Constraint::Length(lay.head_rows as u16),
+                Constraint::Fill(1),
+            ])
+            .areas(body);
+            let head_top = Rect {
+                height: top.height.saturating_sub(1),
+                ..top
+            };
+            let tabs = Rect {
+                y: top.y + head_top.height,
+                height: top.height - head_top.height,
+                ..top
+            };
+            draw_scrolled(frame, &parts.head, head_top, 0);
+            frame.render_widget(
+                Paragraph::new(tab_line(d.half, d.raw, lay.side_by_side, t)),
+                tabs,
+            );
+            let total = lay.pane_height(parts, d.half);
+            let scroll = d.scroll.min(total.saturating_sub(lay.pane_rows));
+            if lay.side_by_side {
+                let cw = lay.col_width as u16;
+                let [left, bar, right] = Layout::horizontal([
+                    Constraint::Length(cw),
+                    Constraint::Length(1),
+                    Constraint::Fill(1),
+                ])
+                .areas(pane);
+                draw_scrolled(frame, &parts.request, left, scroll);
+                let rule = vec![Line::styled("│", t.dim()); usize::from(bar.height)];
+                frame.render_widget(Paragraph::new(rule), bar);
+                draw_scrolled(frame, &parts.response, right, scroll);
+            } else {
+                draw_scrolled(frame, parts.half(d.half), pane, scroll);
+            }
+            if total > lay.pane_rows {
+                pos = format!(
+                    " {}-{}/{} ",
+                    scroll + 1,
+                    (scroll + lay.pane_rows).min(total),
+                    total
+                );
             }
         }
-        row += lh;
+        (_, line) => {
+            frame.render_widget(Paragraph::new(line.unwrap_or_default()), body);
+        }
     }
-    shown.truncate(h);
-    let pos = if total > h {
-        format!(" {}-{}/{} ", scroll + 1, (scroll + h).min(total), total)
-    } else {
-        String::new()
-    };
     let pw = pos.chars().count() as u16;
     let [hl, hr] = Layout::horizontal([Constraint::Fill(1), Constraint::Length(pw)]).areas(head);
     // Replays arrive after the original was loaded, so they are looked up
@@ -512,7 +531,29 @@ fn draw_detail(frame: &mut Frame, app: &App, head: Rect, body: Rect) {
     }
     frame.render_widget(Paragraph::new(Line::from(title)), hl);
     frame.render_widget(Paragraph::new(Span::styled(pos, t.dim())), hr);
-    frame.render_widget(Paragraph::new(shown), body);
+}
+
+/// `lines` wrapped to `area`'s width, from wrapped row `scroll` on. Wraps
+/// only what is on screen: a large body has tens of thousands of lines and
+/// this runs on every keypress.
+fn draw_scrolled(frame: &mut Frame, lines: &[Line<'static>], area: Rect, scroll: usize) {
+    let width = usize::from(area.width);
+    let h = usize::from(area.height);
+    let mut shown: Vec<Line<'static>> = Vec::with_capacity(h);
+    let mut row = 0;
+    for line in lines {
+        let lh = wrapped_height(std::slice::from_ref(line), width);
+        if row + lh > scroll {
+            let skip = scroll.saturating_sub(row);
+            shown.extend(wrap_line(line, width).into_iter().skip(skip));
+            if shown.len() >= h {
+                break;
+            }
+        }
+        row += lh;
+    }
+    shown.truncate(h);
+    frame.render_widget(Paragraph::new(shown), area);
 }
 
 fn draw_editor(frame: &mut Frame, app: &App, head: Rect, body: Rect) {
@@ -655,7 +696,9 @@ fn draw_footer(frame: &mut Frame, app: &App, area: Rect) {
     } else {
         let hints = match app.view {
             View::List => "↑↓/jk move · ⏎ details · r replay · e edit · / filter · ? help · q quit",
-            View::Detail => "↑↓/jk scroll · n/p next/prev · Esc back · r replay · e edit · ? help",
+            View::Detail => {
+                "↑↓ scroll · Tab req/resp · R raw · n/p next · Esc back · r replay · ? help"
+            }
             View::Edit => "r replay · Esc cancel",
         };
         spans.push(Span::styled(hints, t.dim()));
@@ -669,7 +712,7 @@ pub const HELP: &[(&str, &str)] = &[
     ("PgUp/PgDn", "page up / down"),
     ("g/G Home/End", "first / last"),
     ("Enter", "details of the selected exchange"),
-    ("n/p", "next / previous exchange (details)"),
+    ("n/p  Tab  R", "details: next/prev · request/response · raw"),
     ("Esc ← Bksp", "back from details; Esc clears the filter"),
     ("r", "replay the selected exchange"),
     ("e", "edit, then replay (Ctrl-S/F2 send)"),

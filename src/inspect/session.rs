@@ -74,6 +74,20 @@ pub fn load_file_body(body: &mut CapturedBody) {
     }
 }
 
+/// Does the request or response body of `ex` contain `needle` (ASCII
+/// case-insensitive)? What a filter's `body:` term asks; bodies kept in
+/// files are read, bounded, first.
+pub fn bodies_contain(ex: &mut Exchange, needle: &[u8]) -> bool {
+    load_file_body(&mut ex.request.body);
+    if body_contains(&ex.request.body, needle) {
+        return true;
+    }
+    ex.response.as_mut().is_some_and(|resp| {
+        load_file_body(&mut resp.body);
+        body_contains(&resp.body, needle)
+    })
+}
+
 fn body_contains(body: &CapturedBody, needle: &[u8]) -> bool {
     let BodyData::Memory(b) = &body.data else {
         return false;
@@ -294,15 +308,7 @@ impl<S: Source> Session<S> {
                 for id in ids {
                     // Unreadable or deleted exchanges simply do not match.
                     if let Ok(Some(mut ex)) = self.source.get(id) {
-                        load_file_body(&mut ex.request.body);
-                        let mut hit = body_contains(&ex.request.body, n);
-                        if !hit {
-                            if let Some(resp) = ex.response.as_mut() {
-                                load_file_body(&mut resp.body);
-                                hit = body_contains(&resp.body, n);
-                            }
-                        }
-                        if hit {
+                        if bodies_contain(&mut ex, n) {
                             matched.insert(id);
                         }
                     }

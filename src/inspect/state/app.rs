@@ -15,8 +15,9 @@ use super::update::Effect;
 use crate::agent::ConnectionStatus;
 use crate::capture::{BodyData, Exchange, ExchangeId, ExchangeSummary, ReplayRequest};
 use crate::inspect::body::is_text;
-use crate::inspect::detail::{detail_lines, wrapped_height};
+use crate::inspect::detail::{detail_parts, wrap_line, DetailLayout, DetailParts, Half};
 use crate::inspect::edit::{request_to_text, BodyLines};
+use crate::inspect::text::sanitize;
 
 /// Headers that carry a webhook signature over the body.
 const SIGNATURE_HEADERS: &[&str] = &[
@@ -69,6 +70,9 @@ pub const STORE_POLL: Duration = Duration::from_millis(500);
 /// below it (footer). Must match `render`'s layout so paging matches what is
 /// drawn.
 pub const CHROME_ROWS: u16 = 4;
+
+/// Most rows the agent's standing notice takes below the status line.
+pub const MAX_BANNER_ROWS: usize = 3;
 
 /// Rows available to the list or detail body on a terminal `height` rows tall.
 pub fn body_height(height: u16) -> usize {
@@ -160,11 +164,22 @@ pub struct DetailView {
     /// The exchange shown.
     pub id: ExchangeId,
     /// Display lines, once loaded.
-    pub lines: Option<Vec<Line<'static>>>,
+    pub parts: Option<DetailParts>,
     /// Why loading failed, if it did.
     pub error: Option<String>,
-    /// First screen row shown (after wrapping).
+    /// First row of the halves shown (after wrapping).
     pub scroll: usize,
+    /// The half shown when narrow, and the one `R` shows raw.
+    pub half: Half,
+    /// The selected half's body is shown as its exact bytes.
+    pub raw: bool,
+}
+
+impl DetailView {
+    /// Which half's body is shown raw, if any.
+    pub fn raw_half(&self) -> Option<Half> {
+        self.raw.then_some(self.half)
+    }
 }
 
 /// State of the editor screen.
@@ -291,7 +306,8 @@ pub struct App {
     /// When the store was last polled for rows from other processes.
     pub last_poll: Option<Instant>,
     /// A standing notice from the agent (app reachability, relay port
-    /// fallback), shown in the status line; empty for none.
+    /// fallback), one line per fact, drawn below the status line; empty for
+    /// none.
     pub banner: String,
     /// Rows that are a sender's retry of an earlier row: their attempt
     /// number (2 for the first retry), counted over all rows.
@@ -502,7 +518,7 @@ impl App {
     }
 
     pub(super) fn ensure_visible(&mut self) {
-        let h = body_height(self.size.1);
+        let h = self.body_rows();
         let len = self.visible.len();
         self.offset = self.offset.min(len.saturating_sub(h));
         if let Some(i) = self.selected_index() {
@@ -677,11 +693,77 @@ impl App {
         }
     }
 
+    /// The agent's standing notice as drawn below the status line: one
+    /// line per fact, wrapped to the terminal's width, at most
+    /// [`MAX_BANNER_ROWS`] rows (the body keeps the rest).
+    pub fn banner_lines(&self) -> Vec<Line<'static>> {
+        let width = usize::from(self.size.0);
+        let mut out: Vec<Line<'static>> = self
+            .banner
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .flat_map(|l| {
+                let line = Line::styled(format!(" ! {}", sanitize(l.trim())), self.theme.warn());
+                wrap_line(&line, width)
+            })
+            .collect();
+        out.truncate(MAX_BANNER_ROWS.min(usize::from(self.size.1) / 4));
+        out
+    }
+
+    /// Rows left for the list or detail body, below the standing notice.
+    pub fn body_rows(&self) -> usize {
+        let banner = self.banner_lines().len() as u16;
+        body_height(self.size.1.saturating_sub(banner))
+    }
+
     fn detail_max_scroll(&self) -> usize {
-        let Some(lines) = self.detail.as_ref().and_then(|d| d.lines.as_ref()) else {
+        let Some(d) = self.detail.as_ref() else {
             return 0;
         };
-        wrapped_height(lines, usize::from(self.size.0)).saturating_sub(body_height(self.size.1))
+        let Some(parts) = d.parts.as_ref() else {
+            return 0;
+        };
+        DetailLayout::of(parts, self.size.0, self.body_rows()).max_scroll(parts, d.half)
+    }
+
+    /// `Tab` in the details: the other half (shown when narrow, selected
+    /// for `R` when wide), from its top.
+    pub(super) fn switch_half(&mut self) -> Vec<Effect> {
+        let Some(d) = self.detail.as_mut() else {
+            return vec![];
+        };
+        d.half = d.half.other();
+        d.scroll = 0;
+        self.rebuild_detail()
+    }
+
+    /// `R` in the details: the selected half's body as its exact bytes, or
+    /// back to the pretty view.
+    pub(super) fn toggle_raw(&mut self) -> Vec<Effect> {
+        let Some(d) = self.detail.as_mut() else {
+            return vec![];
+        };
+        d.raw = !d.raw;
+        self.rebuild_detail()
+    }
+
+    /// Rebuilds the open detail's lines for its half and raw setting, from
+    /// the cache or, when evicted, by loading the exchange again.
+    fn rebuild_detail(&mut self) -> Vec<Effect> {
+        let Some(d) = self.detail.as_mut() else {
+            return vec![];
+        };
+        match self.cache.get(&d.id) {
+            Some(ex) => {
+                d.parts = Some(detail_parts(ex, &self.theme, self.tz, d.raw_half()));
+                vec![]
+            }
+            None => {
+                d.parts = None;
+                vec![Effect::LoadDetail(d.id)]
+            }
+        }
     }
 
     pub(super) fn scroll_detail(&mut self, delta: isize) {
@@ -719,16 +801,24 @@ impl App {
 
     pub(super) fn open_detail(&mut self, id: ExchangeId) -> Vec<Effect> {
         self.view = View::Detail;
-        let lines = self
+        // The half and raw setting stay as the user left them when stepping
+        // from one exchange to the next.
+        let (half, raw) = self
+            .detail
+            .as_ref()
+            .map_or((Half::Request, false), |d| (d.half, d.raw));
+        let parts = self
             .cache
             .get(&id)
-            .map(|ex| detail_lines(ex, &self.theme, self.tz));
-        let load = lines.is_none();
+            .map(|ex| detail_parts(ex, &self.theme, self.tz, raw.then_some(half)));
+        let load = parts.is_none();
         self.detail = Some(DetailView {
             id,
-            lines,
+            parts,
             error: None,
             scroll: 0,
+            half,
+            raw,
         });
         if load {
             vec![Effect::LoadDetail(id)]

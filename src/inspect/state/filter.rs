@@ -1,26 +1,60 @@
 //! The list filter's language: which rows a filter's terms match, and its
-//! `body:` term (answered by a store search, not here).
+//! `body:` term (answered by a store search, not here). Shared by the
+//! inspector's `/` and `whtunnel requests list --filter`.
 
 use super::app::{Row, RowKey};
-use crate::capture::ExchangeId;
+use crate::capture::{ExchangeId, ExchangeSummary};
 use crate::verify::Verdict;
 
-/// Does `row` match the filter `filter`? Whitespace-separated terms must all
-/// match (case-insensitive). A term matches:
+/// Does `row` match the filter `filter`? See [`matches_summary`] for the
+/// language; a row adds what only the inspector knows: rows in progress are
+/// not failures, rows the store could not keep are, and `#12` matches only
+/// stored rows.
+///
+/// Allocation-free: it runs for every row on each filter keystroke.
+pub fn matches(filter: &str, row: &Row) -> bool {
+    let id = match row.key {
+        RowKey::Stored(id) => Some(id),
+        RowKey::NotStored(_) | RowKey::Live(_) => None,
+    };
+    matches_with(
+        filter,
+        &row.summary,
+        id,
+        row.in_progress(),
+        row.not_stored.is_some(),
+    )
+}
+
+/// Does the stored exchange `s` match the filter `filter`? Whitespace-separated
+/// terms must all match (case-insensitive). A term matches:
 /// - `5xx` / `2xx`...: the status class; a three-digit number: the status;
 /// - `err` / `error`: failed exchanges (no status once finished, an error,
 ///   or not stored);
 /// - `#12`: the exchange id;
 /// - `sig:invalid` (`valid`, `unsigned`, `unchecked`): the signature verdict;
 /// - `provider:stripe`: the provider id (exactly, any case);
-/// - `body:text`: not decided here (the store is searched, see
-///   [`App::row_matches`](super::App::row_matches)); counts as a match;
+/// - `body:text`: not decided here (the bodies are searched by the caller,
+///   see [`body_term`]); counts as a match;
 /// - anything else: a substring of the method, path, event type, provider
 ///   or error.
 ///
-/// Allocation-free: it runs for every row on each filter keystroke.
-pub fn matches(filter: &str, row: &Row) -> bool {
-    let s = &row.summary;
+/// `whtunnel requests list --filter` and the inspector's `/` both use it, so
+/// one expression means the same in both.
+pub fn matches_summary(filter: &str, s: &ExchangeSummary) -> bool {
+    matches_with(filter, s, Some(s.id), false, false)
+}
+
+/// The filter language over a summary plus what the caller knows about it:
+/// its stored id (none for rows not stored), whether it is still in
+/// progress, and whether the store failed to keep it.
+fn matches_with(
+    filter: &str,
+    s: &ExchangeSummary,
+    id: Option<ExchangeId>,
+    in_progress: bool,
+    not_stored: bool,
+) -> bool {
     filter.split_whitespace().all(|t| {
         if t.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("body:")) {
             return true;
@@ -34,9 +68,7 @@ pub fn matches(filter: &str, row: &Row) -> bool {
             return s.status.map(u32::from) == t.parse::<u32>().ok();
         }
         if t.eq_ignore_ascii_case("err") || t.eq_ignore_ascii_case("error") {
-            return (s.status.is_none() && !row.in_progress())
-                || s.error.is_some()
-                || row.not_stored.is_some();
+            return (s.status.is_none() && !in_progress) || s.error.is_some() || not_stored;
         }
         if let Some(v) = prefixed(t, "sig:") {
             return s
@@ -50,8 +82,8 @@ pub fn matches(filter: &str, row: &Row) -> bool {
                 .is_some_and(|x| x.eq_ignore_ascii_case(p));
         }
         if let Some(n) = t.strip_prefix('#') {
-            if let Ok(id) = n.parse::<ExchangeId>() {
-                return row.key == RowKey::Stored(id);
+            if let Ok(want) = n.parse::<ExchangeId>() {
+                return id == Some(want);
             }
         }
         let contains = |f: &str| contains_ci(f, t);

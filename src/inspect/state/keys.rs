@@ -4,7 +4,7 @@
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
-use super::app::{body_height, App, Editor, Level, View};
+use super::app::{App, Editor, Level, View};
 use super::filter::{bad_sig_term, body_term};
 use super::update::Effect;
 use crate::capture::ReplayRequest;
@@ -85,7 +85,7 @@ fn on_filter_key(app: &mut App, key: KeyEvent) -> Vec<Effect> {
 }
 
 fn on_list_key(app: &mut App, key: KeyEvent) -> Vec<Effect> {
-    let page = body_height(app.size.1) as isize;
+    let page = app.body_rows() as isize;
     match key.code {
         KeyCode::Char('q') => return vec![Effect::Quit],
         KeyCode::Char('j') | KeyCode::Down => app.move_by(1),
@@ -124,7 +124,7 @@ fn on_list_key(app: &mut App, key: KeyEvent) -> Vec<Effect> {
 }
 
 fn on_detail_key(app: &mut App, key: KeyEvent) -> Vec<Effect> {
-    let page = body_height(app.size.1) as isize;
+    let page = app.body_rows() as isize;
     match key.code {
         KeyCode::Char('q') => return vec![Effect::Quit],
         KeyCode::Esc | KeyCode::Backspace | KeyCode::Left | KeyCode::Char('h') => {
@@ -135,6 +135,8 @@ fn on_detail_key(app: &mut App, key: KeyEvent) -> Vec<Effect> {
         KeyCode::PageDown | KeyCode::Char(' ') => app.scroll_detail(page),
         KeyCode::Char('n') => return app.step_detail(1),
         KeyCode::Char('p') => return app.step_detail(-1),
+        KeyCode::Tab | KeyCode::BackTab => return app.switch_half(),
+        KeyCode::Char('R') => return app.toggle_raw(),
         KeyCode::PageUp => app.scroll_detail(-page),
         KeyCode::Char('g') | KeyCode::Home => app.scroll_detail(isize::MIN),
         KeyCode::Char('G') | KeyCode::End => app.scroll_detail(isize::MAX),

@@ -17,5 +17,5 @@ pub use app::{
     body_height, App, BodySearch, DetailView, Editor, Level, Notice, Row, RowKey, View,
     CHROME_ROWS, MAX_ROWS,
 };
-pub use filter::{bad_sig_term, body_term, matches};
+pub use filter::{bad_sig_term, body_term, matches, matches_summary};
 pub use update::{update, Effect, Msg};

@@ -11,7 +11,7 @@ use super::app::{App, Editor, Level, Row, RowKey, MAX_ROWS, STORE_POLL};
 use super::keys::{is_press, on_key};
 use crate::agent::ConnectionStatus;
 use crate::capture::{CaptureEvent, Exchange, ExchangeId, ExchangeSummary, ReplayRequest};
-use crate::inspect::detail::detail_lines;
+use crate::inspect::detail::detail_parts;
 
 /// Something that happened.
 #[derive(Debug, Clone)]
@@ -224,6 +224,8 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
         }
         Msg::Banner(text) => {
             app.banner = text;
+            // The notice's rows come out of the body's.
+            app.ensure_visible();
             vec![]
         }
         Msg::BodySearched {
@@ -248,7 +250,7 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             app.cache_insert(ex.clone());
             if let Some(d) = app.detail.as_mut() {
                 if Some(d.id) == ex.id {
-                    d.lines = Some(detail_lines(&ex, &app.theme, app.tz));
+                    d.parts = Some(detail_parts(&ex, &app.theme, app.tz, d.raw_half()));
                     d.error = None;
                 }
             }

@@ -1,8 +1,11 @@
 //! Tests of the inspector: `update` behaviour and rendering into
 //! `TestBackend` (with insta snapshots under `snapshots/`).
 
+mod filter;
 mod fixtures;
+mod halves;
 mod live;
+mod notice;
 mod render;
 mod session;
 mod update;

@@ -221,8 +221,10 @@ fn detail_pretty_json() {
         s.contains("  \"big\": 12345678901234567890,"),
         "exact number literal"
     );
-    assert!(s.contains("RESPONSE 200 OK"));
     assert!(s.contains("2026-11-23 11:00:42.000 +01:00"));
+    let mut app = app;
+    update(&mut app, key(KeyCode::Tab));
+    assert!(screen(&app).contains("RESPONSE 200 OK"));
 }
 
 #[test]
@@ -254,13 +256,21 @@ fn detail_scrolls() {
     let mut app = detail_app(80, 24, "application/json", JSON_BODY);
     let top = screen(&app);
     assert!(top.contains("REQUEST"));
-    // Six lines above REQUEST now that the outcome comes first.
     for _ in 0..6 {
         update(&mut app, key(KeyCode::Down));
     }
     let s = screen(&app);
-    assert!(!s.contains("REQUEST"));
-    assert!(s.contains(" 7-26/"), "position indicator: {s}");
+    assert!(!s.contains("REQUEST"), "{s}");
+    assert!(
+        s.contains("→ 200 OK"),
+        "the outcome does not scroll away: {s}"
+    );
+    // 20 body rows: a head of 4 lines and the tab line, 15 for the request.
+    assert!(s.contains(" 7-21/25"), "position indicator: {s}");
+    for _ in 0..40 {
+        update(&mut app, key(KeyCode::Down));
+    }
+    assert!(screen(&app).contains(" 11-25/25"), "stops at the end");
 }
 
 #[test]
@@ -389,7 +399,8 @@ fn binary_editor_offers_replay_as_is() {
 fn detail_scrolls_inside_a_wrapped_line() {
     let long = format!("{}{}{}", "A".repeat(80), "B".repeat(80), "C".repeat(40));
     let mut app = detail_app(80, 8, "text/plain", long.as_bytes());
-    let body_top = |app: &App| screen(app).lines().nth(3).unwrap().to_string();
+    // 4 body rows: the head gets 2 (a line and the tabs), the body 2.
+    let body_top = |app: &App| screen(app).lines().nth(5).unwrap().to_string();
     let mut found = false;
     for _ in 0..40 {
         if body_top(&app).starts_with("BBBB") {
@@ -403,7 +414,7 @@ fn detail_scrolls_inside_a_wrapped_line() {
         "scrolling reaches the second piece of the wrapped line"
     );
     let s = screen(&app);
-    let rows: Vec<&str> = s.lines().skip(3).take(2).collect();
+    let rows: Vec<&str> = s.lines().skip(5).take(2).collect();
     assert_eq!(rows, vec!["B".repeat(80), "C".repeat(40)]);
 }
 

@@ -189,9 +189,10 @@ fn enter_loads_detail_and_reads_file_bodies() {
         .detail
         .as_ref()
         .unwrap()
-        .lines
+        .parts
         .as_ref()
         .unwrap()
+        .request
         .iter()
         .map(|l| l.to_string())
         .collect();

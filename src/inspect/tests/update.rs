@@ -126,15 +126,16 @@ fn enter_loads_detail_once_and_esc_goes_back() {
     let fx = update(&mut app, key(KeyCode::Enter));
     assert_eq!(fx, vec![Effect::LoadDetail(5)]);
     assert_eq!(app.view, View::Detail);
-    assert!(app.detail.as_ref().unwrap().lines.is_none());
+    assert!(app.detail.as_ref().unwrap().parts.is_none());
 
     let fx = update(
         &mut app,
         Msg::DetailLoaded(Box::new(exchange(5, "application/json", JSON_BODY))),
     );
     assert!(fx.is_empty());
-    let lines = app.detail.as_ref().unwrap().lines.as_ref().unwrap();
-    assert!(lines
+    let parts = app.detail.as_ref().unwrap().parts.as_ref().unwrap();
+    assert!(parts
+        .request
         .iter()
         .any(|l| l.to_string().contains("\"livemode\": false")));
 
