@@ -46,11 +46,12 @@ fn oracles() -> Option<Oracles> {
             dir.display()
         );
     }
-    std::fs::copy(
-        root.join("tests/oracles/octokit.mjs"),
-        dir.join("octokit.mjs"),
-    )
-    .unwrap();
+    // Beside node_modules, so node resolves the library. Tests run at once:
+    // each writes its own copy and renames it into place, so none reads a
+    // half-written script.
+    let fresh = dir.join(format!("octokit.mjs.{}", rand_name()));
+    std::fs::copy(root.join("tests/oracles/octokit.mjs"), &fresh).unwrap();
+    std::fs::rename(&fresh, dir.join("octokit.mjs")).unwrap();
     Some(Oracles {
         dir,
         scratch: tempfile::tempdir().unwrap(),
