@@ -283,6 +283,25 @@ def summarize(path, extra_path):
             out.append(
                 f"| {int(n):,} | {i.get('connected')} | {fmt(i.get('relay_before_kib'))} | {fmt(i.get('relay_with_kib'))} | {fmt(i.get('relay_per_agent_kib'), 1)} | {fmt(i.get('client_per_agent_kib'), 1)} | {fmt(i.get('relay_idle_cpu_pct'), 1)} % |"
             )
+    instr = extra.get("instructions")
+    if instr:
+        out.append("")
+        out.append("| instructions per request (callgrind, 1 KiB POST) | relay | agent | relay + agent |")
+        out.append("|---|---:|---:|---:|")
+        per = {}
+        for r in instr:
+            per.setdefault(r["mode"], {})[r["component"]] = r["instructions_per_request"]
+        labels = {"no-capture": "no capture", "capture": "capture on",
+                  "store-full": "capture on, store full (retention deleting)"}
+        for mode, v in per.items():
+            rl, ag = v.get("relay"), v.get("agent")
+            tot = rl + ag if rl is not None and ag is not None else None
+            out.append(f"| {labels.get(mode, mode)} | {fmt(rl)} | {fmt(ag)} | {fmt(tot)} |")
+        full = per.get("store-full", {})
+        if "relay" in full and "agent" in full:
+            tot = full["relay"] + full["agent"]
+            out.append("")
+            out.append(f"Target relay + agent ≤ 120k instructions per exchange, store full: {tot / 1000:.1f}k — {verdict(tot <= 120_000)}")
     print("\n".join(out))
 
 

@@ -9,7 +9,9 @@
 #   --quick              fewer scenarios, 2 s per load run, 1,000 idle agents only
 #   --duration S         seconds per load run (default 5; quick 2)
 #   --runs N             interleaved runs per system and scenario (default 3)
-#   --only LIST          comma list of phases: load,memory,idle,reconnect
+#   --only LIST          comma list of phases: load,memory,idle,reconnect and
+#                        instructions (callgrind instructions per request per
+#                        component; slow, so only when asked for)
 #   --scenarios LIST     comma list of load scenarios to run (names as in the
 #                        tables, e.g. 1k-c32-keepalive,1k-c1-keepalive)
 #   --no-peers           skip bore / rathole / localtunnel
@@ -166,10 +168,11 @@ BORE="$TOOLS/bin/bore"
 RATHOLE="$TOOLS/bin/rathole"
 
 log "building whtunnel (release) and the bench examples"
-cargo build --release --quiet --bin whtunnel --example bench_target --example idle_agents
+cargo build --release --quiet --bin whtunnel --example bench_target --example idle_agents --example bench_load
 WT="${WT_BIN:-$ROOT/target/release/whtunnel}"
 TARGET_BIN="$ROOT/target/release/examples/bench_target"
 IDLE_BIN="$ROOT/target/release/examples/idle_agents"
+LOAD_BIN="$ROOT/target/release/examples/bench_load"
 
 # ---------------------------------------------------------------- machine
 {
@@ -518,12 +521,20 @@ phase_reconnect() {
   PIDS=("$TARGET_PID")
 }
 
+phase_instructions() {
+  log "== instructions: callgrind, relay and agent, per request (1 KiB POST, c=32)"
+  bash "$ROOT/bench/instructions.sh" "$WT" "$TARGET_BIN" "$LOAD_BIN" "$OUT/instructions.jsonl" \
+    2000 32 1024 2>&1 | tee "$OUT/logs/instructions.txt" >&2
+  json_set .instructions "$(jq -s . "$OUT/instructions.jsonl")"
+}
+
 # ---------------------------------------------------------------- main
 start_target
 phase load && phase_load
 phase memory && phase_memory
 phase idle && phase_idle
 phase reconnect && phase_reconnect
+phase instructions && phase_instructions
 
 python3 "$LIB" summarize "$RESULTS" "$EXTRA" > "$OUT/summary.md"
 { echo; echo '```'; cat "$OUT/machine.txt"; echo '```'; } >> "$OUT/summary.md"
