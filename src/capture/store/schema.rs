@@ -73,6 +73,15 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     CREATE INDEX exchanges_delivery ON exchanges(delivery_id) WHERE delivery_id IS NOT NULL;
     "#,
     ),
+    // 4: the body-hash proof, and the sender's timeout the exchange was
+    // judged by (a rule's override, else the provider's).
+    Migration::Sql(
+        r#"
+    ALTER TABLE exchanges ADD COLUMN relay_body_sha256 TEXT;     -- lower-case hex, from the relay
+    ALTER TABLE exchanges ADD COLUMN body_intact       INTEGER;  -- 1: the app got those bytes, 0: changed
+    ALTER TABLE exchanges ADD COLUMN sender_timeout_ms INTEGER;
+    "#,
+    ),
 ];
 
 /// The error text schema 1 stored for an app that answered after its
