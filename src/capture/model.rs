@@ -158,6 +158,9 @@ pub struct ExchangeSummary {
     pub signature: Option<Verdict>,
     /// The provider's delivery id (see [`WebhookInfo::delivery_id`]).
     pub delivery_id: Option<String>,
+    /// The relay's id of the held event this exchange delivered (see
+    /// [`Exchange::relay_event_id`]).
+    pub relay_event_id: Option<String>,
 }
 
 /// A user's edit of a captured request before replaying it.
@@ -204,6 +207,7 @@ impl Exchange {
             provider: self.webhook.provider.clone(),
             signature: self.webhook.signature.as_ref().map(|s| s.verdict),
             delivery_id: self.webhook.delivery_id.clone(),
+            relay_event_id: self.relay_event_id.clone(),
         }
     }
 }

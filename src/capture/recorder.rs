@@ -279,6 +279,7 @@ impl Recorder {
             provider: None,
             signature: None,
             delivery_id: None,
+            relay_event_id: None,
         }));
         live
     }

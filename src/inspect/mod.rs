@@ -65,6 +65,11 @@ pub struct Inputs {
     /// that the embedded relay moved to another port; see [`notice`]); ""
     /// for none. `None`: not followed.
     pub notice: Option<watch::Receiver<String>>,
+    /// The relay's held backlog for this tunnel, counting down as it is
+    /// delivered (`None`: not followed).
+    pub backlog: Option<watch::Receiver<u64>>,
+    /// The relay's dead letters for this tunnel (`None`: not followed).
+    pub dead_letters: Option<watch::Receiver<crate::forward::DeadLetters>>,
 }
 
 /// Runs the inspector on the current terminal until the user quits.

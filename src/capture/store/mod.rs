@@ -517,7 +517,7 @@ impl Store {
 
     const SUMMARY_COLS: &'static str = "id, received_at, method, path, status, duration_ms, \
         event, replay_of, req_body_len, resp_body_len, error, outcome, provider, sig_verdict, \
-        delivery_id";
+        delivery_id, relay_event_id";
 
     fn summary_from_row(r: &Row<'_>) -> rusqlite::Result<ExchangeSummary> {
         Ok(ExchangeSummary {
@@ -537,6 +537,7 @@ impl Store {
             provider: r.get(12)?,
             signature: r.get::<_, Option<String>>(13)?.and_then(|v| v.parse().ok()),
             delivery_id: r.get(14)?,
+            relay_event_id: r.get(15)?,
         })
     }
 

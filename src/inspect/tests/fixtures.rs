@@ -54,6 +54,7 @@ pub fn summary(id: ExchangeId, method: &str, path: &str, status: Option<u16>) ->
         provider: None,
         signature: None,
         delivery_id: None,
+        relay_event_id: None,
     }
 }
 
