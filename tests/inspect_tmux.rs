@@ -499,6 +499,26 @@ async fn signature_column_slow_request_and_editor_search_in_a_real_terminal() {
     tmux.quit(&status_file).await;
 }
 
+/// Makes `name` a tunnel `relay` knows, whose agent is away: what is sent
+/// to it next is held.
+async fn known_offline(relay: &RelayHandle, name: &str, app: &App) {
+    drop(start_agent(&relay.base, AgentOptions::new(name, app)).await);
+    // Until the agent's link is gone, requests still go live.
+    let started = Instant::now();
+    loop {
+        let probe = format!("{}/t/{name}/probe", relay.base);
+        let (s, _, _) = send(Method::POST, &probe, &[], "").await;
+        if s == StatusCode::ACCEPTED {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "agent never left"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Issue #11's backlog in the inspector: events held by a relay while the
 /// agent was away drain with the count left, the rate and the time to go
 /// on the status line, then "all delivered".
@@ -510,22 +530,7 @@ async fn the_held_backlog_drains_on_the_status_line_in_a_real_terminal() {
     let mut config = relay_config("127.0.0.1:0");
     config.data_dir = Some(relay_dir.path().to_path_buf());
     let relay = start_relay(config).await;
-    // Make the tunnel known, then leave: what follows is held.
-    drop(start_agent(&relay.base, AgentOptions::new("backlog", &app)).await);
-    // Until the agent's link is gone, requests still go live.
-    let started = Instant::now();
-    loop {
-        let probe = format!("{}/t/backlog/probe", relay.base);
-        let (s, _, _) = send(Method::POST, &probe, &[], "").await;
-        if s == StatusCode::ACCEPTED {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "agent never left"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    known_offline(&relay, "backlog", &app).await;
     for n in 0..HELD {
         let (s, _, _) = send(
             Method::POST,
@@ -577,6 +582,82 @@ async fn the_held_backlog_drains_on_the_status_line_in_a_real_terminal() {
         .count();
     assert_eq!(delivered, HELD);
     tokio::time::sleep(Duration::from_millis(200)).await;
+    tmux.quit(&status_file).await;
+    relay.stop().await;
+}
+
+/// Issue #11's dead letters in the inspector: a held event the app never
+/// answers in time is dead-lettered by the relay, and the inspector says
+/// so under the status line and marks the rows that delivered it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_lettered_event_is_marked_in_a_real_terminal() {
+    let app = App::start().await;
+    let relay_dir = tempfile::tempdir().unwrap();
+    let mut config = relay_config("127.0.0.1:0");
+    config.data_dir = Some(relay_dir.path().to_path_buf());
+    // Two timeouts of 1 s and the event is dead-lettered.
+    config.response_timeout = Duration::from_secs(1);
+    config.hold_delivery.max_failures = 2;
+    config.hold_delivery.retry_min = Duration::from_millis(50);
+    let relay = start_relay(config).await;
+    known_offline(&relay, "poison", &app).await;
+    let (s, h, _) = send(
+        Method::POST,
+        &format!("{}/t/poison/slow-handler", relay.base),
+        &[
+            ("x-test-delay-ms", "3000"),
+            ("content-type", "application/json"),
+        ],
+        r#"{"type":"invoice.stuck"}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let event_id = h["whtunnel-event-id"].to_str().unwrap().to_string();
+    let (s, _, _) = send(
+        Method::POST,
+        &format!("{}/t/poison/fine", relay.base),
+        &[("content-type", "application/json")],
+        r#"{"type":"invoice.fine"}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+
+    let dir = tempfile::tempdir().unwrap();
+    let tmux = Tmux::new("dead", dir.path().join("whtunnel.log"));
+    let status_file = dir.path().join("exit-status");
+    let cmd = format!(
+        "{} listen {} --relay {} --token {} --name poison --data-dir {}",
+        bin(),
+        app.addr.port(),
+        relay.base,
+        TOKEN,
+        dir.path().display()
+    );
+    tmux.start(&cmd, (100, 30), &status_file);
+    tmux.wait_for("the dead letter under the status line", |s| {
+        s.lines().nth(2).is_some_and(|l| {
+            l.contains("☠ 1 held event dead-lettered on the relay: whtunnel held list")
+        })
+    })
+    .await;
+    let held = relay.held.clone().unwrap();
+    let listed = held.list("poison", 10).unwrap();
+    assert!(
+        listed.iter().any(|e| e.event_id == event_id && e.dead),
+        "{listed:?}"
+    );
+    // Both failed deliveries of it are marked, the good event is not.
+    let screen = tmux
+        .wait_for("the rows that delivered it marked", |s| {
+            s.lines()
+                .filter(|l| l.contains("/slow-handler") && l.starts_with('☠'))
+                .count()
+                == 2
+        })
+        .await;
+    let fine = line_with(&screen, "/fine").expect("the good event delivered");
+    assert!(!fine.contains('☠'), "{screen}");
+    tmux.save("dead-letter-100x30", &screen);
     tmux.quit(&status_file).await;
     relay.stop().await;
 }
