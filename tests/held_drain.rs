@@ -240,6 +240,19 @@ async fn a_poison_event_is_dead_lettered_and_does_not_block_the_others() {
         "{:?}",
         list[0]
     );
+    // Dropped through the held API: the agent hears the list is empty.
+    let req = http::Request::builder()
+        .method(Method::DELETE)
+        .uri(format!("{}/_whtunnel/held/poison/{poison_id}", relay.base))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let cleared = tokio::time::timeout(Duration::from_secs(5), dead.wait_for(|d| d.count == 0))
+        .await
+        .is_ok();
+    assert!(cleared, "after the drop: {:?}", *dead.borrow());
 }
 
 #[tokio::test]

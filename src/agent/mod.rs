@@ -166,11 +166,15 @@ async fn serve(
                 forwarder.reset_dead_letters(dead);
                 status.send_replace(ready.clone());
             }
-            Some(Control::DeadLetter) => {
+            Some(c @ (Control::DeadLetter | Control::DeadLetterCleared)) => {
                 let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
                 let count = text(HDR_DEAD).and_then(|v| v.parse().ok());
                 if let (Some(id), Some(count)) = (text(HDR_EVENT_ID), count) {
-                    forwarder.dead_lettered(id.to_string(), count);
+                    if c == Control::DeadLetter {
+                        forwarder.dead_lettered(id.to_string(), count);
+                    } else {
+                        forwarder.dead_letter_cleared(id, count);
+                    }
                 }
             }
             None => {}

@@ -76,6 +76,15 @@ impl Forwarder {
     pub fn dead_lettered(&self, id: String, count: u64) {
         self.inner.dead_letters.send_modify(|d| d.add(id, count));
     }
+
+    /// Dead-lettered event `id` was retried or dropped; the list now holds
+    /// `count` events.
+    pub fn dead_letter_cleared(&self, id: &str, count: u64) {
+        self.inner.dead_letters.send_modify(|d| {
+            d.ids.retain(|x| x != id);
+            d.count = count;
+        });
+    }
 }
 
 impl Forwarder {

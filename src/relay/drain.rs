@@ -259,6 +259,7 @@ impl Delivery {
                         let count = held.state(name).map_or(0, |s| s.dead);
                         tokio::spawn(tell_dead_letter(
                             sender.clone(),
+                            Control::DeadLetter,
                             ev.event.event_id.clone(),
                             count,
                         ));
@@ -273,14 +274,39 @@ impl Delivery {
     }
 }
 
+/// Tells `name`'s connected agent, if any, that dead-lettered event
+/// `event_id` was retried or dropped ([`Control::DeadLetterCleared`]).
+pub(crate) fn tell_dead_letter_cleared(shared: &Arc<Shared>, name: &str, event_id: &str) {
+    let Some(held) = shared.held.as_ref() else {
+        return;
+    };
+    let count = held.state(name).map_or(0, |s| s.dead);
+    let sender = {
+        let tunnels = shared.tunnels.lock();
+        tunnels
+            .get(name)
+            .filter(|s| !s.closed.is_cancelled())
+            .map(|s| s.sender.clone())
+    };
+    if let Some(sender) = sender {
+        tokio::spawn(tell_dead_letter(
+            sender,
+            Control::DeadLetterCleared,
+            event_id.to_string(),
+            count,
+        ));
+    }
+}
+
 /// Tells the agent that held event `event_id` moved to the dead-letter
-/// list, which now holds `count` of its tunnel's events (a
-/// [`Control::DeadLetter`] request), so the user sees it without asking.
-async fn tell_dead_letter(sender: LinkClient, event_id: String, count: u64) {
+/// list ([`Control::DeadLetter`]) or left it ([`Control::DeadLetterCleared`]),
+/// which now holds `count` of its tunnel's events, so the user sees it
+/// without asking.
+async fn tell_dead_letter(sender: LinkClient, control: Control, event_id: String, count: u64) {
     let mut req = Request::new(crate::tunnel::Body::default());
     *req.uri_mut() = http::Uri::from_static("http://tunnel/_whtunnel/dead-letter");
     let h = req.headers_mut();
-    h.insert(HDR_CONTROL, Control::DeadLetter.header_value());
+    h.insert(HDR_CONTROL, control.header_value());
     h.insert(HDR_DEAD, HeaderValue::from(count));
     // Event ids are the relay's own (ULID-like); one that is not a valid
     // header value is not announced.

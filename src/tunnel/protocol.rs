@@ -112,6 +112,9 @@ wire_values! {
         /// agent can show it. An agent that does not know this value answers
         /// it 400 (no [`RequestMeta`]) and nothing reaches its app.
         DeadLetter = "dead-letter",
+        /// A dead-lettered event (its id in [`HDR_EVENT_ID`]) was retried
+        /// or dropped through the held API; [`HDR_DEAD`] counts the list.
+        DeadLetterCleared = "dead-letter-cleared",
     }
 }
 

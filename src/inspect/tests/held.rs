@@ -133,9 +133,15 @@ fn dead_letters_are_counted_under_the_status_and_their_rows_marked() {
 
         // A second one, reported by count only (e.g. at connect).
         dead.count = 2;
-        update(&mut app, Msg::DeadLetters(dead));
+        update(&mut app, Msg::DeadLetters(dead.clone()));
         let s = screen(&app);
         assert!(s.contains("☠ 2 held events dead-lettered"), "{s}");
+        // Both retried or dropped (`whtunnel held`): nothing is marked.
+        dead.ids.clear();
+        dead.count = 0;
+        update(&mut app, Msg::DeadLetters(dead));
+        let s = screen(&app);
+        assert!(!s.contains('☠'), "{s}");
     }
 }
 
