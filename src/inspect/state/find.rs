@@ -116,12 +116,11 @@ impl Find {
 
     /// The prompt's text for the footer.
     pub fn status(&self) -> String {
-        let found = match (self.query.is_empty(), self.matches, self.current) {
+        match (self.query.is_empty(), self.matches, self.current) {
             (true, _, _) => String::new(),
             (false, 0, _) => "no match".into(),
             (false, n, Some(i)) => format!("{i} of {n}"),
             (false, n, None) => format!("{n} matches"),
-        };
-        found
+        }
     }
 }
