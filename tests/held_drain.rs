@@ -192,11 +192,33 @@ async fn a_poison_event_is_dead_lettered_and_does_not_block_the_others() {
     }
     let mut opts = AgentOptions::new("poison", &placeholder);
     opts.target = addr.to_string();
-    let _agent = start_agent(&relay.base, opts).await;
+    opts.agent_id = Some("poison-agent".into());
+    let agent = start_agent(&relay.base, opts).await;
     let held = relay.held.clone().unwrap();
     wait_drained(&held, "poison", Duration::from_secs(15)).await;
     let st = held.state("poison").unwrap();
     assert_eq!((st.pending, st.dead), (0, 1));
+    // The agent is told, so the inspector can mark it.
+    let mut dead = agent.dead_letters.clone();
+    let told = tokio::time::timeout(
+        Duration::from_secs(5),
+        dead.wait_for(|d| d.ids.contains(&poison_id)),
+    )
+    .await
+    .is_ok();
+    assert!(told, "the agent never heard: {:?}", *dead.borrow());
+    assert_eq!(dead.borrow().count, 1);
+    // A new link starts from the relay's own count.
+    drop(agent);
+    let mut opts = AgentOptions::new("poison", &placeholder);
+    opts.target = addr.to_string();
+    opts.agent_id = Some("poison-agent".into());
+    let again = start_agent(&relay.base, opts).await;
+    let mut dead = again.dead_letters.clone();
+    let counted = tokio::time::timeout(Duration::from_secs(5), dead.wait_for(|d| d.count == 1))
+        .await
+        .is_ok();
+    assert!(counted, "count at connect: {:?}", *dead.borrow());
     let paths = seen.lock().unwrap().clone();
     let oks: Vec<_> = paths.iter().filter(|p| p.starts_with("/ok")).collect();
     assert_eq!(
@@ -218,6 +240,19 @@ async fn a_poison_event_is_dead_lettered_and_does_not_block_the_others() {
         "{:?}",
         list[0]
     );
+    // Dropped through the held API: the agent hears the list is empty.
+    let req = http::Request::builder()
+        .method(Method::DELETE)
+        .uri(format!("{}/_whtunnel/held/poison/{poison_id}", relay.base))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let cleared = tokio::time::timeout(Duration::from_secs(5), dead.wait_for(|d| d.count == 0))
+        .await
+        .is_ok();
+    assert!(cleared, "after the drop: {:?}", *dead.borrow());
 }
 
 #[tokio::test]

@@ -13,8 +13,8 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::tunnel::protocol::{
-    OfflinePolicy, AGENT_PATH, HDR_AGENT_ID, HDR_HELD, HDR_NAME, HDR_OFFLINE, HDR_PROTOCOL,
-    HDR_PUBLIC_URL, HDR_TAKEOVER, PROTOCOL_VERSION,
+    OfflinePolicy, AGENT_PATH, HDR_AGENT_ID, HDR_DEAD, HDR_HELD, HDR_NAME, HDR_OFFLINE,
+    HDR_PROTOCOL, HDR_PUBLIC_URL, HDR_TAKEOVER, PROTOCOL_VERSION,
 };
 use crate::tunnel::ws_io::ws_config;
 
@@ -139,6 +139,8 @@ pub struct Link {
     pub public_url: String,
     /// Events the relay held for this tunnel and is about to deliver.
     pub held: u64,
+    /// The tunnel's events on the relay's dead-letter list.
+    pub dead: u64,
 }
 
 /// Opens one link to the relay.
@@ -245,10 +247,17 @@ pub async fn connect(config: &AgentConfig) -> Result<Link, ConnectError> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    let dead = resp
+        .headers()
+        .get(HDR_DEAD)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     Ok(Link {
         ws,
         public_url,
         held,
+        dead,
     })
 }
 

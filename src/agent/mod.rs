@@ -21,7 +21,7 @@ pub use listener::{AppState, Capture, ListenConfig, ListenError, Listener, Relay
 pub use status::ConnectionStatus;
 
 use crate::forward::Forwarder;
-use crate::tunnel::protocol::{Control, HDR_CONTROL};
+use crate::tunnel::protocol::{Control, HDR_CONTROL, HDR_DEAD, HDR_EVENT_ID};
 use crate::tunnel::{h2, WsIo};
 
 /// Back-off before the first reconnect attempt is at most this...
@@ -107,7 +107,15 @@ pub async fn run(
                     public_url: link.public_url.clone(),
                     held: link.held,
                 };
-                let reason = serve(link.ws, forwarder.clone(), &shutdown, &status, ready).await;
+                let dead = link.dead;
+                let reason = serve(
+                    link.ws,
+                    forwarder.clone(),
+                    &shutdown,
+                    &status,
+                    (ready, dead),
+                )
+                .await;
                 if shutdown.is_cancelled() {
                     return Ok(());
                 }
@@ -142,23 +150,36 @@ async fn serve(
     forwarder: Forwarder,
     shutdown: &CancellationToken,
     status: &watch::Sender<ConnectionStatus>,
-    ready: ConnectionStatus,
+    (ready, dead): (ConnectionStatus, u64),
 ) -> String {
     let status = status.clone();
     let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let forwarder = forwarder.clone();
-        // The relay says the tunnel is routable: only now is it "connected".
-        let control = req
-            .headers()
-            .get(HDR_CONTROL)
-            .and_then(Control::from_header)
-            == Some(Control::Ready);
-        if control {
-            if let ConnectionStatus::Connected { held, .. } = &ready {
-                forwarder.reset_backlog(*held);
+        let headers = req.headers();
+        let control = headers.get(HDR_CONTROL).and_then(Control::from_header);
+        match control {
+            // The relay says the tunnel is routable: only now is it "connected".
+            Some(Control::Ready) => {
+                if let ConnectionStatus::Connected { held, .. } = &ready {
+                    forwarder.reset_backlog(*held);
+                }
+                forwarder.reset_dead_letters(dead);
+                status.send_replace(ready.clone());
             }
-            status.send_replace(ready.clone());
+            Some(c @ (Control::DeadLetter | Control::DeadLetterCleared)) => {
+                let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+                let count = text(HDR_DEAD).and_then(|v| v.parse().ok());
+                if let (Some(id), Some(count)) = (text(HDR_EVENT_ID), count) {
+                    if c == Control::DeadLetter {
+                        forwarder.dead_lettered(id.to_string(), count);
+                    } else {
+                        forwarder.dead_letter_cleared(id, count);
+                    }
+                }
+            }
+            None => {}
         }
+        let control = control.is_some();
         async move {
             if control {
                 return Ok(http::Response::new(crate::tunnel::Body::default()));

@@ -175,6 +175,9 @@ pub struct ExchangeSummary {
     pub delivery_id: Option<String>,
     /// Why the signature verdict is what it is (see [`SignatureCheck::reason`]).
     pub signature_reason: Option<String>,
+    /// The relay's id of the held event this exchange delivered (see
+    /// [`Exchange::relay_event_id`]).
+    pub relay_event_id: Option<String>,
 }
 
 /// A user's edit of a captured request before replaying it.
@@ -226,6 +229,7 @@ impl Exchange {
                 .signature
                 .as_ref()
                 .and_then(|s| s.reason.clone()),
+            relay_event_id: self.relay_event_id.clone(),
         }
     }
 }

@@ -281,6 +281,7 @@ impl Recorder {
             signature: None,
             delivery_id: None,
             signature_reason: None,
+            relay_event_id: None,
         }));
         live
     }

@@ -323,6 +323,7 @@ async fn listen(mut args: ListenArgs) -> Result<()> {
     let stop = shutdown_signals(Some(listener.abandon_token()));
     let in_flight = listener.in_flight();
     let backlog = listener.forwarder().backlog();
+    let dead_letters = listener.forwarder().dead_letters();
     let status = listener.status();
     let recorder = listener.recorder().cloned();
     let replays = listener.replays();
@@ -368,6 +369,7 @@ async fn listen(mut args: ListenArgs) -> Result<()> {
             replays,
             status,
             notice,
+            (backlog, dead_letters),
             &target,
             &stop,
             &mut agent,
@@ -430,6 +432,10 @@ async fn run_inspector(
     replays: tokio::sync::mpsc::Sender<capture::ReplayRequest>,
     status: watch::Receiver<ConnectionStatus>,
     notice: Option<watch::Receiver<String>>,
+    (backlog, dead_letters): (
+        watch::Receiver<u64>,
+        watch::Receiver<crate::forward::DeadLetters>,
+    ),
     target: &Target,
     stop: &CancellationToken,
     agent: &mut AgentTask,
@@ -455,6 +461,8 @@ async fn run_inspector(
         public_url,
         target: target.to_string(),
         notice,
+        backlog: Some(backlog),
+        dead_letters: Some(dead_letters),
     };
     let mut ui = tokio::task::spawn_blocking(move || crate::inspect::run(inputs));
     tokio::select! {

@@ -27,6 +27,66 @@ pub const HELD_TIMEOUT_ATTEMPTS: u32 = 3;
 pub const ERR_ANSWER_UNDELIVERED: &str =
     "answered after the sender was gone (hung up, relay timeout or lost link); the answer reached nobody";
 
+/// Most dead-lettered event ids kept for display (the relay's list is the
+/// whole truth: `whtunnel held list`).
+pub const MAX_DEAD_IDS: usize = 64;
+
+/// The tunnel's events on the relay's dead-letter list, as far as the agent
+/// knows: the count the relay announces at connect and with each event it
+/// dead-letters, and the ids of those announced since (newest last).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeadLetters {
+    /// Events on the dead-letter list.
+    pub count: u64,
+    /// Ids (the relay's event ids) of events dead-lettered while this agent
+    /// was connected, at most [`MAX_DEAD_IDS`].
+    pub ids: std::collections::VecDeque<String>,
+}
+
+impl DeadLetters {
+    /// Event `id` was dead-lettered; the list now holds `count`.
+    pub fn add(&mut self, id: String, count: u64) {
+        self.count = count;
+        if !self.ids.contains(&id) {
+            if self.ids.len() >= MAX_DEAD_IDS {
+                self.ids.pop_front();
+            }
+            self.ids.push_back(id);
+        }
+    }
+}
+
+impl Forwarder {
+    /// The tunnel's dead-lettered events, as the relay reported them.
+    pub fn dead_letters(&self) -> tokio::sync::watch::Receiver<DeadLetters> {
+        self.inner.dead_letters.subscribe()
+    }
+
+    /// A new link: the relay's dead-letter list holds `count` events.
+    pub fn reset_dead_letters(&self, count: u64) {
+        self.inner.dead_letters.send_if_modified(|d| {
+            let changed = d.count != count;
+            d.count = count;
+            changed
+        });
+    }
+
+    /// The relay moved held event `id` to its dead-letter list, which now
+    /// holds `count` events.
+    pub fn dead_lettered(&self, id: String, count: u64) {
+        self.inner.dead_letters.send_modify(|d| d.add(id, count));
+    }
+
+    /// Dead-lettered event `id` was retried or dropped; the list now holds
+    /// `count` events.
+    pub fn dead_letter_cleared(&self, id: &str, count: u64) {
+        self.inner.dead_letters.send_modify(|d| {
+            d.ids.retain(|x| x != id);
+            d.count = count;
+        });
+    }
+}
+
 impl Forwarder {
     /// Delivers held event `event_id` (delivery `attempt`, from 1). One
     /// deadline for the whole delivery, waiting included: the relay gives

@@ -34,7 +34,7 @@ use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use abandoned::MAX_ABANDONED_CALLS;
-pub use held::{ERR_ANSWER_UNDELIVERED, HELD_TIMEOUT_ATTEMPTS};
+pub use held::{DeadLetters, ERR_ANSWER_UNDELIVERED, HELD_TIMEOUT_ATTEMPTS, MAX_DEAD_IDS};
 pub use replay::{not_replayable, ReplayOptions, ReplayOutcome, Signing};
 pub use target::{HostHeader, Target, TargetError};
 
@@ -101,6 +101,9 @@ struct Inner {
     /// Held events the relay still has queued for this tunnel, as it last
     /// said (see [`Forwarder::backlog`]).
     backlog: watch::Sender<u64>,
+    /// The relay's dead letters for this tunnel (see
+    /// [`Forwarder::dead_letters`]).
+    dead_letters: watch::Sender<DeadLetters>,
     /// Cancelled when the agent gives up on the exchanges in flight (a
     /// second Ctrl-C, or the bound on stopping): each still waiting for the
     /// app is answered and recorded as abandoned.
@@ -143,6 +146,7 @@ impl Forwarder {
                 abandoned: Arc::new(tokio::sync::Semaphore::new(MAX_ABANDONED_CALLS)),
                 busy: Arc::new(watch::channel(0).0),
                 backlog: watch::channel(0).0,
+                dead_letters: watch::channel(DeadLetters::default()).0,
                 abandon: CancellationToken::new(),
             }),
         }

@@ -15,7 +15,7 @@
 //! details, `Tab` request/response in details (side by side from 140
 //! columns, then `Tab` selects one), `R` the selected half's raw bytes,
 //! `Esc`/`←`/`Backspace` back, `r` replay, `e` edit then replay
-//! (`Ctrl-S`/`F2` send, `Esc` cancel), `/` filter (`Enter` apply, `Esc`
+//! (`Ctrl-S`/`F2` send, `Ctrl-F` find, `Esc` cancel), `/` filter (`Enter` apply, `Esc`
 //! cancel; `Esc` in the list clears it), `?` help, `q`/`Ctrl-C` quit.
 //! Filter terms: `5xx`, `404`, `err`, `#12`, `body:text`, `sig:invalid`,
 //! `provider:stripe`, or text matched against method, path, event type,
@@ -65,6 +65,11 @@ pub struct Inputs {
     /// that the embedded relay moved to another port; see [`notice`]); ""
     /// for none. `None`: not followed.
     pub notice: Option<watch::Receiver<String>>,
+    /// The relay's held backlog for this tunnel, counting down as it is
+    /// delivered (`None`: not followed).
+    pub backlog: Option<watch::Receiver<u64>>,
+    /// The relay's dead letters for this tunnel (`None`: not followed).
+    pub dead_letters: Option<watch::Receiver<crate::forward::DeadLetters>>,
 }
 
 /// Runs the inspector on the current terminal until the user quits.

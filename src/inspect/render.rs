@@ -91,6 +91,13 @@ pub fn status_text(app: &App) -> (String, Style) {
     let t = &app.theme;
     match &app.status {
         ConnectionStatus::Connecting => ("○ connecting…".into(), t.warn()),
+        // The backlog as the agent counts it down, when followed.
+        ConnectionStatus::Connected { .. } if app.drain.is_some() => {
+            match app.drain.as_ref().and_then(|d| d.text()) {
+                Some(text) => (format!("● connected · {text}"), t.ok()),
+                None => ("● connected".into(), t.ok()),
+            }
+        }
         ConnectionStatus::Connected { held: 0, .. } => ("● connected".into(), t.ok()),
         ConnectionStatus::Connected { held, .. } => (
             format!("● connected · {held} events held while you were offline — delivering"),
@@ -269,6 +276,8 @@ fn row_cells(app: &App, row: &Row, cols: &[(usize, Col)], widths: &[u16]) -> Vec
             0 => {
                 if row.not_stored.is_some() {
                     Cell::from(Span::styled("!", t.warn()))
+                } else if row.dead_lettered(&app.dead) {
+                    Cell::from(Span::styled("☠", t.error()))
                 } else if let Some(orig) = s.replay_of {
                     Cell::from(Span::styled(
                         format!("↻#{orig}"),
@@ -523,6 +532,13 @@ fn draw_detail(frame: &mut Frame, app: &App, head: Rect, body: Rect) {
     if let Some(n) = app.attempts.get(&RowKey::Stored(d.id)) {
         title.push(Span::styled(format!("  ↳ retry {n}"), t.warn()));
     }
+    let row = app.rows.iter().find(|r| r.key == RowKey::Stored(d.id));
+    if row.is_some_and(|r| r.dead_lettered(&app.dead)) {
+        title.push(Span::styled(
+            "  ☠ dead-lettered on the relay: whtunnel held list",
+            t.error(),
+        ));
+    }
     if !replays.is_empty() {
         title.push(Span::styled(
             format!("  ↻ replayed as {}", replays.join(" ")),
@@ -653,15 +669,38 @@ fn draw_footer(frame: &mut Frame, app: &App, area: Rect) {
             t.heading(),
         ));
     }
-    if let Some(Editor::Text { error, warning, .. }) = &app.editor {
+    if let Some(Editor::Text {
+        error,
+        warning,
+        find,
+        ..
+    }) = &app.editor
+    {
         if app.view == View::Edit {
+            if find.open {
+                let found = find.status();
+                let style = if find.matches == 0 && !find.query.is_empty() {
+                    t.warn()
+                } else {
+                    t.dim()
+                };
+                let line = Line::from(vec![
+                    Span::styled("Find: ", t.heading()),
+                    Span::raw(sanitize(&find.query).into_owned()),
+                    Span::styled("█", t.dim()),
+                    Span::styled(format!("  {found}"), style),
+                    Span::styled("  ⏎/↓ next · ↑ previous · Esc close", t.dim()),
+                ]);
+                frame.render_widget(Paragraph::new(line), area);
+                return;
+            }
             if let Some(e) = error {
                 spans.push(Span::styled(format!("✕ {e}"), t.error()));
             } else if let Some(w) = warning {
                 spans.push(Span::styled(format!("! {w}"), t.warn()));
             } else {
                 spans.push(Span::styled(
-                    "Ctrl-S/F2 send · F3 pretty-print JSON (changes bytes) · Esc cancel",
+                    "Ctrl-S/F2 send · Ctrl-F find · F3 pretty-print (changes bytes) · Esc cancel",
                     t.dim(),
                 ));
             }
@@ -716,7 +755,7 @@ pub const HELP: &[(&str, &str)] = &[
     ("Esc ← Bksp", "back from details; Esc clears the filter"),
     ("r", "replay the selected exchange"),
     ("e", "edit, then replay (Ctrl-S/F2 send)"),
-    ("F3 (editor)", "pretty-print JSON (changes the bytes)"),
+    ("F3  Ctrl-F", "editor: pretty-print JSON · find text"),
     ("/", "filter (Enter apply, Esc cancel)"),
     ("?", "this help"),
     ("q  Ctrl-C", "quit"),

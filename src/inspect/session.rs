@@ -10,7 +10,7 @@ use tokio::sync::broadcast::error::TryRecvError;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{broadcast, mpsc, watch};
 
-use super::state::{update, App, Effect, Msg, MAX_ROWS};
+use super::state::{update, App, DeadLetters, Effect, Msg, MAX_ROWS};
 use crate::agent::ConnectionStatus;
 use crate::capture::{
     BodyData, CaptureEvent, CapturedBody, Exchange, ExchangeId, ExchangeSummary, ListQuery,
@@ -130,6 +130,8 @@ pub struct Session<S: Source> {
     status: watch::Receiver<ConnectionStatus>,
     replays: mpsc::Sender<ReplayRequest>,
     banner: Option<watch::Receiver<String>>,
+    backlog: Option<watch::Receiver<u64>>,
+    dead: Option<watch::Receiver<DeadLetters>>,
     queue: VecDeque<Msg>,
     pending: VecDeque<Effect>,
     /// The agent's status channel closed: the agent is gone.
@@ -154,6 +156,8 @@ impl<S: Source> Session<S> {
             status,
             replays,
             banner: None,
+            backlog: None,
+            dead: None,
             queue: VecDeque::new(),
             pending: VecDeque::from([Effect::Reload]),
             agent_gone: false,
@@ -166,6 +170,30 @@ impl<S: Source> Session<S> {
             self.queue.push_back(Msg::Banner(rx.borrow().clone()));
         }
         self.banner = banner;
+        self
+    }
+
+    /// Follows the relay's held backlog and dead letters for this tunnel
+    /// (see [`crate::forward::Forwarder::backlog`] and
+    /// [`crate::forward::Forwarder::dead_letters`]).
+    pub fn with_held(
+        mut self,
+        backlog: Option<watch::Receiver<u64>>,
+        dead: Option<watch::Receiver<DeadLetters>>,
+    ) -> Self {
+        if let Some(mut rx) = backlog {
+            let left = *rx.borrow_and_update();
+            self.queue.push_back(Msg::Tick(std::time::Instant::now()));
+            self.queue.push_back(Msg::Backlog(left));
+            self.backlog = Some(rx);
+        }
+        if let Some(mut rx) = dead {
+            let d = rx.borrow_and_update().clone();
+            if d != DeadLetters::default() {
+                self.queue.push_back(Msg::DeadLetters(d));
+            }
+            self.dead = Some(rx);
+        }
         self
     }
 
@@ -203,6 +231,28 @@ impl<S: Source> Session<S> {
             // The agent has stopped (shutdown signal, or refused): the UI ends
             // too, and `listen` reports why on the restored terminal.
             Err(_) => self.agent_gone = true,
+        }
+        if let Some(rx) = self.backlog.as_mut() {
+            match rx.has_changed() {
+                Ok(true) => {
+                    let left = *rx.borrow_and_update();
+                    // The rate is measured on the app's clock.
+                    self.queue.push_back(Msg::Tick(std::time::Instant::now()));
+                    self.queue.push_back(Msg::Backlog(left));
+                }
+                Ok(false) => {}
+                Err(_) => self.backlog = None,
+            }
+        }
+        if let Some(rx) = self.dead.as_mut() {
+            match rx.has_changed() {
+                Ok(true) => {
+                    let d = rx.borrow_and_update().clone();
+                    self.queue.push_back(Msg::DeadLetters(d));
+                }
+                Ok(false) => {}
+                Err(_) => self.dead = None,
+            }
         }
         if let Some(rx) = self.banner.as_mut() {
             match rx.has_changed() {

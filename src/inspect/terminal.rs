@@ -96,12 +96,18 @@ pub fn run(inputs: Inputs) -> anyhow::Result<()> {
         public_url,
         target,
         notice,
+        backlog,
+        dead_letters,
     } = inputs;
     // Decided once: a DST change mid-session shifts the clock column, which
     // is better than rows from before and after disagreeing silently.
     let tz = chrono::Local::now().offset().fix();
     let app = App::new(public_url, target, Theme::from_env(), tz);
-    run_session(Session::new(app, store, events, status, replays).with_banner(notice))
+    run_session(
+        Session::new(app, store, events, status, replays)
+            .with_banner(notice)
+            .with_held(backlog, dead_letters),
+    )
 }
 
 /// Runs an already-built session on the current terminal until the user

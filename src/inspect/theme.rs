@@ -65,6 +65,16 @@ impl Theme {
         Style::new().add_modifier(Modifier::REVERSED)
     }
 
+    /// Search matches in the editor: a background in colour, underlined
+    /// without (the cursor and selection are reversed).
+    pub fn found(&self) -> Style {
+        if self.color {
+            Style::new().bg(Color::Yellow).fg(Color::Black)
+        } else {
+            Style::new().add_modifier(Modifier::UNDERLINED | Modifier::BOLD)
+        }
+    }
+
     /// Warnings (not stored, truncated bodies, parse errors).
     pub fn warn(&self) -> Style {
         self.fg(Color::Yellow).add_modifier(Modifier::BOLD)

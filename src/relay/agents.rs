@@ -22,7 +22,7 @@ use super::held::OfflinePolicy;
 use super::{text, Shared, TunnelSession};
 use crate::tunnel::link::{self, LinkClient};
 use crate::tunnel::protocol::{
-    is_valid_name, Control, HDR_AGENT_ID, HDR_CONTROL, HDR_HELD, HDR_HOLD_CONCURRENCY,
+    is_valid_name, Control, HDR_AGENT_ID, HDR_CONTROL, HDR_DEAD, HDR_HELD, HDR_HOLD_CONCURRENCY,
     HDR_HOLD_ORDER, HDR_NAME, HDR_OFFLINE, HDR_PROTOCOL, HDR_PUBLIC_URL, HDR_TAKEOVER,
     PROTOCOL_VERSION,
 };
@@ -153,11 +153,9 @@ pub(crate) async fn upgrade(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
             .as_bytes(),
     );
 
-    let held = shared
-        .held
-        .as_ref()
-        .and_then(|h| h.state(&name))
-        .map_or(0, |s| s.pending);
+    let state = shared.held.as_ref().and_then(|h| h.state(&name));
+    let held = state.map_or(0, |s| s.pending);
+    let dead = state.map_or(0, |s| s.dead);
 
     let owner = token_sha256(presented);
     let session = SessionAsk {
@@ -183,6 +181,7 @@ pub(crate) async fn upgrade(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
         h.insert(HDR_PUBLIC_URL, v);
     }
     h.insert(HDR_HELD, HeaderValue::from(held));
+    h.insert(HDR_DEAD, HeaderValue::from(dead));
     resp
 }
 

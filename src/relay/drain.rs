@@ -21,7 +21,9 @@ use super::held::{HeldEvent, HeldStore};
 use super::Shared;
 use crate::tunnel::link::LinkClient;
 pub use crate::tunnel::protocol::HoldOrder;
-use crate::tunnel::protocol::{AgentError, HDR_ACK, HDR_ERROR};
+use crate::tunnel::protocol::{
+    AgentError, Control, HDR_ACK, HDR_CONTROL, HDR_DEAD, HDR_ERROR, HDR_EVENT_ID,
+};
 
 /// How held events are delivered once their agent is back.
 #[derive(Debug, Clone, Copy)]
@@ -254,6 +256,13 @@ impl Delivery {
                             "held event moved to the dead-letter list after {max} failures ({error}); \
                              see `whtunnel held list`"
                         );
+                        let count = held.state(name).map_or(0, |s| s.dead);
+                        tokio::spawn(tell_dead_letter(
+                            sender.clone(),
+                            Control::DeadLetter,
+                            ev.event.event_id.clone(),
+                            count,
+                        ));
                         continue;
                     }
                     let backoff = cfg.backoff(ev.attempts);
@@ -262,6 +271,51 @@ impl Delivery {
                 }
             }
         }
+    }
+}
+
+/// Tells `name`'s connected agent, if any, that dead-lettered event
+/// `event_id` was retried or dropped ([`Control::DeadLetterCleared`]).
+pub(crate) fn tell_dead_letter_cleared(shared: &Arc<Shared>, name: &str, event_id: &str) {
+    let Some(held) = shared.held.as_ref() else {
+        return;
+    };
+    let count = held.state(name).map_or(0, |s| s.dead);
+    let sender = {
+        let tunnels = shared.tunnels.lock();
+        tunnels
+            .get(name)
+            .filter(|s| !s.closed.is_cancelled())
+            .map(|s| s.sender.clone())
+    };
+    if let Some(sender) = sender {
+        tokio::spawn(tell_dead_letter(
+            sender,
+            Control::DeadLetterCleared,
+            event_id.to_string(),
+            count,
+        ));
+    }
+}
+
+/// Tells the agent that held event `event_id` moved to the dead-letter
+/// list ([`Control::DeadLetter`]) or left it ([`Control::DeadLetterCleared`]),
+/// which now holds `count` of its tunnel's events, so the user sees it
+/// without asking.
+async fn tell_dead_letter(sender: LinkClient, control: Control, event_id: String, count: u64) {
+    let mut req = Request::new(crate::tunnel::Body::default());
+    *req.uri_mut() = http::Uri::from_static("http://tunnel/_whtunnel/dead-letter");
+    let h = req.headers_mut();
+    h.insert(HDR_CONTROL, control.header_value());
+    h.insert(HDR_DEAD, HeaderValue::from(count));
+    // Event ids are the relay's own (ULID-like); one that is not a valid
+    // header value is not announced.
+    let Ok(id) = HeaderValue::from_str(&event_id) else {
+        return;
+    };
+    h.insert(HDR_EVENT_ID, id);
+    if let Ok(resp) = sender.send(req).await {
+        let _ = resp.into_body().collect().await;
     }
 }
 

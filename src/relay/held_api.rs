@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 
 use super::agents::{kick_delivery, token_sha256};
 use super::auth::Tokens;
+use super::drain::tell_dead_letter_cleared;
 use super::{text, Shared};
 use crate::tunnel::protocol::is_valid_name;
 use crate::tunnel::Body;
@@ -86,6 +87,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, req: Request<Incoming>) -> Respon
             match tokio::task::spawn_blocking(move || h.retry(&n, &id2)).await {
                 Ok(Ok(true)) => {
                     kick_delivery(&shared, &name, None);
+                    tell_dead_letter_cleared(&shared, &name, &id);
                     json(&serde_json::json!({"event_id": id, "retried": true}))
                 }
                 Ok(Ok(false)) => text(
@@ -98,7 +100,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, req: Request<Incoming>) -> Respon
         (Method::DELETE, Some(id), None, 2) => {
             let id2 = id.clone();
             match tokio::task::spawn_blocking(move || h.drop_event(&n, &id2)).await {
-                Ok(Ok(true)) => json(&serde_json::json!({"event_id": id, "dropped": true})),
+                Ok(Ok(true)) => {
+                    tell_dead_letter_cleared(&shared, &name, &id);
+                    json(&serde_json::json!({"event_id": id, "dropped": true}))
+                }
                 Ok(Ok(false)) => text(
                     StatusCode::NOT_FOUND,
                     &format!("no held event {id} on tunnel '{name}'"),

@@ -24,6 +24,9 @@ pub const HDR_AGENT_ID: &str = "whtunnel-agent-id";
 pub const HDR_OFFLINE: &str = "whtunnel-offline";
 /// 101 response header: how many held events are waiting for the agent.
 pub const HDR_HELD: &str = "whtunnel-held";
+/// 101 response header, and header of a [`Control::DeadLetter`] request:
+/// how many of the tunnel's held events are on the relay's dead-letter list.
+pub const HDR_DEAD: &str = "whtunnel-dead";
 /// Header of the relay's control requests on the link (not webhooks), a
 /// [`Control`]: `ready` is sent once the tunnel is routable, so the agent announces its
 /// URL only when a webhook sent to it will arrive. Stripped from public
@@ -110,6 +113,14 @@ wire_values! {
     Control {
         /// The tunnel is routable: a webhook sent to it now will arrive.
         Ready = "ready",
+        /// A held event (its id in [`HDR_EVENT_ID`]) kept failing and moved
+        /// to the dead-letter list ([`HDR_DEAD`] counts the list), so the
+        /// agent can show it. An agent that does not know this value answers
+        /// it 400 (no [`RequestMeta`]) and nothing reaches its app.
+        DeadLetter = "dead-letter",
+        /// A dead-lettered event (its id in [`HDR_EVENT_ID`]) was retried
+        /// or dropped through the held API; [`HDR_DEAD`] counts the list.
+        DeadLetterCleared = "dead-letter-cleared",
     }
 }
 

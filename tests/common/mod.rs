@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use whtunnel::agent::{self, Capture, ConnectionStatus, ListenConfig, Listener, RelayChoice};
 use whtunnel::capture::Recorder;
-use whtunnel::forward::{HostHeader, Target};
+use whtunnel::forward::{DeadLetters, HostHeader, Target};
 use whtunnel::relay::{Relay, RelayConfig, Tokens};
 use whtunnel::tunnel::tls;
 
@@ -231,6 +231,8 @@ pub struct AgentHandle {
     pub stop: CancellationToken,
     pub task: tokio::task::JoinHandle<Result<(), agent::AgentError>>,
     pub public_url: String,
+    /// The relay's dead letters for this tunnel, as the agent learns them.
+    pub dead_letters: watch::Receiver<DeadLetters>,
     /// The data dir made for an agent started without one.
     _dir: Option<tempfile::TempDir>,
 }
@@ -295,6 +297,7 @@ pub async fn start_agent(relay_base: &str, opts: AgentOptions) -> AgentHandle {
     let listener = Listener::bind(config).await.unwrap();
     let mut rx = listener.status();
     let status = rx.clone();
+    let dead_letters = listener.forwarder().dead_letters();
     let stop = CancellationToken::new();
     let task = tokio::spawn(listener.run(stop.clone()));
     let public_url = tokio::time::timeout(Duration::from_secs(10), async {
@@ -314,6 +317,7 @@ pub async fn start_agent(relay_base: &str, opts: AgentOptions) -> AgentHandle {
         stop,
         task,
         public_url,
+        dead_letters,
         _dir: temp,
     }
 }

@@ -521,7 +521,7 @@ impl Store {
 
     const SUMMARY_COLS: &'static str = "id, received_at, method, path, status, duration_ms, \
         event, replay_of, req_body_len, resp_body_len, error, outcome, provider, sig_verdict, \
-        delivery_id, sig_reason";
+        delivery_id, sig_reason, relay_event_id";
 
     fn summary_from_row(r: &Row<'_>) -> rusqlite::Result<ExchangeSummary> {
         Ok(ExchangeSummary {
@@ -542,6 +542,7 @@ impl Store {
             signature: r.get::<_, Option<String>>(13)?.and_then(|v| v.parse().ok()),
             delivery_id: r.get(14)?,
             signature_reason: r.get(15)?,
+            relay_event_id: r.get(16)?,
         })
     }
 

@@ -128,6 +128,15 @@ impl Row {
         Some((s.provider.as_deref()?, s.delivery_id.as_deref()?))
     }
 
+    /// Whether this exchange delivered a held event the relay has since
+    /// dead-lettered.
+    pub fn dead_lettered(&self, dead: &super::DeadLetters) -> bool {
+        self.summary
+            .relay_event_id
+            .as_ref()
+            .is_some_and(|id| dead.ids.contains(id))
+    }
+
     /// Whether the exchange is still in progress.
     pub fn in_progress(&self) -> bool {
         matches!(self.key, RowKey::Live(_))
@@ -203,6 +212,8 @@ pub enum Editor {
         signed: Option<String>,
         /// The body was pretty-printed for editing (its bytes changed).
         reformatted: bool,
+        /// Search in the text (`Ctrl-F`).
+        find: super::Find,
         /// Screen to return to.
         back: View,
     },
@@ -309,6 +320,10 @@ pub struct App {
     /// fallback), one line per fact, drawn below the status line; empty for
     /// none.
     pub banner: String,
+    /// The relay's held backlog draining; `None` when not followed.
+    pub drain: Option<super::Drain>,
+    /// The relay's dead letters for this tunnel, as the agent reported them.
+    pub dead: super::DeadLetters,
     /// Rows that are a sender's retry of an earlier row: their attempt
     /// number (2 for the first retry), counted over all rows.
     pub attempts: HashMap<RowKey, u32>,
@@ -354,6 +369,8 @@ impl App {
             max_id: 0,
             last_poll: None,
             banner: String::new(),
+            drain: None,
+            dead: super::DeadLetters::default(),
             attempts: HashMap::new(),
             theme,
             tz,
@@ -698,14 +715,18 @@ impl App {
     /// [`MAX_BANNER_ROWS`] rows (the body keeps the rest).
     pub fn banner_lines(&self) -> Vec<Line<'static>> {
         let width = usize::from(self.size.0);
-        let mut out: Vec<Line<'static>> = self
-            .banner
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .flat_map(|l| {
-                let line = Line::styled(format!(" ! {}", sanitize(l.trim())), self.theme.warn());
-                wrap_line(&line, width)
-            })
+        // Dead letters first: events the user must act on, or lose.
+        let dead = super::dead_letter_text(&self.dead)
+            .map(|t| Line::styled(format!(" {t}"), self.theme.error()));
+        let mut out: Vec<Line<'static>> = dead
+            .into_iter()
+            .chain(
+                self.banner
+                    .lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(|l| Line::styled(format!(" ! {}", sanitize(l.trim())), self.theme.warn())),
+            )
+            .flat_map(|line| wrap_line(&line, width))
             .collect();
         out.truncate(MAX_BANNER_ROWS.min(usize::from(self.size.1) / 4));
         out
@@ -915,6 +936,7 @@ impl App {
         textarea.set_cursor_line_style(ratatui::style::Style::new());
         // The default selection colour would break NO_COLOR.
         textarea.set_selection_style(self.theme.selected());
+        textarea.set_search_style(self.theme.found());
         let warning = req.body.truncated.then(|| {
             format!(
                 "the captured body was truncated: only {} of {} bytes will be sent",
@@ -930,6 +952,7 @@ impl App {
             body,
             signed: signature_header(&req.headers),
             reformatted: false,
+            find: super::Find::default(),
             back,
         });
         self.view = View::Edit;

@@ -187,8 +187,18 @@ fn on_edit_key(app: &mut App, key: KeyEvent) -> Vec<Effect> {
             error,
             body,
             reformatted,
+            find,
             ..
         }) => {
+            // The search prompt takes every key but send.
+            if find.open && !send {
+                find.key(textarea, key);
+                return vec![];
+            }
+            if ctrl && key.code == KeyCode::Char('f') {
+                find.open(textarea);
+                return vec![];
+            }
             if key.code == KeyCode::Esc {
                 app.close_editor();
                 return vec![];
@@ -258,9 +268,8 @@ fn pretty_print_body(textarea: &mut ratatui_textarea::TextArea<'static>) -> Opti
     all.extend(pretty);
     let mut fresh = ratatui_textarea::TextArea::new(all);
     fresh.set_cursor_line_style(ratatui::style::Style::new());
-    fresh.set_selection_style(
-        ratatui::style::Style::new().add_modifier(ratatui::style::Modifier::REVERSED),
-    );
+    fresh.set_selection_style(textarea.selection_style());
+    fresh.set_search_style(textarea.search_style());
     fresh.move_cursor(ratatui_textarea::CursorMove::Jump(start as u16, 0));
     *textarea = fresh;
     Some((body.len(), after))

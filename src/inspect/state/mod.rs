@@ -10,6 +10,8 @@
 
 mod app;
 mod filter;
+mod find;
+mod held;
 mod keys;
 mod update;
 
@@ -18,4 +20,6 @@ pub use app::{
     CHROME_ROWS, MAX_ROWS,
 };
 pub use filter::{bad_sig_term, body_term, matches, matches_summary};
+pub use find::Find;
+pub use held::{dead_letter_text, DeadLetters, Drain};
 pub use update::{update, Effect, Msg};

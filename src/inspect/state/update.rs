@@ -35,6 +35,10 @@ pub enum Msg {
     Polled(Vec<ExchangeSummary>),
     /// The agent's standing notice changed ("" = none).
     Banner(String),
+    /// The relay's held backlog for this tunnel is now this long.
+    Backlog(u64),
+    /// The relay's dead letters for this tunnel changed.
+    DeadLetters(super::DeadLetters),
     /// A full exchange was loaded from the store.
     DetailLoaded(Box<Exchange>),
     /// Loading an exchange failed.
@@ -103,8 +107,12 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             if let Some(d) = app.filter_draft.as_mut() {
                 d.push_str(&text.replace(['\r', '\n'], " "));
                 app.refilter();
-            } else if let Some(Editor::Text { textarea, .. }) = app.editor.as_mut() {
-                textarea.insert_str(text.replace("\r\n", "\n"));
+            } else if let Some(Editor::Text { textarea, find, .. }) = app.editor.as_mut() {
+                if find.open {
+                    find.paste(textarea, &text);
+                } else {
+                    textarea.insert_str(text.replace("\r\n", "\n"));
+                }
             }
             vec![]
         }
@@ -225,6 +233,31 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
         Msg::Banner(text) => {
             app.banner = text;
             // The notice's rows come out of the body's.
+            app.ensure_visible();
+            vec![]
+        }
+        Msg::Backlog(left) => {
+            let now = app.now;
+            if app.drain.get_or_insert_default().update(left, now) {
+                app.notify(Level::Info, "held events: all delivered");
+            }
+            vec![]
+        }
+        Msg::DeadLetters(dead) => {
+            let new: Vec<String> = dead
+                .ids
+                .iter()
+                .filter(|id| !app.dead.ids.contains(id))
+                .cloned()
+                .collect();
+            if let Some(id) = new.last() {
+                let id = crate::inspect::text::sanitize(id).into_owned();
+                app.notify(
+                    Level::Error,
+                    format!("held event {id} dead-lettered on the relay: the app kept failing it"),
+                );
+            }
+            app.dead = dead;
             app.ensure_visible();
             vec![]
         }

@@ -55,6 +55,7 @@ pub fn summary(id: ExchangeId, method: &str, path: &str, status: Option<u16>) ->
         signature: None,
         delivery_id: None,
         signature_reason: None,
+        relay_event_id: None,
     }
 }
 

@@ -2,8 +2,10 @@
 //! `TestBackend` (with insta snapshots under `snapshots/`).
 
 mod filter;
+mod find;
 mod fixtures;
 mod halves;
+mod held;
 mod live;
 mod notice;
 mod render;
