@@ -29,11 +29,7 @@ async fn main() {
     let conc: usize = conc.parse().unwrap();
     let total: usize = total.parse().unwrap();
     let body = Bytes::from(vec![b'x'; size.parse().unwrap()]);
-    let addr = format!(
-        "{}:{}",
-        uri.host().unwrap(),
-        uri.port_u16().unwrap_or(80)
-    );
+    let addr = format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap_or(80));
     let next = Arc::new(AtomicUsize::new(0));
     let ok = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
