@@ -178,27 +178,29 @@ fn parse_time(s: &str) -> DateTime<Utc> {
 fn headers_to_json(h: &[Header]) -> String {
     use base64::Engine;
     // Serialized straight from the borrowed headers, without a
-    // `serde_json::Value` in between: no allocation per name and value on the
-    // writer thread.
+    // `serde_json::Value` or a list of pairs in between: no allocation per
+    // header on the writer thread.
     #[derive(serde::Serialize)]
     #[serde(untagged)]
     enum Value<'a> {
         Text(&'a str),
         Bytes { base64: String },
     }
-    let pairs: Vec<(&str, Value)> = h
-        .iter()
-        .map(|(n, v)| {
-            let v = match std::str::from_utf8(v) {
-                Ok(s) => Value::Text(s),
-                Err(_) => Value::Bytes {
-                    base64: base64::engine::general_purpose::STANDARD.encode(v),
-                },
-            };
-            (n.as_str(), v)
-        })
-        .collect();
-    serde_json::to_string(&pairs).expect("strings always serialize")
+    struct Pairs<'a>(&'a [Header]);
+    impl serde::Serialize for Pairs<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(self.0.iter().map(|(n, v)| {
+                let v = match std::str::from_utf8(v) {
+                    Ok(s) => Value::Text(s),
+                    Err(_) => Value::Bytes {
+                        base64: base64::engine::general_purpose::STANDARD.encode(v),
+                    },
+                };
+                (n.as_str(), v)
+            }))
+        }
+    }
+    serde_json::to_string(&Pairs(h)).expect("strings always serialize")
 }
 
 fn headers_from_json(s: &str) -> Vec<Header> {

@@ -28,7 +28,9 @@ impl Totals {
     ) -> Result<Totals, StoreError> {
         // Our inserts hold the write lock, so no other connection can commit
         // from here on: data_version now says whether the cache is still true.
-        let version: i64 = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        let version: i64 = tx
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?;
         Ok(match cached {
             Some(t) if t.data_version == version => Totals {
                 count: t.count + added_count,
