@@ -11,6 +11,7 @@
 # up, zeroes the counters, sends exactly REQUESTS POSTs of SIZE bytes over
 # CONC connections, dumps, and writes one JSON line per component:
 #   {"mode":..., "component":"relay"|"agent", "instructions_per_request":...}
+# INSTR_KEEP=DIR keeps the callgrind dumps for callgrind_annotate.
 # Loopback only; every process is stopped on exit; every wait is bounded.
 set -euo pipefail
 
@@ -91,6 +92,12 @@ for mode in no-capture capture store-full; do
   sleep 1 # the measured exchanges are stored before the dump
   r=$(instructions "$RELAY" relay)
   a=$(instructions "$AGENT" agent)
+  # INSTR_KEEP=DIR keeps the dumps for callgrind_annotate.
+  if [[ -n "${INSTR_KEEP:-}" ]]; then
+    mkdir -p "$INSTR_KEEP"
+    cp "$WORK/cg.$RELAY.1" "$INSTR_KEEP/$mode.relay.cg"
+    cp "$WORK/cg.$AGENT.1" "$INSTR_KEEP/$mode.agent.cg"
+  fi
   for pair in "relay $r" "agent $a"; do
     set -- $pair
     jq -nc --arg m "$mode" --arg c "$1" --argjson ir "$2" --argjson n "$REQUESTS" --argjson ok "$ok" \

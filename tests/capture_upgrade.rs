@@ -2,7 +2,7 @@
 //! migrations and reads right. `tests/fixtures/capture-v1/` and
 //! `capture-v3/` were made by `tests/fixtures/make-old-capture-store.sh`
 //! with the whtunnel of the schema-1 and schema-3 eras (v3: commit 6535a83,
-//! RFC 3339 text timestamps and a foreign key, before migration 4), and each
+//! RFC 3339 text timestamps and a foreign key, before migrations 4 and 5), and each
 //! `expected/` holds what that whtunnel printed for it: the oracle is the
 //! old binary, not today's idea of the format.
 
@@ -124,22 +124,18 @@ fn the_migration_tells_outcomes_apart_that_the_old_schema_kept_as_text() {
 }
 
 #[test]
-fn a_schema_3_store_reads_every_exchange_as_before_after_migration_4() {
-    // Text timestamps become integers and the foreign key goes: every field
-    // the schema-3 whtunnel printed must come back the same, bodies in
-    // files included.
+fn a_schema_3_store_reads_every_exchange_as_before_after_migration_5() {
+    // Migration 4 adds columns; migration 5 turns text timestamps into
+    // integers and drops the foreign key: every field the schema-3 whtunnel
+    // printed must come back the same, bodies in files included.
     let fixture = fixture_of("capture-v3");
     let dir = copy_of(&fixture);
     let list = whtunnel_json(&["requests", "list", "--json"], dir.path());
-    // Exactly: nothing this test does adds fields to the old output.
-    assert_eq!(list, expected_of(&fixture, "list.json"));
+    assert_contains(&list, &expected_of(&fixture, "list.json"), "list");
     for id in 1..=8 {
         let shown = whtunnel_json(&["requests", "show", &id.to_string(), "--json"], dir.path());
-        assert_eq!(
-            shown,
-            expected_of(&fixture, &format!("show-{id}.json")),
-            "show {id}"
-        );
+        let old = expected_of(&fixture, &format!("show-{id}.json"));
+        assert_contains(&shown, &old, &format!("show {id}"));
     }
     let again = whtunnel_json(&["requests", "list", "--json"], dir.path());
     assert_eq!(again, list);

@@ -22,6 +22,11 @@ type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
 const SECRET: &str = "whsec_signatures_test";
 const BODY: &str = r#"{"id":"evt_42","object":"event","type":"invoice.paid","amount":100}"#;
 
+fn hex_sha256(b: &[u8]) -> String {
+    use sha2::Digest as _;
+    data_encoding::HEXLOWER.encode(&sha2::Sha256::digest(b))
+}
+
 /// The `Stripe-Signature` value for `body` signed at `at`.
 fn stripe_signature(body: &str, at: SystemTime) -> String {
     let rule = Rule::for_provider(Provider::Stripe).with_secret(SECRET);
@@ -121,6 +126,18 @@ async fn every_exchange_gets_its_verdict_from_the_bytes_as_captured() {
         }
         assert_eq!(v["provider"], "stripe", "{what}");
         assert_eq!(v["event"], "invoice.paid", "{what}");
+    }
+    // The body-hash proof: the relay's SHA-256 of what it received is the
+    // hash of what was sent, and the app got those very bytes.
+    for (id, (what, _, body)) in ids.iter().zip(&cases) {
+        let v = show(*id).await;
+        let req = &v["request"];
+        assert_eq!(
+            req["relay_body_sha256"],
+            hex_sha256(body.as_bytes()),
+            "{what}: {req}"
+        );
+        assert_eq!(req["body_intact"], true, "{what}");
     }
     // Secrets never reach the store's output.
     let (_, list, _) = whtunnel(&["requests", "list", "--json", "--data-dir", data_dir]).await;
@@ -306,4 +323,189 @@ async fn listen_config_errors_are_one_line_naming_file_line_and_key() {
     assert_ne!(code, 0);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("no target"), "{err}");
+}
+
+/// The body-hash proof on bodies that stream (over the relay's read-first
+/// size, with and without a declared length) and on a body-less request.
+#[tokio::test]
+async fn streamed_bodies_carry_the_relay_hash_and_a_bodiless_request_none() {
+    let app = App::start().await;
+    let relay = start_relay(relay_config("127.0.0.1:0")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let rec = recorder(dir.path());
+    let mut events = rec.subscribe();
+    let mut opts = AgentOptions::new("proof", &app);
+    opts.recorder = Some(rec.clone());
+    let agent = start_agent(&relay.base, opts).await;
+    let big: Vec<u8> = (0..300 * 1024).map(|i| (i % 251) as u8).collect();
+    let url = format!("{}/big", agent.public_url);
+    let (status, _, _) = send(Method::POST, &url, &[], big.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    // Chunked: no declared length.
+    let chunks = futures_util::stream::iter(
+        big.chunks(64 * 1024)
+            .map(|c| {
+                Ok::<_, std::convert::Infallible>(http_body::Frame::data(
+                    bytes::Bytes::copy_from_slice(c),
+                ))
+            })
+            .collect::<Vec<_>>(),
+    );
+    let req = http::Request::post(&url)
+        .body(http_body_util::StreamBody::new(chunks))
+        .unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::StreamBody<_>>();
+    assert_eq!(client.request(req).await.unwrap().status(), StatusCode::OK);
+    let (status, _, _) = send(
+        Method::GET,
+        &format!("{}/nothing", agent.public_url),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let mut stored = Vec::new();
+    while stored.len() < 3 {
+        let ev = tokio::time::timeout(Duration::from_secs(10), events.recv()).await;
+        if let CaptureEvent::Stored(s) = ev.expect("stored within 10 s").unwrap() {
+            stored.push(s.id);
+        }
+    }
+    stored.sort();
+    let store = whtunnel::capture::Store::open_reader(dir.path()).unwrap();
+    let want: [u8; 32] = {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(&big).into()
+    };
+    for id in &stored[..2] {
+        let ex = store.get(*id).unwrap().unwrap();
+        assert_eq!(ex.request.body.total_len, big.len() as u64);
+        assert_eq!(ex.body_proof.relay_sha256, Some(want), "#{id}");
+        assert_eq!(ex.body_proof.intact, Some(true), "#{id}");
+    }
+    let get = store.get(stored[2]).unwrap().unwrap();
+    assert_eq!(get.request.method, "GET");
+    assert_eq!(
+        get.body_proof,
+        Default::default(),
+        "no body, nothing to prove"
+    );
+    let seen = app.seen();
+    assert_eq!(seen.len(), 3);
+    for s in &seen[..2] {
+        assert_eq!(s.body_len, big.len() as u64, "the app got every byte");
+        assert_eq!(s.body_sha256, want);
+    }
+    drop(agent);
+    rec.close().await;
+    relay.stop().await;
+}
+
+/// Something between relay and app changed the body: the agent, given the
+/// relay's hash of other bytes than it passes on, records the body as
+/// changed and the signature reason says so. The relay end is played by
+/// a bare HTTP/2 client on the agent's tunnel server (only the relay could
+/// otherwise produce the trailer).
+#[tokio::test]
+async fn a_body_changed_between_relay_and_app_is_proven_and_named_in_the_reason() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use whtunnel::tunnel::protocol::{RequestMeta, HDR_META, TRAILER_BODY_SHA256};
+
+    let app = App::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rec = recorder(dir.path());
+    rec.set_webhook_rules(Rules::new([(
+        "/webhooks/stripe".to_string(),
+        Rule::for_provider(Provider::Stripe).with_secret(SECRET),
+    )]));
+    let mut events = rec.subscribe();
+    let fwd = whtunnel::forward::Forwarder::new(whtunnel::forward::ForwarderConfig {
+        target: format!("http://{}", app.addr).parse().unwrap(),
+        routes: Vec::new(),
+        webhooks: Default::default(),
+        host_header: whtunnel::forward::HostHeader::Preserve,
+        recorder: Some(rec.clone()),
+        body_limits: whtunnel::capture::BodyLimits::new(dir.path().join("spill")),
+    });
+    let (relay_io, agent_io) = tokio::io::duplex(1 << 16);
+    tokio::spawn(async move {
+        let svc = hyper::service::service_fn(move |req| {
+            let fwd = fwd.clone();
+            async move { Ok::<_, std::convert::Infallible>(fwd.handle(req).await) }
+        });
+        let _ = whtunnel::tunnel::h2::server_builder()
+            .serve_connection(TokioIo::new(agent_io), svc)
+            .await;
+    });
+    let (mut link, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(relay_io))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+
+    let signature = stripe_signature(BODY, SystemTime::now());
+    let changed = BODY.replace("100", "999");
+    let meta = RequestMeta {
+        proto: "https".into(),
+        received_at_ms: chrono::Utc::now().timestamp_millis(),
+        timeout_ms: 5_000,
+        ..Default::default()
+    };
+    // (relay saw, app gets): changed on the way, and untouched.
+    for (relay_saw, sent) in [(BODY, changed.as_str()), (BODY, BODY)] {
+        let mut trailer = http::HeaderMap::new();
+        trailer.insert(
+            TRAILER_BODY_SHA256,
+            hex_sha256(relay_saw.as_bytes()).parse().unwrap(),
+        );
+        let frames = futures_util::stream::iter([
+            Ok::<_, std::convert::Infallible>(http_body::Frame::data(bytes::Bytes::from(
+                sent.to_string(),
+            ))),
+            Ok(http_body::Frame::trailers(trailer)),
+        ]);
+        let req = http::Request::post("http://tunnel/webhooks/stripe")
+            .header(HDR_META, meta.encode())
+            .header("content-type", "application/json")
+            .header("content-length", sent.len())
+            .header("stripe-signature", &signature)
+            .body(http_body_util::StreamBody::new(frames))
+            .unwrap();
+        let resp = link.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let ev = tokio::time::timeout(Duration::from_secs(10), events.recv()).await;
+        if let CaptureEvent::Stored(s) = ev.expect("stored within 10 s").unwrap() {
+            got.push(s.id);
+        }
+    }
+    got.sort();
+    let store = whtunnel::capture::Store::open_reader(dir.path()).unwrap();
+    let changed_ex = store.get(got[0]).unwrap().unwrap();
+    assert_eq!(changed_ex.body_proof.intact, Some(false));
+    let sig = changed_ex.webhook.signature.unwrap();
+    assert_eq!(sig.verdict, verify::Verdict::Invalid);
+    let reason = sig.reason.unwrap();
+    assert!(
+        reason.contains("differs from the bytes the relay received"),
+        "{reason}"
+    );
+    let same = store.get(got[1]).unwrap().unwrap();
+    assert_eq!(same.body_proof.intact, Some(true));
+    assert_eq!(
+        same.webhook.signature.unwrap().verdict,
+        verify::Verdict::Valid
+    );
+    // The trailer is the tunnel's: the app never sees it, and got the
+    // bytes as sent.
+    let seen = app.seen();
+    assert_eq!(seen[0].body.as_ref(), changed.as_bytes());
+    assert!(seen.iter().all(|s| s
+        .headers
+        .keys()
+        .all(|n| !n.as_str().starts_with("whtunnel"))));
+    rec.close().await;
 }

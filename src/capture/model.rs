@@ -96,6 +96,21 @@ pub struct Exchange {
     /// The sender and its signature, when a `[[webhook]]` rule matched or
     /// the sender was recognised.
     pub webhook: WebhookInfo,
+    /// The body-hash proof: the relay's SHA-256 of the request body and
+    /// whether the app got those very bytes.
+    pub body_proof: BodyProof,
+}
+
+/// The body-hash proof of one exchange: the relay hashed the request body
+/// bytes it received, the agent the bytes it passed to the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BodyProof {
+    /// SHA-256 of the body bytes the relay received; `None` when it sent
+    /// none (an older relay, a body-less request, a replay, a body cut off).
+    pub relay_sha256: Option<[u8; 32]>,
+    /// `Some(true)`: the app got exactly the bytes the relay received;
+    /// `Some(false)`: something between relay and app changed them.
+    pub intact: Option<bool>,
 }
 
 /// What is known of a webhook's sender and its signature, as stored with
@@ -158,6 +173,8 @@ pub struct ExchangeSummary {
     pub signature: Option<Verdict>,
     /// The provider's delivery id (see [`WebhookInfo::delivery_id`]).
     pub delivery_id: Option<String>,
+    /// Why the signature verdict is what it is (see [`SignatureCheck::reason`]).
+    pub signature_reason: Option<String>,
 }
 
 /// A user's edit of a captured request before replaying it.
@@ -204,6 +221,11 @@ impl Exchange {
             provider: self.webhook.provider.clone(),
             signature: self.webhook.signature.as_ref().map(|s| s.verdict),
             delivery_id: self.webhook.delivery_id.clone(),
+            signature_reason: self
+                .webhook
+                .signature
+                .as_ref()
+                .and_then(|s| s.reason.clone()),
         }
     }
 }

@@ -136,7 +136,8 @@ fn judge(ex: &mut Exchange, hooks: &Webhooks) {
     let headers = &ex.request.headers;
     let probe = RequestView::new(&ex.request.method, "", headers, body);
     let url = crate::verify::rules::public_url_for(hooks.public_url.as_deref(), &probe, path);
-    let view = RequestView::new(&ex.request.method, &url, headers, body);
+    let mut view = RequestView::new(&ex.request.method, &url, headers, body);
+    view.relay_body_sha256 = ex.body_proof.relay_sha256;
     let judged = hooks.rules.judge(path, &view, ex.received_at.into());
     ex.webhook = judged.webhook;
     if ex.event.is_none() {
@@ -279,6 +280,7 @@ impl Recorder {
             provider: None,
             signature: None,
             delivery_id: None,
+            signature_reason: None,
         }));
         live
     }

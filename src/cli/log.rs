@@ -274,8 +274,13 @@ fn write_log_line(out: &mut String, s: &capture::ExchangeSummary, not_stored: Op
     }
 }
 
-/// The signature verdict for the log line: `✓ stripe`, `✗ stripe`,
-/// `unsigned stripe`, `unchecked stripe`; `None` when nothing was checked.
+/// Most characters of a signature reason on the log line; the rest is
+/// in `requests show`.
+const LOG_REASON_MAX: usize = 100;
+
+/// The signature verdict for the log line: `✓ stripe`, `✗ stripe (signature
+/// mismatch: …)`, `unsigned stripe (missing header Stripe-Signature)`,
+/// `unchecked stripe (not checked: …)`; `None` when nothing was checked.
 fn signature_mark(s: &capture::ExchangeSummary) -> Option<String> {
     use crate::verify::Verdict;
     let mark = match s.signature? {
@@ -284,10 +289,23 @@ fn signature_mark(s: &capture::ExchangeSummary) -> Option<String> {
         Verdict::Unsigned => "unsigned",
         Verdict::Unchecked => "unchecked",
     };
-    Some(match &s.provider {
+    let mut out = match &s.provider {
         Some(p) => format!("{mark} {p}"),
         None => mark.to_string(),
-    })
+    };
+    if let Some(reason) = s.signature_reason.as_deref().map(str::trim) {
+        if !reason.is_empty() {
+            out.push_str(" (");
+            if reason.chars().count() > LOG_REASON_MAX {
+                out.extend(reason.chars().take(LOG_REASON_MAX - 1));
+                out.push('\u{2026}');
+            } else {
+                out.push_str(reason);
+            }
+            out.push(')');
+        }
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -410,5 +428,47 @@ mod tests {
         // A provider id comes from the store: escaped like the rest.
         s.provider = Some("evil\x1b[2J".into());
         assert!(!log_line(&s, None).contains('\x1b'));
+    }
+
+    #[test]
+    fn the_log_line_gives_the_reason_short_and_escaped() {
+        let mut ex = crate::capture::Exchange::default();
+        ex.request.method = "POST".into();
+        ex.request.path = "/webhooks/stripe".into();
+        let mut s = ex.summary();
+        s.provider = Some("stripe".into());
+        s.signature = Some(Verdict::Invalid);
+        s.signature_reason = Some("signature mismatch: wrong secret, or the body changed".into());
+        s.id = 4;
+        let line = log_line(&s, None);
+        assert!(
+            line.contains(
+                " \u{2717} stripe (signature mismatch: wrong secret, or the body changed) #4"
+            ),
+            "{line}"
+        );
+        s.signature = Some(Verdict::Valid);
+        s.signature_reason = None;
+        assert!(log_line(&s, None).contains(" \u{2713} stripe #4"));
+        // A reason can quote what the sender sent (a malformed header):
+        // escaped, one line, and cut short.
+        s.signature = Some(Verdict::Invalid);
+        s.signature_reason = Some(format!(
+            "malformed header X: \x1b[2J\nfake line {}",
+            "y".repeat(300)
+        ));
+        let line = log_line(&s, None);
+        assert!(!line.contains('\x1b') && !line.contains('\n'), "{line}");
+        assert!(line.contains("\u{2026})"), "{line}");
+        assert!(line.chars().count() < 200, "{line}");
+        // From a full exchange too (what `Stored` carries).
+        ex.webhook.provider = Some("github".into());
+        ex.webhook.signature = Some(crate::capture::SignatureCheck {
+            scheme: "hmac".into(),
+            verdict: Verdict::Unsigned,
+            reason: Some("missing header X-Hub-Signature-256".into()),
+        });
+        assert!(log_line(&ex.summary(), None)
+            .contains("unsigned github (missing header X-Hub-Signature-256)"));
     }
 }

@@ -43,6 +43,7 @@ use held::InFlight;
 use record::{Answer, Busy, Pending, Recording};
 
 use crate::capture::{self, BodyData, BodyLimits, CapturedBody, ExchangeId, Outcome, Recorder};
+use crate::tunnel::body_hash::CheckHash;
 use crate::tunnel::protocol::{
     strip_hop_by_hop, strip_protocol_headers, AgentError, RequestMeta, HDR_ERROR, HDR_META,
 };
@@ -260,11 +261,18 @@ impl Forwarder {
         self.apply_host(&mut headers, meta.host.as_deref(), &path);
         add_forwarded(&mut headers, &meta);
 
+        // The relay's body hash is checked against the bytes the app gets.
+        let (body, body_hashes) = if self.recorder().is_some() {
+            let (b, slot) = CheckHash::new(body);
+            (b.map_err(BoxError::from).boxed_unsync(), Some(slot))
+        } else {
+            (body.map_err(BoxError::from).boxed_unsync(), None)
+        };
         let mut out = Outgoing {
             method: parts.method,
             path,
             headers,
-            body: body.map_err(BoxError::from).boxed_unsync(),
+            body,
             timeout: Duration::from_millis(meta.timeout_ms.max(1)),
             pending: Pending {
                 received_at,
@@ -275,6 +283,7 @@ impl Forwarder {
                 remote_addr: meta.remote_addr,
                 relay_event_id: meta.event_id.clone(),
                 replay_of: None,
+                body_hashes,
                 in_flight: None,
                 busy: Some(busy),
             },

@@ -2,6 +2,7 @@
 //! app answers ([`Pending`]), the exchange on its way to the recorder
 //! ([`Recording`]), and the wait for both bodies before it is stored.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -9,8 +10,10 @@ use tokio::sync::oneshot;
 
 use super::held::InFlightEntry;
 use crate::capture::{
-    self, CapturedBody, Exchange, ExchangeId, Outcome, RecordedRequest, RecordedResponse, Recorder,
+    self, BodyProof, CapturedBody, Exchange, ExchangeId, Outcome, RecordedRequest,
+    RecordedResponse, Recorder,
 };
+use crate::tunnel::body_hash::BodyHashes;
 
 /// The parts of an exchange known before the body and answer are.
 pub(super) struct Pending {
@@ -22,6 +25,9 @@ pub(super) struct Pending {
     pub(super) remote_addr: Option<String>,
     pub(super) relay_event_id: Option<String>,
     pub(super) replay_of: Option<ExchangeId>,
+    /// Filled once the request body has streamed by: the relay's hash of
+    /// it and this agent's (the body-hash proof).
+    pub(super) body_hashes: Option<Arc<OnceLock<BodyHashes>>>,
     /// Holds off redeliveries of the same relay event until this exchange
     /// is queued for storing.
     pub(super) in_flight: Option<InFlightEntry>,
@@ -127,6 +133,15 @@ impl Recording {
             replay_of: p.replay_of,
             relay_event_id: p.relay_event_id,
             webhook: Default::default(),
+            body_proof: p
+                .body_hashes
+                .as_ref()
+                .and_then(|slot| slot.get())
+                .map(|h| BodyProof {
+                    relay_sha256: h.relay,
+                    intact: h.intact(),
+                })
+                .unwrap_or_default(),
             live,
         };
         // Nobody asked for the id (a live exchange): do not wait for it,

@@ -179,6 +179,7 @@ impl Forwarder {
             remote_addr: None,
             relay_event_id: None,
             replay_of: original.id,
+            body_hashes: None,
             in_flight: None,
             busy: Some(self.busy()),
         };

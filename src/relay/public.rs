@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 use super::held::{new_event_id, Admit, HeldStore, NewEvent, OfflinePolicy};
 use super::limits::MinRateBody;
 use super::{retry_later, text, Shared};
+use crate::tunnel::body_hash::HashTrailer;
 use crate::tunnel::link::LinkClient;
 use crate::tunnel::protocol::{
     content_length, split_public_path, strip_hop_by_hop, RequestMeta, HDR_CONTROL, HDR_EVENT_ID,
@@ -179,7 +180,8 @@ fn prepare(
     }
 }
 
-/// Builds the HTTP/2 request for the agent.
+/// Builds the HTTP/2 request for the agent; a body ends with the
+/// SHA-256 trailer of [`crate::tunnel::body_hash`].
 pub(crate) fn tunnel_request(
     method: http::Method,
     app_path: &str,
@@ -193,6 +195,12 @@ pub(crate) fn tunnel_request(
             .parse()
             .expect("JSON metadata is a valid header value"),
     );
+    // The body-hash proof rides behind the body as a trailer.
+    let body = if HashTrailer::applies(&body) {
+        HashTrailer::new(body).boxed_unsync()
+    } else {
+        body
+    };
     let mut out = Request::new(body);
     *out.method_mut() = method;
     *out.uri_mut() = format!("http://tunnel{app_path}").parse().ok()?;

@@ -3,6 +3,7 @@
 //! gives multiplexing, per-stream flow control, streamed bodies,
 //! cancellation and keepalive pings. See `docs/protocol.md`.
 
+pub mod body_hash;
 pub mod h2;
 pub mod link;
 pub mod protocol;

@@ -42,6 +42,12 @@ pub const HDR_META: &str = "whtunnel-meta";
 pub const HDR_ERROR: &str = "whtunnel-error";
 /// Response header on a `202 Accepted` for a held event.
 pub const HDR_EVENT_ID: &str = "whtunnel-event-id";
+/// HTTP/2 trailer on a tunnel request: the SHA-256 (lower-case hex) of
+/// the body bytes the relay received, known only once the body has streamed
+/// by (see [`crate::tunnel::body_hash`]). Agents that do not know it ignore
+/// it: trailers never reach an HTTP/1 app unless announced, and the relay
+/// strips `Trailer` as hop-by-hop.
+pub const TRAILER_BODY_SHA256: &str = "whtunnel-body-sha256";
 /// Upgrade request header: the most held events the agent wants delivered
 /// at once (the relay caps it at its own `--hold-concurrency`).
 pub const HDR_HOLD_CONCURRENCY: &str = "whtunnel-hold-concurrency";

@@ -72,15 +72,25 @@ fn half_json(headers: &[Header], body: &CapturedBody) -> Map<String, Value> {
 /// `signature` as an object (`provider`, `scheme`, `verdict`, `reason`) or
 /// null. Extra fields: `outcome` (how it ended, see
 /// [`Outcome`](crate::capture::Outcome)), `target`, `remote_addr`,
-/// `relay_event_id`, and per half
-/// `body_size`, `truncated` (and `body_error` if a spilled file is gone).
+/// `relay_event_id`, per half `body_size`, `truncated` (and `body_error` if
+/// a spilled file is gone), and in `request` the body-hash proof:
+/// `relay_body_sha256` (hex, or null when the relay sent none) and
+/// `body_intact` (true: the app got exactly the bytes the relay received;
+/// false: something between them changed the body; null: not known).
 pub fn show_json(ex: &Exchange) -> Value {
     let mut v = summary_json(&ex.summary());
     let o = v.as_object_mut().expect("summary is an object");
-    o.insert(
-        "request".into(),
-        Value::Object(half_json(&ex.request.headers, &ex.request.body)),
+    let mut request = half_json(&ex.request.headers, &ex.request.body);
+    let proof = &ex.body_proof;
+    request.insert(
+        "relay_body_sha256".into(),
+        json!(proof
+            .relay_sha256
+            .as_ref()
+            .map(crate::tunnel::body_hash::to_hex)),
     );
+    request.insert("body_intact".into(), json!(proof.intact));
+    o.insert("request".into(), Value::Object(request));
     let resp = ex.response.as_ref().map_or(Value::Null, |r| {
         let mut m = Map::new();
         m.insert("status".into(), json!(r.status));

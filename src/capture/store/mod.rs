@@ -38,9 +38,10 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
 use super::model::{
-    Exchange, ExchangeId, ExchangeSummary, Header, Outcome, RecordedRequest, RecordedResponse,
-    SignatureCheck, WebhookInfo,
+    BodyProof, Exchange, ExchangeId, ExchangeSummary, Header, Outcome, RecordedRequest,
+    RecordedResponse, SignatureCheck, WebhookInfo,
 };
+use crate::tunnel::body_hash::{from_hex, to_hex};
 use bodies::{create_private_dir, Prepared, FREE_DIR};
 use retention::Totals;
 
@@ -165,7 +166,7 @@ fn time_from_us(us: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(us).unwrap_or_default()
 }
 
-/// Reads the RFC 3339 text schema 3 and older stored (migration 4 converts it).
+/// Reads the RFC 3339 text schema 4 and older stored (migration 5 converts it).
 fn parse_time(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
@@ -315,8 +316,8 @@ impl Store {
         // commit rewrites (the tables' last leaves, page 1) are then copied
         // into the database once per checkpoint instead of four times.
         conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
-        // Off: schema 4 has no foreign key (a check on every insert and
-        // delete), and migration 4 drops a table older schemas declared one
+        // Off: schema 5 has no foreign key (a check on every insert and
+        // delete), and migration 5 drops a table older schemas declared one
         // on, which must not cascade.
         conn.pragma_update(None, "foreign_keys", "OFF")?;
         let mut store = Self {
@@ -451,9 +452,10 @@ impl Store {
                     duration_ms, error, event, replay_of, relay_event_id, has_response,
                     req_body_len, req_body_kept, req_truncated, req_body_file,
                     resp_body_len, resp_body_kept, resp_truncated, resp_body_file, body_bytes,
-                    outcome, provider, delivery_id, sig_scheme, sig_verdict, sig_reason)
+                    outcome, provider, delivery_id, sig_scheme, sig_verdict, sig_reason,
+                    relay_body_sha256, body_intact)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                    ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
+                    ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)",
             )?;
             let mut ins_payload = tx.prepare_cached(
                 "INSERT INTO payloads (exchange_id, req_headers, resp_headers, req_body, resp_body)
@@ -493,6 +495,8 @@ impl Store {
                     sig.map(|s| s.scheme.as_str()),
                     sig.map(|s| s.verdict.as_str()),
                     sig.and_then(|s| s.reason.as_deref()),
+                    ex.body_proof.relay_sha256.as_ref().map(to_hex),
+                    ex.body_proof.intact,
                 ])?;
                 added_bytes += q.kept + s.kept;
                 let id = tx.last_insert_rowid();
@@ -524,7 +528,7 @@ impl Store {
 
     const SUMMARY_COLS: &'static str = "id, received_us, method, path, status, duration_ms, \
         event, replay_of, req_body_len, resp_body_len, error, outcome, provider, sig_verdict, \
-        delivery_id";
+        delivery_id, sig_reason";
 
     fn summary_from_row(r: &Row<'_>) -> rusqlite::Result<ExchangeSummary> {
         Ok(ExchangeSummary {
@@ -544,6 +548,7 @@ impl Store {
             provider: r.get(12)?,
             signature: r.get::<_, Option<String>>(13)?.and_then(|v| v.parse().ok()),
             delivery_id: r.get(14)?,
+            signature_reason: r.get(15)?,
         })
     }
 
@@ -636,7 +641,8 @@ impl Store {
                     e.req_body_len, e.req_truncated, e.req_body_file,
                     e.resp_body_len, e.resp_truncated, e.resp_body_file,
                     p.req_headers, p.resp_headers, p.req_body, p.resp_body, e.outcome,
-                    e.provider, e.delivery_id, e.sig_scheme, e.sig_verdict, e.sig_reason
+                    e.provider, e.delivery_id, e.sig_scheme, e.sig_verdict, e.sig_reason,
+                    e.relay_body_sha256, e.body_intact
              FROM exchanges e LEFT JOIN payloads p ON p.exchange_id = e.id
              WHERE e.id = ?1",
         )?;
@@ -682,6 +688,12 @@ impl Store {
                         provider: r.get(24)?,
                         delivery_id: r.get(25)?,
                         signature: signature_from(r.get(26)?, r.get(27)?, r.get(28)?),
+                    },
+                    body_proof: BodyProof {
+                        relay_sha256: r
+                            .get::<_, Option<String>>(29)?
+                            .and_then(|h| from_hex(h.as_bytes())),
+                        intact: r.get(30)?,
                     },
                 })
             })

@@ -73,7 +73,16 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     CREATE INDEX exchanges_delivery ON exchanges(delivery_id) WHERE delivery_id IS NOT NULL;
     "#,
     ),
-    // 4: integer timestamps and no foreign key (what every insert paid for).
+    // 4: the body-hash proof, and the sender's timeout the exchange was
+    // judged by (a rule's override, else the provider's).
+    Migration::Sql(
+        r#"
+    ALTER TABLE exchanges ADD COLUMN relay_body_sha256 TEXT;     -- lower-case hex, from the relay
+    ALTER TABLE exchanges ADD COLUMN body_intact       INTEGER;  -- 1: the app got those bytes, 0: changed
+    ALTER TABLE exchanges ADD COLUMN sender_timeout_ms INTEGER;
+    "#,
+    ),
+    // 5: integer timestamps and no foreign key (what every insert paid for).
     Migration::Code(integer_time_no_foreign_key),
 ];
 
@@ -114,7 +123,7 @@ fn add_outcome(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Migration 4: `received_at` (RFC 3339 text) becomes `received_us`
+/// Migration 5: `received_at` (RFC 3339 text) becomes `received_us`
 /// (microseconds since the Unix epoch, UTC: what the text held, exactly, and
 /// an 8-byte integer to compare and index), and `payloads` loses its
 /// foreign key (checked on every insert and delete; retention deletes a

@@ -59,6 +59,7 @@ pub(crate) fn sample(req: &[u8]) -> Exchange {
         relay_event_id: None,
         live: 0,
         webhook: Default::default(),
+        body_proof: Default::default(),
     }
 }
 

@@ -54,6 +54,7 @@ pub fn summary(id: ExchangeId, method: &str, path: &str, status: Option<u16>) ->
         provider: None,
         signature: None,
         delivery_id: None,
+        signature_reason: None,
     }
 }
 
@@ -144,6 +145,7 @@ pub fn exchange(id: ExchangeId, content_type: &str, req_body: &[u8]) -> Exchange
         relay_event_id: None,
         live: 0,
         webhook: Default::default(),
+        body_proof: Default::default(),
     }
 }
 

@@ -1,0 +1,334 @@
+//! The body-hash proof: the relay hashes the request body bytes it
+//! receives as they stream to the agent and, since the hash is known only
+//! at the end, sends it as an HTTP/2 trailer ([`TRAILER_BODY_SHA256`]); the
+//! agent hashes the bytes it passes on to the app and compares. A match
+//! proves the tunnel delivered the body byte for byte; a mismatch proves
+//! something between relay and app changed it.
+//!
+//! Neither side buffers: each wrapper hashes frames as they pass. The one
+//! exception is the agent holding back a body's last chunk until the trailer
+//! behind it arrives (the HTTP/1 client stops reading a body once its
+//! `Content-Length` is sent, so it would never see the trailer otherwise).
+
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
+use http_body::{Body, Frame, SizeHint};
+use sha2::{Digest, Sha256};
+
+use super::protocol::TRAILER_BODY_SHA256;
+
+/// A SHA-256 digest.
+pub type Sha256Digest = [u8; 32];
+
+/// Lower-case hex of a digest, as the trailer carries it.
+pub fn to_hex(d: &Sha256Digest) -> String {
+    data_encoding::HEXLOWER.encode(d)
+}
+
+/// Reads a digest from hex (either case); `None` unless exactly 32 bytes.
+pub fn from_hex(s: &[u8]) -> Option<Sha256Digest> {
+    let lower = s.to_ascii_lowercase();
+    data_encoding::HEXLOWER.decode(&lower).ok()?.try_into().ok()
+}
+
+/// Relay side: passes a request body through and ends it with the
+/// [`TRAILER_BODY_SHA256`] trailer. Trailers the sender sent are dropped:
+/// only the relay's own reach the agent, so a sender cannot forge the proof.
+pub struct HashTrailer<B> {
+    inner: B,
+    hasher: Sha256,
+    done: bool,
+}
+
+impl<B: Body> HashTrailer<B> {
+    /// Wraps `inner`. Use [`Self::applies`] first: a body known to be empty
+    /// is sent as it is (a trailer would turn a body-less request into one
+    /// with a body of unknown length on the app's side).
+    pub fn new(inner: B) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            done: false,
+        }
+    }
+
+    /// False for a body already at its end (no bytes to prove).
+    pub fn applies(inner: &B) -> bool {
+        !inner.is_end_stream()
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for HashTrailer<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        this.hasher.update(&data);
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    // The sender's own trailers: not passed on.
+                    Err(_) => continue,
+                },
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => {
+                    this.done = true;
+                    let digest: Sha256Digest = std::mem::take(&mut this.hasher).finalize().into();
+                    let mut trailers = HeaderMap::with_capacity(1);
+                    trailers.insert(
+                        TRAILER_BODY_SHA256,
+                        HeaderValue::from_str(&to_hex(&digest)).expect("hex is a header value"),
+                    );
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What the agent found once a request body has streamed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyHashes {
+    /// The relay's hash of the bytes it received (`None`: an older relay,
+    /// or no trailer).
+    pub relay: Option<Sha256Digest>,
+    /// The hash of the bytes this side passed on.
+    pub here: Sha256Digest,
+}
+
+impl BodyHashes {
+    /// `Some(true)` when the relay's hash matches the bytes passed on,
+    /// `Some(false)` when it does not, `None` without a relay hash.
+    pub fn intact(&self) -> Option<bool> {
+        self.relay.map(|r| r == self.here)
+    }
+}
+
+/// Agent side: passes a request body on with its trailers removed, hashes
+/// the bytes, reads the relay's [`TRAILER_BODY_SHA256`] and, once the body
+/// ended whole, fills the slot [`Self::new`] returned. A body that fails
+/// midway leaves it empty.
+pub struct CheckHash<B> {
+    inner: B,
+    hasher: Sha256,
+    read: u64,
+    /// The body's declared length: its last chunk is held back until the
+    /// trailer behind it is read.
+    exact: Option<u64>,
+    relay: Option<Sha256Digest>,
+    held_back: Option<Bytes>,
+    finished: bool,
+    slot: Arc<OnceLock<BodyHashes>>,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> CheckHash<B> {
+    /// Wraps `inner`; the slot is filled when the body has ended.
+    pub fn new(inner: B) -> (Self, Arc<OnceLock<BodyHashes>>) {
+        let slot = Arc::new(OnceLock::new());
+        let mut me = Self {
+            exact: inner.size_hint().exact(),
+            inner,
+            hasher: Sha256::new(),
+            read: 0,
+            relay: None,
+            held_back: None,
+            finished: false,
+            slot: slot.clone(),
+        };
+        if me.inner.is_end_stream() {
+            me.finish();
+        }
+        (me, slot)
+    }
+
+    fn finish(&mut self) {
+        self.finished = true;
+        let here: Sha256Digest = std::mem::take(&mut self.hasher).finalize().into();
+        let _ = self.slot.set(BodyHashes {
+            relay: self.relay,
+            here,
+        });
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for CheckHash<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        loop {
+            if this.finished {
+                return Poll::Ready(this.held_back.take().map(|d| Ok(Frame::data(d))));
+            }
+            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        this.hasher.update(&data);
+                        this.read += data.len() as u64;
+                        if this.inner.is_end_stream() {
+                            this.finish();
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
+                        if this.exact == Some(this.read) {
+                            // The last chunk: wait for the trailer behind it.
+                            this.held_back = Some(data);
+                            continue;
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            this.relay = trailers
+                                .get(TRAILER_BODY_SHA256)
+                                .and_then(|v| from_hex(v.as_bytes()));
+                        }
+                        // Trailers end the stream.
+                        this.finish();
+                    }
+                },
+                Some(Err(e)) => {
+                    this.held_back = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                None => this.finish(),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.finished && self.held_back.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.exact {
+            Some(n) => SizeHint::with_exact(
+                n.saturating_sub(self.read) + self.held_back.as_ref().map_or(0, |b| b.len() as u64),
+            ),
+            None => self.inner.size_hint(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full, StreamBody};
+
+    fn frames(
+        parts: Vec<Frame<Bytes>>,
+    ) -> impl Body<Data = Bytes, Error = std::convert::Infallible> + Unpin {
+        StreamBody::new(futures_util::stream::iter(parts.into_iter().map(Ok)))
+    }
+
+    #[tokio::test]
+    async fn the_relay_trailer_matches_on_the_agent_and_never_reaches_the_app() {
+        let body = Full::new(Bytes::from_static(b"{\"a\":1}"));
+        assert!(HashTrailer::applies(&body));
+        let relay = HashTrailer::new(body);
+        let (agent, slot) = CheckHash::new(relay);
+        let got = agent.collect().await.unwrap();
+        assert!(got.trailers().is_none(), "the trailer is removed");
+        assert_eq!(got.to_bytes(), "{\"a\":1}");
+        let h = slot.get().unwrap();
+        let want: Sha256Digest = Sha256::digest(b"{\"a\":1}").into();
+        assert_eq!(h.relay, Some(want));
+        assert_eq!(h.intact(), Some(true));
+    }
+
+    #[tokio::test]
+    async fn other_bytes_than_the_relay_hashed_are_proven_changed() {
+        let relay_saw: Sha256Digest = Sha256::digest(b"amount=100").into();
+        let mut t = HeaderMap::new();
+        t.insert(TRAILER_BODY_SHA256, to_hex(&relay_saw).parse().unwrap());
+        let body = frames(vec![
+            Frame::data(Bytes::from_static(b"amount=")),
+            Frame::data(Bytes::from_static(b"900")),
+            Frame::trailers(t),
+        ]);
+        let (agent, slot) = CheckHash::new(body);
+        assert_eq!(agent.collect().await.unwrap().to_bytes(), "amount=900");
+        assert_eq!(slot.get().unwrap().intact(), Some(false));
+    }
+
+    #[tokio::test]
+    async fn without_a_trailer_there_is_no_verdict_and_a_sender_trailer_is_dropped() {
+        let (agent, slot) = CheckHash::new(Full::new(Bytes::from_static(b"x")));
+        agent.collect().await.unwrap();
+        assert_eq!(slot.get().unwrap().intact(), None);
+
+        let mut forged = HeaderMap::new();
+        forged.insert(TRAILER_BODY_SHA256, "00".repeat(32).parse().unwrap());
+        let sender = frames(vec![
+            Frame::data(Bytes::from_static(b"x")),
+            Frame::trailers(forged),
+        ]);
+        let got = HashTrailer::new(sender).collect().await.unwrap();
+        let want: Sha256Digest = Sha256::digest(b"x").into();
+        assert_eq!(
+            got.trailers().unwrap()[TRAILER_BODY_SHA256],
+            to_hex(&want).as_str()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_last_chunk_of_a_sized_body_waits_for_the_trailer() {
+        // A body with a declared length, as the agent's HTTP/2 server gives
+        // it: the last data frame is not the end of the stream.
+        struct Sized(Vec<Frame<Bytes>>, u64);
+        impl Body for Sized {
+            type Data = Bytes;
+            type Error = std::convert::Infallible;
+            fn poll_frame(
+                mut self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+                Poll::Ready((!self.0.is_empty()).then(|| Ok(self.0.remove(0))))
+            }
+            fn is_end_stream(&self) -> bool {
+                self.0.is_empty()
+            }
+            fn size_hint(&self) -> SizeHint {
+                SizeHint::with_exact(self.1)
+            }
+        }
+        let relay = HashTrailer::new(Full::new(Bytes::from_static(b"abc")));
+        let wire = relay.collect().await.unwrap();
+        let t = wire.trailers().cloned().unwrap();
+        let mut agent = CheckHash::new(Sized(
+            vec![Frame::data(Bytes::from_static(b"abc")), Frame::trailers(t)],
+            3,
+        ));
+        let first = agent.0.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "abc");
+        // Ended with the data frame: an HTTP/1 client that stops reading
+        // here has the proof already.
+        assert!(agent.0.is_end_stream());
+        assert_eq!(agent.1.get().unwrap().intact(), Some(true));
+    }
+}
