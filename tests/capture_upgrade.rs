@@ -1,8 +1,10 @@
 //! A capture store written by an older whtunnel opens with today's
-//! migrations and reads right. `tests/fixtures/capture-v1/` was made by
-//! `tests/fixtures/make-old-capture-store.sh` with the whtunnel of the
-//! schema-1 era, and `expected/` holds what that whtunnel printed for it:
-//! the oracle is the old binary, not today's idea of the format.
+//! migrations and reads right. `tests/fixtures/capture-v1/` and
+//! `capture-v3/` were made by `tests/fixtures/make-old-capture-store.sh`
+//! with the whtunnel of the schema-1 and schema-3 eras (v3: commit 6535a83,
+//! RFC 3339 text timestamps and a foreign key, before migrations 4 and 5), and each
+//! `expected/` holds what that whtunnel printed for it: the oracle is the
+//! old binary, not today's idea of the format.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -14,16 +16,26 @@ use std::process::Command;
 
 use serde_json::Value;
 
+fn fixture_of(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/capture-v1")
+    fixture_of("capture-v1")
 }
 
 /// A private copy of the fixture store: opening it migrates it in place.
 fn copy_of_fixture() -> tempfile::TempDir {
+    copy_of(&fixture())
+}
+
+fn copy_of(fixture: &Path) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(fixture().join("capture.db"), dir.path().join("capture.db")).unwrap();
+    std::fs::copy(fixture.join("capture.db"), dir.path().join("capture.db")).unwrap();
     std::fs::create_dir(dir.path().join("bodies")).unwrap();
-    for f in std::fs::read_dir(fixture().join("bodies")).unwrap() {
+    for f in std::fs::read_dir(fixture.join("bodies")).unwrap() {
         let f = f.unwrap();
         std::fs::copy(f.path(), dir.path().join("bodies").join(f.file_name())).unwrap();
     }
@@ -46,7 +58,11 @@ fn whtunnel_json(args: &[&str], dir: &Path) -> Value {
 }
 
 fn expected(name: &str) -> Value {
-    let text = std::fs::read_to_string(fixture().join("expected").join(name)).unwrap();
+    expected_of(&fixture(), name)
+}
+
+fn expected_of(fixture: &Path, name: &str) -> Value {
+    let text = std::fs::read_to_string(fixture.join("expected").join(name)).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -105,4 +121,53 @@ fn the_migration_tells_outcomes_apart_that_the_old_schema_kept_as_text() {
     for (id, o) in want {
         assert_eq!(outcome(id), Value::from(o), "exchange #{id}");
     }
+}
+
+#[test]
+fn a_schema_3_store_reads_every_exchange_as_before_after_migration_5() {
+    // Migration 4 adds columns; migration 5 turns text timestamps into
+    // integers and drops the foreign key: every field the schema-3 whtunnel
+    // printed must come back the same, bodies in files included.
+    let fixture = fixture_of("capture-v3");
+    let dir = copy_of(&fixture);
+    let list = whtunnel_json(&["requests", "list", "--json"], dir.path());
+    assert_contains(&list, &expected_of(&fixture, "list.json"), "list");
+    for id in 1..=8 {
+        let shown = whtunnel_json(&["requests", "show", &id.to_string(), "--json"], dir.path());
+        let old = expected_of(&fixture, &format!("show-{id}.json"));
+        assert_contains(&shown, &old, &format!("show {id}"));
+    }
+    let again = whtunnel_json(&["requests", "list", "--json"], dir.path());
+    assert_eq!(again, list);
+    // The migrated file: integer times, no foreign key, nothing dangling.
+    let db = rusqlite::Connection::open(dir.path().join("capture.db")).unwrap();
+    let text_times: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('exchanges') WHERE name = 'received_at'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(text_times, 0);
+    let fks: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_foreign_key_list('payloads')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(fks, 0);
+    let payloads: i64 = db
+        .query_row("SELECT COUNT(*) FROM payloads", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(payloads, 8);
+    // Ids are never reused after the migration: the next one follows.
+    let seq: i64 = db
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'exchanges'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(seq, 8);
 }

@@ -137,10 +137,11 @@ pub(crate) struct ListenArgs {
     /// Do not record exchanges.
     #[arg(long)]
     pub(crate) no_capture: bool,
-    /// Keep at most this many recorded exchanges (oldest deleted first).
+    /// Keep at most this many recorded exchanges. Once passed, the oldest are dropped 1/16 of it
+    /// at a time, so between 15/16 of it and all of it are kept.
     #[arg(long, default_value_t = StoreConfig::DEFAULT_MAX_EXCHANGES)]
     pub(crate) keep_exchanges: u64,
-    /// Keep at most this many bytes of recorded bodies (e.g. 1GiB).
+    /// Keep at most this many bytes of recorded bodies (e.g. 1GiB); the oldest go first.
     #[arg(long, default_value_t = ByteSize(StoreConfig::DEFAULT_MAX_BYTES))]
     pub(crate) keep_bytes: ByteSize,
     /// While this agent is away: hold webhooks and deliver them when it is back (hold),

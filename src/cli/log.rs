@@ -178,9 +178,9 @@ fn print_log_lines(
         match event {
             // One line per finished exchange: its start is not logged.
             Ok(CaptureEvent::Started(_)) => {}
-            Ok(CaptureEvent::Stored(s)) => out.push_str(&log_line(&s, None)),
+            Ok(CaptureEvent::Stored(s)) => write_log_line(&mut out, &s, None),
             Ok(CaptureEvent::NotStored { summary, reason }) => {
-                out.push_str(&log_line(&summary, Some(&reason)))
+                write_log_line(&mut out, &summary, Some(&reason))
             }
             Err(RecvError::Lagged(n)) => {
                 eprintln!("({n} exchanges not shown: output could not keep up)")
@@ -214,38 +214,64 @@ fn print_log_lines(
 /// event type, error text) is escaped: it never reaches the terminal as
 /// control characters.
 pub fn log_line(s: &capture::ExchangeSummary, not_stored: Option<&str>) -> String {
+    let mut out = String::new();
+    write_log_line(&mut out, s, not_stored);
+    out
+}
+
+/// Appends [`log_line`] to `out`, written in place: one line per exchange
+/// under load, so no formatting machinery or allocation per field.
+fn write_log_line(out: &mut String, s: &capture::ExchangeSummary, not_stored: Option<&str>) {
     use crate::capture::export::terminal_safe;
-    let line = |t: &str| terminal_safe(t, false).into_owned();
-    let time = s.received_at.format("%H:%M:%S%.3fZ");
-    let status = s
-        .status
-        .map(|c| c.to_string())
-        .unwrap_or_else(|| "---".into());
-    let mut out = format!(
-        "{time} {:<6} {} {status} {:.1}ms",
-        line(&s.method),
-        line(&s.path),
-        s.duration_ms
+    use chrono::Timelike;
+    use std::fmt::Write as _;
+    let safe = |out: &mut String, t: &str| out.push_str(&terminal_safe(t, false));
+    let t = s.received_at;
+    let _ = write!(
+        out,
+        "{:02}:{:02}:{:02}.{:03}Z ",
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.nanosecond() % 1_000_000_000 / 1_000_000
     );
+    let method_at = out.len();
+    safe(out, &s.method);
+    let width = out[method_at..].chars().count();
+    out.extend(std::iter::repeat_n(' ', 6usize.saturating_sub(width)));
+    out.push(' ');
+    safe(out, &s.path);
+    match s.status {
+        Some(c) => {
+            let _ = write!(out, " {c}");
+        }
+        None => out.push_str(" ---"),
+    }
+    let _ = write!(out, " {:.1}ms", s.duration_ms);
     if let Some(e) = &s.event {
-        out.push_str(&format!(" {}", line(e)));
+        out.push(' ');
+        safe(out, e);
     }
     if let Some(v) = signature_mark(s) {
-        out.push_str(&format!(" {}", line(&v)));
+        out.push(' ');
+        safe(out, &v);
     }
     if let Some(id) = s.replay_of {
-        out.push_str(&format!(" (replay of #{id})"));
+        let _ = write!(out, " (replay of #{id})");
     }
     if s.id > 0 {
-        out.push_str(&format!(" #{}", s.id));
+        let _ = write!(out, " #{}", s.id);
     }
     if let Some(err) = &s.error {
-        out.push_str(&format!(" [{}]", line(err.trim())));
+        out.push_str(" [");
+        safe(out, err.trim());
+        out.push(']');
     }
     if let Some(reason) = not_stored {
-        out.push_str(&format!(" [not stored: {}]", line(reason)));
+        out.push_str(" [not stored: ");
+        safe(out, reason);
+        out.push(']');
     }
-    out
 }
 
 /// Most characters of a signature reason on the log line; the rest is
@@ -310,6 +336,76 @@ mod drain_tests {
 mod tests {
     use super::*;
     use crate::verify::Verdict;
+
+    /// The line as it was built before it was written in place: the
+    /// format stays the same, field for field.
+    fn formatted(s: &capture::ExchangeSummary, not_stored: Option<&str>) -> String {
+        use crate::capture::export::terminal_safe;
+        let line = |t: &str| terminal_safe(t, false).into_owned();
+        let status = s.status.map_or_else(|| "---".into(), |c| c.to_string());
+        let mut out = format!(
+            "{} {:<6} {} {status} {:.1}ms",
+            s.received_at.format("%H:%M:%S%.3fZ"),
+            line(&s.method),
+            line(&s.path),
+            s.duration_ms
+        );
+        for (on, text) in [
+            (
+                s.event.is_some(),
+                format!(" {}", line(s.event.as_deref().unwrap_or(""))),
+            ),
+            (
+                s.replay_of.is_some(),
+                format!(" (replay of #{})", s.replay_of.unwrap_or(0)),
+            ),
+            (s.id > 0, format!(" #{}", s.id)),
+            (
+                s.error.is_some(),
+                format!(" [{}]", line(s.error.as_deref().unwrap_or("").trim())),
+            ),
+            (
+                not_stored.is_some(),
+                format!(" [not stored: {}]", line(not_stored.unwrap_or(""))),
+            ),
+        ] {
+            if on {
+                out.push_str(&text);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_log_line_keeps_its_format() {
+        use chrono::TimeZone;
+        let mut ex = crate::capture::Exchange::default();
+        ex.request.method = "DELETE\x1b".into();
+        ex.request.path = "/a\nb?x=1".into();
+        ex.received_at = chrono::Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap()
+            + chrono::Duration::microseconds(678_901);
+        let mut s = ex.summary();
+        s.duration_ms = 12.345;
+        assert_eq!(log_line(&s, None), formatted(&s, None));
+        assert!(
+            log_line(&s, None).starts_with("03:04:05.678Z "),
+            "{}",
+            log_line(&s, None)
+        );
+        s.method = "GET".into();
+        s.status = Some(204);
+        s.event = Some("push\x07".into());
+        s.replay_of = Some(3);
+        s.id = 42;
+        s.error = Some(" cancelled\r\n ".into());
+        assert_eq!(
+            log_line(&s, Some("queue full")),
+            formatted(&s, Some("queue full"))
+        );
+        let mut out = String::from("before\n");
+        write_log_line(&mut out, &s, None);
+        assert_eq!(out, format!("before\n{}", formatted(&s, None)));
+    }
 
     #[test]
     fn the_log_line_carries_the_verdict_escaped() {

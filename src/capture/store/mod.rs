@@ -161,11 +161,12 @@ pub struct Store {
     primary: bool,
 }
 
-/// Fixed-width RFC 3339 text so that text order is time order in SQL.
-fn fmt_time(t: &DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+/// A stored `received_us` (microseconds since the Unix epoch, UTC) as a time.
+fn time_from_us(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or_default()
 }
 
+/// Reads the RFC 3339 text schema 4 and older stored (migration 5 converts it).
 fn parse_time(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
@@ -178,27 +179,29 @@ fn parse_time(s: &str) -> DateTime<Utc> {
 fn headers_to_json(h: &[Header]) -> String {
     use base64::Engine;
     // Serialized straight from the borrowed headers, without a
-    // `serde_json::Value` in between: no allocation per name and value on the
-    // writer thread.
+    // `serde_json::Value` or a list of pairs in between: no allocation per
+    // header on the writer thread.
     #[derive(serde::Serialize)]
     #[serde(untagged)]
     enum Value<'a> {
         Text(&'a str),
         Bytes { base64: String },
     }
-    let pairs: Vec<(&str, Value)> = h
-        .iter()
-        .map(|(n, v)| {
-            let v = match std::str::from_utf8(v) {
-                Ok(s) => Value::Text(s),
-                Err(_) => Value::Bytes {
-                    base64: base64::engine::general_purpose::STANDARD.encode(v),
-                },
-            };
-            (n.as_str(), v)
-        })
-        .collect();
-    serde_json::to_string(&pairs).expect("strings always serialize")
+    struct Pairs<'a>(&'a [Header]);
+    impl serde::Serialize for Pairs<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(self.0.iter().map(|(n, v)| {
+                let v = match std::str::from_utf8(v) {
+                    Ok(s) => Value::Text(s),
+                    Err(_) => Value::Bytes {
+                        base64: base64::engine::general_purpose::STANDARD.encode(v),
+                    },
+                };
+                (n.as_str(), v)
+            }))
+        }
+    }
+    serde_json::to_string(&Pairs(h)).expect("strings always serialize")
 }
 
 fn headers_from_json(s: &str) -> Vec<Header> {
@@ -313,7 +316,10 @@ impl Store {
         // commit rewrites (the tables' last leaves, page 1) are then copied
         // into the database once per checkpoint instead of four times.
         conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Off: schema 5 has no foreign key (a check on every insert and
+        // delete), and migration 5 drops a table older schemas declared one
+        // on, which must not cascade.
+        conn.pragma_update(None, "foreign_keys", "OFF")?;
         let mut store = Self {
             conn,
             dir,
@@ -442,7 +448,7 @@ impl Store {
         let mut added_bytes = 0u64;
         {
             let mut ins_ex = tx.prepare_cached(
-                "INSERT INTO exchanges (received_at, method, path, target, remote_addr, status,
+                "INSERT INTO exchanges (received_us, method, path, target, remote_addr, status,
                     duration_ms, error, event, replay_of, relay_event_id, has_response,
                     req_body_len, req_body_kept, req_truncated, req_body_file,
                     resp_body_len, resp_body_kept, resp_truncated, resp_body_file, body_bytes,
@@ -462,7 +468,7 @@ impl Store {
                 let (q, s) = (&prep.req, &prep.resp);
                 let sig = ex.webhook.signature.as_ref();
                 ins_ex.execute(params![
-                    fmt_time(&ex.received_at),
+                    ex.received_at.timestamp_micros(),
                     ex.request.method,
                     ex.request.path,
                     ex.target,
@@ -509,7 +515,8 @@ impl Store {
         // rolled-back deletion leaves its rows, and their files, in place.
         let mut freed = Vec::new();
         let after = if self.primary {
-            Self::enforce_retention(&tx, &self.config, before, &mut freed)?
+            let first_new = ids.first().copied().unwrap_or(i64::MAX);
+            Self::enforce_retention(&tx, &self.config, before, first_new, &mut freed)?
         } else {
             before
         };
@@ -519,14 +526,14 @@ impl Store {
         Ok(ids)
     }
 
-    const SUMMARY_COLS: &'static str = "id, received_at, method, path, status, duration_ms, \
+    const SUMMARY_COLS: &'static str = "id, received_us, method, path, status, duration_ms, \
         event, replay_of, req_body_len, resp_body_len, error, outcome, provider, sig_verdict, \
         delivery_id, sig_reason, relay_event_id";
 
     fn summary_from_row(r: &Row<'_>) -> rusqlite::Result<ExchangeSummary> {
         Ok(ExchangeSummary {
             id: r.get(0)?,
-            received_at: parse_time(&r.get::<_, String>(1)?),
+            received_at: time_from_us(r.get(1)?),
             method: r.get(2)?,
             path: r.get(3)?,
             status: r.get(4)?,
@@ -551,7 +558,7 @@ impl Store {
     pub fn list(&self, q: &ListQuery) -> Result<Vec<ExchangeSummary>, StoreError> {
         let limit = q.limit.map_or(-1, |l| l as i64);
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {} FROM exchanges ORDER BY received_at DESC, id DESC LIMIT ?1",
+            "SELECT {} FROM exchanges ORDER BY received_us DESC, id DESC LIMIT ?1",
             Self::SUMMARY_COLS
         ))?;
         let rows = stmt.query_map([limit], Self::summary_from_row)?;
@@ -630,7 +637,7 @@ impl Store {
     /// later, so treat a missing file as "no longer available").
     pub fn get(&self, id: ExchangeId) -> Result<Option<Exchange>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT e.id, e.received_at, e.method, e.path, e.target, e.remote_addr, e.status,
+            "SELECT e.id, e.received_us, e.method, e.path, e.target, e.remote_addr, e.status,
                     e.duration_ms, e.error, e.event, e.replay_of, e.relay_event_id, e.has_response,
                     e.req_body_len, e.req_truncated, e.req_body_file,
                     e.resp_body_len, e.resp_truncated, e.resp_body_file,
@@ -658,7 +665,7 @@ impl Store {
                 };
                 Ok(Exchange {
                     id: Some(r.get(0)?),
-                    received_at: parse_time(&r.get::<_, String>(1)?),
+                    received_at: time_from_us(r.get(1)?),
                     target: r.get(4)?,
                     remote_addr: r.get(5)?,
                     request: RecordedRequest {

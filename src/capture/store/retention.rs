@@ -1,5 +1,6 @@
 //! Retention: the store keeps at most `max_exchanges` exchanges and
-//! `max_bytes` body bytes, deleting the oldest first, and caches the
+//! `max_bytes` body bytes, dropping the oldest in whole partitions (see
+//! [`PARTITIONS`]), and caches the
 //! [`Totals`] it needs between commits so that it does not scan the table on
 //! every batch.
 
@@ -27,7 +28,9 @@ impl Totals {
     ) -> Result<Totals, StoreError> {
         // Our inserts hold the write lock, so no other connection can commit
         // from here on: data_version now says whether the cache is still true.
-        let version: i64 = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        let version: i64 = tx
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?;
         Ok(match cached {
             Some(t) if t.data_version == version => Totals {
                 count: t.count + added_count,
@@ -50,56 +53,78 @@ impl Totals {
     }
 }
 
+/// Retention works in partitions of this fraction of the count limit: once
+/// `max_exchanges` is passed, the oldest exchanges are dropped as one
+/// partition of 1/`PARTITIONS` of it, with one ranged `DELETE` per table, so
+/// that deletion runs once every `max_exchanges`/`PARTITIONS` exchanges
+/// instead of on every commit, and touches the same few pages for all.
+pub(super) const PARTITIONS: u64 = 16;
+
 impl Store {
-    /// Deletes the oldest exchanges until both limits hold; returns the
-    /// totals after the deletions.
+    /// Drops the oldest partitions (by received time, then id) until both
+    /// limits hold, never touching exchanges with an id of `first_new` or
+    /// above (the batch being committed); returns the totals after.
+    ///
+    /// Once over `max_exchanges` the store is cut to 15/16 of it (rounded
+    /// up), so it holds between 15/16 of the limit and the limit; the byte
+    /// limit is kept exactly (the oldest go until the rest fit). Never more
+    /// than a limit after a commit, except that an exchange is never dropped
+    /// by its own commit (a single body bigger than `max_bytes` stays until
+    /// the next commit).
     pub(super) fn enforce_retention(
         tx: &rusqlite::Transaction<'_>,
         config: &StoreConfig,
         totals: Totals,
+        first_new: i64,
         removed: &mut Vec<String>,
     ) -> Result<Totals, StoreError> {
         let (mut count, mut bytes) = (totals.count, totals.bytes);
         if count <= config.max_exchanges && bytes <= config.max_bytes {
             return Ok(totals);
         }
-        // Once over the count limit, go 1 % under it: deleting a hundred of
-        // the oldest rows at once touches the same few pages as deleting one,
-        // where trimming a row or two on every commit rewrites them each time.
-        // (The byte limit stays exact: one large body is already many pages.)
+        // The byte limit stays exact: where it binds, bodies are large and
+        // each one is many pages (or a file) anyway.
         let max_count = if count > config.max_exchanges {
-            config.max_exchanges - config.max_exchanges / 100
+            config.max_exchanges - config.max_exchanges / PARTITIONS
         } else {
             config.max_exchanges
         };
         let max_bytes = config.max_bytes;
-        let mut victims = Vec::new();
+        // Where the dropped partition ends: the last (received_us, id) in it.
+        let mut last: Option<(i64, i64)> = None;
         {
             let mut stmt = tx.prepare_cached(
-                "SELECT id, body_bytes, req_body_file, resp_body_file FROM exchanges
-                 ORDER BY received_at, id",
+                "SELECT received_us, id, body_bytes, req_body_file, resp_body_file FROM exchanges
+                 ORDER BY received_us, id",
             )?;
             let mut rows = stmt.query([])?;
             while count > max_count || bytes > max_bytes {
                 let Some(row) = rows.next()? else { break };
-                let id: i64 = row.get(0)?;
-                let b: i64 = row.get(1)?;
-                if let Some(f) = row.get::<_, Option<String>>(2)? {
-                    removed.push(f);
+                let id: i64 = row.get(1)?;
+                if id >= first_new {
+                    break;
                 }
+                last = Some((row.get(0)?, id));
+                let b: i64 = row.get(2)?;
                 if let Some(f) = row.get::<_, Option<String>>(3)? {
                     removed.push(f);
                 }
-                victims.push(id);
+                if let Some(f) = row.get::<_, Option<String>>(4)? {
+                    removed.push(f);
+                }
                 count -= 1;
                 bytes = bytes.saturating_sub(b as u64);
             }
         }
-        let mut del_p = tx.prepare_cached("DELETE FROM payloads WHERE exchange_id = ?1")?;
-        let mut del_e = tx.prepare_cached("DELETE FROM exchanges WHERE id = ?1")?;
-        for id in victims {
-            del_p.execute([id])?;
-            del_e.execute([id])?;
+        if let Some((us, id)) = last {
+            // The payloads first: they are found through the exchanges.
+            tx.prepare_cached(
+                "DELETE FROM payloads WHERE exchange_id IN
+                    (SELECT id FROM exchanges WHERE (received_us, id) <= (?1, ?2))",
+            )?
+            .execute([us, id])?;
+            tx.prepare_cached("DELETE FROM exchanges WHERE (received_us, id) <= (?1, ?2)")?
+                .execute([us, id])?;
         }
         Ok(Totals {
             count,

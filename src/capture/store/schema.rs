@@ -82,6 +82,8 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     ALTER TABLE exchanges ADD COLUMN sender_timeout_ms INTEGER;
     "#,
     ),
+    // 5: integer timestamps and no foreign key (what every insert paid for).
+    Migration::Code(integer_time_no_foreign_key),
 ];
 
 /// The error text schema 1 stored for an app that answered after its
@@ -119,6 +121,51 @@ fn add_outcome(tx: &Transaction<'_>) -> rusqlite::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Migration 5: `received_at` (RFC 3339 text) becomes `received_us`
+/// (microseconds since the Unix epoch, UTC: what the text held, exactly, and
+/// an 8-byte integer to compare and index), and `payloads` loses its
+/// foreign key (checked on every insert and delete; retention deletes a
+/// payload with its exchange in the same transaction instead).
+///
+/// Self-contained: it only adds, fills and drops its own columns of
+/// `exchanges`, so columns other migrations add survive it whatever their
+/// order. Needs `foreign_keys` off (see [`Store::open_inner`]), or dropping the
+/// old `payloads` table would cascade.
+fn integer_time_no_foreign_key(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "DROP INDEX IF EXISTS exchanges_received_at;
+         ALTER TABLE exchanges ADD COLUMN received_us INTEGER NOT NULL DEFAULT 0;",
+    )?;
+    {
+        let mut read = tx.prepare("SELECT id, received_at FROM exchanges")?;
+        let mut write = tx.prepare("UPDATE exchanges SET received_us = ?2 WHERE id = ?1")?;
+        let rows = read.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+        for row in rows {
+            let (id, text) = row?;
+            write.execute(rusqlite::params![
+                id,
+                super::parse_time(&text).timestamp_micros()
+            ])?;
+        }
+    }
+    tx.execute_batch(
+        "ALTER TABLE exchanges DROP COLUMN received_at;
+         CREATE INDEX exchanges_received ON exchanges(received_us, id);
+         CREATE TABLE payloads_v4 (
+             exchange_id   INTEGER PRIMARY KEY,  -- exchanges.id; deleted with it
+             req_headers   TEXT NOT NULL,
+             resp_headers  TEXT,
+             req_body      BLOB,
+             resp_body     BLOB
+         );
+         INSERT INTO payloads_v4 (exchange_id, req_headers, resp_headers, req_body, resp_body)
+             SELECT exchange_id, req_headers, resp_headers, req_body, resp_body FROM payloads
+             WHERE exchange_id IN (SELECT id FROM exchanges);
+         DROP TABLE payloads;
+         ALTER TABLE payloads_v4 RENAME TO payloads;",
+    )
 }
 
 impl Store {

@@ -631,3 +631,117 @@ fn the_sender_and_its_signature_check_are_stored_and_listed() {
         WebhookInfo::default()
     );
 }
+
+/// The ids kept, oldest first.
+fn kept_ids(s: &Store) -> Vec<ExchangeId> {
+    let mut ids: Vec<_> = s
+        .list(&ListQuery::default())
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    ids.reverse();
+    ids
+}
+
+#[test]
+fn retention_drops_the_oldest_partition_whole_once_the_count_limit_is_passed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = StoreConfig::new(tmp.path().to_path_buf());
+    cfg.max_exchanges = 160; // partitions of 160 / 16 = 10
+    let mut s = Store::open(&cfg).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..160 {
+        ids.push(s.insert(&sample(format!("{i}").as_bytes())).unwrap());
+    }
+    assert_eq!(s.count().unwrap(), 160, "at the limit: nothing dropped");
+    // One over: the oldest 11 go at once, leaving 15/16 of the limit.
+    ids.push(s.insert(&sample(b"161")).unwrap());
+    assert_eq!(kept_ids(&s), ids[11..]);
+    // Then nothing is deleted until the limit is passed again.
+    for i in 0..10 {
+        ids.push(s.insert(&sample(format!("more {i}").as_bytes())).unwrap());
+        assert_eq!(s.count().unwrap(), 151 + i);
+    }
+    ids.push(s.insert(&sample(b"over again")).unwrap());
+    assert_eq!(kept_ids(&s), ids[ids.len() - 150..]);
+    assert!(s.get(ids[21]).unwrap().is_none());
+    // Payloads go with their exchanges: none left over, none missing.
+    let payloads: i64 = s
+        .conn
+        .query_row(
+            "SELECT COUNT(*) FROM payloads p JOIN exchanges e ON e.id = p.exchange_id",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let all: i64 = s
+        .conn
+        .query_row("SELECT COUNT(*) FROM payloads", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!((payloads, all), (150, 150));
+    assert_eq!(s.totals.unwrap().count, 150);
+    assert_eq!(s.totals.unwrap().bytes, s.total_body_bytes().unwrap());
+}
+
+#[test]
+fn retention_follows_received_time_not_insertion_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = StoreConfig::new(tmp.path().to_path_buf());
+    cfg.max_exchanges = 3;
+    let mut s = Store::open(&cfg).unwrap();
+    let t0 = Utc::now();
+    let mut at = |secs: i64| {
+        let mut ex = sample(b"x");
+        ex.received_at = t0 + chrono::Duration::seconds(secs);
+        s.insert(&ex).unwrap()
+    };
+    // Stored in this order, received in another.
+    let (late, early, middle) = (at(30), at(10), at(20));
+    let newest = at(40);
+    assert_eq!(kept_ids(&s), [middle, late, newest], "{early} went first");
+}
+
+#[test]
+fn retention_by_bytes_drops_the_oldest_until_the_rest_fit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = StoreConfig::new(tmp.path().to_path_buf());
+    // Inline bodies of 100 bytes plus a 2-byte answer: room for ten.
+    cfg.max_bytes = 10 * 102;
+    cfg.max_exchanges = 1000;
+    let mut s = Store::open(&cfg).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..25u8 {
+        ids.push(s.insert(&sample(&[i; 100])).unwrap());
+        assert!(s.total_body_bytes().unwrap() <= cfg.max_bytes);
+    }
+    assert_eq!(
+        kept_ids(&s),
+        ids[15..],
+        "the newest ten, oldest dropped first"
+    );
+    assert_eq!(s.totals.unwrap().bytes, s.total_body_bytes().unwrap());
+}
+
+#[test]
+fn a_commit_never_drops_its_own_exchanges() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = StoreConfig::new(tmp.path().to_path_buf());
+    cfg.max_exchanges = 4;
+    let mut s = Store::open(&cfg).unwrap();
+    let old: Vec<_> = (0..3).map(|_| s.insert(&sample(b"old")).unwrap()).collect();
+    // A batch bigger than the limit: the old go, the batch stays whole.
+    let batch: Vec<_> = (0..6).map(|_| sample(b"new")).collect();
+    let new: Vec<_> = s
+        .insert_batch(&batch)
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(kept_ids(&s), new);
+    assert!(old.iter().all(|id| s.get(*id).unwrap().is_none()));
+    // The next commit brings the store back under the limit.
+    let last = s.insert(&sample(b"next")).unwrap();
+    assert!(s.count().unwrap() <= 4);
+    assert_eq!(kept_ids(&s).last(), Some(&last));
+}
