@@ -113,6 +113,9 @@ pub struct ListenConfig {
     pub agent_id: Option<String>,
     /// Take the name over from another agent that holds it.
     pub takeover: bool,
+    /// When another agent holds the name (409), keep retrying instead of
+    /// stopping (`--retry-taken`).
+    pub retry_taken: bool,
     /// What the relay does with webhooks while this agent is away; `None`
     /// leaves it to the relay.
     pub offline: Option<OfflinePolicy>,
@@ -148,6 +151,7 @@ impl ListenConfig {
             name: name.into(),
             agent_id: None,
             takeover: false,
+            retry_taken: false,
             offline: None,
             hold_concurrency: None,
             host_header: HostHeader::Preserve,
@@ -254,6 +258,7 @@ impl Listener {
             token,
             name: config.name,
             takeover: config.takeover,
+            retry_taken: config.retry_taken,
             agent_id: config.agent_id,
             offline: config.offline,
             hold_concurrency: config.hold_concurrency,

@@ -13,17 +13,41 @@ use crate::agent::ConnectionStatus;
 use crate::capture::{self, CaptureEvent, Recorder};
 use crate::forward::Target;
 
+/// Libraries whose trace output includes request headers (tokens).
+const SECRET_TRACING_TARGETS: &[&str] = &[
+    "tungstenite",
+    "tokio_tungstenite",
+    "h2",
+    "hyper",
+    "hyper_util",
+];
+
 pub(crate) fn init_logging(to_file: Option<&Path>, default_level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_env("WHTUNNEL_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    // The websocket and HTTP libraries log whole request heads at trace
+    // level, the agent's `authorization: Bearer` included: never below debug.
+    let filter = SECRET_TRACING_TARGETS.iter().fold(filter, |f, target| {
+        f.add_directive(format!("{target}=debug").parse().expect("static directive"))
+    });
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let file = to_file.and_then(|p| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .ok()
+        let mut opts = std::fs::OpenOptions::new();
+        opts.create(true).append(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let f = opts.open(p).ok()?;
+        #[cfg(unix)]
+        {
+            // A log made 0644 by an older version is tightened too.
+            use std::os::unix::fs::PermissionsExt;
+            let _ = f.set_permissions(std::fs::Permissions::from_mode(0o600));
+        }
+        Some(f)
     });
     let _ = match file {
         Some(f) => builder
