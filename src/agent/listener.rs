@@ -447,6 +447,9 @@ async fn bind_embedded(
     // get in the way of load tests against one's own app.
     config.limits.rate_limit = 0.0;
     config.limits.unknown_tunnel_per_min = 0;
+    // On loopback, what reaches it comes through this machine's own
+    // proxies (a tunnel client, a dev proxy), whose forwarded headers count.
+    config.trust_forwarded = listen.ip().is_loopback();
     let bind_error = |source| ListenError::Bind {
         addr: listen,
         source,
