@@ -295,10 +295,10 @@ mod tests {
         o.claim("a-3", "alice", 0).unwrap();
         assert_eq!(o.owner("a-1").unwrap().as_deref(), Some("alice"));
         assert_eq!(o.owner("zz").unwrap(), None);
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(400));
         o.touch("a-2").unwrap();
         let mut gone = o
-            .expire(Duration::from_millis(10), &|n| n == "a-3")
+            .expire(Duration::from_millis(200), &|n| n == "a-3")
             .unwrap();
         gone.sort();
         assert_eq!(gone, vec!["a-1".to_string()]);
