@@ -103,6 +103,19 @@ pub struct RelayConfig {
     /// relay behind a proxy that sets them. Otherwise the relay is the edge
     /// and drops them.
     pub trust_forwarded: bool,
+    /// Where name ownership is kept; `None`: the data dir's SQLite (or
+    /// memory without one). A cluster passes a store its relays share.
+    pub owners: Option<OwnersStore>,
+}
+
+/// A [`NameOwners`] implementation to use instead of the relay's own.
+#[derive(Clone)]
+pub struct OwnersStore(pub Arc<dyn NameOwners>);
+
+impl std::fmt::Debug for OwnersStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OwnersStore")
+    }
 }
 
 impl RelayConfig {
@@ -125,6 +138,7 @@ impl RelayConfig {
             max_names_per_user: None,
             name_lifetime: owners::DEFAULT_NAME_LIFETIME,
             trust_forwarded: false,
+            owners: None,
         }
     }
 }
@@ -214,9 +228,12 @@ impl Relay {
             )),
             None => None,
         };
-        let owners: Arc<dyn NameOwners> = match &config.data_dir {
-            Some(dir) => Arc::new(owners::SqliteOwners::open(dir).map_err(std::io::Error::other)?),
-            None => Arc::new(owners::MemoryOwners::default()),
+        let owners: Arc<dyn NameOwners> = match (&config.owners, &config.data_dir) {
+            (Some(store), _) => store.0.clone(),
+            (None, Some(dir)) => {
+                Arc::new(owners::SqliteOwners::open(dir).map_err(std::io::Error::other)?)
+            }
+            (None, None) => Arc::new(owners::MemoryOwners::default()),
         };
         let accounts = match &config.users {
             Some(watch) => Accounts::Users(watch.clone()),

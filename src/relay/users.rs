@@ -115,8 +115,11 @@ pub fn pattern_matches(pattern: &str, name: &str) -> bool {
     true
 }
 
+/// `TOKEN_USER` is reserved: names a plain-token relay recorded as its
+/// one user's must not pass to a users-file user of that name.
 fn valid_user_name(name: &str) -> bool {
-    !name.is_empty()
+    name != TOKEN_USER
+        && !name.is_empty()
         && name.len() <= 64
         && name
             .bytes()
@@ -244,7 +247,7 @@ impl UsersFile {
     ) -> Result<String, UsersError> {
         if !valid_user_name(user) {
             return Err(UsersError::BadInput(format!(
-                "invalid user name '{user}': use 1-64 characters of A-Z, a-z, 0-9, '-', '_' and '.'"
+                "invalid user name '{user}': use 1-64 characters of A-Z, a-z, 0-9, '-', '_' and '.' ('{TOKEN_USER}' is reserved)"
             )));
         }
         if patterns.is_empty() {
@@ -498,6 +501,10 @@ mod tests {
         assert!(matches!(
             f.add("alice", &["x".into()], None),
             Err(UsersError::Exists(_))
+        ));
+        assert!(matches!(
+            f.add(TOKEN_USER, &["x".into()], None),
+            Err(UsersError::BadInput(_))
         ));
         f.save(&path).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
