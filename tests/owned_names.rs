@@ -667,3 +667,56 @@ fn strip_ansi(s: &str) -> String {
     }
     out
 }
+
+#[tokio::test]
+async fn relay_process_with_a_users_file_cuts_off_a_revoked_listen_process() {
+    let app = App::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users.toml");
+    let u = users.to_str().unwrap();
+    let (code, token, err) = process::whtunnel(&[
+        "relay",
+        "user",
+        "add",
+        "dave",
+        "--names",
+        "dave-*",
+        "--users-file",
+        u,
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let token_file = dir.path().join("dave.token");
+    std::fs::write(&token_file, &token).unwrap();
+    let relay = process::Spawn::relay(&dir.path().join("relay"))
+        .args(["--listen", "127.0.0.1:0", "--users-file", u])
+        .start()
+        .await;
+    let base = format!("http://{}", relay.addr());
+    let agent_log = dir.path().join("agent.log");
+    let mut agent = process::Spawn::listen(&app.addr.to_string(), &dir.path().join("agent"))
+        .args(["--relay", &base, "--name", "dave-laptop"])
+        .args(["--token-file".as_ref(), token_file.as_os_str()])
+        .log_to(&agent_log)
+        .start()
+        .await;
+    assert!(
+        agent.public_url.ends_with("/t/dave-laptop"),
+        "{}",
+        agent.public_url
+    );
+    let (s, _, _) = send(Method::POST, &format!("{base}/t/dave-laptop/x"), &[], "x").await;
+    assert_eq!(s, StatusCode::OK);
+
+    let (code, _, err) =
+        process::whtunnel(&["relay", "user", "revoke", "dave", "--users-file", u]).await;
+    assert_eq!(code, 0, "{err}");
+    let t0 = Instant::now();
+    let status = agent.wait().await;
+    assert!(!status.success());
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    let log = std::fs::read_to_string(&agent_log).unwrap();
+    assert!(log.contains("token refused"), "{log}");
+    let (s, _, _) = send(Method::POST, &format!("{base}/t/dave-laptop/x"), &[], "x").await;
+    assert_ne!(s, StatusCode::OK);
+}

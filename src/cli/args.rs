@@ -176,7 +176,7 @@ pub(crate) struct RelayArgs {
     #[arg(long)]
     pub(crate) tokens_file: Option<PathBuf>,
     /// Users with their own tokens and tunnel names (see `relay user add`); replaces --token.
-    #[arg(long, conflicts_with_all = ["tokens", "tokens_file"])]
+    #[arg(long, conflicts_with = "tokens_file")]
     pub(crate) users_file: Option<PathBuf>,
     /// Most tunnel names one user may own [default: 20 with --users-file, no cap with --token]; 0: no cap.
     #[arg(long)]

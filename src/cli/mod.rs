@@ -195,6 +195,13 @@ async fn relay(args: RelayArgs) -> Result<()> {
                     path.display()
                 );
             }
+            if !tokens.is_empty() {
+                // WHTUNNEL_TOKEN may be set for agents on the same machine.
+                eprintln!(
+                    "note: --users-file is given, so --token / WHTUNNEL_TOKEN is not accepted by this relay"
+                );
+                tokens.clear();
+            }
             Some(std::sync::Arc::new(watch))
         }
         None => None,
