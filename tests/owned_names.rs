@@ -720,3 +720,29 @@ async fn relay_process_with_a_users_file_cuts_off_a_revoked_listen_process() {
     let (s, _, _) = send(Method::POST, &format!("{base}/t/dave-laptop/x"), &[], "x").await;
     assert_ne!(s, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_limits_apply_to_the_forwarded_address() {
+    let mut config = relay_config("127.0.0.1:0");
+    config.trust_forwarded = true;
+    let relay = start_relay(config).await;
+    for i in 0..12 {
+        let (s, _, _) = upgrade(
+            &relay.base,
+            &format!("guess-{i}"),
+            "victim",
+            &[("x-forwarded-for", "198.51.100.7")],
+        )
+        .await;
+        assert_eq!(s.as_u16(), if i < 10 { 401 } else { 429 }, "attempt {i}");
+    }
+    // Another sender behind the same proxy is not locked out.
+    let (s, _, _) = upgrade(
+        &relay.base,
+        TOKEN,
+        "victim",
+        &[("x-forwarded-for", "203.0.113.1, 198.51.100.8")],
+    )
+    .await;
+    assert_eq!(s, StatusCode::SWITCHING_PROTOCOLS);
+}

@@ -484,7 +484,43 @@ async fn expire_names(shared: Arc<Shared>) {
     }
 }
 
-async fn route(shared: Arc<Shared>, remote: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+/// The sender's address as a trusted proxy in front of the relay reports
+/// it: the last `X-Forwarded-For` entry (the one the proxy added), else
+/// `X-Real-IP`. Used only with `--trust-forwarded`, so that per-IP limits
+/// apply to senders and not to the proxy.
+fn forwarded_client(headers: &http::HeaderMap) -> Option<std::net::IpAddr> {
+    let last_xff = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .rfind(|s| !s.trim().is_empty())
+        .map(str::trim);
+    let real_ip = || {
+        headers
+            .get("x-real-ip")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    last_xff.or_else(real_ip)?.parse().ok()
+}
+
+/// The TCP peer of a request, kept in its extensions when `remote` is the
+/// forwarded client: the hop the relay appends to `X-Forwarded-For`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer(pub(crate) SocketAddr);
+
+async fn route(
+    shared: Arc<Shared>,
+    remote: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    req.extensions_mut().insert(Peer(remote));
+    let remote = if shared.config.trust_forwarded {
+        forwarded_client(req.headers()).map_or(remote, |ip| SocketAddr::new(ip, remote.port()))
+    } else {
+        remote
+    };
     let path = req.uri().path();
     if path == AGENT_PATH {
         agents::upgrade(shared, remote, req).await

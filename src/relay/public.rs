@@ -175,7 +175,15 @@ fn prepare(
         }
     }
     let meta = RequestMeta {
-        remote_addr: Some(remote.to_string()),
+        // The hop the agent appends to X-Forwarded-For: the TCP peer (a
+        // trusted proxy's own address), whoever the limits counted.
+        remote_addr: Some(
+            parts
+                .extensions
+                .get::<super::Peer>()
+                .map_or(remote, |p| p.0)
+                .to_string(),
+        ),
         proto: shared.scheme.to_string(),
         host: headers
             .get(header::HOST)
