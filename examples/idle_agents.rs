@@ -99,6 +99,7 @@ async fn main() {
             token: args.token.clone(),
             name: format!("{}-{i}", args.prefix),
             takeover: false,
+            retry_taken: false,
             offline: None,
             hold_concurrency: None,
             agent_id: None,

@@ -79,7 +79,7 @@ impl fmt::Display for HumanDuration {
     }
 }
 
-/// Parses `30s`, `500ms`, `2m`, `1h`, or plain seconds.
+/// Parses `30s`, `500ms`, `2m`, `1h`, `30d`, or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
@@ -94,6 +94,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => n / 1000.0,
         "m" => n * 60.0,
         "h" => n * 3600.0,
+        "d" => n * 86_400.0,
         _ => return Err(format!("'{s}' is not a duration (e.g. 30s, 500ms)")),
     };
     if !(secs > 0.0 && secs < 1e9) {

@@ -191,8 +191,9 @@ async fn unknown_tunnel_misses_are_identical_then_rate_limited_per_ip() {
         "one miss comes back every 2 s: {retry}"
     );
 
-    // Another address still gets the plain 404, and the limited address can
-    // still reach the tunnel it knows.
+    // Another address still gets the plain 404, and the limited address
+    // gets 429 for the tunnel it knows too: a prober over its limit cannot
+    // tell names that exist from names that do not (issue 15).
     let out = exchange(
         relay.addr,
         ip("127.0.0.2"),
@@ -205,6 +206,15 @@ async fn unknown_tunnel_misses_are_identical_then_rate_limited_per_ip() {
     let out = exchange(
         relay.addr,
         ip("127.0.0.1"),
+        GET,
+        Duration::from_millis(100),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(out.statuses(), [429]);
+    let out = exchange(
+        relay.addr,
+        ip("127.0.0.2"),
         GET,
         Duration::from_millis(100),
         Duration::from_secs(5),

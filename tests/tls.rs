@@ -99,6 +99,7 @@ async fn an_untrusted_relay_certificate_is_not_accepted() {
         token: TOKEN.into(),
         name: "untrusted".into(),
         takeover: false,
+        retry_taken: false,
         offline: None,
         hold_concurrency: None,
         agent_id: None,

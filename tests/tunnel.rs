@@ -71,7 +71,8 @@ async fn round_trip_preserves_request_and_response() {
         assert!(!s.headers.contains_key(hop), "{hop} must not be forwarded");
     }
     assert_eq!(s.headers["content-length"], body.len().to_string());
-    assert_eq!(s.headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    // The relay is the edge: a sender's own X-Forwarded-For is dropped.
+    assert_eq!(s.headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(s.headers["x-forwarded-proto"], "http");
     assert_eq!(s.headers["x-forwarded-host"], relay.addr.to_string());
     assert_eq!(s.headers["host"], relay.addr.to_string(), "Host preserved");

@@ -90,6 +90,11 @@ impl RelayUrl {
         )
     }
 
+    /// The relay's host name or address.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
     /// True for `https://` / `wss://`.
     pub fn is_tls(&self) -> bool {
         self.tls
@@ -107,6 +112,9 @@ pub struct AgentConfig {
     pub name: String,
     /// Take the name over from another agent holding it.
     pub takeover: bool,
+    /// A 409 (the name is held by another agent of the same user) is
+    /// retried instead of ending the agent.
+    pub retry_taken: bool,
     /// This agent's id (kept in its data dir), so the relay lets it replace
     /// its own stale session after a network blip.
     pub agent_id: Option<String>,
@@ -226,6 +234,7 @@ pub async fn connect(config: &AgentConfig) -> Result<Link, ConnectError> {
             // Only answers that retrying cannot change end the agent; a 404
             // or 5xx may come from a proxy in front of a relay being deployed.
             return Err(match status {
+                StatusCode::CONFLICT if config.retry_taken => ConnectError::Network(msg),
                 StatusCode::UNAUTHORIZED
                 | StatusCode::FORBIDDEN
                 | StatusCode::CONFLICT

@@ -113,6 +113,9 @@ pub struct ListenConfig {
     pub agent_id: Option<String>,
     /// Take the name over from another agent that holds it.
     pub takeover: bool,
+    /// When another agent holds the name (409), keep retrying instead of
+    /// stopping (`--retry-taken`).
+    pub retry_taken: bool,
     /// What the relay does with webhooks while this agent is away; `None`
     /// leaves it to the relay.
     pub offline: Option<OfflinePolicy>,
@@ -148,6 +151,7 @@ impl ListenConfig {
             name: name.into(),
             agent_id: None,
             takeover: false,
+            retry_taken: false,
             offline: None,
             hold_concurrency: None,
             host_header: HostHeader::Preserve,
@@ -254,6 +258,7 @@ impl Listener {
             token,
             name: config.name,
             takeover: config.takeover,
+            retry_taken: config.retry_taken,
             agent_id: config.agent_id,
             offline: config.offline,
             hold_concurrency: config.hold_concurrency,
@@ -442,6 +447,9 @@ async fn bind_embedded(
     // get in the way of load tests against one's own app.
     config.limits.rate_limit = 0.0;
     config.limits.unknown_tunnel_per_min = 0;
+    // On loopback, what reaches it comes through this machine's own
+    // proxies (a tunnel client, a dev proxy), whose forwarded headers count.
+    config.trust_forwarded = listen.ip().is_loopback();
     let bind_error = |source| ListenError::Bind {
         addr: listen,
         source,

@@ -62,9 +62,12 @@ pub(crate) struct HeldCommon {
     /// Relay base URL, http(s)://.
     #[arg(long, env = "WHTUNNEL_RELAY", global = true)]
     pub(crate) relay: Option<String>,
-    /// The token the tunnel's agent uses.
+    /// The token the tunnel's agent uses (prefer --token-file or WHTUNNEL_TOKEN: argv is visible in ps).
     #[arg(long, env = "WHTUNNEL_TOKEN", hide_env_values = true, global = true)]
     pub(crate) token: Option<String>,
+    /// Read the token from this file (first line).
+    #[arg(long, global = true, conflicts_with = "token")]
+    pub(crate) token_file: Option<PathBuf>,
     /// The tunnel name.
     #[arg(long, global = true)]
     pub(crate) name: Option<String>,
@@ -111,9 +114,15 @@ pub(crate) struct ListenArgs {
     /// Relay base URL, http(s):// or ws(s)://. Without it an embedded relay runs in this process.
     #[arg(long, env = "WHTUNNEL_RELAY")]
     pub(crate) relay: Option<String>,
-    /// Token the relay expects.
+    /// Token the relay expects (prefer --token-file or WHTUNNEL_TOKEN: argv is visible in ps).
     #[arg(long, env = "WHTUNNEL_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
+    /// Read the relay token from this file (first line).
+    #[arg(long, conflicts_with = "token")]
+    pub(crate) token_file: Option<PathBuf>,
+    /// When another agent takes the name over, keep retrying (until it is free) instead of exiting.
+    #[arg(long)]
+    pub(crate) retry_taken: bool,
     /// Tunnel name (a-z, 0-9, '-'); by default one is generated once and kept in the data dir.
     #[arg(long)]
     pub(crate) name: Option<String>,
@@ -154,7 +163,10 @@ pub(crate) struct ListenArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub(crate) struct RelayArgs {
+    #[command(subcommand)]
+    pub(crate) command: Option<RelayCommand>,
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0:8787")]
     pub(crate) listen: SocketAddr,
@@ -164,6 +176,18 @@ pub(crate) struct RelayArgs {
     /// A file with one accepted token per line ('#' starts a comment).
     #[arg(long)]
     pub(crate) tokens_file: Option<PathBuf>,
+    /// Users with their own tokens and tunnel names (see `relay user add`); replaces --token.
+    #[arg(long, conflicts_with = "tokens_file")]
+    pub(crate) users_file: Option<PathBuf>,
+    /// Most tunnel names one user may own [default: 20 with --users-file, no cap with --token]; 0: no cap.
+    #[arg(long)]
+    pub(crate) max_names_per_user: Option<u64>,
+    /// A name no agent held for this long is forgotten with its held events (e.g. 30d, 12h).
+    #[arg(long, default_value_t = HumanDuration(crate::relay::owners::DEFAULT_NAME_LIFETIME))]
+    pub(crate) name_lifetime: HumanDuration,
+    /// Keep senders' X-Forwarded-For, X-Real-IP and Forwarded (only behind a proxy that sets them).
+    #[arg(long)]
+    pub(crate) trust_forwarded: bool,
     #[command(flatten)]
     pub(crate) data_dir: DataDirArg,
     /// Base URL the public uses to reach this relay, e.g. https://hooks.example.com.
@@ -233,6 +257,46 @@ pub(crate) struct LimitArgs {
     /// Most header fields in one request; more get 431.
     #[arg(long, default_value_t = Limits::default().max_headers)]
     pub(crate) max_headers: usize,
+    /// Refused tokens per minute one IP may present; then all its agent upgrades get 429.
+    #[arg(long, default_value_t = Limits::default().auth_failures_per_min)]
+    pub(crate) auth_failure_limit: u32,
+}
+
+/// `whtunnel relay user ...`.
+#[derive(Subcommand, Debug)]
+pub(crate) enum RelayCommand {
+    /// Manage the users of a --users-file.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+/// `whtunnel relay user add|revoke`.
+#[derive(Subcommand, Debug)]
+pub(crate) enum UserCommand {
+    /// Add a user; prints its new token once (only a hash is stored).
+    Add {
+        /// The user's name.
+        user: String,
+        /// Tunnel names the user may hold: patterns where '*' matches anything (alice-*).
+        #[arg(long, required = true, num_args = 1..)]
+        names: Vec<String>,
+        /// Tunnels the user may have connected at once.
+        #[arg(long, default_value_t = crate::relay::users::DEFAULT_MAX_TUNNELS)]
+        max_tunnels: u32,
+        /// The users file (created 0600 if missing).
+        #[arg(long)]
+        users_file: PathBuf,
+    },
+    /// Remove a user; a running relay cuts its agents off within a second.
+    Revoke {
+        /// The user's name.
+        user: String,
+        /// The users file.
+        #[arg(long)]
+        users_file: PathBuf,
+    },
 }
 
 impl LimitArgs {
@@ -245,6 +309,7 @@ impl LimitArgs {
         limits.min_body_rate = self.min_body_rate.0;
         limits.header_read_timeout = self.header_timeout.0;
         limits.max_headers = self.max_headers;
+        limits.auth_failures_per_min = self.auth_failure_limit;
     }
 }
 

@@ -17,11 +17,10 @@ use crate::tunnel::tls;
 /// Runs one `whtunnel held` subcommand.
 pub(crate) async fn held(args: HeldArgs) -> Result<()> {
     let common = &args.common;
-    let token = common
-        .token
-        .clone()
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| anyhow!("the relay needs a token: pass --token or set WHTUNNEL_TOKEN"))?;
+    let token = super::users::token_from(common.token.clone(), common.token_file.as_deref())?
+        .ok_or_else(|| {
+            anyhow!("the relay needs a token: pass --token-file or set WHTUNNEL_TOKEN")
+        })?;
     let relay = common
         .relay
         .clone()

@@ -13,18 +13,46 @@ use crate::agent::ConnectionStatus;
 use crate::capture::{self, CaptureEvent, Recorder};
 use crate::forward::Target;
 
+/// Opens (appending) a log file readable by its owner alone: a log holds
+/// tunnel names, addresses and error text. A log made 0644 by an older
+/// version is tightened too.
+fn open_private_log(path: &Path) -> Option<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let f = opts.open(path).ok()?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = f.set_permissions(std::fs::Permissions::from_mode(0o600));
+    }
+    Some(f)
+}
+
+/// Libraries whose trace output includes request headers (tokens).
+const SECRET_TRACING_TARGETS: &[&str] = &[
+    "tungstenite",
+    "tokio_tungstenite",
+    "h2",
+    "hyper",
+    "hyper_util",
+];
+
 pub(crate) fn init_logging(to_file: Option<&Path>, default_level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_env("WHTUNNEL_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let file = to_file.and_then(|p| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .ok()
+    // The websocket and HTTP libraries log whole request heads at trace
+    // level, the agent's `authorization: Bearer` included: never below debug.
+    let filter = SECRET_TRACING_TARGETS.iter().fold(filter, |f, target| {
+        f.add_directive(format!("{target}=debug").parse().expect("static directive"))
     });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let file = to_file.and_then(open_private_log);
     let _ = match file {
         Some(f) => builder
             .with_ansi(false)
@@ -405,6 +433,20 @@ mod tests {
         let mut out = String::from("before\n");
         write_log_line(&mut out, &s, None);
         assert_eq!(out, format!("before\n{}", formatted(&s, None)));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_log_file_is_private_even_if_it_was_not() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("whtunnel.log");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        drop(open_private_log(&path).unwrap());
+        assert_eq!(mode(&path), 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(open_private_log(&path).unwrap());
+        assert_eq!(mode(&path), 0o600);
     }
 
     #[test]

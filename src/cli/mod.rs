@@ -13,6 +13,7 @@ pub mod fixtures;
 mod held;
 pub mod log;
 pub mod requests;
+mod users;
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -168,6 +169,9 @@ pub(crate) fn say_waiting(in_flight: usize) {
 }
 
 async fn relay(args: RelayArgs) -> Result<()> {
+    if let Some(args::RelayCommand::User { command }) = args.command {
+        return users::user_command(command);
+    }
     init_logging(None, "info");
     let dir = resolve_data_dir(&args.data_dir)?;
     let mut tokens: Vec<String> = args.tokens.clone();
@@ -181,10 +185,37 @@ async fn relay(args: RelayArgs) -> Result<()> {
                 .map(str::to_string),
         );
     }
-    if tokens.iter().all(|t| t.is_empty()) {
+    let users = match &args.users_file {
+        Some(path) => {
+            let watch = crate::relay::UsersWatch::open(path)?;
+            if watch.is_empty() {
+                eprintln!(
+                    "warning: {} has no users yet: add one with `whtunnel relay user add USER --names PATTERN --users-file {}`",
+                    path.display(),
+                    path.display()
+                );
+            }
+            if !tokens.is_empty() {
+                // WHTUNNEL_TOKEN may be set for agents on the same machine.
+                eprintln!(
+                    "note: --users-file is given, so --token / WHTUNNEL_TOKEN is not accepted by this relay"
+                );
+                tokens.clear();
+            }
+            Some(std::sync::Arc::new(watch))
+        }
+        None => None,
+    };
+    for t in tokens.iter().filter(|t| !t.is_empty()) {
+        if let Some(warning) = users::weak_token_warning(t) {
+            eprintln!("{warning}");
+            tracing::warn!("{warning}");
+        }
+    }
+    if users.is_none() && tokens.iter().all(|t| t.is_empty()) {
         let (token, path) = relay_token(&dir)?;
         eprintln!(
-            "No --token given: agents must use the token in {} (--token \"$(cat {})\")",
+            "No --token given: agents must use the token in {} (--token-file {})",
             path.display(),
             path.display()
         );
@@ -205,6 +236,10 @@ async fn relay(args: RelayArgs) -> Result<()> {
     config.hold_delivery.concurrency = args.hold_concurrency;
     config.hold_delivery.order = args.hold_order;
     args.limits.apply(&mut config.limits);
+    config.users = users;
+    config.max_names_per_user = args.max_names_per_user;
+    config.name_lifetime = args.name_lifetime.0;
+    config.trust_forwarded = args.trust_forwarded;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls = Some(tls::server_config(cert, key)?);
     }
@@ -266,15 +301,16 @@ async fn listen(mut args: ListenArgs) -> Result<()> {
     config.routes = routes;
     config.webhooks = file.webhook_rules();
     if let Some(url) = &args.relay {
-        let token = args
-            .token
-            .clone()
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                anyhow!("the relay needs a token: pass --token or set WHTUNNEL_TOKEN")
-            })?;
+        let token = users::token_from(args.token.clone(), args.token_file.as_deref())?.ok_or_else(
+            || anyhow!("the relay needs a token: pass --token-file FILE or set WHTUNNEL_TOKEN"),
+        )?;
+        let url: agent::RelayUrl = url.parse()?;
+        if let Some(warning) = users::cleartext_warning(&url) {
+            eprintln!("{warning}");
+            tracing::warn!("{warning}");
+        }
         config.relay = RelayChoice::Remote {
-            url: url.parse()?,
+            url,
             token,
             tls: tls::client_config(args.ca_cert.as_deref())?,
         };
@@ -285,6 +321,7 @@ async fn listen(mut args: ListenArgs) -> Result<()> {
     }
     config.agent_id = Some(agent_id(&dir)?);
     config.takeover = args.takeover;
+    config.retry_taken = args.retry_taken;
     config.offline = args.offline;
     config.hold_concurrency = args.hold_concurrency;
     config.host_header = args.host_header.clone();

@@ -3,8 +3,11 @@
 //!
 //! Everything that can be refused is refused before the upgrade, with a
 //! status and a one-line reason the agent prints: 400 for a protocol
-//! mismatch or a bad name, 401 for a token, 409 for a name already held.
+//! mismatch or a bad name, 401 for a token, 403 for a name that belongs to
+//! another user or lies outside the user's names, 409 for a name another
+//! agent of the same user holds, 429 after too many bad tokens.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
@@ -19,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 use super::auth::Tokens;
 use super::drain::{Delivery, HoldOrder};
 use super::held::OfflinePolicy;
+use super::owners::Refused;
+use super::users::Identity;
 use super::{text, Shared, TunnelSession};
 use crate::tunnel::link::{self, LinkClient};
 use crate::tunnel::protocol::{
@@ -55,7 +60,11 @@ fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
 
 /// Checks an agent's upgrade request and, if it passes, answers 101 and
 /// starts the session in the background.
-pub(crate) async fn upgrade(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn upgrade(
+    shared: Arc<Shared>,
+    remote: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let headers = req.headers();
     match header_str(headers, HDR_PROTOCOL).map(str::parse::<u32>) {
         Some(Ok(v)) if v == PROTOCOL_VERSION => {}
@@ -72,13 +81,19 @@ pub(crate) async fn upgrade(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
             );
         }
     }
+    // Token guessing: an address that failed too often waits, whatever it
+    // presents now.
+    if let Some(wait) = shared.limiter.auth_blocked(remote.ip()) {
+        return *wait;
+    }
     let presented = Tokens::bearer(headers.get(header::AUTHORIZATION)).unwrap_or("");
-    if !shared.config.tokens.accepts(presented) {
+    let Some(identity) = shared.accounts.authenticate(presented) else {
+        shared.limiter.auth_failed(remote.ip(), "agent upgrade");
         return text(
             StatusCode::UNAUTHORIZED,
-            "token refused: this relay does not accept the agent's token (check --token or WHTUNNEL_TOKEN)",
+            "token refused: this relay does not accept the agent's token (check --token-file or WHTUNNEL_TOKEN)",
         );
-    }
+    };
     if !is_websocket_upgrade(headers) {
         return text(StatusCode::BAD_REQUEST, "expected a websocket upgrade");
     }
@@ -91,10 +106,22 @@ pub(crate) async fn upgrade(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
             )
         }
     };
+    let user = identity.user.clone();
+    if !identity.may_hold(&name) {
+        tracing::info!(tunnel = %name, %user, from = %remote.ip(), "agent refused: name outside the user's patterns");
+        return text(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "tunnel name '{name}' is not among user '{user}''s names ({}); pick a matching --name",
+                identity.patterns.as_deref().unwrap_or_default().join(", ")
+            ),
+        );
+    }
     let agent_id = header_str(headers, HDR_AGENT_ID)
         .filter(|id| !id.is_empty() && id.len() <= 64)
         .map(str::to_string);
-    let mut takeover = header_str(headers, HDR_TAKEOVER) == Some("1");
+    let asked_takeover = header_str(headers, HDR_TAKEOVER) == Some("1");
+    let mut takeover = asked_takeover;
     let policy = match header_str(headers, HDR_OFFLINE) {
         None => shared.config.offline,
         Some(v) => match v.parse::<OfflinePolicy>() {
@@ -122,22 +149,84 @@ pub(crate) async fn upgrade(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
         },
     };
     let drain = (concurrency.max(1) as usize, order == HoldOrder::Strict);
-    if !takeover {
+    // The name is its first user's, durably: nobody else claims it, takes
+    // it over or receives what is held for it.
+    let (owners, n, u, max) = (
+        shared.owners.clone(),
+        name.clone(),
+        user.clone(),
+        shared.max_names(),
+    );
+    let claimed = tokio::task::spawn_blocking(move || owners.claim(&n, &u, max))
+        .await
+        .unwrap_or_else(|e| Err(Refused::Store(e.to_string())));
+    if let Err(refused) = claimed {
+        tracing::info!(tunnel = %name, %user, from = %remote.ip(), takeover = asked_takeover, "agent refused: {refused}");
+        let status = match refused {
+            Refused::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::FORBIDDEN,
+        };
+        return text(status, &refused.to_string());
+    }
+    {
         let tunnels = shared.tunnels.lock();
+        if let Some(max) = identity.max_tunnels {
+            let connected = tunnels
+                .iter()
+                .filter(|(n, s)| s.identity.user == user && **n != name)
+                .count();
+            if connected >= max as usize {
+                return text(
+                    StatusCode::FORBIDDEN,
+                    &format!(
+                        "user '{user}' already has {connected} tunnels connected, its cap (max_tunnels in the users file); stop one first"
+                    ),
+                );
+            }
+        }
         match tunnels.get(&name) {
-            // The same agent again: its old link is dead but not yet noticed.
-            Some(s) if agent_id.is_some() && s.agent_id == agent_id => takeover = true,
-            Some(_) => {
+            // The same agent again (same id, same user): its old link is
+            // dead but not yet noticed. An id presented by another user is
+            // no proof of anything.
+            Some(s)
+                if !takeover
+                    && agent_id.is_some()
+                    && s.agent_id == agent_id
+                    && s.identity == identity =>
+            {
+                takeover = true;
+            }
+            Some(s) if !takeover => {
+                let how = if s.took_over {
+                    "was taken over by another agent"
+                } else {
+                    "is held by another agent"
+                };
+                let what = if s.took_over {
+                    "pass --takeover to take it back, or --retry-taken to wait for it"
+                } else {
+                    "stop that agent or pass --takeover"
+                };
+                tracing::info!(tunnel = %name, %user, from = %remote.ip(), "agent refused: name held by another agent");
                 return text(
                     StatusCode::CONFLICT,
                     &format!(
-                        "tunnel name '{name}' is held by another agent; stop that agent or pass --takeover"
+                        "tunnel name '{name}' {how} (user {}, from {}); {what}",
+                        s.identity.user, s.remote
                     ),
-                )
+                );
             }
-            None => {}
+            _ => {}
         }
     }
+    tracing::info!(
+        tunnel = %name,
+        %user,
+        from = %remote.ip(),
+        takeover = asked_takeover,
+        reconnect = takeover && !asked_takeover,
+        "agent upgrade accepted"
+    );
     let base = match &shared.config.public_url {
         Some(u) => u.trim_end_matches('/').to_string(),
         None => {
@@ -165,6 +254,9 @@ pub(crate) async fn upgrade(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
         agent_id,
         drain,
         owner,
+        identity,
+        remote: remote.ip(),
+        took_over: asked_takeover,
     };
     tokio::spawn(run_session(shared, req, session));
 
@@ -195,6 +287,10 @@ struct SessionAsk {
     drain: (usize, bool),
     /// SHA-256 (hex) of the agent's token.
     owner: String,
+    identity: Identity,
+    remote: IpAddr,
+    /// `--takeover` was asked for (not a reconnect of the same agent).
+    took_over: bool,
 }
 
 async fn run_session(shared: Arc<Shared>, req: Request<Incoming>, ask: SessionAsk) {
@@ -205,6 +301,9 @@ async fn run_session(shared: Arc<Shared>, req: Request<Incoming>, ask: SessionAs
         agent_id,
         drain,
         owner,
+        identity,
+        remote,
+        took_over,
     } = ask;
     let upgraded = match hyper::upgrade::on(req).await {
         Ok(u) => u,
@@ -229,12 +328,19 @@ async fn run_session(shared: Arc<Shared>, req: Request<Incoming>, ask: SessionAs
     };
     let ready_sender = sender.clone();
     let id = shared.next_session_id();
+    if !shared.accounts.still_valid(&identity, &name) {
+        // Revoked between the upgrade and now.
+        return;
+    }
     {
         let mut tunnels = shared.tunnels.lock();
         if let Some(old) = tunnels.get(&name) {
-            if !takeover {
+            if !takeover || old.identity.user != identity.user {
                 // Lost a race with another agent claiming the same name.
                 return;
+            }
+            if took_over {
+                tracing::warn!(tunnel = %name, user = %identity.user, from = %remote, previous_from = %old.remote, "tunnel taken over by another agent");
             }
             old.closed.cancel();
         }
@@ -246,6 +352,9 @@ async fn run_session(shared: Arc<Shared>, req: Request<Incoming>, ask: SessionAs
                 sender,
                 closed: closed.clone(),
                 drain,
+                identity,
+                remote,
+                took_over,
             },
         );
     }
@@ -292,6 +401,9 @@ async fn run_session(shared: Arc<Shared>, req: Request<Incoming>, ask: SessionAs
         let n = name.clone();
         let _ = tokio::task::spawn_blocking(move || held.remember(&n, policy)).await;
     }
+    // ...and kept by its owner for the name lifetime from here.
+    let (owners, n) = (shared.owners.clone(), name.clone());
+    let _ = tokio::task::spawn_blocking(move || owners.touch(&n)).await;
     tracing::info!(tunnel = %name, "agent disconnected");
 }
 

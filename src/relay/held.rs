@@ -700,6 +700,34 @@ impl HeldStore {
         Ok(())
     }
 
+    /// Forgets tunnel `name` and deletes all its events (its name expired:
+    /// whoever claims it next must not receive them). Returns how many
+    /// events were deleted.
+    pub fn forget(&self, name: &str) -> Result<u64, HeldError> {
+        let conn = self.conn();
+        let n = conn.execute("DELETE FROM events WHERE tunnel = ?1", params![name])?;
+        conn.execute("DELETE FROM tunnels WHERE name = ?1", params![name])?;
+        drop(conn);
+        let mut map = self.map();
+        if let Some(mut st) = map.remove(name) {
+            let bytes = st.bytes;
+            self.uncharge(&mut st, bytes);
+            if st.storing > 0 || st.delivering {
+                // Reservations in flight give back their bytes themselves.
+                map.insert(
+                    name.to_string(),
+                    TunnelState {
+                        pending: 0,
+                        dead: 0,
+                        bytes: 0,
+                        ..st
+                    },
+                );
+            }
+        }
+        Ok(n as u64)
+    }
+
     /// Deletes events older than the age cap, and forgets tunnels no agent
     /// has held for that long (so abandoned names stop collecting events);
     /// returns how many events were deleted, per tunnel.

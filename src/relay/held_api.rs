@@ -6,10 +6,12 @@
 //!   into the queue;
 //! - `DELETE /_whtunnel/held/<name>/<event-id>`: drop an event.
 //!
-//! Authenticated with `Authorization: Bearer <token>`: the token must be
-//! one the relay accepts *and* the one that last held the tunnel, so an
-//! agent sees and changes only its own tunnel's events.
+//! Authenticated with `Authorization: Bearer <token>`: with a users file,
+//! the token's user must own the name; with plain tokens, the token must be
+//! the one that last held the tunnel. Either way an agent sees and changes
+//! only its own tunnel's events.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{header, Method, Request, Response, StatusCode};
@@ -19,6 +21,7 @@ use hyper::body::Incoming;
 use super::agents::{kick_delivery, token_sha256};
 use super::auth::Tokens;
 use super::drain::tell_dead_letter_cleared;
+use super::users::Accounts;
 use super::{text, Shared};
 use crate::tunnel::protocol::is_valid_name;
 use crate::tunnel::Body;
@@ -30,7 +33,11 @@ pub const HELD_API_PATH: &str = "/_whtunnel/held/";
 const LIST_LIMIT: usize = 1000;
 
 /// Serves one API request.
-pub(crate) async fn serve(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    remote: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let Some(held) = shared.held.clone() else {
         return text(
             StatusCode::NOT_FOUND,
@@ -43,25 +50,45 @@ pub(crate) async fn serve(shared: Arc<Shared>, req: Request<Incoming>) -> Respon
     if !is_valid_name(&name) {
         return text(StatusCode::BAD_REQUEST, "invalid tunnel name");
     }
+    if let Some(wait) = shared.limiter.auth_blocked(remote.ip()) {
+        return *wait;
+    }
     let presented = Tokens::bearer(req.headers().get(header::AUTHORIZATION)).unwrap_or("");
-    if !shared.config.tokens.accepts(presented) {
+    let Some(identity) = shared.accounts.authenticate(presented) else {
+        shared.limiter.auth_failed(remote.ip(), "held API");
         return text(
             StatusCode::UNAUTHORIZED,
-            "token refused: this relay does not accept the token (check --token or WHTUNNEL_TOKEN)",
+            "token refused: this relay does not accept the token (check --token-file or WHTUNNEL_TOKEN)",
         );
-    }
-    // Same answer for "unknown tunnel" and "another token's tunnel": the
+    };
+    // Same answer for "unknown tunnel" and "another user's tunnel": the
     // API does not tell which names exist.
-    let (h, n) = (held.clone(), name.clone());
-    let owner = tokio::task::spawn_blocking(move || h.owner(&n))
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .flatten();
-    if owner.as_deref() != Some(token_sha256(presented).as_str()) {
+    let allowed = match &shared.accounts {
+        // Users: the name's owner, and no one else.
+        Accounts::Users(_) => {
+            let (o, n) = (shared.owners.clone(), name.clone());
+            let owner = tokio::task::spawn_blocking(move || o.owner(&n))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten();
+            owner.as_deref() == Some(&*identity.user)
+        }
+        // Plain tokens: the token that last held the tunnel.
+        Accounts::Tokens(_) => {
+            let (h, n) = (held.clone(), name.clone());
+            let owner = tokio::task::spawn_blocking(move || h.owner(&n))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten();
+            owner.as_deref() == Some(token_sha256(presented).as_str())
+        }
+    };
+    if !allowed {
         return text(
             StatusCode::FORBIDDEN,
-            &format!("tunnel '{name}' was not last held with this token"),
+            &format!("tunnel '{name}' is not held by this user or token"),
         );
     }
     let method = req.method().clone();

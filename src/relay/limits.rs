@@ -10,9 +10,14 @@
 //! | header count / head size (hyper) | 100 / 64 KiB | 431, then close |
 //! | body rate, after a 10 s grace, per 10 s window | 1 KiB/s | 408 |
 //! | concurrent connections per IP | 256 | accepted, then closed at once |
-//! | requests per tunnel (token bucket) | 1000/s, burst 2000 | 429 + `Retry-After` |
+//! | requests per tunnel (token bucket), shared fairly by sender IPs | 1000/s, burst 2000 | 429 + `Retry-After` |
 //! | requests in flight per tunnel per IP | 64 (of 256 streams) | 429 + `Retry-After` |
-//! | unknown-tunnel misses per IP (token bucket) | 30/min | 429 + `Retry-After` |
+//! | unknown-tunnel misses per IP (token bucket) | 30/min | 429 + `Retry-After` to *every* tunnel request of that IP |
+//! | failed agent/held-API authentications per IP | 10/min | 429 + `Retry-After` to every upgrade of that IP |
+//!
+//! Fair share: each sender IP (IPv6: its /64) seen on a tunnel in the last
+//! [`SHARE_WINDOW`] gets an equal part of the tunnel's rate and burst, so one
+//! flooding sender meets its own 429s and leaves the others theirs.
 //!
 //! State is bounded: per-IP and per-tunnel tables have a fixed capacity and
 //! drop idle entries before growing past it.
@@ -75,6 +80,9 @@ pub struct Limits {
     pub max_inflight_per_ip: usize,
     /// Unknown-tunnel answers per IP per minute before 429.
     pub unknown_tunnel_per_min: u32,
+    /// Failed token checks (agent upgrades, held API) per IP per minute
+    /// before every further attempt of that IP gets 429.
+    pub auth_failures_per_min: u32,
 }
 
 impl Default for Limits {
@@ -91,6 +99,7 @@ impl Default for Limits {
             rate_burst: 2000,
             max_inflight_per_ip: 64,
             unknown_tunnel_per_min: 30,
+            auth_failures_per_min: 10,
         }
     }
 }
@@ -125,6 +134,69 @@ impl Bucket {
         } else {
             Err(Duration::from_secs_f64((1.0 - self.tokens) / rate))
         }
+    }
+}
+
+/// Sender IPs seen on a tunnel within this share its rate equally.
+pub const SHARE_WINDOW: Duration = Duration::from_secs(10);
+
+/// Most sender IPs one tunnel's fair share tracks; beyond it, new senders
+/// share one bucket.
+const MAX_SHARERS: usize = 1024;
+
+/// A tunnel's rate, split among the IPs sending to it.
+struct Share {
+    senders: HashMap<IpAddr, (Bucket, Instant)>,
+    overflow: Option<(Bucket, Instant)>,
+    last_prune: Instant,
+}
+
+impl Share {
+    fn new(now: Instant) -> Self {
+        Share {
+            senders: HashMap::new(),
+            overflow: None,
+            last_prune: now,
+        }
+    }
+
+    fn take(&mut self, ip: IpAddr, rate: f64, burst: f64, now: Instant) -> Result<(), Duration> {
+        if now.saturating_duration_since(self.last_prune) >= Duration::from_secs(1) {
+            self.last_prune = now;
+            self.senders
+                .retain(|_, (_, seen)| now.saturating_duration_since(*seen) < SHARE_WINDOW);
+            if self
+                .overflow
+                .is_some_and(|(_, seen)| now.saturating_duration_since(seen) >= SHARE_WINDOW)
+            {
+                self.overflow = None;
+            }
+        }
+        let known = self.senders.contains_key(&ip);
+        let n = (self.senders.len() + usize::from(!known) + usize::from(self.overflow.is_some()))
+            .max(1) as f64;
+        let (rate, cap) = (rate / n, (burst / n).max(1.0));
+        let slot = if known || self.senders.len() < MAX_SHARERS {
+            self.senders
+                .entry(ip)
+                .or_insert_with(|| (Bucket::full(cap, now), now))
+        } else {
+            self.overflow
+                .get_or_insert_with(|| (Bucket::full(cap, now), now))
+        };
+        slot.1 = now;
+        // A bucket filled while the share was larger keeps at most the
+        // current share.
+        slot.0.tokens = slot.0.tokens.min(cap);
+        slot.0.take(rate, cap, now)
+    }
+
+    fn idle(&self, now: Instant) -> bool {
+        self.overflow.is_none()
+            && self
+                .senders
+                .values()
+                .all(|(_, seen)| now.saturating_duration_since(*seen) >= SHARE_WINDOW)
     }
 }
 
@@ -164,6 +236,22 @@ impl<K: std::hash::Hash + Eq> Buckets<K> {
             .or_insert_with(|| Bucket::full(capacity, now))
             .take(rate, capacity, now)
     }
+
+    /// Whether `key` has a token left, without taking one.
+    fn peek(&mut self, key: &K, rate: f64, capacity: f64) -> Result<(), Duration> {
+        let now = Instant::now();
+        match self.map.get_mut(key) {
+            None => Ok(()),
+            Some(b) => {
+                b.refill(rate, capacity, now);
+                if b.tokens >= 1.0 {
+                    Ok(())
+                } else {
+                    Err(Duration::from_secs_f64((1.0 - b.tokens) / rate))
+                }
+            }
+        }
+    }
 }
 
 /// Runtime state of the limits, shared by every connection.
@@ -171,8 +259,17 @@ pub(crate) struct Limiter {
     limits: Limits,
     conns: Arc<Mutex<HashMap<IpAddr, usize>>>,
     inflight: Arc<Mutex<HashMap<(String, IpAddr), usize>>>,
-    tunnels: Mutex<Buckets<String>>,
+    tunnels: Mutex<HashMap<String, Share>>,
     misses: Mutex<Buckets<IpAddr>>,
+    auth_failures: Mutex<Buckets<IpAddr>>,
+    auth_log: Mutex<RateLog>,
+}
+
+/// Logs failed authentications at most once a second, with how many were
+/// left out, so a guessing flood cannot flood the log too.
+struct RateLog {
+    last: Option<Instant>,
+    suppressed: u64,
 }
 
 /// Holds one connection slot of an IP; the slot frees when this drops.
@@ -238,9 +335,84 @@ impl Limiter {
             limits,
             conns: Arc::new(Mutex::new(HashMap::new())),
             inflight: Arc::new(Mutex::new(HashMap::new())),
-            tunnels: Mutex::new(Buckets::new()),
+            tunnels: Mutex::new(HashMap::new()),
             misses: Mutex::new(Buckets::new()),
+            auth_failures: Mutex::new(Buckets::new()),
+            auth_log: Mutex::new(RateLog {
+                last: None,
+                suppressed: 0,
+            }),
         }
+    }
+
+    /// 429 when `ip` failed authentication too often lately; every attempt
+    /// of that IP waits, right token or not, so guessing costs time.
+    pub(crate) fn auth_blocked(&self, ip: IpAddr) -> Option<Box<Response<Body>>> {
+        let per_min = self.limits.auth_failures_per_min;
+        if per_min == 0 {
+            return None;
+        }
+        let verdict = self.auth_failures.lock().peek(
+            &miss_key(ip),
+            f64::from(per_min) / 60.0,
+            f64::from(per_min),
+        );
+        verdict.err().map(|wait| {
+            Box::new(too_many(
+                "whtunnel: too many refused tokens from this address; wait and check the token",
+                wait,
+            ))
+        })
+    }
+
+    /// Counts and logs (rate-limited) a refused token from `ip`. The token
+    /// itself is never logged.
+    pub(crate) fn auth_failed(&self, ip: IpAddr, what: &str) {
+        let per_min = self.limits.auth_failures_per_min;
+        if per_min > 0 {
+            let _ = self.auth_failures.lock().take(
+                miss_key(ip),
+                f64::from(per_min) / 60.0,
+                f64::from(per_min),
+            );
+        }
+        let now = Instant::now();
+        let mut log = self.auth_log.lock();
+        if log
+            .last
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1))
+        {
+            log.suppressed += 1;
+            return;
+        }
+        let more = std::mem::take(&mut log.suppressed);
+        log.last = Some(now);
+        drop(log);
+        if more > 0 {
+            tracing::warn!(from = %ip, "{what}: token refused ({more} more refused in the second before, not logged one by one)");
+        } else {
+            tracing::warn!(from = %ip, "{what}: token refused");
+        }
+    }
+
+    /// 429 when `ip` is over its unknown-tunnel limit: then every tunnel
+    /// request it makes is refused, hits too, so probing cannot tell a
+    /// name that exists from one that does not.
+    pub(crate) fn over_miss_limit(&self, ip: IpAddr) -> Option<Response<Body>> {
+        let per_min = self.limits.unknown_tunnel_per_min;
+        if per_min == 0 {
+            return None;
+        }
+        let verdict =
+            self.misses
+                .lock()
+                .peek(&miss_key(ip), f64::from(per_min) / 60.0, f64::from(per_min));
+        verdict.err().map(|wait| {
+            too_many(
+                "whtunnel: too many requests for unknown tunnels from this address; slow down",
+                wait,
+            )
+        })
     }
 
     /// Takes a connection slot for `ip`, or `None` when the IP already holds
@@ -291,7 +463,22 @@ impl Limiter {
         let rate = self.limits.rate_limit;
         if rate > 0.0 {
             let capacity = f64::from(self.limits.rate_burst.max(1));
-            let verdict = self.tunnels.lock().take(name.to_string(), rate, capacity);
+            let now = Instant::now();
+            let verdict = {
+                let mut tunnels = self.tunnels.lock();
+                if !tunnels.contains_key(name) && tunnels.len() >= MAX_TABLE_ENTRIES {
+                    tunnels.retain(|_, s| !s.idle(now));
+                }
+                if !tunnels.contains_key(name) && tunnels.len() >= MAX_TABLE_ENTRIES {
+                    // Full of active tunnels: do not grow; let this pass.
+                    Ok(())
+                } else {
+                    tunnels
+                        .entry(name.to_string())
+                        .or_insert_with(|| Share::new(now))
+                        .take(miss_key(ip), rate, capacity, now)
+                }
+            };
             if let Err(wait) = verdict {
                 return Err(Box::new(too_many(
                     &format!("whtunnel: this tunnel is over its limit of {rate} requests per second; retry later"),

@@ -17,7 +17,9 @@ mod framing;
 pub mod held;
 pub mod held_api;
 pub mod limits;
+pub mod owners;
 pub mod public;
+pub mod users;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -44,6 +46,8 @@ pub use auth::Tokens;
 pub use drain::{HoldDelivery, HoldOrder};
 pub use held::{Caps, HeldStore, OfflinePolicy};
 pub use limits::Limits;
+pub use owners::{NameOwners, Refused};
+pub use users::{Accounts, Identity, UsersFile, UsersWatch};
 
 /// How long the relay waits for in-flight exchanges when asked to stop.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -85,6 +89,33 @@ pub struct RelayConfig {
     pub hold_delivery: drain::HoldDelivery,
     /// Abuse limits on the public side (see [`limits`]).
     pub limits: Limits,
+    /// Users with their own tokens and names (`--users-file`); when set,
+    /// `tokens` is not used.
+    pub users: Option<Arc<UsersWatch>>,
+    /// Most names one user may own; `None`: [`owners::DEFAULT_MAX_NAMES`]
+    /// for users of a users file, no cap for the one plain-token user (as
+    /// before owned names). 0: no cap.
+    pub max_names_per_user: Option<u64>,
+    /// A name unused (no agent held it) for this long is forgotten, with
+    /// its held events, and may be claimed by anyone.
+    pub name_lifetime: Duration,
+    /// Keep senders' `X-Forwarded-For`, `X-Real-IP` and `Forwarded`: for a
+    /// relay behind a proxy that sets them. Otherwise the relay is the edge
+    /// and drops them.
+    pub trust_forwarded: bool,
+    /// Where name ownership is kept; `None`: the data dir's SQLite (or
+    /// memory without one). A cluster passes a store its relays share.
+    pub owners: Option<OwnersStore>,
+}
+
+/// A [`NameOwners`] implementation to use instead of the relay's own.
+#[derive(Clone)]
+pub struct OwnersStore(pub Arc<dyn NameOwners>);
+
+impl std::fmt::Debug for OwnersStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OwnersStore")
+    }
 }
 
 impl RelayConfig {
@@ -103,6 +134,11 @@ impl RelayConfig {
             hold_caps: Caps::default(),
             hold_delivery: drain::HoldDelivery::default(),
             limits: Limits::default(),
+            users: None,
+            max_names_per_user: None,
+            name_lifetime: owners::DEFAULT_NAME_LIFETIME,
+            trust_forwarded: false,
+            owners: None,
         }
     }
 }
@@ -119,6 +155,12 @@ pub(crate) struct TunnelSession {
     closed: CancellationToken,
     /// Held events in flight at once, and strict order, as the agent asked.
     drain: (usize, bool),
+    /// Who connected it.
+    identity: Identity,
+    /// From where.
+    remote: std::net::IpAddr,
+    /// It replaced another agent's session (`--takeover`).
+    took_over: bool,
 }
 
 /// State shared by every connection the relay serves.
@@ -131,6 +173,10 @@ pub(crate) struct Shared {
     /// Memory for request bodies being read to be held, relay-wide.
     hold_budget: Arc<budget::HoldBudget>,
     limiter: limits::Limiter,
+    /// Who may connect agents.
+    accounts: Accounts,
+    /// Who owns which names.
+    owners: Arc<dyn NameOwners>,
 }
 
 impl Shared {
@@ -141,6 +187,27 @@ impl Shared {
 
     fn next_session_id(&self) -> u64 {
         self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Most names one user may own (0: no cap).
+    fn max_names(&self) -> u64 {
+        match (&self.accounts, self.config.max_names_per_user) {
+            (_, Some(n)) => n,
+            (Accounts::Users(_), None) => owners::DEFAULT_MAX_NAMES,
+            (Accounts::Tokens(_), None) => 0,
+        }
+    }
+
+    /// Cuts off every agent whose user was revoked, whose token changed or
+    /// whose name is no longer among its user's names.
+    fn sweep_revoked(&self) {
+        let tunnels = self.tunnels.lock();
+        for (name, s) in tunnels.iter() {
+            if !self.accounts.still_valid(&s.identity, name) {
+                tracing::warn!(tunnel = %name, user = %s.identity.user, "user revoked or changed: agent cut off");
+                s.closed.cancel();
+            }
+        }
     }
 }
 
@@ -161,6 +228,17 @@ impl Relay {
             )),
             None => None,
         };
+        let owners: Arc<dyn NameOwners> = match (&config.owners, &config.data_dir) {
+            (Some(store), _) => store.0.clone(),
+            (None, Some(dir)) => {
+                Arc::new(owners::SqliteOwners::open(dir).map_err(std::io::Error::other)?)
+            }
+            (None, None) => Arc::new(owners::MemoryOwners::default()),
+        };
+        let accounts = match &config.users {
+            Some(watch) => Accounts::Users(watch.clone()),
+            None => Accounts::Tokens(config.tokens.clone()),
+        };
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
         let scheme = if config.tls.is_some() {
@@ -173,6 +251,8 @@ impl Relay {
             local_addr,
             shared: Arc::new(Shared {
                 limiter: limits::Limiter::new(config.limits.clone()),
+                accounts,
+                owners,
                 config,
                 tunnels: Mutex::new(HashMap::new()),
                 next_session: AtomicU64::new(1),
@@ -228,6 +308,13 @@ impl Relay {
             .held
             .clone()
             .map(|held| tokio::spawn(expire_held(held)));
+        let names_expiry = tokio::spawn(expire_names(shared.clone()));
+        let users_watch = match &shared.accounts {
+            Accounts::Users(watch) => {
+                Some(tokio::spawn(watch_users(shared.clone(), watch.clone())))
+            }
+            Accounts::Tokens(_) => None,
+        };
 
         loop {
             let (stream, remote) = tokio::select! {
@@ -297,6 +384,10 @@ impl Relay {
         if let Some(task) = expiry {
             task.abort();
         }
+        names_expiry.abort();
+        if let Some(task) = users_watch {
+            task.abort();
+        }
         tracing::info!("relay stopping: draining in-flight exchanges");
         if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
             .await
@@ -331,17 +422,115 @@ async fn expire_held(held: Arc<HeldStore>) {
     }
 }
 
-async fn route(shared: Arc<Shared>, remote: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+/// Re-reads the users file whenever it changes and cuts off the agents of
+/// revoked users at once.
+async fn watch_users(shared: Arc<Shared>, watch: Arc<UsersWatch>) {
+    let mut tick = tokio::time::interval(UsersWatch::POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut complained = false;
+    loop {
+        tick.tick().await;
+        let w = watch.clone();
+        match tokio::task::spawn_blocking(move || w.reload()).await {
+            Ok(Ok(true)) => {
+                complained = false;
+                tracing::info!(users = watch.len(), "users file re-read");
+                shared.sweep_revoked();
+            }
+            Ok(Ok(false)) => complained = false,
+            Ok(Err(e)) => {
+                if !complained {
+                    tracing::warn!("{e}; keeping the users as they were");
+                    complained = true;
+                }
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Forgets names nobody used for the name lifetime, with their held
+/// events, so abandoned names stop collecting events and become free.
+async fn expire_names(shared: Arc<Shared>) {
+    let lifetime = shared.config.name_lifetime;
+    let every = (lifetime / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let s = shared.clone();
+        let expired = tokio::task::spawn_blocking(move || {
+            let in_use = |n: &str| s.tunnels.lock().contains_key(n);
+            let gone = s.owners.expire(lifetime, &in_use)?;
+            if let Some(held) = &s.held {
+                for name in &gone {
+                    if let Err(e) = held.forget(name) {
+                        tracing::warn!(tunnel = %name, "could not drop the expired name's held events: {e}");
+                    }
+                }
+            }
+            Ok::<_, owners::OwnersError>(gone)
+        })
+        .await;
+        match expired {
+            Ok(Ok(gone)) => {
+                for name in gone {
+                    tracing::info!(tunnel = %name, "name unused for {lifetime:?}: forgotten with its held events");
+                }
+            }
+            Ok(Err(e)) => tracing::warn!("name expiry failed: {e}"),
+            Err(_) => {}
+        }
+    }
+}
+
+/// The sender's address as a trusted proxy in front of the relay reports
+/// it: the last `X-Forwarded-For` entry (the one the proxy added), else
+/// `X-Real-IP`. Used only with `--trust-forwarded`, so that per-IP limits
+/// apply to senders and not to the proxy.
+fn forwarded_client(headers: &http::HeaderMap) -> Option<std::net::IpAddr> {
+    let last_xff = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .rfind(|s| !s.trim().is_empty())
+        .map(str::trim);
+    let real_ip = || {
+        headers
+            .get("x-real-ip")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    last_xff.or_else(real_ip)?.parse().ok()
+}
+
+/// The TCP peer of a request, kept in its extensions when `remote` is the
+/// forwarded client: the hop the relay appends to `X-Forwarded-For`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer(pub(crate) SocketAddr);
+
+async fn route(
+    shared: Arc<Shared>,
+    remote: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    req.extensions_mut().insert(Peer(remote));
+    let remote = if shared.config.trust_forwarded {
+        forwarded_client(req.headers()).map_or(remote, |ip| SocketAddr::new(ip, remote.port()))
+    } else {
+        remote
+    };
     let path = req.uri().path();
     if path == AGENT_PATH {
-        agents::upgrade(shared, req).await
+        agents::upgrade(shared, remote, req).await
     } else if path.starts_with("/t/") {
         if let Some(refused) = framing::check_framing(&req) {
             return refused;
         }
         public::forward(shared, remote, req).await
     } else if path.starts_with(held_api::HELD_API_PATH) {
-        held_api::serve(shared, req).await
+        held_api::serve(shared, remote, req).await
     } else if path == "/_whtunnel/health" {
         text(StatusCode::OK, "ok")
     } else {

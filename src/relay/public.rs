@@ -28,6 +28,16 @@ use crate::tunnel::protocol::{
 };
 use crate::tunnel::{Body, BoxError};
 
+/// Headers a sender could use to pose as another address; dropped unless
+/// the relay trusts a proxy in front of it (`--trust-forwarded`).
+const FORWARDED_HEADERS: &[&str] = &[
+    "x-forwarded-for",
+    "x-real-ip",
+    "forwarded",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+];
+
 /// A live request's body is also kept up to this size, so that if the
 /// agent's link drops before it answers, the request can still be held.
 const FALLBACK_KEEP: u64 = 1024 * 1024;
@@ -44,6 +54,11 @@ pub(crate) async fn forward(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let received_at = SystemTime::now();
+    // Past its miss limit, an IP gets 429 for hits as well as misses: a
+    // prober learns nothing from which names answer.
+    if let Some(slow_down) = shared.limiter.over_miss_limit(remote.ip()) {
+        return slow_down;
+    }
     let path_and_query = req
         .uri()
         .path_and_query()
@@ -149,8 +164,27 @@ fn prepare(
     let agent_timeout = timeout.saturating_sub((timeout / 10).min(Duration::from_millis(500)));
     let mut headers = parts.headers;
     let hop_headers = strip_hop_by_hop(&mut headers);
+    if !shared.config.trust_forwarded {
+        // The relay is the edge: what a sender claims about where it came
+        // from is dropped, and the relay says it itself (the agent adds
+        // X-Forwarded-For from `remote_addr`).
+        for h in FORWARDED_HEADERS {
+            headers.remove(*h);
+        }
+        if let Ok(v) = http::HeaderValue::from_str(&remote.ip().to_string()) {
+            headers.insert(HeaderName::from_static("x-real-ip"), v);
+        }
+    }
     let meta = RequestMeta {
-        remote_addr: Some(remote.to_string()),
+        // The hop the agent appends to X-Forwarded-For: the TCP peer (a
+        // trusted proxy's own address), whoever the limits counted.
+        remote_addr: Some(
+            parts
+                .extensions
+                .get::<super::Peer>()
+                .map_or(remote, |p| p.0)
+                .to_string(),
+        ),
         proto: shared.scheme.to_string(),
         host: headers
             .get(header::HOST)
