@@ -34,6 +34,33 @@ pub(crate) fn init_logging(to_file: Option<&Path>, default_level: &str) {
     };
 }
 
+/// The relay's logging: text lines, or with `--log-format json` one JSON
+/// object per line, on stderr.
+pub(crate) fn init_relay_logging(format: super::args::LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("WHTUNNEL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        super::args::LogFormat::Text => builder.try_init(),
+        super::args::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
+}
+
+/// A line the relay says to its operator: as is on stderr, or, when logs
+/// are JSON, as a log event so every stderr line stays one JSON object.
+pub(crate) fn relay_says(format: super::args::LogFormat, line: &str) {
+    match format {
+        super::args::LogFormat::Text => eprintln!("{line}"),
+        super::args::LogFormat::Json => tracing::info!("{line}"),
+    }
+}
+
 /// `--no-tui`: one line per exchange on stdout, link changes on stderr.
 pub(crate) async fn run_log(
     recorder: Option<&Recorder>,

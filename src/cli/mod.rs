@@ -12,6 +12,7 @@ pub mod datadir;
 pub mod fixtures;
 mod held;
 pub mod log;
+mod relay_config;
 pub mod requests;
 
 use std::io::IsTerminal;
@@ -28,7 +29,7 @@ use crate::agent::{self, Capture, ConnectionStatus, ListenConfig, Listener, Rela
 use crate::capture::{self, BodyLimits, Recorder, Store, StoreConfig};
 use crate::config::layered;
 use crate::forward::{Forwarder, ForwarderConfig, HostHeader, Target};
-use crate::relay::{Caps, Relay, RelayConfig, Tokens};
+use crate::relay::{self, Caps, Relay, RelayConfig, Tokens};
 use crate::tunnel::tls;
 use crate::units;
 
@@ -44,6 +45,24 @@ pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
+    };
+    // `relay --config FILE`: parsed again with the file's settings.
+    let cli = match &cli.command {
+        Command::Relay(a) if a.ops.config.is_some() => {
+            let file = a.ops.config.clone().unwrap_or_default();
+            let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+            match relay_config::merge(&argv, &file) {
+                Ok(merged) => match Cli::try_parse_from(merged) {
+                    Ok(cli) => cli,
+                    Err(e) => return usage_error(e),
+                },
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        _ => cli,
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     // An agent with a remote relay serves one link: one worker thread avoids
@@ -168,7 +187,8 @@ pub(crate) fn say_waiting(in_flight: usize) {
 }
 
 async fn relay(args: RelayArgs) -> Result<()> {
-    init_logging(None, "info");
+    let format = args.ops.log_format;
+    log::init_relay_logging(format);
     let dir = resolve_data_dir(&args.data_dir)?;
     let mut tokens: Vec<String> = args.tokens.clone();
     if let Some(path) = &args.tokens_file {
@@ -183,10 +203,13 @@ async fn relay(args: RelayArgs) -> Result<()> {
     }
     if tokens.iter().all(|t| t.is_empty()) {
         let (token, path) = relay_token(&dir)?;
-        eprintln!(
-            "No --token given: agents must use the token in {} (--token \"$(cat {})\")",
-            path.display(),
-            path.display()
+        log::relay_says(
+            format,
+            &format!(
+                "No --token given: agents must use the token in {} (--token \"$(cat {})\")",
+                path.display(),
+                path.display()
+            ),
         );
         tokens.push(token);
     }
@@ -211,14 +234,51 @@ async fn relay(args: RelayArgs) -> Result<()> {
     let relay = Relay::bind(config)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    eprintln!(
-        "whtunnel relay listening on {} (tunnels at {}/t/<name>)",
-        relay.local_addr(),
-        relay.base_url()
+    let admin = match args.ops.admin_listen {
+        Some(at) => Some((
+            relay::admin::AdminServer::bind(at.0, relay.status())
+                .await
+                .with_context(|| format!("cannot listen on --admin-listen {at}"))?,
+            at.is_exposed(),
+        )),
+        None => None,
+    };
+    log::relay_says(
+        format,
+        &format!(
+            "whtunnel relay listening on {} (tunnels at {}/t/<name>)",
+            relay.local_addr(),
+            relay.base_url()
+        ),
     );
+    // The admin endpoint outlives the relay's own shutdown, so /healthz
+    // says "draining" while in-flight exchanges finish.
+    let admin_stop = CancellationToken::new();
+    let admin = admin.map(|(admin, exposed)| {
+        let addr = admin.local_addr();
+        log::relay_says(
+            format,
+            &format!("admin endpoint on http://{addr} (GET /healthz, /metrics)"),
+        );
+        if exposed {
+            log::relay_says(
+                format,
+                &format!(
+                    "warning: the admin endpoint on {addr} has no authentication and is \
+                     reachable from other machines; firewall it or bind it to loopback"
+                ),
+            );
+        }
+        tokio::spawn(admin.run(admin_stop.clone().cancelled_owned()))
+    });
     let stop = shutdown_signal();
-    relay.run(stop.cancelled_owned()).await?;
-    eprintln!("whtunnel relay stopped");
+    let ran = relay.run(stop.cancelled_owned()).await;
+    admin_stop.cancel();
+    if let Some(task) = admin {
+        let _ = task.await;
+    }
+    ran?;
+    log::relay_says(format, "whtunnel relay stopped");
     Ok(())
 }
 

@@ -9,6 +9,7 @@
 //! poison, so a panic while one is held cannot turn every later request
 //! that takes the same lock into a panic too.
 
+pub mod admin;
 pub mod agents;
 pub mod auth;
 mod budget;
@@ -17,6 +18,7 @@ mod framing;
 pub mod held;
 pub mod held_api;
 pub mod limits;
+pub mod metrics;
 pub mod public;
 
 use std::collections::HashMap;
@@ -25,7 +27,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -131,6 +133,8 @@ pub(crate) struct Shared {
     /// Memory for request bodies being read to be held, relay-wide.
     hold_budget: Arc<budget::HoldBudget>,
     limiter: limits::Limiter,
+    /// Counters for `/metrics`, and whether the relay is draining.
+    metrics: metrics::Metrics,
 }
 
 impl Shared {
@@ -179,6 +183,7 @@ impl Relay {
                 scheme,
                 held,
                 hold_budget: budget::HoldBudget::new(HOLD_BUDGET_KIB, HOLD_BUDGET_IP_SHARE_KIB),
+                metrics: metrics::Metrics::new(),
             }),
         })
     }
@@ -186,6 +191,14 @@ impl Relay {
     /// The held-event store, when the relay has a data dir.
     pub fn held_store(&self) -> Option<Arc<HeldStore>> {
         self.shared.held.clone()
+    }
+
+    /// Health, metrics and the state they mirror, for the admin endpoint
+    /// ([`admin::AdminServer`]); it stays valid after [`run`](Relay::run).
+    pub fn status(&self) -> admin::RelayStatus {
+        admin::RelayStatus {
+            shared: self.shared.clone(),
+        }
     }
 
     /// The address the relay listens on.
@@ -294,6 +307,7 @@ impl Relay {
         }
 
         drop(listener);
+        shared.metrics.set_draining();
         if let Some(task) = expiry {
             task.abort();
         }
@@ -334,12 +348,19 @@ async fn expire_held(held: Arc<HeldStore>) {
 async fn route(shared: Arc<Shared>, remote: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
     if path == AGENT_PATH {
-        agents::upgrade(shared, req).await
+        let resp = agents::upgrade(shared.clone(), req).await;
+        shared.metrics.upgrade_done(resp.status());
+        resp
     } else if path.starts_with("/t/") {
-        if let Some(refused) = framing::check_framing(&req) {
-            return refused;
-        }
-        public::forward(shared, remote, req).await
+        let started = Instant::now();
+        let resp = match framing::check_framing(&req) {
+            Some(refused) => refused,
+            None => public::forward(shared.clone(), remote, req).await,
+        };
+        shared
+            .metrics
+            .request_done(resp.status(), started.elapsed());
+        resp
     } else if path.starts_with(held_api::HELD_API_PATH) {
         held_api::serve(shared, req).await
     } else if path == "/_whtunnel/health" {
