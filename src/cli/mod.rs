@@ -5,14 +5,14 @@
 //!
 //! [`args`] holds the clap definitions, [`datadir`] what is kept in the data
 //! directory, [`log`] the `--no-tui` output, [`requests`] the capture
-//! readers.
+//! readers, [`relay_config`] `whtunnel relay --config FILE`.
 
 pub mod args;
 pub mod datadir;
 pub mod fixtures;
 mod held;
 pub mod log;
-mod relay_config;
+pub mod relay_config;
 pub mod requests;
 
 use std::io::IsTerminal;

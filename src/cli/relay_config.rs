@@ -48,6 +48,26 @@ pub(crate) fn merge(argv: &[OsString], file: &Path) -> Result<Vec<OsString>, Con
     Ok(merged)
 }
 
+/// Checks a relay config file as `whtunnel relay --config FILE` reads it:
+/// every key, every value, and the flags together, without starting a
+/// relay.
+pub fn check_file(file: &Path) -> Result<(), ConfigError> {
+    let argv: Vec<OsString> = ["whtunnel", RELAY, "--config"]
+        .iter()
+        .map(OsString::from)
+        .chain(std::iter::once(file.as_os_str().to_owned()))
+        .collect();
+    let merged = merge(&argv, file)?;
+    <Cli as clap::Parser>::try_parse_from(merged)
+        .map(drop)
+        .map_err(|e| ConfigError {
+            file: file.to_path_buf(),
+            line: None,
+            key: None,
+            message: clap_reason(&e),
+        })
+}
+
 /// The flags the file stands for, less those the user set otherwise.
 fn flags_from(text: &str, file: &Path, argv: &[OsString]) -> Result<Vec<OsString>, ConfigError> {
     let at = |span: std::ops::Range<usize>, key: Option<&str>, message: String| ConfigError {
