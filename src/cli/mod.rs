@@ -42,27 +42,22 @@ use requests::{load_exchange, requests};
 
 /// Entry point of the `whtunnel` binary.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    // `relay --config FILE`: the file's settings join the command line
+    // before it is parsed, so a flag may also complete one in the file.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let argv = match relay_config::requested(&argv) {
+        Some(file) => match relay_config::merge(&argv, &file) {
+            Ok(merged) => merged,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => argv,
+    };
+    let cli = match Cli::try_parse_from(argv) {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
-    };
-    // `relay --config FILE`: parsed again with the file's settings.
-    let cli = match &cli.command {
-        Command::Relay(a) if a.ops.config.is_some() => {
-            let file = a.ops.config.clone().unwrap_or_default();
-            let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-            match relay_config::merge(&argv, &file) {
-                Ok(merged) => match Cli::try_parse_from(merged) {
-                    Ok(cli) => cli,
-                    Err(e) => return usage_error(e),
-                },
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
-            }
-        }
-        _ => cli,
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     // An agent with a remote relay serves one link: one worker thread avoids

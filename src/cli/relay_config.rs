@@ -27,6 +27,28 @@ use crate::config::ConfigError;
 /// The relay subcommand's name on the command line.
 const RELAY: &str = "relay";
 
+/// The FILE of `whtunnel relay ... --config FILE` (or `--config=FILE`), if
+/// `argv` is such a command line.
+pub(crate) fn requested(argv: &[OsString]) -> Option<std::path::PathBuf> {
+    if argv.get(1).is_none_or(|a| a != RELAY) {
+        return None;
+    }
+    let mut args = argv.iter().skip(2);
+    while let Some(arg) = args.next() {
+        let arg = arg.to_str()?;
+        if arg == "--" {
+            return None;
+        }
+        if arg == "--config" {
+            return args.next().map(std::path::PathBuf::from);
+        }
+        if let Some(file) = arg.strip_prefix("--config=") {
+            return Some(file.into());
+        }
+    }
+    None
+}
+
 /// The command line `argv` (a `whtunnel relay ... --config FILE` one) with
 /// the file's settings put before the user's own flags, for every flag the
 /// user did not set on the command line or through its environment variable.
@@ -93,8 +115,13 @@ fn flags_from(text: &str, file: &Path, argv: &[OsString]) -> Result<Vec<OsString
     let relay = cli
         .find_subcommand(RELAY)
         .expect("the relay subcommand exists");
-    // What the user set: a file setting never overrides it.
-    let given = Cli::command().try_get_matches_from(argv).ok();
+    // What the user set: a file setting never overrides it. The command
+    // line may be incomplete without the file (`--tls-key` here, its
+    // `tls-cert` there): what it holds is read all the same.
+    let given = Cli::command()
+        .ignore_errors(true)
+        .try_get_matches_from(argv)
+        .ok();
     let given = given.as_ref().and_then(|m| m.subcommand_matches(RELAY));
     let mut flags = Vec::new();
     // In file order, so an error names the first bad line.
@@ -262,6 +289,38 @@ mod tests {
         assert!(e.starts_with("relay.toml:1: "), "{e}");
         let e = flags("config = \"x.toml\"\n", &[]).unwrap_err();
         assert!(e.starts_with("relay.toml:1: config: "), "{e}");
+    }
+
+    #[test]
+    fn only_a_relay_command_line_asks_for_a_config_file() {
+        let file = |args: &[&str]| requested(&argv(args));
+        assert_eq!(
+            file(&["whtunnel", "relay", "--listen", "x", "--config", "r.toml"]),
+            Some("r.toml".into())
+        );
+        assert_eq!(
+            file(&["whtunnel", "relay", "--config=r.toml"]),
+            Some("r.toml".into())
+        );
+        assert_eq!(file(&["whtunnel", "listen", "--config", "w.toml"]), None);
+        assert_eq!(file(&["whtunnel", "relay"]), None);
+    }
+
+    #[test]
+    fn a_flag_may_complete_a_pair_begun_in_the_file() {
+        let got = flags(
+            "tls-cert = \"c.pem\"\nlisten = \"127.0.0.1:0\"\n",
+            &[
+                "whtunnel",
+                "relay",
+                "--tls-key",
+                "k.pem",
+                "--listen",
+                "0.0.0.0:1",
+            ],
+        )
+        .unwrap();
+        assert_eq!(got, ["--tls-cert", "c.pem"]);
     }
 
     #[test]
