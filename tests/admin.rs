@@ -26,8 +26,9 @@ async fn relay_with_admin(dir: &std::path::Path) -> (common::process::Process, S
             "127.0.0.1:0",
             "--token",
             TOKEN,
+            // A port alone: loopback.
             "--admin-listen",
-            "127.0.0.1:0",
+            "0",
         ])
         .start()
         .await;
@@ -36,8 +37,9 @@ async fn relay_with_admin(dir: &std::path::Path) -> (common::process::Process, S
         .strip_prefix("admin endpoint on http://")
         .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("admin line: {line}"))
-        .parse()
+        .parse::<SocketAddr>()
         .unwrap();
+    assert!(addr.ip().is_loopback(), "{addr}");
     (relay, addr)
 }
 
