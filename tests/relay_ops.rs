@@ -279,3 +279,37 @@ async fn json_logs_are_one_object_per_stderr_line() {
         "{lines:?}"
     );
 }
+
+#[tokio::test]
+async fn a_fatal_error_is_a_json_line_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(bin())
+        .args([
+            "relay",
+            "--log-format",
+            "json",
+            "--token",
+            TOKEN,
+            "--listen",
+            &addr,
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("WHTUNNEL_LOG")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(v["level"], "ERROR", "{stderr}");
+    let message = v["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!("cannot listen on {addr}")),
+        "{message}"
+    );
+}

@@ -52,6 +52,12 @@ pub(crate) fn init_relay_logging(format: super::args::LogFormat) {
     };
 }
 
+/// An error already logged (as a JSON line): `main` exits non-zero
+/// without printing it again.
+#[derive(Debug, thiserror::Error)]
+#[error("already reported")]
+pub(crate) struct Reported;
+
 /// A line the relay says to its operator: as is on stderr, or, when logs
 /// are JSON, as a log event so every stderr line stays one JSON object.
 pub(crate) fn relay_says(format: super::args::LogFormat, line: &str) {

@@ -78,6 +78,7 @@ pub fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<log::Reported>() => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -184,6 +185,18 @@ pub(crate) fn say_waiting(in_flight: usize) {
 async fn relay(args: RelayArgs) -> Result<()> {
     let format = args.ops.log_format;
     log::init_relay_logging(format);
+    let ran = serve_relay(args, format).await;
+    match ran {
+        // JSON logs: the error too is a JSON line.
+        Err(e) if format == args::LogFormat::Json => {
+            tracing::error!("{e:#}");
+            Err(log::Reported.into())
+        }
+        other => other,
+    }
+}
+
+async fn serve_relay(args: RelayArgs, format: args::LogFormat) -> Result<()> {
     let dir = resolve_data_dir(&args.data_dir)?;
     let mut tokens: Vec<String> = args.tokens.clone();
     if let Some(path) = &args.tokens_file {
