@@ -243,10 +243,17 @@ async fn metrics_move_with_traffic() {
     // The agent is back: the held events are delivered and the gauges
     // fall to 0.
     let agent = start_agent(&relay.public_url, AgentOptions::new("metered", &app)).await;
-    eventually(admin, "held events delivered", |m| {
+    let last = eventually(admin, "held events delivered", |m| {
         m.get(HELD) == 0.0 && m.get(HELD_BYTES) == 0.0 && m.get(AGENTS) == 1.0
     })
     .await;
+    // No series per tunnel: traffic on several names added none.
+    assert_eq!(
+        last.values
+            .keys()
+            .collect::<std::collections::BTreeSet<_>>(),
+        before.values.keys().collect(),
+    );
     drop(agent);
     relay.stop().await;
 }
