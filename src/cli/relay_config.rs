@@ -35,7 +35,10 @@ pub(crate) fn requested(argv: &[OsString]) -> Option<std::path::PathBuf> {
     }
     let mut args = argv.iter().skip(2);
     while let Some(arg) = args.next() {
-        let arg = arg.to_str()?;
+        // A value that is not UTF-8 (a path, say) is not `--config`.
+        let Some(arg) = arg.to_str() else {
+            continue;
+        };
         if arg == "--" {
             return None;
         }
