@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs whtunnel's whole test suite on a fresh machine: installs what the
 # tests need that cargo does not (tmux for the real-terminal inspector test;
+# systemd-analyze for the deploy unit; hadolint in the oracle venv;
 # the official webhook libraries the signature tests check against, in a
 # venv and an npm tree under target/oracles), then `cargo test --locked`.
 # Extra arguments go to cargo test (e.g. ./test.sh --test held).
@@ -20,6 +21,8 @@ need=()
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+# tests/deploy.rs: systemd-analyze verify on deploy/whtunnel-relay.service.
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
   apt_install "${need[@]}"
 fi

@@ -18,6 +18,8 @@
 //!   10,000-exchange cap (retention runs on every batch: the table scan it
 //!   used to do would show here), and event recognition on a 256 KiB body
 //!   that is not JSON and on a 1 KiB webhook.
+//! - metrics: what the relay adds to every webhook for `/metrics` (status
+//!   class counter and latency histogram, atomics only), and one scrape.
 
 // A measuring tool, not the product: a failed unwrap is a failed run.
 #![allow(clippy::unwrap_used)]
@@ -327,11 +329,31 @@ fn capture(c: &mut Criterion) {
     g.finish();
 }
 
+fn metrics(c: &mut Criterion) {
+    use whtunnel::relay::metrics::{Metrics, Snapshot};
+    let m = Metrics::new();
+    let mut g = c.benchmark_group("metrics");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("request_done (class counter + histogram)", |b| {
+        b.iter(|| {
+            m.request_done(
+                black_box(http::StatusCode::OK),
+                black_box(Duration::from_micros(840)),
+            )
+        })
+    });
+    m.set_cert_expiry("hooks.example.com", 1_800_000_000);
+    g.bench_function("render (one scrape)", |b| {
+        b.iter(|| black_box(m.render(Snapshot::default())))
+    });
+    g.finish();
+}
+
 // criterion's macro defines an undocumented function.
 #[allow(missing_docs)]
 mod group {
     use super::*;
-    criterion_group!(benches, protocol, transport, tunnel, capture);
+    criterion_group!(benches, protocol, transport, tunnel, capture, metrics);
 }
 use group::benches;
 

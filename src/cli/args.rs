@@ -26,7 +26,7 @@ pub(crate) enum Command {
     /// Forward a public tunnel URL to an app on this machine and show every exchange.
     Listen(ListenArgs),
     /// Run the public relay server that agents connect to.
-    Relay(RelayArgs),
+    Relay(Box<RelayArgs>),
     /// List and show recorded exchanges.
     Requests {
         #[command(subcommand)]
@@ -228,6 +228,40 @@ pub(crate) struct RelayArgs {
     pub(crate) hold_order: HoldOrder,
     #[command(flatten)]
     pub(crate) limits: LimitArgs,
+    #[command(flatten)]
+    pub(crate) ops: RelayOpsArgs,
+}
+
+/// Running `whtunnel relay` as a service: admin endpoint, config file, log format.
+#[derive(Args, Debug)]
+pub(crate) struct RelayOpsArgs {
+    /// Serve GET /healthz and /metrics (Prometheus) here: PORT alone is 127.0.0.1:PORT. No authentication: keep it off the internet.
+    #[arg(long, value_name = "[HOST:]PORT")]
+    pub(crate) admin_listen: Option<crate::relay::admin::AdminListen>,
+    /// Read relay settings from this TOML file: each key is a flag's long name (`listen = "0.0.0.0:443"`, `hold-max-age = "72h"`, `token = ["..."]`); flags and their environment variables win over it.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Log lines as text, or as one JSON object per line (for log collectors).
+    #[arg(long, env = "WHTUNNEL_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
+}
+
+/// How the relay writes its log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
 }
 
 /// Abuse limits of `whtunnel relay` (see `relay::limits`); 0 disables a limit.

@@ -42,15 +42,21 @@ const SECRET_TRACING_TARGETS: &[&str] = &[
     "hyper_util",
 ];
 
-pub(crate) fn init_logging(to_file: Option<&Path>, default_level: &str) {
+/// `WHTUNNEL_LOG` (else `default_level`), with the libraries that log
+/// secrets capped.
+fn log_filter(default_level: &str) -> tracing_subscriber::EnvFilter {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_env("WHTUNNEL_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     // The websocket and HTTP libraries log whole request heads at trace
     // level, the agent's `authorization: Bearer` included: never below debug.
-    let filter = SECRET_TRACING_TARGETS.iter().fold(filter, |f, target| {
+    SECRET_TRACING_TARGETS.iter().fold(filter, |f, target| {
         f.add_directive(format!("{target}=debug").parse().expect("static directive"))
-    });
+    })
+}
+
+pub(crate) fn init_logging(to_file: Option<&Path>, default_level: &str) {
+    let filter = log_filter(default_level);
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let file = to_file.and_then(open_private_log);
     let _ = match file {
@@ -60,6 +66,37 @@ pub(crate) fn init_logging(to_file: Option<&Path>, default_level: &str) {
             .try_init(),
         None => builder.with_writer(std::io::stderr).try_init(),
     };
+}
+
+/// The relay's logging: text lines, or with `--log-format json` one JSON
+/// object per line, on stderr.
+pub(crate) fn init_relay_logging(format: super::args::LogFormat) {
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(log_filter("info"))
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        super::args::LogFormat::Text => builder.try_init(),
+        super::args::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
+}
+
+/// An error already logged (as a JSON line): `main` exits non-zero
+/// without printing it again.
+#[derive(Debug, thiserror::Error)]
+#[error("already reported")]
+pub(crate) struct Reported;
+
+/// A line the relay says to its operator: as is on stderr, or, when logs
+/// are JSON, as a log event so every stderr line stays one JSON object.
+pub(crate) fn relay_says(format: super::args::LogFormat, line: &str) {
+    match format {
+        super::args::LogFormat::Text => eprintln!("{line}"),
+        super::args::LogFormat::Json => tracing::info!("{line}"),
+    }
 }
 
 /// `--no-tui`: one line per exchange on stdout, link changes on stderr.

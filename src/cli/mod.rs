@@ -5,13 +5,14 @@
 //!
 //! [`args`] holds the clap definitions, [`datadir`] what is kept in the data
 //! directory, [`log`] the `--no-tui` output, [`requests`] the capture
-//! readers.
+//! readers, [`relay_config`] `whtunnel relay --config FILE`.
 
 pub mod args;
 pub mod datadir;
 pub mod fixtures;
 mod held;
 pub mod log;
+pub mod relay_config;
 pub mod requests;
 mod users;
 
@@ -29,7 +30,7 @@ use crate::agent::{self, Capture, ConnectionStatus, ListenConfig, Listener, Rela
 use crate::capture::{self, BodyLimits, Recorder, Store, StoreConfig};
 use crate::config::layered;
 use crate::forward::{Forwarder, ForwarderConfig, HostHeader, Target};
-use crate::relay::{Caps, Relay, RelayConfig, Tokens};
+use crate::relay::{self, Caps, Relay, RelayConfig, Tokens};
 use crate::tunnel::tls;
 use crate::units;
 
@@ -42,7 +43,20 @@ use requests::{load_exchange, requests};
 
 /// Entry point of the `whtunnel` binary.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    // `relay --config FILE`: the file's settings join the command line
+    // before it is parsed, so a flag may also complete one in the file.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let argv = match relay_config::requested(&argv) {
+        Some(file) => match relay_config::merge(&argv, &file) {
+            Ok(merged) => merged,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => argv,
+    };
+    let cli = match Cli::try_parse_from(argv) {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
@@ -65,6 +79,7 @@ pub fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<log::Reported>() => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -101,7 +116,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Listen(args) => listen(args).await,
-        Command::Relay(args) => relay(args).await,
+        Command::Relay(args) => relay(*args).await,
         Command::Requests { command } => requests(command),
         Command::Replay(args) => replay(args).await,
         Command::Fixtures { command } => fixtures::fixtures(command),
@@ -172,7 +187,20 @@ async fn relay(args: RelayArgs) -> Result<()> {
     if let Some(args::RelayCommand::User { command }) = args.command {
         return users::user_command(command);
     }
-    init_logging(None, "info");
+    let format = args.ops.log_format;
+    log::init_relay_logging(format);
+    let ran = serve_relay(args, format).await;
+    match ran {
+        // JSON logs: the error too is a JSON line.
+        Err(e) if format == args::LogFormat::Json => {
+            tracing::error!("{e:#}");
+            Err(log::Reported.into())
+        }
+        other => other,
+    }
+}
+
+async fn serve_relay(args: RelayArgs, format: args::LogFormat) -> Result<()> {
     let dir = resolve_data_dir(&args.data_dir)?;
     let mut tokens: Vec<String> = args.tokens.clone();
     if let Some(path) = &args.tokens_file {
@@ -214,10 +242,13 @@ async fn relay(args: RelayArgs) -> Result<()> {
     }
     if users.is_none() && tokens.iter().all(|t| t.is_empty()) {
         let (token, path) = relay_token(&dir)?;
-        eprintln!(
-            "No --token given: agents must use the token in {} (--token-file {})",
-            path.display(),
-            path.display()
+        log::relay_says(
+            format,
+            &format!(
+                "No --token given: agents must use the token in {} (--token-file {})",
+                path.display(),
+                path.display()
+            ),
         );
         tokens.push(token);
     }
@@ -246,14 +277,51 @@ async fn relay(args: RelayArgs) -> Result<()> {
     let relay = Relay::bind(config)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    eprintln!(
-        "whtunnel relay listening on {} (tunnels at {}/t/<name>)",
-        relay.local_addr(),
-        relay.base_url()
+    let admin = match args.ops.admin_listen {
+        Some(at) => Some((
+            relay::admin::AdminServer::bind(at.0, relay.status())
+                .await
+                .with_context(|| format!("cannot listen on --admin-listen {at}"))?,
+            at.is_exposed(),
+        )),
+        None => None,
+    };
+    log::relay_says(
+        format,
+        &format!(
+            "whtunnel relay listening on {} (tunnels at {}/t/<name>)",
+            relay.local_addr(),
+            relay.base_url()
+        ),
     );
+    // The admin endpoint outlives the relay's own shutdown, so /healthz
+    // says "draining" while in-flight exchanges finish.
+    let admin_stop = CancellationToken::new();
+    let admin = admin.map(|(admin, exposed)| {
+        let addr = admin.local_addr();
+        log::relay_says(
+            format,
+            &format!("admin endpoint on http://{addr} (GET /healthz, /metrics)"),
+        );
+        if exposed {
+            log::relay_says(
+                format,
+                &format!(
+                    "warning: the admin endpoint on {addr} has no authentication and is \
+                     reachable from other machines; firewall it or bind it to loopback"
+                ),
+            );
+        }
+        tokio::spawn(admin.run(admin_stop.clone().cancelled_owned()))
+    });
     let stop = shutdown_signal();
-    relay.run(stop.cancelled_owned()).await?;
-    eprintln!("whtunnel relay stopped");
+    let ran = relay.run(stop.cancelled_owned()).await;
+    admin_stop.cancel();
+    if let Some(task) = admin {
+        let _ = task.await;
+    }
+    ran?;
+    log::relay_says(format, "whtunnel relay stopped");
     Ok(())
 }
 

@@ -434,6 +434,13 @@ impl HeldStore {
         self.total_bytes.load(Ordering::Relaxed)
     }
 
+    /// Events pending delivery and dead-lettered, all tunnels together.
+    pub fn event_totals(&self) -> (u64, u64) {
+        self.map()
+            .values()
+            .fold((0, 0), |(p, d), st| (p + st.pending, d + st.dead))
+    }
+
     /// Sets the delivery order the connected agent asked for.
     pub fn set_strict(&self, name: &str, strict: bool) {
         self.map().entry(name.to_string()).or_default().strict = strict;

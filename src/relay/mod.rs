@@ -9,6 +9,7 @@
 //! poison, so a panic while one is held cannot turn every later request
 //! that takes the same lock into a panic too.
 
+pub mod admin;
 pub mod agents;
 pub mod auth;
 mod budget;
@@ -18,6 +19,7 @@ pub mod held;
 pub mod held_api;
 pub mod limits;
 pub mod owners;
+pub mod metrics;
 pub mod public;
 pub mod users;
 
@@ -27,7 +29,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -177,6 +179,8 @@ pub(crate) struct Shared {
     accounts: Accounts,
     /// Who owns which names.
     owners: Arc<dyn NameOwners>,
+    /// Counters for `/metrics`, and whether the relay is draining.
+    metrics: metrics::Metrics,
 }
 
 impl Shared {
@@ -259,6 +263,7 @@ impl Relay {
                 scheme,
                 held,
                 hold_budget: budget::HoldBudget::new(HOLD_BUDGET_KIB, HOLD_BUDGET_IP_SHARE_KIB),
+                metrics: metrics::Metrics::new(),
             }),
         })
     }
@@ -266,6 +271,14 @@ impl Relay {
     /// The held-event store, when the relay has a data dir.
     pub fn held_store(&self) -> Option<Arc<HeldStore>> {
         self.shared.held.clone()
+    }
+
+    /// Health, metrics and the state they mirror, for the admin endpoint
+    /// ([`admin::AdminServer`]); it stays valid after [`run`](Relay::run).
+    pub fn status(&self) -> admin::RelayStatus {
+        admin::RelayStatus {
+            shared: self.shared.clone(),
+        }
     }
 
     /// The address the relay listens on.
@@ -381,6 +394,7 @@ impl Relay {
         }
 
         drop(listener);
+        shared.metrics.set_draining();
         if let Some(task) = expiry {
             task.abort();
         }
@@ -523,12 +537,19 @@ async fn route(
     };
     let path = req.uri().path();
     if path == AGENT_PATH {
-        agents::upgrade(shared, remote, req).await
+        let resp = agents::upgrade(shared.clone(), remote, req).await;
+        shared.metrics.upgrade_done(resp.status());
+        resp
     } else if path.starts_with("/t/") {
-        if let Some(refused) = framing::check_framing(&req) {
-            return refused;
-        }
-        public::forward(shared, remote, req).await
+        let started = Instant::now();
+        let resp = match framing::check_framing(&req) {
+            Some(refused) => refused,
+            None => public::forward(shared.clone(), remote, req).await,
+        };
+        shared
+            .metrics
+            .request_done(resp.status(), started.elapsed());
+        resp
     } else if path.starts_with(held_api::HELD_API_PATH) {
         held_api::serve(shared, remote, req).await
     } else if path == "/_whtunnel/health" {

@@ -259,7 +259,9 @@ async fn live(
     // Larger and chunked bodies stream, with the same fallback while short.
     // Abuse limit: a body trickling in too slowly is cut off (408), and one
     // that breaks on the sender's side is noticed (400).
-    let (body, body_verdict) = shared.limiter.watch_body(body);
+    let (body, body_verdict) = shared
+        .limiter
+        .watch_body(shared.metrics.count_request(body));
     let body = if declared.is_some_and(|n| n <= BUFFER_FIRST) {
         let read = tokio::time::timeout(timeout, body.collect()).await;
         let bytes = match read {
@@ -301,7 +303,13 @@ async fn live(
         Ok(Ok(resp)) => {
             // Answered: the fallback copy is no longer needed.
             state.drop_kept();
-            resp.map(|b| b.map_err(BoxError::from).boxed_unsync())
+            resp.map(|b| {
+                shared
+                    .metrics
+                    .count_response(b)
+                    .map_err(BoxError::from)
+                    .boxed_unsync()
+            })
         }
         Ok(Err(e)) => {
             tracing::info!(tunnel = %name, "exchange failed on the agent link: {e}");
@@ -350,7 +358,9 @@ async fn hold(
         return queue_full(&e);
     }
     let deadline = shared.config.response_timeout;
-    let (body, body_verdict) = shared.limiter.watch_body(body);
+    let (body, body_verdict) = shared
+        .limiter
+        .watch_body(shared.metrics.count_request(body));
     // Bodies being held sit in memory until stored: they draw on the
     // relay-wide budget as their bytes arrive, within the sender IP's share.
     let mut draw = shared.hold_budget.draw(remote.ip());
@@ -568,7 +578,7 @@ impl BodyState {
 /// whatever the aborted stream produced. Keeps small bodies on the side
 /// (see [`BodyState`]).
 struct CappedBody {
-    inner: MinRateBody<Incoming>,
+    inner: MinRateBody<super::metrics::Counted<Incoming>>,
     remaining: u64,
     read: u64,
     state: Arc<BodyState>,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the independent oracles for tests/verify_oracles.rs: a Python venv
-# with the official webhook libraries and an npm tree with GitHub's, both
-# under target/oracles. Idempotent: a second run with nothing changed only
+# with the official webhook libraries (and hadolint's binary, for
+# tests/deploy.rs) and an npm tree with GitHub's, both under target/oracles. Idempotent: a second run with nothing changed only
 # checks.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
