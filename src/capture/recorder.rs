@@ -281,6 +281,7 @@ impl Recorder {
             signature: None,
             delivery_id: None,
             signature_reason: None,
+            sender_timeout_ms: None,
         }));
         live
     }

@@ -55,6 +55,7 @@ pub fn summary(id: ExchangeId, method: &str, path: &str, status: Option<u16>) ->
         signature: None,
         delivery_id: None,
         signature_reason: None,
+        sender_timeout_ms: None,
     }
 }
 
