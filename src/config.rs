@@ -243,12 +243,16 @@ impl Config {
     }
 
     /// The `[[webhook]]` rules as the agent judges and re-signs by them.
+    /// A rule's `jwks` URL starts being fetched in the background (see
+    /// [`crate::jwks`]) when this is called on a tokio runtime.
     pub fn webhook_rules(&self) -> crate::verify::Rules {
-        crate::verify::Rules::new(
-            self.webhooks
-                .iter()
-                .map(|w| (w.path.clone(), w.rule.clone())),
-        )
+        crate::verify::Rules::new(self.webhooks.iter().map(|w| {
+            let mut rule = w.rule.clone();
+            if let Some(url) = &w.jwks_url {
+                rule.jwks_source = Some(std::sync::Arc::new(crate::jwks::JwksFetcher::start(url)));
+            }
+            (w.path.clone(), rule)
+        }))
     }
 
     /// The `[[webhook]]` with the longest prefix covering `path`.
@@ -520,9 +524,8 @@ impl Ctx<'_> {
             (None, None) => (None, None),
         };
         let (jwks, jwks_url) = match &w.jwks {
-            Some(j)
-                if j.get_ref().starts_with("https://") || j.get_ref().starts_with("http://") =>
-            {
+            Some(j) if j.get_ref().contains("://") => {
+                crate::jwks::check_url(j.get_ref()).map_err(|e| self.error(&j.span(), e))?;
                 (None, Some(j.get_ref().clone()))
             }
             Some(j) => {
@@ -552,6 +555,7 @@ impl Ctx<'_> {
                 tolerance,
                 timeout,
                 jwks,
+                jwks_source: None,
             },
             jwks_url,
             line,
@@ -766,6 +770,7 @@ path = "/hooks"
             ("[[webhook]]\npath = \"/a\"\nprovider = \"sendgrid\"\nprefix = \"v1=\"\n", "/p/whtunnel.toml:4: webhook.prefix: only applies to scheme hmac"),
             ("[[webhook]]\npath = \"/a\"\nprovider = \"github\"\nscheme = \"jwt\"\n", "/p/whtunnel.toml:4: webhook.scheme: provider github uses scheme hmac, not jwt"),
             ("[[webhook]]\npath = \"/a\"\nscheme = \"jwt\"\njwks = \"missing.json\"\n", "/p/whtunnel.toml:4: webhook.jwks: cannot read /p/missing.json"),
+            ("[[webhook]]\npath = \"/a\"\nscheme = \"jwt\"\njwks = \"http://id.example/k\"\n", "/p/whtunnel.toml:4: webhook.jwks: http://id.example/k: keys are fetched over https:// (http:// only from a loopback host)"),
             ("[[route]]\npath = \"/a\"\n", "/p/whtunnel.toml:1: route.target: missing"),
             ("[[route]]\npath = \"/a\"\ntarget = \"1\"\nweight = 2\n", "/p/whtunnel.toml:4: route.weight: unknown field `weight`"),
             ("[listen\n", "/p/whtunnel.toml:1"),

@@ -17,6 +17,7 @@
 //! | [`units`] | sizes, durations and the defaults several parts share |
 //! | [`config`] | `whtunnel.toml`: discovery, typed `[listen]`, `[[route]]`, `[[webhook]]`, errors naming file, line and key |
 //! | [`verify`] | webhook signatures: verdicts and reasons, re-signing for replay, provider and event recognition (pure, no I/O) |
+//! | [`jwks`] | fetching a `jwt` rule's `jwks` URL in the background: HTTPS, cached, refetched for a new `kid` |
 //! | [`fixture`] | webhooks as fixture files: save from the capture, send signed afresh, test expectations (JUnit), the `trigger` sample catalog |
 //! | [`cli`] | the command line: flags, and printing what the parts report |
 //!
@@ -32,6 +33,7 @@ pub mod config;
 pub mod fixture;
 pub mod forward;
 pub mod inspect;
+pub mod jwks;
 pub mod relay;
 pub mod tunnel;
 pub mod units;

@@ -27,6 +27,18 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// its "nothing listening" notice goes away soon after the app starts.
 pub const APP_REPROBE_INTERVAL: Duration = Duration::from_secs(2);
 
+/// How long a JWKS fetched from a `jwks` URL is used before it is fetched
+/// again (in the background; the old keys serve meanwhile).
+pub const JWKS_TTL: Duration = Duration::from_secs(10 * 60);
+/// The soonest a JWKS is fetched again after a fetch (on a token whose
+/// `kid` it lacks, or after an error): a sender cannot make whtunnel hammer
+/// the key server.
+pub const JWKS_MIN_REFETCH: Duration = Duration::from_secs(30);
+/// A JWKS fetch (connect, TLS, answer) gives up after this.
+pub const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest JWKS document accepted.
+pub const JWKS_MAX_BYTES: usize = 256 * KIB as usize;
+
 /// A byte count as users write it (`25MiB`, `512KiB`, `10MB`, `1024`) and
 /// as whtunnel shows it in `--help` (`25MiB`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

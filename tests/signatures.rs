@@ -45,10 +45,10 @@ async fn every_exchange_gets_its_verdict_from_the_bytes_as_captured() {
     let relay = start_relay(relay_config("127.0.0.1:0")).await;
     let dir = tempfile::tempdir().unwrap();
     let rec = recorder(dir.path());
-    rec.set_webhook_rules(Rules::new([(
-        "/webhooks/stripe".to_string(),
-        Rule::for_provider(Provider::Stripe).with_secret(SECRET),
-    )]));
+    // `timeout = "10s"`: Stripe publishes no timeout, the rule gives one.
+    let mut rule = Rule::for_provider(Provider::Stripe).with_secret(SECRET);
+    rule.timeout = Some(Duration::from_secs(10));
+    rec.set_webhook_rules(Rules::new([("/webhooks/stripe".to_string(), rule)]));
     let mut events = rec.subscribe();
     let mut opts = AgentOptions::new("sigs", &app);
     opts.recorder = Some(rec.clone());
@@ -138,6 +138,8 @@ async fn every_exchange_gets_its_verdict_from_the_bytes_as_captured() {
             "{what}: {req}"
         );
         assert_eq!(req["body_intact"], true, "{what}");
+        // The rule's sender timeout is stored with the exchange.
+        assert_eq!(v["sender_timeout_ms"], 10_000, "{what}");
     }
     // Secrets never reach the store's output.
     let (_, list, _) = whtunnel(&["requests", "list", "--json", "--data-dir", data_dir]).await;
@@ -192,9 +194,12 @@ async fn a_recognised_sender_without_a_rule_is_unchecked_and_a_stranger_stays_nu
     assert_eq!(got[0].signature, Some(verify::Verdict::Unchecked));
     assert_eq!(got[0].delivery_id.as_deref(), Some("d-1"));
     assert_eq!(got[0].event.as_deref(), Some("pull_request.opened"));
+    // No rule: the provider's own timeout (GitHub gives up after 10 s).
+    assert_eq!(got[0].sender_timeout_ms, Some(10_000));
     // Unknown sender: no provider, no verdict, today's event detection.
     assert_eq!(got[1].provider, None);
     assert_eq!(got[1].signature, None);
+    assert_eq!(got[1].sender_timeout_ms, None);
     assert_eq!(got[1].event.as_deref(), Some("thing.happened"));
     drop(agent);
     rec.close().await;

@@ -327,3 +327,72 @@ fn github_official_library() {
         false,
     );
 }
+
+/// Twilio signs the URL and, for a JSON body, puts the body's SHA-256 in
+/// it as `bodySHA256` (twilio-python's RequestValidator): whtunnel judges
+/// the official signature valid, and a body that does not match the hash
+/// in the signed URL invalid, as the official validator does.
+#[test]
+fn twilio_json_body_hash_official_library() {
+    let Some(o) = oracles() else { return };
+    let token = "twilio_auth_token_0123456789abcd";
+    let url = "https://relay.example/t/abc/sms/status?tenant=1";
+    let (ok, out) = o.python(&[
+        "twilio-sign",
+        token,
+        o.body_file(BODY).to_str().unwrap(),
+        url,
+    ]);
+    assert!(ok, "{out}");
+    let signed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let signed_url = signed["url"].as_str().unwrap();
+    let sig = signed["X-Twilio-Signature"].as_str().unwrap();
+    assert!(signed_url.contains("bodySHA256="), "{signed_url}");
+    let headers: Headers = vec![
+        ("Content-Type".into(), b"application/json".to_vec()),
+        ("X-Twilio-Signature".into(), sig.as_bytes().to_vec()),
+    ];
+    let rule = Rule::for_provider(Provider::Twilio).with_secret(token);
+    let now = SystemTime::now();
+    let judge_body = |body: &str| {
+        let req = RequestView::new("POST", signed_url, &headers, body.as_bytes());
+        verify::check(&rule, &req, now).unwrap()
+    };
+    let c = judge_body(BODY);
+    assert_eq!(c.verdict, Verdict::Valid, "{:?}", c.reason);
+    let (ok, why) = o.python(&[
+        "twilio-verify",
+        token,
+        o.body_file(BODY).to_str().unwrap(),
+        signed_url,
+        sig,
+    ]);
+    assert!(ok, "{why}");
+
+    // Another body under the same signed URL: both refuse it.
+    let c = judge_body(EDITED);
+    assert_eq!(c.verdict, Verdict::Invalid);
+    assert!(
+        matches!(c.reason, Some(Reason::BodyHashMismatch { .. })),
+        "{:?}",
+        c.reason
+    );
+    let (ok, _) = o.python(&[
+        "twilio-verify",
+        token,
+        o.body_file(EDITED).to_str().unwrap(),
+        signed_url,
+        sig,
+    ]);
+    assert!(!ok, "the official validator accepts the edited body");
+
+    // A wrong token: a signature mismatch, not a body problem.
+    let wrong = Rule::for_provider(Provider::Twilio).with_secret("another_token");
+    let req = RequestView::new("POST", signed_url, &headers, BODY.as_bytes());
+    let c = verify::check(&wrong, &req, now).unwrap();
+    assert!(
+        matches!(c.reason, Some(Reason::SignatureMismatch { .. })),
+        "{:?}",
+        c.reason
+    );
+}

@@ -124,6 +124,10 @@ pub struct WebhookInfo {
     pub delivery_id: Option<String>,
     /// The signature check, when there was one to make.
     pub signature: Option<SignatureCheck>,
+    /// The sender's own timeout this exchange is measured against, in
+    /// milliseconds: the `[[webhook]]` rule's `timeout =`, else the
+    /// provider's published one; `None` when neither is known.
+    pub sender_timeout_ms: Option<u64>,
 }
 
 /// One request's signature check, as stored.
@@ -178,6 +182,8 @@ pub struct ExchangeSummary {
     /// The relay's id of the held event this exchange delivered (see
     /// [`Exchange::relay_event_id`]).
     pub relay_event_id: Option<String>,
+    /// The sender's timeout (see [`WebhookInfo::sender_timeout_ms`]).
+    pub sender_timeout_ms: Option<u64>,
 }
 
 /// A user's edit of a captured request before replaying it.
@@ -230,6 +236,7 @@ impl Exchange {
                 .as_ref()
                 .and_then(|s| s.reason.clone()),
             relay_event_id: self.relay_event_id.clone(),
+            sender_timeout_ms: self.webhook.sender_timeout_ms,
         }
     }
 }

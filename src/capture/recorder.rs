@@ -282,6 +282,7 @@ impl Recorder {
             delivery_id: None,
             signature_reason: None,
             relay_event_id: None,
+            sender_timeout_ms: None,
         }));
         live
     }

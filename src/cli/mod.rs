@@ -620,8 +620,9 @@ async fn replay(args: ReplayArgs) -> Result<()> {
     let recorder = Recorder::spawn(store);
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let file = crate::config::Config::from_cli(args.config.as_deref(), &cwd)?;
-    recorder.set_webhook_rules(file.webhook_rules());
-    let rules = std::sync::Arc::new(file.webhook_rules());
+    let rules = file.webhook_rules();
+    recorder.set_webhook_rules(rules.clone());
+    let rules = std::sync::Arc::new(rules);
     let forwarder = Forwarder::new(ForwarderConfig {
         target: target.clone(),
         routes: Vec::new(),

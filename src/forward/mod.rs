@@ -43,7 +43,7 @@ use held::InFlight;
 use record::{Answer, Busy, Pending, Recording};
 
 use crate::capture::{self, BodyData, BodyLimits, CapturedBody, ExchangeId, Outcome, Recorder};
-use crate::tunnel::body_hash::CheckHash;
+use crate::tunnel::body_hash::{self, CheckHash};
 use crate::tunnel::protocol::{
     strip_hop_by_hop, strip_protocol_headers, AgentError, RequestMeta, HDR_ERROR, HDR_META,
 };
@@ -267,7 +267,11 @@ impl Forwarder {
 
         // The relay's body hash is checked against the bytes the app gets.
         let (body, body_hashes) = if self.recorder().is_some() {
-            let (b, slot) = CheckHash::new(body);
+            let relay = meta
+                .body_sha256
+                .as_deref()
+                .and_then(|h| body_hash::from_hex(h.as_bytes()));
+            let (b, slot) = CheckHash::new(body, relay);
             (b.map_err(BoxError::from).boxed_unsync(), Some(slot))
         } else {
             (body.map_err(BoxError::from).boxed_unsync(), None)

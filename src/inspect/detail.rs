@@ -237,7 +237,8 @@ pub fn detail_parts(
     if let Some(line) = signature_line(&ex.webhook, theme) {
         out.push(line);
     }
-    if let Some(b) = Budget::of(ex.webhook.provider.as_deref(), ex.duration_ms) {
+    let w = &ex.webhook;
+    if let Some(b) = Budget::of(w.provider.as_deref(), w.sender_timeout_ms, ex.duration_ms) {
         out.push(b.meter(theme));
         if b.mark() == Some(Mark::Over) {
             out.push(Line::styled(format!("⌛ {}", b.gave_up()), theme.error()));

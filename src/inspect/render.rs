@@ -183,7 +183,8 @@ const COL_PATH: usize = 10;
 /// The timeout-budget mark of `row` (rows in progress by their running
 /// timer, so a slow handler is flagged before the sender gives up).
 fn budget_mark(app: &App, row: &Row) -> Option<Mark> {
-    Budget::of(row.summary.provider.as_deref(), row_ms(app, row))?.mark()
+    let s = &row.summary;
+    Budget::of(s.provider.as_deref(), s.sender_timeout_ms, row_ms(app, row))?.mark()
 }
 
 /// The duration shown for `row`: the running timer while in progress.
@@ -718,7 +719,10 @@ fn draw_footer(frame: &mut Frame, app: &App, area: Rect) {
     } else if let Some(b) = app
         .selected_row()
         .filter(|_| app.view == View::List)
-        .and_then(|r| Budget::of(r.summary.provider.as_deref(), row_ms(app, r)))
+        .and_then(|r| {
+            let s = &r.summary;
+            Budget::of(s.provider.as_deref(), s.sender_timeout_ms, row_ms(app, r))
+        })
         .filter(|b| b.mark() == Some(Mark::Over))
     {
         // The selected exchange outlived its sender's patience: say what

@@ -79,12 +79,15 @@ impl Mark {
 
 impl Budget {
     /// The budget of an exchange of `provider` (an id) that took `used_ms`,
-    /// when the provider is known and publishes its timeout. A per-rule
-    /// override (`timeout =` in `whtunnel.toml`) is not stored with the
-    /// exchange yet, so the provider's default is the budget.
-    pub fn of(provider: Option<&str>, used_ms: f64) -> Option<Budget> {
+    /// when the provider is known: against `timeout_ms`, the timeout stored
+    /// with the exchange (a rule's `timeout =` override, else the
+    /// provider's), or for exchanges stored before it was, the provider's.
+    pub fn of(provider: Option<&str>, timeout_ms: Option<u64>, used_ms: f64) -> Option<Budget> {
         let provider = Provider::from_id(provider?).ok()?;
-        let timeout = provider.timeout().filter(|t| !t.is_zero())?;
+        let timeout = timeout_ms
+            .map(std::time::Duration::from_millis)
+            .or_else(|| provider.timeout())
+            .filter(|t| !t.is_zero())?;
         used_ms.is_finite().then_some(Budget {
             timeout,
             used_ms: used_ms.max(0.0),
@@ -215,14 +218,14 @@ mod tests {
     #[test]
     fn budget_marks_past_80_and_100_percent_and_unknown_providers_have_none() {
         // Shopify gives up after 5 s.
-        let b = |ms| Budget::of(Some("shopify"), ms).unwrap();
+        let b = |ms| Budget::of(Some("shopify"), None, ms).unwrap();
         assert_eq!(b(4000.0).mark(), None);
         assert_eq!(b(4100.0).mark(), Some(Mark::Near));
         assert_eq!(b(5000.0).mark(), Some(Mark::Near));
         assert_eq!(b(5001.0).mark(), Some(Mark::Over));
-        assert_eq!(Budget::of(Some("nobody"), 9e9), None);
-        assert_eq!(Budget::of(None, 9e9), None);
-        assert_eq!(Budget::of(Some("shopify"), f64::NAN), None);
+        assert_eq!(Budget::of(Some("nobody"), None, 9e9), None);
+        assert_eq!(Budget::of(None, None, 9e9), None);
+        assert_eq!(Budget::of(Some("shopify"), None, f64::NAN), None);
         let m = b(4100.0).meter(&Theme::PLAIN).to_string();
         assert_eq!(
             m,
@@ -230,5 +233,23 @@ mod tests {
         );
         let m = b(12_000.0).meter(&Theme::PLAIN).to_string();
         assert!(m.contains("▕██████████▏ 12s used (240%)"), "{m}");
+    }
+
+    #[test]
+    fn a_rule_timeout_stored_with_the_exchange_is_the_budget() {
+        // A rule's `timeout = "10s"` for Shopify (5 s by default): 7 s is
+        // fine, 8.5 s is near, 10.5 s over.
+        let b = |ms| Budget::of(Some("shopify"), Some(10_000), ms).unwrap();
+        assert_eq!(b(7_000.0).mark(), None);
+        assert_eq!(b(8_500.0).mark(), Some(Mark::Near));
+        assert_eq!(b(10_500.0).mark(), Some(Mark::Over));
+        assert!(b(7_000.0)
+            .meter(&Theme::PLAIN)
+            .to_string()
+            .starts_with("sender timeout 10s (shopify)"));
+        // Stripe publishes none, so only a rule gives it a budget.
+        assert_eq!(Budget::of(Some("stripe"), None, 9e9), None);
+        let s = Budget::of(Some("stripe"), Some(2_000), 2_500.0).unwrap();
+        assert_eq!(s.mark(), Some(Mark::Over));
     }
 }

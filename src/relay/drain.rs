@@ -417,6 +417,10 @@ fn held_request(
     meta.event_id = Some(ev.event.event_id.clone());
     meta.attempt = Some(ev.attempts + 1);
     meta.held_left = Some(left);
+    meta.body_sha256 = (!ev.event.body.is_empty()).then(|| {
+        let d = crate::tunnel::body_hash::sha256(&ev.event.body);
+        crate::tunnel::body_hash::to_hex(&d)
+    });
     meta.timeout_ms = timeout
         .saturating_sub((timeout / 10).min(Duration::from_millis(500)))
         .as_millis() as u64;

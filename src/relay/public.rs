@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use super::held::{new_event_id, Admit, HeldStore, NewEvent, OfflinePolicy};
 use super::limits::MinRateBody;
 use super::{retry_later, text, Shared};
-use crate::tunnel::body_hash::HashTrailer;
+use crate::tunnel::body_hash::{self, HashTrailer};
 use crate::tunnel::link::LinkClient;
 use crate::tunnel::protocol::{
     content_length, split_public_path, strip_hop_by_hop, RequestMeta, HDR_CONTROL, HDR_EVENT_ID,
@@ -200,6 +200,7 @@ fn prepare(
         event_id: Some(new_event_id()),
         attempt: None,
         held_left: None,
+        body_sha256: None,
     };
     // HTTP/2 carries the authority in :authority; the original Host travels
     // in the metadata. A sender's own whtunnel-meta is dropped, never trusted.
@@ -229,8 +230,10 @@ pub(crate) fn tunnel_request(
             .parse()
             .expect("JSON metadata is a valid header value"),
     );
-    // The body-hash proof rides behind the body as a trailer.
-    let body = if HashTrailer::applies(&body) {
+    // The body-hash proof: in the metadata when the body was read whole
+    // (nearly every webhook: no extra frame, and the body still ends with
+    // its DATA), else behind a streamed body as a trailer.
+    let body = if meta.body_sha256.is_none() && HashTrailer::applies(&body) {
         HashTrailer::new(body).boxed_unsync()
     } else {
         body
@@ -246,7 +249,7 @@ async fn live(
     shared: Arc<Shared>,
     name: String,
     sender: LinkClient,
-    p: Prepared,
+    mut p: Prepared,
     body: Incoming,
     declared: Option<u64>,
 ) -> Response<Body> {
@@ -271,6 +274,9 @@ async fn live(
         };
         state.keep(&bytes, bytes.len() as u64);
         state.complete.store(true, Ordering::Release);
+        if !bytes.is_empty() {
+            p.meta.body_sha256 = Some(body_hash::to_hex(&body_hash::sha256(&bytes)));
+        }
         http_body_util::Full::new(bytes)
             .map_err(|never| match never {})
             .boxed_unsync()

@@ -24,6 +24,11 @@ use super::protocol::TRAILER_BODY_SHA256;
 /// A SHA-256 digest.
 pub type Sha256Digest = [u8; 32];
 
+/// SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> Sha256Digest {
+    Sha256::digest(bytes).into()
+}
+
 /// Lower-case hex of a digest, as the trailer carries it.
 pub fn to_hex(d: &Sha256Digest) -> String {
     data_encoding::HEXLOWER.encode(d)
@@ -144,15 +149,18 @@ pub struct CheckHash<B> {
 }
 
 impl<B: Body<Data = Bytes> + Unpin> CheckHash<B> {
-    /// Wraps `inner`; the slot is filled when the body has ended.
-    pub fn new(inner: B) -> (Self, Arc<OnceLock<BodyHashes>>) {
+    /// Wraps `inner`; the slot is filled when the body has ended. `relay`:
+    /// the relay's hash when it came with the request (a body the relay
+    /// read whole); then no trailer is waited for.
+    pub fn new(inner: B, relay: Option<Sha256Digest>) -> (Self, Arc<OnceLock<BodyHashes>>) {
         let slot = Arc::new(OnceLock::new());
         let mut me = Self {
-            exact: inner.size_hint().exact(),
+            // Only a trailer is worth holding the last chunk back for.
+            exact: inner.size_hint().exact().filter(|_| relay.is_none()),
             inner,
             hasher: Sha256::new(),
             read: 0,
-            relay: None,
+            relay,
             held_back: None,
             finished: false,
             slot: slot.clone(),
@@ -204,9 +212,12 @@ impl<B: Body<Data = Bytes> + Unpin> Body for CheckHash<B> {
                     }
                     Err(frame) => {
                         if let Ok(trailers) = frame.into_trailers() {
-                            this.relay = trailers
+                            if let Some(h) = trailers
                                 .get(TRAILER_BODY_SHA256)
-                                .and_then(|v| from_hex(v.as_bytes()));
+                                .and_then(|v| from_hex(v.as_bytes()))
+                            {
+                                this.relay = Some(h);
+                            }
                         }
                         // Trailers end the stream.
                         this.finish();
@@ -251,7 +262,7 @@ mod tests {
         let body = Full::new(Bytes::from_static(b"{\"a\":1}"));
         assert!(HashTrailer::applies(&body));
         let relay = HashTrailer::new(body);
-        let (agent, slot) = CheckHash::new(relay);
+        let (agent, slot) = CheckHash::new(relay, None);
         let got = agent.collect().await.unwrap();
         assert!(got.trailers().is_none(), "the trailer is removed");
         assert_eq!(got.to_bytes(), "{\"a\":1}");
@@ -271,14 +282,14 @@ mod tests {
             Frame::data(Bytes::from_static(b"900")),
             Frame::trailers(t),
         ]);
-        let (agent, slot) = CheckHash::new(body);
+        let (agent, slot) = CheckHash::new(body, None);
         assert_eq!(agent.collect().await.unwrap().to_bytes(), "amount=900");
         assert_eq!(slot.get().unwrap().intact(), Some(false));
     }
 
     #[tokio::test]
     async fn without_a_trailer_there_is_no_verdict_and_a_sender_trailer_is_dropped() {
-        let (agent, slot) = CheckHash::new(Full::new(Bytes::from_static(b"x")));
+        let (agent, slot) = CheckHash::new(Full::new(Bytes::from_static(b"x")), None);
         agent.collect().await.unwrap();
         assert_eq!(slot.get().unwrap().intact(), None);
 
@@ -294,6 +305,18 @@ mod tests {
             got.trailers().unwrap()[TRAILER_BODY_SHA256],
             to_hex(&want).as_str()
         );
+    }
+
+    #[tokio::test]
+    async fn a_hash_from_the_metadata_needs_no_trailer() {
+        let (agent, slot) =
+            CheckHash::new(Full::new(Bytes::from_static(b"abc")), Some(sha256(b"abc")));
+        assert_eq!(agent.collect().await.unwrap().to_bytes(), "abc");
+        assert_eq!(slot.get().unwrap().intact(), Some(true));
+        let (agent, slot) =
+            CheckHash::new(Full::new(Bytes::from_static(b"abd")), Some(sha256(b"abc")));
+        agent.collect().await.unwrap();
+        assert_eq!(slot.get().unwrap().intact(), Some(false));
     }
 
     #[tokio::test]
@@ -320,10 +343,13 @@ mod tests {
         let relay = HashTrailer::new(Full::new(Bytes::from_static(b"abc")));
         let wire = relay.collect().await.unwrap();
         let t = wire.trailers().cloned().unwrap();
-        let mut agent = CheckHash::new(Sized(
-            vec![Frame::data(Bytes::from_static(b"abc")), Frame::trailers(t)],
-            3,
-        ));
+        let mut agent = CheckHash::new(
+            Sized(
+                vec![Frame::data(Bytes::from_static(b"abc")), Frame::trailers(t)],
+                3,
+            ),
+            None,
+        );
         let first = agent.0.frame().await.unwrap().unwrap();
         assert_eq!(first.into_data().unwrap(), "abc");
         // Ended with the data frame: an HTTP/1 client that stops reading

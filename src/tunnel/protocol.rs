@@ -365,6 +365,11 @@ pub struct RequestMeta {
     /// this one included, so the agent can show the backlog draining.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_left: Option<u64>,
+    /// The body-hash proof for a body the relay read whole before sending
+    /// (lower-case hex SHA-256); a streamed body's comes as the
+    /// [`TRAILER_BODY_SHA256`] trailer instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_sha256: Option<String>,
 }
 
 impl RequestMeta {
@@ -486,6 +491,7 @@ mod tests {
             event_id: None,
             attempt: None,
             held_left: Some(3),
+            body_sha256: Some("ab".repeat(32)),
         };
         assert_eq!(RequestMeta::decode(m.encode().as_bytes()).unwrap(), m);
         assert!(RequestMeta::decode(b"{").is_err());

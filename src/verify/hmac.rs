@@ -268,6 +268,10 @@ pub struct HmacSpec {
     /// A second, older header tried when `header` is absent (GitHub's
     /// `X-Hub-Signature: sha1=`); also written when signing.
     pub legacy: Option<Box<HmacSpec>>,
+    /// A query parameter of the signed URL that carries the hex SHA-256 of
+    /// the body (Twilio's `bodySHA256`, for bodies that are not a form):
+    /// the signature covers the URL, so the body must match the hash.
+    pub body_hash_param: Option<String>,
 }
 
 impl HmacSpec {
@@ -288,6 +292,7 @@ impl HmacSpec {
             secret_format: SecretFormat::Verbatim,
             tolerance: None,
             legacy: None,
+            body_hash_param: None,
         }
     }
 
@@ -423,6 +428,22 @@ impl HmacSpec {
                     body_changed: req.body_changed(),
                 }),
             );
+        }
+        // The signed URL vouches for the body through its hash.
+        if let Some(param) = &self.body_hash_param {
+            if let Some(sent) = req.query_param(param) {
+                let here: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(req.body).into();
+                let sent = data_encoding::HEXLOWER_PERMISSIVE.decode(sent.trim().as_bytes());
+                if !sent.is_ok_and(|s| bool::from(s.as_slice().ct_eq(&here))) {
+                    return (
+                        Verdict::Invalid,
+                        Some(Reason::BodyHashMismatch {
+                            param: param.clone(),
+                            body_changed: req.body_changed(),
+                        }),
+                    );
+                }
+            }
         }
         if let (Some(tol), Some(ts)) = (self.tolerance, ts_value) {
             if let Some(reason) = tolerance_reason(ts, tol, now) {

@@ -19,6 +19,7 @@ pub mod recognise;
 pub mod rules;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -186,6 +187,14 @@ pub enum Reason {
         /// app got; `None` when the relay sent no body hash.
         body_changed: Option<bool>,
     },
+    /// The signature over the URL verifies, but the body does not match the
+    /// SHA-256 the signed URL carries for it (Twilio's `bodySHA256`).
+    BodyHashMismatch {
+        /// The query parameter with the hash.
+        param: String,
+        /// As in [`Reason::SignatureMismatch`].
+        body_changed: Option<bool>,
+    },
     /// No JWKS key has the token's `kid`.
     UnknownKey {
         /// The token's `kid`, if any.
@@ -243,6 +252,14 @@ impl fmt::Display for Reason {
                 ),
                 None => write!(f, "signature mismatch: wrong secret, or the body changed"),
             },
+            Self::BodyHashMismatch { param, body_changed } => {
+                write!(f, "body hash mismatch: the body's SHA-256 is not the `{param}` in the signed URL")?;
+                match body_changed {
+                    Some(true) => write!(f, "; the body the app got differs from the bytes the relay received"),
+                    Some(false) => write!(f, " (the tunnel delivered the body unchanged: the sender hashed other bytes)"),
+                    None => write!(f, " (the body changed)"),
+                }
+            }
             Self::UnknownKey { kid: Some(kid) } => write!(f, "no JWKS key with kid `{kid}`"),
             Self::UnknownKey { kid: None } => write!(f, "no JWKS key fits the token"),
             Self::BadSecret { problem } => write!(f, "unusable secret: {problem}"),
@@ -345,6 +362,20 @@ pub struct Rule {
     pub timeout: Option<Duration>,
     /// Keys for a JWT scheme.
     pub jwks: Option<jsonwebtoken::jwk::JwkSet>,
+    /// Keys for a JWT scheme fetched from a `jwks` URL (by
+    /// [`crate::jwks`]); used when [`Self::jwks`] is `None`.
+    pub jwks_source: Option<Arc<dyn KeySource>>,
+}
+
+/// A JWKS that is fetched, not configured: the fetcher does the I/O, this
+/// module only asks. Neither call may block.
+pub trait KeySource: fmt::Debug + Send + Sync {
+    /// The keys as last fetched, or a one-line reason why there are none
+    /// yet (`jwks not fetched yet from …`, or the fetch error).
+    fn keys(&self) -> Result<Arc<jsonwebtoken::jwk::JwkSet>, String>;
+    /// A token named a key the JWKS lacks (keys rotate): fetch again in
+    /// the background unless that was just done. True when a fetch started.
+    fn unknown_kid(&self) -> bool;
 }
 
 impl Rule {
@@ -358,6 +389,7 @@ impl Rule {
             tolerance: None,
             timeout: None,
             jwks: None,
+            jwks_source: None,
         }
     }
 
@@ -425,8 +457,17 @@ impl Serialize for Check {
 /// provider or scheme and the sender is not recognised.
 pub fn check(rule: &Rule, req: &RequestView<'_>, now: SystemTime) -> Option<Check> {
     let (provider, scheme) = rule.resolve(req)?;
+    // A `jwks` URL: the keys as last fetched, or why there are none yet.
+    let fetched = match (&scheme, &rule.jwks, &rule.jwks_source) {
+        (Scheme::Jwt, None, Some(source)) => Some(source.keys()),
+        _ => None,
+    };
+    let jwks = rule
+        .jwks
+        .as_ref()
+        .or_else(|| fetched.as_ref()?.as_ref().ok().map(|k| &**k));
     let (verdict, reason) = match &rule.secret {
-        None if !matches!(scheme, Scheme::Jwt) || rule.jwks.is_none() => (
+        None if !matches!(scheme, Scheme::Jwt) || (jwks.is_none() && fetched.is_none()) => (
             Verdict::Unchecked,
             Some(Reason::NoSecret {
                 hint: rule.secret_hint.clone().unwrap_or_else(|| {
@@ -446,7 +487,28 @@ pub fn check(rule: &Rule, req: &RequestView<'_>, now: SystemTime) -> Option<Chec
                 }
                 Scheme::Ecdsa => asym::verify_sendgrid(secret.unwrap_or_default(), req),
                 Scheme::Ed25519 => asym::verify_discord(secret.unwrap_or_default(), req),
-                Scheme::Jwt => asym::verify_jwt(secret, rule.jwks.as_ref(), req),
+                Scheme::Jwt => match (asym::verify_jwt(secret, jwks, req), &fetched) {
+                    // No keys yet: say why (not fetched yet, or the error).
+                    ((Verdict::Unchecked, Some(Reason::NoSecret { .. })), Some(Err(why))) => {
+                        (Verdict::Unchecked, Some(Reason::NoSecret { hint: why.clone() }))
+                    }
+                    // A key the fetched set lacks may be a rotation: fetch
+                    // again, and judge the next one by the new keys.
+                    ((Verdict::Invalid, Some(Reason::UnknownKey { kid })), Some(Ok(_)))
+                        if rule.jwks_source.as_ref().is_some_and(|s| s.unknown_kid()) =>
+                    {
+                        let kid = kid.as_deref().unwrap_or("(none)");
+                        (
+                            Verdict::Unchecked,
+                            Some(Reason::NoSecret {
+                                hint: format!(
+                                    "no key with kid `{kid}` in the JWKS as fetched; fetching it again"
+                                ),
+                            }),
+                        )
+                    }
+                    (outcome, _) => outcome,
+                },
             }
         }
     };

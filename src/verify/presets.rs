@@ -166,6 +166,7 @@ impl Provider {
                     secret_format: SecretFormat::WhsecBase64,
                     tolerance: minutes(5),
                     legacy: None,
+                    body_hash_param: None,
                 }
             }
             Self::Stripe => HmacSpec {
@@ -223,6 +224,7 @@ impl Provider {
             },
             Self::Twilio => HmacSpec {
                 signed: template("{url}{form}"),
+                body_hash_param: Some("bodySHA256".into()),
                 algorithm: Algorithm::Sha1,
                 encoding: Encoding::Base64,
                 ..HmacSpec::body_hex_sha256("X-Twilio-Signature", "")

@@ -79,6 +79,12 @@ impl Rules {
                     verdict: c.verdict,
                     reason: c.reason.map(|r| r.to_string()),
                 }),
+                // The rule's own `timeout =` wins over the provider's.
+                sender_timeout_ms: rule
+                    .as_ref()
+                    .and_then(|r| r.timeout)
+                    .or(provider.and_then(super::Provider::timeout))
+                    .map(|t| t.as_millis() as u64),
             },
             event: same_sender.and_then(|r| r.event),
         }

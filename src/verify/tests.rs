@@ -129,6 +129,36 @@ fn twilio_library_vectors() {
         br#"{"property": "value", "boolean": true}"#,
         at(0),
     ));
+    // The signature covers the URL and the URL the body's hash: another
+    // body under the same signed URL is caught (twilio-python's
+    // RequestValidator.validate checks both, `bodySHA256` first).
+    let c = run(
+        &rule,
+        &json_url,
+        &h,
+        br#"{"property": "value", "boolean": false}"#,
+        at(0),
+    );
+    assert_eq!(c.verdict, Verdict::Invalid);
+    let why = c.reason.unwrap().to_string();
+    assert!(
+        why.starts_with(
+            "body hash mismatch: the body's SHA-256 is not the `bodySHA256` in the signed URL"
+        ),
+        "{why}"
+    );
+    // With the relay's hash: proven changed after the relay, or not.
+    let tampered = br#"{"property": "value", "boolean": false}"#;
+    let mut req = RequestView::new("POST", &json_url, &h, tampered);
+    req.relay_body_sha256 =
+        Some(sha2::Sha256::digest(br#"{"property": "value", "boolean": true}"#).into());
+    let c = check(&rule, &req, at(0)).unwrap();
+    assert!(c
+        .reason
+        .unwrap()
+        .to_string()
+        .contains("differs from the bytes the relay received"));
+    // A form body carries no hash: nothing more to compare.
     // The local URL is not what Twilio signed.
     let c = run(
         &rule,

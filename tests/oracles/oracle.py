@@ -4,8 +4,12 @@ as an independent oracle for tests/verify_oracles.rs.
   oracle.py sign LIB SECRET BODY_FILE UNIX_TS ID      -> JSON object of headers
   oracle.py verify LIB SECRET BODY_FILE HEADERS_JSON  -> "valid", or "invalid: why" (exit 1)
 
+  oracle.py twilio-sign TOKEN BODY_FILE URL          -> {"url": URL with bodySHA256, "X-Twilio-Signature": ...}
+  oracle.py twilio-verify TOKEN BODY_FILE URL SIG    -> "valid", or "invalid: why" (exit 1)
+
 LIB: stripe | standardwebhooks | svix | slack. Verification uses each
-library's own clock and default tolerance.
+library's own clock and default tolerance. Twilio signs the URL, and for a
+JSON body puts the body's SHA-256 in it (twilio-python's RequestValidator).
 """
 import datetime
 import json
@@ -62,7 +66,29 @@ def verify(lib, secret, body, headers):
     raise SystemExit(f"unknown lib {lib}")
 
 
+def twilio(cmd, token, body, url, sig=None):
+    from urllib.parse import urlencode
+
+    from twilio.request_validator import RequestValidator
+
+    validator = RequestValidator(token)
+    if cmd == "twilio-sign":
+        sep = "&" if "?" in url else "?"
+        signed_url = url + sep + urlencode({"bodySHA256": validator.compute_hash(body)})
+        print(json.dumps({"url": signed_url, "X-Twilio-Signature": validator.compute_signature(signed_url, {})}))
+        return
+    if not validator.validate(url, body, sig):
+        print("invalid: twilio RequestValidator.validate returned False")
+        sys.exit(1)
+    print("valid")
+
+
 def main():
+    if sys.argv[1].startswith("twilio-"):
+        cmd, token, body_file, url = sys.argv[1:5]
+        with open(body_file, encoding="utf-8") as f:
+            twilio(cmd, token, f.read(), url, *sys.argv[5:6])
+        return
     cmd, lib, secret, body_file = sys.argv[1:5]
     with open(body_file, encoding="utf-8") as f:
         body = f.read()

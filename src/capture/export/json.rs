@@ -70,7 +70,9 @@ fn half_json(headers: &[Header], body: &CapturedBody) -> Map<String, Value> {
 /// `requests show <ID> --json`: the list fields plus `request`, `response`
 /// (with `status`, or null when there was no response), `error`, and
 /// `signature` as an object (`provider`, `scheme`, `verdict`, `reason`) or
-/// null. Extra fields: `outcome` (how it ended, see
+/// null. Extra fields: `sender_timeout_ms` (the sender's own timeout the
+/// exchange is measured against: the rule's `timeout =`, else the
+/// provider's; null when unknown), `outcome` (how it ended, see
 /// [`Outcome`](crate::capture::Outcome)), `target`, `remote_addr`,
 /// `relay_event_id`, per half `body_size`, `truncated` (and `body_error` if
 /// a spilled file is gone), and in `request` the body-hash proof:
@@ -109,6 +111,10 @@ pub fn show_json(ex: &Exchange) -> Value {
         })
     });
     o.insert("signature".into(), signature.unwrap_or(Value::Null));
+    o.insert(
+        "sender_timeout_ms".into(),
+        json!(ex.webhook.sender_timeout_ms),
+    );
     o.insert("target".into(), json!(ex.target));
     o.insert("remote_addr".into(), json!(ex.remote_addr));
     o.insert("relay_event_id".into(), json!(ex.relay_event_id));

@@ -453,9 +453,9 @@ impl Store {
                     req_body_len, req_body_kept, req_truncated, req_body_file,
                     resp_body_len, resp_body_kept, resp_truncated, resp_body_file, body_bytes,
                     outcome, provider, delivery_id, sig_scheme, sig_verdict, sig_reason,
-                    relay_body_sha256, body_intact)
+                    relay_body_sha256, body_intact, sender_timeout_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                    ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)",
+                    ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)",
             )?;
             let mut ins_payload = tx.prepare_cached(
                 "INSERT INTO payloads (exchange_id, req_headers, resp_headers, req_body, resp_body)
@@ -497,6 +497,7 @@ impl Store {
                     sig.and_then(|s| s.reason.as_deref()),
                     ex.body_proof.relay_sha256.as_ref().map(to_hex),
                     ex.body_proof.intact,
+                    ex.webhook.sender_timeout_ms.map(|t| t as i64),
                 ])?;
                 added_bytes += q.kept + s.kept;
                 let id = tx.last_insert_rowid();
@@ -528,7 +529,7 @@ impl Store {
 
     const SUMMARY_COLS: &'static str = "id, received_us, method, path, status, duration_ms, \
         event, replay_of, req_body_len, resp_body_len, error, outcome, provider, sig_verdict, \
-        delivery_id, sig_reason, relay_event_id";
+        delivery_id, sig_reason, relay_event_id, sender_timeout_ms";
 
     fn summary_from_row(r: &Row<'_>) -> rusqlite::Result<ExchangeSummary> {
         Ok(ExchangeSummary {
@@ -550,6 +551,7 @@ impl Store {
             delivery_id: r.get(14)?,
             signature_reason: r.get(15)?,
             relay_event_id: r.get(16)?,
+            sender_timeout_ms: r.get::<_, Option<i64>>(17)?.map(|t| t as u64),
         })
     }
 
@@ -643,7 +645,7 @@ impl Store {
                     e.resp_body_len, e.resp_truncated, e.resp_body_file,
                     p.req_headers, p.resp_headers, p.req_body, p.resp_body, e.outcome,
                     e.provider, e.delivery_id, e.sig_scheme, e.sig_verdict, e.sig_reason,
-                    e.relay_body_sha256, e.body_intact
+                    e.relay_body_sha256, e.body_intact, e.sender_timeout_ms
              FROM exchanges e LEFT JOIN payloads p ON p.exchange_id = e.id
              WHERE e.id = ?1",
         )?;
@@ -689,6 +691,7 @@ impl Store {
                         provider: r.get(24)?,
                         delivery_id: r.get(25)?,
                         signature: signature_from(r.get(26)?, r.get(27)?, r.get(28)?),
+                        sender_timeout_ms: r.get::<_, Option<i64>>(31)?.map(|t| t as u64),
                     },
                     body_proof: BodyProof {
                         relay_sha256: r

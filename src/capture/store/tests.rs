@@ -617,12 +617,20 @@ fn the_sender_and_its_signature_check_are_stored_and_listed() {
             verdict: Verdict::Invalid,
             reason: Some("signature mismatch".into()),
         }),
+        sender_timeout_ms: Some(10_000),
+    };
+    ex.body_proof = crate::capture::BodyProof {
+        relay_sha256: Some([7; 32]),
+        intact: Some(false),
     };
     let id = s.insert(&ex).unwrap();
     let got = s.get(id).unwrap().unwrap();
     assert_eq!(got.webhook, ex.webhook);
+    assert_eq!(got.body_proof, ex.body_proof);
     let row = &s.list(&ListQuery::default()).unwrap()[0];
     assert_eq!(row.provider.as_deref(), Some("stripe"));
+    assert_eq!(row.sender_timeout_ms, Some(10_000));
+    assert_eq!(row.signature_reason.as_deref(), Some("signature mismatch"));
     assert_eq!(row.signature, Some(Verdict::Invalid));
     assert_eq!(row.delivery_id.as_deref(), Some("evt_1"));
     let plain = s.insert(&sample(b"x")).unwrap();

@@ -15,6 +15,9 @@ use crate::inspect::detail::detail_parts;
 
 /// Something that happened.
 #[derive(Debug, Clone)]
+// A message is moved once per event; boxing the capture event would cost an
+// allocation per recorded exchange to save a few hundred bytes of stack.
+#[allow(clippy::large_enum_variant)]
 pub enum Msg {
     /// A key press.
     Key(KeyEvent),

@@ -56,6 +56,7 @@ pub fn summary(id: ExchangeId, method: &str, path: &str, status: Option<u16>) ->
         delivery_id: None,
         signature_reason: None,
         relay_event_id: None,
+        sender_timeout_ms: None,
     }
 }
 

@@ -230,6 +230,7 @@ fn detail_app(w: u16, h: u16, reason: &str, provider: &str, ms: f64) -> App {
             verdict: Verdict::Invalid,
             reason: Some(reason.into()),
         }),
+        sender_timeout_ms: None,
     };
     update(&mut app, Msg::DetailLoaded(Box::new(ex)));
     let at = app
