@@ -18,8 +18,8 @@ mod framing;
 pub mod held;
 pub mod held_api;
 pub mod limits;
-pub mod owners;
 pub mod metrics;
+pub mod owners;
 pub mod public;
 pub mod users;
 
