@@ -10,7 +10,8 @@
 #   --seed S        replay a seed (printed at the start of every run)
 #   --drain S       seconds allowed after the last fault (default 30)
 #   --rate LO-HI    each sender's rate in requests per second (default 30-90)
-#   --dups N        duplicates allowed per crash (default 1)
+#   --dups N        duplicates allowed per crash (default: 1 plus what both
+#                   senders send at the top rate within 25 ms, 6 at 30-90)
 #
 # Loopback only; relay and agent are child processes of the test, killed
 # when it ends however it ends. The summary (events, faults of each kind,
@@ -22,7 +23,7 @@ cd "$(dirname "$0")/.."
 MINUTES=10
 DRAIN=30
 RATE=30-90
-DUPS=1
+DUPS=""
 SEED=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -31,7 +32,7 @@ while [ $# -gt 0 ]; do
         --drain) DRAIN=$2; shift 2 ;;
         --rate) RATE=$2; shift 2 ;;
         --dups) DUPS=$2; shift 2 ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "bench/soak.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -40,6 +41,6 @@ case "$MINUTES" in ''|*[!0-9]*) echo "bench/soak.sh: --minutes takes a whole num
 export WHTUNNEL_SOAK_SECS=$((MINUTES * 60))
 export WHTUNNEL_SOAK_DRAIN_SECS=$DRAIN
 export WHTUNNEL_SOAK_RATE=$RATE
-export WHTUNNEL_SOAK_DUPS_PER_CRASH=$DUPS
+if [ -n "$DUPS" ]; then export WHTUNNEL_SOAK_DUPS_PER_CRASH=$DUPS; fi
 if [ -n "$SEED" ]; then export WHTUNNEL_SOAK_SEED=$SEED; fi
 exec cargo test --release --locked --test soak -- --nocapture
