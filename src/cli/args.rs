@@ -168,6 +168,9 @@ pub(crate) struct RelayArgs {
     /// Base URL the public uses to reach this relay, e.g. https://hooks.example.com.
     #[arg(long)]
     pub(crate) public_url: Option<String>,
+    /// The relay's DNS name: https://NAME.DOMAIN/... reaches tunnel NAME (needs a wildcard DNS record).
+    #[arg(long)]
+    pub(crate) domain: Option<String>,
     /// TLS certificate chain (PEM); serve HTTPS and wss://.
     #[arg(long, requires = "tls_key")]
     pub(crate) tls_cert: Option<PathBuf>,

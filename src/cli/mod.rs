@@ -169,6 +169,13 @@ pub(crate) fn say_waiting(in_flight: usize) {
 
 async fn relay(args: RelayArgs) -> Result<()> {
     init_logging(None, "info");
+    let domain =
+        match &args.domain {
+            Some(d) => Some(crate::relay::host::normalize_domain(d).ok_or_else(|| {
+                anyhow!("--domain {d:?} is not a DNS name like hooks.example.com")
+            })?),
+            None => None,
+        };
     let dir = resolve_data_dir(&args.data_dir)?;
     let mut tokens: Vec<String> = args.tokens.clone();
     if let Some(path) = &args.tokens_file {
@@ -192,6 +199,7 @@ async fn relay(args: RelayArgs) -> Result<()> {
     }
     let mut config = RelayConfig::new(args.listen, Tokens::new(&tokens));
     config.public_url = args.public_url.clone();
+    config.domain = domain;
     config.response_timeout = args.response_timeout.0;
     config.max_body = args.max_body.0;
     config.data_dir = Some(dir.clone());
@@ -211,10 +219,13 @@ async fn relay(args: RelayArgs) -> Result<()> {
     let relay = Relay::bind(config)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let tunnels_at = match &args.domain {
+        Some(_) => format!("{}/t/<name> and <name>.<domain>", relay.base_url()),
+        None => format!("{}/t/<name>", relay.base_url()),
+    };
     eprintln!(
-        "whtunnel relay listening on {} (tunnels at {}/t/<name>)",
+        "whtunnel relay listening on {} (tunnels at {tunnels_at})",
         relay.local_addr(),
-        relay.base_url()
     );
     let stop = shutdown_signal();
     relay.run(stop.cancelled_owned()).await?;

@@ -145,7 +145,7 @@ pub(crate) async fn upgrade(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
             format!("{}://{host}", shared.scheme)
         }
     };
-    let public_url = format!("{base}/t/{name}");
+    let public_url = super::host::tunnel_url(&base, shared.config.domain.as_deref(), &name);
     let accept = derive_accept_key(
         headers
             .get(header::SEC_WEBSOCKET_KEY)

@@ -16,6 +16,7 @@ pub mod drain;
 mod framing;
 pub mod held;
 pub mod held_api;
+pub mod host;
 pub mod limits;
 pub mod public;
 
@@ -85,6 +86,9 @@ pub struct RelayConfig {
     pub hold_delivery: drain::HoldDelivery,
     /// Abuse limits on the public side (see [`limits`]).
     pub limits: Limits,
+    /// The relay's domain (`hooks.example.com`, as [`host::normalize_domain`]
+    /// made it): `NAME.<domain>` routes to tunnel NAME (see [`host`]).
+    pub domain: Option<String>,
 }
 
 impl RelayConfig {
@@ -103,6 +107,7 @@ impl RelayConfig {
             hold_caps: Caps::default(),
             hold_delivery: drain::HoldDelivery::default(),
             limits: Limits::default(),
+            domain: None,
         }
     }
 }
@@ -332,6 +337,29 @@ async fn expire_held(held: Arc<HeldStore>) {
 }
 
 async fn route(shared: Arc<Shared>, remote: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    if let Some(domain) = &shared.config.domain {
+        match host::route_host(request_host(&req), domain) {
+            host::HostRoute::Relay => {}
+            host::HostRoute::Tunnel(name) => {
+                if let Some(refused) = framing::check_framing(&req) {
+                    return refused;
+                }
+                return public::forward_host(shared, remote, req, name).await;
+            }
+            host::HostRoute::Foreign => {
+                return text(
+                    StatusCode::NOT_FOUND,
+                    &format!("whtunnel relay: this relay serves {domain} and NAME.{domain} only"),
+                )
+            }
+            host::HostRoute::Invalid => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "whtunnel relay: malformed Host header",
+                )
+            }
+        }
+    }
     let path = req.uri().path();
     if path == AGENT_PATH {
         agents::upgrade(shared, req).await
@@ -350,6 +378,15 @@ async fn route(shared: Arc<Shared>, remote: SocketAddr, req: Request<Incoming>) 
             "whtunnel relay: webhooks go to /t/<tunnel-name>/...",
         )
     }
+}
+
+/// The host a request is for: the Host header, else (HTTP/2) the
+/// `:authority`.
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    req.headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
 }
 
 /// A 503 asking the sender to come back later.
