@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs whtunnel's whole test suite on a fresh machine: installs what the
 # tests need that cargo does not (tmux for the real-terminal inspector test;
-# the official webhook libraries the signature tests check against, in a
+# Pebble for the ACME test; the official webhook libraries the signature tests check against, in a
 # venv and an npm tree under target/oracles), then `cargo test --locked`.
 # Extra arguments go to cargo test (e.g. ./test.sh --test held).
 set -euo pipefail
@@ -18,6 +18,8 @@ apt_install() {
 
 need=()
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
+# The ACME test runs a real Pebble CA (and its mock DNS, pebble-challtestsrv).
+command -v pebble >/dev/null 2>&1 || need+=(pebble)
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then

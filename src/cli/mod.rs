@@ -216,6 +216,19 @@ async fn relay(args: RelayArgs) -> Result<()> {
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls = Some(tls::server_config(cert, key)?);
     }
+    if args.acme_email.is_some() || args.acme_directory.is_some() {
+        let directory = args
+            .acme_directory
+            .clone()
+            .unwrap_or_else(|| units::ACME_DIRECTORY.to_string());
+        let domain = config.domain.clone().context("--acme-* needs --domain")?;
+        let mut acme = crate::relay::acme::AcmeConfig::new(directory, domain, &dir);
+        acme.email = args.acme_email.clone();
+        acme.ca_cert = args.acme_ca_cert.clone();
+        acme.renew_before = args.acme_renew_before.0;
+        acme.check_every = args.acme_check_every.0;
+        config.acme = Some(crate::relay::acme::CertManager::new(acme)?);
+    }
     let relay = Relay::bind(config)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

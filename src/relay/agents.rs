@@ -168,6 +168,10 @@ pub(crate) async fn upgrade(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
         drain,
         owner,
     };
+    if let Some(acme) = &shared.config.acme {
+        // A known tunnel: its host name may now have a certificate.
+        acme.want(&session.name);
+    }
     tokio::spawn(run_session(shared, req, session));
 
     let mut resp = Response::new(Body::default());

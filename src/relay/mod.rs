@@ -9,6 +9,7 @@
 //! poison, so a panic while one is held cannot turn every later request
 //! that takes the same lock into a panic too.
 
+pub mod acme;
 pub mod agents;
 pub mod auth;
 mod budget;
@@ -89,6 +90,9 @@ pub struct RelayConfig {
     /// The relay's domain (`hooks.example.com`, as [`host::normalize_domain`]
     /// made it): `NAME.<domain>` routes to tunnel NAME (see [`host`]).
     pub domain: Option<String>,
+    /// Certificates from an ACME CA; when set and `tls` is not, the relay
+    /// serves HTTPS with them and runs their renewal (see [`acme`]).
+    pub acme: Option<Arc<acme::CertManager>>,
 }
 
 impl RelayConfig {
@@ -108,6 +112,7 @@ impl RelayConfig {
             hold_delivery: drain::HoldDelivery::default(),
             limits: Limits::default(),
             domain: None,
+            acme: None,
         }
     }
 }
@@ -159,7 +164,10 @@ pub struct Relay {
 impl Relay {
     /// Binds the listening socket (port 0 lets the OS pick) and opens the
     /// held-event store when a data dir is configured.
-    pub async fn bind(config: RelayConfig) -> std::io::Result<Relay> {
+    pub async fn bind(mut config: RelayConfig) -> std::io::Result<Relay> {
+        if let (None, Some(acme)) = (&config.tls, &config.acme) {
+            config.tls = Some(acme.server_config().map_err(std::io::Error::other)?);
+        }
         let held = match &config.data_dir {
             Some(dir) => Some(Arc::new(
                 HeldStore::open(dir, config.hold_caps).map_err(std::io::Error::other)?,
@@ -233,6 +241,12 @@ impl Relay {
             .held
             .clone()
             .map(|held| tokio::spawn(expire_held(held)));
+        let acme_stop = CancellationToken::new();
+        let acme = shared
+            .config
+            .acme
+            .clone()
+            .map(|m| tokio::spawn(m.run(acme_stop.clone())));
 
         loop {
             let (stream, remote) = tokio::select! {
@@ -280,6 +294,9 @@ impl Relay {
                             }
                             Err(_) => return,
                         };
+                        if acme::is_challenge(tls_stream.get_ref().1.alpn_protocol()) {
+                            return;
+                        }
                         let tls_stream = limits::FirstBytesDeadline::new(tls_stream, first_bytes);
                         let conn = builder
                             .serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
@@ -301,6 +318,10 @@ impl Relay {
         drop(listener);
         if let Some(task) = expiry {
             task.abort();
+        }
+        acme_stop.cancel();
+        if let Some(task) = acme {
+            let _ = task.await;
         }
         tracing::info!("relay stopping: draining in-flight exchanges");
         if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
