@@ -164,13 +164,15 @@ fn client_trusting(roots: &[CertificateDer<'static>]) -> Arc<rustls::ClientConfi
     for r in roots {
         store.add(r.clone()).unwrap();
     }
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(whtunnel::tunnel::tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(store)
-            .with_no_client_auth(),
-    )
+    let mut config = rustls::ClientConfig::builder_with_provider(whtunnel::tunnel::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    // Every handshake in full: a resumed session reports the certificate
+    // of the session it resumed, not the one the relay serves now.
+    config.resumption = rustls::client::Resumption::disabled();
+    Arc::new(config)
 }
 
 /// Pebble's issuing root, from its management API.
@@ -274,6 +276,10 @@ fn not_after(cert: &CertificateDer<'_>) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_from_pebble_are_served_by_sni_and_renewed() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("whtunnel=warn")
+        .with_test_writer()
+        .try_init();
     let dir = tempfile::tempdir().unwrap();
     let relay_port = PortReservation::new();
     let pebble = start_pebble(dir.path(), relay_port.addr.port()).await;
@@ -329,10 +335,7 @@ async fn certificates_from_pebble_are_served_by_sni_and_renewed() {
     .await
     .expect("agent connected");
     let host = format!("alpha.{DOMAIN}");
-    assert_eq!(
-        public_url,
-        format!("https://{host}:{}", relay.addr.port())
-    );
+    assert_eq!(public_url, format!("https://{host}:{}", relay.addr.port()));
 
     // The tunnel host's certificate follows; a sender trusting only
     // Pebble's root posts to https://alpha.hooks.example.com.
@@ -364,6 +367,15 @@ async fn certificates_from_pebble_are_served_by_sni_and_renewed() {
         .unwrap();
     assert_eq!(status, 404, "an unknown tunnel host");
 
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let left = not_after(&first) - now;
+    assert!(
+        left <= VALIDITY_SECS as i64,
+        "Pebble issued a certificate with {left} s left, not {VALIDITY_SECS} s"
+    );
     // Renewal: a new certificate (later notAfter) is served for the host.
     let deadline = Instant::now() + Duration::from_secs(45);
     let renewed = loop {

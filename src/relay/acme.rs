@@ -359,7 +359,8 @@ impl CertManager {
                 AcmeError::Other("the CA offers no tls-alpn-01 challenge".to_string())
             })?;
             let name = challenge.identifier().to_string();
-            let answer = alpn_challenge_cert(&name, challenge.key_authorization().digest().as_ref())?;
+            let answer =
+                alpn_challenge_cert(&name, challenge.key_authorization().digest().as_ref())?;
             self.challenges.write().insert(name, answer);
             challenge.set_ready().await?;
         }
@@ -555,10 +556,7 @@ async fn send(
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let (mut parts, body) = req.into_parts();
-    parts.uri = uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .parse()?;
+    parts.uri = uri.path_and_query().map_or("/", |p| p.as_str()).parse()?;
     parts
         .headers
         .insert(http::header::HOST, authority.as_str().parse()?);
@@ -590,8 +588,18 @@ mod tests {
         assert!(renewal_due(t0, end, end + day, margin));
         // A short certificate: a third of its lifetime.
         let end = t0 + Duration::from_secs(30);
-        assert!(!renewal_due(t0, end, t0 + Duration::from_secs(15), Duration::ZERO));
-        assert!(renewal_due(t0, end, t0 + Duration::from_secs(21), Duration::ZERO));
+        assert!(!renewal_due(
+            t0,
+            end,
+            t0 + Duration::from_secs(15),
+            Duration::ZERO
+        ));
+        assert!(renewal_due(
+            t0,
+            end,
+            t0 + Duration::from_secs(21),
+            Duration::ZERO
+        ));
     }
 
     #[test]
