@@ -411,3 +411,41 @@ async fn certificates_from_pebble_are_served_by_sni_and_renewed() {
     stop.cancel();
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_command_gets_its_certificate_with_the_acme_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay_port = PortReservation::new();
+    let pebble = start_pebble(dir.path(), relay_port.addr.port()).await;
+    let data = dir.path().join("relay");
+    let relay = common::process::Spawn::relay(&data)
+        .args(["--listen", &relay_port.addr.to_string()])
+        .args(["--token", "acme-flags-token", "--domain", DOMAIN])
+        .args(["--acme-email", "ops@example.com"])
+        .args(["--acme-directory", &pebble.directory])
+        .args(["--acme-ca-cert", pebble.https_ca.to_str().unwrap()])
+        .start()
+        .await;
+    let cert = data.join("acme/certs").join(format!("{DOMAIN}.pem"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cert.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no certificate file for {DOMAIN}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(mode(&cert), 0o600);
+    assert_eq!(mode(&data.join("acme/account.json")), 0o600);
+    // Served to a client that trusts only Pebble's root.
+    let root = issuing_root(&pebble).await;
+    let req = http::Request::get("/_whtunnel/health")
+        .header("host", DOMAIN)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (status, _, _) = https(client_trusting(&[root]), relay_port.addr, DOMAIN, req)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    drop(relay);
+}
