@@ -160,6 +160,18 @@ pub fn fmt_size(n: u64) -> String {
     }
 }
 
+/// An ACME certificate is renewed when it has less than this left (or a
+/// third of its lifetime, whichever comes first).
+pub const ACME_RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// How often the relay checks its ACME certificates for renewal and retries
+/// failed orders (four tries an hour stay under Let's Encrypt's five failed
+/// validations per host per hour).
+pub const ACME_CHECK_EVERY: Duration = Duration::from_secs(15 * 60);
+
+/// The ACME directory used when only `--acme-email` is given.
+pub const ACME_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
 #[cfg(test)]
 mod tests {
     use super::*;

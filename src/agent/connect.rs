@@ -171,7 +171,13 @@ pub async fn connect(config: &AgentConfig) -> Result<Link, ConnectError> {
         let tls = tokio_rustls::TlsConnector::from(config.tls.clone())
             .connect(name, tcp)
             .await
-            .map_err(|e| net("TLS handshake failed with", &e))?;
+            .map_err(
+                |e| match crate::tunnel::tls::certificate_problem(&e, &relay.host) {
+                    // Retrying cannot fix a certificate: the agent stops.
+                    Some(problem) => ConnectError::Refused(problem),
+                    None => net("TLS handshake failed with", &e),
+                },
+            )?;
         Box::new(tls)
     } else {
         Box::new(tcp)

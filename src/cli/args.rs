@@ -193,6 +193,24 @@ pub(crate) struct RelayArgs {
     /// Base URL the public uses to reach this relay, e.g. https://hooks.example.com.
     #[arg(long)]
     pub(crate) public_url: Option<String>,
+    /// The relay's DNS name: https://NAME.DOMAIN/... reaches tunnel NAME (needs a wildcard DNS record).
+    #[arg(long)]
+    pub(crate) domain: Option<String>,
+    /// Get certificates for DOMAIN and NAME.DOMAIN from an ACME CA (Let's Encrypt by default), contact EMAIL; serve HTTPS on --listen (port 443 for the challenge).
+    #[arg(long, requires = "domain", conflicts_with = "tls_cert")]
+    pub(crate) acme_email: Option<String>,
+    /// ACME directory URL [default: Let's Encrypt production].
+    #[arg(long, requires = "domain", conflicts_with = "tls_cert")]
+    pub(crate) acme_directory: Option<String>,
+    /// Extra CA (PEM) to trust for the ACME server itself, e.g. Pebble's.
+    #[arg(long, requires = "domain")]
+    pub(crate) acme_ca_cert: Option<PathBuf>,
+    /// Renew an ACME certificate when it has less than this left (or a third of its lifetime).
+    #[arg(long, default_value_t = HumanDuration(units::ACME_RENEW_BEFORE))]
+    pub(crate) acme_renew_before: HumanDuration,
+    /// How often ACME certificates are checked for renewal and failed orders retried.
+    #[arg(long, default_value_t = HumanDuration(units::ACME_CHECK_EVERY))]
+    pub(crate) acme_check_every: HumanDuration,
     /// TLS certificate chain (PEM); serve HTTPS and wss://.
     #[arg(long, requires = "tls_key")]
     pub(crate) tls_cert: Option<PathBuf>,

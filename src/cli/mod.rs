@@ -201,6 +201,13 @@ async fn relay(args: RelayArgs) -> Result<()> {
 }
 
 async fn serve_relay(args: RelayArgs, format: args::LogFormat) -> Result<()> {
+    let domain =
+        match &args.domain {
+            Some(d) => Some(crate::relay::host::normalize_domain(d).ok_or_else(|| {
+                anyhow!("--domain {d:?} is not a DNS name like hooks.example.com")
+            })?),
+            None => None,
+        };
     let dir = resolve_data_dir(&args.data_dir)?;
     let mut tokens: Vec<String> = args.tokens.clone();
     if let Some(path) = &args.tokens_file {
@@ -254,6 +261,7 @@ async fn serve_relay(args: RelayArgs, format: args::LogFormat) -> Result<()> {
     }
     let mut config = RelayConfig::new(args.listen, Tokens::new(&tokens));
     config.public_url = args.public_url.clone();
+    config.domain = domain;
     config.response_timeout = args.response_timeout.0;
     config.max_body = args.max_body.0;
     config.data_dir = Some(dir.clone());
@@ -274,6 +282,19 @@ async fn serve_relay(args: RelayArgs, format: args::LogFormat) -> Result<()> {
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls = Some(tls::server_config(cert, key)?);
     }
+    if args.acme_email.is_some() || args.acme_directory.is_some() {
+        let directory = args
+            .acme_directory
+            .clone()
+            .unwrap_or_else(|| units::ACME_DIRECTORY.to_string());
+        let domain = config.domain.clone().context("--acme-* needs --domain")?;
+        let mut acme = crate::relay::acme::AcmeConfig::new(directory, domain, &dir);
+        acme.email = args.acme_email.clone();
+        acme.ca_cert = args.acme_ca_cert.clone();
+        acme.renew_before = args.acme_renew_before.0;
+        acme.check_every = args.acme_check_every.0;
+        config.acme = Some(crate::relay::acme::CertManager::new(acme)?);
+    }
     let relay = Relay::bind(config)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -286,12 +307,15 @@ async fn serve_relay(args: RelayArgs, format: args::LogFormat) -> Result<()> {
         )),
         None => None,
     };
+    let tunnels_at = match &args.domain {
+        Some(_) => format!("{}/t/<name> and <name>.<domain>", relay.base_url()),
+        None => format!("{}/t/<name>", relay.base_url()),
+    };
     log::relay_says(
         format,
         &format!(
-            "whtunnel relay listening on {} (tunnels at {}/t/<name>)",
+            "whtunnel relay listening on {} (tunnels at {tunnels_at})",
             relay.local_addr(),
-            relay.base_url()
         ),
     );
     // The admin endpoint outlives the relay's own shutdown, so /healthz

@@ -114,6 +114,15 @@ impl RelayStatus {
 
     /// The Prometheus text of the relay's metrics now.
     pub fn render_metrics(&self) -> String {
+        // Certificate expiry is read when scraped, like the gauges.
+        if let Some(acme) = &self.shared.config.acme {
+            for (host, not_after) in acme.expiries() {
+                let secs = not_after
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                self.metrics().set_cert_expiry(&host, secs);
+            }
+        }
         self.metrics().render(self.snapshot())
     }
 }

@@ -234,7 +234,7 @@ pub(crate) async fn upgrade(
             format!("{}://{host}", shared.scheme)
         }
     };
-    let public_url = format!("{base}/t/{name}");
+    let public_url = super::host::tunnel_url(&base, shared.config.domain.as_deref(), &name);
     let accept = derive_accept_key(
         headers
             .get(header::SEC_WEBSOCKET_KEY)
@@ -258,6 +258,10 @@ pub(crate) async fn upgrade(
         remote: remote.ip(),
         took_over: asked_takeover,
     };
+    if let Some(acme) = &shared.config.acme {
+        // A known tunnel: its host name may now have a certificate.
+        acme.want(&session.name);
+    }
     tokio::spawn(run_session(shared, req, session));
 
     let mut resp = Response::new(Body::default());

@@ -9,6 +9,7 @@
 //! poison, so a panic while one is held cannot turn every later request
 //! that takes the same lock into a panic too.
 
+pub mod acme;
 pub mod admin;
 pub mod agents;
 pub mod auth;
@@ -17,6 +18,7 @@ pub mod drain;
 mod framing;
 pub mod held;
 pub mod held_api;
+pub mod host;
 pub mod limits;
 pub mod metrics;
 pub mod owners;
@@ -108,6 +110,12 @@ pub struct RelayConfig {
     /// Where name ownership is kept; `None`: the data dir's SQLite (or
     /// memory without one). A cluster passes a store its relays share.
     pub owners: Option<OwnersStore>,
+    /// The relay's domain (`hooks.example.com`, as [`host::normalize_domain`]
+    /// made it): `NAME.<domain>` routes to tunnel NAME (see [`host`]).
+    pub domain: Option<String>,
+    /// Certificates from an ACME CA; when set and `tls` is not, the relay
+    /// serves HTTPS with them and runs their renewal (see [`acme`]).
+    pub acme: Option<Arc<acme::CertManager>>,
 }
 
 /// A [`NameOwners`] implementation to use instead of the relay's own.
@@ -141,6 +149,8 @@ impl RelayConfig {
             name_lifetime: owners::DEFAULT_NAME_LIFETIME,
             trust_forwarded: false,
             owners: None,
+            domain: None,
+            acme: None,
         }
     }
 }
@@ -225,7 +235,10 @@ pub struct Relay {
 impl Relay {
     /// Binds the listening socket (port 0 lets the OS pick) and opens the
     /// held-event store when a data dir is configured.
-    pub async fn bind(config: RelayConfig) -> std::io::Result<Relay> {
+    pub async fn bind(mut config: RelayConfig) -> std::io::Result<Relay> {
+        if let (None, Some(acme)) = (&config.tls, &config.acme) {
+            config.tls = Some(acme.server_config().map_err(std::io::Error::other)?);
+        }
         let held = match &config.data_dir {
             Some(dir) => Some(Arc::new(
                 HeldStore::open(dir, config.hold_caps).map_err(std::io::Error::other)?,
@@ -328,6 +341,12 @@ impl Relay {
             }
             Accounts::Tokens(_) => None,
         };
+        let acme_stop = CancellationToken::new();
+        let acme = shared
+            .config
+            .acme
+            .clone()
+            .map(|m| tokio::spawn(m.run(acme_stop.clone())));
 
         loop {
             let (stream, remote) = tokio::select! {
@@ -375,6 +394,9 @@ impl Relay {
                             }
                             Err(_) => return,
                         };
+                        if acme::is_challenge(tls_stream.get_ref().1.alpn_protocol()) {
+                            return;
+                        }
                         let tls_stream = limits::FirstBytesDeadline::new(tls_stream, first_bytes);
                         let conn = builder
                             .serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
@@ -401,6 +423,10 @@ impl Relay {
         names_expiry.abort();
         if let Some(task) = users_watch {
             task.abort();
+        }
+        acme_stop.cancel();
+        if let Some(task) = acme {
+            let _ = task.await;
         }
         tracing::info!("relay stopping: draining in-flight exchanges");
         if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
@@ -535,6 +561,34 @@ async fn route(
     } else {
         remote
     };
+    if let Some(domain) = &shared.config.domain {
+        match host::route_host(request_host(&req), domain) {
+            host::HostRoute::Relay => {}
+            host::HostRoute::Tunnel(name) => {
+                let started = Instant::now();
+                let resp = match framing::check_framing(&req) {
+                    Some(refused) => refused,
+                    None => public::forward_host(shared.clone(), remote, req, name).await,
+                };
+                shared
+                    .metrics
+                    .request_done(resp.status(), started.elapsed());
+                return resp;
+            }
+            host::HostRoute::Foreign => {
+                return text(
+                    StatusCode::NOT_FOUND,
+                    &format!("whtunnel relay: this relay serves {domain} and NAME.{domain} only"),
+                )
+            }
+            host::HostRoute::Invalid => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "whtunnel relay: malformed Host header",
+                )
+            }
+        }
+    }
     let path = req.uri().path();
     if path == AGENT_PATH {
         let resp = agents::upgrade(shared.clone(), remote, req).await;
@@ -560,6 +614,15 @@ async fn route(
             "whtunnel relay: webhooks go to /t/<tunnel-name>/...",
         )
     }
+}
+
+/// The host a request is for: the Host header, else (HTTP/2) the
+/// `:authority`.
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    req.headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
 }
 
 /// A 503 asking the sender to come back later.

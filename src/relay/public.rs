@@ -70,6 +70,36 @@ pub(crate) async fn forward(
         return shared.limiter.unknown_tunnel(remote.ip());
     };
     let name = name.to_string();
+    forward_to(shared, remote, req, received_at, name, app_path).await
+}
+
+/// Forwards a request that came for `NAME.<domain>`: the whole path and
+/// query go to tunnel `name` unchanged.
+pub(crate) async fn forward_host(
+    shared: Arc<Shared>,
+    remote: SocketAddr,
+    req: Request<Incoming>,
+    name: String,
+) -> Response<Body> {
+    let received_at = SystemTime::now();
+    if let Some(slow_down) = shared.limiter.over_miss_limit(remote.ip()) {
+        return slow_down;
+    }
+    let app_path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
+    forward_to(shared, remote, req, received_at, name, app_path).await
+}
+
+async fn forward_to(
+    shared: Arc<Shared>,
+    remote: SocketAddr,
+    req: Request<Incoming>,
+    received_at: SystemTime,
+    name: String,
+    app_path: String,
+) -> Response<Body> {
     let max_body = shared.config.max_body;
     let declared = content_length(req.headers());
     if declared.is_some_and(|len| len > max_body) {

@@ -65,7 +65,15 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
 }
 
 /// Client config for the agent's `wss://` link: webpki and system roots,
-/// plus `extra_ca` (for a relay with a self-signed certificate).
+/// plus `extra_ca` (for a relay with its own CA or certificate).
+///
+/// Every certificate in `extra_ca` is also *pinned*: a relay presenting
+/// exactly one of them (byte for byte) as its end-entity certificate is
+/// accepted even when path validation refuses it, which is what a
+/// self-signed `openssl req -x509` certificate (a CA certificate used as a
+/// server certificate) needs. The handshake signature is still checked
+/// against that certificate's key, so only the holder of its private key
+/// passes; nothing else is relaxed.
 pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -73,14 +81,125 @@ pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig
     for cert in rustls_native_certs::load_native_certs().certs {
         let _ = roots.add(cert);
     }
+    let mut pinned = Vec::new();
     if let Some(path) = extra_ca {
         for cert in load_certs(path)? {
-            roots.add(cert)?;
+            roots.add(cert.clone())?;
+            pinned.push(cert);
         }
     }
+    let webpki =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
     let config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinningVerifier { webpki, pinned }))
         .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// Web PKI verification, plus exact-certificate pins (see [`client_config`]).
+#[derive(Debug)]
+struct PinningVerifier {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    pinned: Vec<CertificateDer<'static>>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinningVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        match self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Ok(ok) => Ok(ok),
+            Err(_)
+                if self
+                    .pinned
+                    .iter()
+                    .any(|p| p.as_ref() == end_entity.as_ref()) =>
+            {
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+/// How to make a certificate an agent accepts, said after every
+/// certificate problem.
+const MAKE_A_CERTIFICATE: &str = "give the agent the relay's certificate or its CA with \
+--ca-cert FILE (a self-signed certificate given there is pinned exactly), or serve one from a \
+CA: `mkcert HOST`, or `openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+-days 365 -subj /CN=HOST -addext subjectAltName=DNS:HOST -keyout key.pem -out cert.pem` \
+then --ca-cert cert.pem; or let the relay get one with --acme-email";
+
+/// When a TLS handshake failed because the relay's certificate is not
+/// acceptable, one line saying what is wrong and how to fix it. `None` for
+/// other failures (network, protocol), which are worth retrying.
+pub fn certificate_problem(err: &std::io::Error, host: &str) -> Option<String> {
+    use rustls::CertificateError as C;
+    let rustls::Error::InvalidCertificate(e) = err.get_ref()?.downcast_ref::<rustls::Error>()?
+    else {
+        return None;
+    };
+    let what = match e {
+        C::UnknownIssuer => "is not signed by a CA this agent trusts".to_string(),
+        C::Other(o)
+            if matches!(
+                o.0.downcast_ref::<webpki::Error>(),
+                Some(webpki::Error::CaUsedAsEndEntity)
+            ) =>
+        {
+            "is a CA certificate (basicConstraints CA:TRUE, what a plain \
+            `openssl req -x509` makes) used as a server certificate, and not the very \
+            certificate given with --ca-cert (which would pin it)"
+                .to_string()
+        }
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            format!("is not valid for the name {host} (its subjectAltName must list it)")
+        }
+        C::Expired | C::ExpiredContext { .. } => "has expired".to_string(),
+        C::NotValidYet | C::NotValidYetContext { .. } => {
+            "is not valid yet (check the clocks)".to_string()
+        }
+        C::Revoked => "is revoked".to_string(),
+        other => format!("was refused ({other:?})"),
+    };
+    Some(format!(
+        "the relay's TLS certificate for {host} {what}: {MAKE_A_CERTIFICATE}"
+    ))
 }
