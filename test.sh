@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs whtunnel's whole test suite on a fresh machine: installs what the
 # tests need that cargo does not (tmux for the real-terminal inspector test;
+# nats-server for the relay-cluster tests;
 # the official webhook libraries the signature tests check against, in a
 # venv and an npm tree under target/oracles), then `cargo test --locked`.
 # Extra arguments go to cargo test (e.g. ./test.sh --test held).
@@ -18,6 +19,8 @@ apt_install() {
 
 need=()
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
+# The cluster tests start their own NATS JetStream servers (tests/common/nats.rs).
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then

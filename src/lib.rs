@@ -18,6 +18,7 @@
 //! | [`config`] | `whtunnel.toml`: discovery, typed `[listen]`, `[[route]]`, `[[webhook]]`, errors naming file, line and key |
 //! | [`verify`] | webhook signatures: verdicts and reasons, re-signing for replay, provider and event recognition (pure, no I/O) |
 //! | [`fixture`] | webhooks as fixture files: save from the capture, send signed afresh, test expectations (JUnit), the `trigger` sample catalog |
+//! | [`cluster`] | several relays as one on NATS JetStream: who holds which tunnel, the relay-to-relay hop |
 //! | [`cli`] | the command line: flags, and printing what the parts report |
 //!
 //! Servers follow one shape: `bind` (a handle with its address), then
@@ -28,6 +29,7 @@
 pub mod agent;
 pub mod capture;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod fixture;
 pub mod forward;

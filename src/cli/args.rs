@@ -203,6 +203,25 @@ pub(crate) struct RelayArgs {
     pub(crate) hold_order: HoldOrder,
     #[command(flatten)]
     pub(crate) limits: LimitArgs,
+    #[command(flatten)]
+    pub(crate) cluster: ClusterArgs,
+}
+
+/// Joining several relays into one (`docs/cluster.md`).
+#[derive(Args, Debug)]
+pub(crate) struct ClusterArgs {
+    /// Join a cluster of relays through NATS JetStream: nats://HOST:PORT[,...] (servers of one NATS cluster).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) cluster: Vec<String>,
+    /// File holding the secret every relay of the cluster shares (at least 16 characters) [or WHTUNNEL_CLUSTER_SECRET].
+    #[arg(long, requires = "cluster")]
+    pub(crate) cluster_secret_file: Option<PathBuf>,
+    /// Base URL the other relays reach this one at, http://HOST:PORT [default: the --listen address].
+    #[arg(long, requires = "cluster")]
+    pub(crate) cluster_advertise: Option<String>,
+    /// How long a dead relay's tunnels stay claimed before other relays may take them (e.g. 15s).
+    #[arg(long, requires = "cluster", default_value_t = HumanDuration(crate::cluster::DEFAULT_HOLDER_TTL))]
+    pub(crate) cluster_holder_ttl: HumanDuration,
 }
 
 /// Abuse limits of `whtunnel relay` (see `relay::limits`); 0 disables a limit.

@@ -208,6 +208,7 @@ async fn relay(args: RelayArgs) -> Result<()> {
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls = Some(tls::server_config(cert, key)?);
     }
+    config.cluster = cluster_config(&args.cluster)?;
     let relay = Relay::bind(config)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -220,6 +221,32 @@ async fn relay(args: RelayArgs) -> Result<()> {
     relay.run(stop.cancelled_owned()).await?;
     eprintln!("whtunnel relay stopped");
     Ok(())
+}
+
+/// The `--cluster*` flags as a [`crate::cluster::ClusterConfig`]; `None`
+/// without `--cluster`.
+fn cluster_config(args: &args::ClusterArgs) -> Result<Option<crate::cluster::ClusterConfig>> {
+    if args.cluster.is_empty() {
+        return Ok(None);
+    }
+    for url in &args.cluster {
+        if !url.starts_with("nats://") {
+            bail!("--cluster: '{url}' is not a nats://HOST:PORT URL");
+        }
+    }
+    let secret = match &args.cluster_secret_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the cluster secret file {}", path.display()))?
+            .trim()
+            .to_string(),
+        None => std::env::var("WHTUNNEL_CLUSTER_SECRET").map_err(|_| {
+            anyhow!("--cluster needs the cluster's shared secret: pass --cluster-secret-file FILE or set WHTUNNEL_CLUSTER_SECRET")
+        })?,
+    };
+    let mut config = crate::cluster::ClusterConfig::new(args.cluster.clone(), secret);
+    config.advertise = args.cluster_advertise.clone();
+    config.holder_ttl = args.cluster_holder_ttl.0;
+    Ok(Some(config))
 }
 
 async fn listen(mut args: ListenArgs) -> Result<()> {

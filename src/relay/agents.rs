@@ -138,6 +138,32 @@ pub(crate) async fn upgrade(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
             None => {}
         }
     }
+    // The registry seam: in a cluster, the name must also be free (or ours
+    // to take) in the holders bucket, decided there by compare-and-set so
+    // two relays never both grant it. The owner check of users plugs in
+    // the same way, in the same compare-and-set (see
+    // `cluster::registry`).
+    let claim = match &shared.cluster {
+        None => None,
+        Some(cluster) => match cluster.claim(&name, agent_id.clone(), takeover).await {
+            Ok(claim) => Some(claim),
+            Err(crate::cluster::ClaimError::Held(_)) => {
+                return text(
+                    StatusCode::CONFLICT,
+                    &format!(
+                        "tunnel name '{name}' is held by another agent on another relay of this cluster; stop that agent or pass --takeover"
+                    ),
+                )
+            }
+            Err(e) => {
+                tracing::warn!(tunnel = %name, "cannot claim the tunnel: {e}");
+                return super::retry_later(
+                    "whtunnel: the relay cannot reach its cluster store; retry later",
+                    5,
+                );
+            }
+        },
+    };
     let base = match &shared.config.public_url {
         Some(u) => u.trim_end_matches('/').to_string(),
         None => {
@@ -167,6 +193,7 @@ pub(crate) async fn upgrade(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
         agent_id,
         drain,
         owner,
+        claim,
     };
     tokio::spawn(run_session(shared, req, session));
 
@@ -196,6 +223,15 @@ struct SessionAsk {
     drain: (usize, bool),
     /// SHA-256 (hex) of the agent's token.
     owner: String,
+    /// The name's entry in the cluster's holders bucket, when clustered.
+    claim: Option<crate::cluster::Claim>,
+}
+
+/// Gives a claim back when its session never started.
+async fn release_claim(shared: &Shared, claim: Option<crate::cluster::Claim>) {
+    if let (Some(cluster), Some(claim)) = (&shared.cluster, claim) {
+        cluster.release(&claim).await;
+    }
 }
 
 async fn run_session(shared: Arc<Shared>, req: Request<Incoming>, ask: SessionAsk) {
@@ -206,11 +242,13 @@ async fn run_session(shared: Arc<Shared>, req: Request<Incoming>, ask: SessionAs
         agent_id,
         drain,
         owner,
+        claim,
     } = ask;
     let upgraded = match hyper::upgrade::on(req).await {
         Ok(u) => u,
         Err(e) => {
             tracing::debug!("agent upgrade failed: {e}");
+            release_claim(&shared, claim).await;
             return;
         }
     };
@@ -225,6 +263,7 @@ async fn run_session(shared: Arc<Shared>, req: Request<Incoming>, ask: SessionAs
         Ok(pair) => pair,
         Err(e) => {
             tracing::debug!("HTTP/2 handshake with agent failed: {e}");
+            release_claim(&shared, claim).await;
             return;
         }
     };
@@ -235,6 +274,7 @@ async fn run_session(shared: Arc<Shared>, req: Request<Incoming>, ask: SessionAs
         if let Some(old) = tunnels.get(&name) {
             if !takeover {
                 // Lost a race with another agent claiming the same name.
+                // (Its claim replaced ours in the bucket: nothing to give back.)
                 return;
             }
             old.closed.cancel();
@@ -252,6 +292,11 @@ async fn run_session(shared: Arc<Shared>, req: Request<Incoming>, ask: SessionAs
     }
     if let Some(held) = &shared.held {
         held.set_strict(&name, drain.1);
+    }
+    if let (Some(cluster), Some(claim)) = (shared.cluster.clone(), claim) {
+        // Refreshed while connected; a takeover elsewhere closes this link.
+        let session = closed.clone();
+        tokio::spawn(async move { cluster.keep(claim, session).await });
     }
     tracing::info!(tunnel = %name, "agent connected");
     tokio::spawn(send_ready(ready_sender));

@@ -85,6 +85,9 @@ pub struct RelayConfig {
     pub hold_delivery: drain::HoldDelivery,
     /// Abuse limits on the public side (see [`limits`]).
     pub limits: Limits,
+    /// Join a cluster of relays through NATS JetStream; `None`: this relay
+    /// alone, no NATS needed.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl RelayConfig {
@@ -103,6 +106,7 @@ impl RelayConfig {
             hold_caps: Caps::default(),
             hold_delivery: drain::HoldDelivery::default(),
             limits: Limits::default(),
+            cluster: None,
         }
     }
 }
@@ -131,6 +135,9 @@ pub(crate) struct Shared {
     /// Memory for request bodies being read to be held, relay-wide.
     hold_budget: Arc<budget::HoldBudget>,
     limiter: limits::Limiter,
+    /// The cluster this relay is part of, if any: the registry seam (who
+    /// holds a tunnel beyond this relay's own `tunnels`) and the hop.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Shared {
@@ -163,6 +170,14 @@ impl Relay {
         };
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
+        let cluster = match &config.cluster {
+            Some(c) => Some(Arc::new(
+                crate::cluster::Cluster::join(c, local_addr)
+                    .await
+                    .map_err(std::io::Error::other)?,
+            )),
+            None => None,
+        };
         let scheme = if config.tls.is_some() {
             "https"
         } else {
@@ -179,6 +194,7 @@ impl Relay {
                 scheme,
                 held,
                 hold_budget: budget::HoldBudget::new(HOLD_BUDGET_KIB, HOLD_BUDGET_IP_SHARE_KIB),
+                cluster,
             }),
         })
     }

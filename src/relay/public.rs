@@ -40,9 +40,19 @@ const BUFFER_FIRST: u64 = 256 * 1024;
 pub(crate) async fn forward(
     shared: Arc<Shared>,
     remote: SocketAddr,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<Body> {
     let received_at = SystemTime::now();
+    // A hop from another relay of the cluster carries the original sender;
+    // the hop headers are stripped whoever sent them.
+    let mut remote = remote;
+    let mut from_peer = false;
+    if let Some(cluster) = &shared.cluster {
+        if let Some(from) = cluster.hop().accept(req.headers_mut()) {
+            remote = from;
+            from_peer = true;
+        }
+    }
     let path_and_query = req
         .uri()
         .path_and_query()
@@ -60,6 +70,16 @@ pub(crate) async fn forward(
         return too_large(max_body);
     }
     let sender = shared.sender_for(&name);
+    // The registry seam: no agent here, so ask the cluster who holds it.
+    // A hop is never sent on again: if its agent left meanwhile, this relay
+    // answers as the only one would.
+    if sender.is_none() && !from_peer {
+        if let Some(cluster) = shared.cluster.clone() {
+            if let Some(holder) = cluster.holder(&name).await {
+                return via_peer(&shared, &cluster, &holder, &name, remote, req, declared).await;
+            }
+        }
+    }
     let known = sender.is_some()
         || shared
             .held
@@ -92,6 +112,62 @@ pub(crate) async fn forward(
             60,
         ),
         _ => shared.limiter.unknown_tunnel(remote.ip()),
+    }
+}
+
+/// Carries a request to the relay that holds its tunnel and returns that
+/// relay's answer (see [`crate::cluster::hop`]).
+async fn via_peer(
+    shared: &Arc<Shared>,
+    cluster: &crate::cluster::Cluster,
+    holder: &crate::cluster::Holder,
+    name: &str,
+    remote: SocketAddr,
+    req: Request<Incoming>,
+    declared: Option<u64>,
+) -> Response<Body> {
+    use crate::cluster::{HopBody, HopError};
+    let _inflight = match shared.limiter.check_tunnel(name, remote.ip()) {
+        Ok(slot) => slot,
+        Err(too_many) => return *too_many,
+    };
+    let timeout = shared.config.response_timeout;
+    let (parts, body) = req.into_parts();
+    // Small bodies (nearly every webhook) are read first, as for a live
+    // agent; larger ones stream through, the peer enforcing the limits.
+    let body = if declared.is_some_and(|n| n <= BUFFER_FIRST) {
+        let (body, verdict) = shared.limiter.watch_body(body);
+        match tokio::time::timeout(timeout, body.collect()).await {
+            Ok(Ok(c)) => HopBody::Left(http_body_util::Full::new(c.to_bytes())),
+            Ok(Err(_)) => return unreadable_body(shared, &verdict, false),
+            Err(_) => return unreadable_body(shared, &verdict, true),
+        }
+    } else {
+        HopBody::Right(body)
+    };
+    // The peer answers 504 itself after `timeout`; its answer gets a moment
+    // more to come back.
+    let deadline = timeout + Duration::from_secs(5);
+    match cluster
+        .hop()
+        .send(&holder.addr, remote, parts, body, deadline)
+        .await
+    {
+        Ok(resp) => resp,
+        Err(e @ (HopError::Unreachable { .. } | HopError::Broken { .. })) => {
+            tracing::info!(tunnel = %name, "{e}");
+            text(
+                StatusCode::BAD_GATEWAY,
+                "whtunnel: the relay holding this tunnel's agent cannot be reached; retry later",
+            )
+        }
+        Err(HopError::Timeout(_)) => text(
+            StatusCode::GATEWAY_TIMEOUT,
+            &format!(
+                "whtunnel: the app did not answer within {}s",
+                timeout.as_secs_f32()
+            ),
+        ),
     }
 }
 

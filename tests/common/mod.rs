@@ -2,6 +2,7 @@
 //! and a plain HTTP client. Everything binds 127.0.0.1 port 0.
 #![allow(dead_code)]
 
+pub mod nats;
 pub mod oracle;
 pub mod ports;
 pub mod process;

@@ -1,0 +1,258 @@
+#![allow(clippy::unwrap_used)]
+//! Several relays as one on NATS JetStream (`relay --cluster`): real
+//! `nats-server` processes, in-process relays and agents, loopback only.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::nats::{self, NatsNode};
+use common::*;
+use http::{Method, StatusCode};
+use whtunnel::cluster::ClusterConfig;
+use whtunnel::relay::RelayConfig;
+
+const SECRET: &str = "cluster-test-secret-0123456789";
+
+fn clustered(nats: &[String]) -> RelayConfig {
+    let mut config = relay_config("127.0.0.1:0");
+    let mut cluster = ClusterConfig::new(nats.to_vec(), SECRET.into());
+    cluster.holder_ttl = Duration::from_secs(3);
+    config.cluster = Some(cluster);
+    config
+}
+
+async fn one_nats() -> (tempfile::TempDir, NatsNode) {
+    let dir = tempfile::tempdir().unwrap();
+    let node = nats::single(dir.path()).await;
+    (dir, node)
+}
+
+/// Three relays on one NATS: an agent on B answers senders on A, B and C;
+/// the hop carries the app's status, headers and body back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhooks_reach_an_agent_on_another_relay() {
+    let (_dir, node) = one_nats().await;
+    let urls = vec![node.url()];
+    let a = start_relay(clustered(&urls)).await;
+    let b = start_relay(clustered(&urls)).await;
+    let c = start_relay(clustered(&urls)).await;
+    let app = App::start().await;
+    let agent = start_agent(&b.base, AgentOptions::new("shop", &app)).await;
+    assert!(
+        agent.public_url.starts_with(&b.base),
+        "{}",
+        agent.public_url
+    );
+
+    for (i, relay) in [&a, &b, &c].into_iter().enumerate() {
+        let body = format!("{{\"n\":{i}}}");
+        let (s, h, got) = send(
+            Method::POST,
+            &format!("{}/t/shop/hooks/x?i={i}", relay.base),
+            &[
+                ("content-type", "application/json"),
+                ("x-test-status", "201"),
+            ],
+            body.clone(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "via relay {i}: {got:?}");
+        assert_eq!(h.get("x-app").unwrap(), "yes");
+        assert_eq!(got, Bytes::from(body));
+    }
+    let seen = app.seen();
+    assert_eq!(seen.len(), 3);
+    for (i, s) in seen.iter().enumerate() {
+        assert_eq!(s.uri, format!("/hooks/x?i={i}"));
+        // The hop's own headers never reach the app.
+        assert!(s.headers.get("whtunnel-cluster-secret").is_none());
+        assert!(s.headers.get("whtunnel-cluster-from").is_none());
+        assert_eq!(s.headers.get("x-forwarded-for").unwrap(), "127.0.0.1");
+    }
+    // An unknown tunnel is still 404 on every relay.
+    let (s, _, _) = send(Method::POST, &format!("{}/t/nobody/x", a.base), &[], "x").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+/// A 25 MiB body crosses A -> B -> agent -> app byte-exact; a 12 MiB
+/// answer (the app's echo) comes back the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_five_mib_cross_the_hop_byte_exact() {
+    let (_dir, node) = one_nats().await;
+    let urls = vec![node.url()];
+    let a = start_relay(clustered(&urls)).await;
+    let b = start_relay(clustered(&urls)).await;
+    let app = App::start().await;
+    let _agent = start_agent(&b.base, AgentOptions::new("big", &app)).await;
+
+    let body: Vec<u8> = (0..25 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let want = sha256(&body);
+    let (s, _, got) = send(Method::POST, &format!("{}/t/big/upload", a.base), &[], body).await;
+    assert_eq!(s, StatusCode::OK);
+    let seen = app.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body_len, 25 * 1024 * 1024);
+    assert_eq!(seen[0].body_sha256, want);
+    // The test app answers a body this large with its length.
+    assert_eq!(got, Bytes::from((25 * 1024 * 1024).to_string()));
+
+    let body: Vec<u8> = (0..12 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(40_503) >> 7) as u8)
+        .collect();
+    let want = sha256(&body);
+    let (s, _, got) = send(Method::PUT, &format!("{}/t/big/echo", a.base), &[], body).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(got.len(), 12 * 1024 * 1024);
+    assert_eq!(sha256(&got), want);
+}
+
+/// The holding relay's own answers pass back through the hop: 413 for a
+/// body over its limit (found while streaming), 502 when the app is down,
+/// 504 when the app is too slow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn errors_of_the_holding_relay_pass_back() {
+    use futures_util::stream;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+
+    let (_dir, node) = one_nats().await;
+    let urls = vec![node.url()];
+    let a = start_relay(clustered(&urls)).await;
+    let mut config_b = clustered(&urls);
+    config_b.max_body = 64 * 1024;
+    config_b.response_timeout = Duration::from_secs(2);
+    let b = start_relay(config_b).await;
+    let app = App::start().await;
+    let _agent = start_agent(&b.base, AgentOptions::new("errs", &app)).await;
+
+    // 413: A's own limit is larger; B's is found while streaming.
+    let chunks =
+        (0..20).map(|_| Ok::<_, std::io::Error>(Frame::data(Bytes::from(vec![b'a'; 8192]))));
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let req = http::Request::post(format!("{}/t/errs/x", a.base))
+        .body(StreamBody::new(stream::iter(chunks)))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(app.seen().iter().all(|s| s.body_len < 160 * 1024));
+
+    // 504: B's response timeout (2 s) passes; A waits for B's answer.
+    let (s, _, body) = send(
+        Method::POST,
+        &format!("{}/t/errs/slow", a.base),
+        &[("x-test-delay-ms", "4000")],
+        "x",
+    )
+    .await;
+    assert_eq!(s, StatusCode::GATEWAY_TIMEOUT, "{body:?}");
+
+    // 502: an agent whose app is down.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let mut opts = AgentOptions::new("down", &app);
+    opts.target = dead_addr.to_string();
+    let _down = start_agent(&b.base, opts).await;
+    let (s, _, body) = send(Method::POST, &format!("{}/t/down/x", a.base), &[], "x").await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "{body:?}");
+}
+
+/// Two agents for one name on different relays: the second is refused
+/// with 409, decided by the KV bucket; with --takeover it wins, and the
+/// first agent's link on the other relay is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_name_two_relays_is_a_conflict() {
+    let (_dir, node) = one_nats().await;
+    let urls = vec![node.url()];
+    let b = start_relay(clustered(&urls)).await;
+    let c = start_relay(clustered(&urls)).await;
+    let app1 = App::start().await;
+    let app2 = App::start().await;
+    let mut first = AgentOptions::new("dup", &app1);
+    first.agent_id = Some("agent-one".into());
+    let first = start_agent(&b.base, first).await;
+    assert!(!first.public_url.starts_with("refused"));
+
+    let mut second = AgentOptions::new("dup", &app2);
+    second.agent_id = Some("agent-two".into());
+    let refused = start_agent(&c.base, second).await;
+    assert!(
+        refused.public_url.starts_with("refused") && refused.public_url.contains("409"),
+        "{}",
+        refused.public_url
+    );
+    // The first one still serves, from either relay.
+    let (s, _, _) = send(Method::POST, &format!("{}/t/dup/x", c.base), &[], "x").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(app1.seen().len(), 1);
+
+    // Both at once on two relays: exactly one wins.
+    let app3 = App::start().await;
+    let mut x = AgentOptions::new("race", &app3);
+    x.agent_id = Some("race-x".into());
+    let mut y = AgentOptions::new("race", &app3);
+    y.agent_id = Some("race-y".into());
+    let (x, y) = tokio::join!(start_agent(&b.base, x), start_agent(&c.base, y));
+    let refused = [&x, &y]
+        .iter()
+        .filter(|a| a.public_url.starts_with("refused"))
+        .count();
+    assert_eq!(refused, 1, "{} / {}", x.public_url, y.public_url);
+
+    // Takeover from the other relay: the new agent gets the traffic.
+    let mut taker = AgentOptions::new("dup", &app2);
+    taker.agent_id = Some("agent-two".into());
+    taker.takeover = true;
+    let taker = start_agent(&c.base, taker).await;
+    assert!(
+        !taker.public_url.starts_with("refused"),
+        "{}",
+        taker.public_url
+    );
+    // Relay B notices (its refresh fails) and closes the old link; the old
+    // agent, back at B, is refused: the name is the taker's.
+    let mut st = first.status.clone();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if matches!(
+                &*st.borrow_and_update(),
+                whtunnel::agent::ConnectionStatus::Refused { .. }
+            ) {
+                return;
+            }
+            st.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the replaced agent is refused within 10 s");
+    let (s, _, _) = send(Method::POST, &format!("{}/t/dup/y", b.base), &[], "y").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(app2.seen().len(), 1, "the taker's app got it");
+    assert_eq!(app1.seen().len(), 1, "the old agent's app did not");
+}
+
+/// A relay that cannot reach NATS does not start, with a clear error.
+#[tokio::test]
+async fn no_nats_is_a_clear_error() {
+    let port = common::ports::PortReservation::new();
+    let mut config = relay_config("127.0.0.1:0");
+    let mut cluster = ClusterConfig::new(vec![format!("nats://{}", port.addr)], SECRET.into());
+    cluster.holder_ttl = Duration::from_secs(3);
+    config.cluster = Some(cluster);
+    let err = match tokio::time::timeout(
+        Duration::from_secs(30),
+        whtunnel::relay::Relay::bind(config),
+    )
+    .await
+    .unwrap()
+    {
+        Ok(_) => panic!("bound without NATS"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("NATS"), "{err}");
+}
