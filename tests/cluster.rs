@@ -20,6 +20,8 @@ fn clustered(nats: &[String]) -> RelayConfig {
     let mut cluster = ClusterConfig::new(nats.to_vec(), SECRET.into());
     cluster.holder_ttl = Duration::from_secs(3);
     config.cluster = Some(cluster);
+    // JetStream reserves the stream's byte cap on disk up front.
+    config.hold_caps.max_total_bytes = 256 << 20;
     config
 }
 
@@ -255,4 +257,78 @@ async fn no_nats_is_a_clear_error() {
         Err(e) => e.to_string(),
     };
     assert!(err.contains("NATS"), "{err}");
+}
+
+/// No agent anywhere: any relay holds the webhook in JetStream (202); the
+/// agent connecting to yet another relay gets every event once, byte-exact
+/// (a 2 MiB body through the object store), and each is acknowledged
+/// (gone from the stream) after its delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn held_on_any_relay_delivered_by_another() {
+    let (_dir, node) = one_nats().await;
+    let urls = vec![node.url()];
+    let a = start_relay(clustered(&urls)).await;
+    let b = start_relay(clustered(&urls)).await;
+    let c = start_relay(clustered(&urls)).await;
+    let app = App::start().await;
+    let mut opts = AgentOptions::new("away", &app);
+    opts.agent_id = Some("away-agent".into());
+    let first = start_agent(&b.base, opts).await;
+    assert!(first.public_url.starts_with(&b.base));
+    first.stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(15), async {
+        let mut first = first;
+        (&mut first.task).await
+    })
+    .await;
+
+    let big: Vec<u8> = (0..2 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let mut sent = Vec::new();
+    for i in 0..6usize {
+        let relay = [&a, &b, &c][i % 3];
+        let body = if i == 3 {
+            big.clone()
+        } else {
+            format!("event {i}").into_bytes()
+        };
+        let n = i.to_string();
+        let (s, h, reason) = send(
+            Method::POST,
+            &format!("{}/t/away/ev/{i}", relay.base),
+            &[("x-n", n.as_str())],
+            body.clone(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "event {i}: {reason:?}");
+        assert!(h.get("whtunnel-event-id").is_some());
+        sent.push((format!("/ev/{i}"), sha256(&body), body.len() as u64));
+    }
+    assert!(app.seen().is_empty());
+
+    let mut opts = AgentOptions::new("away", &app);
+    opts.agent_id = Some("away-agent".into());
+    let back = start_agent(&c.base, opts).await;
+    assert!(back.public_url.starts_with(&c.base), "{}", back.public_url);
+    wait_for_seen(&app, 6, Duration::from_secs(20)).await;
+    // Nothing more arrives: each was acknowledged once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let seen = app.seen();
+    assert_eq!(seen.len(), 6, "delivered exactly once each");
+    for (path, sum, len) in &sent {
+        let got: Vec<_> = seen.iter().filter(|s| &s.uri == path).collect();
+        assert_eq!(got.len(), 1, "{path}");
+        assert_eq!(got[0].body_len, *len, "{path}");
+        assert_eq!(&got[0].body_sha256, sum, "{path}");
+    }
+    let js = async_nats::jetstream::new(async_nats::connect(node.url()).await.unwrap());
+    let mut stream = js.get_stream("whtunnel_held").await.unwrap();
+    let info = stream.info().await.unwrap();
+    assert_eq!(
+        info.state.messages, 0,
+        "every delivered event was acknowledged"
+    );
+
+    // And live again, through a relay without the agent.
+    let (s, _, _) = send(Method::POST, &format!("{}/t/away/live", a.base), &[], "l").await;
+    assert_eq!(s, StatusCode::OK);
 }

@@ -3,6 +3,7 @@
 //! | part | job |
 //! |---|---|
 //! | [`registry`] | which relay holds which tunnel: a JetStream KV bucket, compare-and-set claims with a TTL refreshed while the agent is connected |
+//! | [`held`] | held events in a JetStream stream: any relay holds, the agent's relay delivers and acknowledges |
 //! | [`hop`] | a webhook for a tunnel held on another relay, carried there over HTTP/2 and answered back |
 //!
 //! The relay meets this module at two seams only: [`Cluster::claim`] /
@@ -13,6 +14,7 @@
 //! no NATS is needed. Why this design and what each part guarantees when
 //! it fails: `docs/cluster.md`.
 
+pub mod held;
 pub mod hop;
 pub mod registry;
 
@@ -20,6 +22,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+pub use held::{HeldStream, HoldError};
 pub use hop::{Hop, HopBody, HopError};
 pub use registry::{Claim, ClaimError, Holder, Registry};
 
@@ -82,6 +85,7 @@ pub struct Cluster {
     ttl: Duration,
     registry: Registry,
     hop: Hop,
+    held: std::sync::Arc<HeldStream>,
 }
 
 impl Cluster {
@@ -90,6 +94,7 @@ impl Cluster {
     pub async fn join(
         config: &ClusterConfig,
         listening: std::net::SocketAddr,
+        caps: crate::relay::Caps,
     ) -> Result<Cluster, ClusterError> {
         let addr = match &config.advertise {
             Some(a) => a.trim_end_matches('/').to_string(),
@@ -132,7 +137,10 @@ impl Cluster {
             .collect::<String>();
         let registry = Registry::open(&js, config.holder_ttl, config.replicas())
             .await
-            .map_err(nats_err)?;
+            .map_err(&nats_err)?;
+        let held = HeldStream::open(&js, caps, config.replicas())
+            .await
+            .map_err(&nats_err)?;
         tracing::info!(relay = %id, hops = %addr, "joined the cluster through NATS ({servers})");
         Ok(Cluster {
             id,
@@ -140,6 +148,7 @@ impl Cluster {
             ttl: config.holder_ttl,
             registry,
             hop,
+            held: std::sync::Arc::new(held),
         })
     }
 
@@ -156,6 +165,11 @@ impl Cluster {
     /// The hop client (and recogniser of incoming hops).
     pub fn hop(&self) -> &Hop {
         &self.hop
+    }
+
+    /// The cluster's held events.
+    pub fn held(&self) -> &std::sync::Arc<HeldStream> {
+        &self.held
     }
 
     /// Claims `name` for an agent connecting here (see [`Registry::claim`]).

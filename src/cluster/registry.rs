@@ -81,37 +81,14 @@ impl Registry {
         ttl: Duration,
         replicas: usize,
     ) -> Result<Registry, String> {
-        // The bucket's stream is made here rather than by
-        // `create_key_value`, which leaves the duplicate window at its
-        // two-minute default: servers before 2.10 refuse a window longer
-        // than `max_age`, and a holder TTL is seconds.
-        let stream = jetstream::stream::Config {
-            name: format!("KV_{HOLDERS_BUCKET}"),
-            description: Some("whtunnel: which relay holds each tunnel".to_string()),
-            subjects: vec![format!("$KV.{HOLDERS_BUCKET}.>")],
-            max_messages_per_subject: 1,
-            max_age: ttl,
-            duplicate_window: ttl.min(Duration::from_secs(120)),
-            storage: jetstream::stream::StorageType::File,
-            num_replicas: replicas,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: jetstream::stream::DiscardPolicy::New,
-            ..Default::default()
-        };
-        if js.get_stream(&stream.name).await.is_err() {
-            if let Err(e) = js.create_stream(stream).await {
-                // Another relay may have made it meanwhile.
-                if js.get_stream(format!("KV_{HOLDERS_BUCKET}")).await.is_err() {
-                    return Err(format!("cannot create the {HOLDERS_BUCKET} bucket: {e}"));
-                }
-            }
-        }
-        let kv = js
-            .get_key_value(HOLDERS_BUCKET)
-            .await
-            .map_err(|e| format!("cannot open the {HOLDERS_BUCKET} bucket: {e}"))?;
+        let kv = ensure_kv(
+            js,
+            HOLDERS_BUCKET,
+            "whtunnel: which relay holds each tunnel",
+            ttl,
+            replicas,
+        )
+        .await?;
         Ok(Registry { kv })
     }
 
@@ -231,6 +208,54 @@ impl Registry {
             .delete_expect_revision(&claim.name, Some(claim.revision))
             .await;
     }
+}
+
+/// Opens the KV bucket `bucket`, creating its stream first if needed.
+///
+/// The stream is made here rather than by `create_key_value`, which asks
+/// for the account's info in a shape servers before 2.10 do not answer,
+/// and leaves the duplicate window at two minutes, which those servers
+/// refuse when it is longer than `max_age` (a holder TTL is seconds).
+/// The settings are the ones `create_key_value` would use.
+pub(crate) async fn ensure_kv(
+    js: &jetstream::Context,
+    bucket: &str,
+    description: &str,
+    max_age: Duration,
+    replicas: usize,
+) -> Result<kv::Store, String> {
+    let name = format!("KV_{bucket}");
+    if js.get_stream(&name).await.is_err() {
+        let window = if max_age.is_zero() {
+            Duration::from_secs(120)
+        } else {
+            max_age.min(Duration::from_secs(120))
+        };
+        let stream = jetstream::stream::Config {
+            name: name.clone(),
+            description: Some(description.to_string()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age,
+            duplicate_window: window,
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: replicas,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: jetstream::stream::DiscardPolicy::New,
+            ..Default::default()
+        };
+        if let Err(e) = js.create_stream(stream).await {
+            // Another relay may have made it meanwhile.
+            if js.get_stream(&name).await.is_err() {
+                return Err(format!("cannot create the {bucket} bucket: {e}"));
+            }
+        }
+    }
+    js.get_key_value(bucket)
+        .await
+        .map_err(|e| format!("cannot open the {bucket} bucket: {e}"))
 }
 
 fn encode(holder: &Holder) -> Bytes {

@@ -179,11 +179,14 @@ pub(crate) async fn upgrade(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
             .as_bytes(),
     );
 
-    let held = shared
-        .held
-        .as_ref()
-        .and_then(|h| h.state(&name))
-        .map_or(0, |s| s.pending);
+    let held = match &shared.cluster {
+        Some(cluster) => cluster.held().pending(&name).await,
+        None => shared
+            .held
+            .as_ref()
+            .and_then(|h| h.state(&name))
+            .map_or(0, |s| s.pending),
+    };
 
     let owner = token_sha256(presented);
     let session = SessionAsk {
@@ -296,7 +299,20 @@ async fn run_session(shared: Arc<Shared>, req: Request<Incoming>, ask: SessionAs
     if let (Some(cluster), Some(claim)) = (shared.cluster.clone(), claim) {
         // Refreshed while connected; a takeover elsewhere closes this link.
         let session = closed.clone();
-        tokio::spawn(async move { cluster.keep(claim, session).await });
+        let keeper = cluster.clone();
+        tokio::spawn(async move { keeper.keep(claim, session).await });
+        // The held-events seam: this session drains the tunnel's events
+        // from JetStream, whichever relay held them.
+        cluster.held().remember(&name, policy).await;
+        let task = cluster.held().clone().deliver(
+            name.clone(),
+            ready_sender.clone(),
+            closed.clone(),
+            drain.0,
+            shared.config.hold_delivery,
+            shared.config.response_timeout,
+        );
+        tokio::spawn(task);
     }
     tracing::info!(tunnel = %name, "agent connected");
     tokio::spawn(send_ready(ready_sender));
@@ -332,6 +348,9 @@ async fn run_session(shared: Arc<Shared>, req: Request<Incoming>, ask: SessionAs
         if tunnels.get(&name).is_some_and(|s| s.id == id) {
             tunnels.remove(&name);
         }
+    }
+    if let Some(cluster) = &shared.cluster {
+        cluster.held().remember(&name, policy).await;
     }
     if let Some(held) = shared.held.clone() {
         // "Last seen" is now: the name is remembered for the age cap from here.

@@ -162,7 +162,10 @@ impl Relay {
     /// Binds the listening socket (port 0 lets the OS pick) and opens the
     /// held-event store when a data dir is configured.
     pub async fn bind(config: RelayConfig) -> std::io::Result<Relay> {
+        // In a cluster, events are held in JetStream instead (the
+        // held-events seam): no relay keeps any of its own.
         let held = match &config.data_dir {
+            Some(_) if config.cluster.is_some() => None,
             Some(dir) => Some(Arc::new(
                 HeldStore::open(dir, config.hold_caps).map_err(std::io::Error::other)?,
             )),
@@ -172,7 +175,7 @@ impl Relay {
         let local_addr = listener.local_addr()?;
         let cluster = match &config.cluster {
             Some(c) => Some(Arc::new(
-                crate::cluster::Cluster::join(c, local_addr)
+                crate::cluster::Cluster::join(c, local_addr, config.hold_caps)
                     .await
                     .map_err(std::io::Error::other)?,
             )),
