@@ -332,3 +332,208 @@ async fn held_on_any_relay_delivered_by_another() {
     let (s, _, _) = send(Method::POST, &format!("{}/t/away/live", a.base), &[], "l").await;
     assert_eq!(s, StatusCode::OK);
 }
+
+/// What senders were told, per event path.
+type Answers = std::sync::Arc<std::sync::Mutex<Vec<(String, u16)>>>;
+
+/// Sends `count` small events to `base`, `every` apart, four in flight at
+/// most; records each answer's status (0 for no answer).
+async fn load(base: String, tunnel: &str, count: usize, every: Duration, answers: Answers) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(4));
+    let mut tasks = Vec::new();
+    for i in 0..count {
+        let permit = slots.clone().acquire_owned().await.unwrap();
+        let url = format!("{base}/t/{tunnel}/ev/{i}");
+        let answers = answers.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            let req = http::Request::post(url)
+                .body(http_body_util::Full::new(Bytes::from(format!("event {i}"))))
+                .unwrap();
+            let status =
+                match tokio::time::timeout(Duration::from_secs(40), client().request(req)).await {
+                    Ok(Ok(resp)) => resp.status().as_u16(),
+                    _ => 0,
+                };
+            answers.lock().unwrap().push((format!("/ev/{i}"), status));
+        }));
+        tokio::time::sleep(every).await;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// Every event a sender got 200 or 202 for reached the app (within
+/// `within`); returns (acknowledged, refused) counts.
+async fn check_nothing_acknowledged_lost(
+    app: &App,
+    answers: &Answers,
+    within: Duration,
+) -> (usize, usize) {
+    let answers = answers.lock().unwrap().clone();
+    let acked: Vec<&String> = answers
+        .iter()
+        .filter(|(_, s)| *s == 200 || *s == 202)
+        .map(|(p, _)| p)
+        .collect();
+    let started = std::time::Instant::now();
+    loop {
+        let seen: std::collections::HashSet<String> =
+            app.seen().into_iter().map(|s| s.uri).collect();
+        let missing: Vec<_> = acked.iter().filter(|p| !seen.contains(**p)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < within,
+            "{} acknowledged events never reached the app, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (acked.len(), answers.len() - acked.len())
+}
+
+fn relay_process(dir: &std::path::Path, nats: &[String]) -> common::process::Spawn {
+    common::process::Spawn::relay(dir)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--token",
+            TOKEN,
+            "--cluster",
+            &nats.join(","),
+            "--cluster-holder-ttl",
+            "3s",
+            "--hold-max-total-bytes",
+            "256MiB",
+        ])
+        .env("WHTUNNEL_CLUSTER_SECRET", SECRET)
+}
+
+/// A relay process killed with SIGKILL under a steady load: its agent moves
+/// to the next relay of its `--relay` list, events sent meanwhile through
+/// another relay are held or delivered, and every event a sender got 2xx
+/// for reaches the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn relay_killed_agent_moves_nothing_acknowledged_lost() {
+    let (_dir, node) = one_nats().await;
+    let urls = vec![node.url()];
+    let dirs = tempfile::tempdir().unwrap();
+    let (da, db) = (dirs.path().join("a"), dirs.path().join("b"));
+    let relay_a = relay_process(&da, &urls).start().await;
+    let relay_b = relay_process(&db, &urls).start().await;
+    let c = start_relay(clustered(&urls)).await;
+    let app = App::start().await;
+    let mut opts = AgentOptions::new("moving", &app);
+    opts.agent_id = Some("moving-agent".into());
+    let agent = start_agent_on(&[&relay_a.public_url, &relay_b.public_url], opts).await;
+    assert!(
+        agent.public_url.starts_with(&relay_a.public_url),
+        "{}",
+        agent.public_url
+    );
+
+    let answers: Answers = Default::default();
+    let sending = tokio::spawn(load(
+        c.base.clone(),
+        "moving",
+        150,
+        Duration::from_millis(20),
+        answers.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    relay_a.signal(common::process::Signal::Kill);
+    let killed_at = std::time::Instant::now();
+    // The agent is on B within a few seconds (its first retry within 0.25 s,
+    // A refuses, B at once).
+    let mut st = agent.status.clone();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let whtunnel::agent::ConnectionStatus::Connected { public_url, .. } =
+                &*st.borrow_and_update()
+            {
+                if public_url.starts_with(&relay_b.public_url) {
+                    return;
+                }
+            }
+            st.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the agent moved to relay B");
+    let moved_in = killed_at.elapsed();
+    sending.await.unwrap();
+    let held = answers
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, s)| *s == 202)
+        .count();
+    let (acked, refused) =
+        check_nothing_acknowledged_lost(&app, &answers, Duration::from_secs(30)).await;
+    eprintln!(
+        "relay kill: agent on B after {moved_in:?}; {acked} events acknowledged ({held} of them held), {refused} refused (sender retries), app saw {}",
+        app.seen().len()
+    );
+    assert!(acked >= 120, "most events are acknowledged: {acked} of 150");
+    drop(relay_b);
+}
+
+/// One NATS node of three killed under load: held events stay (replicated),
+/// delivery continues, nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_node_killed_nothing_acknowledged_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = nats::cluster3(dir.path()).await;
+    let urls = nats::urls(&nodes);
+    // JetStream needs a meta leader before streams can be made.
+    let mut config = None;
+    for _ in 0..100 {
+        match whtunnel::relay::Relay::bind(clustered(&urls)).await {
+            Ok(_) => {
+                config = Some(());
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    config.expect("the NATS cluster came up");
+    let a = start_relay(clustered(&urls)).await;
+    let b = start_relay(clustered(&urls)).await;
+    let app = App::start().await;
+    let mut opts = AgentOptions::new("steady", &app);
+    opts.agent_id = Some("steady-agent".into());
+    let agent = start_agent(&b.base, opts).await;
+    // Some events held first (agent away), the rest live through A -> B.
+    agent.stop.cancel();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let answers: Answers = Default::default();
+    load(
+        a.base.clone(),
+        "steady",
+        30,
+        Duration::from_millis(10),
+        answers.clone(),
+    )
+    .await;
+    assert!(answers.lock().unwrap().iter().all(|(_, s)| *s == 202));
+    nodes[0].kill().await;
+    let mut opts = AgentOptions::new("steady", &app);
+    opts.agent_id = Some("steady-agent".into());
+    let _agent = start_agent(&b.base, opts).await;
+    load(
+        a.base.clone(),
+        "steady",
+        60,
+        Duration::from_millis(20),
+        answers.clone(),
+    )
+    .await;
+    let (acked, refused) =
+        check_nothing_acknowledged_lost(&app, &answers, Duration::from_secs(30)).await;
+    eprintln!("NATS node kill: {acked} acknowledged, {refused} refused");
+    assert!(acked >= 80, "{acked} of 90");
+}

@@ -108,9 +108,10 @@ pub(crate) struct ListenArgs {
     /// The project config file [default: WHTUNNEL_CONFIG, else the nearest whtunnel.toml].
     #[arg(long)]
     pub(crate) config: Option<PathBuf>,
-    /// Relay base URL, http(s):// or ws(s)://. Without it an embedded relay runs in this process.
+    /// Relay base URL, http(s):// or ws(s)://; repeat it for the relays of a cluster, tried in turn.
+    /// Without it an embedded relay runs in this process.
     #[arg(long, env = "WHTUNNEL_RELAY")]
-    pub(crate) relay: Option<String>,
+    pub(crate) relay: Vec<String>,
     /// Token the relay expects.
     #[arg(long, env = "WHTUNNEL_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,

@@ -50,7 +50,7 @@ pub fn main() -> ExitCode {
     // a cross-thread wake-up at every hop of every exchange (measured in
     // docs/benchmarks.md: CPU per request halved, p50 latency -45 % at c=1).
     // TOKIO_WORKER_THREADS still overrides.
-    if matches!(&cli.command, Command::Listen(a) if a.relay.is_some())
+    if matches!(&cli.command, Command::Listen(a) if !a.relay.is_empty())
         && std::env::var_os("TOKIO_WORKER_THREADS").is_none()
     {
         builder.worker_threads(1);
@@ -262,7 +262,9 @@ async fn listen(mut args: ListenArgs) -> Result<()> {
         ),
     };
     let target: Target = target.parse()?;
-    args.relay = layered(args.relay.take(), None, file.listen.relay.clone()).map(|(r, _)| r);
+    if args.relay.is_empty() {
+        args.relay.extend(file.listen.relay.clone());
+    }
     args.name = layered(args.name.take(), None, file.listen.name.clone()).map(|(n, _)| n);
     let routes = file
         .routes
@@ -292,7 +294,7 @@ async fn listen(mut args: ListenArgs) -> Result<()> {
     let mut config = ListenConfig::new(target.clone(), name, dir.clone());
     config.routes = routes;
     config.webhooks = file.webhook_rules();
-    if let Some(url) = &args.relay {
+    if let Some((url, more)) = args.relay.split_first() {
         let token = args
             .token
             .clone()
@@ -305,6 +307,7 @@ async fn listen(mut args: ListenArgs) -> Result<()> {
             token,
             tls: tls::client_config(args.ca_cert.as_deref())?,
         };
+        config.more_relays = more.iter().map(|u| u.parse()).collect::<Result<_, _>>()?;
     } else {
         config.relay = RelayChoice::Embedded {
             listen: args.listen,
