@@ -520,20 +520,26 @@ async fn nats_node_killed_nothing_acknowledged_lost() {
     )
     .await;
     assert!(answers.lock().unwrap().iter().all(|(_, s)| *s == 202));
-    nodes[0].kill().await;
+    // The agent returns and drains while live traffic flows through A,
+    // and a NATS node dies in the middle of it.
     let mut opts = AgentOptions::new("steady", &app);
     opts.agent_id = Some("steady-agent".into());
     let _agent = start_agent(&b.base, opts).await;
-    load(
+    let live = tokio::spawn(load(
         a.base.clone(),
         "steady",
         60,
         Duration::from_millis(20),
         answers.clone(),
-    )
-    .await;
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nodes[0].kill().await;
+    live.await.unwrap();
     let (acked, refused) =
         check_nothing_acknowledged_lost(&app, &answers, Duration::from_secs(30)).await;
-    eprintln!("NATS node kill: {acked} acknowledged, {refused} refused");
-    assert!(acked >= 80, "{acked} of 90");
+    eprintln!(
+        "NATS node kill: {acked} acknowledged, {refused} refused, app saw {}",
+        app.seen().len()
+    );
+    assert!(acked >= 60, "{acked} of 90");
 }

@@ -262,22 +262,28 @@ impl HeldStream {
             inactive_threshold: Duration::from_secs(3600),
             ..Default::default()
         };
-        let consumer: consumer::PullConsumer = match self
-            .stream
-            .get_or_create_consumer(&format!("held-{name}"), consumer_config)
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(tunnel = %name, "cannot read held events from the cluster: {e}");
-                return;
-            }
-        };
-        let mut messages = match consumer.messages().await {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(tunnel = %name, "cannot read held events from the cluster: {e}");
-                return;
+        // JetStream may be electing a leader (a node just died): keep
+        // asking until this session ends.
+        let mut wait = Duration::from_millis(100);
+        let mut messages = loop {
+            let opened = async {
+                let consumer: consumer::PullConsumer = self
+                    .stream
+                    .get_or_create_consumer(&format!("held-{name}"), consumer_config.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                consumer.messages().await.map_err(|e| e.to_string())
+            };
+            match opened.await {
+                Ok(m) => break m,
+                Err(e) => {
+                    tracing::warn!(tunnel = %name, "cannot read held events from the cluster yet: {e}");
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = closed.cancelled() => return,
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
             }
         };
         let slots = Arc::new(Semaphore::new(concurrency.max(1)));
