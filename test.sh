@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs whtunnel's whole test suite on a fresh machine: installs what the
 # tests need that cargo does not (tmux for the real-terminal inspector test;
-# systemd-analyze for the deploy unit; Pebble for the ACME test; hadolint in
-# the oracle venv; the official webhook libraries the signature tests check against, in a
+# systemd-analyze for the deploy unit; Pebble for the ACME test; nats-server
+# for the relay-cluster tests; hadolint in the oracle venv; the official
+# webhook libraries the signature tests check against, in a
 # venv and an npm tree under target/oracles), then `cargo test --locked`.
 # Extra arguments go to cargo test (e.g. ./test.sh --test held).
 set -euo pipefail
@@ -21,6 +22,8 @@ need=()
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
 # The ACME test runs a real Pebble CA (and its mock DNS, pebble-challtestsrv).
 command -v pebble >/dev/null 2>&1 || need+=(pebble)
+# The cluster tests start their own NATS JetStream servers (tests/common/nats.rs).
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 # tests/deploy.rs: systemd-analyze verify on deploy/whtunnel-relay.service.

@@ -9,9 +9,12 @@
 #   --quick              fewer scenarios, 2 s per load run, 1,000 idle agents only
 #   --duration S         seconds per load run (default 5; quick 2)
 #   --runs N             interleaved runs per system and scenario (default 3)
-#   --only LIST          comma list of phases: load,memory,idle,reconnect and
-#                        instructions (callgrind instructions per request per
-#                        component; slow, so only when asked for)
+#   --only LIST          comma list of phases: load,memory,idle,reconnect, and
+#                        two not in the default run: instructions (callgrind
+#                        instructions per request per component; slow) and
+#                        cluster (needs nats-server): the cross-relay hop,
+#                        agent on relay B, wrk through relay A (whtunnel-hop)
+#                        vs through B (whtunnel-b)
 #   --scenarios LIST     comma list of load scenarios to run (names as in the
 #                        tables, e.g. 1k-c32-keepalive,1k-c1-keepalive)
 #   --no-peers           skip bore / rathole / localtunnel
@@ -528,6 +531,38 @@ phase_instructions() {
   json_set .instructions "$(jq -s . "$OUT/instructions.jsonl")"
 }
 
+phase_cluster() {
+  local nats; nats=$(command -v nats-server || echo /usr/sbin/nats-server)
+  [[ -x "$nats" ]] || { echo "the cluster phase needs nats-server (apt-get install nats-server)" >&2; exit 1; }
+  log "== cluster: the cross-relay hop (agent on B; A->B vs B direct), $RUNS runs × ${DURATION}s"
+  local np; np=$(port)
+  mkdir -p "$WORK/nats"
+  start nats "$nats" -js -a 127.0.0.1 -p "$np" -sd "$WORK/nats"
+  local nats_pid=$LAST_PID w
+  for w in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$np") 2>/dev/null && break; sleep 0.1; done
+  local cl=(--cluster "nats://127.0.0.1:$np" --hold-max-total-bytes 256MiB)
+  WT_ENV+=(WHTUNNEL_CLUSTER_SECRET="bench-secret-$TOKEN")
+  start_relay ca 127.0.0.1:0 "${cl[@]}"
+  local a_addr=$RELAY_ADDR a_pid=$RELAY_PID
+  start_relay cb 127.0.0.1:0 "${cl[@]}"
+  local b_addr=$RELAY_ADDR b_pid=$RELAY_PID
+  start_agent cl bench-cl "$b_addr" --no-capture || { echo "agent did not connect" >&2; exit 1; }
+  local apid=$AGENT_PID
+  declare -gA SYSPIDS
+  SYSPIDS[whtunnel-hop]="$a_pid $b_pid $apid"
+  SYSPIDS[whtunnel-b]="$b_pid $apid"
+  local sc run
+  for sc in "1k-c1-keepalive 1024 1 0" "1k-c32-keepalive 1024 32 0" "256k-c32-keepalive 262144 32 0"; do
+    read -r name body conc close <<<"$sc"
+    for run in $(seq "$RUNS"); do
+      run_wrk "$name" whtunnel-b "$run" "http://$b_addr/t/bench-cl" "$body" "$conc" "$close"
+      run_wrk "$name" whtunnel-hop "$run" "http://$a_addr/t/bench-cl" "$body" "$conc" "$close"
+    done
+  done
+  stop_pid "$apid"; stop_pid "$a_pid"; stop_pid "$b_pid"; stop_pid "$nats_pid"
+  PIDS=("$TARGET_PID")
+}
+
 # ---------------------------------------------------------------- main
 start_target
 phase load && phase_load
@@ -535,6 +570,7 @@ phase memory && phase_memory
 phase idle && phase_idle
 phase reconnect && phase_reconnect
 phase instructions && phase_instructions
+phase cluster && phase_cluster
 
 python3 "$LIB" summarize "$RESULTS" "$EXTRA" > "$OUT/summary.md"
 { echo; echo '```'; cat "$OUT/machine.txt"; echo '```'; } >> "$OUT/summary.md"

@@ -96,6 +96,7 @@ async fn main() {
     for i in 0..args.count {
         let config = AgentConfig {
             relay: relay.clone(),
+            more_relays: Vec::new(),
             token: args.token.clone(),
             name: format!("{}-{i}", args.prefix),
             takeover: false,

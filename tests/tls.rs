@@ -96,6 +96,7 @@ async fn an_untrusted_relay_certificate_is_not_accepted() {
         relay: format!("https://localhost:{}", relay.addr.port())
             .parse()
             .unwrap(),
+        more_relays: Vec::new(),
         token: TOKEN.into(),
         name: "untrusted".into(),
         takeover: false,

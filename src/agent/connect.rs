@@ -106,6 +106,10 @@ impl RelayUrl {
 pub struct AgentConfig {
     /// The relay.
     pub relay: RelayUrl,
+    /// More relays of the same cluster: when one cannot be reached, the
+    /// next is tried at once, in turn (each host name with all its
+    /// addresses, as the system resolver returns them).
+    pub more_relays: Vec<RelayUrl>,
     /// The token presented to the relay.
     pub token: String,
     /// The tunnel name to hold.
@@ -153,7 +157,11 @@ pub struct Link {
 
 /// Opens one link to the relay.
 pub async fn connect(config: &AgentConfig) -> Result<Link, ConnectError> {
-    let relay = &config.relay;
+    connect_to(config, &config.relay).await
+}
+
+/// Opens one link to `relay` (one of the config's relays).
+pub async fn connect_to(config: &AgentConfig, relay: &RelayUrl) -> Result<Link, ConnectError> {
     let net = |what: &str, e: &dyn std::fmt::Display| {
         ConnectError::Network(format!("{what} {}:{}: {e}", relay.host, relay.port))
     };

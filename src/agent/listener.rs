@@ -106,6 +106,9 @@ pub struct ListenConfig {
     pub target: Target,
     /// The relay to hold the tunnel on.
     pub relay: RelayChoice,
+    /// More relays of the same cluster, tried in turn after a remote
+    /// `relay` when it cannot be reached (ignored with the embedded relay).
+    pub more_relays: Vec<RelayUrl>,
     /// The tunnel name.
     pub name: String,
     /// The agent's id, kept in its data dir: lets it replace its own stale
@@ -148,6 +151,7 @@ impl ListenConfig {
             relay: RelayChoice::Embedded {
                 listen: EMBEDDED_RELAY_ADDR,
             },
+            more_relays: Vec::new(),
             name: name.into(),
             agent_id: None,
             takeover: false,
@@ -231,6 +235,7 @@ impl Listener {
         if let Some(r) = recorder.as_ref().filter(|_| !config.webhooks.is_empty()) {
             r.set_webhook_rules(config.webhooks.clone());
         }
+        let mut more_relays = config.more_relays;
         let (embedded, relay_url, token, tls) = match config.relay {
             RelayChoice::Remote { url, token, tls } => (None, url, token, tls),
             RelayChoice::Embedded { listen } => {
@@ -253,8 +258,12 @@ impl Listener {
             recorder,
             body_limits,
         });
+        if embedded.is_some() {
+            more_relays.clear();
+        }
         let agent = AgentConfig {
             relay: relay_url,
+            more_relays,
             token,
             name: config.name,
             takeover: config.takeover,

@@ -95,13 +95,23 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     let mut backoff = Backoff::new();
     status.send_replace(ConnectionStatus::Connecting);
+    let relays: Vec<RelayUrl> = std::iter::once(config.relay.clone())
+        .chain(config.more_relays.iter().cloned())
+        .collect();
+    // The relay to try next, and how many failed in a row since the last
+    // wait: with several relays, one that cannot be reached is followed by
+    // the next at once; the back-off applies once all of them failed.
+    let mut next = 0usize;
+    let mut failed_in_turn = 0usize;
     loop {
+        let relay = &relays[next % relays.len()];
         let attempt = tokio::select! {
-            r = connect::connect(&config) => r,
+            r = connect::connect_to(&config, relay) => r,
             () = shutdown.cancelled() => return Ok(()),
         };
         let last_error = match attempt {
             Ok(link) => {
+                failed_in_turn = 0;
                 let since = Instant::now();
                 let ready = ConnectionStatus::Connected {
                     public_url: link.public_url.clone(),
@@ -130,7 +140,15 @@ pub async fn run(
                 });
                 return Err(AgentError::Refused(reason));
             }
-            Err(e) => e.to_string(),
+            Err(e) => {
+                next += 1;
+                failed_in_turn += 1;
+                if failed_in_turn < relays.len() {
+                    continue;
+                }
+                failed_in_turn = 0;
+                e.to_string()
+            }
         };
         let delay = backoff.next_delay();
         status.send_replace(ConnectionStatus::Reconnecting {

@@ -111,9 +111,10 @@ pub(crate) struct ListenArgs {
     /// The project config file [default: WHTUNNEL_CONFIG, else the nearest whtunnel.toml].
     #[arg(long)]
     pub(crate) config: Option<PathBuf>,
-    /// Relay base URL, http(s):// or ws(s)://. Without it an embedded relay runs in this process.
+    /// Relay base URL, http(s):// or ws(s)://; repeat it for the relays of a cluster, tried in turn.
+    /// Without it an embedded relay runs in this process.
     #[arg(long, env = "WHTUNNEL_RELAY")]
-    pub(crate) relay: Option<String>,
+    pub(crate) relay: Vec<String>,
     /// Token the relay expects (prefer --token-file or WHTUNNEL_TOKEN: argv is visible in ps).
     #[arg(long, env = "WHTUNNEL_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
@@ -248,6 +249,8 @@ pub(crate) struct RelayArgs {
     pub(crate) limits: LimitArgs,
     #[command(flatten)]
     pub(crate) ops: RelayOpsArgs,
+    #[command(flatten)]
+    pub(crate) cluster: ClusterArgs,
 }
 
 /// Running `whtunnel relay` as a service: admin endpoint, config file, log format.
@@ -280,6 +283,24 @@ impl std::fmt::Display for LogFormat {
             LogFormat::Json => "json",
         })
     }
+}
+
+
+/// Joining several relays into one (`docs/cluster.md`).
+#[derive(Args, Debug)]
+pub(crate) struct ClusterArgs {
+    /// Join a cluster of relays through NATS JetStream: nats://HOST:PORT[,...] (servers of one NATS cluster).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) cluster: Vec<String>,
+    /// File holding the secret every relay of the cluster shares (at least 16 characters) [or WHTUNNEL_CLUSTER_SECRET].
+    #[arg(long, requires = "cluster")]
+    pub(crate) cluster_secret_file: Option<PathBuf>,
+    /// Base URL the other relays reach this one at, http://HOST:PORT [default: the --listen address].
+    #[arg(long, requires = "cluster")]
+    pub(crate) cluster_advertise: Option<String>,
+    /// How long a dead relay's tunnels stay claimed before other relays may take them (e.g. 15s).
+    #[arg(long, requires = "cluster", default_value_t = HumanDuration(crate::cluster::DEFAULT_HOLDER_TTL))]
+    pub(crate) cluster_holder_ttl: HumanDuration,
 }
 
 /// Abuse limits of `whtunnel relay` (see `relay::limits`); 0 disables a limit.

@@ -65,7 +65,7 @@ pub fn main() -> ExitCode {
     // a cross-thread wake-up at every hop of every exchange (measured in
     // docs/benchmarks.md: CPU per request halved, p50 latency -45 % at c=1).
     // TOKIO_WORKER_THREADS still overrides.
-    if matches!(&cli.command, Command::Listen(a) if a.relay.is_some())
+    if matches!(&cli.command, Command::Listen(a) if !a.relay.is_empty())
         && std::env::var_os("TOKIO_WORKER_THREADS").is_none()
     {
         builder.worker_threads(1);
@@ -295,6 +295,7 @@ async fn serve_relay(args: RelayArgs, format: args::LogFormat) -> Result<()> {
         acme.check_every = args.acme_check_every.0;
         config.acme = Some(crate::relay::acme::CertManager::new(acme)?);
     }
+    config.cluster = cluster_config(&args.cluster)?;
     let relay = Relay::bind(config)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -349,6 +350,32 @@ async fn serve_relay(args: RelayArgs, format: args::LogFormat) -> Result<()> {
     Ok(())
 }
 
+/// The `--cluster*` flags as a [`crate::cluster::ClusterConfig`]; `None`
+/// without `--cluster`.
+fn cluster_config(args: &args::ClusterArgs) -> Result<Option<crate::cluster::ClusterConfig>> {
+    if args.cluster.is_empty() {
+        return Ok(None);
+    }
+    for url in &args.cluster {
+        if !url.starts_with("nats://") {
+            bail!("--cluster: '{url}' is not a nats://HOST:PORT URL");
+        }
+    }
+    let secret = match &args.cluster_secret_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the cluster secret file {}", path.display()))?
+            .trim()
+            .to_string(),
+        None => std::env::var("WHTUNNEL_CLUSTER_SECRET").map_err(|_| {
+            anyhow!("--cluster needs the cluster's shared secret: pass --cluster-secret-file FILE or set WHTUNNEL_CLUSTER_SECRET")
+        })?,
+    };
+    let mut config = crate::cluster::ClusterConfig::new(args.cluster.clone(), secret);
+    config.advertise = args.cluster_advertise.clone();
+    config.holder_ttl = args.cluster_holder_ttl.0;
+    Ok(Some(config))
+}
+
 async fn listen(mut args: ListenArgs) -> Result<()> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let file = crate::config::Config::from_cli(args.config.as_deref(), &cwd)?;
@@ -362,7 +389,9 @@ async fn listen(mut args: ListenArgs) -> Result<()> {
         ),
     };
     let target: Target = target.parse()?;
-    args.relay = layered(args.relay.take(), None, file.listen.relay.clone()).map(|(r, _)| r);
+    if args.relay.is_empty() {
+        args.relay.extend(file.listen.relay.clone());
+    }
     args.name = layered(args.name.take(), None, file.listen.name.clone()).map(|(n, _)| n);
     let routes = file
         .routes
@@ -392,7 +421,7 @@ async fn listen(mut args: ListenArgs) -> Result<()> {
     let mut config = ListenConfig::new(target.clone(), name, dir.clone());
     config.routes = routes;
     config.webhooks = file.webhook_rules();
-    if let Some(url) = &args.relay {
+    if let Some((url, more)) = args.relay.split_first() {
         let token = users::token_from(args.token.clone(), args.token_file.as_deref())?.ok_or_else(
             || anyhow!("the relay needs a token: pass --token-file FILE or set WHTUNNEL_TOKEN"),
         )?;
@@ -406,6 +435,7 @@ async fn listen(mut args: ListenArgs) -> Result<()> {
             token,
             tls: tls::client_config(args.ca_cert.as_deref())?,
         };
+        config.more_relays = more.iter().map(|u| u.parse()).collect::<Result<_, _>>()?;
     } else {
         config.relay = RelayChoice::Embedded {
             listen: args.listen,

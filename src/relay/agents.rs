@@ -219,6 +219,32 @@ pub(crate) async fn upgrade(
             _ => {}
         }
     }
+    // The registry seam: in a cluster, the name must also be free (or ours
+    // to take) in the holders bucket, decided there by compare-and-set so
+    // two relays never both grant it. The owner check of users plugs in
+    // the same way, in the same compare-and-set (see
+    // `cluster::registry`).
+    let claim = match &shared.cluster {
+        None => None,
+        Some(cluster) => match cluster.claim(&name, agent_id.clone(), takeover).await {
+            Ok(claim) => Some(claim),
+            Err(crate::cluster::ClaimError::Held(_)) => {
+                return text(
+                    StatusCode::CONFLICT,
+                    &format!(
+                        "tunnel name '{name}' is held by another agent on another relay of this cluster; stop that agent or pass --takeover"
+                    ),
+                )
+            }
+            Err(e) => {
+                tracing::warn!(tunnel = %name, "cannot claim the tunnel: {e}");
+                return super::retry_later(
+                    "whtunnel: the relay cannot reach its cluster store; retry later",
+                    5,
+                );
+            }
+        },
+    };
     tracing::info!(
         tunnel = %name,
         %user,
@@ -242,9 +268,14 @@ pub(crate) async fn upgrade(
             .as_bytes(),
     );
 
-    let state = shared.held.as_ref().and_then(|h| h.state(&name));
-    let held = state.map_or(0, |s| s.pending);
-    let dead = state.map_or(0, |s| s.dead);
+    let (held, dead) = match &shared.cluster {
+        // A cluster keeps no dead letters (docs/cluster.md).
+        Some(cluster) => (cluster.held().pending(&name).await, 0),
+        None => {
+            let state = shared.held.as_ref().and_then(|h| h.state(&name));
+            (state.map_or(0, |s| s.pending), state.map_or(0, |s| s.dead))
+        }
+    };
 
     let owner = token_sha256(presented);
     let session = SessionAsk {
@@ -257,6 +288,7 @@ pub(crate) async fn upgrade(
         identity,
         remote: remote.ip(),
         took_over: asked_takeover,
+        claim,
     };
     if let Some(acme) = &shared.config.acme {
         // A known tunnel: its host name may now have a certificate.
@@ -295,6 +327,15 @@ struct SessionAsk {
     remote: IpAddr,
     /// `--takeover` was asked for (not a reconnect of the same agent).
     took_over: bool,
+    /// The name's entry in the cluster's holders bucket, when clustered.
+    claim: Option<crate::cluster::Claim>,
+}
+
+/// Gives a claim back when its session never started.
+async fn release_claim(shared: &Shared, claim: Option<crate::cluster::Claim>) {
+    if let (Some(cluster), Some(claim)) = (&shared.cluster, claim) {
+        cluster.release(&claim).await;
+    }
 }
 
 async fn run_session(shared: Arc<Shared>, req: Request<Incoming>, ask: SessionAsk) {
@@ -308,11 +349,13 @@ async fn run_session(shared: Arc<Shared>, req: Request<Incoming>, ask: SessionAs
         identity,
         remote,
         took_over,
+        claim,
     } = ask;
     let upgraded = match hyper::upgrade::on(req).await {
         Ok(u) => u,
         Err(e) => {
             tracing::debug!("agent upgrade failed: {e}");
+            release_claim(&shared, claim).await;
             return;
         }
     };
@@ -327,6 +370,7 @@ async fn run_session(shared: Arc<Shared>, req: Request<Incoming>, ask: SessionAs
         Ok(pair) => pair,
         Err(e) => {
             tracing::debug!("HTTP/2 handshake with agent failed: {e}");
+            release_claim(&shared, claim).await;
             return;
         }
     };
@@ -341,6 +385,7 @@ async fn run_session(shared: Arc<Shared>, req: Request<Incoming>, ask: SessionAs
         if let Some(old) = tunnels.get(&name) {
             if !takeover || old.identity.user != identity.user {
                 // Lost a race with another agent claiming the same name.
+                // (Its claim replaced ours in the bucket: nothing to give back.)
                 return;
             }
             if took_over {
@@ -364,6 +409,24 @@ async fn run_session(shared: Arc<Shared>, req: Request<Incoming>, ask: SessionAs
     }
     if let Some(held) = &shared.held {
         held.set_strict(&name, drain.1);
+    }
+    if let (Some(cluster), Some(claim)) = (shared.cluster.clone(), claim) {
+        // Refreshed while connected; a takeover elsewhere closes this link.
+        let session = closed.clone();
+        let keeper = cluster.clone();
+        tokio::spawn(async move { keeper.keep(claim, session).await });
+        // The held-events seam: this session drains the tunnel's events
+        // from JetStream, whichever relay held them.
+        cluster.held().remember(&name, policy).await;
+        let task = cluster.held().clone().deliver(
+            name.clone(),
+            ready_sender.clone(),
+            closed.clone(),
+            drain.0,
+            shared.config.hold_delivery,
+            shared.config.response_timeout,
+        );
+        tokio::spawn(task);
     }
     tracing::info!(tunnel = %name, "agent connected");
     tokio::spawn(send_ready(ready_sender));
@@ -399,6 +462,9 @@ async fn run_session(shared: Arc<Shared>, req: Request<Incoming>, ask: SessionAs
         if tunnels.get(&name).is_some_and(|s| s.id == id) {
             tunnels.remove(&name);
         }
+    }
+    if let Some(cluster) = &shared.cluster {
+        cluster.held().remember(&name, policy).await;
     }
     if let Some(held) = shared.held.clone() {
         // "Last seen" is now: the name is remembered for the age cap from here.

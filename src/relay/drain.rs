@@ -399,7 +399,7 @@ async fn attempt(
     (ev, outcome)
 }
 
-fn held_request(
+pub(crate) fn held_request(
     ev: &HeldEvent,
     timeout: Duration,
     left: u64,

@@ -116,6 +116,9 @@ pub struct RelayConfig {
     /// Certificates from an ACME CA; when set and `tls` is not, the relay
     /// serves HTTPS with them and runs their renewal (see [`acme`]).
     pub acme: Option<Arc<acme::CertManager>>,
+    /// Join a cluster of relays through NATS JetStream; `None`: this relay
+    /// alone, no NATS needed.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// A [`NameOwners`] implementation to use instead of the relay's own.
@@ -151,6 +154,7 @@ impl RelayConfig {
             owners: None,
             domain: None,
             acme: None,
+            cluster: None,
         }
     }
 }
@@ -191,6 +195,9 @@ pub(crate) struct Shared {
     owners: Arc<dyn NameOwners>,
     /// Counters for `/metrics`, and whether the relay is draining.
     metrics: metrics::Metrics,
+    /// The cluster this relay is part of, if any: the registry seam (who
+    /// holds a tunnel beyond this relay's own `tunnels`) and the hop.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Shared {
@@ -239,7 +246,10 @@ impl Relay {
         if let (None, Some(acme)) = (&config.tls, &config.acme) {
             config.tls = Some(acme.server_config().map_err(std::io::Error::other)?);
         }
+        // In a cluster, events are held in JetStream instead (the
+        // held-events seam): no relay keeps any of its own.
         let held = match &config.data_dir {
+            Some(_) if config.cluster.is_some() => None,
             Some(dir) => Some(Arc::new(
                 HeldStore::open(dir, config.hold_caps).map_err(std::io::Error::other)?,
             )),
@@ -258,6 +268,14 @@ impl Relay {
         };
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
+        let cluster = match &config.cluster {
+            Some(c) => Some(Arc::new(
+                crate::cluster::Cluster::join(c, local_addr, config.hold_caps)
+                    .await
+                    .map_err(std::io::Error::other)?,
+            )),
+            None => None,
+        };
         let scheme = if config.tls.is_some() {
             "https"
         } else {
@@ -277,6 +295,7 @@ impl Relay {
                 held,
                 hold_budget: budget::HoldBudget::new(HOLD_BUDGET_KIB, HOLD_BUDGET_IP_SHARE_KIB),
                 metrics: metrics::Metrics::new(),
+                cluster,
             }),
         })
     }

@@ -54,11 +54,6 @@ pub(crate) async fn forward(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let received_at = SystemTime::now();
-    // Past its miss limit, an IP gets 429 for hits as well as misses: a
-    // prober learns nothing from which names answer.
-    if let Some(slow_down) = shared.limiter.over_miss_limit(remote.ip()) {
-        return slow_down;
-    }
     let path_and_query = req
         .uri()
         .path_and_query()
@@ -82,9 +77,6 @@ pub(crate) async fn forward_host(
     name: String,
 ) -> Response<Body> {
     let received_at = SystemTime::now();
-    if let Some(slow_down) = shared.limiter.over_miss_limit(remote.ip()) {
-        return slow_down;
-    }
     let app_path = req
         .uri()
         .path_and_query()
@@ -95,17 +87,49 @@ pub(crate) async fn forward_host(
 async fn forward_to(
     shared: Arc<Shared>,
     remote: SocketAddr,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     received_at: SystemTime,
     name: String,
     app_path: String,
 ) -> Response<Body> {
+    // A hop from another relay of the cluster carries the original sender;
+    // the hop headers are stripped whoever sent them.
+    let mut remote = remote;
+    let mut from_peer = false;
+    if let Some(cluster) = &shared.cluster {
+        if let Some(from) = cluster.hop().accept(req.headers_mut()) {
+            remote = from;
+            from_peer = true;
+        }
+    }
+    // Past its miss limit, an IP gets 429 for hits as well as misses: a
+    // prober learns nothing from which names answer.
+    if let Some(slow_down) = shared.limiter.over_miss_limit(remote.ip()) {
+        return slow_down;
+    }
     let max_body = shared.config.max_body;
     let declared = content_length(req.headers());
     if declared.is_some_and(|len| len > max_body) {
         return too_large(max_body);
     }
     let sender = shared.sender_for(&name);
+    // The registry seam: no agent here, so ask the cluster who holds it.
+    // A hop is never sent on again: if its agent left meanwhile, this relay
+    // answers as the only one would.
+    if sender.is_none() {
+        if let Some(cluster) = shared.cluster.clone() {
+            if !from_peer {
+                if let Some(holder) = cluster.holder(&name).await {
+                    return via_peer(&shared, &cluster, &holder, &name, remote, req, declared)
+                        .await;
+                }
+            }
+            // No agent anywhere: held in JetStream, as one relay would.
+            let (parts, body) = req.into_parts();
+            let p = prepare(&shared, remote, received_at, app_path, parts);
+            return cluster_hold(&shared, &cluster, name, remote, p, body, declared).await;
+        }
+    }
     let known = sender.is_some()
         || shared
             .held
@@ -138,6 +162,209 @@ async fn forward_to(
             60,
         ),
         _ => shared.limiter.unknown_tunnel(remote.ip()),
+    }
+}
+
+/// Carries a request to the relay that holds its tunnel and returns that
+/// relay's answer (see [`crate::cluster::hop`]).
+async fn via_peer(
+    shared: &Arc<Shared>,
+    cluster: &crate::cluster::Cluster,
+    holder: &crate::cluster::Holder,
+    name: &str,
+    remote: SocketAddr,
+    req: Request<Incoming>,
+    declared: Option<u64>,
+) -> Response<Body> {
+    use crate::cluster::{HopBody, HopError};
+    let _inflight = match shared.limiter.check_tunnel(name, remote.ip()) {
+        Ok(slot) => slot,
+        Err(too_many) => return *too_many,
+    };
+    let timeout = shared.config.response_timeout;
+    let (parts, body) = req.into_parts();
+    // Small bodies (nearly every webhook) are read first, as for a live
+    // agent; larger ones stream through, the peer enforcing the limits.
+    let mut kept = None;
+    let body = if declared.is_some_and(|n| n <= BUFFER_FIRST) {
+        let (body, verdict) = shared.limiter.watch_body(body);
+        match tokio::time::timeout(timeout, body.collect()).await {
+            Ok(Ok(c)) => {
+                let bytes = c.to_bytes();
+                kept = Some(bytes.clone());
+                HopBody::Left(http_body_util::Full::new(bytes))
+            }
+            Ok(Err(_)) => return unreadable_body(shared, &verdict, false),
+            Err(_) => return unreadable_body(shared, &verdict, true),
+        }
+    } else {
+        HopBody::Right(body)
+    };
+    let held_parts = kept.is_some().then(|| {
+        (
+            parts.method.clone(),
+            parts.uri.clone(),
+            parts.headers.clone(),
+        )
+    });
+    // The peer answers 504 itself after `timeout`; its answer gets a moment
+    // more to come back.
+    let deadline = timeout + Duration::from_secs(5);
+    match cluster
+        .hop()
+        .send(&holder.addr, remote, parts, body, deadline)
+        .await
+    {
+        Ok(resp) => resp,
+        Err(e @ HopError::Unreachable { .. }) if kept.is_some() => {
+            // The holder died (its entry outlives it by up to the TTL) and
+            // nothing was sent: hold the event, as with no agent anywhere.
+            tracing::info!(tunnel = %name, "{e}; holding the event");
+            let (method, uri, headers) = held_parts.expect("kept with the body");
+            let app_path = uri
+                .path_and_query()
+                .and_then(|p| split_public_path(p.as_str()))
+                .map(|(_, rest)| rest)
+                .unwrap_or_else(|| "/".into());
+            let mut parts = Request::new(()).into_parts().0;
+            parts.method = method;
+            parts.uri = uri;
+            parts.headers = headers;
+            let p = prepare(shared, remote, SystemTime::now(), app_path, parts);
+            let body = kept.expect("checked");
+            store_in_cluster(shared, cluster, name.to_string(), p, body).await
+        }
+        Err(e @ (HopError::Unreachable { .. } | HopError::Broken { .. })) => {
+            tracing::info!(tunnel = %name, "{e}");
+            text(
+                StatusCode::BAD_GATEWAY,
+                "whtunnel: the relay holding this tunnel's agent cannot be reached; retry later",
+            )
+        }
+        Err(HopError::Timeout(_)) => text(
+            StatusCode::GATEWAY_TIMEOUT,
+            &format!(
+                "whtunnel: the app did not answer within {}s",
+                timeout.as_secs_f32()
+            ),
+        ),
+    }
+}
+
+/// Holds a request in the cluster's JetStream stream (no agent is
+/// connected anywhere), under the tunnel's offline policy.
+async fn cluster_hold(
+    shared: &Arc<Shared>,
+    cluster: &crate::cluster::Cluster,
+    name: String,
+    remote: SocketAddr,
+    p: Prepared,
+    body: Incoming,
+    declared: Option<u64>,
+) -> Response<Body> {
+    match cluster.held().policy(&name).await {
+        Ok(Some(OfflinePolicy::Hold)) => {}
+        Ok(Some(OfflinePolicy::Reject)) => {
+            return retry_later(
+                "whtunnel: the agent for this tunnel is offline; retry later",
+                30,
+            )
+        }
+        Ok(None) => return shared.limiter.unknown_tunnel(remote.ip()),
+        Err(e) => {
+            tracing::warn!(tunnel = %name, "cannot read the cluster's tunnel names: {e}");
+            return retry_later(
+                "whtunnel: the relay cannot reach its cluster store; retry later",
+                5,
+            );
+        }
+    }
+    let _inflight = match shared.limiter.check_tunnel(&name, remote.ip()) {
+        Ok(slot) => slot,
+        Err(too_many) => return *too_many,
+    };
+    let max_body = shared.config.max_body;
+    let (body, body_verdict) = shared.limiter.watch_body(body);
+    let mut draw = shared.hold_budget.draw(remote.ip());
+    let read = tokio::time::timeout(
+        shared.config.response_timeout,
+        read_drawing(body, max_body, &mut draw),
+    )
+    .await;
+    let body = match read {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(ReadError::TooLarge)) => return too_large(max_body),
+        Ok(Err(ReadError::Budget(_))) => {
+            return retry_later(
+                "whtunnel: the relay is busy storing other events; retry later",
+                5,
+            )
+        }
+        Ok(Err(ReadError::Body)) => return unreadable_body(shared, &body_verdict, false),
+        Err(_) => return unreadable_body(shared, &body_verdict, true),
+    };
+    let _ = declared;
+    let resp = store_in_cluster(shared, cluster, name, p, body).await;
+    drop(draw);
+    resp
+}
+
+/// Stores one complete event in the cluster, then answers 202.
+async fn store_in_cluster(
+    _shared: &Arc<Shared>,
+    cluster: &crate::cluster::Cluster,
+    name: String,
+    p: Prepared,
+    body: Bytes,
+) -> Response<Body> {
+    let event_id = p.meta.event_id.clone().unwrap_or_else(new_event_id);
+    let mut meta = p.meta;
+    meta.event_id = Some(event_id.clone());
+    let ev = NewEvent {
+        event_id: event_id.clone(),
+        tunnel: name.clone(),
+        method: p.method.to_string(),
+        path: p.app_path,
+        headers: p
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+            .collect(),
+        meta,
+        body,
+    };
+    // In a task of its own: a sender that hangs up does not cut a publish
+    // short.
+    let held = cluster.held().clone();
+    let stored = tokio::spawn(async move { held.hold(&ev).await }).await;
+    match stored {
+        Ok(Ok(())) => {
+            let mut resp = text(
+                StatusCode::ACCEPTED,
+                &format!(
+                    "whtunnel: event {event_id} is held: the agent for this tunnel is offline; it is delivered when the agent reconnects"
+                ),
+            );
+            if let Ok(v) = http::HeaderValue::from_str(&event_id) {
+                resp.headers_mut().insert(HDR_EVENT_ID, v);
+            }
+            resp
+        }
+        Ok(Err(crate::cluster::HoldError::Full)) => retry_later(
+            "whtunnel: this tunnel's held-event queue is full; retry later",
+            60,
+        ),
+        Ok(Err(e)) => {
+            tracing::warn!(tunnel = %name, "could not hold an event: {e}");
+            retry_later(
+                "whtunnel: the relay could not store this event; retry later",
+                30,
+            )
+        }
+        Err(_) => retry_later(
+            "whtunnel: the relay could not store this event; retry later",
+            30,
+        ),
     }
 }
 

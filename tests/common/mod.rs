@@ -2,6 +2,7 @@
 //! and a plain HTTP client. Everything binds 127.0.0.1 port 0.
 #![allow(dead_code)]
 
+pub mod nats;
 pub mod oracle;
 pub mod ports;
 pub mod process;
@@ -274,6 +275,13 @@ impl AgentOptions {
 /// Starts an agent through the library's [`Listener`], as `whtunnel
 /// listen` does, and waits until it is connected (or refused).
 pub async fn start_agent(relay_base: &str, opts: AgentOptions) -> AgentHandle {
+    start_agent_on(&[relay_base], opts).await
+}
+
+/// [`start_agent`] with a list of relays (`listen --relay A --relay B`),
+/// tried in turn.
+pub async fn start_agent_on(relays: &[&str], opts: AgentOptions) -> AgentHandle {
+    let relay_base = relays[0];
     let (data_dir, temp) = match opts.data_dir {
         Some(d) => (d, None),
         None => {
@@ -287,6 +295,7 @@ pub async fn start_agent(relay_base: &str, opts: AgentOptions) -> AgentHandle {
         token: opts.token,
         tls: tls::client_config(opts.ca.as_deref()).unwrap(),
     };
+    config.more_relays = relays[1..].iter().map(|u| u.parse().unwrap()).collect();
     config.agent_id = opts.agent_id;
     config.takeover = opts.takeover;
     config.host_header = opts.host_header;
