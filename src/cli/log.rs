@@ -90,6 +90,15 @@ pub(crate) fn init_relay_logging(format: super::args::LogFormat) {
 #[error("already reported")]
 pub(crate) struct Reported;
 
+/// A warning for the relay's operator, like [`relay_says`] but at warning
+/// level when logs are JSON.
+pub(crate) fn relay_warns(format: super::args::LogFormat, line: &str) {
+    match format {
+        super::args::LogFormat::Text => eprintln!("{line}"),
+        super::args::LogFormat::Json => tracing::warn!("{line}"),
+    }
+}
+
 /// A line the relay says to its operator: as is on stderr, or, when logs
 /// are JSON, as a log event so every stderr line stays one JSON object.
 pub(crate) fn relay_says(format: super::args::LogFormat, line: &str) {

@@ -224,16 +224,20 @@ async fn serve_relay(args: RelayArgs, format: args::LogFormat) -> Result<()> {
         Some(path) => {
             let watch = crate::relay::UsersWatch::open(path)?;
             if watch.is_empty() {
-                eprintln!(
-                    "warning: {} has no users yet: add one with `whtunnel relay user add USER --names PATTERN --users-file {}`",
-                    path.display(),
-                    path.display()
+                log::relay_warns(
+                    format,
+                    &format!(
+                        "warning: {} has no users yet: add one with `whtunnel relay user add USER --names PATTERN --users-file {}`",
+                        path.display(),
+                        path.display()
+                    ),
                 );
             }
             if !tokens.is_empty() {
                 // WHTUNNEL_TOKEN may be set for agents on the same machine.
-                eprintln!(
-                    "note: --users-file is given, so --token / WHTUNNEL_TOKEN is not accepted by this relay"
+                log::relay_says(
+                    format,
+                    "note: --users-file is given, so --token / WHTUNNEL_TOKEN is not accepted by this relay",
                 );
                 tokens.clear();
             }
@@ -243,8 +247,7 @@ async fn serve_relay(args: RelayArgs, format: args::LogFormat) -> Result<()> {
     };
     for t in tokens.iter().filter(|t| !t.is_empty()) {
         if let Some(warning) = users::weak_token_warning(t) {
-            eprintln!("{warning}");
-            tracing::warn!("{warning}");
+            log::relay_warns(format, &warning);
         }
     }
     if users.is_none() && tokens.iter().all(|t| t.is_empty()) {
