@@ -285,7 +285,6 @@ impl std::fmt::Display for LogFormat {
     }
 }
 
-
 /// Joining several relays into one (`docs/cluster.md`).
 #[derive(Args, Debug)]
 pub(crate) struct ClusterArgs {
