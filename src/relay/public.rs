@@ -317,22 +317,8 @@ async fn store_in_cluster(
     p: Prepared,
     body: Bytes,
 ) -> Response<Body> {
-    let event_id = p.meta.event_id.clone().unwrap_or_else(new_event_id);
-    let mut meta = p.meta;
-    meta.event_id = Some(event_id.clone());
-    let ev = NewEvent {
-        event_id: event_id.clone(),
-        tunnel: name.clone(),
-        method: p.method.to_string(),
-        path: p.app_path,
-        headers: p
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
-            .collect(),
-        meta,
-        body,
-    };
+    let ev = new_event(&name, p, body);
+    let event_id = ev.event_id.clone();
     // In a task of its own: a sender that hangs up does not cut a publish
     // short.
     let held = cluster.held().clone();
@@ -728,22 +714,8 @@ async fn store_held(
     body: Bytes,
 ) -> Response<Body> {
     let len = body.len() as u64;
-    let event_id = p.meta.event_id.clone().unwrap_or_else(new_event_id);
-    let mut meta = p.meta;
-    meta.event_id = Some(event_id.clone());
-    let ev = NewEvent {
-        event_id: event_id.clone(),
-        tunnel: name.clone(),
-        method: p.method.to_string(),
-        path: p.app_path,
-        headers: p
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
-            .collect(),
-        meta,
-        body,
-    };
+    let ev = new_event(&name, p, body);
+    let event_id = ev.event_id.clone();
     // Stored and announced in a task of its own: if this request is cancelled
     // meanwhile, the event is still stored and its delivery still started.
     let (h, s, n) = (held.clone(), shared.clone(), name.clone());
@@ -889,5 +861,26 @@ impl http_body::Body for CappedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// The event to hold for a prepared request: its id (the one in its
+/// metadata, or a new one), head and body.
+fn new_event(name: &str, p: Prepared, body: Bytes) -> NewEvent {
+    let event_id = p.meta.event_id.clone().unwrap_or_else(new_event_id);
+    let mut meta = p.meta;
+    meta.event_id = Some(event_id.clone());
+    NewEvent {
+        event_id,
+        tunnel: name.to_string(),
+        method: p.method.to_string(),
+        path: p.app_path,
+        headers: p
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+            .collect(),
+        meta,
+        body,
     }
 }
