@@ -418,14 +418,21 @@ async fn relay_command_gets_its_certificate_with_the_acme_flags() {
     let relay_port = PortReservation::new();
     let pebble = start_pebble(dir.path(), relay_port.addr.port()).await;
     let data = dir.path().join("relay");
-    let relay = common::process::Spawn::relay(&data)
+    let mut relay = common::process::Spawn::relay(&data)
         .args(["--listen", &relay_port.addr.to_string()])
         .args(["--token", "acme-flags-token", "--domain", DOMAIN])
         .args(["--acme-email", "ops@example.com"])
         .args(["--acme-directory", &pebble.directory])
         .args(["--acme-ca-cert", pebble.https_ca.to_str().unwrap()])
+        .args(["--admin-listen", "0"])
         .start()
         .await;
+    let admin_line = relay.next_line().await;
+    let admin = admin_line
+        .strip_prefix("admin endpoint on http://")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("admin line: {admin_line}"))
+        .to_string();
     let cert = data.join("acme/certs").join(format!("{DOMAIN}.pem"));
     let deadline = Instant::now() + Duration::from_secs(30);
     while !cert.exists() {
@@ -443,9 +450,28 @@ async fn relay_command_gets_its_certificate_with_the_acme_flags() {
         .header("host", DOMAIN)
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let (status, _, _) = https(client_trusting(&[root]), relay_port.addr, DOMAIN, req)
+    let (status, _, served) = https(client_trusting(&[root]), relay_port.addr, DOMAIN, req)
         .await
         .unwrap();
     assert_eq!(status, 200);
+    // /metrics gives the certificate's notAfter, as the served one has it.
+    let (s, _, body) = send(
+        http::Method::GET,
+        &format!("http://{admin}/metrics"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(s, http::StatusCode::OK);
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let line = format!("whtunnel_certificate_expiry_timestamp_seconds{{host=\"{DOMAIN}\"}} ");
+    let value: i64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .unwrap_or_else(|| panic!("no expiry gauge for {DOMAIN} in:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(value, not_after(&served));
     drop(relay);
 }
