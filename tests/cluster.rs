@@ -78,6 +78,34 @@ async fn webhooks_reach_an_agent_on_another_relay() {
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
 
+/// A host-routed webhook (`NAME.<domain>`) reaching relay A for an agent
+/// on relay B arrives with its path unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_host_routed_webhook_crosses_the_hop() {
+    let (_dir, node) = one_nats().await;
+    let urls = vec![node.url()];
+    let with_domain = || {
+        let mut c = clustered(&urls);
+        c.domain = Some("hooks.test".into());
+        c
+    };
+    let a = start_relay(with_domain()).await;
+    let b = start_relay(with_domain()).await;
+    let app = App::start().await;
+    let _agent = start_agent(&b.base, AgentOptions::new("shop", &app)).await;
+    let (s, _, got) = send(
+        Method::POST,
+        &format!("{}/hooks/y?z=1", a.base),
+        &[("host", "shop.hooks.test"), ("x-test-status", "201")],
+        "hi",
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{got:?}");
+    let seen = app.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].uri, "/hooks/y?z=1");
+}
+
 /// A 25 MiB body crosses A -> B -> agent -> app byte-exact; a 12 MiB
 /// answer (the app's echo) comes back the same way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
