@@ -10,8 +10,9 @@
 #   --seed S        replay a seed (printed at the start of every run)
 #   --drain S       seconds allowed after the last fault (default 30)
 #   --rate LO-HI    each sender's rate in requests per second (default 30-90)
-#   --dups N        duplicates allowed per crash (default: 1 plus what both
-#                   senders send at the top rate within 25 ms, 6 at 30-90)
+#   --dups N        duplicates allowed per crash (default: the drain's 16 in
+#                   flight plus what both senders send at the top rate
+#                   within 25 ms, 21 at 30-90)
 #
 # Loopback only; relay and agent are child processes of the test, killed
 # when it ends however it ends. The summary (events, faults of each kind,
