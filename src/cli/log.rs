@@ -46,13 +46,27 @@ const SECRET_TRACING_TARGETS: &[&str] = &[
 /// secrets capped.
 fn log_filter(default_level: &str) -> tracing_subscriber::EnvFilter {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("WHTUNNEL_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
-    // The websocket and HTTP libraries log whole request heads at trace
-    // level, the agent's `authorization: Bearer` included: never below debug.
-    SECRET_TRACING_TARGETS.iter().fold(filter, |f, target| {
-        f.add_directive(format!("{target}=debug").parse().expect("static directive"))
-    })
+    let asked = std::env::var("WHTUNNEL_LOG").ok();
+    let directives = log_directives(asked.as_deref(), default_level);
+    EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new(default_level))
+}
+
+/// The filter directives for `asked` (`WHTUNNEL_LOG`). The websocket and
+/// HTTP libraries log whole request heads at trace level, the agent's
+/// `authorization: Bearer` included: when trace is asked for anywhere, they
+/// are held at debug. Only then: a directive for them would otherwise turn
+/// their debug output on under a quieter level.
+fn log_directives(asked: Option<&str>, default_level: &str) -> String {
+    let base = asked
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .unwrap_or(default_level);
+    if !base.to_ascii_lowercase().contains("trace") {
+        return base.to_string();
+    }
+    SECRET_TRACING_TARGETS
+        .iter()
+        .fold(base.to_string(), |d, target| format!("{d},{target}=debug"))
 }
 
 pub(crate) fn init_logging(to_file: Option<&Path>, default_level: &str) {
@@ -479,6 +493,20 @@ mod tests {
         let mut out = String::from("before\n");
         write_log_line(&mut out, &s, None);
         assert_eq!(out, format!("before\n{}", formatted(&s, None)));
+    }
+
+    #[test]
+    fn secret_logging_libraries_are_capped_only_when_trace_is_asked_for() {
+        // Quiet by default: no directive turns the libraries' debug on.
+        assert_eq!(log_directives(None, "warn"), "warn");
+        assert_eq!(log_directives(Some("info"), "warn"), "info");
+        assert_eq!(log_directives(Some(" "), "warn"), "warn");
+        for asked in ["trace", "whtunnel=TRACE,info"] {
+            let d = log_directives(Some(asked), "warn");
+            for target in SECRET_TRACING_TARGETS {
+                assert!(d.contains(&format!(",{target}=debug")), "{asked}: {d}");
+            }
+        }
     }
 
     #[cfg(unix)]
