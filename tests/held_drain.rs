@@ -470,7 +470,7 @@ async fn the_held_api_lists_retries_and_drops_only_the_tokens_own_tunnel() {
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.starts_with("2 held, 1 dead-lettered\n"), "{stdout}");
-    assert!(stdout.contains("the app broke \\u{1b}[2J off"), "{stdout}");
+    assert!(stdout.contains("the app broke \\x1b[2J off"), "{stdout}");
     assert!(
         !stdout.contains('\u{1b}'),
         "no raw escape reaches the terminal"

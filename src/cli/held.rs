@@ -12,6 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::args::{HeldArgs, HeldCommand};
+use crate::fixture::printable;
 use crate::tunnel::tls;
 
 /// Runs one `whtunnel held` subcommand.
@@ -65,20 +66,6 @@ pub(crate) async fn held(args: HeldArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Sender-controlled text made safe for a terminal: control characters
-/// (escape sequences included) are shown escaped, never sent raw.
-fn printable(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
 }
 
 fn print_list(v: &serde_json::Value) {
