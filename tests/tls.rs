@@ -6,43 +6,20 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use common::pki::{ca_signed, tls_relay, LOCAL};
 use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-
-/// Writes ca.pem, cert.pem and key.pem (for localhost and 127.0.0.1).
-fn make_pki(dir: &Path) {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let params =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    let cert = params.signed_by(&key, &ca).unwrap();
-    write_file(&dir.join("ca.pem"), &ca.pem());
-    write_file(&dir.join("cert.pem"), &cert.pem());
-    write_file(&dir.join("key.pem"), &key.serialize_pem());
-}
 
 #[tokio::test]
 async fn https_public_side_and_wss_agent_link() {
     let dir = tempfile::tempdir().unwrap();
-    make_pki(dir.path());
+    ca_signed(dir.path(), "cert", &LOCAL, false);
     let app = App::start().await;
-    let mut config = relay_config("127.0.0.1:0");
-    config.tls = Some(
-        whtunnel::tunnel::tls::server_config(
-            &dir.path().join("cert.pem"),
-            &dir.path().join("key.pem"),
-        )
-        .unwrap(),
-    );
-    let relay = start_relay(config).await;
+    let relay = tls_relay(dir.path(), "cert").await;
     assert!(relay.base.starts_with("https://"), "{}", relay.base);
     let base = format!("https://localhost:{}", relay.addr.port());
 
@@ -82,16 +59,8 @@ async fn https_public_side_and_wss_agent_link() {
 #[tokio::test]
 async fn an_untrusted_relay_certificate_is_not_accepted() {
     let dir = tempfile::tempdir().unwrap();
-    make_pki(dir.path());
-    let mut config = relay_config("127.0.0.1:0");
-    config.tls = Some(
-        whtunnel::tunnel::tls::server_config(
-            &dir.path().join("cert.pem"),
-            &dir.path().join("key.pem"),
-        )
-        .unwrap(),
-    );
-    let relay = start_relay(config).await;
+    ca_signed(dir.path(), "cert", &LOCAL, false);
+    let relay = tls_relay(dir.path(), "cert").await;
     let agent_config = whtunnel::agent::AgentConfig {
         relay: format!("https://localhost:{}", relay.addr.port())
             .parse()

@@ -13,13 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::pki::{ca_signed, tls_relay, LOCAL};
 use common::process::whtunnel;
 use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-
-const LOCAL: [&str; 2] = ["localhost", "127.0.0.1"];
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 
 /// A self-signed certificate with CA:TRUE basic constraints, as a default
 /// `openssl req -x509` makes: writes `<stem>.pem` and `<stem>-key.pem`.
@@ -30,36 +29,6 @@ fn self_signed_ca_true(dir: &Path, stem: &str) {
     let cert = params.self_signed(&key).unwrap();
     write_file(&dir.join(format!("{stem}.pem")), &cert.pem());
     write_file(&dir.join(format!("{stem}-key.pem")), &key.serialize_pem());
-}
-
-/// A CA (`ca.pem`) and a server certificate from it for `names`, CA:TRUE
-/// or not (`<stem>.pem`, `<stem>-key.pem`).
-fn ca_signed(dir: &Path, stem: &str, names: &[&str], leaf_is_ca: bool) {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut params =
-        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-    if leaf_is_ca {
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    }
-    let cert = params.signed_by(&key, &ca).unwrap();
-    write_file(&dir.join("ca.pem"), &ca.pem());
-    write_file(&dir.join(format!("{stem}.pem")), &cert.pem());
-    write_file(&dir.join(format!("{stem}-key.pem")), &key.serialize_pem());
-}
-
-async fn tls_relay(dir: &Path, stem: &str) -> RelayHandle {
-    let mut config = relay_config("127.0.0.1:0");
-    config.tls = Some(
-        whtunnel::tunnel::tls::server_config(
-            &dir.join(format!("{stem}.pem")),
-            &dir.join(format!("{stem}-key.pem")),
-        )
-        .unwrap(),
-    );
-    start_relay(config).await
 }
 
 /// Starts an agent that trusts `ca` and returns its refusal, checking that

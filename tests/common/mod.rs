@@ -4,6 +4,7 @@
 
 pub mod nats;
 pub mod oracle;
+pub mod pki;
 pub mod ports;
 pub mod process;
 pub mod proxy;
