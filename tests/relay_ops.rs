@@ -314,3 +314,41 @@ async fn a_fatal_error_is_a_json_line_too() {
         "{message}"
     );
 }
+
+/// A relay without `--token` makes its own and says where, and warns about
+/// a data directory others can read: in JSON mode both are JSON lines.
+#[tokio::test]
+async fn the_token_note_and_an_open_data_dir_warning_are_json_lines_too() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(bin())
+        .args(["relay", "--log-format", "json", "--listen", &addr])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("WHTUNNEL_LOG")
+        .env_remove("WHTUNNEL_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let messages: Vec<String> = stderr
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}\n{stderr}"));
+            v["message"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert!(
+        messages.iter().any(|m| m.contains("open to other users")),
+        "{stderr}"
+    );
+    assert!(
+        messages.iter().any(|m| m.contains("No --token given")),
+        "{stderr}"
+    );
+}

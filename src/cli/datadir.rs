@@ -140,10 +140,12 @@ pub(crate) fn agent_id(dir: &Path) -> Result<String> {
 }
 
 /// The relay's own token, generated once and kept in `dir` (0600), for a
-/// relay started without `--token`. Returns it and the file it is in.
-pub(crate) fn relay_token(dir: &Path) -> Result<(String, PathBuf)> {
+/// relay started without `--token`. Returns it and the file it is in;
+/// `warn` gets the warning about a data directory others can read (the
+/// caller logs it in its format).
+pub(crate) fn relay_token(dir: &Path, warn: impl Fn(&str)) -> Result<(String, PathBuf)> {
     if let Some(warning) = ensure_private_dir(dir)? {
-        eprintln!("{warning}");
+        warn(&warning);
     }
     let path = dir.join("relay-token");
     let token = match std::fs::read_to_string(&path) {

@@ -251,7 +251,7 @@ async fn serve_relay(args: RelayArgs, format: args::LogFormat) -> Result<()> {
         }
     }
     if users.is_none() && tokens.iter().all(|t| t.is_empty()) {
-        let (token, path) = relay_token(&dir)?;
+        let (token, path) = relay_token(&dir, |w| log::relay_warns(format, w))?;
         log::relay_says(
             format,
             &format!(
