@@ -121,7 +121,8 @@ pub struct CertManager {
     certs: RwLock<HashMap<String, Issued>>,
     /// TLS-ALPN-01 answers in progress, by host.
     challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
-    /// Every host the relay wants a certificate for.
+    /// Every host the relay wants a certificate for: its own domain and
+    /// the tunnel hosts claimed since it started.
     wanted: Mutex<HashSet<String>>,
     queue: mpsc::Sender<String>,
     queue_rx: Mutex<Option<mpsc::Receiver<String>>>,
@@ -160,8 +161,10 @@ impl CertManager {
             };
             let pem = std::fs::read(&path).map_err(io_err(&path))?;
             match parse_issued(&pem) {
+                // Served at once, but a tunnel host's certificate is renewed
+                // only once an agent claims the name again (`want`): names
+                // nobody uses any more must not keep costing CA orders.
                 Ok(issued) => {
-                    wanted.insert(host.to_string());
                     certs.insert(host.to_string(), issued);
                 }
                 Err(e) => tracing::warn!("ignoring {}: {e}", path.display()),
@@ -244,7 +247,12 @@ impl CertManager {
             let hosts = tokio::select! {
                 () = stop.cancelled() => return,
                 Some(host) = queue.recv() => vec![host],
-                _ = tick.tick() => self.due(SystemTime::now()),
+                _ = tick.tick() => {
+                    for host in self.prune(SystemTime::now()) {
+                        tracing::info!(%host, "certificate expired with no agent using the name: deleted");
+                    }
+                    self.due(SystemTime::now())
+                }
             };
             for host in hosts {
                 if !self.needs_order(&host, SystemTime::now()) {
@@ -279,6 +287,27 @@ impl CertManager {
         // The relay's own name first.
         hosts.sort_by_key(|h| (*h != self.config.domain, h.clone()));
         hosts
+    }
+
+    /// Deletes expired certificates of hosts not wanted (no agent claimed
+    /// the name since the relay started) from memory and the store;
+    /// returns their hosts.
+    fn prune(&self, now: SystemTime) -> Vec<String> {
+        let wanted = self.wanted.lock();
+        let mut certs = self.certs.write();
+        let gone: Vec<String> = certs
+            .iter()
+            .filter(|(host, issued)| issued.not_after <= now && !wanted.contains(*host))
+            .map(|(host, _)| host.clone())
+            .collect();
+        for host in &gone {
+            certs.remove(host);
+            let path = self.config.dir.join("certs").join(format!("{host}.pem"));
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!("cannot delete {}: {e}", path.display());
+            }
+        }
+        gone
     }
 
     fn needs_order(&self, host: &str, now: SystemTime) -> bool {
@@ -600,6 +629,53 @@ mod tests {
             t0 + Duration::from_secs(21),
             Duration::ZERO
         ));
+    }
+
+    /// Writes a self-signed certificate for `host`, valid in `year`, as
+    /// the store keeps issued ones (key, then chain).
+    fn store_cert(dir: &Path, host: &str, year: i32) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![host.to_string()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(year, 1, 1);
+        params.not_after = rcgen::date_time_ymd(year, 12, 31);
+        let cert = params.self_signed(&key).unwrap();
+        let pem = format!("{}{}", key.serialize_pem(), cert.pem());
+        write_private(&dir.join(format!("{host}.pem")), pem.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn stored_tunnel_certificates_renew_only_when_claimed_and_expire_unused() {
+        let data = tempfile::tempdir().unwrap();
+        let config = AcmeConfig::new(
+            "https://ca.invalid/dir".into(),
+            "hooks.test".into(),
+            data.path(),
+        );
+        let certs = config.dir.join("certs");
+        make_private_dir(&config.dir).unwrap();
+        make_private_dir(&certs).unwrap();
+        for host in ["hooks.test", "old.hooks.test", "back.hooks.test"] {
+            store_cert(&certs, host, 2020);
+        }
+        store_cert(&certs, "fresh.hooks.test", 2999);
+        let acme = CertManager::new(config).unwrap();
+        let now = SystemTime::now();
+        assert_eq!(acme.expiries().len(), 4, "all served at start");
+        assert_eq!(
+            acme.due(now),
+            vec!["hooks.test".to_string()],
+            "only the relay's own name"
+        );
+        acme.want("back");
+        assert_eq!(
+            acme.due(now),
+            vec!["hooks.test".to_string(), "back.hooks.test".to_string()]
+        );
+        assert_eq!(acme.prune(now), vec!["old.hooks.test".to_string()]);
+        assert!(!certs.join("old.hooks.test.pem").exists());
+        let left: Vec<String> = acme.expiries().into_iter().map(|(h, _)| h).collect();
+        assert_eq!(left, ["back.hooks.test", "fresh.hooks.test", "hooks.test"]);
+        assert!(acme.prune(now).is_empty());
     }
 
     #[test]
