@@ -101,7 +101,11 @@ fn stripe_request(kind: &str, n: u32) -> (Vec<(String, String)>, String) {
     let view = RequestView::new("POST", "http://x/", &headers, body.as_bytes());
     let rule = Rule::for_provider(Provider::Stripe).with_secret(SECRET);
     let mut out: Vec<(String, String)> = vec![("Content-Type".into(), "application/json".into())];
-    out.extend(verify::sign(&rule, &view, SystemTime::now()).unwrap());
+    out.extend(
+        verify::sign(&rule, &view, SystemTime::now())
+            .unwrap()
+            .headers,
+    );
     out.push((
         "Authorization".into(),
         "Bearer sk_live_must_not_leak".into(),

@@ -310,6 +310,7 @@ fn stripe_signature(body: &str) -> String {
         let view = RequestView::new("POST", "http://unused/", &[], body.as_bytes());
         let signed = verify::sign(&rule, &view, now).unwrap();
         return signed
+            .headers
             .into_iter()
             .find(|(n, _)| n.eq_ignore_ascii_case("stripe-signature"))
             .unwrap()

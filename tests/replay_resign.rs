@@ -27,6 +27,7 @@ fn stripe_signature(body: &str, at: SystemTime) -> String {
     let view = RequestView::new("POST", "http://unused/", &[], body.as_bytes());
     verify::sign(&rule, &view, at)
         .unwrap()
+        .headers
         .into_iter()
         .find(|(n, _)| n.eq_ignore_ascii_case("stripe-signature"))
         .unwrap()

@@ -31,7 +31,7 @@ fn hex_sha256(b: &[u8]) -> String {
 fn stripe_signature(body: &str, at: SystemTime) -> String {
     let rule = Rule::for_provider(Provider::Stripe).with_secret(SECRET);
     let view = RequestView::new("POST", "http://unused/", &[], body.as_bytes());
-    let headers = verify::sign(&rule, &view, at).unwrap();
+    let headers = verify::sign(&rule, &view, at).unwrap().headers;
     headers
         .into_iter()
         .find(|(n, _)| n.eq_ignore_ascii_case("stripe-signature"))

@@ -145,10 +145,11 @@ impl Forwarder {
                 format!("invalid method '{method}'"),
             );
         };
+        let mut path = path;
         let signing = if options.as_is {
             Signing::AsIs
         } else {
-            self.resign(method.as_str(), &path, &mut header_list, &body)
+            self.resign(method.as_str(), &mut path, &mut header_list, &body)
         };
         let mut headers = HeaderMap::new();
         for (k, v) in &header_list {
@@ -215,11 +216,12 @@ impl Forwarder {
 
     /// Signs `headers` afresh for `body` when the rule for `path` (or the
     /// recognised sender's preset with a configured secret) allows it:
-    /// the signature headers the scheme sets are replaced, the rest kept.
+    /// the signature headers the scheme sets are replaced, the rest kept,
+    /// and a body hash the sender signs in the URL is set in `path`.
     fn resign(
         &self,
         method: &str,
-        path: &str,
+        path: &mut String,
         headers: &mut Vec<crate::capture::Header>,
         body: &[u8],
     ) -> Signing {
@@ -243,7 +245,8 @@ impl Forwarder {
         }
         match verify::sign(&rule, &view, std::time::SystemTime::now()) {
             Ok(set) => {
-                for (name, value) in set {
+                *path = set.apply_query(path);
+                for (name, value) in set.headers {
                     headers.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
                     headers.push((name, value.into_bytes()));
                 }

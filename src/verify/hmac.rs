@@ -453,16 +453,32 @@ impl HmacSpec {
         (Verdict::Valid, None)
     }
 
-    /// The headers that make `req` verify now: a fresh timestamp, the same
-    /// id (a new one only when the request had none), a signature over
-    /// `req.body`.
+    /// What makes `req` verify now: a fresh timestamp, the same id (a new
+    /// one only when the request had none), a signature over `req.body`,
+    /// and, where the URL carries the body's hash, that hash of this body
+    /// (signed with the rest of the URL).
     pub fn sign(
         &self,
         secret: &str,
         req: &RequestView<'_>,
         now: SystemTime,
-    ) -> Result<Vec<(String, String)>, String> {
+    ) -> Result<super::Signed, String> {
         let key = self.secret_format.key(secret)?;
+        let query = self.body_hash_param.as_ref().and_then(|param| {
+            req.query_param(param)?;
+            let hash = <sha2::Sha256 as sha2::Digest>::digest(req.body);
+            Some((param.clone(), data_encoding::HEXLOWER.encode(&hash)))
+        });
+        let url;
+        let rehashed;
+        let req = match &query {
+            Some((param, hash)) => {
+                url = super::replace_query_param(req.url, param, hash);
+                rehashed = RequestView { url: &url, ..*req };
+                &rehashed
+            }
+            None => req,
+        };
         let ts = if self.has_timestamp() {
             self.timestamp_format.format(now)
         } else {
@@ -490,13 +506,13 @@ impl HmacSpec {
             headers.push((h.clone(), id));
         }
         if let Some(legacy) = &self.legacy {
-            for (name, value) in legacy.sign(secret, req, now)? {
+            for (name, value) in legacy.sign(secret, req, now)?.headers {
                 if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(&name)) {
                     headers.push((name, value));
                 }
             }
         }
-        Ok(headers)
+        Ok(super::Signed { headers, query })
     }
 }
 

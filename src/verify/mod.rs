@@ -538,14 +538,56 @@ pub enum SignError {
     BadSecret(String),
 }
 
-/// The headers to set so that `req` (its body possibly edited) verifies
-/// at `now`: a fresh timestamp, the same event id, a signature over
-/// `req.body`. Replace same-named headers with them.
-pub fn sign(
-    rule: &Rule,
-    req: &RequestView<'_>,
-    now: SystemTime,
-) -> Result<Vec<(String, String)>, SignError> {
+/// `path` with the value of query parameter `param` replaced by `with`
+/// (any other parameter kept byte for byte).
+pub fn replace_query_param(path: &str, param: &str, with: &str) -> String {
+    let Some((base, query)) = path.split_once('?') else {
+        return path.to_string();
+    };
+    let parts: Vec<String> = query
+        .split('&')
+        .map(|pair| {
+            let name = pair.split('=').next().unwrap_or_default();
+            let decoded: String = form_urlencoded::parse(name.as_bytes())
+                .next()
+                .map(|(k, _)| k.into_owned())
+                .unwrap_or_default();
+            if decoded == param {
+                let value: String = form_urlencoded::byte_serialize(with.as_bytes()).collect();
+                format!("{name}={value}")
+            } else {
+                pair.to_string()
+            }
+        })
+        .collect();
+    format!("{base}?{}", parts.join("&"))
+}
+
+/// What signing a request afresh changes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Signed {
+    /// Headers to set, replacing same-named ones.
+    pub headers: Vec<(String, String)>,
+    /// A query parameter to give a new value: the hash of the body that a
+    /// sender signs inside its URL (Twilio's `bodySHA256` on JSON bodies),
+    /// when the request carries one.
+    pub query: Option<(String, String)>,
+}
+
+impl Signed {
+    /// `path` (or a URL) with [`Self::query`] set.
+    pub fn apply_query(&self, path: &str) -> String {
+        match &self.query {
+            Some((name, value)) => replace_query_param(path, name, value),
+            None => path.to_string(),
+        }
+    }
+}
+
+/// What to change so that `req` (its body possibly edited) verifies at
+/// `now`: a fresh timestamp, the same event id, a signature over
+/// `req.body`, and a body hash in the URL where the sender signs one.
+pub fn sign(rule: &Rule, req: &RequestView<'_>, now: SystemTime) -> Result<Signed, SignError> {
     let (provider, scheme) = rule.resolve(req).ok_or(SignError::NoScheme)?;
     let who = provider.map_or_else(|| scheme.name().to_string(), |p| p.id().to_string());
     if !scheme.can_sign() {
@@ -560,7 +602,7 @@ pub fn sign(
             .sign(secret.expose(), req, now)
             .map_err(SignError::BadSecret),
         // The key travels in the recorded URL; nothing to add.
-        _ => Ok(Vec::new()),
+        _ => Ok(Signed::default()),
     }
 }
 

@@ -127,6 +127,7 @@ mod tests {
         let rule = Rule::for_provider(Provider::Stripe).with_secret("whsec_test");
         let signed = crate::verify::sign(&rule, &unsigned_view, now).unwrap();
         let sig = &signed
+            .headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case("stripe-signature"))
             .unwrap()

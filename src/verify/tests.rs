@@ -310,7 +310,7 @@ fn signed_request(
 ) -> Vec<Header> {
     let req = RequestView::new("POST", url, base, body);
     let mut headers = base.to_vec();
-    for (n, v) in sign(rule, &req, when).unwrap() {
+    for (n, v) in sign(rule, &req, when).unwrap().headers {
         headers.retain(|(name, _)| !name.eq_ignore_ascii_case(&n));
         headers.push((n, v.into_bytes()));
     }
