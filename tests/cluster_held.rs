@@ -409,3 +409,67 @@ async fn a_live_exchange_that_loses_its_agent_is_held() {
     assert_eq!(first.status, Some(200));
     drop(agent);
 }
+
+/// Strict order: a held event that fails is retried before anything after
+/// it is sent (JetStream keeps a negatively acknowledged message pending,
+/// and the consumer allows one pending message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_strict_order_a_failing_event_is_not_overtaken() {
+    let (_dir, node) = one_nats().await;
+    let urls = vec![node.url()];
+    let mut config = clustered(&urls);
+    config.hold_delivery.order = whtunnel::relay::HoldOrder::Strict;
+    config.hold_delivery.max_failures = 5;
+    config.hold_delivery.retry_min = Duration::from_millis(300);
+    let a = start_relay(config).await;
+    let placeholder = App::start().await;
+    known_offline(&a, "firm", &placeholder).await;
+    for path in ["/poison?n=0", "/ok1", "/ok2"] {
+        let (s, _, body) = send(Method::POST, &format!("{}/t/firm{path}", a.base), &[], "x").await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{path}: {body:?}");
+    }
+    let poisoned = Arc::new(AtomicBool::new(true));
+    let (addr, seen) = poison_app(poisoned.clone()).await;
+    let mut opts = AgentOptions::new("firm", &placeholder);
+    opts.target = addr.to_string();
+    let _agent = start_agent(&a.base, opts).await;
+    // Two failed tries (300 ms, then 600 ms apart), then the app is fixed.
+    let started = Instant::now();
+    while seen.lock().unwrap().len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            seen.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    poisoned.store(false, Ordering::SeqCst);
+    while seen.lock().unwrap().len() < 5 {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{:?}",
+            seen.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = seen.lock().unwrap().clone();
+    assert_eq!(
+        got,
+        [
+            "/poison?n=0",
+            "/poison?n=0",
+            "ok:/poison?n=0",
+            "ok:/ok1",
+            "ok:/ok2"
+        ],
+        "nothing overtakes the failing event"
+    );
+    let started = Instant::now();
+    while stream_messages(&node, "whtunnel_held").await > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "not acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

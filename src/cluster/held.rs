@@ -565,7 +565,11 @@ impl HeldStream {
                 if let Some(key) = &envelope.body_object {
                     let _ = self.bodies.delete(key).await;
                 }
-                self.forget_failures(name, &event_id).await;
+                // Only a redelivered event can have failed tries on record
+                // (a stale entry left otherwise expires with the age cap).
+                if delivered > 1 {
+                    self.forget_failures(name, &event_id).await;
+                }
                 return;
             }
             Sent::LinkGone => {
@@ -793,14 +797,25 @@ impl HeldStream {
     /// `name`'s held and dead-lettered events, oldest first, at most
     /// `limit` (of each kind read, then together).
     pub async fn list(&self, name: &str, limit: usize) -> Result<HeldListing, String> {
+        // Counted first: the lists read after them include every event
+        // counted, unless it was delivered or dropped meanwhile.
+        let (pending, dead_count) = (self.pending(name).await, self.dead_count(name).await);
+        // Held first, then dead: an event moving to the dead letters
+        // (copied there, then acknowledged) is seen at least once, and
+        // when seen in both it is listed as dead.
         let held = self
             .scan(HELD_STREAM, &subject(name), limit, |_| false)
             .await?;
         let dead = self
             .scan(DEAD_STREAM, &dead_subject(name), limit, |_| false)
             .await?;
+        let buried: std::collections::HashSet<&str> =
+            dead.iter().map(|m| m.envelope.event_id.as_str()).collect();
         let mut events = Vec::with_capacity(held.len() + dead.len());
-        for m in &held {
+        for m in held
+            .iter()
+            .filter(|m| !buried.contains(m.envelope.event_id.as_str()))
+        {
             let f = match failures_key(name, &m.envelope.event_id) {
                 Some(key) => match self.failures.get(&key).await {
                     Ok(Some(v)) => serde_json::from_slice(&v).unwrap_or_default(),
@@ -822,8 +837,8 @@ impl HeldStream {
         events.sort_by_key(|e| e.received_at_ms);
         events.truncate(limit);
         Ok(HeldListing {
-            pending: self.pending(name).await,
-            dead: self.dead_count(name).await,
+            pending,
+            dead: dead_count,
             events,
         })
     }
