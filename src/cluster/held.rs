@@ -141,27 +141,13 @@ struct Known {
     token: Option<String>,
 }
 
-/// One stored message read back: its sequence, envelope and raw payload.
+/// One stored message read back: its sequence, envelope, body length and
+/// inline body (kept only for the message a search found).
 struct Stored {
     seq: u64,
     envelope: Envelope,
-    payload: Bytes,
-}
-
-impl Stored {
-    /// Where the body starts in the payload.
-    fn body_start(&self) -> usize {
-        self.payload
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(self.payload.len(), |i| i + 1)
-    }
-
-    fn body_len(&self) -> u64 {
-        self.envelope
-            .body_len
-            .unwrap_or((self.payload.len() - self.body_start()) as u64)
-    }
+    body_len: u64,
+    body: Bytes,
 }
 
 /// A tunnel's held and dead-lettered events, as the held API lists them.
@@ -224,7 +210,7 @@ fn summary(m: &Stored, attempts: u32, last_error: Option<String>, dead: bool) ->
         attempts,
         method: m.envelope.method.clone(),
         path: m.envelope.path.clone(),
-        body_bytes: m.body_len(),
+        body_bytes: m.body_len,
         last_error,
         dead,
     }
@@ -738,14 +724,19 @@ impl HeldStream {
                 let payload = base64::engine::general_purpose::STANDARD
                     .decode(m.data.as_bytes())
                     .map_err(|e| e.to_string())?;
-                let split = payload.iter().position(|&b| b == b'\n');
-                let envelope = split
-                    .and_then(|i| serde_json::from_slice::<Envelope>(&payload[..i]).ok())
+                let payload = Bytes::from(payload);
+                let split = payload
+                    .iter()
+                    .position(|&b| b == b'\n')
                     .ok_or_else(|| format!("message {} is not a held event", m.seq))?;
+                let envelope = serde_json::from_slice::<Envelope>(&payload[..split])
+                    .map_err(|_| format!("message {} is not a held event", m.seq))?;
+                let body = payload.slice(split + 1..);
                 Ok(Some(Stored {
                     seq: m.seq,
+                    body_len: envelope.body_len.unwrap_or(body.len() as u64),
                     envelope,
-                    payload: Bytes::from(payload),
+                    body,
                 }))
             }
             (None, Some(e)) if e.code == 404 => Ok(None),
@@ -754,8 +745,9 @@ impl HeldStream {
         }
     }
 
-    /// Up to `limit` messages of `subject`, oldest first (unreadable ones
-    /// skipped); stops at `stop` returning true.
+    /// Up to `limit` messages of `subject`, oldest first; stops at `stop`
+    /// returning true. Bodies are not kept (memory stays at one message),
+    /// but for the one `stop` chose.
     async fn scan(
         &self,
         stream: &str,
@@ -770,7 +762,11 @@ impl HeldStream {
                 break;
             };
             after = m.seq;
+            let mut m = m;
             let done = stop(&m);
+            if !done {
+                m.body = Bytes::new();
+            }
             out.push(m);
             if done {
                 break;
@@ -856,8 +852,7 @@ impl HeldStream {
         };
         let mut envelope = m.envelope.clone();
         envelope.dead = None;
-        let body = &m.payload[m.body_start()..];
-        let payload = encode(&envelope, Some(body)).map_err(unavailable)?;
+        let payload = encode(&envelope, Some(&m.body)).map_err(unavailable)?;
         // Its own id: the original's may still be in the duplicate window.
         self.publish(
             subject(name),
