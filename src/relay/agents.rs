@@ -269,8 +269,10 @@ pub(crate) async fn upgrade(
     );
 
     let (held, dead) = match &shared.cluster {
-        // A cluster keeps no dead letters (docs/cluster.md).
-        Some(cluster) => (cluster.held().pending(&name).await, 0),
+        Some(cluster) => (
+            cluster.held().pending(&name).await,
+            cluster.held().dead_count(&name).await,
+        ),
         None => {
             let state = shared.held.as_ref().and_then(|h| h.state(&name));
             (state.map_or(0, |s| s.pending), state.map_or(0, |s| s.dead))
@@ -417,12 +419,13 @@ async fn run_session(shared: Arc<Shared>, req: Request<Incoming>, ask: SessionAs
         tokio::spawn(async move { keeper.keep(claim, session).await });
         // The held-events seam: this session drains the tunnel's events
         // from JetStream, whichever relay held them.
-        cluster.held().remember(&name, policy).await;
+        cluster.held().remember(&name, policy, &owner).await;
         let task = cluster.held().clone().deliver(
             name.clone(),
             ready_sender.clone(),
             closed.clone(),
             drain.0,
+            drain.1,
             shared.config.hold_delivery,
             shared.config.response_timeout,
         );
@@ -433,10 +436,10 @@ async fn run_session(shared: Arc<Shared>, req: Request<Incoming>, ask: SessionAs
     if let Some(held) = shared.held.clone() {
         // Remember the name across restarts: while this agent is away, its
         // webhooks are held (or rejected) instead of answered 404.
-        let n = name.clone();
+        let (n, o) = (name.clone(), owner.clone());
         let remembered = move || {
             held.remember(&n, policy)?;
-            held.set_owner(&n, &owner)
+            held.set_owner(&n, &o)
         };
         match tokio::task::spawn_blocking(remembered).await {
             Ok(Ok(())) => {}
@@ -464,7 +467,7 @@ async fn run_session(shared: Arc<Shared>, req: Request<Incoming>, ask: SessionAs
         }
     }
     if let Some(cluster) = &shared.cluster {
-        cluster.held().remember(&name, policy).await;
+        cluster.held().remember(&name, policy, &owner).await;
     }
     if let Some(held) = shared.held.clone() {
         // "Last seen" is now: the name is remembered for the age cap from here.

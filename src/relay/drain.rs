@@ -56,7 +56,7 @@ impl Default for HoldDelivery {
 
 impl HoldDelivery {
     /// The back-off after an event's `attempts`-th failed try.
-    fn backoff(&self, attempts: u32) -> Duration {
+    pub(crate) fn backoff(&self, attempts: u32) -> Duration {
         let doublings = attempts.saturating_sub(1).min(16);
         (self.retry_min * (1u32 << doublings)).min(self.retry_max)
     }
@@ -74,7 +74,7 @@ enum Attempt {
 
 /// Why an attempt failed, which decides whether it is the event's fault.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Failure {
+pub(crate) enum Failure {
     /// The app took the event and did not answer in time.
     Timeout,
     /// The app refused the connection.
@@ -234,8 +234,7 @@ impl Delivery {
                     ev.attempts += 1;
                     let others_answered =
                         last_success.is_some_and(|t| t.elapsed() <= cfg.retry_max);
-                    let strike = matches!(kind, Failure::Timeout | Failure::BrokeOff)
-                        || (kind == Failure::Unreachable && others_answered);
+                    let strike = kind.strike(others_answered);
                     if kind == Failure::Unreachable && !others_answered && !app_down {
                         app_down = true;
                         paused_until = Some(Instant::now() + down_backoff);
@@ -302,7 +301,12 @@ pub(crate) fn tell_dead_letter_cleared(shared: &Arc<Shared>, name: &str, event_i
 /// list ([`Control::DeadLetter`]) or left it ([`Control::DeadLetterCleared`]),
 /// which now holds `count` of its tunnel's events, so the user sees it
 /// without asking.
-async fn tell_dead_letter(sender: LinkClient, control: Control, event_id: String, count: u64) {
+pub(crate) async fn tell_dead_letter(
+    sender: LinkClient,
+    control: Control,
+    event_id: String,
+    count: u64,
+) {
     let mut req = Request::new(crate::tunnel::Body::default());
     *req.uri_mut() = http::Uri::from_static("http://tunnel/_whtunnel/dead-letter");
     let h = req.headers_mut();
@@ -344,13 +348,61 @@ async fn attempt(
         let _ = tokio::task::spawn_blocking(move || h.remove(&e)).await;
         return (ev, Attempt::Delivered);
     };
-    let failed = |error: String, kind| Attempt::Failed { error, kind };
-    let outcome = match tokio::time::timeout(timeout, sender.send(req)).await {
+    let outcome = match send_held(&sender, req, timeout).await {
+        Sent::Acked => {
+            let (h, e) = (held.clone(), ev.clone());
+            if let Ok(Err(err)) = tokio::task::spawn_blocking(move || h.remove(&e)).await {
+                tracing::warn!(event = %ev.event.event_id, "could not delete a delivered event: {err}");
+            }
+            Attempt::Delivered
+        }
+        Sent::LinkGone => Attempt::LinkGone,
+        Sent::Failed { error, kind } => Attempt::Failed { error, kind },
+    };
+    (ev, outcome)
+}
+
+/// How sending one held event to the agent ended; shared by this drain and
+/// the cluster's ([`crate::cluster::held`]).
+pub(crate) enum Sent {
+    /// The agent acknowledged it: recorded, or known as answered.
+    Acked,
+    /// Not acknowledged, with the reason and whose fault it may be.
+    Failed {
+        /// One line for logs and `whtunnel held list`.
+        error: String,
+        /// What kind of failure (see [`Failure::strike`]).
+        kind: Failure,
+    },
+    /// The agent's link is gone: the next session takes over.
+    LinkGone,
+}
+
+impl Failure {
+    /// Whether this failure counts against the event (towards the
+    /// dead-letter list). `others_answered`: the app answered another held
+    /// event of the tunnel recently (within `retry_max`), so a refused
+    /// connection is this event's doing rather than the app being down.
+    pub(crate) fn strike(self, others_answered: bool) -> bool {
+        matches!(self, Failure::Timeout | Failure::BrokeOff)
+            || (self == Failure::Unreachable && others_answered)
+    }
+}
+
+/// Sends one held event's request on the agent's link and reads the
+/// agent's verdict.
+pub(crate) async fn send_held(
+    sender: &LinkClient,
+    req: Request<crate::tunnel::Body>,
+    timeout: Duration,
+) -> Sent {
+    let failed = |error: String, kind| Sent::Failed { error, kind };
+    match tokio::time::timeout(timeout, sender.send(req)).await {
         Err(_) => failed(
             format!("no answer within {}s", timeout.as_secs_f32()),
             Failure::Timeout,
         ),
-        Ok(Err(e)) if sender.is_closed() || e.is_link_failure() => Attempt::LinkGone,
+        Ok(Err(e)) if sender.is_closed() || e.is_link_failure() => Sent::LinkGone,
         Ok(Err(e)) => failed(format!("the exchange failed: {e}"), Failure::Other),
         Ok(Ok(resp)) => {
             // Any ack, even a kind this version does not know, means the
@@ -363,40 +415,34 @@ async fn attempt(
             let status = resp.status();
             let _ = resp.into_body().collect().await;
             if acked {
-                let (h, e) = (held.clone(), ev.clone());
-                if let Ok(Err(err)) = tokio::task::spawn_blocking(move || h.remove(&e)).await {
-                    tracing::warn!(event = %ev.event.event_id, "could not delete a delivered event: {err}");
+                return Sent::Acked;
+            }
+            match error {
+                Some(AgentError::AppUnreachable) => failed(
+                    "the app refused the connection".into(),
+                    Failure::Unreachable,
+                ),
+                Some(AgentError::AppBrokeOff) => failed(
+                    "the app broke the connection off without answering".into(),
+                    Failure::BrokeOff,
+                ),
+                Some(AgentError::AppTimeout) => {
+                    failed("the app did not answer in time".into(), Failure::Timeout)
                 }
-                Attempt::Delivered
-            } else {
-                match error {
-                    Some(AgentError::AppUnreachable) => failed(
-                        "the app refused the connection".into(),
-                        Failure::Unreachable,
+                Some(AgentError::InProgress) => failed(
+                    "an earlier delivery is still in progress".into(),
+                    Failure::Other,
+                ),
+                _ => failed(
+                    format!(
+                        "the agent did not acknowledge it (status {})",
+                        status.as_u16()
                     ),
-                    Some(AgentError::AppBrokeOff) => failed(
-                        "the app broke the connection off without answering".into(),
-                        Failure::BrokeOff,
-                    ),
-                    Some(AgentError::AppTimeout) => {
-                        failed("the app did not answer in time".into(), Failure::Timeout)
-                    }
-                    Some(AgentError::InProgress) => failed(
-                        "an earlier delivery is still in progress".into(),
-                        Failure::Other,
-                    ),
-                    _ => failed(
-                        format!(
-                            "the agent did not acknowledge it (status {})",
-                            status.as_u16()
-                        ),
-                        Failure::Other,
-                    ),
-                }
+                    Failure::Other,
+                ),
             }
         }
-    };
-    (ev, outcome)
+    }
 }
 
 pub(crate) fn held_request(

@@ -10,6 +10,10 @@
 //! the token's user must own the name; with plain tokens, the token must be
 //! the one that last held the tunnel. Either way an agent sees and changes
 //! only its own tunnel's events.
+//!
+//! On a relay of a cluster the same API reads and changes the cluster's
+//! JetStream stream ([`crate::cluster::held`]), so any relay answers for
+//! events held anywhere in the cluster.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,11 +42,15 @@ pub(crate) async fn serve(
     remote: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let Some(held) = shared.held.clone() else {
-        return text(
-            StatusCode::NOT_FOUND,
-            "whtunnel relay: this relay holds no events (it has no data directory)",
-        );
+    let store = match (&shared.held, &shared.cluster) {
+        (Some(held), _) => Store::Local(held.clone()),
+        (None, Some(cluster)) => Store::Cluster(cluster.clone()),
+        (None, None) => {
+            return text(
+                StatusCode::NOT_FOUND,
+                "whtunnel relay: this relay holds no events (it has no data directory)",
+            )
+        }
     };
     let rest = req.uri().path()[HELD_API_PATH.len()..].to_string();
     let parts: Vec<&str> = rest.split('/').collect();
@@ -76,12 +84,26 @@ pub(crate) async fn serve(
         }
         // Plain tokens: the token that last held the tunnel.
         Accounts::Tokens(_) => {
-            let (h, n) = (held.clone(), name.clone());
-            let owner = tokio::task::spawn_blocking(move || h.owner(&n))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .flatten();
+            let owner = match &store {
+                Store::Local(held) => {
+                    let (h, n) = (held.clone(), name.clone());
+                    tokio::task::spawn_blocking(move || h.owner(&n))
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .flatten()
+                }
+                Store::Cluster(cluster) => match cluster.held().token_owner(&name).await {
+                    Ok(owner) => owner,
+                    Err(e) => {
+                        tracing::warn!(tunnel = %name, "cannot read the cluster's tunnel names: {e}");
+                        return super::retry_later(
+                            "whtunnel: the relay cannot reach its cluster store; retry later",
+                            5,
+                        );
+                    }
+                },
+            };
             owner.as_deref() == Some(token_sha256(presented).as_str())
         }
     };
@@ -94,6 +116,13 @@ pub(crate) async fn serve(
     let method = req.method().clone();
     let event = parts.get(1).map(|s| s.to_string());
     let action = parts.get(2).copied().map(str::to_string);
+    let held = match store {
+        Store::Local(held) => held,
+        Store::Cluster(cluster) => {
+            let request = (method, event, action.as_deref(), parts.len());
+            return in_cluster(&shared, &cluster, &name, request).await;
+        }
+    };
     let (h, n) = (held.clone(), name.clone());
     match (method, event, action.as_deref(), parts.len()) {
         (Method::GET, None, None, 1) => {
@@ -143,6 +172,95 @@ pub(crate) async fn serve(
             "whtunnel relay: GET /_whtunnel/held/<name>, POST .../<event-id>/retry, DELETE .../<event-id>",
         ),
     }
+}
+
+/// Where the relay keeps held events.
+enum Store {
+    /// Its own SQLite store.
+    Local(Arc<super::held::HeldStore>),
+    /// The cluster's JetStream stream.
+    Cluster(Arc<crate::cluster::Cluster>),
+}
+
+/// The API on a relay of a cluster: the same requests and answers, on the
+/// cluster's stream.
+async fn in_cluster(
+    shared: &Arc<Shared>,
+    cluster: &crate::cluster::Cluster,
+    name: &str,
+    request: (Method, Option<String>, Option<&str>, usize),
+) -> Response<Body> {
+    use crate::cluster::held::ChangeError;
+    let held = cluster.held();
+    let failed = |e: &dyn std::fmt::Display| {
+        tracing::warn!(tunnel = %name, "held API: {e}");
+        super::retry_later(
+            "whtunnel: the relay cannot reach its cluster store; retry later",
+            5,
+        )
+    };
+    match request {
+        (Method::GET, None, None, 1) => match held.list(name, LIST_LIMIT).await {
+            Ok(listing) => json(&serde_json::json!({
+                "tunnel": name,
+                "pending": listing.pending,
+                "dead": listing.dead,
+                "events": listing.events,
+            })),
+            Err(e) => failed(&e),
+        },
+        (Method::POST, Some(id), Some("retry"), 3) => match held.retry(name, &id).await {
+            Ok(true) => {
+                tell_cleared_in_cluster(shared, held, name, &id).await;
+                json(&serde_json::json!({"event_id": id, "retried": true}))
+            }
+            Ok(false) => text(
+                StatusCode::NOT_FOUND,
+                &format!("no dead-lettered event {id} on tunnel '{name}'"),
+            ),
+            Err(ChangeError::Full) => super::retry_later(
+                "whtunnel: this tunnel's held-event queue is full; retry later",
+                60,
+            ),
+            Err(e) => failed(&e),
+        },
+        (Method::DELETE, Some(id), None, 2) => match held.drop_event(name, &id).await {
+            Ok(true) => {
+                tell_cleared_in_cluster(shared, held, name, &id).await;
+                json(&serde_json::json!({"event_id": id, "dropped": true}))
+            }
+            Ok(false) => text(
+                StatusCode::NOT_FOUND,
+                &format!("no held event {id} on tunnel '{name}'"),
+            ),
+            Err(e) => failed(&e),
+        },
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "whtunnel relay: GET /_whtunnel/held/<name>, POST .../<event-id>/retry, DELETE .../<event-id>",
+        ),
+    }
+}
+
+/// Tells `name`'s agent, when it is connected to this relay, that a dead
+/// letter was retried or dropped (an agent on another relay hears the
+/// count at its next connect).
+async fn tell_cleared_in_cluster(
+    shared: &Arc<Shared>,
+    held: &crate::cluster::HeldStream,
+    name: &str,
+    event_id: &str,
+) {
+    let Some(sender) = shared.sender_for(name) else {
+        return;
+    };
+    let count = held.dead_count(name).await;
+    tokio::spawn(super::drain::tell_dead_letter(
+        sender,
+        crate::tunnel::protocol::Control::DeadLetterCleared,
+        event_id.to_string(),
+        count,
+    ));
 }
 
 fn json(value: &serde_json::Value) -> Response<Body> {

@@ -113,6 +113,17 @@ async fn forward_to(
         return too_large(max_body);
     }
     let sender = shared.sender_for(&name);
+    // Strict order in a cluster: while the tunnel's backlog in JetStream
+    // drains, new traffic queues behind it, as on one relay. This relay
+    // holds the agent, so every relay's traffic for it comes through here.
+    if let (Some(_), Some(cluster)) = (&sender, shared.cluster.clone()) {
+        let strict = shared.tunnels.lock().get(&name).is_some_and(|s| s.drain.1);
+        if strict && cluster.held().pending(&name).await > 0 {
+            let (parts, body) = req.into_parts();
+            let p = prepare(&shared, remote, received_at, app_path, parts);
+            return cluster_hold(&shared, &cluster, name, remote, p, body, true).await;
+        }
+    }
     // The registry seam: no agent here, so ask the cluster who holds it.
     // A hop is never sent on again: if its agent left meanwhile, this relay
     // answers as the only one would.
@@ -127,7 +138,7 @@ async fn forward_to(
             // No agent anywhere: held in JetStream, as one relay would.
             let (parts, body) = req.into_parts();
             let p = prepare(&shared, remote, received_at, app_path, parts);
-            return cluster_hold(&shared, &cluster, name, remote, p, body, declared).await;
+            return cluster_hold(&shared, &cluster, name, remote, p, body, false).await;
         }
     }
     let known = sender.is_some()
@@ -251,8 +262,9 @@ async fn via_peer(
     }
 }
 
-/// Holds a request in the cluster's JetStream stream (no agent is
-/// connected anywhere), under the tunnel's offline policy.
+/// Holds a request in the cluster's JetStream stream: no agent is
+/// connected anywhere (under the tunnel's offline policy), or it is and
+/// asked for strict order while a backlog drains (`behind_backlog`).
 async fn cluster_hold(
     shared: &Arc<Shared>,
     cluster: &crate::cluster::Cluster,
@@ -260,9 +272,10 @@ async fn cluster_hold(
     remote: SocketAddr,
     p: Prepared,
     body: Incoming,
-    declared: Option<u64>,
+    behind_backlog: bool,
 ) -> Response<Body> {
     match cluster.held().policy(&name).await {
+        _ if behind_backlog => {}
         Ok(Some(OfflinePolicy::Hold)) => {}
         Ok(Some(OfflinePolicy::Reject)) => {
             return retry_later(
@@ -303,7 +316,6 @@ async fn cluster_hold(
         Ok(Err(ReadError::Body)) => return unreadable_body(shared, &body_verdict, false),
         Err(_) => return unreadable_body(shared, &body_verdict, true),
     };
-    let _ = declared;
     let resp = store_in_cluster(shared, cluster, name, p, body).await;
     drop(draw);
     resp
@@ -311,7 +323,7 @@ async fn cluster_hold(
 
 /// Stores one complete event in the cluster, then answers 202.
 async fn store_in_cluster(
-    _shared: &Arc<Shared>,
+    shared: &Arc<Shared>,
     cluster: &crate::cluster::Cluster,
     name: String,
     p: Prepared,
@@ -325,11 +337,14 @@ async fn store_in_cluster(
     let stored = tokio::spawn(async move { held.hold(&ev).await }).await;
     match stored {
         Ok(Ok(())) => {
+            let why = if shared.sender_for(&name).is_some() {
+                "it is delivered after the events held before it"
+            } else {
+                "the agent for this tunnel is offline; it is delivered when the agent reconnects"
+            };
             let mut resp = text(
                 StatusCode::ACCEPTED,
-                &format!(
-                    "whtunnel: event {event_id} is held: the agent for this tunnel is offline; it is delivered when the agent reconnects"
-                ),
+                &format!("whtunnel: event {event_id} is held: {why}"),
             );
             if let Ok(v) = http::HeaderValue::from_str(&event_id) {
                 resp.headers_mut().insert(HDR_EVENT_ID, v);
@@ -696,6 +711,16 @@ async fn hold_complete(
     p: Prepared,
     body: Bytes,
 ) -> Option<Response<Body>> {
+    if let Some(cluster) = shared.cluster.clone() {
+        // Held in JetStream, under the same policy as one relay's store.
+        if !matches!(
+            cluster.held().policy(name).await,
+            Ok(Some(OfflinePolicy::Hold))
+        ) {
+            return None;
+        }
+        return Some(store_in_cluster(shared, &cluster, name.to_string(), p, body).await);
+    }
     let held = shared.held.clone()?;
     if held.state(name)?.policy == OfflinePolicy::Reject {
         return None;
