@@ -371,12 +371,24 @@ pub struct UsersWatch {
     path: PathBuf,
     users: RwLock<Vec<User>>,
     last_text: parking_lot::Mutex<String>,
+    /// [`UsersWatch::fingerprint`] of the users as loaded.
+    fingerprint: parking_lot::Mutex<String>,
 }
 
 impl std::fmt::Debug for UsersWatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "UsersWatch({})", self.path.display())
     }
+}
+
+/// SHA-256 (hex) of the users, sorted by name, as JSON: two files with
+/// the same users have the same fingerprint whatever their comments,
+/// layout or order.
+fn fingerprint(file: &UsersFile) -> String {
+    let mut users: Vec<&UserEntry> = file.users.iter().collect();
+    users.sort_by(|a, b| a.name.cmp(&b.name));
+    let json = serde_json::to_vec(&users).expect("users serialise");
+    data_encoding::HEXLOWER.encode(&Sha256::digest(&json))
 }
 
 fn compile(file: &UsersFile) -> Vec<User> {
@@ -418,6 +430,7 @@ impl UsersWatch {
             path: path.to_path_buf(),
             users: RwLock::new(compile(&file)),
             last_text: parking_lot::Mutex::new(text),
+            fingerprint: parking_lot::Mutex::new(fingerprint(&file)),
         })
     }
 
@@ -434,8 +447,15 @@ impl UsersWatch {
         }
         let file = UsersFile::parse(&self.path, &text)?;
         *self.users.write() = compile(&file);
+        *self.fingerprint.lock() = fingerprint(&file);
         *last = text;
         Ok(true)
+    }
+
+    /// Tells users files apart by their users (not their layout): relays
+    /// of one cluster compare it to find one whose file differs.
+    pub fn fingerprint(&self) -> String {
+        self.fingerprint.lock().clone()
     }
 
     /// How many users there are.
