@@ -350,6 +350,16 @@ async fn unused_names_expire_cluster_wide_and_held_ones_do_not() {
     let gone = start_agent(&a.base, agent_opts("alice-gone", &u.alice, &app)).await;
     assert!(connected(&gone));
     drop(gone);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // An event held for alice's name before it expires...
+    let (s, _, _) = send(
+        Method::POST,
+        &format!("{}/t/alice-gone/secret", a.base),
+        &[],
+        "for alice",
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
     // Past the lifetime, with both relays' expiry running several times.
     tokio::time::sleep(Duration::from_secs(3)).await;
     for relay in [&a, &b] {
@@ -368,11 +378,18 @@ async fn unused_names_expire_cluster_wide_and_held_ones_do_not() {
     )
     .await;
     assert_eq!(s, StatusCode::OK);
-    // The unused one is free: bob takes it through relay B.
-    let bobs = start_agent(&b.base, agent_opts("alice-gone", &u.bob, &app)).await;
+    // The unused one is free: bob takes it through relay B...
+    let bob_app = App::start().await;
+    let bobs = start_agent(&b.base, agent_opts("alice-gone", &u.bob, &bob_app)).await;
     assert!(connected(&bobs), "{}", bobs.public_url);
     let (s, why) = upgrade(&a.base, &u.alice, "alice-gone", &[]).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "now bob's: {why}");
+    // ...without what was held for alice.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        bob_app.seen().is_empty(),
+        "alice's held event reached the name's next owner"
+    );
 }
 
 /// A relay whose users file has other users than the running relays' is

@@ -194,6 +194,29 @@ impl Cluster {
             .map_err(nats_err)
     }
 
+    /// Drops what the cluster holds for `name`, whose owner forgot it (the
+    /// name expired cluster-wide): its held events and its known-name
+    /// entry, so a next owner of the name never receives them. Large
+    /// bodies in the object store are left to its age cap.
+    pub async fn forget_held(&self, name: &str) -> Result<(), String> {
+        let stream = self
+            .js
+            .get_stream(held::HELD_STREAM)
+            .await
+            .map_err(|e| e.to_string())?;
+        stream
+            .purge()
+            .filter(format!("whtunnel.held.{name}"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let names = self
+            .js
+            .get_key_value(held::NAMES_BUCKET)
+            .await
+            .map_err(|e| e.to_string())?;
+        names.delete(name).await.map_err(|e| e.to_string())
+    }
+
     /// Keeps saying which users file this relay uses (`fingerprint`, asked
     /// each time: the file may be edited), every TTL/3, so relays that
     /// start later can compare theirs. Runs until dropped.

@@ -199,6 +199,9 @@ pub(crate) struct Shared {
     /// The cluster this relay is part of, if any: the registry seam (who
     /// holds a tunnel beyond this relay's own `tunnels`) and the hop.
     cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// `owners` is the cluster's: a name it expires is expired for every
+    /// relay, and what the cluster holds for it is dropped.
+    cluster_owners: bool,
 }
 
 impl Shared {
@@ -273,6 +276,7 @@ impl Relay {
         // Users of a cluster own their names cluster-wide: in its KV
         // bucket, not in this relay's SQLite. (With plain tokens there is
         // one user, who owns every name: nothing to share.)
+        let cluster_owners = config.owners.is_none() && cluster.is_some() && config.users.is_some();
         let owners: Arc<dyn NameOwners> =
             match (&config.owners, &cluster, &config.users, &config.data_dir) {
                 (Some(store), ..) => store.0.clone(),
@@ -307,6 +311,7 @@ impl Relay {
                 hold_budget: budget::HoldBudget::new(HOLD_BUDGET_KIB, HOLD_BUDGET_IP_SHARE_KIB),
                 metrics: metrics::Metrics::new(),
                 cluster,
+                cluster_owners,
             }),
         })
     }
@@ -558,6 +563,13 @@ async fn expire_names(shared: Arc<Shared>) {
                 }
             })
             .await;
+        }
+        if let (true, Some(cluster)) = (shared.cluster_owners, &shared.cluster) {
+            for name in &gone {
+                if let Err(e) = cluster.forget_held(name).await {
+                    tracing::warn!(tunnel = %name, "could not drop the expired name's held events in the cluster: {e}");
+                }
+            }
         }
         for name in gone {
             tracing::info!(tunnel = %name, "name unused for {lifetime:?}: forgotten with its held events");
