@@ -401,7 +401,7 @@ async fn a_relay_with_another_users_file_refuses_to_start() {
     let urls = vec![node.url()];
     let dir = tempfile::tempdir().unwrap();
     let u = users();
-    let _a = start_relay(clustered(&urls, &copy(dir.path(), "a"), &u.file)).await;
+    let a = start_relay(clustered(&urls, &copy(dir.path(), "a"), &u.file)).await;
 
     // Same users, other order and comments: accepted.
     let mut reordered = u.file.clone();
@@ -413,7 +413,7 @@ async fn a_relay_with_another_users_file_refuses_to_start() {
         format!("# a copy\n{}", std::fs::read_to_string(&same).unwrap()),
     )
     .unwrap();
-    let _b = start_relay(clustered(&urls, &same, &u.file)).await;
+    let b = start_relay(clustered(&urls, &same, &u.file)).await;
 
     // One more user: refused, in-process...
     let mut other = u.file.clone();
@@ -459,6 +459,12 @@ async fn a_relay_with_another_users_file_refuses_to_start() {
         .collect();
     assert_eq!(lines.len(), 1, "{stderr}");
     assert!(lines[0].contains("differs"), "{stderr}");
+
+    // Once the relays with the old file stopped (not killed), the new file
+    // is the cluster's.
+    a.stop().await;
+    b.stop().await;
+    let _c = start_relay(clustered(&urls, &other_path, &other)).await;
 }
 
 /// NATS gone: a new claim cannot be decided, so the agent is refused with

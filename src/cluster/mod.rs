@@ -194,6 +194,13 @@ impl Cluster {
             .map_err(nats_err)
     }
 
+    /// Takes this relay's users-file entry away: it is stopping.
+    pub async fn leave_users(&self) {
+        if let Some(beacon) = self.beacon.get() {
+            beacon.leave().await;
+        }
+    }
+
     /// Drops what the cluster holds for `name`, whose owner forgot it (the
     /// name expired cluster-wide): its held events and its known-name
     /// entry, so a next owner of the name never receives them. Large

@@ -335,7 +335,7 @@ impl UsersBeacon {
             };
             if entry.users_sha256 != fingerprint {
                 return Err(BeaconError::Differs(format!(
-                    "this relay's users file (fingerprint {}) differs from the one relay {other} of the cluster uses ({}): every relay of a cluster must use the same users file; copy it from a running relay",
+                    "this relay's users file (fingerprint {}) differs from the one relay {other} of the cluster uses ({}): every relay of a cluster must use the same users file; copy it from a running relay (a relay killed less than the holder TTL ago still counts)",
                     short(fingerprint),
                     short(&entry.users_sha256)
                 )));
@@ -350,6 +350,12 @@ impl UsersBeacon {
             .await
             .map_err(BeaconError::Store)?;
         Ok(beacon)
+    }
+
+    /// Takes this relay's entry away (it is stopping), so a relay started
+    /// right after it with an edited users file is not refused.
+    pub async fn leave(&self) {
+        let _ = self.relays.delete(&self.relay).await;
     }
 
     /// Says (again) which users file this relay uses.

@@ -470,6 +470,9 @@ impl Relay {
         }
         if let Some(task) = users_beacon {
             task.abort();
+            if let Some(cluster) = &shared.cluster {
+                cluster.leave_users().await;
+            }
         }
         acme_stop.cancel();
         if let Some(task) = acme {
