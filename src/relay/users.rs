@@ -552,6 +552,28 @@ mod tests {
     }
 
     #[test]
+    fn the_fingerprint_tells_users_apart_not_layouts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.toml"), dir.path().join("b.toml"));
+        let mut f = UsersFile::default();
+        f.add("alice", &["alice-*".into()], None).unwrap();
+        f.add("bob", &["*".into()], Some(3)).unwrap();
+        f.save(&a).unwrap();
+        let mut reordered = f.clone();
+        reordered.users.reverse();
+        reordered.save(&b).unwrap();
+        let text = std::fs::read_to_string(&b).unwrap();
+        std::fs::write(&b, format!("# copied\n\n{text}")).unwrap();
+        let (wa, wb) = (UsersWatch::open(&a).unwrap(), UsersWatch::open(&b).unwrap());
+        assert_eq!(wa.fingerprint(), wb.fingerprint());
+        assert_eq!(wa.fingerprint().len(), 64);
+        f.revoke("bob").unwrap();
+        f.save(&a).unwrap();
+        assert!(wa.reload().unwrap());
+        assert_ne!(wa.fingerprint(), wb.fingerprint());
+    }
+
+    #[test]
     fn invalid_files_are_refused_with_a_reason() {
         let p = Path::new("u.toml");
         let e = UsersFile::parse(
