@@ -474,7 +474,8 @@ impl NameOwners for KvOwners {
             .map_err(|e| err(&e))?;
         let mut gone = Vec::new();
         for name in keys.iter().filter_map(|k| k.strip_prefix("n.")) {
-            let Some((record, revision)) = self.name_entry(name).await.map_err(OwnersError)? else {
+            // Unreadable (or gone meanwhile): not this pass's to expire.
+            let Ok(Some((record, revision))) = self.name_entry(name).await else {
                 continue;
             };
             if record.used_ms >= cutoff || in_use(name) {
