@@ -487,3 +487,54 @@ async fn claims_are_refused_with_503_while_nats_is_unreachable() {
     assert!(!why.contains('\n'));
     eprintln!("refused after {:?}", t0.elapsed());
 }
+
+/// A relay that died between the two writes of a claim leaves a name on
+/// the user's list that the user does not own. Such an entry counts
+/// against the cap while it may still be a claim in progress, and is
+/// dropped by the next claim that meets the cap once it is older than the
+/// grace period: the cap never grows, and never stays stuck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn names_left_on_a_users_list_by_a_dead_relay_are_dropped_after_the_grace() {
+    let (_nats_dir, node) = one_nats().await;
+    let urls = vec![node.url()];
+    let dir = tempfile::tempdir().unwrap();
+    let u = users();
+    let mut config = clustered(&urls, &copy(dir.path(), "a"), &u.file);
+    config.max_names_per_user = Some(2);
+    let a = start_relay(config).await;
+
+    // What a dead relay left: two old entries and one in progress.
+    let js = async_nats::jetstream::new(async_nats::connect(node.url()).await.unwrap());
+    let kv = js
+        .get_key_value(whtunnel::cluster::owners::OWNERS_BUCKET)
+        .await
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let old = now - 2 * whtunnel::cluster::owners::PENDING_GRACE.as_millis() as i64;
+    let list =
+        format!(r#"{{"names":{{"cap-ghost-1":{old},"cap-ghost-2":{old},"cap-fresh":{now}}}}}"#);
+    kv.put(
+        format!("u.{}", data_encoding::HEXLOWER.encode(b"alice")),
+        list.into(),
+    )
+    .await
+    .unwrap();
+
+    let app = App::start().await;
+    let one = start_agent(&a.base, agent_opts("cap-1", &u.alice, &app)).await;
+    assert!(
+        connected(&one),
+        "old entries are dropped: {}",
+        one.public_url
+    );
+    let (s, why) = upgrade(&a.base, &u.alice, "cap-2", &[]).await;
+    assert_eq!(
+        s,
+        StatusCode::FORBIDDEN,
+        "a recent entry still counts: {why}"
+    );
+    assert!(why.contains("already owns 2"), "{why}");
+}
