@@ -19,7 +19,7 @@
 //! | [`verify`] | webhook signatures: verdicts and reasons, re-signing for replay, provider and event recognition (pure, no I/O) |
 //! | [`jwks`] | fetching a `jwt` rule's `jwks` URL in the background: HTTPS, cached, refetched for a new `kid` |
 //! | [`fixture`] | webhooks as fixture files: save from the capture, send signed afresh, test expectations (JUnit), the `trigger` sample catalog |
-//! | [`cluster`] | several relays as one on NATS JetStream: who holds which tunnel, the relay-to-relay hop |
+//! | [`cluster`] | several relays as one on NATS JetStream: who holds which tunnel, who owns which name, the relay-to-relay hop |
 //! | [`cli`] | the command line: flags, and printing what the parts report |
 //!
 //! Servers follow one shape: `bind` (a handle with its address), then

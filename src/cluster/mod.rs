@@ -5,6 +5,7 @@
 //! | [`registry`] | which relay holds which tunnel: a JetStream KV bucket, compare-and-set claims with a TTL refreshed while the agent is connected |
 //! | [`held`] | held events in a JetStream stream: any relay holds, the agent's relay delivers and acknowledges |
 //! | [`hop`] | a webhook for a tunnel held on another relay, carried there over HTTP/2 and answered back |
+//! | [`owners`] | with users, who owns each name: a KV bucket without TTL, compare-and-set claims, the per-user cap across relays |
 //!
 //! The relay meets this module at two seams only: [`Cluster::claim`] /
 //! [`Cluster::keep`] when an agent connects (who holds tunnel NAME: the
@@ -16,6 +17,7 @@
 
 pub mod held;
 pub mod hop;
+pub mod owners;
 pub mod registry;
 
 use std::time::Duration;
@@ -24,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use held::{HeldStream, HoldError};
 pub use hop::{Hop, HopBody, HopError};
+pub use owners::KvOwners;
 pub use registry::{Claim, ClaimError, Holder, Registry};
 
 /// Default time a holder entry outlives its relay: the longest a dead
@@ -68,6 +71,9 @@ pub enum ClusterError {
     /// The config cannot work.
     #[error("cluster config: {0}")]
     Config(String),
+    /// This relay's users file is not the one the cluster's relays use.
+    #[error("cannot join the cluster: {0}")]
+    UsersFile(String),
     /// NATS or JetStream could not be reached or set up.
     #[error("cannot join the cluster through NATS ({servers}): {reason}")]
     Nats {
@@ -86,6 +92,11 @@ pub struct Cluster {
     registry: Registry,
     hop: Hop,
     held: std::sync::Arc<HeldStream>,
+    js: async_nats::jetstream::Context,
+    servers: String,
+    replicas: usize,
+    /// Set by [`Cluster::open_owners`]: this relay's users-file entry.
+    beacon: std::sync::OnceLock<owners::UsersBeacon>,
 }
 
 impl Cluster {
@@ -149,7 +160,85 @@ impl Cluster {
             registry,
             hop,
             held: std::sync::Arc::new(held),
+            js,
+            servers,
+            replicas: config.replicas(),
+            beacon: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The cluster's owned names, for a relay with users whose users file
+    /// has `users_fingerprint` ([`crate::relay::UsersWatch::fingerprint`]).
+    /// Refused when a live relay of the cluster uses another users file:
+    /// the owners and caps are shared, so the users must be too.
+    pub async fn open_owners(&self, users_fingerprint: &str) -> Result<KvOwners, ClusterError> {
+        let nats_err = |reason: String| ClusterError::Nats {
+            servers: self.servers.clone(),
+            reason,
+        };
+        let beacon = owners::UsersBeacon::open(
+            &self.js,
+            &self.id,
+            users_fingerprint,
+            self.ttl,
+            self.replicas,
+        )
+        .await
+        .map_err(|e| match e {
+            owners::BeaconError::Differs(why) => ClusterError::UsersFile(why),
+            owners::BeaconError::Store(why) => nats_err(why),
+        })?;
+        let _ = self.beacon.set(beacon);
+        KvOwners::open(&self.js, self.registry.clone(), self.replicas)
+            .await
+            .map_err(nats_err)
+    }
+
+    /// Takes this relay's users-file entry away: it is stopping.
+    pub async fn leave_users(&self) {
+        if let Some(beacon) = self.beacon.get() {
+            beacon.leave().await;
+        }
+    }
+
+    /// Drops what the cluster holds for `name`, whose owner forgot it (the
+    /// name expired cluster-wide): its held events and its known-name
+    /// entry, so a next owner of the name never receives them. Large
+    /// bodies in the object store are left to its age cap.
+    pub async fn forget_held(&self, name: &str) -> Result<(), String> {
+        let stream = self
+            .js
+            .get_stream(held::HELD_STREAM)
+            .await
+            .map_err(|e| e.to_string())?;
+        stream
+            .purge()
+            .filter(format!("whtunnel.held.{name}"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let names = self
+            .js
+            .get_key_value(held::NAMES_BUCKET)
+            .await
+            .map_err(|e| e.to_string())?;
+        names.delete(name).await.map_err(|e| e.to_string())
+    }
+
+    /// Keeps saying which users file this relay uses (`fingerprint`, asked
+    /// each time: the file may be edited), every TTL/3, so relays that
+    /// start later can compare theirs. Runs until dropped.
+    pub async fn announce_users(&self, fingerprint: impl Fn() -> String) {
+        let Some(beacon) = self.beacon.get() else {
+            return;
+        };
+        let mut tick = tokio::time::interval(self.ttl / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = beacon.announce(&fingerprint()).await {
+                tracing::debug!("cannot refresh this relay's users-file entry: {e}");
+            }
+        }
     }
 
     /// This relay's id in the bucket.

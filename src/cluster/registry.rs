@@ -10,11 +10,10 @@
 //! agent is connected, so the entries of a relay that died vanish by
 //! themselves within one TTL.
 //!
-//! Name ownership (users) plugs in here: the owner of a name goes beside
-//! the holder (`Holder::owner`, or a second key in the same bucket with no
-//! TTL), and [`Registry::claim`] refuses with 403 when the entry's owner is
-//! not the claimant, in the same compare-and-set that decides the holder,
-//! so an owner check and a holder change can never interleave.
+//! Who owns a name (users) is not here but in its own bucket without TTL
+//! ([`super::owners`]): ownership is durable, a holder entry is not, and a
+//! bucket has one `max_age`. The relay checks the owner first; the owner
+//! of a held name never changes, so the two checks cannot interleave badly.
 
 use std::time::Duration;
 

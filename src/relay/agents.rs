@@ -151,15 +151,7 @@ pub(crate) async fn upgrade(
     let drain = (concurrency.max(1) as usize, order == HoldOrder::Strict);
     // The name is its first user's, durably: nobody else claims it, takes
     // it over or receives what is held for it.
-    let (owners, n, u, max) = (
-        shared.owners.clone(),
-        name.clone(),
-        user.clone(),
-        shared.max_names(),
-    );
-    let claimed = tokio::task::spawn_blocking(move || owners.claim(&n, &u, max))
-        .await
-        .unwrap_or_else(|e| Err(Refused::Store(e.to_string())));
+    let claimed = shared.owners.claim(&name, &user, shared.max_names()).await;
     if let Err(refused) = claimed {
         tracing::info!(tunnel = %name, %user, from = %remote.ip(), takeover = asked_takeover, "agent refused: {refused}");
         let status = match refused {
@@ -221,9 +213,10 @@ pub(crate) async fn upgrade(
     }
     // The registry seam: in a cluster, the name must also be free (or ours
     // to take) in the holders bucket, decided there by compare-and-set so
-    // two relays never both grant it. The owner check of users plugs in
-    // the same way, in the same compare-and-set (see
-    // `cluster::registry`).
+    // two relays never both grant it. Its owner was checked above, in the
+    // cluster's owners bucket when the relay has users
+    // (`cluster::owners`): an owner never changes while an agent holds the
+    // name, so the two checks cannot interleave badly.
     let claim = match &shared.cluster {
         None => None,
         Some(cluster) => match cluster.claim(&name, agent_id.clone(), takeover).await {
@@ -475,8 +468,9 @@ async fn run_session(shared: Arc<Shared>, req: Request<Incoming>, ask: SessionAs
         let _ = tokio::task::spawn_blocking(move || held.remember(&n, policy)).await;
     }
     // ...and kept by its owner for the name lifetime from here.
-    let (owners, n) = (shared.owners.clone(), name.clone());
-    let _ = tokio::task::spawn_blocking(move || owners.touch(&n)).await;
+    if let Err(e) = shared.owners.touch(&name).await {
+        tracing::warn!(tunnel = %name, "could not mark the name as used: {e}");
+    }
     tracing::info!(tunnel = %name, "agent disconnected");
 }
 

@@ -74,12 +74,7 @@ pub(crate) async fn serve(
     let allowed = match &shared.accounts {
         // Users: the name's owner, and no one else.
         Accounts::Users(_) => {
-            let (o, n) = (shared.owners.clone(), name.clone());
-            let owner = tokio::task::spawn_blocking(move || o.owner(&n))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .flatten();
+            let owner = shared.owners.owner(&name).await.ok().flatten();
             owner.as_deref() == Some(&*identity.user)
         }
         // Plain tokens: the token that last held the tunnel.

@@ -107,8 +107,9 @@ pub struct RelayConfig {
     /// relay behind a proxy that sets them. Otherwise the relay is the edge
     /// and drops them.
     pub trust_forwarded: bool,
-    /// Where name ownership is kept; `None`: the data dir's SQLite (or
-    /// memory without one). A cluster passes a store its relays share.
+    /// Where name ownership is kept; `None`: with `cluster` and `users`,
+    /// the cluster's KV bucket ([`crate::cluster::KvOwners`]), else the
+    /// data dir's SQLite (or memory without one).
     pub owners: Option<OwnersStore>,
     /// The relay's domain (`hooks.example.com`, as [`host::normalize_domain`]
     /// made it): `NAME.<domain>` routes to tunnel NAME (see [`host`]).
@@ -198,6 +199,9 @@ pub(crate) struct Shared {
     /// The cluster this relay is part of, if any: the registry seam (who
     /// holds a tunnel beyond this relay's own `tunnels`) and the hop.
     cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// `owners` is the cluster's: a name it expires is expired for every
+    /// relay, and what the cluster holds for it is dropped.
+    cluster_owners: bool,
 }
 
 impl Shared {
@@ -255,13 +259,6 @@ impl Relay {
             )),
             None => None,
         };
-        let owners: Arc<dyn NameOwners> = match (&config.owners, &config.data_dir) {
-            (Some(store), _) => store.0.clone(),
-            (None, Some(dir)) => {
-                Arc::new(owners::SqliteOwners::open(dir).map_err(std::io::Error::other)?)
-            }
-            (None, None) => Arc::new(owners::MemoryOwners::default()),
-        };
         let accounts = match &config.users {
             Some(watch) => Accounts::Users(watch.clone()),
             None => Accounts::Tokens(config.tokens.clone()),
@@ -276,6 +273,24 @@ impl Relay {
             )),
             None => None,
         };
+        // Users of a cluster own their names cluster-wide: in its KV
+        // bucket, not in this relay's SQLite. (With plain tokens there is
+        // one user, who owns every name: nothing to share.)
+        let cluster_owners = config.owners.is_none() && cluster.is_some() && config.users.is_some();
+        let owners: Arc<dyn NameOwners> =
+            match (&config.owners, &cluster, &config.users, &config.data_dir) {
+                (Some(store), ..) => store.0.clone(),
+                (None, Some(cluster), Some(users), _) => Arc::new(
+                    cluster
+                        .open_owners(&users.fingerprint())
+                        .await
+                        .map_err(std::io::Error::other)?,
+                ),
+                (None, _, _, Some(dir)) => {
+                    Arc::new(owners::SqliteOwners::open(dir).map_err(std::io::Error::other)?)
+                }
+                (None, _, _, None) => Arc::new(owners::MemoryOwners::default()),
+            };
         let scheme = if config.tls.is_some() {
             "https"
         } else {
@@ -296,6 +311,7 @@ impl Relay {
                 hold_budget: budget::HoldBudget::new(HOLD_BUDGET_KIB, HOLD_BUDGET_IP_SHARE_KIB),
                 metrics: metrics::Metrics::new(),
                 cluster,
+                cluster_owners,
             }),
         })
     }
@@ -359,6 +375,15 @@ impl Relay {
                 Some(tokio::spawn(watch_users(shared.clone(), watch.clone())))
             }
             Accounts::Tokens(_) => None,
+        };
+        let users_beacon = match (&shared.accounts, &shared.cluster) {
+            (Accounts::Users(watch), Some(cluster)) => {
+                let (watch, cluster) = (watch.clone(), cluster.clone());
+                Some(tokio::spawn(async move {
+                    cluster.announce_users(|| watch.fingerprint()).await
+                }))
+            }
+            _ => None,
         };
         let acme_stop = CancellationToken::new();
         let acme = shared
@@ -443,6 +468,12 @@ impl Relay {
         if let Some(task) = users_watch {
             task.abort();
         }
+        if let Some(task) = users_beacon {
+            task.abort();
+            if let Some(cluster) = &shared.cluster {
+                cluster.leave_users().await;
+            }
+        }
         acme_stop.cancel();
         if let Some(task) = acme {
             let _ = task.await;
@@ -517,28 +548,34 @@ async fn expire_names(shared: Arc<Shared>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let s = shared.clone();
-        let expired = tokio::task::spawn_blocking(move || {
-            let in_use = |n: &str| s.tunnels.lock().contains_key(n);
-            let gone = s.owners.expire(lifetime, &in_use)?;
-            if let Some(held) = &s.held {
-                for name in &gone {
+        let in_use = |n: &str| shared.tunnels.lock().contains_key(n);
+        let gone = match shared.owners.expire(lifetime, &in_use).await {
+            Ok(gone) => gone,
+            Err(e) => {
+                tracing::warn!("name expiry failed: {e}");
+                continue;
+            }
+        };
+        if let Some(held) = shared.held.clone() {
+            let names = gone.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                for name in &names {
                     if let Err(e) = held.forget(name) {
                         tracing::warn!(tunnel = %name, "could not drop the expired name's held events: {e}");
                     }
                 }
-            }
-            Ok::<_, owners::OwnersError>(gone)
-        })
-        .await;
-        match expired {
-            Ok(Ok(gone)) => {
-                for name in gone {
-                    tracing::info!(tunnel = %name, "name unused for {lifetime:?}: forgotten with its held events");
+            })
+            .await;
+        }
+        if let (true, Some(cluster)) = (shared.cluster_owners, &shared.cluster) {
+            for name in &gone {
+                if let Err(e) = cluster.forget_held(name).await {
+                    tracing::warn!(tunnel = %name, "could not drop the expired name's held events in the cluster: {e}");
                 }
             }
-            Ok(Err(e)) => tracing::warn!("name expiry failed: {e}"),
-            Err(_) => {}
+        }
+        for name in gone {
+            tracing::info!(tunnel = %name, "name unused for {lifetime:?}: forgotten with its held events");
         }
     }
 }

@@ -5,11 +5,13 @@
 //! [`NameOwners`] is a trait, and the relay calls nothing else, so that the
 //! one-relay store here ([`SqliteOwners`], in the data dir's `held.db`
 //! beside the held events) can be swapped for a store several relays share
-//! (a NATS KV bucket for `--cluster`) without touching the relay's code.
-//! Calls may block: the relay makes them on the blocking pool.
+//! (a NATS KV bucket for `--cluster`, [`crate::cluster::owners`]) without
+//! touching the relay's code. The trait is async because that store asks
+//! NATS; the SQLite store runs its queries on the blocking pool.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -47,7 +49,10 @@ pub enum Refused {
 /// The store failed.
 #[derive(Debug, thiserror::Error)]
 #[error("owned-names store: {0}")]
-pub struct OwnersError(String);
+pub struct OwnersError(pub String);
+
+/// Says whether a name is held by an agent right now (on this relay).
+pub type InUse<'a> = &'a (dyn Fn(&str) -> bool + Sync);
 
 impl From<rusqlite::Error> for OwnersError {
     fn from(e: rusqlite::Error) -> Self {
@@ -57,28 +62,30 @@ impl From<rusqlite::Error> for OwnersError {
 
 /// Who owns which tunnel names. See the module comment for why this is a
 /// trait: a cluster backs it with a shared store.
+#[async_trait::async_trait]
 pub trait NameOwners: Send + Sync {
     /// Claims `name` for `user`, or confirms they own it (and marks it
     /// used now). A new claim is refused when `user` already owns
     /// `max_names` names (0: no cap).
-    fn claim(&self, name: &str, user: &str, max_names: u64) -> Result<(), Refused>;
+    async fn claim(&self, name: &str, user: &str, max_names: u64) -> Result<(), Refused>;
 
     /// The user owning `name`, if any.
-    fn owner(&self, name: &str) -> Result<Option<String>, OwnersError>;
+    async fn owner(&self, name: &str) -> Result<Option<String>, OwnersError>;
 
     /// Marks `name` as used now (its agent connected or left).
-    fn touch(&self, name: &str) -> Result<(), OwnersError>;
+    async fn touch(&self, name: &str) -> Result<(), OwnersError>;
 
     /// Forgets names unused for `unused_for`, except those `in_use` says
     /// are held right now; returns the names forgotten.
-    fn expire(
+    async fn expire(
         &self,
         unused_for: Duration,
-        in_use: &dyn Fn(&str) -> bool,
+        in_use: InUse<'_>,
     ) -> Result<Vec<String>, OwnersError>;
 }
 
-fn now_ms() -> i64 {
+/// Milliseconds since the Unix epoch, this machine's clock.
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -87,7 +94,7 @@ fn now_ms() -> i64 {
 
 /// Owned names in SQLite, durable across restarts.
 pub struct SqliteOwners {
-    conn: Mutex<Connection>,
+    conn: Arc<Mutex<Connection>>,
 }
 
 const SCHEMA: &str = "
@@ -110,107 +117,145 @@ impl SqliteOwners {
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
         Ok(SqliteOwners {
-            conn: Mutex::new(conn),
+            conn: Arc::new(Mutex::new(conn)),
         })
+    }
+
+    /// Runs `f` on the connection on the blocking pool.
+    async fn with_conn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+    ) -> Result<T, OwnersError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || f(&mut conn.lock()))
+            .await
+            .map_err(|e| OwnersError(e.to_string()))?
+            .map_err(OwnersError::from)
     }
 }
 
-impl NameOwners for SqliteOwners {
-    fn claim(&self, name: &str, user: &str, max_names: u64) -> Result<(), Refused> {
-        let store = |e: rusqlite::Error| Refused::Store(e.to_string());
-        let mut conn = self.conn.lock();
-        // IMMEDIATE: the write lock from the start, so the check and the
-        // insert are one step and a concurrent writer (the held store, on
-        // the same file) makes this wait instead of fail.
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+fn sqlite_claim(
+    conn: &mut Connection,
+    name: &str,
+    user: &str,
+    max_names: u64,
+) -> Result<(), Refused> {
+    let store = |e: rusqlite::Error| Refused::Store(e.to_string());
+    // IMMEDIATE: the write lock from the start, so the check and the
+    // insert are one step and a concurrent writer (the held store, on
+    // the same file) makes this wait instead of fail.
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(store)?;
+    let owner: Option<String> = tx
+        .query_row(
+            "SELECT user FROM owners WHERE name = ?1",
+            params![name],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(store)?;
+    let now = now_ms();
+    match owner {
+        Some(o) if o == user => {
+            tx.execute(
+                "UPDATE owners SET used_ms = ?2 WHERE name = ?1",
+                params![name, now],
+            )
             .map_err(store)?;
-        let owner: Option<String> = tx
-            .query_row(
+        }
+        Some(_) => {
+            return Err(Refused::Owned {
+                name: name.to_string(),
+            })
+        }
+        None => {
+            let owned: i64 = tx
+                .query_row(
+                    "SELECT COUNT(*) FROM owners WHERE user = ?1",
+                    params![user],
+                    |r| r.get(0),
+                )
+                .map_err(store)?;
+            if max_names > 0 && owned as u64 >= max_names {
+                return Err(Refused::TooManyNames {
+                    user: user.to_string(),
+                    max: max_names,
+                });
+            }
+            tx.execute(
+                "INSERT INTO owners(name, user, claimed_ms, used_ms) VALUES (?1, ?2, ?3, ?3)",
+                params![name, user, now],
+            )
+            .map_err(store)?;
+        }
+    }
+    tx.commit().map_err(store)
+}
+
+#[async_trait::async_trait]
+impl NameOwners for SqliteOwners {
+    async fn claim(&self, name: &str, user: &str, max_names: u64) -> Result<(), Refused> {
+        let (conn, name, user) = (self.conn.clone(), name.to_string(), user.to_string());
+        tokio::task::spawn_blocking(move || sqlite_claim(&mut conn.lock(), &name, &user, max_names))
+            .await
+            .unwrap_or_else(|e| Err(Refused::Store(e.to_string())))
+    }
+
+    async fn owner(&self, name: &str) -> Result<Option<String>, OwnersError> {
+        let name = name.to_string();
+        self.with_conn(move |conn| {
+            conn.query_row(
                 "SELECT user FROM owners WHERE name = ?1",
                 params![name],
                 |r| r.get(0),
             )
             .optional()
-            .map_err(store)?;
-        let now = now_ms();
-        match owner {
-            Some(o) if o == user => {
-                tx.execute(
-                    "UPDATE owners SET used_ms = ?2 WHERE name = ?1",
-                    params![name, now],
-                )
-                .map_err(store)?;
-            }
-            Some(_) => {
-                return Err(Refused::Owned {
-                    name: name.to_string(),
-                })
-            }
-            None => {
-                let owned: i64 = tx
-                    .query_row(
-                        "SELECT COUNT(*) FROM owners WHERE user = ?1",
-                        params![user],
-                        |r| r.get(0),
-                    )
-                    .map_err(store)?;
-                if max_names > 0 && owned as u64 >= max_names {
-                    return Err(Refused::TooManyNames {
-                        user: user.to_string(),
-                        max: max_names,
-                    });
-                }
-                tx.execute(
-                    "INSERT INTO owners(name, user, claimed_ms, used_ms) VALUES (?1, ?2, ?3, ?3)",
-                    params![name, user, now],
-                )
-                .map_err(store)?;
-            }
-        }
-        tx.commit().map_err(store)
+        })
+        .await
     }
 
-    fn owner(&self, name: &str) -> Result<Option<String>, OwnersError> {
-        Ok(self
-            .conn
-            .lock()
-            .query_row(
-                "SELECT user FROM owners WHERE name = ?1",
-                params![name],
-                |r| r.get(0),
+    async fn touch(&self, name: &str) -> Result<(), OwnersError> {
+        let name = name.to_string();
+        self.with_conn(move |conn| {
+            conn.execute(
+                "UPDATE owners SET used_ms = ?2 WHERE name = ?1",
+                params![name, now_ms()],
             )
-            .optional()?)
+            .map(drop)
+        })
+        .await
     }
 
-    fn touch(&self, name: &str) -> Result<(), OwnersError> {
-        self.conn.lock().execute(
-            "UPDATE owners SET used_ms = ?2 WHERE name = ?1",
-            params![name, now_ms()],
-        )?;
-        Ok(())
-    }
-
-    fn expire(
+    async fn expire(
         &self,
         unused_for: Duration,
-        in_use: &dyn Fn(&str) -> bool,
+        in_use: InUse<'_>,
     ) -> Result<Vec<String>, OwnersError> {
         let cutoff = now_ms() - unused_for.as_millis() as i64;
-        let conn = self.conn.lock();
-        let stale: Vec<String> = conn
-            .prepare("SELECT name FROM owners WHERE used_ms < ?1")?
-            .query_map(params![cutoff], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        let mut gone = Vec::new();
-        for name in stale.into_iter().filter(|n| !in_use(n)) {
-            conn.execute(
-                "DELETE FROM owners WHERE name = ?1 AND used_ms < ?2",
-                params![name, cutoff],
-            )?;
-            gone.push(name);
-        }
-        Ok(gone)
+        let stale: Vec<String> = self
+            .with_conn(move |conn| {
+                conn.prepare("SELECT name FROM owners WHERE used_ms < ?1")?
+                    .query_map(params![cutoff], |r| r.get(0))?
+                    .collect::<Result<_, _>>()
+            })
+            .await?;
+        let stale: Vec<String> = stale.into_iter().filter(|n| !in_use(n)).collect();
+        // `used_ms < cutoff` again: a name used since the query stays.
+        self.with_conn(move |conn| {
+            let mut gone = Vec::new();
+            for name in stale {
+                let deleted = conn.execute(
+                    "DELETE FROM owners WHERE name = ?1 AND used_ms < ?2",
+                    params![name, cutoff],
+                )?;
+                if deleted > 0 {
+                    gone.push(name);
+                }
+            }
+            Ok(gone)
+        })
+        .await
     }
 }
 
@@ -221,8 +266,9 @@ pub struct MemoryOwners {
     names: Mutex<HashMap<String, (String, i64)>>,
 }
 
+#[async_trait::async_trait]
 impl NameOwners for MemoryOwners {
-    fn claim(&self, name: &str, user: &str, max_names: u64) -> Result<(), Refused> {
+    async fn claim(&self, name: &str, user: &str, max_names: u64) -> Result<(), Refused> {
         let mut names = self.names.lock();
         match names.get_mut(name) {
             Some((o, used)) if o == user => {
@@ -246,21 +292,21 @@ impl NameOwners for MemoryOwners {
         }
     }
 
-    fn owner(&self, name: &str) -> Result<Option<String>, OwnersError> {
+    async fn owner(&self, name: &str) -> Result<Option<String>, OwnersError> {
         Ok(self.names.lock().get(name).map(|(o, _)| o.clone()))
     }
 
-    fn touch(&self, name: &str) -> Result<(), OwnersError> {
+    async fn touch(&self, name: &str) -> Result<(), OwnersError> {
         if let Some((_, used)) = self.names.lock().get_mut(name) {
             *used = now_ms();
         }
         Ok(())
     }
 
-    fn expire(
+    async fn expire(
         &self,
         unused_for: Duration,
-        in_use: &dyn Fn(&str) -> bool,
+        in_use: InUse<'_>,
     ) -> Result<Vec<String>, OwnersError> {
         let cutoff = now_ms() - unused_for.as_millis() as i64;
         let mut names = self.names.lock();
@@ -280,41 +326,43 @@ impl NameOwners for MemoryOwners {
 mod tests {
     use super::*;
 
-    fn exercise(o: &dyn NameOwners) {
-        o.claim("a-1", "alice", 2).unwrap();
-        o.claim("a-1", "alice", 2).unwrap();
+    /// The behaviour every store shares.
+    async fn exercise(o: &dyn NameOwners) {
+        o.claim("a-1", "alice", 2).await.unwrap();
+        o.claim("a-1", "alice", 2).await.unwrap();
         assert_eq!(
-            o.claim("a-1", "bob", 2),
+            o.claim("a-1", "bob", 2).await,
             Err(Refused::Owned { name: "a-1".into() })
         );
-        o.claim("a-2", "alice", 2).unwrap();
+        o.claim("a-2", "alice", 2).await.unwrap();
         assert!(matches!(
-            o.claim("a-3", "alice", 2),
+            o.claim("a-3", "alice", 2).await,
             Err(Refused::TooManyNames { max: 2, .. })
         ));
-        o.claim("a-3", "alice", 0).unwrap();
-        assert_eq!(o.owner("a-1").unwrap().as_deref(), Some("alice"));
-        assert_eq!(o.owner("zz").unwrap(), None);
-        std::thread::sleep(Duration::from_millis(400));
-        o.touch("a-2").unwrap();
+        o.claim("a-3", "alice", 0).await.unwrap();
+        assert_eq!(o.owner("a-1").await.unwrap().as_deref(), Some("alice"));
+        assert_eq!(o.owner("zz").await.unwrap(), None);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        o.touch("a-2").await.unwrap();
         let mut gone = o
             .expire(Duration::from_millis(200), &|n| n == "a-3")
+            .await
             .unwrap();
         gone.sort();
         assert_eq!(gone, vec!["a-1".to_string()]);
-        o.claim("a-1", "bob", 2).unwrap();
+        o.claim("a-1", "bob", 2).await.unwrap();
     }
 
-    #[test]
-    fn memory_owners() {
-        exercise(&MemoryOwners::default());
+    #[tokio::test]
+    async fn memory_owners() {
+        exercise(&MemoryOwners::default()).await;
     }
 
-    #[test]
-    fn sqlite_owners_survive_reopening() {
+    #[tokio::test]
+    async fn sqlite_owners_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
-        exercise(&SqliteOwners::open(dir.path()).unwrap());
+        exercise(&SqliteOwners::open(dir.path()).unwrap()).await;
         let again = SqliteOwners::open(dir.path()).unwrap();
-        assert_eq!(again.owner("a-1").unwrap().as_deref(), Some("bob"));
+        assert_eq!(again.owner("a-1").await.unwrap().as_deref(), Some("bob"));
     }
 }

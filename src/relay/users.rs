@@ -371,12 +371,24 @@ pub struct UsersWatch {
     path: PathBuf,
     users: RwLock<Vec<User>>,
     last_text: parking_lot::Mutex<String>,
+    /// [`UsersWatch::fingerprint`] of the users as loaded.
+    fingerprint: parking_lot::Mutex<String>,
 }
 
 impl std::fmt::Debug for UsersWatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "UsersWatch({})", self.path.display())
     }
+}
+
+/// SHA-256 (hex) of the users, sorted by name, as JSON: two files with
+/// the same users have the same fingerprint whatever their comments,
+/// layout or order.
+fn fingerprint(file: &UsersFile) -> String {
+    let mut users: Vec<&UserEntry> = file.users.iter().collect();
+    users.sort_by(|a, b| a.name.cmp(&b.name));
+    let json = serde_json::to_vec(&users).expect("users serialise");
+    data_encoding::HEXLOWER.encode(&Sha256::digest(&json))
 }
 
 fn compile(file: &UsersFile) -> Vec<User> {
@@ -418,6 +430,7 @@ impl UsersWatch {
             path: path.to_path_buf(),
             users: RwLock::new(compile(&file)),
             last_text: parking_lot::Mutex::new(text),
+            fingerprint: parking_lot::Mutex::new(fingerprint(&file)),
         })
     }
 
@@ -434,8 +447,15 @@ impl UsersWatch {
         }
         let file = UsersFile::parse(&self.path, &text)?;
         *self.users.write() = compile(&file);
+        *self.fingerprint.lock() = fingerprint(&file);
         *last = text;
         Ok(true)
+    }
+
+    /// Tells users files apart by their users (not their layout): relays
+    /// of one cluster compare it to find one whose file differs.
+    pub fn fingerprint(&self) -> String {
+        self.fingerprint.lock().clone()
     }
 
     /// How many users there are.
@@ -529,6 +549,28 @@ mod tests {
         assert!(watch.reload().unwrap());
         assert!(watch.authenticate(&token).is_none());
         assert!(!watch.reload().unwrap(), "unchanged file: no reload");
+    }
+
+    #[test]
+    fn the_fingerprint_tells_users_apart_not_layouts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.toml"), dir.path().join("b.toml"));
+        let mut f = UsersFile::default();
+        f.add("alice", &["alice-*".into()], None).unwrap();
+        f.add("bob", &["*".into()], Some(3)).unwrap();
+        f.save(&a).unwrap();
+        let mut reordered = f.clone();
+        reordered.users.reverse();
+        reordered.save(&b).unwrap();
+        let text = std::fs::read_to_string(&b).unwrap();
+        std::fs::write(&b, format!("# copied\n\n{text}")).unwrap();
+        let (wa, wb) = (UsersWatch::open(&a).unwrap(), UsersWatch::open(&b).unwrap());
+        assert_eq!(wa.fingerprint(), wb.fingerprint());
+        assert_eq!(wa.fingerprint().len(), 64);
+        f.revoke("bob").unwrap();
+        f.save(&a).unwrap();
+        assert!(wa.reload().unwrap());
+        assert_ne!(wa.fingerprint(), wb.fingerprint());
     }
 
     #[test]
