@@ -14,6 +14,18 @@
                                      appear in RELAY_LOG, then POST to URL every
                                      5 ms until a 200; print seconds from relay
                                      up to first 200
+  nats-stream PORT STREAM            print "messages last_seq" of a JetStream
+                                     stream from nats-server's monitoring port
+  nats-varz PORT                     print "in_msgs out_msgs cpu_pct" of nats-server
+  wait-kv PORT STREAM N TIMEOUT      poll until STREAM holds N messages (keys);
+                                     print the seconds waited, or "timeout M"
+  tunnel-urls DIR N COUNT SAMPLE SEED PREFIX RELAY...
+                                     write DIR/own.txt and DIR/random.txt (the
+                                     same COUNT random tunnels of N, through the
+                                     tunnel's own relay i mod R, or a random one)
+                                     and DIR/routable.txt (SAMPLE names, each
+                                     through every relay); print how many of
+                                     random.txt cross to another relay
   summarize RESULTS.jsonl EXTRA.json print the markdown report
 """
 
@@ -302,7 +314,81 @@ def summarize(path, extra_path):
             tot = full["relay"] + full["agent"]
             out.append("")
             out.append(f"Target relay + agent ≤ 120k instructions per exchange, store full: {tot / 1000:.1f}k — {verdict(tot <= 120_000)}")
+    c10 = extra.get("cluster10k")
+    if c10:
+        out.append("")
+        out.append(f"Cluster: {c10['tunnels']:,} tunnels over {len(c10['relays'])} relays, "
+                   f"{c10['connected']:,} connected in {fmt(c10['connect_s'], 2)} s "
+                   f"(all claimed in the KV after {fmt(c10['kv_all_claimed_s'], 2)} s); "
+                   f"idle {c10['idle_window_s']} s: KV writes {fmt(c10['kv_writes_per_s'], 1)}/s, "
+                   f"NATS messages in {fmt(c10['nats_msgs_in_per_s'], 1)}/s, NATS CPU {fmt(c10['nats_idle_cpu_pct'], 1)} %, "
+                   f"load1 {c10['load1_idle']}")
+        out.append("")
+        out.append("| relay | tunnels | RSS before (KiB) | RSS with tunnels (KiB) | KiB/tunnel | CPU while idle |")
+        out.append("|---:|---:|---:|---:|---:|---:|")
+        for i, r in enumerate(c10["relays"]):
+            out.append(f"| {i} | {r['tunnels']:,} | {fmt(r['rss_before_kib'])} | {fmt(r['rss_with_kib'])} | "
+                       f"{fmt(r['per_tunnel_kib'], 1)} | {fmt(r['idle_cpu_pct'], 1)} % |")
+        out.append("")
+        out.append(f"| webhook (c=1, {c10['probes_per_round']:,} random tunnels per round; "
+                   f"{c10['random_crossed']:,} of them cross a hop in 'random') | round | p50 µs | p90 µs | p99 µs | max µs | 200s | other | load1 |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for p in c10["probes"]:
+            other = sum(v for k, v in p.get("status", {}).items() if k != "200")
+            out.append(f"| through {p['mode']} relay | {p['round']} | {fmt(p.get('p50_us'))} | {fmt(p.get('p90_us'))} | "
+                       f"{fmt(p.get('p99_us'))} | {fmt(p.get('max_us'))} | {p.get('answered_200')} | {other} | {p['load1']} |")
+        rt = c10["routable"]
+        out.append("")
+        out.append(f"Routable: {rt.get('answered_200')} of {rt.get('requests')} answered 200 "
+                   f"({rt['names']} random names, each through every relay; statuses {json.dumps(rt.get('status'))})")
     print("\n".join(out))
+
+
+def nats_json(port, path):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+        return json.load(r)
+
+
+def nats_stream(port, stream):
+    """(messages, last_seq) of STREAM, or (0, 0) when it does not exist yet."""
+    j = nats_json(port, "/jsz?accounts=true&streams=true")
+    for acc in j.get("account_details") or []:
+        for st in acc.get("stream_detail") or []:
+            if st.get("name") == stream:
+                state = st.get("state", {})
+                return state.get("messages", 0), state.get("last_seq", 0)
+    return 0, 0
+
+
+def wait_kv(port, stream, n, timeout):
+    start = time.monotonic()
+    msgs = 0
+    while time.monotonic() - start < timeout:
+        msgs, _ = nats_stream(port, stream)
+        if msgs >= n:
+            print(f"{time.monotonic() - start:.2f}")
+            return
+        time.sleep(0.2)
+    print(f"timeout {msgs}")
+
+
+def tunnel_urls(out, n, count, sample, seed, prefix, relays):
+    import random
+    rng = random.Random(seed)
+    r = len(relays)
+    picks = [rng.randrange(n) for _ in range(count)]
+    crossed = 0
+    with open(os.path.join(out, "own.txt"), "w") as own, open(os.path.join(out, "random.txt"), "w") as rnd:
+        for i in picks:
+            own.write(f"http://{relays[i % r]}/t/{prefix}-{i}\n")
+            j = rng.randrange(r)
+            crossed += j != i % r
+            rnd.write(f"http://{relays[j]}/t/{prefix}-{i}\n")
+    with open(os.path.join(out, "routable.txt"), "w") as f:
+        for i in rng.sample(range(n), min(sample, n)):
+            for relay in relays:
+                f.write(f"http://{relay}/t/{prefix}-{i}\n")
+    print(crossed)
 
 
 def main():
@@ -319,6 +405,15 @@ def main():
         reconnect(*args)
     elif cmd == "reconnect-run":
         reconnect_run(args[0], args[1], args[2], args[3], args[4:])
+    elif cmd == "nats-stream":
+        print(*nats_stream(args[0], args[1]))
+    elif cmd == "nats-varz":
+        v = nats_json(args[0], "/varz")
+        print(v.get("in_msgs", 0), v.get("out_msgs", 0), v.get("cpu", 0))
+    elif cmd == "wait-kv":
+        wait_kv(args[0], args[1], int(args[2]), float(args[3]))
+    elif cmd == "tunnel-urls":
+        tunnel_urls(args[0], int(args[1]), int(args[2]), int(args[3]), int(args[4]), args[5], args[6:])
     elif cmd == "summarize":
         summarize(args[0], args[1] if len(args) > 1 else None)
     else:

@@ -1,12 +1,17 @@
 //! Opens N idle agent links to a relay with the real protocol (authenticated
 //! websocket upgrade, then an HTTP/2 server over the websocket, as
 //! `whtunnel listen` does), holds them, then exits. Used by `bench/run.sh`
-//! to measure the relay's memory per idle agent.
+//! to measure the relay's memory per idle agent, and (with `--relay`
+//! repeated) to spread many tunnels over the relays of a cluster.
 //!
 //! ```text
 //! cargo run --release --example idle_agents -- \
 //!     --relay http://127.0.0.1:PORT --token T --count 1000 --hold-secs 10
 //! ```
+//!
+//! Agent `i` is named `PREFIX-i` and connects to the `(i mod R)`-th of the R
+//! `--relay` URLs (it does not move to another relay: one link per agent).
+//! Every agent answers any request with `200 ok`.
 //!
 //! Prints `connected N failed F in S s` once every link is up (or failed),
 //! then `holding` and, after `--hold-secs`, exits. Everything is bounded:
@@ -30,7 +35,7 @@ use whtunnel::agent::connect::{connect, AgentConfig, RelayUrl};
 use whtunnel::tunnel::{h2, tls, WsIo};
 
 struct Args {
-    relay: String,
+    relays: Vec<String>,
     token: String,
     count: usize,
     hold: Duration,
@@ -41,7 +46,7 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
-        relay: String::new(),
+        relays: Vec::new(),
         token: String::new(),
         count: 1000,
         hold: Duration::from_secs(10),
@@ -54,7 +59,7 @@ fn parse_args() -> Result<Args, String> {
         let mut val = || it.next().ok_or(format!("{flag} needs a value"));
         let num = |v: String| v.parse::<u64>().map_err(|e| format!("{v}: {e}"));
         match flag.as_str() {
-            "--relay" => a.relay = val()?,
+            "--relay" => a.relays.push(val()?),
             "--token" => a.token = val()?,
             "--count" => a.count = num(val()?)? as usize,
             "--hold-secs" => a.hold = Duration::from_secs(num(val()?)?),
@@ -64,8 +69,8 @@ fn parse_args() -> Result<Args, String> {
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    if a.relay.is_empty() || a.token.is_empty() {
-        return Err("usage: idle_agents --relay URL --token T [--count N] [--hold-secs S] [--parallel P] [--prefix NAME]".into());
+    if a.relays.is_empty() || a.token.is_empty() {
+        return Err("usage: idle_agents --relay URL [--relay URL2 ...] --token T [--count N] [--hold-secs S] [--parallel P] [--prefix NAME]".into());
     }
     Ok(a)
 }
@@ -79,7 +84,7 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let relay: RelayUrl = match args.relay.parse() {
+    let relays: Vec<RelayUrl> = match args.relays.iter().map(|r| r.parse()).collect() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
@@ -95,7 +100,7 @@ async fn main() {
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..args.count {
         let config = AgentConfig {
-            relay: relay.clone(),
+            relay: relays[i % relays.len()].clone(),
             more_relays: Vec::new(),
             token: args.token.clone(),
             name: format!("{}-{i}", args.prefix),
