@@ -15,9 +15,13 @@
                                      5 ms until a 200; print seconds from relay
                                      up to first 200
   nats-stream PORT STREAM            print "messages last_seq" of a JetStream
-                                     stream from nats-server's monitoring port
+                                     stream (PORT: nats-server's client port)
   nats-varz PORT                     print "in_msgs out_msgs cpu_pct" of nats-server
-  wait-kv PORT STREAM N TIMEOUT      poll until STREAM holds N messages (keys);
+  snapshot PORT MPORT STREAM PID...  print JSON {t, seq, in_msgs, cpu: [CPU s per PID]}
+                                     (PORT client port, MPORT monitoring port) at
+                                     one instant, for rates over a window
+  wait-kv PORT STREAM N TIMEOUT      poll until STREAM holds N messages (keys),
+                                     PORT the client port;
                                      print the seconds waited, or "timeout M"
   tunnel-urls DIR N COUNT SAMPLE SEED PREFIX RELAY...
                                      write DIR/own.txt and DIR/random.txt (the
@@ -350,14 +354,48 @@ def nats_json(port, path):
 
 
 def nats_stream(port, stream):
-    """(messages, last_seq) of STREAM, or (0, 0) when it does not exist yet."""
-    j = nats_json(port, "/jsz?accounts=true&streams=true")
-    for acc in j.get("account_details") or []:
-        for st in acc.get("stream_detail") or []:
-            if st.get("name") == stream:
-                state = st.get("state", {})
+    """(messages, last_seq) of STREAM, or (0, 0) when it does not exist yet.
+
+    Asks JetStream itself ($JS.API.STREAM.INFO over the NATS client port,
+    plain protocol): the monitoring port's /jsz answers from a cache that
+    lags by seconds, too coarse to time claims or count writes.
+    """
+    with socket.create_connection(("127.0.0.1", int(port)), timeout=5) as s:
+        f = s.makefile("rb")
+        f.readline()  # INFO
+        s.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nSUB _INBOX.bench 1\r\n'
+                  + f"PUB $JS.API.STREAM.INFO.{stream} _INBOX.bench 0\r\n\r\nPING\r\n".encode())
+        while True:
+            line = f.readline()
+            if not line:
+                return 0, 0
+            if line.startswith(b"PING"):
+                s.sendall(b"PONG\r\n")
+            elif line.startswith(b"MSG "):
+                size = int(line.split()[-1])
+                payload = f.read(size + 2)[:size]
+                state = json.loads(payload).get("state", {})
                 return state.get("messages", 0), state.get("last_seq", 0)
-    return 0, 0
+            elif line.startswith(b"-ERR"):
+                return 0, 0
+
+
+def cpu_seconds(pid):
+    tck = os.sysconf("SC_CLK_TCK")
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tck
+    except OSError:
+        return 0.0
+
+
+def snapshot(port, mport, stream, pids):
+    t = time.time()
+    cpu = [cpu_seconds(p) for p in pids]
+    _, seq = nats_stream(port, stream)
+    in_msgs = nats_json(mport, "/varz").get("in_msgs", 0)
+    print(json.dumps({"t": t, "seq": seq, "in_msgs": in_msgs, "cpu": cpu}))
 
 
 def wait_kv(port, stream, n, timeout):
@@ -410,6 +448,8 @@ def main():
     elif cmd == "nats-varz":
         v = nats_json(args[0], "/varz")
         print(v.get("in_msgs", 0), v.get("out_msgs", 0), v.get("cpu", 0))
+    elif cmd == "snapshot":
+        snapshot(args[0], args[1], args[2], args[3:])
     elif cmd == "wait-kv":
         wait_kv(args[0], args[1], int(args[2]), float(args[3]))
     elif cmd == "tunnel-urls":

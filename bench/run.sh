@@ -610,7 +610,7 @@ phase_cluster10k() {
   start idle10k "$IDLE_BIN" "${relays[@]}" --token "$TOKEN" --count "$n" --hold-secs "$hold" \
     --parallel 64 --connect-timeout-secs 300 --prefix t10k
   local ipid=$LAST_PID
-  local kv_secs; kv_secs=$(python3 "$LIB" wait-kv "$mp" "$kv" "$n" 320)
+  local kv_secs; kv_secs=$(python3 "$LIB" wait-kv "$np" "$kv" "$n" 320)
   if ! wait_for "$WORK/idle10k.out" '^holding' 320 "$ipid"; then
     log "the agents did not finish connecting"; cat "$WORK/idle10k.err" >&2 || true
   fi
@@ -624,30 +624,27 @@ phase_cluster10k() {
   local with=() client per
   for i in 0 1 2; do read -r r _ <<<"$(rss_of "${rpids[$i]}")"; with+=("$r"); done
   read -r client _ <<<"$(rss_of "$ipid")"
-  # Idle: one holder TTL (15 s), so each tunnel's claim is refreshed 3 times.
-  local c0=() c1=() nc0 nc1 s0 s1 v0 v1 load_idle
-  for i in 0 1 2; do c0+=("$(python3 "$LIB" cputime "${rpids[$i]}")"); done
-  nc0=$(python3 "$LIB" cputime "$nats_pid")
-  read -r _ s0 <<<"$(python3 "$LIB" nats-stream "$mp" "$kv")"
-  read -r v0 _ _ <<<"$(python3 "$LIB" nats-varz "$mp")"
+  # Idle: one holder TTL (15 s), so each tunnel's claim is refreshed 3
+  # times. Rates are over the time between the two snapshots, not the sleep.
+  local snap0 snap1 load_idle
+  snap0=$(python3 "$LIB" snapshot "$np" "$mp" "$kv" "${rpids[@]}" "$nats_pid")
   sleep "$idle_secs"
-  for i in 0 1 2; do c1+=("$(python3 "$LIB" cputime "${rpids[$i]}")"); done
-  nc1=$(python3 "$LIB" cputime "$nats_pid")
-  read -r _ s1 <<<"$(python3 "$LIB" nats-stream "$mp" "$kv")"
-  read -r v1 _ _ <<<"$(python3 "$LIB" nats-varz "$mp")"
+  snap1=$(python3 "$LIB" snapshot "$np" "$mp" "$kv" "${rpids[@]}" "$nats_pid")
   load_idle=$(cut -d' ' -f1 /proc/loadavg)
+  local window; window=$(jq -n --argjson a "$snap0" --argjson b "$snap1" '($b.t - $a.t) * 100 | round / 100')
   local relays_json="[]" share
   for i in 0 1 2; do
     share=$(( n / 3 + (i < n % 3 ? 1 : 0) ))
     relays_json=$(jq -c --argjson b "${before[$i]}" --argjson w "${with[$i]}" --argjson t "$share" \
-      --argjson cpu "$(python3 -c "print(round((${c1[$i]} - ${c0[$i]}) * 100 / $idle_secs, 1))")" \
-      '. + [{tunnels: $t, rss_before_kib: $b, rss_with_kib: $w, per_tunnel_kib: (($w - $b) / $t * 10 | round / 10), idle_cpu_pct: $cpu}]' <<<"$relays_json")
+      --argjson s0 "$snap0" --argjson s1 "$snap1" --argjson i "$i" --arg addr "${addrs[$i]}" \
+      '. + [{addr: $addr, tunnels: $t, rss_before_kib: $b, rss_with_kib: $w, per_tunnel_kib: (($w - $b) / $t * 10 | round / 10),
+             idle_cpu_pct: (($s1.cpu[$i] - $s0.cpu[$i]) * 100 / ($s1.t - $s0.t) * 10 | round / 10)}]' <<<"$relays_json")
   done
   local kv_writes nats_in nats_cpu
-  kv_writes=$(python3 -c "print(round(($s1 - $s0) / $idle_secs, 1))")
-  nats_in=$(python3 -c "print(round(($v1 - $v0) / $idle_secs, 1))")
-  nats_cpu=$(python3 -c "print(round(($nc1 - $nc0) * 100 / $idle_secs, 1))")
-  log "idle ${idle_secs} s: KV writes $kv_writes/s, NATS messages in $nats_in/s, NATS CPU $nats_cpu %; relays $relays_json"
+  kv_writes=$(jq -n --argjson a "$snap0" --argjson b "$snap1" '($b.seq - $a.seq) / ($b.t - $a.t) * 10 | round / 10')
+  nats_in=$(jq -n --argjson a "$snap0" --argjson b "$snap1" '($b.in_msgs - $a.in_msgs) / ($b.t - $a.t) * 10 | round / 10')
+  nats_cpu=$(jq -n --argjson a "$snap0" --argjson b "$snap1" '($b.cpu[3] - $a.cpu[3]) * 100 / ($b.t - $a.t) * 10 | round / 10')
+  log "idle ${window} s: KV writes $kv_writes/s, NATS messages in $nats_in/s, NATS CPU $nats_cpu %; relays $relays_json"
   # Webhooks: the same random tunnels through their own relay and through
   # a random one, alternating rounds; then a routability sample.
   local crossed; crossed=$(python3 "$LIB" tunnel-urls "$WORK" "$n" "$probes" "$sample" 16 t10k "${addrs[@]}")
@@ -664,7 +661,7 @@ phase_cluster10k() {
   log "routability: $sample names × 3 relays: $res"
   local still; still=$(kill -0 "$ipid" 2>/dev/null && echo true || echo false)
   json_set .cluster10k "$(jq -n --argjson n "$n" --argjson c "$conn" --argjson cs "$conn_secs" --argjson ks "$kv_secs" \
-    --argjson rel "$relays_json" --argjson cl "$client" --argjson is "$idle_secs" --argjson kw "$kv_writes" \
+    --argjson rel "$relays_json" --argjson cl "$client" --argjson is "$window" --argjson kw "$kv_writes" \
     --argjson ni "$nats_in" --argjson nc "$nats_cpu" --argjson li "$load_idle" --argjson p "$probes_json" \
     --argjson cr "$crossed" --argjson pr "$probes" --argjson rt "$res" --argjson s "$sample" --argjson alive "$still" \
     '{tunnels: $n, connected: $c, connect_s: $cs, kv_all_claimed_s: $ks, relays: $rel,
