@@ -325,7 +325,8 @@ def summarize(path, extra_path):
                    f"{c10['connected']:,} connected in {fmt(c10['connect_s'], 2)} s "
                    f"(all claimed in the KV after {fmt(c10['kv_all_claimed_s'], 2)} s); "
                    f"idle {c10['idle_window_s']} s: KV writes {fmt(c10['kv_writes_per_s'], 1)}/s, "
-                   f"NATS messages in {fmt(c10['nats_msgs_in_per_s'], 1)}/s, NATS CPU {fmt(c10['nats_idle_cpu_pct'], 1)} %, "
+                   f"NATS messages in {fmt(c10['nats_msgs_in_per_s'], 1)}/s, out {fmt(c10.get('nats_msgs_out_per_s'), 1)}/s, "
+                   f"held-stream consumers {c10.get('held_consumers')}, NATS CPU {fmt(c10['nats_idle_cpu_pct'], 1)} %, "
                    f"load1 {c10['load1_idle']}")
         out.append("")
         out.append("| relay | tunnels | RSS before (KiB) | RSS with tunnels (KiB) | KiB/tunnel | CPU while idle |")
@@ -353,31 +354,40 @@ def nats_json(port, path):
         return json.load(r)
 
 
-def nats_stream(port, stream):
-    """(messages, last_seq) of STREAM, or (0, 0) when it does not exist yet.
+def nats_stream_state(port, stream):
+    """The `state` of STREAM ({} when it does not exist yet), or None when
+    JetStream did not answer within 10 s (it can be that busy).
 
     Asks JetStream itself ($JS.API.STREAM.INFO over the NATS client port,
     plain protocol): the monitoring port's /jsz answers from a cache that
     lags by seconds, too coarse to time claims or count writes.
     """
-    with socket.create_connection(("127.0.0.1", int(port)), timeout=5) as s:
-        f = s.makefile("rb")
-        f.readline()  # INFO
-        s.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nSUB _INBOX.bench 1\r\n'
-                  + f"PUB $JS.API.STREAM.INFO.{stream} _INBOX.bench 0\r\n\r\nPING\r\n".encode())
-        while True:
-            line = f.readline()
-            if not line:
-                return 0, 0
-            if line.startswith(b"PING"):
-                s.sendall(b"PONG\r\n")
-            elif line.startswith(b"MSG "):
-                size = int(line.split()[-1])
-                payload = f.read(size + 2)[:size]
-                state = json.loads(payload).get("state", {})
-                return state.get("messages", 0), state.get("last_seq", 0)
-            elif line.startswith(b"-ERR"):
-                return 0, 0
+    try:
+        with socket.create_connection(("127.0.0.1", int(port)), timeout=10) as s:
+            f = s.makefile("rb")
+            f.readline()  # INFO
+            s.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nSUB _INBOX.bench 1\r\n'
+                      + f"PUB $JS.API.STREAM.INFO.{stream} _INBOX.bench 0\r\n\r\nPING\r\n".encode())
+            while True:
+                line = f.readline()
+                if not line or line.startswith(b"-ERR"):
+                    return None
+                if line.startswith(b"PING"):
+                    s.sendall(b"PONG\r\n")
+                elif line.startswith(b"MSG "):
+                    size = int(line.split()[-1])
+                    payload = f.read(size + 2)[:size]
+                    return json.loads(payload).get("state", {})
+    except (OSError, ValueError):
+        return None
+
+
+def nats_stream(port, stream):
+    """(messages, last_seq) of STREAM; (0, 0) when absent, None when no answer."""
+    state = nats_stream_state(port, stream)
+    if state is None:
+        return None
+    return state.get("messages", 0), state.get("last_seq", 0)
 
 
 def cpu_seconds(pid):
@@ -393,16 +403,20 @@ def cpu_seconds(pid):
 def snapshot(port, mport, stream, pids):
     t = time.time()
     cpu = [cpu_seconds(p) for p in pids]
-    _, seq = nats_stream(port, stream)
-    in_msgs = nats_json(mport, "/varz").get("in_msgs", 0)
-    print(json.dumps({"t": t, "seq": seq, "in_msgs": in_msgs, "cpu": cpu}))
+    state = nats_stream_state(port, stream) or {}
+    varz = nats_json(mport, "/varz")
+    held = nats_stream_state(port, "whtunnel_held") or {}
+    print(json.dumps({"t": t, "seq": state.get("last_seq"), "in_msgs": varz.get("in_msgs", 0),
+                      "out_msgs": varz.get("out_msgs", 0), "cpu": cpu,
+                      "held_consumers": held.get("consumer_count")}))
 
 
 def wait_kv(port, stream, n, timeout):
     start = time.monotonic()
     msgs = 0
     while time.monotonic() - start < timeout:
-        msgs, _ = nats_stream(port, stream)
+        got = nats_stream(port, stream)
+        msgs = got[0] if got else msgs
         if msgs >= n:
             print(f"{time.monotonic() - start:.2f}")
             return
@@ -444,7 +458,7 @@ def main():
     elif cmd == "reconnect-run":
         reconnect_run(args[0], args[1], args[2], args[3], args[4:])
     elif cmd == "nats-stream":
-        print(*nats_stream(args[0], args[1]))
+        print(*(nats_stream(args[0], args[1]) or ("none", "none")))
     elif cmd == "nats-varz":
         v = nats_json(args[0], "/varz")
         print(v.get("in_msgs", 0), v.get("out_msgs", 0), v.get("cpu", 0))

@@ -610,7 +610,7 @@ phase_cluster10k() {
   start idle10k "$IDLE_BIN" "${relays[@]}" --token "$TOKEN" --count "$n" --hold-secs "$hold" \
     --parallel 64 --connect-timeout-secs 300 --prefix t10k
   local ipid=$LAST_PID
-  local kv_secs; kv_secs=$(python3 "$LIB" wait-kv "$np" "$kv" "$n" 320)
+  local kv_secs; kv_secs=$(python3 "$LIB" wait-kv "$np" "$kv" "$n" 320 || echo timeout)
   if ! wait_for "$WORK/idle10k.out" '^holding' 320 "$ipid"; then
     log "the agents did not finish connecting"; cat "$WORK/idle10k.err" >&2 || true
   fi
@@ -644,7 +644,10 @@ phase_cluster10k() {
   kv_writes=$(jq -n --argjson a "$snap0" --argjson b "$snap1" '($b.seq - $a.seq) / ($b.t - $a.t) * 10 | round / 10')
   nats_in=$(jq -n --argjson a "$snap0" --argjson b "$snap1" '($b.in_msgs - $a.in_msgs) / ($b.t - $a.t) * 10 | round / 10')
   nats_cpu=$(jq -n --argjson a "$snap0" --argjson b "$snap1" '($b.cpu[3] - $a.cpu[3]) * 100 / ($b.t - $a.t) * 10 | round / 10')
-  log "idle ${window} s: KV writes $kv_writes/s, NATS messages in $nats_in/s, NATS CPU $nats_cpu %; relays $relays_json"
+  local nats_out consumers
+  nats_out=$(jq -n --argjson a "$snap0" --argjson b "$snap1" '($b.out_msgs - $a.out_msgs) / ($b.t - $a.t) * 10 | round / 10')
+  consumers=$(jq -n --argjson b "$snap1" '$b.held_consumers')
+  log "idle ${window} s: KV writes $kv_writes/s, NATS messages in $nats_in/s out $nats_out/s, NATS CPU $nats_cpu %, held-stream consumers $consumers; relays $relays_json"
   # Webhooks: the same random tunnels through their own relay and through
   # a random one, alternating rounds; then a routability sample.
   local crossed; crossed=$(python3 "$LIB" tunnel-urls "$WORK" "$n" "$probes" "$sample" 16 t10k "${addrs[@]}")
@@ -662,11 +665,11 @@ phase_cluster10k() {
   local still; still=$(kill -0 "$ipid" 2>/dev/null && echo true || echo false)
   json_set .cluster10k "$(jq -n --argjson n "$n" --argjson c "$conn" --argjson cs "$conn_secs" --argjson ks "$kv_secs" \
     --argjson rel "$relays_json" --argjson cl "$client" --argjson is "$window" --argjson kw "$kv_writes" \
-    --argjson ni "$nats_in" --argjson nc "$nats_cpu" --argjson li "$load_idle" --argjson p "$probes_json" \
+    --argjson ni "$nats_in" --argjson no "$nats_out" --argjson hc "$consumers" --argjson nc "$nats_cpu" --argjson li "$load_idle" --argjson p "$probes_json" \
     --argjson cr "$crossed" --argjson pr "$probes" --argjson rt "$res" --argjson s "$sample" --argjson alive "$still" \
     '{tunnels: $n, connected: $c, connect_s: $cs, kv_all_claimed_s: $ks, relays: $rel,
       client_per_tunnel_kib: (if $c > 0 then ($cl / $c * 10 | round / 10) else null end),
-      idle_window_s: $is, kv_writes_per_s: $kw, nats_msgs_in_per_s: $ni, nats_idle_cpu_pct: $nc, load1_idle: $li,
+      idle_window_s: $is, kv_writes_per_s: $kw, nats_msgs_in_per_s: $ni, nats_msgs_out_per_s: $no, held_consumers: $hc, nats_idle_cpu_pct: $nc, load1_idle: $li,
       probes: $p, probes_per_round: $pr, random_crossed: $cr, routable: ($rt + {names: $s}), agents_alive_after: $alive}')"
   stop_pid "$ipid"
   for i in 0 1 2; do stop_pid "${rpids[$i]}"; done
