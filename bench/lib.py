@@ -321,12 +321,17 @@ def summarize(path, extra_path):
     c10 = extra.get("cluster10k")
     if c10:
         out.append("")
+        if c10.get("relay_args"):
+            out.append("")
+            out.append(f"Cluster relays started with: `{c10['relay_args']}`")
+            out.append("")
         out.append(f"Cluster: {c10['tunnels']:,} tunnels over {len(c10['relays'])} relays, "
                    f"{c10['connected']:,} connected in {fmt(c10['connect_s'], 2)} s "
                    f"(all claimed in the KV after {fmt(c10['kv_all_claimed_s'], 2)} s); "
                    f"idle {c10['idle_window_s']} s: KV writes {fmt(c10['kv_writes_per_s'], 1)}/s, "
                    f"NATS messages in {fmt(c10['nats_msgs_in_per_s'], 1)}/s, out {fmt(c10.get('nats_msgs_out_per_s'), 1)}/s, "
                    f"held-stream consumers {c10.get('held_consumers')}, NATS CPU {fmt(c10['nats_idle_cpu_pct'], 1)} %, "
+                   f"NATS RSS {fmt(c10.get('nats_rss_before_kib'))} -> {fmt(c10.get('nats_rss_with_kib'))} KiB, "
                    f"load1 {c10['load1_idle']}")
         out.append("")
         out.append("| relay | tunnels | RSS before (KiB) | RSS with tunnels (KiB) | KiB/tunnel | CPU while idle |")

@@ -22,6 +22,8 @@
 #                        latency to random tunnels through their own relay
 #                        vs a random one, and a routability sample
 #   --cluster-tunnels N  tunnels of the cluster10k phase (default 10000)
+#   --cluster-relay-arg A  extra argument for the cluster10k relays (repeatable),
+#                        e.g. --cluster-relay-arg --cluster-holder-ttl=60s
 #   --scenarios LIST     comma list of load scenarios to run (names as in the
 #                        tables, e.g. 1k-c32-keepalive,1k-c1-keepalive)
 #   --no-peers           skip bore / rathole / localtunnel
@@ -56,6 +58,7 @@ WT_BIN=""
 VARIANT=""
 VARIANT_BIN=""
 CLUSTER_TUNNELS=10000
+CLUSTER_RELAY_ARGS=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -71,7 +74,8 @@ while [[ $# -gt 0 ]]; do
     --variant) VARIANT="$2"; shift ;;
     --variant-bin) VARIANT_BIN="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"; shift ;;
     --cluster-tunnels) CLUSTER_TUNNELS="$2"; shift ;;
-    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+    --cluster-relay-arg) CLUSTER_RELAY_ARGS+=("$2"); shift ;;
+    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -591,7 +595,7 @@ phase_cluster10k() {
   start nats10k "$nats" -js -a 127.0.0.1 -p "$np" -m "$mp" -sd "$WORK/nats10k"
   local nats_pid=$LAST_PID w
   for w in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$mp") 2>/dev/null && break; sleep 0.1; done
-  local cl=(--cluster "nats://127.0.0.1:$np" --hold-max-total-bytes 256MiB)
+  local cl=(--cluster "nats://127.0.0.1:$np" --hold-max-total-bytes 256MiB "${CLUSTER_RELAY_ARGS[@]}")
   local saved_env=("${WT_ENV[@]}")
   WT_ENV+=(WHTUNNEL_CLUSTER_SECRET="bench-secret-$TOKEN")
   local addrs=() rpids=() relays=() i
@@ -601,8 +605,9 @@ phase_cluster10k() {
   done
   WT_ENV=("${saved_env[@]}")
   sleep 1
-  local before=() r
+  local before=() r nats_before nats_with
   for i in 0 1 2; do read -r r _ <<<"$(rss_of "${rpids[$i]}")"; before+=("$r"); done
+  read -r nats_before _ <<<"$(rss_of "$nats_pid")"
   local kv=KV_whtunnel_tunnels
   # Agents connect, 64 at a time; the relay claims the name in the KV
   # before it answers the upgrade, so "connected" means "claimed".
@@ -624,6 +629,7 @@ phase_cluster10k() {
   local with=() client per
   for i in 0 1 2; do read -r r _ <<<"$(rss_of "${rpids[$i]}")"; with+=("$r"); done
   read -r client _ <<<"$(rss_of "$ipid")"
+  read -r nats_with _ <<<"$(rss_of "$nats_pid")"
   # Idle: one holder TTL (15 s), so each tunnel's claim is refreshed 3
   # times. Rates are over the time between the two snapshots, not the sleep.
   local snap0 snap1 load_idle
@@ -665,11 +671,11 @@ phase_cluster10k() {
   local still; still=$(kill -0 "$ipid" 2>/dev/null && echo true || echo false)
   json_set .cluster10k "$(jq -n --argjson n "$n" --argjson c "$conn" --argjson cs "$conn_secs" --argjson ks "$kv_secs" \
     --argjson rel "$relays_json" --argjson cl "$client" --argjson is "$window" --argjson kw "$kv_writes" \
-    --argjson ni "$nats_in" --argjson no "$nats_out" --argjson hc "$consumers" --argjson nc "$nats_cpu" --argjson li "$load_idle" --argjson p "$probes_json" \
+    --argjson ni "$nats_in" --argjson no "$nats_out" --argjson hc "$consumers" --argjson nc "$nats_cpu" --argjson nb "$nats_before" --argjson nw "$nats_with" --arg ra "${CLUSTER_RELAY_ARGS[*]}" --argjson li "$load_idle" --argjson p "$probes_json" \
     --argjson cr "$crossed" --argjson pr "$probes" --argjson rt "$res" --argjson s "$sample" --argjson alive "$still" \
     '{tunnels: $n, connected: $c, connect_s: $cs, kv_all_claimed_s: $ks, relays: $rel,
       client_per_tunnel_kib: (if $c > 0 then ($cl / $c * 10 | round / 10) else null end),
-      idle_window_s: $is, kv_writes_per_s: $kw, nats_msgs_in_per_s: $ni, nats_msgs_out_per_s: $no, held_consumers: $hc, nats_idle_cpu_pct: $nc, load1_idle: $li,
+      idle_window_s: $is, kv_writes_per_s: $kw, nats_msgs_in_per_s: $ni, nats_msgs_out_per_s: $no, held_consumers: $hc, nats_idle_cpu_pct: $nc, nats_rss_before_kib: $nb, nats_rss_with_kib: $nw, relay_args: $ra, load1_idle: $li,
       probes: $p, probes_per_round: $pr, random_crossed: $cr, routable: ($rt + {names: $s}), agents_alive_after: $alive}')"
   stop_pid "$ipid"
   for i in 0 1 2; do stop_pid "${rpids[$i]}"; done
