@@ -20,8 +20,10 @@
   snapshot PORT MPORT STREAM PID...  print JSON {t, seq, in_msgs, cpu: [CPU s per PID]}
                                      (PORT client port, MPORT monitoring port) at
                                      one instant, for rates over a window
-  wait-kv PORT STREAM N TIMEOUT      poll until STREAM holds N messages (keys),
-                                     PORT the client port;
+  wait-kv PORT STREAM N TIMEOUT [DONE_FILE]
+                                     poll until STREAM holds N messages (keys),
+                                     PORT the client port, or DONE_FILE says
+                                     "holding" (the agents are done trying);
                                      print the seconds waited, or "timeout M"
   tunnel-urls DIR N COUNT SAMPLE SEED PREFIX RELAY...
                                      write DIR/own.txt and DIR/random.txt (the
@@ -327,6 +329,7 @@ def summarize(path, extra_path):
             out.append("")
         out.append(f"Cluster: {c10['tunnels']:,} tunnels over {len(c10['relays'])} relays, "
                    f"{c10['connected']:,} connected in {fmt(c10['connect_s'], 2)} s "
+                   f"({c10.get('connect_retries')} handshakes tried again) "
                    f"(all claimed in the KV after {fmt(c10['kv_all_claimed_s'], 2)} s); "
                    f"idle {c10['idle_window_s']} s: KV writes {fmt(c10['kv_writes_per_s'], 1)}/s, "
                    f"NATS messages in {fmt(c10['nats_msgs_in_per_s'], 1)}/s, out {fmt(c10.get('nats_msgs_out_per_s'), 1)}/s, "
@@ -416,15 +419,25 @@ def snapshot(port, mport, stream, pids):
                       "held_consumers": held.get("consumer_count")}))
 
 
-def wait_kv(port, stream, n, timeout):
+def wait_kv(port, stream, n, timeout, done_file=None):
+    """Waits for N keys; gives up at TIMEOUT or once DONE_FILE says
+    `holding` (the agents stopped trying) and the count still falls short."""
     start = time.monotonic()
     msgs = 0
     while time.monotonic() - start < timeout:
+        finished = False
+        if done_file:
+            try:
+                finished = "holding" in open(done_file).read()
+            except OSError:
+                pass
         got = nats_stream(port, stream)
         msgs = got[0] if got else msgs
         if msgs >= n:
             print(f"{time.monotonic() - start:.2f}")
             return
+        if finished:
+            break
         time.sleep(0.2)
     print(f"timeout {msgs}")
 
@@ -470,7 +483,7 @@ def main():
     elif cmd == "snapshot":
         snapshot(args[0], args[1], args[2], args[3:])
     elif cmd == "wait-kv":
-        wait_kv(args[0], args[1], int(args[2]), float(args[3]))
+        wait_kv(args[0], args[1], int(args[2]), float(args[3]), args[4] if len(args) > 4 else None)
     elif cmd == "tunnel-urls":
         tunnel_urls(args[0], int(args[1]), int(args[2]), int(args[3]), int(args[4]), args[5], args[6:])
     elif cmd == "summarize":

@@ -13,9 +13,11 @@
 //! `--relay` URLs (it does not move to another relay: one link per agent).
 //! Every agent answers any request with `200 ok`.
 //!
-//! Prints `connected N failed F in S s` once every link is up (or failed),
-//! then `holding` and, after `--hold-secs`, exits. Everything is bounded:
-//! connecting gives up after `--connect-timeout-secs` (default 120).
+//! Prints `connected N failed F retried R in S s` once every link is up (or
+//! failed), then `holding` and, after `--hold-secs`, exits. A link that
+//! fails is tried again up to `--retries` times (default 0), 0.5 s apart,
+//! as `whtunnel listen` would. Everything is bounded: connecting gives up
+//! after `--connect-timeout-secs` (default 120).
 
 // A measuring tool, not the product: a failed unwrap is a failed run.
 #![allow(clippy::unwrap_used)]
@@ -42,6 +44,7 @@ struct Args {
     parallel: usize,
     connect_timeout: Duration,
     prefix: String,
+    retries: u32,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -53,6 +56,7 @@ fn parse_args() -> Result<Args, String> {
         parallel: 64,
         connect_timeout: Duration::from_secs(120),
         prefix: "idle".into(),
+        retries: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -66,11 +70,12 @@ fn parse_args() -> Result<Args, String> {
             "--parallel" => a.parallel = num(val()?)?.max(1) as usize,
             "--connect-timeout-secs" => a.connect_timeout = Duration::from_secs(num(val()?)?),
             "--prefix" => a.prefix = val()?,
+            "--retries" => a.retries = num(val()?)? as u32,
             other => return Err(format!("unknown argument {other}")),
         }
     }
     if a.relays.is_empty() || a.token.is_empty() {
-        return Err("usage: idle_agents --relay URL [--relay URL2 ...] --token T [--count N] [--hold-secs S] [--parallel P] [--prefix NAME]".into());
+        return Err("usage: idle_agents --relay URL [--relay URL2 ...] --token T [--count N] [--hold-secs S] [--parallel P] [--prefix NAME] [--retries N]".into());
     }
     Ok(a)
 }
@@ -95,6 +100,7 @@ async fn main() {
     let started = Instant::now();
     let ok = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
+    let retried = Arc::new(AtomicUsize::new(0));
     let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
     let gate = Arc::new(Semaphore::new(args.parallel));
     let mut tasks = tokio::task::JoinSet::new();
@@ -111,20 +117,31 @@ async fn main() {
             agent_id: None,
             tls: tls.clone(),
         };
-        let (ok, failed, gate, first_error) = (
+        let (ok, failed, retried, gate, first_error) = (
             ok.clone(),
             failed.clone(),
+            retried.clone(),
             gate.clone(),
             first_error.clone(),
         );
+        let retries = args.retries;
         tasks.spawn(async move {
             let permit = gate.acquire_owned().await.expect("semaphore open");
-            let link = match connect(&config).await {
-                Ok(l) => l,
-                Err(e) => {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                    first_error.lock().unwrap().get_or_insert(e.to_string());
-                    return;
+            let mut attempt = 0;
+            let link = loop {
+                match connect(&config).await {
+                    Ok(l) => break l,
+                    Err(e) => {
+                        first_error.lock().unwrap().get_or_insert(e.to_string());
+                        if attempt >= retries {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                        // As `whtunnel listen` does, try again after a pause.
+                        attempt += 1;
+                        retried.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
                 }
             };
             ok.fetch_add(1, Ordering::Relaxed);
@@ -147,9 +164,10 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!(
-        "connected {} failed {} in {:.2} s",
+        "connected {} failed {} retried {} in {:.2} s",
         ok.load(Ordering::Relaxed),
         failed.load(Ordering::Relaxed),
+        retried.load(Ordering::Relaxed),
         started.elapsed().as_secs_f64()
     );
     if let Some(e) = first_error.lock().unwrap().take() {
