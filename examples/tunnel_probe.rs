@@ -151,7 +151,10 @@ async fn main() {
     let mut micros = Vec::new();
     for o in &outcomes {
         match o {
-            Outcome::Answered { status: s, micros: m } => {
+            Outcome::Answered {
+                status: s,
+                micros: m,
+            } => {
                 *status.entry(s.to_string()).or_default() += 1;
                 micros.push(*m);
             }
