@@ -631,7 +631,7 @@ phase_cluster10k() {
   [[ "$kv_secs" == timeout* ]] && kv_secs=null
   log "$conn_line; the KV held $n keys after ${kv_secs} s"
   sleep 5  # handshakes done, buffers released
-  local with=() client per
+  local with=() client
   for i in 0 1 2; do read -r r _ <<<"$(rss_of "${rpids[$i]}")"; with+=("$r"); done
   read -r client _ <<<"$(rss_of "$ipid")"
   read -r nats_with _ <<<"$(rss_of "$nats_pid")"
@@ -652,7 +652,8 @@ phase_cluster10k() {
              idle_cpu_pct: (($s1.cpu[$i] - $s0.cpu[$i]) * 100 / ($s1.t - $s0.t) * 10 | round / 10)}]' <<<"$relays_json")
   done
   local kv_writes nats_in nats_cpu
-  kv_writes=$(jq -n --argjson a "$snap0" --argjson b "$snap1" '($b.seq - $a.seq) / ($b.t - $a.t) * 10 | round / 10')
+  kv_writes=$(jq -n --argjson a "$snap0" --argjson b "$snap1" \
+    'if $a.seq == null or $b.seq == null then null else ($b.seq - $a.seq) / ($b.t - $a.t) * 10 | round / 10 end')
   nats_in=$(jq -n --argjson a "$snap0" --argjson b "$snap1" '($b.in_msgs - $a.in_msgs) / ($b.t - $a.t) * 10 | round / 10')
   nats_cpu=$(jq -n --argjson a "$snap0" --argjson b "$snap1" '($b.cpu[3] - $a.cpu[3]) * 100 / ($b.t - $a.t) * 10 | round / 10')
   local nats_out consumers
