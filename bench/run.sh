@@ -75,7 +75,7 @@ while [[ $# -gt 0 ]]; do
     --variant-bin) VARIANT_BIN="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"; shift ;;
     --cluster-tunnels) CLUSTER_TUNNELS="$2"; shift ;;
     --cluster-relay-arg) CLUSTER_RELAY_ARGS+=("$2"); shift ;;
-    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
