@@ -14,6 +14,24 @@
                                      appear in RELAY_LOG, then POST to URL every
                                      5 ms until a 200; print seconds from relay
                                      up to first 200
+  nats-stream PORT STREAM            print "messages last_seq" of a JetStream
+                                     stream (PORT: nats-server's client port)
+  nats-varz PORT                     print "in_msgs out_msgs cpu_pct" of nats-server
+  snapshot PORT MPORT STREAM PID...  print JSON {t, seq, in_msgs, cpu: [CPU s per PID]}
+                                     (PORT client port, MPORT monitoring port) at
+                                     one instant, for rates over a window
+  wait-kv PORT STREAM N TIMEOUT [DONE_FILE]
+                                     poll until STREAM holds N messages (keys),
+                                     PORT the client port, or DONE_FILE says
+                                     "holding" (the agents are done trying);
+                                     print the seconds waited, or "timeout M"
+  tunnel-urls DIR N COUNT SAMPLE SEED PREFIX RELAY...
+                                     write DIR/own.txt and DIR/random.txt (the
+                                     same COUNT random tunnels of N, through the
+                                     tunnel's own relay i mod R, or a random one)
+                                     and DIR/routable.txt (SAMPLE names, each
+                                     through every relay); print how many of
+                                     random.txt cross to another relay
   summarize RESULTS.jsonl EXTRA.json print the markdown report
 """
 
@@ -302,7 +320,145 @@ def summarize(path, extra_path):
             tot = full["relay"] + full["agent"]
             out.append("")
             out.append(f"Target relay + agent ≤ 120k instructions per exchange, store full: {tot / 1000:.1f}k — {verdict(tot <= 120_000)}")
+    c10 = extra.get("cluster10k")
+    if c10:
+        out.append("")
+        if c10.get("relay_args"):
+            out.append("")
+            out.append(f"Cluster relays started with: `{c10['relay_args']}`")
+            out.append("")
+        out.append(f"Cluster: {c10['tunnels']:,} tunnels over {len(c10['relays'])} relays, "
+                   f"{c10['connected']:,} connected in {fmt(c10['connect_s'], 2)} s "
+                   f"({c10.get('connect_retries')} handshakes tried again) "
+                   f"(all claimed in the KV after {fmt(c10['kv_all_claimed_s'], 2)} s); "
+                   f"idle {c10['idle_window_s']} s: KV writes {fmt(c10['kv_writes_per_s'], 1)}/s, "
+                   f"NATS messages in {fmt(c10['nats_msgs_in_per_s'], 1)}/s, out {fmt(c10.get('nats_msgs_out_per_s'), 1)}/s, "
+                   f"held-stream consumers {c10.get('held_consumers')}, NATS CPU {fmt(c10['nats_idle_cpu_pct'], 1)} %, "
+                   f"NATS RSS {fmt(c10.get('nats_rss_before_kib'))} -> {fmt(c10.get('nats_rss_with_kib'))} KiB, "
+                   f"load1 {c10['load1_idle']}")
+        out.append("")
+        out.append("| relay | tunnels | RSS before (KiB) | RSS with tunnels (KiB) | KiB/tunnel | CPU while idle |")
+        out.append("|---:|---:|---:|---:|---:|---:|")
+        for i, r in enumerate(c10["relays"]):
+            out.append(f"| {i} | {r['tunnels']:,} | {fmt(r['rss_before_kib'])} | {fmt(r['rss_with_kib'])} | "
+                       f"{fmt(r['per_tunnel_kib'], 1)} | {fmt(r['idle_cpu_pct'], 1)} % |")
+        out.append("")
+        out.append(f"| webhook (c=1, {c10['probes_per_round']:,} random tunnels per round; "
+                   f"{c10['random_crossed']:,} of them cross a hop in 'random') | round | p50 µs | p90 µs | p99 µs | max µs | 200s | other | load1 |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for p in c10["probes"]:
+            other = sum(v for k, v in p.get("status", {}).items() if k != "200")
+            out.append(f"| through {p['mode']} relay | {p['round']} | {fmt(p.get('p50_us'))} | {fmt(p.get('p90_us'))} | "
+                       f"{fmt(p.get('p99_us'))} | {fmt(p.get('max_us'))} | {p.get('answered_200')} | {other} | {p['load1']} |")
+        rt = c10["routable"]
+        out.append("")
+        out.append(f"Routable: {rt.get('answered_200')} of {rt.get('requests')} answered 200 "
+                   f"({rt['names']} random names, each through every relay; statuses {json.dumps(rt.get('status'))})")
     print("\n".join(out))
+
+
+def nats_json(port, path):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+        return json.load(r)
+
+
+def nats_stream_state(port, stream):
+    """The `state` of STREAM ({} when it does not exist yet), or None when
+    JetStream did not answer within 10 s (it can be that busy).
+
+    Asks JetStream itself ($JS.API.STREAM.INFO over the NATS client port,
+    plain protocol): the monitoring port's /jsz answers from a cache that
+    lags by seconds, too coarse to time claims or count writes.
+    """
+    try:
+        with socket.create_connection(("127.0.0.1", int(port)), timeout=10) as s:
+            f = s.makefile("rb")
+            f.readline()  # INFO
+            s.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nSUB _INBOX.bench 1\r\n'
+                      + f"PUB $JS.API.STREAM.INFO.{stream} _INBOX.bench 0\r\n\r\nPING\r\n".encode())
+            while True:
+                line = f.readline()
+                if not line or line.startswith(b"-ERR"):
+                    return None
+                if line.startswith(b"PING"):
+                    s.sendall(b"PONG\r\n")
+                elif line.startswith(b"MSG "):
+                    size = int(line.split()[-1])
+                    payload = f.read(size + 2)[:size]
+                    return json.loads(payload).get("state", {})
+    except (OSError, ValueError):
+        return None
+
+
+def nats_stream(port, stream):
+    """(messages, last_seq) of STREAM; (0, 0) when absent, None when no answer."""
+    state = nats_stream_state(port, stream)
+    if state is None:
+        return None
+    return state.get("messages", 0), state.get("last_seq", 0)
+
+
+def cpu_seconds(pid):
+    tck = os.sysconf("SC_CLK_TCK")
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tck
+    except OSError:
+        return 0.0
+
+
+def snapshot(port, mport, stream, pids):
+    t = time.time()
+    cpu = [cpu_seconds(p) for p in pids]
+    state = nats_stream_state(port, stream) or {}
+    varz = nats_json(mport, "/varz")
+    held = nats_stream_state(port, "whtunnel_held") or {}
+    print(json.dumps({"t": t, "seq": state.get("last_seq"), "in_msgs": varz.get("in_msgs", 0),
+                      "out_msgs": varz.get("out_msgs", 0), "cpu": cpu,
+                      "held_consumers": held.get("consumer_count")}))
+
+
+def wait_kv(port, stream, n, timeout, done_file=None):
+    """Waits for N keys; gives up at TIMEOUT or once DONE_FILE says
+    `holding` (the agents stopped trying) and the count still falls short."""
+    start = time.monotonic()
+    msgs = 0
+    while time.monotonic() - start < timeout:
+        finished = False
+        if done_file:
+            try:
+                finished = "holding" in open(done_file).read()
+            except OSError:
+                pass
+        got = nats_stream(port, stream)
+        msgs = got[0] if got else msgs
+        if msgs >= n:
+            print(f"{time.monotonic() - start:.2f}")
+            return
+        if finished:
+            break
+        time.sleep(0.2)
+    print(f"timeout {msgs}")
+
+
+def tunnel_urls(out, n, count, sample, seed, prefix, relays):
+    import random
+    rng = random.Random(seed)
+    r = len(relays)
+    picks = [rng.randrange(n) for _ in range(count)]
+    crossed = 0
+    with open(os.path.join(out, "own.txt"), "w") as own, open(os.path.join(out, "random.txt"), "w") as rnd:
+        for i in picks:
+            own.write(f"http://{relays[i % r]}/t/{prefix}-{i}\n")
+            j = rng.randrange(r)
+            crossed += j != i % r
+            rnd.write(f"http://{relays[j]}/t/{prefix}-{i}\n")
+    with open(os.path.join(out, "routable.txt"), "w") as f:
+        for i in rng.sample(range(n), min(sample, n)):
+            for relay in relays:
+                f.write(f"http://{relay}/t/{prefix}-{i}\n")
+    print(crossed)
 
 
 def main():
@@ -319,6 +475,17 @@ def main():
         reconnect(*args)
     elif cmd == "reconnect-run":
         reconnect_run(args[0], args[1], args[2], args[3], args[4:])
+    elif cmd == "nats-stream":
+        print(*(nats_stream(args[0], args[1]) or ("none", "none")))
+    elif cmd == "nats-varz":
+        v = nats_json(args[0], "/varz")
+        print(v.get("in_msgs", 0), v.get("out_msgs", 0), v.get("cpu", 0))
+    elif cmd == "snapshot":
+        snapshot(args[0], args[1], args[2], args[3:])
+    elif cmd == "wait-kv":
+        wait_kv(args[0], args[1], int(args[2]), float(args[3]), args[4] if len(args) > 4 else None)
+    elif cmd == "tunnel-urls":
+        tunnel_urls(args[0], int(args[1]), int(args[2]), int(args[3]), int(args[4]), args[5], args[6:])
     elif cmd == "summarize":
         summarize(args[0], args[1] if len(args) > 1 else None)
     else:

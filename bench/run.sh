@@ -14,7 +14,16 @@
 #                        instructions per request per component; slow) and
 #                        cluster (needs nats-server): the cross-relay hop,
 #                        agent on relay B, wrk through relay A (whtunnel-hop)
-#                        vs through B (whtunnel-b)
+#                        vs through B (whtunnel-b); and cluster10k (needs
+#                        nats-server): 10,000 idle tunnels over three
+#                        clustered relays: time to connect and be claimed
+#                        in the NATS KV, each relay's RSS and idle CPU, the
+#                        KV writes/s of the holder-TTL refreshes, webhook
+#                        latency to random tunnels through their own relay
+#                        vs a random one, and a routability sample
+#   --cluster-tunnels N  tunnels of the cluster10k phase (default 10000)
+#   --cluster-relay-arg A  extra argument for the cluster10k relays (repeatable),
+#                        e.g. --cluster-relay-arg --cluster-holder-ttl=60s
 #   --scenarios LIST     comma list of load scenarios to run (names as in the
 #                        tables, e.g. 1k-c32-keepalive,1k-c1-keepalive)
 #   --no-peers           skip bore / rathole / localtunnel
@@ -48,6 +57,8 @@ WT_ENV=(WHTUNNEL_BENCH=1)
 WT_BIN=""
 VARIANT=""
 VARIANT_BIN=""
+CLUSTER_TUNNELS=10000
+CLUSTER_RELAY_ARGS=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -62,7 +73,9 @@ while [[ $# -gt 0 ]]; do
     --wt-bin) WT_BIN="$2"; shift ;;
     --variant) VARIANT="$2"; shift ;;
     --variant-bin) VARIANT_BIN="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"; shift ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    --cluster-tunnels) CLUSTER_TUNNELS="$2"; shift ;;
+    --cluster-relay-arg) CLUSTER_RELAY_ARGS+=("$2"); shift ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -171,11 +184,13 @@ BORE="$TOOLS/bin/bore"
 RATHOLE="$TOOLS/bin/rathole"
 
 log "building whtunnel (release) and the bench examples"
-cargo build --release --quiet --bin whtunnel --example bench_target --example idle_agents --example bench_load
+cargo build --release --quiet --bin whtunnel --example bench_target --example idle_agents --example bench_load \
+  --example tunnel_probe
 WT="${WT_BIN:-$ROOT/target/release/whtunnel}"
 TARGET_BIN="$ROOT/target/release/examples/bench_target"
 IDLE_BIN="$ROOT/target/release/examples/idle_agents"
 LOAD_BIN="$ROOT/target/release/examples/bench_load"
+PROBE_BIN="$ROOT/target/release/examples/tunnel_probe"
 
 # ---------------------------------------------------------------- machine
 {
@@ -563,6 +578,117 @@ phase_cluster() {
   PIDS=("$TARGET_PID")
 }
 
+# 10,000 tunnels over three relays of one cluster. The tunnels are
+# examples/idle_agents.rs links (agent i on relay i mod 3, answering 200),
+# not `whtunnel listen` processes; webhooks are timed one at a time
+# (examples/tunnel_probe.rs, c=1) so the numbers are latencies, not a
+# saturated queue.
+phase_cluster10k() {
+  local nats; nats=$(command -v nats-server || echo /usr/sbin/nats-server)
+  [[ -x "$nats" ]] || { echo "the cluster10k phase needs nats-server (apt-get install nats-server)" >&2; exit 1; }
+  local n=$CLUSTER_TUNNELS idle_secs=15 probes=1000 rounds=3 sample=500
+  local need=$(( n + 200 ))
+  if (( $(ulimit -n) < need )); then log "ulimit -n $(ulimit -n) is below $need: some of the $n tunnels will fail to connect"; fi
+  log "== cluster10k: $n tunnels over three clustered relays"
+  local np mp; np=$(port); mp=$(port)
+  mkdir -p "$WORK/nats10k"
+  start nats10k "$nats" -js -a 127.0.0.1 -p "$np" -m "$mp" -sd "$WORK/nats10k"
+  local nats_pid=$LAST_PID w
+  for w in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$mp") 2>/dev/null && break; sleep 0.1; done
+  # The probes all come from 127.0.0.1: past 30 misses a minute (a tunnel
+  # whose agent failed to connect answers 404) the relay would answer that
+  # IP 429 for every tunnel (relay::limits), hiding which names route.
+  local cl=(--cluster "nats://127.0.0.1:$np" --hold-max-total-bytes 256MiB --unknown-tunnel-limit 0
+    "${CLUSTER_RELAY_ARGS[@]}")
+  local saved_env=("${WT_ENV[@]}")
+  WT_ENV+=(WHTUNNEL_CLUSTER_SECRET="bench-secret-$TOKEN")
+  local addrs=() rpids=() relays=() i
+  for i in 0 1 2; do
+    start_relay "k$i" 127.0.0.1:0 "${cl[@]}"
+    addrs+=("$RELAY_ADDR"); rpids+=("$RELAY_PID"); relays+=(--relay "http://$RELAY_ADDR")
+  done
+  WT_ENV=("${saved_env[@]}")
+  sleep 1
+  local before=() r nats_before nats_with
+  for i in 0 1 2; do read -r r _ <<<"$(rss_of "${rpids[$i]}")"; before+=("$r"); done
+  read -r nats_before _ <<<"$(rss_of "$nats_pid")"
+  local kv=KV_whtunnel_tunnels
+  # Agents connect, 64 at a time; the relay claims the name in the KV
+  # before it answers the upgrade, so "connected" means "claimed".
+  local hold=$(( 240 + n / 50 ))
+  start idle10k "$IDLE_BIN" "${relays[@]}" --token "$TOKEN" --count "$n" --hold-secs "$hold" \
+    --parallel 64 --connect-timeout-secs 300 --prefix t10k --retries 3
+  local ipid=$LAST_PID
+  local kv_secs; kv_secs=$(python3 "$LIB" wait-kv "$np" "$kv" "$n" 320 "$WORK/idle10k.out" || echo timeout)
+  if ! wait_for "$WORK/idle10k.out" '^holding' 320 "$ipid"; then
+    log "the agents did not finish connecting"; cat "$WORK/idle10k.err" >&2 || true
+  fi
+  local conn_line conn conn_secs retried
+  conn_line=$(head -1 "$WORK/idle10k.out")
+  conn=$(sed -n 's/^connected \([0-9]*\) .*/\1/p' <<<"$conn_line"); conn=${conn:-0}
+  conn_secs=$(sed -n 's/.* in \([0-9.]*\) s$/\1/p' <<<"$conn_line"); conn_secs=${conn_secs:-null}
+  retried=$(sed -n 's/.* retried \([0-9]*\) .*/\1/p' <<<"$conn_line"); retried=${retried:-null}
+  [[ "$kv_secs" == timeout* ]] && kv_secs=null
+  log "$conn_line; the KV held $n keys after ${kv_secs} s"
+  sleep 5  # handshakes done, buffers released
+  local with=() client
+  for i in 0 1 2; do read -r r _ <<<"$(rss_of "${rpids[$i]}")"; with+=("$r"); done
+  read -r client _ <<<"$(rss_of "$ipid")"
+  read -r nats_with _ <<<"$(rss_of "$nats_pid")"
+  # Idle: one holder TTL (15 s), so each tunnel's claim is refreshed 3
+  # times. Rates are over the time between the two snapshots, not the sleep.
+  local snap0 snap1 load_idle
+  snap0=$(python3 "$LIB" snapshot "$np" "$mp" "$kv" "${rpids[@]}" "$nats_pid")
+  sleep "$idle_secs"
+  snap1=$(python3 "$LIB" snapshot "$np" "$mp" "$kv" "${rpids[@]}" "$nats_pid")
+  load_idle=$(cut -d' ' -f1 /proc/loadavg)
+  local window; window=$(jq -n --argjson a "$snap0" --argjson b "$snap1" '($b.t - $a.t) * 100 | round / 100')
+  local relays_json="[]" share
+  for i in 0 1 2; do
+    share=$(( n / 3 + (i < n % 3 ? 1 : 0) ))
+    relays_json=$(jq -c --argjson b "${before[$i]}" --argjson w "${with[$i]}" --argjson t "$share" \
+      --argjson s0 "$snap0" --argjson s1 "$snap1" --argjson i "$i" --arg addr "${addrs[$i]}" \
+      '. + [{addr: $addr, tunnels: $t, rss_before_kib: $b, rss_with_kib: $w, per_tunnel_kib: (($w - $b) / $t * 10 | round / 10),
+             idle_cpu_pct: (($s1.cpu[$i] - $s0.cpu[$i]) * 100 / ($s1.t - $s0.t) * 10 | round / 10)}]' <<<"$relays_json")
+  done
+  local kv_writes nats_in nats_cpu
+  kv_writes=$(jq -n --argjson a "$snap0" --argjson b "$snap1" \
+    'if $a.seq == null or $b.seq == null then null else ($b.seq - $a.seq) / ($b.t - $a.t) * 10 | round / 10 end')
+  nats_in=$(jq -n --argjson a "$snap0" --argjson b "$snap1" '($b.in_msgs - $a.in_msgs) / ($b.t - $a.t) * 10 | round / 10')
+  nats_cpu=$(jq -n --argjson a "$snap0" --argjson b "$snap1" '($b.cpu[3] - $a.cpu[3]) * 100 / ($b.t - $a.t) * 10 | round / 10')
+  local nats_out consumers
+  nats_out=$(jq -n --argjson a "$snap0" --argjson b "$snap1" '($b.out_msgs - $a.out_msgs) / ($b.t - $a.t) * 10 | round / 10')
+  consumers=$(jq -n --argjson b "$snap1" '$b.held_consumers')
+  log "idle ${window} s: KV writes $kv_writes/s, NATS messages in $nats_in/s out $nats_out/s, NATS CPU $nats_cpu %, held-stream consumers $consumers; relays $relays_json"
+  # Webhooks: the same random tunnels through their own relay and through
+  # a random one, alternating rounds; then a routability sample.
+  local crossed; crossed=$(python3 "$LIB" tunnel-urls "$WORK" "$n" "$probes" "$sample" 16 t10k "${addrs[@]}")
+  local round mode probes_json="[]" res
+  for round in $(seq "$rounds"); do
+    for mode in own random; do
+      res=$(timeout 700 "$PROBE_BIN" "$WORK/$mode.txt" 1 || echo '{}')
+      log "round $round, through $mode relay: $res"
+      probes_json=$(jq -c --arg m "$mode" --argjson r "$round" --argjson l "$(cut -d' ' -f1 /proc/loadavg)" --argjson x "$res" \
+        '. + [$x + {mode: $m, round: $r, load1: $l}]' <<<"$probes_json")
+    done
+  done
+  res=$(timeout 700 "$PROBE_BIN" "$WORK/routable.txt" 8 || echo '{}')
+  log "routability: $sample names × 3 relays: $res"
+  local still; still=$(kill -0 "$ipid" 2>/dev/null && echo true || echo false)
+  json_set .cluster10k "$(jq -n --argjson n "$n" --argjson c "$conn" --argjson rtr "$retried" --argjson cs "$conn_secs" --argjson ks "$kv_secs" \
+    --argjson rel "$relays_json" --argjson cl "$client" --argjson is "$window" --argjson kw "$kv_writes" \
+    --argjson ni "$nats_in" --argjson no "$nats_out" --argjson hc "$consumers" --argjson nc "$nats_cpu" --argjson nb "$nats_before" --argjson nw "$nats_with" --arg ra "${CLUSTER_RELAY_ARGS[*]}" --argjson li "$load_idle" --argjson p "$probes_json" \
+    --argjson cr "$crossed" --argjson pr "$probes" --argjson rt "$res" --argjson s "$sample" --argjson alive "$still" \
+    '{tunnels: $n, connected: $c, connect_retries: $rtr, connect_s: $cs, kv_all_claimed_s: $ks, relays: $rel,
+      client_per_tunnel_kib: (if $c > 0 then ($cl / $c * 10 | round / 10) else null end),
+      idle_window_s: $is, kv_writes_per_s: $kw, nats_msgs_in_per_s: $ni, nats_msgs_out_per_s: $no, held_consumers: $hc, nats_idle_cpu_pct: $nc, nats_rss_before_kib: $nb, nats_rss_with_kib: $nw, relay_args: $ra, load1_idle: $li,
+      probes: $p, probes_per_round: $pr, random_crossed: $cr, routable: ($rt + {names: $s}), agents_alive_after: $alive}')"
+  stop_pid "$ipid"
+  for i in 0 1 2; do stop_pid "${rpids[$i]}"; done
+  stop_pid "$nats_pid"
+  PIDS=("$TARGET_PID")
+}
+
 # ---------------------------------------------------------------- main
 start_target
 phase load && phase_load
@@ -571,6 +697,7 @@ phase idle && phase_idle
 phase reconnect && phase_reconnect
 phase instructions && phase_instructions
 phase cluster && phase_cluster
+phase cluster10k && phase_cluster10k
 
 python3 "$LIB" summarize "$RESULTS" "$EXTRA" > "$OUT/summary.md"
 { echo; echo '```'; cat "$OUT/machine.txt"; echo '```'; } >> "$OUT/summary.md"
