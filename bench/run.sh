@@ -29,6 +29,9 @@
 #                        one); with it, two builds are measured side by side
 #   --wt-bin PATH        whtunnel binary to measure (default: target/release/whtunnel,
 #                        built by this script); lets two builds be compared
+#   --no-build           use the release binaries already in target/release
+#                        (whtunnel, examples bench_target, bench_load, idle_agents)
+#                        instead of building them first
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -48,6 +51,7 @@ WT_ENV=(WHTUNNEL_BENCH=1)
 WT_BIN=""
 VARIANT=""
 VARIANT_BIN=""
+BUILD=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -62,7 +66,8 @@ while [[ $# -gt 0 ]]; do
     --wt-bin) WT_BIN="$2"; shift ;;
     --variant) VARIANT="$2"; shift ;;
     --variant-bin) VARIANT_BIN="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"; shift ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    --no-build) BUILD=0 ;;
+    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -170,8 +175,10 @@ if [[ $PEERS == 1 && $INSTALL == 1 ]]; then install_peers; fi
 BORE="$TOOLS/bin/bore"
 RATHOLE="$TOOLS/bin/rathole"
 
-log "building whtunnel (release) and the bench examples"
-cargo build --release --quiet --bin whtunnel --example bench_target --example idle_agents --example bench_load
+if [[ $BUILD == 1 ]]; then
+  log "building whtunnel (release) and the bench examples"
+  cargo build --release --quiet --bin whtunnel --example bench_target --example idle_agents --example bench_load
+fi
 WT="${WT_BIN:-$ROOT/target/release/whtunnel}"
 TARGET_BIN="$ROOT/target/release/examples/bench_target"
 IDLE_BIN="$ROOT/target/release/examples/idle_agents"

@@ -49,7 +49,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
-use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+use tokio_util::compat::TokioAsyncReadCompatExt;
 use tokio_util::sync::CancellationToken;
 use whtunnel::tunnel::{h2 as tunnel_h2, link, ws_io, Body, WsIo};
 
@@ -279,11 +279,9 @@ async fn request(client: &Client, path: &str, body: Bytes) {
             open.send(tx).await.unwrap();
             let stream = rx.await.unwrap();
             let (mut sender, conn) =
-                hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(
-                    stream.compat(),
-                ))
-                .await
-                .unwrap();
+                hyper::client::conn::http1::handshake::<_, Full<Bytes>>(StreamIo(stream))
+                    .await
+                    .unwrap();
             // HTTP/1 wants origin-form and a Host.
             let req = builder
                 .uri(path)
@@ -335,6 +333,60 @@ async fn drive_client(
     .await
 }
 
+/// A yamux stream as hyper's IO. Not `tokio_util::compat` + `TokioIo`: that
+/// zero-fills all of hyper's unfilled read buffer (8 KiB and up) on every
+/// read, ~20k instructions per request on each side. Here a read lands in a
+/// per-thread scratch buffer, zeroed once, and only the bytes read are
+/// copied on.
+struct StreamIo(yamux::Stream);
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 16 * 1024]);
+}
+
+impl hyper::rt::Read for StreamIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        mut buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        use futures::io::AsyncRead;
+        SCRATCH.with_borrow_mut(|scratch| {
+            let n = buf.remaining().min(scratch.len());
+            match std::pin::Pin::new(&mut self.0).poll_read(cx, &mut scratch[..n]) {
+                Poll::Ready(Ok(got)) => {
+                    buf.put_slice(&scratch[..got]);
+                    Poll::Ready(Ok(()))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+    }
+}
+
+impl hyper::rt::Write for StreamIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        futures::io::AsyncWrite::poll_write(std::pin::Pin::new(&mut self.0), cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        futures::io::AsyncWrite::poll_flush(std::pin::Pin::new(&mut self.0), cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        futures::io::AsyncWrite::poll_close(std::pin::Pin::new(&mut self.0), cx)
+    }
+}
+
 // ------------------------------------------------------------------ agent
 
 struct Marks {
@@ -371,7 +423,7 @@ async fn agent(a: Args) {
                 tokio::spawn(async move {
                     let _ = hyper::server::conn::http1::Builder::new()
                         .keep_alive(false)
-                        .serve_connection(TokioIo::new(stream.compat()), service)
+                        .serve_connection(StreamIo(stream), service)
                         .await;
                 });
             }
