@@ -416,8 +416,7 @@ async fn agent(a: Args) {
         }
         Proto::Yamux => {
             let io = tokio::io::BufWriter::with_capacity(64 * 1024, WsIo::new(ws));
-            let mut conn =
-                yamux::Connection::new(io.compat(), yamux_config(), yamux::Mode::Server);
+            let mut conn = yamux::Connection::new(io.compat(), yamux_config(), yamux::Mode::Server);
             while let Some(Ok(stream)) = poll_fn(|cx| conn.poll_next_inbound(cx)).await {
                 let service = service.clone();
                 tokio::spawn(async move {
@@ -431,7 +430,10 @@ async fn agent(a: Args) {
     }
 }
 
-async fn handle(req: Request<Incoming>, marks: Arc<Marks>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    marks: Arc<Marks>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     match req.uri().path() {
         "/mark/start" => marks.start.store(cpu_ns(), Ordering::SeqCst),
         "/mark/end" => {
