@@ -38,6 +38,9 @@
 #                        one); with it, two builds are measured side by side
 #   --wt-bin PATH        whtunnel binary to measure (default: target/release/whtunnel,
 #                        built by this script); lets two builds be compared
+#   --no-build           use the release binaries already in target/release
+#                        (whtunnel, examples bench_target, bench_load, idle_agents)
+#                        instead of building them first
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -59,6 +62,7 @@ VARIANT=""
 VARIANT_BIN=""
 CLUSTER_TUNNELS=10000
 CLUSTER_RELAY_ARGS=()
+BUILD=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -75,6 +79,7 @@ while [[ $# -gt 0 ]]; do
     --variant-bin) VARIANT_BIN="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"; shift ;;
     --cluster-tunnels) CLUSTER_TUNNELS="$2"; shift ;;
     --cluster-relay-arg) CLUSTER_RELAY_ARGS+=("$2"); shift ;;
+    --no-build) BUILD=0 ;;
     -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -183,9 +188,11 @@ if [[ $PEERS == 1 && $INSTALL == 1 ]]; then install_peers; fi
 BORE="$TOOLS/bin/bore"
 RATHOLE="$TOOLS/bin/rathole"
 
-log "building whtunnel (release) and the bench examples"
-cargo build --release --quiet --bin whtunnel --example bench_target --example idle_agents --example bench_load \
-  --example tunnel_probe
+if [[ $BUILD == 1 ]]; then
+  log "building whtunnel (release) and the bench examples"
+  cargo build --release --quiet --bin whtunnel --example bench_target --example idle_agents --example bench_load \
+    --example tunnel_probe
+fi
 WT="${WT_BIN:-$ROOT/target/release/whtunnel}"
 TARGET_BIN="$ROOT/target/release/examples/bench_target"
 IDLE_BIN="$ROOT/target/release/examples/idle_agents"

@@ -19,9 +19,14 @@ pub const MAX_MESSAGE: usize = 256 * 1024;
 /// The websocket settings both ends use: explicit size caps (a peer cannot
 /// make us buffer more than one message) and small eager buffers, because a
 /// relay may hold thousands of idle agents.
+///
+/// The read buffer is 8 KiB, not more: tungstenite zero-fills all of it
+/// before every socket read (tungstenite-rs#547), and at 16 KiB that was
+/// ~6k instructions per webhook on the agent. 4 KiB saves a little more but
+/// costs read syscalls on large bodies (docs/benchmarks.md, "Transport").
 pub fn ws_config() -> WebSocketConfig {
     let mut config = WebSocketConfig::default();
-    config.read_buffer_size = 16 * 1024;
+    config.read_buffer_size = 8 * 1024;
     config.write_buffer_size = 0;
     config.max_write_buffer_size = 2 * MAX_MESSAGE;
     config.max_message_size = Some(MAX_MESSAGE);
