@@ -571,3 +571,79 @@ async fn nats_node_killed_nothing_acknowledged_lost() {
     );
     assert!(acked >= 60, "{acked} of 90");
 }
+
+/// A relay serving TLS takes hops on a second, cleartext listener
+/// (`--cluster-listen`): a sender on A (cleartext) reaches the agent on B
+/// (TLS, `wss://`) through it; that listener refuses anything but a hop;
+/// and B without it refuses to start, saying what to pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tls_relay_takes_hops_on_its_cluster_listener() {
+    use common::pki::{ca_signed, LOCAL};
+    let (_dir, node) = one_nats().await;
+    let urls = vec![node.url()];
+    let pki = tempfile::tempdir().unwrap();
+    ca_signed(pki.path(), "b", &LOCAL, false);
+    let tls = || {
+        whtunnel::tunnel::tls::server_config(
+            &pki.path().join("b.pem"),
+            &pki.path().join("b-key.pem"),
+        )
+        .unwrap()
+    };
+
+    let mut without = clustered(&urls);
+    without.tls = Some(tls());
+    let err = match whtunnel::relay::Relay::bind(without).await {
+        Ok(_) => panic!("a TLS relay joined without a hop listener"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("--cluster-listen"), "{err}");
+
+    let a = start_relay(clustered(&urls)).await;
+    let mut config = clustered(&urls);
+    config.tls = Some(tls());
+    config.cluster.as_mut().unwrap().listen = Some("127.0.0.1:0".parse().unwrap());
+    let bound = whtunnel::relay::Relay::bind(config).await.unwrap();
+    let hop_addr = bound.hop_addr().expect("a hop listener");
+    let b_addr = bound.local_addr();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let b_run = tokio::spawn(bound.run(stop.clone().cancelled_owned()));
+
+    let app = App::start().await;
+    let mut opts = AgentOptions::new("secure", &app);
+    opts.ca = Some(pki.path().join("ca.pem"));
+    let agent = start_agent(&format!("https://localhost:{}", b_addr.port()), opts).await;
+    assert!(
+        agent.public_url.starts_with("https://"),
+        "{}",
+        agent.public_url
+    );
+
+    let (status, _, body) = send(
+        Method::POST,
+        &format!("{}/t/secure/paid", a.base),
+        &[],
+        "{\"via\":\"a\"}",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(body.as_ref(), b"{\"via\":\"a\"}");
+    assert_eq!(app.seen()[0].uri, "/paid");
+
+    // Not a hop: refused on the hop listener, whatever the path.
+    let (status, _, body) = send(
+        Method::POST,
+        &format!("http://{hop_addr}/t/secure/paid"),
+        &[],
+        "x",
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(String::from_utf8_lossy(&body).contains("hops"), "{body:?}");
+    assert_eq!(app.seen().len(), 1);
+
+    drop(agent);
+    stop.cancel();
+    b_run.await.unwrap().unwrap();
+    a.stop().await;
+}

@@ -297,6 +297,9 @@ pub(crate) struct ClusterArgs {
     /// Base URL the other relays reach this one at, http://HOST:PORT [default: the --listen address].
     #[arg(long, requires = "cluster")]
     pub(crate) cluster_advertise: Option<String>,
+    /// Take hops from the other relays on this second, cleartext address (on the cluster's private network); needed when the relay serves TLS.
+    #[arg(long, requires = "cluster", value_name = "HOST:PORT")]
+    pub(crate) cluster_listen: Option<std::net::SocketAddr>,
     /// How long a dead relay's tunnels stay claimed before other relays may take them (e.g. 15s).
     #[arg(long, requires = "cluster", default_value_t = HumanDuration(crate::cluster::DEFAULT_HOLDER_TTL))]
     pub(crate) cluster_holder_ttl: HumanDuration,

@@ -322,6 +322,12 @@ async fn serve_relay(args: RelayArgs, format: args::LogFormat) -> Result<()> {
             relay.local_addr(),
         ),
     );
+    if let Some(addr) = relay.hop_addr() {
+        log::relay_says(
+            format,
+            &format!("taking hops from the cluster's relays on http://{addr}"),
+        );
+    }
     // The admin endpoint outlives the relay's own shutdown, so /healthz
     // says "draining" while in-flight exchanges finish.
     let admin_stop = CancellationToken::new();
@@ -375,6 +381,7 @@ fn cluster_config(args: &args::ClusterArgs) -> Result<Option<crate::cluster::Clu
     };
     let mut config = crate::cluster::ClusterConfig::new(args.cluster.clone(), secret);
     config.advertise = args.cluster_advertise.clone();
+    config.listen = args.cluster_listen;
     config.holder_ttl = args.cluster_holder_ttl.0;
     Ok(Some(config))
 }

@@ -89,6 +89,15 @@ impl Hop {
         })
     }
 
+    /// Whether `headers` carry the cluster secret (they are left as they
+    /// are; [`accept`](Self::accept) strips them later).
+    pub fn is_hop(&self, headers: &HeaderMap) -> bool {
+        use subtle::ConstantTimeEq;
+        headers
+            .get(HDR_CLUSTER_SECRET)
+            .is_some_and(|s| bool::from(s.as_bytes().ct_eq(&self.secret_bytes)))
+    }
+
     /// Removes the hop headers from `headers`; returns the original sender
     /// when they carried the right secret.
     pub fn accept(&self, headers: &mut HeaderMap) -> Option<SocketAddr> {

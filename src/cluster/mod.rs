@@ -39,8 +39,14 @@ pub struct ClusterConfig {
     /// NATS servers, `nats://host:port` (any number of one NATS cluster).
     pub nats: Vec<String>,
     /// Base URL other relays reach this one at for hops (`http://host:port`);
-    /// `None`: this relay's listening address, when that is not a wildcard.
+    /// `None`: the hop listener's address, or this relay's listening
+    /// address, when that is not a wildcard.
     pub advertise: Option<String>,
+    /// A second, cleartext listener that takes hops from the other relays
+    /// only. A relay serving TLS needs it (hops speak HTTP/2 without TLS,
+    /// on the cluster's private network); `None`: hops arrive on the
+    /// relay's own listener.
+    pub listen: Option<std::net::SocketAddr>,
     /// Shared by every relay of the cluster; authenticates hops.
     pub secret: String,
     /// How long a holder entry lives without a refresh.
@@ -53,6 +59,7 @@ impl ClusterConfig {
         ClusterConfig {
             nats,
             advertise: None,
+            listen: None,
             secret,
             holder_ttl: DEFAULT_HOLDER_TTL,
         }
@@ -100,8 +107,9 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Connects to NATS and opens the cluster's bucket. `listening`: the
-    /// relay's own address, the default hop address.
+    /// Connects to NATS and opens the cluster's bucket. `listening`: where
+    /// this relay takes hops (its hop listener, else its own address), the
+    /// default hop address.
     pub async fn join(
         config: &ClusterConfig,
         listening: std::net::SocketAddr,

@@ -239,6 +239,8 @@ impl Shared {
 /// A bound relay, ready to [`run`](Relay::run).
 pub struct Relay {
     listener: TcpListener,
+    /// The cluster's hop listener (`--cluster-listen`), if any.
+    hop_listener: Option<TcpListener>,
     local_addr: SocketAddr,
     shared: Arc<Shared>,
 }
@@ -265,9 +267,25 @@ impl Relay {
         };
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
+        let hop_listener = match config.cluster.as_ref().and_then(|c| c.listen) {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on {addr} for hops: {e}"))
+            })?),
+            None => None,
+        };
+        if config.cluster.is_some() && config.tls.is_some() && hop_listener.is_none() {
+            return Err(std::io::Error::other(
+                "a relay serving TLS takes hops from the other relays on a second, cleartext \
+                 listener: pass --cluster-listen HOST:PORT (an address on the cluster's private network)",
+            ));
+        }
+        let hop_addr = match &hop_listener {
+            Some(l) => l.local_addr()?,
+            None => local_addr,
+        };
         let cluster = match &config.cluster {
             Some(c) => Some(Arc::new(
-                crate::cluster::Cluster::join(c, local_addr, config.hold_caps)
+                crate::cluster::Cluster::join(c, hop_addr, config.hold_caps)
                     .await
                     .map_err(std::io::Error::other)?,
             )),
@@ -298,6 +316,7 @@ impl Relay {
         };
         Ok(Relay {
             listener,
+            hop_listener,
             local_addr,
             shared: Arc::new(Shared {
                 limiter: limits::Limiter::new(config.limits.clone()),
@@ -334,6 +353,11 @@ impl Relay {
         self.local_addr
     }
 
+    /// The address of the cluster's hop listener, when it has one.
+    pub fn hop_addr(&self) -> Option<SocketAddr> {
+        self.hop_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// The base URL agents and senders use to reach this relay.
     pub fn base_url(&self) -> String {
         match &self.shared.config.public_url {
@@ -347,7 +371,10 @@ impl Relay {
     /// agent link.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let Relay {
-            listener, shared, ..
+            listener,
+            hop_listener,
+            shared,
+            ..
         } = self;
         let tls = shared.config.tls.clone().map(TlsAcceptor::from);
         let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -392,19 +419,27 @@ impl Relay {
             .clone()
             .map(|m| tokio::spawn(m.run(acme_stop.clone())));
 
+        let hop_accept = || async {
+            match &hop_listener {
+                Some(l) => l.accept().await,
+                None => std::future::pending().await,
+            }
+        };
         loop {
-            let (stream, remote) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off
-                        // instead of spinning.
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+            let (accepted, hops_only) = tokio::select! {
+                accepted = listener.accept() => (accepted, false),
+                accepted = hop_accept() => (accepted, true),
                 () = &mut shutdown => break,
+            };
+            let (stream, remote) = match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off
+                    // instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
             };
             // Abuse limit: over its share of connections, an IP's new
             // connection is closed at once (dropping it sends FIN).
@@ -415,13 +450,28 @@ impl Relay {
             let _ = stream.set_nodelay(true);
             let shared = shared.clone();
             let builder = builder.clone();
-            let tls = tls.clone();
+            // The hop listener is cleartext and takes nothing but hops.
+            let tls = if hops_only { None } else { tls.clone() };
             let watcher = graceful.watcher();
             tokio::spawn(async move {
                 let _slot = slot;
                 let service = hyper::service::service_fn(move |req| {
                     let shared = shared.clone();
-                    async move { Ok::<_, std::convert::Infallible>(route(shared, remote, req).await) }
+                    async move {
+                        let is_hop = || {
+                            shared
+                                .cluster
+                                .as_ref()
+                                .is_some_and(|c| c.hop().is_hop(req.headers()))
+                        };
+                        if hops_only && !is_hop() {
+                            return Ok::<_, std::convert::Infallible>(text(
+                                StatusCode::NOT_FOUND,
+                                "whtunnel relay: this port takes hops from the cluster's relays only",
+                            ));
+                        }
+                        Ok(route(shared, remote, req).await)
+                    }
                 });
                 let result = match tls {
                     Some(acceptor) => {
@@ -460,6 +510,7 @@ impl Relay {
         }
 
         drop(listener);
+        drop(hop_listener);
         shared.metrics.set_draining();
         if let Some(task) = expiry {
             task.abort();
