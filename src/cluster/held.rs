@@ -347,7 +347,8 @@ impl HeldStream {
                 body,
             },
         };
-        let Some(req) = crate::relay::drain::held_request(&ev, timeout, left) else {
+        let Some(req) = crate::relay::drain::held_request(&ev, timeout, left, sender.link_meta())
+        else {
             let _ = msg.ack_with(AckKind::Term).await;
             return;
         };

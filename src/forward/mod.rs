@@ -45,7 +45,7 @@ use record::{Answer, Busy, Pending, Recording};
 use crate::capture::{self, BodyData, BodyLimits, CapturedBody, ExchangeId, Outcome, Recorder};
 use crate::tunnel::body_hash::{self, CheckHash};
 use crate::tunnel::protocol::{
-    strip_hop_by_hop, strip_protocol_headers, AgentError, RequestMeta, HDR_ERROR, HDR_META,
+    strip_hop_by_hop, strip_protocol_headers, AgentError, LinkMeta, RequestMeta, HDR_ERROR,
 };
 use crate::tunnel::{Body, BoxError};
 
@@ -215,22 +215,23 @@ impl Forwarder {
         Busy::new(&self.inner.busy)
     }
 
-    /// Handles one request from the relay (it carries [`RequestMeta`]).
-    pub async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Body> {
+    /// Handles one request from the relay (it carries [`RequestMeta`]) on
+    /// a link whose relay announced `link`.
+    pub async fn handle(
+        &self,
+        req: Request<hyper::body::Incoming>,
+        link: &LinkMeta,
+    ) -> Response<Body> {
         let started = Instant::now();
         let busy = self.busy();
         let (mut parts, body) = req.into_parts();
-        let meta = match parts
-            .headers
-            .remove(HDR_META)
-            .map(|v| RequestMeta::decode(v.as_bytes()))
-        {
-            Some(Ok(m)) => m,
-            _ => {
+        let meta = match RequestMeta::take_headers(&mut parts.headers, link) {
+            Ok(m) => m,
+            Err(e) => {
                 return error_response(
                     StatusCode::BAD_REQUEST,
                     AgentError::BadRequest,
-                    "whtunnel: request without valid relay metadata",
+                    &format!("whtunnel: the relay's request metadata is not valid: {e}"),
                 )
             }
         };

@@ -508,7 +508,7 @@ impl HeldStore {
                 ev.method,
                 ev.path,
                 encode_headers(&ev.headers),
-                ev.meta.encode(),
+                ev.meta.to_json(),
                 ev.body.as_ref(),
             ],
         )?;
@@ -558,7 +558,7 @@ impl HeldStore {
                     method,
                     path,
                     headers: decode_headers(&headers),
-                    meta: RequestMeta::decode(meta.as_bytes()).unwrap_or_default(),
+                    meta: RequestMeta::from_json(meta.as_bytes()).unwrap_or_default(),
                     body: Bytes::from(body),
                 },
             },

@@ -23,8 +23,8 @@ use super::{retry_later, text, Shared};
 use crate::tunnel::body_hash::{self, HashTrailer};
 use crate::tunnel::link::LinkClient;
 use crate::tunnel::protocol::{
-    content_length, split_public_path, strip_hop_by_hop, RequestMeta, HDR_CONTROL, HDR_EVENT_ID,
-    HDR_META,
+    content_length, split_public_path, strip_hop_by_hop, strip_meta_headers, LinkMeta, RequestMeta,
+    HDR_EVENT_ID,
 };
 use crate::tunnel::{Body, BoxError};
 
@@ -126,7 +126,10 @@ async fn forward_to(
             }
             // No agent anywhere: held in JetStream, as one relay would.
             let (parts, body) = req.into_parts();
-            let p = prepare(&shared, remote, received_at, app_path, parts);
+            let p = match prepare(&shared, remote, received_at, app_path, parts) {
+                Ok(p) => p,
+                Err(refused) => return refused,
+            };
             return cluster_hold(&shared, &cluster, name, remote, p, body, declared).await;
         }
     }
@@ -143,13 +146,18 @@ async fn forward_to(
         Ok(slot) => slot,
         Err(too_many) => return *too_many,
     };
+    // Prepared before admitting: a refusal must not leave a held slot
+    // reserved.
+    let (parts, body) = req.into_parts();
+    let prepared = match prepare(&shared, remote, received_at, app_path, parts) {
+        Ok(p) => p,
+        Err(refused) => return refused,
+    };
     let admit = match &shared.held {
         Some(held) => held.admit(&name, sender.is_some()),
         None if sender.is_some() => Admit::Live,
         None => Admit::Unknown,
     };
-    let (parts, body) = req.into_parts();
-    let prepared = prepare(&shared, remote, received_at, app_path, parts);
     match (admit, sender) {
         (Admit::Live, Some(sender)) => live(shared, name, sender, prepared, body, declared).await,
         (Admit::Hold, _) => hold(shared, name, remote, prepared, body, declared).await,
@@ -230,7 +238,10 @@ async fn via_peer(
             parts.method = method;
             parts.uri = uri;
             parts.headers = headers;
-            let p = prepare(shared, remote, SystemTime::now(), app_path, parts);
+            let p = match prepare(shared, remote, SystemTime::now(), app_path, parts) {
+                Ok(p) => p,
+                Err(refused) => return refused,
+            };
             let body = kept.expect("checked");
             store_in_cluster(shared, cluster, name.to_string(), p, body).await
         }
@@ -401,10 +412,9 @@ fn prepare(
     received_at: SystemTime,
     app_path: String,
     parts: http::request::Parts,
-) -> Prepared {
-    let timeout = shared.config.response_timeout;
+) -> Result<Prepared, Response<Body>> {
     // The agent gives up a little earlier so it records the 504 itself.
-    let agent_timeout = timeout.saturating_sub((timeout / 10).min(Duration::from_millis(500)));
+    let agent_timeout = super::agent_timeout(shared.config.response_timeout);
     let mut headers = parts.headers;
     let hop_headers = strip_hop_by_hop(&mut headers);
     if !shared.config.trust_forwarded {
@@ -428,7 +438,7 @@ fn prepare(
                 .map_or(remote, |p| p.0)
                 .to_string(),
         ),
-        proto: shared.scheme.to_string(),
+        proto: shared.scheme.into(),
         host: headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
@@ -446,33 +456,39 @@ fn prepare(
         body_sha256: None,
     };
     // HTTP/2 carries the authority in :authority; the original Host travels
-    // in the metadata. A sender's own whtunnel-meta is dropped, never trusted.
+    // in the metadata. A sender's own metadata headers are dropped, never
+    // trusted.
     headers.remove(header::HOST);
-    headers.remove(HDR_META);
-    headers.remove(HDR_CONTROL);
-    Prepared {
+    strip_meta_headers(&mut headers);
+    // What cannot cross the link (an over-long Host...) is refused now,
+    // before the request is held or sent.
+    meta.check().map_err(|e| {
+        text(
+            StatusCode::BAD_REQUEST,
+            &format!("whtunnel: this request cannot be forwarded: {e}"),
+        )
+    })?;
+    Ok(Prepared {
         method: parts.method,
         app_path,
         headers,
         meta,
-    }
+    })
 }
 
-/// Builds the HTTP/2 request for the agent; a body ends with the
-/// SHA-256 trailer of [`crate::tunnel::body_hash`].
+/// Builds the HTTP/2 request for the agent on a link that announced
+/// `link`; a body ends with the SHA-256 trailer of
+/// [`crate::tunnel::body_hash`]. `None` when the path or the metadata cannot
+/// cross (metadata from [`prepare`] always can).
 pub(crate) fn tunnel_request(
     method: http::Method,
     app_path: &str,
     mut headers: HeaderMap,
     meta: &RequestMeta,
+    link: &LinkMeta,
     body: Body,
 ) -> Option<Request<Body>> {
-    headers.insert(
-        HeaderName::from_static(HDR_META),
-        meta.encode()
-            .parse()
-            .expect("JSON metadata is a valid header value"),
-    );
+    meta.write_headers(link, &mut headers).ok()?;
     // The body-hash proof: in the metadata when the body was read whole
     // (nearly every webhook: no extra frame, and the body still ends with
     // its DATA), else behind a streamed body as a trailer.
@@ -537,6 +553,7 @@ async fn live(
         &p.app_path,
         p.headers.clone(),
         &p.meta,
+        sender.link_meta(),
         body,
     ) else {
         return text(StatusCode::BAD_REQUEST, "whtunnel: malformed request path");
