@@ -813,7 +813,10 @@ fn event_id_from(ms: u64, random: [u8; 10]) -> String {
     bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
     bytes[6..].copy_from_slice(&random);
     // base32hex keeps the byte order when compared as text.
-    format!("ev_{}", data_encoding::BASE32_DNSSEC.encode(&bytes))
+    let mut id = String::with_capacity(3 + data_encoding::BASE32_DNSSEC.encode_len(bytes.len()));
+    id.push_str("ev_");
+    data_encoding::BASE32_DNSSEC.encode_append(&bytes, &mut id);
+    id
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderName, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderName, Request, Response, StatusCode, Uri};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -406,6 +406,18 @@ struct Prepared {
     meta: RequestMeta,
 }
 
+/// An IP address as a header value, formatted without an intermediate
+/// `String`.
+fn ip_value(ip: std::net::IpAddr) -> http::HeaderValue {
+    use std::io::Write as _;
+    // The longest IPv6 text is 45 bytes.
+    let mut buf = [0u8; 64];
+    let mut rest = &mut buf[..];
+    let _ = write!(rest, "{ip}");
+    let len = 64 - rest.len();
+    http::HeaderValue::from_bytes(&buf[..len]).expect("an IP address is a valid header value")
+}
+
 fn prepare(
     shared: &Shared,
     remote: SocketAddr,
@@ -424,9 +436,7 @@ fn prepare(
         for h in FORWARDED_HEADERS {
             headers.remove(*h);
         }
-        if let Ok(v) = http::HeaderValue::from_str(&remote.ip().to_string()) {
-            headers.insert(HeaderName::from_static("x-real-ip"), v);
-        }
+        headers.insert(HeaderName::from_static("x-real-ip"), ip_value(remote.ip()));
     }
     let meta = RequestMeta {
         // The hop the agent appends to X-Forwarded-For: the TCP peer (a
@@ -497,9 +507,13 @@ pub(crate) fn tunnel_request(
     } else {
         body
     };
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(http::uri::Scheme::HTTP);
+    uri.authority = Some(http::uri::Authority::from_static("tunnel"));
+    uri.path_and_query = Some(app_path.parse().ok()?);
     let mut out = Request::new(body);
     *out.method_mut() = method;
-    *out.uri_mut() = format!("http://tunnel{app_path}").parse().ok()?;
+    *out.uri_mut() = Uri::from_parts(uri).ok()?;
     *out.headers_mut() = headers;
     Some(out)
 }

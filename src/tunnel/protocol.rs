@@ -443,6 +443,16 @@ pub const META_HEADERS: [&str; 7] = [
 /// requests so that no relay version lets a sender's copy reach an app.
 const RETIRED_META: &str = "whtunnel-meta";
 
+// As `HeaderName`s: inserting or looking up an entry by `&'static str`
+// copies a custom name into a fresh allocation every time.
+const NAME_REQUEST: HeaderName = HeaderName::from_static(HDR_REQUEST);
+const NAME_HOST: HeaderName = HeaderName::from_static(HDR_HOST);
+const NAME_HOP: HeaderName = HeaderName::from_static(HDR_HOP);
+const NAME_SCHEME: HeaderName = HeaderName::from_static(HDR_SCHEME);
+const NAME_TIMEOUT_MS: HeaderName = HeaderName::from_static(HDR_TIMEOUT_MS);
+const NAME_ATTEMPT: HeaderName = HeaderName::from_static(HDR_ATTEMPT);
+const NAME_HELD_LEFT: HeaderName = HeaderName::from_static(HDR_HELD_LEFT);
+
 /// Removes from a public request every header a sender could use to pose
 /// as the relay: [`META_HEADERS`], [`HDR_CONTROL`], and protocol 1's
 /// metadata header.
@@ -611,18 +621,22 @@ fn check_hop(name: &str, value: &str) -> Result<(), MetaError> {
 }
 
 /// The only value of `name` in `headers`, removed from them.
-fn take_one(headers: &mut HeaderMap, name: &'static str) -> Result<Option<HeaderValue>, MetaError> {
-    match headers.entry(name) {
-        http::header::Entry::Vacant(_) => Ok(None),
-        http::header::Entry::Occupied(e) => {
-            let (_, mut values) = e.remove_entry_mult();
-            let first = values.next();
-            if values.next().is_some() {
-                return Err(MetaError::Repeated(name));
-            }
-            Ok(first)
-        }
+fn take_one(headers: &mut HeaderMap, name: HeaderName) -> Result<Option<HeaderValue>, MetaError> {
+    if !headers.contains_key(&name) {
+        return Ok(None);
     }
+    let mut values = headers.get_all(&name).iter();
+    let (first, repeated) = (values.next().cloned(), values.next().is_some());
+    if repeated {
+        return Err(MetaError::Repeated(
+            META_HEADERS
+                .into_iter()
+                .find(|h| *h == name.as_str())
+                .unwrap_or("metadata"),
+        ));
+    }
+    headers.remove(&name);
+    Ok(first)
 }
 
 fn utf8(bytes: &[u8], field: &'static str) -> Result<String, MetaError> {
@@ -684,29 +698,39 @@ impl RequestMeta {
         let mut value = HeaderValue::from_maybe_shared(bytes::Bytes::from(value))
             .map_err(|_| invalid("request metadata", "not a header value"))?;
         value.set_sensitive(true);
-        headers.insert(HDR_REQUEST, value);
-
-        if let Some(host) = &self.host {
-            let v =
-                HeaderValue::from_str(host).map_err(|_| invalid("host", "not a header value"))?;
-            headers.insert(HDR_HOST, v);
+        let host = match &self.host {
+            Some(host) => Some(
+                HeaderValue::from_str(host).map_err(|_| invalid("host", "not a header value"))?,
+            ),
+            None => None,
+        };
+        let hops = self
+            .hop_headers
+            .iter()
+            .map(|(name, value)| {
+                HeaderValue::from_str(&format!("{name}:{value}"))
+                    .map_err(|_| invalid("hop-by-hop header", "not a header value"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // Nothing is added before everything converted.
+        headers.insert(NAME_REQUEST, value);
+        if let Some(host) = host {
+            headers.insert(NAME_HOST, host);
         }
-        for (name, value) in &self.hop_headers {
-            let v = HeaderValue::from_str(&format!("{name}:{value}"))
-                .map_err(|_| invalid("hop-by-hop header", "not a header value"))?;
-            headers.append(HDR_HOP, v);
+        for hop in hops {
+            headers.append(NAME_HOP, hop);
         }
         if self.proto != link.proto {
-            headers.insert(HDR_SCHEME, scheme_value(&self.proto));
+            headers.insert(NAME_SCHEME, scheme_value(&self.proto));
         }
         if self.timeout_ms != link.timeout_ms {
-            headers.insert(HDR_TIMEOUT_MS, HeaderValue::from(self.timeout_ms));
+            headers.insert(NAME_TIMEOUT_MS, HeaderValue::from(self.timeout_ms));
         }
         if let Some(n) = self.attempt {
-            headers.insert(HDR_ATTEMPT, HeaderValue::from(n));
+            headers.insert(NAME_ATTEMPT, HeaderValue::from(n));
         }
         if let Some(n) = self.held_left {
-            headers.insert(HDR_HELD_LEFT, HeaderValue::from(n));
+            headers.insert(NAME_HELD_LEFT, HeaderValue::from(n));
         }
         Ok(())
     }
@@ -715,7 +739,7 @@ impl RequestMeta {
     /// removing its headers, with `link`'s values for what the request does
     /// not carry itself. Anything malformed or over its bound is refused.
     pub fn take_headers(headers: &mut HeaderMap, link: &LinkMeta) -> Result<Self, MetaError> {
-        let request = take_one(headers, HDR_REQUEST)?.ok_or(MetaError::Missing(HDR_REQUEST))?;
+        let request = take_one(headers, NAME_REQUEST)?.ok_or(MetaError::Missing(HDR_REQUEST))?;
         let mut fields = request.as_bytes().split(|b| *b == b' ');
         let mut next = |what| fields.next().ok_or(invalid("request metadata", what));
         let received_at_ms = parse_number(next("no receive time")?, "receive time")?;
@@ -744,7 +768,7 @@ impl RequestMeta {
                 Some(utf8(h, "body hash")?)
             }
         };
-        let host = match take_one(headers, HDR_HOST)? {
+        let host = match take_one(headers, NAME_HOST)? {
             None => None,
             Some(v) => {
                 check_host(v.as_bytes())?;
@@ -752,7 +776,9 @@ impl RequestMeta {
             }
         };
         let mut hop_headers = Vec::new();
-        if let http::header::Entry::Occupied(e) = headers.entry(HDR_HOP) {
+        // Looked up first: `entry` may grow the map even when vacant.
+        if !headers.contains_key(&NAME_HOP) {
+        } else if let http::header::Entry::Occupied(e) = headers.entry(NAME_HOP) {
             for v in e.remove_entry_mult().1 {
                 if hop_headers.len() == MAX_HOP_HEADERS {
                     return Err(invalid("hop-by-hop headers", "more than 128"));
@@ -766,18 +792,18 @@ impl RequestMeta {
                 hop_headers.push((name.to_owned(), value.to_owned()));
             }
         }
-        let proto = match take_one(headers, HDR_SCHEME)? {
+        let proto = match take_one(headers, NAME_SCHEME)? {
             Some(v) => parse_scheme(v.as_bytes())?,
             None => link.proto.clone(),
         };
-        let timeout_ms = match take_one(headers, HDR_TIMEOUT_MS)? {
+        let timeout_ms = match take_one(headers, NAME_TIMEOUT_MS)? {
             Some(v) => parse_number(v.as_bytes(), HDR_TIMEOUT_MS)?,
             None => link.timeout_ms,
         };
-        let attempt = take_one(headers, HDR_ATTEMPT)?
+        let attempt = take_one(headers, NAME_ATTEMPT)?
             .map(|v| parse_number(v.as_bytes(), HDR_ATTEMPT))
             .transpose()?;
-        let held_left = take_one(headers, HDR_HELD_LEFT)?
+        let held_left = take_one(headers, NAME_HELD_LEFT)?
             .map(|v| parse_number(v.as_bytes(), HDR_HELD_LEFT))
             .transpose()?;
         Ok(RequestMeta {
