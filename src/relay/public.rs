@@ -23,8 +23,8 @@ use super::{retry_later, text, Shared};
 use crate::tunnel::body_hash::{self, HashTrailer};
 use crate::tunnel::link::LinkClient;
 use crate::tunnel::protocol::{
-    content_length, split_public_path, strip_hop_by_hop, strip_meta_headers, LinkMeta, RequestMeta,
-    HDR_EVENT_ID,
+    content_length, split_public_path, strip_hop_by_hop, strip_meta_headers, LinkMeta, MetaError,
+    RequestMeta, HDR_EVENT_ID,
 };
 use crate::tunnel::{Body, BoxError};
 
@@ -128,7 +128,7 @@ async fn forward_to(
             let (parts, body) = req.into_parts();
             let p = match prepare(&shared, remote, received_at, app_path, parts) {
                 Ok(p) => p,
-                Err(refused) => return refused,
+                Err(e) => return cannot_forward(&e),
             };
             return cluster_hold(&shared, &cluster, name, remote, p, body, declared).await;
         }
@@ -151,7 +151,7 @@ async fn forward_to(
     let (parts, body) = req.into_parts();
     let prepared = match prepare(&shared, remote, received_at, app_path, parts) {
         Ok(p) => p,
-        Err(refused) => return refused,
+        Err(e) => return cannot_forward(&e),
     };
     let admit = match &shared.held {
         Some(held) => held.admit(&name, sender.is_some()),
@@ -240,7 +240,7 @@ async fn via_peer(
             parts.headers = headers;
             let p = match prepare(shared, remote, SystemTime::now(), app_path, parts) {
                 Ok(p) => p,
-                Err(refused) => return refused,
+                Err(e) => return cannot_forward(&e),
             };
             let body = kept.expect("checked");
             store_in_cluster(shared, cluster, name.to_string(), p, body).await
@@ -406,6 +406,14 @@ struct Prepared {
     meta: RequestMeta,
 }
 
+/// The 400 for a request whose metadata cannot cross the link.
+fn cannot_forward(e: &MetaError) -> Response<Body> {
+    text(
+        StatusCode::BAD_REQUEST,
+        &format!("whtunnel: this request cannot be forwarded: {e}"),
+    )
+}
+
 /// An IP address as a header value, formatted without an intermediate
 /// `String`.
 fn ip_value(ip: std::net::IpAddr) -> http::HeaderValue {
@@ -424,7 +432,7 @@ fn prepare(
     received_at: SystemTime,
     app_path: String,
     parts: http::request::Parts,
-) -> Result<Prepared, Response<Body>> {
+) -> Result<Prepared, MetaError> {
     // The agent gives up a little earlier so it records the 504 itself.
     let agent_timeout = super::agent_timeout(shared.config.response_timeout);
     let mut headers = parts.headers;
@@ -472,12 +480,7 @@ fn prepare(
     strip_meta_headers(&mut headers);
     // What cannot cross the link (an over-long Host...) is refused now,
     // before the request is held or sent.
-    meta.check().map_err(|e| {
-        text(
-            StatusCode::BAD_REQUEST,
-            &format!("whtunnel: this request cannot be forwarded: {e}"),
-        )
-    })?;
+    meta.check()?;
     Ok(Prepared {
         method: parts.method,
         app_path,

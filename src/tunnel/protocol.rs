@@ -1030,7 +1030,9 @@ mod tests {
         let long_id = format!("1 {} -", "e".repeat(MAX_EVENT_ID_LEN + 1));
         let upper_hash = format!("1 - - {}", hash.to_uppercase());
         let five = format!("1 - - {hash} x");
-        let cases: Vec<(Vec<(&str, &[u8])>, &str)> = vec![
+        // (headers sent, what the refusal must say)
+        type Case<'a> = (Vec<(&'static str, &'a [u8])>, &'static str);
+        let cases: Vec<Case> = vec![
             (vec![], "the whtunnel-req header is missing"),
             (vec![(HDR_REQUEST, b"")], "invalid receive time"),
             (
