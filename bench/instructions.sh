@@ -12,6 +12,7 @@
 # CONC connections, dumps, and writes one JSON line per component:
 #   {"mode":..., "component":"relay"|"agent", "instructions_per_request":...}
 # INSTR_KEEP=DIR keeps the callgrind dumps for callgrind_annotate.
+# INSTR_MODES="no-capture ..." measures only those modes.
 # Loopback only; every process is stopped on exit; every wait is bounded.
 set -euo pipefail
 
@@ -64,7 +65,7 @@ wait_for "$WORK/app.out" '^listening ' 10 "$APP" || { echo "instructions: app di
 APP_PORT=$(sed -n 's/^listening 127.0.0.1:\([0-9]*\)$/\1/p' "$WORK/app.out")
 
 CG=(valgrind --tool=callgrind --quiet --dump-instr=no --collect-jumps=no)
-for mode in no-capture capture store-full; do
+for mode in ${INSTR_MODES:-no-capture capture store-full}; do
   args=()
   case $mode in
     no-capture) args=(--no-capture) ;;

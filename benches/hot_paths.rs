@@ -2,7 +2,8 @@
 //! and noisy); run with `cargo bench --bench hot_paths` and see
 //! `docs/benchmarks.md`.
 //!
-//! - protocol: `RequestMeta::encode/decode`, `split_public_path`,
+//! - protocol: `RequestMeta::write_headers/take_headers` (and the JSON
+//!   form protocol 1 sent), `split_public_path`,
 //!   `is_hop_by_hop` over a typical webhook's header names;
 //! - transport: `WsIo` write + read of 16 KiB through a `tokio::io::duplex`
 //!   pair with a real `WebSocketStream` on both ends;
@@ -44,7 +45,7 @@ mod support;
 use support::webhook;
 use tokio_util::sync::CancellationToken;
 use whtunnel::tunnel::link::{self, LinkClient};
-use whtunnel::tunnel::protocol::{is_hop_by_hop, split_public_path, RequestMeta};
+use whtunnel::tunnel::protocol::{is_hop_by_hop, split_public_path, LinkMeta, RequestMeta};
 use whtunnel::tunnel::{h2, ws_io, WsIo};
 
 fn sample_meta() -> RequestMeta {
@@ -107,13 +108,30 @@ fn protocol(c: &mut Criterion) {
         assert_eq!(is_hop_by_hop(h), is_hop_by_hop_lowercasing(h), "{h}");
     }
     let meta = sample_meta();
-    let encoded = meta.encode();
+    let link = LinkMeta {
+        proto: "https".into(),
+        timeout_ms: 29_500,
+    };
+    let mut encoded = http::HeaderMap::new();
+    meta.write_headers(&link, &mut encoded).unwrap();
+    let json = meta.to_json();
     let mut g = c.benchmark_group("protocol");
-    g.bench_function("RequestMeta::encode", |b| {
-        b.iter(|| black_box(&meta).encode())
+    g.bench_function("RequestMeta::write_headers", |b| {
+        b.iter(|| {
+            let mut h = http::HeaderMap::new();
+            black_box(&meta).write_headers(&link, &mut h).unwrap();
+            h
+        })
     });
-    g.bench_function("RequestMeta::decode", |b| {
-        b.iter(|| RequestMeta::decode(black_box(encoded.as_bytes())).unwrap())
+    g.bench_function("RequestMeta::take_headers", |b| {
+        b.iter(|| RequestMeta::take_headers(&mut black_box(encoded.clone()), &link).unwrap())
+    });
+    // The protocol-1 wire form (JSON), still the stored form.
+    g.bench_function("RequestMeta::to_json", |b| {
+        b.iter(|| black_box(&meta).to_json())
+    });
+    g.bench_function("RequestMeta::from_json", |b| {
+        b.iter(|| RequestMeta::from_json(black_box(json.as_bytes())).unwrap())
     });
     g.bench_function("split_public_path", |b| {
         b.iter(|| {
@@ -211,7 +229,11 @@ where
             .serve_connection(TokioIo::new(agent_io), service)
             .await;
     });
-    let (sender, conn) = link::handshake(relay_io, CancellationToken::new())
+    let meta = LinkMeta {
+        proto: "http".into(),
+        timeout_ms: 30_000,
+    };
+    let (sender, conn) = link::handshake(relay_io, CancellationToken::new(), meta)
         .await
         .unwrap();
     tokio::spawn(conn.run());

@@ -191,7 +191,13 @@ async fn relay(a: Args) {
     let ws = WebSocketStream::from_raw_socket(tcp, Role::Server, Some(config(&a))).await;
     let client = match a.proto {
         Proto::H2 => {
-            let (client, conn) = link::handshake(WsIo::new(ws), CancellationToken::new())
+            // The prototype sends no whtunnel metadata; the announcement
+            // is only carried.
+            let meta = whtunnel::tunnel::protocol::LinkMeta {
+                proto: "http".into(),
+                timeout_ms: 30_000,
+            };
+            let (client, conn) = link::handshake(WsIo::new(ws), CancellationToken::new(), meta)
                 .await
                 .unwrap();
             tokio::spawn(conn.run());

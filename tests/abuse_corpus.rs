@@ -113,6 +113,7 @@ fn corpus() -> Vec<Case> {
         case("expect-100-continue", post("Content-Length: 5\r\nExpect: 100-continue\r\n", "hello"), status(200), got("/x", b"hello")),
         case("h2c-upgrade-ignored", "GET /t/abuse/x HTTP/1.1\r\nHost: relay\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n", status(200), got("/x", b"")),
         case("connection-names-content-length", post("Content-Length: 5\r\nConnection: content-length\r\n", "hello"), status(200), got("/x", b"hello")),
+        case("spoofed-tunnel-metadata-fields", post("Content-Length: 5\r\nwhtunnel-req: 0 evil 10.6.6.6:1\r\nwhtunnel-scheme: https\r\nwhtunnel-host: evil.example\r\nwhtunnel-hop: x-evil:1\r\nwhtunnel-timeout-ms: 1\r\nwhtunnel-attempt: 1\r\nwhtunnel-held-left: 9\r\n", "hello"), status(200), got("/x", b"hello")),
         case("spoofed-tunnel-metadata", post("Content-Length: 5\r\nwhtunnel-meta: {\"proto\":\"https\",\"received_at_ms\":0,\"timeout_ms\":1,\"event_id\":\"evil\"}\r\n", "hello"), status(200), got("/x", b"hello")),
         case("absolute-form-target", "GET http://elsewhere.example/t/abuse/x HTTP/1.1\r\nHost: relay\r\n\r\n", status(200), got("/x", b"")),
         case("obs-text-in-value", b"GET /t/abuse/x HTTP/1.1\r\nHost: relay\r\nX-Bytes: \xff\xfe\r\n\r\n".to_vec(), status(200), got("/x", b"")),

@@ -15,6 +15,7 @@ use common::*;
 use http::{Method, StatusCode};
 use tokio::net::TcpStream;
 use whtunnel::agent::ConnectionStatus;
+use whtunnel::tunnel::protocol::PROTOCOL_VERSION;
 
 #[tokio::test]
 async fn wrong_token_is_refused_and_nothing_routes() {
@@ -75,30 +76,37 @@ async fn a_held_name_is_refused_unless_taken_over() {
 #[tokio::test]
 async fn protocol_mismatch_gets_a_clear_refusal() {
     let relay = start_relay(relay_config("127.0.0.1:0")).await;
-    let (status, _, body) = send(
-        Method::GET,
-        &format!("{}/_whtunnel/agent", relay.base),
-        &[
-            ("authorization", &format!("Bearer {TOKEN}")),
-            ("whtunnel-protocol", "99"),
-            ("whtunnel-name", "x"),
-        ],
-        Bytes::new(),
-    )
-    .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    let text = String::from_utf8_lossy(&body);
-    assert!(
-        text.contains("protocol 1") && text.contains("sent 99"),
-        "{text}"
-    );
+    let ours = format!("protocol {PROTOCOL_VERSION}");
+    // "1": an agent from before the compact request metadata.
+    for theirs in ["99", "1"] {
+        let (status, _, body) = send(
+            Method::GET,
+            &format!("{}/_whtunnel/agent", relay.base),
+            &[
+                ("authorization", &format!("Bearer {TOKEN}")),
+                ("whtunnel-protocol", theirs),
+                ("whtunnel-name", "x"),
+            ],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            text.contains(&ours)
+                && text.contains(&format!("sent {theirs};"))
+                && text.contains("run the same whtunnel version on both ends")
+                && !text.trim_end().contains('\n'),
+            "{text}"
+        );
+    }
     // A bad token is refused before any upgrade.
     let (status, _, _) = send(
         Method::GET,
         &format!("{}/_whtunnel/agent", relay.base),
         &[
             ("authorization", "Bearer nope"),
-            ("whtunnel-protocol", "1"),
+            ("whtunnel-protocol", &PROTOCOL_VERSION.to_string()),
             ("connection", "upgrade"),
             ("upgrade", "websocket"),
             ("sec-websocket-version", "13"),

@@ -421,7 +421,7 @@ async fn streamed_bodies_carry_the_relay_hash_and_a_bodiless_request_none() {
 #[tokio::test]
 async fn a_body_changed_between_relay_and_app_is_proven_and_named_in_the_reason() {
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    use whtunnel::tunnel::protocol::{RequestMeta, HDR_META, TRAILER_BODY_SHA256};
+    use whtunnel::tunnel::protocol::{LinkMeta, RequestMeta, TRAILER_BODY_SHA256};
 
     let app = App::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -443,7 +443,11 @@ async fn a_body_changed_between_relay_and_app_is_proven_and_named_in_the_reason(
     tokio::spawn(async move {
         let svc = hyper::service::service_fn(move |req| {
             let fwd = fwd.clone();
-            async move { Ok::<_, std::convert::Infallible>(fwd.handle(req).await) }
+            let link = LinkMeta {
+                proto: "https".into(),
+                timeout_ms: 5_000,
+            };
+            async move { Ok::<_, std::convert::Infallible>(fwd.handle(req, &link).await) }
         });
         let _ = whtunnel::tunnel::h2::server_builder()
             .serve_connection(TokioIo::new(agent_io), svc)
@@ -476,13 +480,17 @@ async fn a_body_changed_between_relay_and_app_is_proven_and_named_in_the_reason(
             ))),
             Ok(http_body::Frame::trailers(trailer)),
         ]);
-        let req = http::Request::post("http://tunnel/webhooks/stripe")
-            .header(HDR_META, meta.encode())
+        let mut req = http::Request::post("http://tunnel/webhooks/stripe")
             .header("content-type", "application/json")
             .header("content-length", sent.len())
             .header("stripe-signature", &signature)
             .body(http_body_util::StreamBody::new(frames))
             .unwrap();
+        let announced = LinkMeta {
+            proto: "https".into(),
+            timeout_ms: 5_000,
+        };
+        meta.write_headers(&announced, req.headers_mut()).unwrap();
         let resp = link.send_request(req).await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
     }

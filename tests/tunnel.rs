@@ -76,7 +76,9 @@ async fn round_trip_preserves_request_and_response() {
     assert_eq!(s.headers["x-forwarded-proto"], "http");
     assert_eq!(s.headers["x-forwarded-host"], relay.addr.to_string());
     assert_eq!(s.headers["host"], relay.addr.to_string(), "Host preserved");
-    assert!(!s.headers.contains_key("whtunnel-meta"));
+    for meta in whtunnel::tunnel::protocol::META_HEADERS {
+        assert!(!s.headers.contains_key(meta), "{meta} reached the app");
+    }
 
     for method in [
         Method::GET,

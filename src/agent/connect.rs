@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::tunnel::protocol::{
-    OfflinePolicy, AGENT_PATH, HDR_AGENT_ID, HDR_DEAD, HDR_HELD, HDR_NAME, HDR_OFFLINE,
+    LinkMeta, OfflinePolicy, AGENT_PATH, HDR_AGENT_ID, HDR_DEAD, HDR_HELD, HDR_NAME, HDR_OFFLINE,
     HDR_PROTOCOL, HDR_PUBLIC_URL, HDR_TAKEOVER, PROTOCOL_VERSION,
 };
 use crate::tunnel::ws_io::ws_config;
@@ -153,6 +153,8 @@ pub struct Link {
     pub held: u64,
     /// The tunnel's events on the relay's dead-letter list.
     pub dead: u64,
+    /// The request metadata the relay announced for every request on the link.
+    pub meta: LinkMeta,
 }
 
 /// Opens one link to the relay.
@@ -276,11 +278,18 @@ pub async fn connect_to(config: &AgentConfig, relay: &RelayUrl) -> Result<Link, 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    // A relay of this protocol version always announces it.
+    let meta = LinkMeta::read(resp.headers()).map_err(|e| {
+        ConnectError::Refused(format!(
+            "the relay's answer to the upgrade is not understood ({e}); run the same whtunnel version on both ends"
+        ))
+    })?;
     Ok(Link {
         ws,
         public_url,
         held,
         dead,
+        meta,
     })
 }
 

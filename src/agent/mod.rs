@@ -21,7 +21,7 @@ pub use listener::{AppState, Capture, ListenConfig, ListenError, Listener, Relay
 pub use status::ConnectionStatus;
 
 use crate::forward::Forwarder;
-use crate::tunnel::protocol::{Control, HDR_CONTROL, HDR_DEAD, HDR_EVENT_ID};
+use crate::tunnel::protocol::{Control, LinkMeta, HDR_CONTROL, HDR_DEAD, HDR_EVENT_ID};
 use crate::tunnel::{h2, WsIo};
 
 /// Back-off before the first reconnect attempt is at most this...
@@ -123,7 +123,7 @@ pub async fn run(
                     forwarder.clone(),
                     &shutdown,
                     &status,
-                    (ready, dead),
+                    (ready, dead, link.meta),
                 )
                 .await;
                 if shutdown.is_cancelled() {
@@ -168,7 +168,7 @@ async fn serve(
     forwarder: Forwarder,
     shutdown: &CancellationToken,
     status: &watch::Sender<ConnectionStatus>,
-    (ready, dead): (ConnectionStatus, u64),
+    (ready, dead, link): (ConnectionStatus, u64, LinkMeta),
 ) -> String {
     let status = status.clone();
     let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
@@ -198,11 +198,13 @@ async fn serve(
             None => {}
         }
         let control = control.is_some();
+        // Borrowed scheme text: no allocation per request.
+        let link = link.clone();
         async move {
             if control {
                 return Ok(http::Response::new(crate::tunnel::Body::default()));
             }
-            Ok::<_, std::convert::Infallible>(forwarder.handle(req).await)
+            Ok::<_, std::convert::Infallible>(forwarder.handle(req, &link).await)
         }
     });
     let conn = h2::server_builder().serve_connection(TokioIo::new(WsIo::new(ws)), service);

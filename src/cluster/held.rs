@@ -536,7 +536,9 @@ impl HeldStream {
                 body: body.clone(),
             },
         };
-        let Some(req) = crate::relay::drain::held_request(&ev, t.timeout, left) else {
+        let Some(req) =
+            crate::relay::drain::held_request(&ev, t.timeout, left, t.sender.link_meta())
+        else {
             let _ = msg.ack_with(AckKind::Term).await;
             return;
         };

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -45,7 +45,7 @@ use record::{Answer, Busy, Pending, Recording};
 use crate::capture::{self, BodyData, BodyLimits, CapturedBody, ExchangeId, Outcome, Recorder};
 use crate::tunnel::body_hash::{self, CheckHash};
 use crate::tunnel::protocol::{
-    strip_hop_by_hop, strip_protocol_headers, AgentError, RequestMeta, HDR_ERROR, HDR_META,
+    strip_hop_by_hop, strip_protocol_headers, AgentError, LinkMeta, RequestMeta, HDR_ERROR,
 };
 use crate::tunnel::{Body, BoxError};
 
@@ -215,22 +215,23 @@ impl Forwarder {
         Busy::new(&self.inner.busy)
     }
 
-    /// Handles one request from the relay (it carries [`RequestMeta`]).
-    pub async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Body> {
+    /// Handles one request from the relay (it carries [`RequestMeta`]) on
+    /// a link whose relay announced `link`.
+    pub async fn handle(
+        &self,
+        req: Request<hyper::body::Incoming>,
+        link: &LinkMeta,
+    ) -> Response<Body> {
         let started = Instant::now();
         let busy = self.busy();
         let (mut parts, body) = req.into_parts();
-        let meta = match parts
-            .headers
-            .remove(HDR_META)
-            .map(|v| RequestMeta::decode(v.as_bytes()))
-        {
-            Some(Ok(m)) => m,
-            _ => {
+        let meta = match RequestMeta::take_headers(&mut parts.headers, link) {
+            Ok(m) => m,
+            Err(e) => {
                 return error_response(
                     StatusCode::BAD_REQUEST,
                     AgentError::BadRequest,
-                    "whtunnel: request without valid relay metadata",
+                    &format!("whtunnel: the relay's request metadata is not valid: {e}"),
                 )
             }
         };
@@ -539,29 +540,47 @@ async fn collect_capped(mut body: Body, max: usize) -> Bytes {
     out.freeze()
 }
 
+// As `HeaderName`s: inserting by `&'static str` copies a custom name into
+// a fresh allocation on every request.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 fn add_forwarded(headers: &mut HeaderMap, meta: &RequestMeta) {
     if let Some(addr) = &meta.remote_addr {
-        let ip = addr
-            .parse::<std::net::SocketAddr>()
-            .map(|a| a.ip().to_string())
-            .unwrap_or_else(|_| addr.clone());
-        let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip,
+        use std::io::Write as _;
+        // The sender's IP, without the port, formatted in place: this runs
+        // for every request.
+        let mut ip = [0u8; 64];
+        let mut rest = &mut ip[..];
+        let _ = match addr.parse::<std::net::SocketAddr>() {
+            Ok(a) => write!(rest, "{}", a.ip()),
+            Err(_) => write!(rest, "{addr}"),
         };
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert("x-forwarded-for", v);
+        let len = 64 - rest.len();
+        let ip = &ip[..len];
+        let value = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
+            Some(prev) => HeaderValue::from_bytes(&[prev, b", ", ip].concat()),
+            None => HeaderValue::from_bytes(ip),
+        };
+        if let Ok(v) = value {
+            headers.insert(X_FORWARDED_FOR, v);
         }
     }
-    if let Ok(v) = HeaderValue::from_str(&meta.proto) {
-        headers.insert("x-forwarded-proto", v);
+    let proto = match &*meta.proto {
+        "http" => Ok(HeaderValue::from_static("http")),
+        "https" => Ok(HeaderValue::from_static("https")),
+        other => HeaderValue::from_str(other),
+    };
+    if let Ok(v) = proto {
+        headers.insert(X_FORWARDED_PROTO, v);
     }
     if let Some(host) = meta
         .host
         .as_deref()
         .and_then(|h| HeaderValue::from_str(h).ok())
     {
-        headers.insert("x-forwarded-host", host);
+        headers.insert(X_FORWARDED_HOST, host);
     }
 }
 

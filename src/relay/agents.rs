@@ -289,6 +289,7 @@ pub(crate) async fn upgrade(
         // A known tunnel: its host name may now have a certificate.
         acme.want(&session.name);
     }
+    let link_meta = shared.link_meta();
     tokio::spawn(run_session(shared, req, session));
 
     let mut resp = Response::new(Body::default());
@@ -305,6 +306,7 @@ pub(crate) async fn upgrade(
     }
     h.insert(HDR_HELD, HeaderValue::from(held));
     h.insert(HDR_DEAD, HeaderValue::from(dead));
+    link_meta.write(h);
     resp
 }
 
@@ -361,14 +363,15 @@ async fn run_session(shared: Arc<Shared>, req: Request<Incoming>, ask: SessionAs
     )
     .await;
     let closed = CancellationToken::new();
-    let (sender, conn) = match link::handshake(WsIo::new(ws), closed.clone()).await {
-        Ok(pair) => pair,
-        Err(e) => {
-            tracing::debug!("HTTP/2 handshake with agent failed: {e}");
-            release_claim(&shared, claim).await;
-            return;
-        }
-    };
+    let (sender, conn) =
+        match link::handshake(WsIo::new(ws), closed.clone(), shared.link_meta()).await {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!("HTTP/2 handshake with agent failed: {e}");
+                release_claim(&shared, claim).await;
+                return;
+            }
+        };
     let ready_sender = sender.clone();
     let id = shared.next_session_id();
     if !shared.accounts.still_valid(&identity, &name) {

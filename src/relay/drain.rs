@@ -22,7 +22,8 @@ use super::Shared;
 use crate::tunnel::link::LinkClient;
 pub use crate::tunnel::protocol::HoldOrder;
 use crate::tunnel::protocol::{
-    AgentError, Control, HDR_ACK, HDR_CONTROL, HDR_DEAD, HDR_ERROR, HDR_EVENT_ID,
+    strip_meta_headers, AgentError, Control, LinkMeta, HDR_ACK, HDR_CONTROL, HDR_DEAD, HDR_ERROR,
+    HDR_EVENT_ID,
 };
 
 /// How held events are delivered once their agent is back.
@@ -342,7 +343,7 @@ async fn attempt(
     let h = held.clone();
     let seq = ev.seq;
     let _ = tokio::task::spawn_blocking(move || h.attempted(seq)).await;
-    let Some(req) = held_request(&ev, timeout, left) else {
+    let Some(req) = held_request(&ev, timeout, left, sender.link_meta()) else {
         tracing::warn!(event = %ev.event.event_id, "dropping a held event that cannot be sent");
         let (h, e) = (held.clone(), ev.clone());
         let _ = tokio::task::spawn_blocking(move || h.remove(&e)).await;
@@ -449,6 +450,7 @@ pub(crate) fn held_request(
     ev: &HeldEvent,
     timeout: Duration,
     left: u64,
+    link: &LinkMeta,
 ) -> Option<Request<crate::tunnel::Body>> {
     let mut headers = HeaderMap::new();
     for (k, v) in &ev.event.headers {
@@ -467,12 +469,12 @@ pub(crate) fn held_request(
         let d = crate::tunnel::body_hash::sha256(&ev.event.body);
         crate::tunnel::body_hash::to_hex(&d)
     });
-    meta.timeout_ms = timeout
-        .saturating_sub((timeout / 10).min(Duration::from_millis(500)))
-        .as_millis() as u64;
+    meta.timeout_ms = super::agent_timeout(timeout).as_millis() as u64;
     let method = http::Method::from_bytes(ev.event.method.as_bytes()).ok()?;
     let body = Full::new(ev.event.body.clone())
         .map_err(|never| match never {})
         .boxed_unsync();
-    super::public::tunnel_request(method, &ev.event.path, headers, &meta, body)
+    // Events stored by an older relay may carry a sender's copies.
+    strip_meta_headers(&mut headers);
+    super::public::tunnel_request(method, &ev.event.path, headers, &meta, link, body)
 }

@@ -508,7 +508,7 @@ impl HeldStore {
                 ev.method,
                 ev.path,
                 encode_headers(&ev.headers),
-                ev.meta.encode(),
+                ev.meta.to_json(),
                 ev.body.as_ref(),
             ],
         )?;
@@ -558,7 +558,7 @@ impl HeldStore {
                     method,
                     path,
                     headers: decode_headers(&headers),
-                    meta: RequestMeta::decode(meta.as_bytes()).unwrap_or_default(),
+                    meta: RequestMeta::from_json(meta.as_bytes()).unwrap_or_default(),
                     body: Bytes::from(body),
                 },
             },
@@ -813,7 +813,10 @@ fn event_id_from(ms: u64, random: [u8; 10]) -> String {
     bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
     bytes[6..].copy_from_slice(&random);
     // base32hex keeps the byte order when compared as text.
-    format!("ev_{}", data_encoding::BASE32_DNSSEC.encode(&bytes))
+    let mut id = String::with_capacity(3 + data_encoding::BASE32_DNSSEC.encode_len(bytes.len()));
+    id.push_str("ev_");
+    data_encoding::BASE32_DNSSEC.encode_append(&bytes, &mut id);
+    id
 }
 
 #[cfg(test)]

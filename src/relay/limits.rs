@@ -489,7 +489,11 @@ impl Limiter {
         let key = (name.to_string(), ip);
         let max = self.limits.max_inflight_per_ip;
         let mut inflight = self.inflight.lock();
-        let n = inflight.entry(key.clone()).or_insert(0);
+        // The key is copied only for the first request of its kind in flight.
+        let n = match inflight.get_mut(&key) {
+            Some(n) => n,
+            None => inflight.entry(key.clone()).or_insert(0),
+        };
         if max > 0 && *n >= max {
             return Err(Box::new(too_many(
                 &format!(

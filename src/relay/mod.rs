@@ -180,6 +180,12 @@ pub(crate) struct TunnelSession {
     took_over: bool,
 }
 
+/// How long the agent waits for the app, given the relay's wait for the
+/// answer: a little less, so the agent records the 504 itself.
+pub(crate) fn agent_timeout(relay: Duration) -> Duration {
+    relay.saturating_sub((relay / 10).min(Duration::from_millis(500)))
+}
+
 /// State shared by every connection the relay serves.
 pub(crate) struct Shared {
     config: RelayConfig,
@@ -208,6 +214,15 @@ impl Shared {
     fn sender_for(&self, name: &str) -> Option<crate::tunnel::link::LinkClient> {
         let tunnels = self.tunnels.lock();
         tunnels.get(name).map(|s| s.sender.clone())
+    }
+
+    /// What every link announces to its agent: the metadata its requests
+    /// share, so that it crosses once per link.
+    fn link_meta(&self) -> crate::tunnel::protocol::LinkMeta {
+        crate::tunnel::protocol::LinkMeta {
+            proto: std::borrow::Cow::Borrowed(self.scheme),
+            timeout_ms: agent_timeout(self.config.response_timeout).as_millis() as u64,
+        }
     }
 
     fn next_session_id(&self) -> u64 {

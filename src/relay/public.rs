@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderName, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderName, Request, Response, StatusCode, Uri};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -23,8 +23,8 @@ use super::{retry_later, text, Shared};
 use crate::tunnel::body_hash::{self, HashTrailer};
 use crate::tunnel::link::LinkClient;
 use crate::tunnel::protocol::{
-    content_length, split_public_path, strip_hop_by_hop, RequestMeta, HDR_CONTROL, HDR_EVENT_ID,
-    HDR_META,
+    content_length, split_public_path, strip_hop_by_hop, strip_meta_headers, LinkMeta, MetaError,
+    RequestMeta, HDR_EVENT_ID,
 };
 use crate::tunnel::{Body, BoxError};
 
@@ -120,7 +120,10 @@ async fn forward_to(
         let strict = shared.tunnels.lock().get(&name).is_some_and(|s| s.drain.1);
         if strict && cluster.held().pending(&name).await > 0 {
             let (parts, body) = req.into_parts();
-            let p = prepare(&shared, remote, received_at, app_path, parts);
+            let p = match prepare(&shared, remote, received_at, app_path, parts) {
+                Ok(p) => p,
+                Err(e) => return cannot_forward(&e),
+            };
             return cluster_hold(&shared, &cluster, name, remote, p, body, true).await;
         }
     }
@@ -137,7 +140,10 @@ async fn forward_to(
             }
             // No agent anywhere: held in JetStream, as one relay would.
             let (parts, body) = req.into_parts();
-            let p = prepare(&shared, remote, received_at, app_path, parts);
+            let p = match prepare(&shared, remote, received_at, app_path, parts) {
+                Ok(p) => p,
+                Err(e) => return cannot_forward(&e),
+            };
             return cluster_hold(&shared, &cluster, name, remote, p, body, false).await;
         }
     }
@@ -154,13 +160,18 @@ async fn forward_to(
         Ok(slot) => slot,
         Err(too_many) => return *too_many,
     };
+    // Prepared before admitting: a refusal must not leave a held slot
+    // reserved.
+    let (parts, body) = req.into_parts();
+    let prepared = match prepare(&shared, remote, received_at, app_path, parts) {
+        Ok(p) => p,
+        Err(e) => return cannot_forward(&e),
+    };
     let admit = match &shared.held {
         Some(held) => held.admit(&name, sender.is_some()),
         None if sender.is_some() => Admit::Live,
         None => Admit::Unknown,
     };
-    let (parts, body) = req.into_parts();
-    let prepared = prepare(&shared, remote, received_at, app_path, parts);
     match (admit, sender) {
         (Admit::Live, Some(sender)) => live(shared, name, sender, prepared, body, declared).await,
         (Admit::Hold, _) => hold(shared, name, remote, prepared, body, declared).await,
@@ -241,7 +252,10 @@ async fn via_peer(
             parts.method = method;
             parts.uri = uri;
             parts.headers = headers;
-            let p = prepare(shared, remote, SystemTime::now(), app_path, parts);
+            let p = match prepare(shared, remote, SystemTime::now(), app_path, parts) {
+                Ok(p) => p,
+                Err(e) => return cannot_forward(&e),
+            };
             let body = kept.expect("checked");
             store_in_cluster(shared, cluster, name.to_string(), p, body).await
         }
@@ -410,16 +424,35 @@ struct Prepared {
     meta: RequestMeta,
 }
 
+/// The 400 for a request whose metadata cannot cross the link.
+fn cannot_forward(e: &MetaError) -> Response<Body> {
+    text(
+        StatusCode::BAD_REQUEST,
+        &format!("whtunnel: this request cannot be forwarded: {e}"),
+    )
+}
+
+/// An IP address as a header value, formatted without an intermediate
+/// `String`.
+fn ip_value(ip: std::net::IpAddr) -> http::HeaderValue {
+    use std::io::Write as _;
+    // The longest IPv6 text is 45 bytes.
+    let mut buf = [0u8; 64];
+    let mut rest = &mut buf[..];
+    let _ = write!(rest, "{ip}");
+    let len = 64 - rest.len();
+    http::HeaderValue::from_bytes(&buf[..len]).expect("an IP address is a valid header value")
+}
+
 fn prepare(
     shared: &Shared,
     remote: SocketAddr,
     received_at: SystemTime,
     app_path: String,
     parts: http::request::Parts,
-) -> Prepared {
-    let timeout = shared.config.response_timeout;
+) -> Result<Prepared, MetaError> {
     // The agent gives up a little earlier so it records the 504 itself.
-    let agent_timeout = timeout.saturating_sub((timeout / 10).min(Duration::from_millis(500)));
+    let agent_timeout = super::agent_timeout(shared.config.response_timeout);
     let mut headers = parts.headers;
     let hop_headers = strip_hop_by_hop(&mut headers);
     if !shared.config.trust_forwarded {
@@ -429,9 +462,7 @@ fn prepare(
         for h in FORWARDED_HEADERS {
             headers.remove(*h);
         }
-        if let Ok(v) = http::HeaderValue::from_str(&remote.ip().to_string()) {
-            headers.insert(HeaderName::from_static("x-real-ip"), v);
-        }
+        headers.insert(HeaderName::from_static("x-real-ip"), ip_value(remote.ip()));
     }
     let meta = RequestMeta {
         // The hop the agent appends to X-Forwarded-For: the TCP peer (a
@@ -443,7 +474,7 @@ fn prepare(
                 .map_or(remote, |p| p.0)
                 .to_string(),
         ),
-        proto: shared.scheme.to_string(),
+        proto: shared.scheme.into(),
         host: headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
@@ -461,33 +492,34 @@ fn prepare(
         body_sha256: None,
     };
     // HTTP/2 carries the authority in :authority; the original Host travels
-    // in the metadata. A sender's own whtunnel-meta is dropped, never trusted.
+    // in the metadata. A sender's own metadata headers are dropped, never
+    // trusted.
     headers.remove(header::HOST);
-    headers.remove(HDR_META);
-    headers.remove(HDR_CONTROL);
-    Prepared {
+    strip_meta_headers(&mut headers);
+    // What cannot cross the link (an over-long Host...) is refused now,
+    // before the request is held or sent.
+    meta.check()?;
+    Ok(Prepared {
         method: parts.method,
         app_path,
         headers,
         meta,
-    }
+    })
 }
 
-/// Builds the HTTP/2 request for the agent; a body ends with the
-/// SHA-256 trailer of [`crate::tunnel::body_hash`].
+/// Builds the HTTP/2 request for the agent on a link that announced
+/// `link`; a body ends with the SHA-256 trailer of
+/// [`crate::tunnel::body_hash`]. `None` when the path or the metadata cannot
+/// cross (metadata from [`prepare`] always can).
 pub(crate) fn tunnel_request(
     method: http::Method,
     app_path: &str,
     mut headers: HeaderMap,
     meta: &RequestMeta,
+    link: &LinkMeta,
     body: Body,
 ) -> Option<Request<Body>> {
-    headers.insert(
-        HeaderName::from_static(HDR_META),
-        meta.encode()
-            .parse()
-            .expect("JSON metadata is a valid header value"),
-    );
+    meta.write_headers(link, &mut headers).ok()?;
     // The body-hash proof: in the metadata when the body was read whole
     // (nearly every webhook: no extra frame, and the body still ends with
     // its DATA), else behind a streamed body as a trailer.
@@ -496,9 +528,13 @@ pub(crate) fn tunnel_request(
     } else {
         body
     };
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(http::uri::Scheme::HTTP);
+    uri.authority = Some(http::uri::Authority::from_static("tunnel"));
+    uri.path_and_query = Some(app_path.parse().ok()?);
     let mut out = Request::new(body);
     *out.method_mut() = method;
-    *out.uri_mut() = format!("http://tunnel{app_path}").parse().ok()?;
+    *out.uri_mut() = Uri::from_parts(uri).ok()?;
     *out.headers_mut() = headers;
     Some(out)
 }
@@ -552,6 +588,7 @@ async fn live(
         &p.app_path,
         p.headers.clone(),
         &p.meta,
+        sender.link_meta(),
         body,
     ) else {
         return text(StatusCode::BAD_REQUEST, "whtunnel: malformed request path");

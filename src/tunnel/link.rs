@@ -29,7 +29,7 @@ use tokio_util::io::InspectReader;
 use tokio_util::sync::CancellationToken;
 
 use super::h2::{CONNECTION_WINDOW, KEEPALIVE_INTERVAL, MAX_HEADER_LIST, STREAM_WINDOW};
-use super::protocol::content_length;
+use super::protocol::{content_length, LinkMeta};
 use super::{Body, BoxError};
 
 /// Bytes of a request body that may wait in the send buffer for flow-control
@@ -120,6 +120,7 @@ impl Activity {
 pub struct LinkClient {
     tx: h2::client::SendRequest<Bytes>,
     closed: CancellationToken,
+    meta: LinkMeta,
 }
 
 /// The link's connection: must be driven ([`LinkConnection::run`]) for any
@@ -139,10 +140,12 @@ type HeardIo = InspectReader<Box<dyn Io>, Box<dyn FnMut(&[u8]) + Send>>;
 
 /// Opens the HTTP/2 client on `io` with the tunnel's settings (see
 /// [`super::h2`]). `closed` is cancelled when the connection ends, and can be
-/// cancelled by the owner to end it.
+/// cancelled by the owner to end it. `meta` is what the relay announced to
+/// the agent in its 101 answer.
 pub async fn handshake(
     io: impl Io,
     closed: CancellationToken,
+    meta: LinkMeta,
 ) -> Result<(LinkClient, LinkConnection), LinkError> {
     let activity = Arc::new(Activity::new());
     let heard = activity.clone();
@@ -167,6 +170,7 @@ pub async fn handshake(
         LinkClient {
             tx,
             closed: closed.clone(),
+            meta,
         },
         LinkConnection {
             conn,
@@ -214,6 +218,13 @@ impl LinkConnection {
 }
 
 impl LinkClient {
+    /// The request metadata announced for every request on this link: a
+    /// request's own headers carry only what differs
+    /// ([`RequestMeta::write_headers`](super::protocol::RequestMeta::write_headers)).
+    pub fn link_meta(&self) -> &LinkMeta {
+        &self.meta
+    }
+
     /// True once the link has ended (or is being torn down).
     pub fn is_closed(&self) -> bool {
         self.closed.is_cancelled()
@@ -435,6 +446,13 @@ mod tests {
 
     use super::*;
 
+    fn test_meta() -> LinkMeta {
+        LinkMeta {
+            proto: "http".into(),
+            timeout_ms: 30_000,
+        }
+    }
+
     /// The relay's end of a duplex pipe, counting its writes and the
     /// HTTP/2 PINGs in them.
     struct Counted {
@@ -565,7 +583,9 @@ mod tests {
             writes: writes.clone(),
             frames,
         };
-        let (client, conn) = handshake(io, CancellationToken::new()).await.unwrap();
+        let (client, conn) = handshake(io, CancellationToken::new(), test_meta())
+            .await
+            .unwrap();
         tokio::spawn(conn.run());
         (client, writes, pings)
     }
@@ -713,7 +733,9 @@ mod tests {
                 .await;
         });
         let closed = CancellationToken::new();
-        let (client, conn) = handshake(relay_io, closed.clone()).await.unwrap();
+        let (client, conn) = handshake(relay_io, closed.clone(), test_meta())
+            .await
+            .unwrap();
         let running = tokio::spawn(conn.run());
         client.send(post(full("x"))).await.unwrap();
         server.abort();
@@ -829,7 +851,7 @@ mod tests {
         let (relay_io, _agent_io) = tokio::io::duplex(64 * 1024);
         let closed = CancellationToken::new();
         let started = Instant::now();
-        let handshake = handshake(relay_io, closed.clone());
+        let handshake = handshake(relay_io, closed.clone(), test_meta());
         // The handshake itself needs no answer from the agent.
         let (client, conn) = handshake.await.unwrap();
         let err = conn.run().await.unwrap_err();

@@ -2,12 +2,15 @@
 //! handshake's headers, tunnel names, and the per-request metadata the relay
 //! attaches for the agent. No I/O here; `docs/protocol.md` describes the same.
 
+use std::borrow::Cow;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
 /// Path on the relay where agents open their websocket.
 pub const AGENT_PATH: &str = "/_whtunnel/agent";
 /// Version of this protocol; agent and relay must speak the same one.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Upgrade request header carrying [`PROTOCOL_VERSION`].
 pub const HDR_PROTOCOL: &str = "whtunnel-protocol";
 /// Upgrade request header naming the tunnel the agent wants to hold.
@@ -37,8 +40,30 @@ pub const HDR_CONTROL: &str = "whtunnel-control";
 pub const HDR_ACK: &str = "whtunnel-ack";
 /// 101 response header carrying the tunnel's public URL.
 pub const HDR_PUBLIC_URL: &str = "whtunnel-public-url";
-/// Per-request header carrying [`RequestMeta`] as JSON, relay to agent.
-pub const HDR_META: &str = "whtunnel-meta";
+/// Per-request header, never indexed by HPACK: the [`RequestMeta`] fields
+/// that differ on every request, space-separated:
+/// `<received_at_ms> <event_id|-> <remote_addr|-> [<body_sha256>]`.
+pub const HDR_REQUEST: &str = "whtunnel-req";
+/// Per-request header: the Host the sender sent ([`RequestMeta::host`]).
+/// Indexed by HPACK, as most requests to one tunnel repeat it.
+pub const HDR_HOST: &str = "whtunnel-host";
+/// Per-request header, repeated: one hop-by-hop header the relay received,
+/// as `<name>:<value>` ([`RequestMeta::hop_headers`]).
+pub const HDR_HOP: &str = "whtunnel-hop";
+/// 101 response header: the scheme senders use on this relay
+/// ([`RequestMeta::proto`] of every request on the link); also a request
+/// header on a request whose scheme differs (held by another relay).
+pub const HDR_SCHEME: &str = "whtunnel-scheme";
+/// 101 response header: the agent's timeout for every request on the link
+/// ([`RequestMeta::timeout_ms`]); also a request header on a request whose
+/// timeout differs.
+pub const HDR_TIMEOUT_MS: &str = "whtunnel-timeout-ms";
+/// Request header on a held event's delivery: the attempt, from 1
+/// ([`RequestMeta::attempt`]).
+pub const HDR_ATTEMPT: &str = "whtunnel-attempt";
+/// Request header on a held event's delivery: the tunnel's held events still
+/// queued ([`RequestMeta::held_left`]).
+pub const HDR_HELD_LEFT: &str = "whtunnel-held-left";
 /// Response header the agent sets on answers it made itself, an
 /// [`AgentError`] (app down, timeout), so the relay and the capture can tell
 /// them from the app's.
@@ -342,7 +367,7 @@ pub struct RequestMeta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_addr: Option<String>,
     /// `http` or `https`: the scheme the sender used.
-    pub proto: String,
+    pub proto: Cow<'static, str>,
     /// The Host header the sender sent, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
@@ -373,14 +398,426 @@ pub struct RequestMeta {
 }
 
 impl RequestMeta {
-    /// Encodes the metadata for the [`HDR_META`] header.
-    pub fn encode(&self) -> String {
+    /// The metadata as JSON, the form the relay stores with a held event.
+    pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("RequestMeta serialises")
     }
 
-    /// Decodes the [`HDR_META`] header.
-    pub fn decode(value: &[u8]) -> Result<Self, serde_json::Error> {
+    /// Reads [`to_json`](Self::to_json)'s form.
+    pub fn from_json(value: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(value)
+    }
+}
+
+/// Longest [`RequestMeta::host`] carried: far above any real host name
+/// (253 characters and a port), and bounding what an agent allocates.
+pub const MAX_HOST_LEN: usize = 4096;
+/// Most [`RequestMeta::hop_headers`] carried (a relay reads at most 100
+/// header fields by default).
+pub const MAX_HOP_HEADERS: usize = 128;
+/// Longest [`RequestMeta::event_id`] carried.
+pub const MAX_EVENT_ID_LEN: usize = 64;
+/// Longest [`RequestMeta::remote_addr`] carried (an IPv6 socket address
+/// with a scope id is at most 55).
+const MAX_ADDR_LEN: usize = 64;
+/// Longest number field: an `i64`/`u64` in decimal.
+const MAX_NUMBER_LEN: usize = 20;
+/// Length of [`RequestMeta::body_sha256`]: SHA-256 in lower-case hex.
+const SHA256_HEX_LEN: usize = 64;
+/// Written for an absent field of [`HDR_REQUEST`].
+const ABSENT: &[u8] = b"-";
+
+/// Every header that carries [`RequestMeta`] on a tunnel request. A relay
+/// removes them from public requests, so a sender cannot forge metadata.
+pub const META_HEADERS: [&str; 7] = [
+    HDR_REQUEST,
+    HDR_HOST,
+    HDR_HOP,
+    HDR_SCHEME,
+    HDR_TIMEOUT_MS,
+    HDR_ATTEMPT,
+    HDR_HELD_LEFT,
+];
+
+/// The JSON metadata header of protocol 1, still removed from public
+/// requests so that no relay version lets a sender's copy reach an app.
+const RETIRED_META: &str = "whtunnel-meta";
+
+// As `HeaderName`s: inserting or looking up an entry by `&'static str`
+// copies a custom name into a fresh allocation every time.
+const NAME_REQUEST: HeaderName = HeaderName::from_static(HDR_REQUEST);
+const NAME_HOST: HeaderName = HeaderName::from_static(HDR_HOST);
+const NAME_HOP: HeaderName = HeaderName::from_static(HDR_HOP);
+const NAME_SCHEME: HeaderName = HeaderName::from_static(HDR_SCHEME);
+const NAME_TIMEOUT_MS: HeaderName = HeaderName::from_static(HDR_TIMEOUT_MS);
+const NAME_ATTEMPT: HeaderName = HeaderName::from_static(HDR_ATTEMPT);
+const NAME_HELD_LEFT: HeaderName = HeaderName::from_static(HDR_HELD_LEFT);
+
+/// Removes from a public request every header a sender could use to pose
+/// as the relay: [`META_HEADERS`], [`HDR_CONTROL`], and protocol 1's
+/// metadata header.
+pub fn strip_meta_headers(headers: &mut HeaderMap) {
+    // Nearly every request has none: one pass over the names instead of a
+    // lookup per name.
+    if !headers.keys().any(|k| k.as_str().starts_with("whtunnel-")) {
+        return;
+    }
+    for name in META_HEADERS.into_iter().chain([HDR_CONTROL, RETIRED_META]) {
+        headers.remove(name);
+    }
+}
+
+/// Why [`RequestMeta`] could not be written to, or read from, headers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetaError {
+    /// A header every request must carry is not there.
+    #[error("the {0} header is missing")]
+    Missing(&'static str),
+    /// A header that may appear once appears more often.
+    #[error("the {0} header appears more than once")]
+    Repeated(&'static str),
+    /// A field's value does not fit its format or bound.
+    #[error("invalid {field}: {why}")]
+    Invalid {
+        /// The field (or header) at fault.
+        field: &'static str,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+}
+
+fn invalid(field: &'static str, why: &'static str) -> MetaError {
+    MetaError::Invalid { field, why }
+}
+
+/// The metadata that is the same for every request on one link, so it
+/// crosses once, in the relay's 101 answer ([`HDR_SCHEME`],
+/// [`HDR_TIMEOUT_MS`]), instead of on every request. A request whose value
+/// differs carries its own header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkMeta {
+    /// [`RequestMeta::proto`] of the link's requests.
+    pub proto: Cow<'static, str>,
+    /// [`RequestMeta::timeout_ms`] of the link's requests.
+    pub timeout_ms: u64,
+}
+
+impl LinkMeta {
+    /// Adds the announcement to the relay's 101 answer.
+    pub fn write(&self, headers: &mut HeaderMap) {
+        headers.insert(HDR_SCHEME, scheme_value(&self.proto));
+        headers.insert(HDR_TIMEOUT_MS, HeaderValue::from(self.timeout_ms));
+    }
+
+    /// Reads the announcement from the relay's 101 answer.
+    pub fn read(headers: &HeaderMap) -> Result<Self, MetaError> {
+        let proto = headers
+            .get(HDR_SCHEME)
+            .ok_or(MetaError::Missing(HDR_SCHEME))?;
+        let timeout = headers
+            .get(HDR_TIMEOUT_MS)
+            .ok_or(MetaError::Missing(HDR_TIMEOUT_MS))?;
+        Ok(LinkMeta {
+            proto: parse_scheme(proto.as_bytes())?,
+            timeout_ms: parse_number(timeout.as_bytes(), HDR_TIMEOUT_MS)?,
+        })
+    }
+}
+
+/// The one value of a scheme header; no copy for the two known schemes.
+fn scheme_value(proto: &str) -> HeaderValue {
+    match proto {
+        "http" => HeaderValue::from_static("http"),
+        "https" => HeaderValue::from_static("https"),
+        // Unreachable through `check`, which refuses anything else.
+        other => HeaderValue::from_str(other).unwrap_or(HeaderValue::from_static("http")),
+    }
+}
+
+fn parse_scheme(value: &[u8]) -> Result<Cow<'static, str>, MetaError> {
+    match value {
+        b"http" => Ok(Cow::Borrowed("http")),
+        b"https" => Ok(Cow::Borrowed("https")),
+        _ => Err(invalid("scheme", "not http or https")),
+    }
+}
+
+fn parse_number<T: std::str::FromStr>(value: &[u8], field: &'static str) -> Result<T, MetaError> {
+    if value.is_empty() || value.len() > MAX_NUMBER_LEN {
+        return Err(invalid(field, "not a number of 1 to 20 digits"));
+    }
+    // Digits only (and a leading '-' where T is signed): `parse` alone
+    // would take a '+' too.
+    let digits = value.strip_prefix(b"-").unwrap_or(value);
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(invalid(field, "not a decimal number"));
+    }
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| invalid(field, "out of range"))
+}
+
+fn check_event_id(id: &[u8]) -> Result<(), MetaError> {
+    if id.is_empty() || id.len() > MAX_EVENT_ID_LEN {
+        return Err(invalid("event id", "not 1 to 64 characters"));
+    }
+    if !id
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'~' | b'.'))
+    {
+        return Err(invalid("event id", "not made of a-z, A-Z, 0-9, _ - ~ ."));
+    }
+    if id == ABSENT {
+        return Err(invalid("event id", "'-' stands for no id"));
+    }
+    Ok(())
+}
+
+fn check_remote_addr(addr: &[u8]) -> Result<(), MetaError> {
+    if addr.len() > MAX_ADDR_LEN
+        || std::str::from_utf8(addr)
+            .ok()
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+            .is_none()
+    {
+        return Err(invalid("remote address", "not an IP socket address"));
+    }
+    Ok(())
+}
+
+fn check_sha256(hex: &[u8]) -> Result<(), MetaError> {
+    if hex.len() != SHA256_HEX_LEN || !hex.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(invalid("body hash", "not 64 lower-case hex digits"));
+    }
+    Ok(())
+}
+
+fn check_host(host: &[u8]) -> Result<(), MetaError> {
+    if host.is_empty() || host.len() > MAX_HOST_LEN {
+        return Err(invalid("host", "not 1 to 4096 bytes"));
+    }
+    if !host.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+        return Err(invalid("host", "not printable ASCII"));
+    }
+    Ok(())
+}
+
+/// A hop-by-hop header's name must be a lower-case header name (no ':',
+/// which separates it from the value); its value any header value.
+fn check_hop(name: &str, value: &str) -> Result<(), MetaError> {
+    let ok_name = !name.is_empty()
+        && HeaderName::from_bytes(name.as_bytes()).is_ok_and(|n| n.as_str() == name);
+    if !ok_name {
+        return Err(invalid("hop-by-hop header", "not a lower-case header name"));
+    }
+    if !value
+        .bytes()
+        .all(|b| (b >= 0x20 && b != 0x7f) || b == b'\t')
+    {
+        return Err(invalid("hop-by-hop header", "value has control characters"));
+    }
+    Ok(())
+}
+
+/// The only value of `name` in `headers`, removed from them.
+fn take_one(headers: &mut HeaderMap, name: HeaderName) -> Result<Option<HeaderValue>, MetaError> {
+    if !headers.contains_key(&name) {
+        return Ok(None);
+    }
+    let mut values = headers.get_all(&name).iter();
+    let (first, repeated) = (values.next().cloned(), values.next().is_some());
+    if repeated {
+        return Err(MetaError::Repeated(
+            META_HEADERS
+                .into_iter()
+                .find(|h| *h == name.as_str())
+                .unwrap_or("metadata"),
+        ));
+    }
+    headers.remove(&name);
+    Ok(first)
+}
+
+fn utf8(bytes: &[u8], field: &'static str) -> Result<String, MetaError> {
+    std::str::from_utf8(bytes)
+        .map(str::to_owned)
+        .map_err(|_| invalid(field, "not UTF-8"))
+}
+
+impl RequestMeta {
+    /// Checks that every field fits its wire format and bound, so that
+    /// [`write_headers`](Self::write_headers) cannot fail. A relay checks a
+    /// public request's metadata before holding or sending it.
+    pub fn check(&self) -> Result<(), MetaError> {
+        if !matches!(&*self.proto, "http" | "https") {
+            return Err(invalid("scheme", "not http or https"));
+        }
+        if let Some(id) = &self.event_id {
+            check_event_id(id.as_bytes())?;
+        }
+        if let Some(addr) = &self.remote_addr {
+            check_remote_addr(addr.as_bytes())?;
+        }
+        if let Some(hex) = &self.body_sha256 {
+            check_sha256(hex.as_bytes())?;
+        }
+        if let Some(host) = &self.host {
+            check_host(host.as_bytes())?;
+        }
+        if self.hop_headers.len() > MAX_HOP_HEADERS {
+            return Err(invalid("hop-by-hop headers", "more than 128"));
+        }
+        for (name, value) in &self.hop_headers {
+            check_hop(name, value)?;
+        }
+        Ok(())
+    }
+
+    /// Adds the metadata to a tunnel request's headers: the unique fields
+    /// in one never-indexed [`HDR_REQUEST`] (HPACK would only churn its
+    /// table with them), the repeating ones as indexed headers, and what
+    /// `link` announced not at all. `headers` must hold none of
+    /// [`META_HEADERS`] yet ([`strip_meta_headers`]).
+    pub fn write_headers(&self, link: &LinkMeta, headers: &mut HeaderMap) -> Result<(), MetaError> {
+        self.check()?;
+        let mut received = itoa::Buffer::new();
+        let received = received.format(self.received_at_ms).as_bytes();
+        let id = self.event_id.as_deref().map_or(ABSENT, str::as_bytes);
+        let addr = self.remote_addr.as_deref().map_or(ABSENT, str::as_bytes);
+        let hash = self.body_sha256.as_deref().map(str::as_bytes);
+        let len = received.len() + 1 + id.len() + 1 + addr.len() + hash.map_or(0, |h| 1 + h.len());
+        // Exactly sized: the buffer becomes the header value's without a copy.
+        let mut value = Vec::with_capacity(len);
+        for (i, part) in [received, id, addr].into_iter().chain(hash).enumerate() {
+            if i > 0 {
+                value.push(b' ');
+            }
+            value.extend_from_slice(part);
+        }
+        let mut value = HeaderValue::from_maybe_shared(bytes::Bytes::from(value))
+            .map_err(|_| invalid("request metadata", "not a header value"))?;
+        value.set_sensitive(true);
+        let host = match &self.host {
+            Some(host) => Some(
+                HeaderValue::from_str(host).map_err(|_| invalid("host", "not a header value"))?,
+            ),
+            None => None,
+        };
+        let hops = self
+            .hop_headers
+            .iter()
+            .map(|(name, value)| {
+                HeaderValue::from_str(&format!("{name}:{value}"))
+                    .map_err(|_| invalid("hop-by-hop header", "not a header value"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // Nothing is added before everything converted.
+        headers.insert(NAME_REQUEST, value);
+        if let Some(host) = host {
+            headers.insert(NAME_HOST, host);
+        }
+        for hop in hops {
+            headers.append(NAME_HOP, hop);
+        }
+        if self.proto != link.proto {
+            headers.insert(NAME_SCHEME, scheme_value(&self.proto));
+        }
+        if self.timeout_ms != link.timeout_ms {
+            headers.insert(NAME_TIMEOUT_MS, HeaderValue::from(self.timeout_ms));
+        }
+        if let Some(n) = self.attempt {
+            headers.insert(NAME_ATTEMPT, HeaderValue::from(n));
+        }
+        if let Some(n) = self.held_left {
+            headers.insert(NAME_HELD_LEFT, HeaderValue::from(n));
+        }
+        Ok(())
+    }
+
+    /// Reads the metadata [`write_headers`](Self::write_headers) added,
+    /// removing its headers, with `link`'s values for what the request does
+    /// not carry itself. Anything malformed or over its bound is refused.
+    pub fn take_headers(headers: &mut HeaderMap, link: &LinkMeta) -> Result<Self, MetaError> {
+        let request = take_one(headers, NAME_REQUEST)?.ok_or(MetaError::Missing(HDR_REQUEST))?;
+        let mut fields = request.as_bytes().split(|b| *b == b' ');
+        let mut next = |what| fields.next().ok_or(invalid("request metadata", what));
+        let received_at_ms = parse_number(next("no receive time")?, "receive time")?;
+        let id = next("no event id")?;
+        let addr = next("no remote address")?;
+        let hash = fields.next();
+        if fields.next().is_some() {
+            return Err(invalid("request metadata", "more than 4 fields"));
+        }
+        let event_id = if id == ABSENT {
+            None
+        } else {
+            check_event_id(id)?;
+            Some(utf8(id, "event id")?)
+        };
+        let remote_addr = if addr == ABSENT {
+            None
+        } else {
+            check_remote_addr(addr)?;
+            Some(utf8(addr, "remote address")?)
+        };
+        let body_sha256 = match hash {
+            None => None,
+            Some(h) => {
+                check_sha256(h)?;
+                Some(utf8(h, "body hash")?)
+            }
+        };
+        let host = match take_one(headers, NAME_HOST)? {
+            None => None,
+            Some(v) => {
+                check_host(v.as_bytes())?;
+                Some(utf8(v.as_bytes(), "host")?)
+            }
+        };
+        let mut hop_headers = Vec::new();
+        // Looked up first: `entry` may grow the map even when vacant.
+        if !headers.contains_key(&NAME_HOP) {
+        } else if let http::header::Entry::Occupied(e) = headers.entry(NAME_HOP) {
+            for v in e.remove_entry_mult().1 {
+                if hop_headers.len() == MAX_HOP_HEADERS {
+                    return Err(invalid("hop-by-hop headers", "more than 128"));
+                }
+                let line = std::str::from_utf8(v.as_bytes())
+                    .map_err(|_| invalid("hop-by-hop header", "not UTF-8"))?;
+                let (name, value) = line
+                    .split_once(':')
+                    .ok_or(invalid("hop-by-hop header", "no ':' after the name"))?;
+                check_hop(name, value)?;
+                hop_headers.push((name.to_owned(), value.to_owned()));
+            }
+        }
+        let proto = match take_one(headers, NAME_SCHEME)? {
+            Some(v) => parse_scheme(v.as_bytes())?,
+            None => link.proto.clone(),
+        };
+        let timeout_ms = match take_one(headers, NAME_TIMEOUT_MS)? {
+            Some(v) => parse_number(v.as_bytes(), HDR_TIMEOUT_MS)?,
+            None => link.timeout_ms,
+        };
+        let attempt = take_one(headers, NAME_ATTEMPT)?
+            .map(|v| parse_number(v.as_bytes(), HDR_ATTEMPT))
+            .transpose()?;
+        let held_left = take_one(headers, NAME_HELD_LEFT)?
+            .map(|v| parse_number(v.as_bytes(), HDR_HELD_LEFT))
+            .transpose()?;
+        Ok(RequestMeta {
+            remote_addr,
+            proto,
+            host,
+            received_at_ms,
+            timeout_ms,
+            hop_headers,
+            event_id,
+            attempt,
+            held_left,
+            body_sha256,
+        })
     }
 }
 
@@ -479,22 +916,283 @@ mod tests {
         }
     }
 
-    #[test]
-    fn meta_round_trip() {
-        let m = RequestMeta {
-            remote_addr: Some("127.0.0.1:5000".into()),
+    fn link() -> LinkMeta {
+        LinkMeta {
             proto: "https".into(),
-            host: Some("example.com".into()),
+            timeout_ms: 29_500,
+        }
+    }
+
+    fn full_meta() -> RequestMeta {
+        RequestMeta {
+            remote_addr: Some("[2001:db8::1]:5000".into()),
+            proto: "https".into(),
+            host: Some("hooks.example.com".into()),
             received_at_ms: 1_700_000_000_000,
-            timeout_ms: 30_000,
-            hop_headers: vec![("connection".into(), "close".into())],
-            event_id: None,
-            attempt: None,
+            timeout_ms: 29_500,
+            hop_headers: vec![
+                ("connection".into(), "close".into()),
+                ("x-custom-hop".into(), " a:b, \u{fffd} ".into()),
+            ],
+            event_id: Some("ev_0123456789abcdefghijklmnop~".into()),
+            attempt: Some(2),
             held_left: Some(3),
             body_sha256: Some("ab".repeat(32)),
+        }
+    }
+
+    fn round_trip(m: &RequestMeta, link: &LinkMeta) -> (RequestMeta, HeaderMap) {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        m.write_headers(link, &mut h).unwrap();
+        let wire = h.clone();
+        let back = RequestMeta::take_headers(&mut h, link).unwrap();
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["content-type"], "only the app's headers are left");
+        (back, wire)
+    }
+
+    #[test]
+    fn meta_round_trips_through_compact_headers() {
+        let m = full_meta();
+        let (back, wire) = round_trip(&m, &link());
+        assert_eq!(back, m);
+        let req = &wire[HDR_REQUEST];
+        assert!(req.is_sensitive(), "unique values are never indexed");
+        assert_eq!(
+            req.to_str().unwrap(),
+            format!(
+                "1700000000000 ev_0123456789abcdefghijklmnop~ [2001:db8::1]:5000 {}",
+                "ab".repeat(32)
+            )
+        );
+        assert!(
+            !wire[HDR_HOST].is_sensitive(),
+            "a repeating host is indexed"
+        );
+        assert_eq!(wire.get_all(HDR_HOP).iter().count(), 2);
+        // What the link announced does not cross again.
+        assert!(!wire.contains_key(HDR_SCHEME) && !wire.contains_key(HDR_TIMEOUT_MS));
+
+        // A request differing from the link carries its own values.
+        let other = RequestMeta {
+            proto: "http".into(),
+            timeout_ms: 5_000,
+            ..m.clone()
         };
-        assert_eq!(RequestMeta::decode(m.encode().as_bytes()).unwrap(), m);
-        assert!(RequestMeta::decode(b"{").is_err());
+        let (back, wire) = round_trip(&other, &link());
+        assert_eq!(back, other);
+        assert_eq!(wire[HDR_SCHEME], "http");
+        assert_eq!(wire[HDR_TIMEOUT_MS], "5000");
+
+        // The least a request carries.
+        let bare = RequestMeta {
+            proto: "https".into(),
+            received_at_ms: -1,
+            timeout_ms: 29_500,
+            ..Default::default()
+        };
+        let (back, wire) = round_trip(&bare, &link());
+        assert_eq!(back, bare);
+        assert_eq!(wire[HDR_REQUEST], "-1 - -");
+        assert_eq!(wire.len(), 2, "{wire:?}");
+
+        // The stored form is unchanged JSON.
+        assert_eq!(RequestMeta::from_json(m.to_json().as_bytes()).unwrap(), m);
+        assert!(RequestMeta::from_json(b"{").is_err());
+    }
+
+    #[test]
+    fn the_link_announcement_round_trips_and_is_required() {
+        let mut h = HeaderMap::new();
+        link().write(&mut h);
+        assert_eq!(LinkMeta::read(&h), Ok(link()));
+        assert!(matches!(
+            LinkMeta::read(&h).unwrap().proto,
+            Cow::Borrowed(_)
+        ));
+        h.insert(HDR_SCHEME, HeaderValue::from_static("gopher"));
+        assert_eq!(
+            LinkMeta::read(&h).unwrap_err().to_string(),
+            "invalid scheme: not http or https"
+        );
+        h.remove(HDR_TIMEOUT_MS);
+        h.insert(HDR_SCHEME, HeaderValue::from_static("http"));
+        assert_eq!(LinkMeta::read(&h), Err(MetaError::Missing(HDR_TIMEOUT_MS)));
+    }
+
+    /// Every malformed or hostile value is refused with a reason, never
+    /// taken in part or read past its bound.
+    #[test]
+    fn malformed_meta_headers_are_refused() {
+        let hash = "ab".repeat(32);
+        let long_host = "h".repeat(MAX_HOST_LEN + 1);
+        let long_id = format!("1 {} -", "e".repeat(MAX_EVENT_ID_LEN + 1));
+        let upper_hash = format!("1 - - {}", hash.to_uppercase());
+        let five = format!("1 - - {hash} x");
+        // (headers sent, what the refusal must say)
+        type Case<'a> = (Vec<(&'static str, &'a [u8])>, &'static str);
+        let cases: Vec<Case> = vec![
+            (vec![], "the whtunnel-req header is missing"),
+            (vec![(HDR_REQUEST, b"")], "invalid receive time"),
+            (
+                vec![(HDR_REQUEST, b"1 - -"), (HDR_REQUEST, b"1 - -")],
+                "appears more than once",
+            ),
+            (vec![(HDR_REQUEST, b"1")], "no event id"),
+            (vec![(HDR_REQUEST, b"1 -")], "no remote address"),
+            (vec![(HDR_REQUEST, b"abc - -")], "invalid receive time"),
+            (vec![(HDR_REQUEST, b"+1 - -")], "invalid receive time"),
+            (
+                vec![(HDR_REQUEST, b"99999999999999999999 - -")],
+                "invalid receive time: out of range",
+            ),
+            (
+                vec![(HDR_REQUEST, b"123456789012345678901 - -")],
+                "invalid receive time",
+            ),
+            (vec![(HDR_REQUEST, b"1  -")], "invalid event id"),
+            (vec![(HDR_REQUEST, b"1 ev/../x -")], "invalid event id"),
+            (vec![(HDR_REQUEST, long_id.as_bytes())], "invalid event id"),
+            (
+                vec![(HDR_REQUEST, b"1 - 999.1.1.1:80")],
+                "invalid remote address",
+            ),
+            (
+                vec![(HDR_REQUEST, b"1 - 10.0.0.1")],
+                "invalid remote address",
+            ),
+            (vec![(HDR_REQUEST, b"1 - - ABAB")], "invalid body hash"),
+            (
+                vec![(HDR_REQUEST, upper_hash.as_bytes())],
+                "invalid body hash",
+            ),
+            (vec![(HDR_REQUEST, five.as_bytes())], "more than 4 fields"),
+            (
+                vec![(HDR_REQUEST, b"1 - -"), (HDR_HOST, long_host.as_bytes())],
+                "invalid host",
+            ),
+            (
+                vec![(HDR_REQUEST, b"1 - -"), (HDR_HOST, b"a\tb")],
+                "invalid host: not printable",
+            ),
+            (
+                vec![(HDR_REQUEST, b"1 - -"), (HDR_HOST, b"a"), (HDR_HOST, b"b")],
+                "whtunnel-host header appears more than once",
+            ),
+            (
+                vec![(HDR_REQUEST, b"1 - -"), (HDR_HOP, b"connection close")],
+                "no ':'",
+            ),
+            (
+                vec![(HDR_REQUEST, b"1 - -"), (HDR_HOP, b"Connection:close")],
+                "lower-case header name",
+            ),
+            (
+                vec![(HDR_REQUEST, b"1 - -"), (HDR_HOP, b":close")],
+                "lower-case header name",
+            ),
+            (
+                vec![(HDR_REQUEST, b"1 - -"), (HDR_HOP, b"x:\xff")],
+                "not UTF-8",
+            ),
+            (
+                vec![(HDR_REQUEST, b"1 - -"), (HDR_SCHEME, b"ftp")],
+                "invalid scheme",
+            ),
+            (
+                vec![(HDR_REQUEST, b"1 - -"), (HDR_TIMEOUT_MS, b"-1")],
+                "invalid whtunnel-timeout-ms: out of range",
+            ),
+            (
+                vec![(HDR_REQUEST, b"1 - -"), (HDR_ATTEMPT, b"4294967296")],
+                "invalid whtunnel-attempt: out of range",
+            ),
+            (
+                vec![(HDR_REQUEST, b"1 - -"), (HDR_HELD_LEFT, b"1e3")],
+                "invalid whtunnel-held-left",
+            ),
+        ];
+        for (headers, want) in cases {
+            let mut h = HeaderMap::new();
+            for (name, value) in &headers {
+                h.append(*name, HeaderValue::from_bytes(value).unwrap());
+            }
+            let got = RequestMeta::take_headers(&mut h, &link());
+            let e = got.expect_err(&format!("{headers:?} must be refused"));
+            assert!(e.to_string().contains(want), "{headers:?}: {e}");
+        }
+        // Too many hop-by-hop headers.
+        let mut h = HeaderMap::new();
+        h.insert(HDR_REQUEST, HeaderValue::from_static("1 - -"));
+        for _ in 0..=MAX_HOP_HEADERS {
+            h.append(HDR_HOP, HeaderValue::from_static("x-a:1"));
+        }
+        let e = RequestMeta::take_headers(&mut h, &link()).unwrap_err();
+        assert!(e.to_string().contains("more than 128"), "{e}");
+    }
+
+    #[test]
+    fn metadata_that_cannot_cross_is_refused_before_sending() {
+        let bad = [
+            RequestMeta {
+                host: Some("h".repeat(MAX_HOST_LEN + 1)),
+                ..full_meta()
+            },
+            RequestMeta {
+                host: Some("a\u{7f}b".into()),
+                ..full_meta()
+            },
+            RequestMeta {
+                remote_addr: Some("somewhere".into()),
+                ..full_meta()
+            },
+            RequestMeta {
+                event_id: Some("ev 1".into()),
+                ..full_meta()
+            },
+            RequestMeta {
+                event_id: Some("-".into()),
+                ..full_meta()
+            },
+            RequestMeta {
+                body_sha256: Some("ab".into()),
+                ..full_meta()
+            },
+            RequestMeta {
+                proto: "ws".into(),
+                ..full_meta()
+            },
+            RequestMeta {
+                hop_headers: vec![("x-a".into(), "line\nbreak".into())],
+                ..full_meta()
+            },
+            RequestMeta {
+                hop_headers: vec![("x-a".into(), "1".into()); MAX_HOP_HEADERS + 1],
+                ..full_meta()
+            },
+        ];
+        for m in bad {
+            let mut h = HeaderMap::new();
+            assert!(m.check().is_err(), "{m:?}");
+            assert!(m.write_headers(&link(), &mut h).is_err(), "{m:?}");
+            assert!(h.is_empty(), "nothing half-written: {h:?}");
+        }
+    }
+
+    #[test]
+    fn a_senders_meta_headers_are_stripped() {
+        let mut h = HeaderMap::new();
+        for name in META_HEADERS {
+            h.append(name, HeaderValue::from_static("forged"));
+            h.append(name, HeaderValue::from_static("twice"));
+        }
+        h.insert(HDR_CONTROL, HeaderValue::from_static("ready"));
+        h.insert("whtunnel-meta", HeaderValue::from_static("{}"));
+        h.insert("x-app", HeaderValue::from_static("1"));
+        strip_meta_headers(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-app"]);
     }
 
     #[test]

@@ -70,6 +70,14 @@ impl RawSeen {
                 "upgrade",
                 "http2-settings",
                 "whtunnel-meta",
+                "whtunnel-req",
+                "whtunnel-host",
+                "whtunnel-hop",
+                "whtunnel-scheme",
+                "whtunnel-timeout-ms",
+                "whtunnel-attempt",
+                "whtunnel-held-left",
+                "whtunnel-control",
             ];
             if hop.contains(&n.as_str()) || n.starts_with("proxy-") {
                 return Some(format!("header {n} reached the app"));
