@@ -658,13 +658,13 @@ mod tests {
         ));
         // Break the schema under the writer.
         let other = rusqlite::Connection::open(tmp.path().join("capture.db")).unwrap();
-        other.execute_batch("DROP TABLE payloads").unwrap();
+        other.execute_batch("DROP TABLE exchanges").unwrap();
         let res = rec.record(sample(b"lost")).await.unwrap();
         assert!(res.is_err());
         match events.recv().await.unwrap() {
             CaptureEvent::NotStored { summary, reason } => {
                 assert_eq!(summary.path, "/hooks?key=0123");
-                assert!(reason.contains("payloads"), "{reason}");
+                assert!(reason.contains("exchanges"), "{reason}");
             }
             other => panic!("expected NotStored, got {other:?}"),
         }
