@@ -177,67 +177,32 @@ fn parse_time(s: &str) -> DateTime<Utc> {
 
 /// Headers as JSON text: readable in `sqlite3`, and still exact because a value
 /// that is not UTF-8 is kept as `{"base64": ...}` instead of being re-encoded.
-///
-/// Written by hand, byte for byte what `serde_json` writes for
-/// `[[name, value], ...]` (see the tests), into one string sized up front:
-/// this runs twice per exchange on the writer thread.
 fn headers_to_json(h: &[Header]) -> String {
     use base64::Engine;
-    let size: usize = h.iter().map(|(n, v)| n.len() + v.len() + 8).sum();
-    let mut out = String::with_capacity(size + 2);
-    out.push('[');
-    for (i, (name, value)) in h.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push('[');
-        push_json_string(&mut out, name);
-        out.push(',');
-        match std::str::from_utf8(value) {
-            Ok(text) => push_json_string(&mut out, text),
-            Err(_) => {
-                out.push_str(r#"{"base64":""#);
-                base64::engine::general_purpose::STANDARD.encode_string(value, &mut out);
-                out.push_str(r#""}"#);
-            }
-        }
-        out.push(']');
+    // Serialized straight from the borrowed headers, without a
+    // `serde_json::Value` or a list of pairs in between: no allocation per
+    // header on the writer thread.
+    #[derive(serde::Serialize)]
+    #[serde(untagged)]
+    enum Value<'a> {
+        Text(&'a str),
+        Bytes { base64: String },
     }
-    out.push(']');
-    out
-}
-
-/// Appends `s` as a JSON string, escaped as `serde_json` escapes it:
-/// `"` and `\\`, the short forms `\b \f \n \r \t`, other control
-/// characters as `\u00xx`; everything else as is.
-fn push_json_string(out: &mut String, s: &str) {
-    out.push('"');
-    let mut plain = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let escape: &str = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            0x00..=0x1f => "",
-            _ => continue,
-        };
-        out.push_str(&s[plain..i]);
-        if escape.is_empty() {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.push_str("\\u00");
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0xf)]));
-        } else {
-            out.push_str(escape);
+    struct Pairs<'a>(&'a [Header]);
+    impl serde::Serialize for Pairs<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(self.0.iter().map(|(n, v)| {
+                let v = match std::str::from_utf8(v) {
+                    Ok(s) => Value::Text(s),
+                    Err(_) => Value::Bytes {
+                        base64: base64::engine::general_purpose::STANDARD.encode(v),
+                    },
+                };
+                (n.as_str(), v)
+            }))
         }
-        plain = i + 1;
     }
-    out.push_str(&s[plain..]);
-    out.push('"');
+    serde_json::to_string(&Pairs(h)).expect("strings always serialize")
 }
 
 fn headers_from_json(s: &str) -> Vec<Header> {
