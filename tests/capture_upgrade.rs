@@ -124,9 +124,10 @@ fn the_migration_tells_outcomes_apart_that_the_old_schema_kept_as_text() {
 }
 
 #[test]
-fn a_schema_3_store_reads_every_exchange_as_before_after_migration_5() {
+fn a_schema_3_store_reads_every_exchange_as_before_after_migrations_5_and_6() {
     // Migration 4 adds columns; migration 5 turns text timestamps into
-    // integers and drops the foreign key: every field the schema-3 whtunnel
+    // integers and drops the foreign key; migration 6 moves the payloads
+    // into the exchange rows: every field the schema-3 whtunnel
     // printed must come back the same, bodies in files included.
     let fixture = fixture_of("capture-v3");
     let dir = copy_of(&fixture);
@@ -151,14 +152,27 @@ fn a_schema_3_store_reads_every_exchange_as_before_after_migration_5() {
     assert_eq!(text_times, 0);
     let fks: i64 = db
         .query_row(
-            "SELECT COUNT(*) FROM pragma_foreign_key_list('payloads')",
+            "SELECT COUNT(*) FROM pragma_foreign_key_list('exchanges')",
             [],
             |r| r.get(0),
         )
         .unwrap();
     assert_eq!(fks, 0);
+    // Migration 6 moved every payload into its exchange's row.
+    let tables: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'payloads'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(tables, 0);
     let payloads: i64 = db
-        .query_row("SELECT COUNT(*) FROM payloads", [], |r| r.get(0))
+        .query_row(
+            "SELECT COUNT(*) FROM exchanges WHERE req_headers IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(payloads, 8);
     // Ids are never reused after the migration: the next one follows.

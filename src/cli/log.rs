@@ -307,22 +307,63 @@ pub fn log_line(s: &capture::ExchangeSummary, not_stored: Option<&str>) -> Strin
     out
 }
 
+/// Appends the decimal digits of `n` to `out` (what `write!("{n}")`
+/// prints, without the formatting machinery: this runs once per exchange).
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[at..].iter().map(|&d| char::from(d)));
+}
+
+/// Appends `n` (below 1000) zero-padded to `width` digits.
+fn push_padded(out: &mut String, n: u32, width: u32) {
+    for place in (0..width).rev() {
+        out.push(char::from(b'0' + (n / 10u32.pow(place) % 10) as u8));
+    }
+}
+
+/// Appends `ms` with one decimal, exactly as `{:.1}` prints it. Values
+/// whose rounding is not plain (a tie, a huge or odd value) take the
+/// formatter; the others are two integers.
+fn push_tenths(out: &mut String, ms: f64) {
+    use std::fmt::Write as _;
+    let x = ms * 10.0;
+    let frac = x - x.floor();
+    // Below 1e9 the product is off by at most ~1e-7: outside the band
+    // around a tie it rounds the way the exact decimal value does.
+    if !(0.0..1e9).contains(&x) || x.is_sign_negative() || (frac - 0.5).abs() < 1e-6 {
+        let _ = write!(out, "{ms:.1}");
+        return;
+    }
+    let tenths = x.round() as u64;
+    push_u64(out, tenths / 10);
+    out.push('.');
+    out.push(char::from(b'0' + (tenths % 10) as u8));
+}
+
 /// Appends [`log_line`] to `out`, written in place: one line per exchange
 /// under load, so no formatting machinery or allocation per field.
 fn write_log_line(out: &mut String, s: &capture::ExchangeSummary, not_stored: Option<&str>) {
     use crate::capture::export::terminal_safe;
     use chrono::Timelike;
-    use std::fmt::Write as _;
     let safe = |out: &mut String, t: &str| out.push_str(&terminal_safe(t, false));
     let t = s.received_at;
-    let _ = write!(
-        out,
-        "{:02}:{:02}:{:02}.{:03}Z ",
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.nanosecond() % 1_000_000_000 / 1_000_000
-    );
+    push_padded(out, t.hour(), 2);
+    out.push(':');
+    push_padded(out, t.minute(), 2);
+    out.push(':');
+    push_padded(out, t.second(), 2);
+    out.push('.');
+    push_padded(out, t.nanosecond() % 1_000_000_000 / 1_000_000, 3);
+    out.push_str("Z ");
     let method_at = out.len();
     safe(out, &s.method);
     let width = out[method_at..].chars().count();
@@ -331,11 +372,14 @@ fn write_log_line(out: &mut String, s: &capture::ExchangeSummary, not_stored: Op
     safe(out, &s.path);
     match s.status {
         Some(c) => {
-            let _ = write!(out, " {c}");
+            out.push(' ');
+            push_u64(out, c.into());
         }
         None => out.push_str(" ---"),
     }
-    let _ = write!(out, " {:.1}ms", s.duration_ms);
+    out.push(' ');
+    push_tenths(out, s.duration_ms);
+    out.push_str("ms");
     if let Some(e) = &s.event {
         out.push(' ');
         safe(out, e);
@@ -345,10 +389,16 @@ fn write_log_line(out: &mut String, s: &capture::ExchangeSummary, not_stored: Op
         safe(out, &v);
     }
     if let Some(id) = s.replay_of {
-        let _ = write!(out, " (replay of #{id})");
+        out.push_str(" (replay of #");
+        match u64::try_from(id) {
+            Ok(id) => push_u64(out, id),
+            Err(_) => out.push_str(&id.to_string()),
+        }
+        out.push(')');
     }
-    if s.id > 0 {
-        let _ = write!(out, " #{}", s.id);
+    if let Ok(id @ 1..) = u64::try_from(s.id) {
+        out.push_str(" #");
+        push_u64(out, id);
     }
     if let Some(err) = &s.error {
         out.push_str(" [");
@@ -493,6 +543,37 @@ mod tests {
         let mut out = String::from("before\n");
         write_log_line(&mut out, &s, None);
         assert_eq!(out, format!("before\n{}", formatted(&s, None)));
+    }
+
+    #[test]
+    fn numbers_on_the_log_line_print_as_the_formatter_prints_them() {
+        let mut ms = vec![
+            0.0,
+            0.04,
+            0.05,
+            0.25,
+            0.35,
+            0.95,
+            1.0,
+            9.96,
+            12.345,
+            99.95,
+            1e6 + 0.05,
+        ];
+        ms.extend([f64::NAN, f64::INFINITY, -1.5, -0.0, 1e300, 99_999_999.96]);
+        // A spread of ordinary durations, ties included (n / 20 hits .x5).
+        ms.extend((0..5000).map(|n| f64::from(n) / 20.0));
+        ms.extend((0..5000).map(|n| f64::from(n) * 0.0137));
+        for m in ms {
+            let mut out = String::new();
+            push_tenths(&mut out, m);
+            assert_eq!(out, format!("{m:.1}"), "{m:?}");
+        }
+        for n in [0, 7, 10, 99, 100, 12345, u64::MAX] {
+            let mut out = String::new();
+            push_u64(&mut out, n);
+            assert_eq!(out, n.to_string());
+        }
     }
 
     #[test]

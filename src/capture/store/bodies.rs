@@ -141,13 +141,6 @@ impl Drop for Store {
 impl Store {
     /// Deletes body files no row refers to, and leftovers in the spill dir.
     pub(super) fn clean_orphans(&self) -> Result<(), StoreError> {
-        // Payloads are deleted with their exchange in one transaction; one
-        // left by a manual `DELETE FROM exchanges` (there is no foreign key
-        // to cascade) is dropped here.
-        self.conn.execute(
-            "DELETE FROM payloads WHERE exchange_id NOT IN (SELECT id FROM exchanges)",
-            [],
-        )?;
         let mut referenced = HashSet::new();
         let mut stmt = self.conn.prepare(
             "SELECT req_body_file FROM exchanges WHERE req_body_file IS NOT NULL

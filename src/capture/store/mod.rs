@@ -2,11 +2,12 @@
 //! its migrations, body files under `bodies/`, retention, and orphan cleanup.
 //!
 //! Layout (users may open `capture.db` with `sqlite3`):
-//! - `exchanges`: one small row per exchange (everything a list row needs,
-//!   plus body lengths and file names). `list()` reads only this table, so
-//!   listing never touches header or body bytes.
-//! - `payloads`: headers (JSON) and inline bodies (raw BLOBs) keyed by
-//!   exchange id, read only by `get()`.
+//! - `exchanges`: one row per exchange. First everything a list row needs,
+//!   plus body lengths and file names; last the headers (JSON) and inline
+//!   bodies (raw BLOBs), read only by `get()`. A summary's columns all come
+//!   before them, so SQLite stops decoding a row before the payload and
+//!   never follows a large body's overflow pages to list it; and one insert
+//!   (one delete) per exchange keeps recording cheap.
 //! - Bodies larger than [`INLINE_BODY_MAX`] live in `bodies/<name>` files. A
 //!   file is written completely *before* the transaction that references it
 //!   commits, so a crash leaves at worst an unreferenced file, which the next
@@ -453,13 +454,11 @@ impl Store {
                     req_body_len, req_body_kept, req_truncated, req_body_file,
                     resp_body_len, resp_body_kept, resp_truncated, resp_body_file, body_bytes,
                     outcome, provider, delivery_id, sig_scheme, sig_verdict, sig_reason,
-                    relay_body_sha256, body_intact, sender_timeout_ms)
+                    relay_body_sha256, body_intact, sender_timeout_ms,
+                    req_headers, resp_headers, req_body, resp_body)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                    ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)",
-            )?;
-            let mut ins_payload = tx.prepare_cached(
-                "INSERT INTO payloads (exchange_id, req_headers, resp_headers, req_body, resp_body)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                    ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30,
+                    ?31, ?32, ?33, ?34)",
             )?;
             for (ex, prep) in exs.iter().zip(prepared) {
                 let prep = prep
@@ -498,17 +497,13 @@ impl Store {
                     ex.body_proof.relay_sha256.as_ref().map(to_hex),
                     ex.body_proof.intact,
                     ex.webhook.sender_timeout_ms.map(|t| t as i64),
-                ])?;
-                added_bytes += q.kept + s.kept;
-                let id = tx.last_insert_rowid();
-                ins_payload.execute(params![
-                    id,
                     headers_to_json(&ex.request.headers),
                     ex.response.as_ref().map(|r| headers_to_json(&r.headers)),
                     q.inline.as_deref(),
                     s.inline.as_deref(),
                 ])?;
-                ids.push(id);
+                added_bytes += q.kept + s.kept;
+                ids.push(tx.last_insert_rowid());
             }
         }
         let before = Totals::after_insert(&tx, self.totals, exs.len() as u64, added_bytes)?;
@@ -556,7 +551,7 @@ impl Store {
     }
 
     /// Lists exchanges, newest first (by received time, then id). Reads only
-    /// the small `exchanges` table: never headers or bodies.
+    /// the summary columns: never headers or bodies.
     pub fn list(&self, q: &ListQuery) -> Result<Vec<ExchangeSummary>, StoreError> {
         let limit = q.limit.map_or(-1, |l| l as i64);
         let mut stmt = self.conn.prepare_cached(&format!(
@@ -643,10 +638,10 @@ impl Store {
                     e.duration_ms, e.error, e.event, e.replay_of, e.relay_event_id, e.has_response,
                     e.req_body_len, e.req_truncated, e.req_body_file,
                     e.resp_body_len, e.resp_truncated, e.resp_body_file,
-                    p.req_headers, p.resp_headers, p.req_body, p.resp_body, e.outcome,
+                    e.req_headers, e.resp_headers, e.req_body, e.resp_body, e.outcome,
                     e.provider, e.delivery_id, e.sig_scheme, e.sig_verdict, e.sig_reason,
                     e.relay_body_sha256, e.body_intact, e.sender_timeout_ms
-             FROM exchanges e LEFT JOIN payloads p ON p.exchange_id = e.id
+             FROM exchanges e
              WHERE e.id = ?1",
         )?;
         let ex = stmt

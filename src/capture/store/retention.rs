@@ -55,7 +55,7 @@ impl Totals {
 
 /// Retention works in partitions of this fraction of the count limit: once
 /// `max_exchanges` is passed, the oldest exchanges are dropped as one
-/// partition of 1/`PARTITIONS` of it, with one ranged `DELETE` per table, so
+/// partition of 1/`PARTITIONS` of it, with one ranged `DELETE`, so
 /// that deletion runs once every `max_exchanges`/`PARTITIONS` exchanges
 /// instead of on every commit, and touches the same few pages for all.
 pub(super) const PARTITIONS: u64 = 16;
@@ -117,12 +117,6 @@ impl Store {
             }
         }
         if let Some((us, id)) = last {
-            // The payloads first: they are found through the exchanges.
-            tx.prepare_cached(
-                "DELETE FROM payloads WHERE exchange_id IN
-                    (SELECT id FROM exchanges WHERE (received_us, id) <= (?1, ?2))",
-            )?
-            .execute([us, id])?;
             tx.prepare_cached("DELETE FROM exchanges WHERE (received_us, id) <= (?1, ?2)")?
                 .execute([us, id])?;
         }

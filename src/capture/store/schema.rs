@@ -84,6 +84,22 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     ),
     // 5: integer timestamps and no foreign key (what every insert paid for).
     Migration::Code(integer_time_no_foreign_key),
+    // 6: headers and inline bodies move into the exchange row: one insert
+    // and one delete per exchange instead of two. Appended after every
+    // summary column, so that reading a summary stops before them (and
+    // never follows a large body's overflow pages).
+    Migration::Sql(
+        r#"
+    ALTER TABLE exchanges ADD COLUMN req_headers  TEXT;  -- JSON [[name, value], ...]; non-UTF-8 values as {"base64": ..}
+    ALTER TABLE exchanges ADD COLUMN resp_headers TEXT;
+    ALTER TABLE exchanges ADD COLUMN req_body     BLOB;  -- raw bytes when inline
+    ALTER TABLE exchanges ADD COLUMN resp_body    BLOB;
+    UPDATE exchanges SET req_headers = p.req_headers, resp_headers = p.resp_headers,
+        req_body = p.req_body, resp_body = p.resp_body
+        FROM payloads p WHERE p.exchange_id = exchanges.id;
+    DROP TABLE payloads;
+    "#,
+    ),
 ];
 
 /// The error text schema 1 stored for an app that answered after its

@@ -155,7 +155,7 @@ fn large_bodies_go_to_files_and_tee_files_are_adopted() {
 }
 
 #[test]
-fn list_is_newest_first_and_never_reads_payloads() {
+fn list_is_newest_first_and_reads_no_payload_column() {
     let tmp = tempfile::tempdir().unwrap();
     let mut s = open(tmp.path());
     let t0 = Utc::now();
@@ -166,8 +166,28 @@ fn list_is_newest_first_and_never_reads_payloads() {
         ex.request.path = format!("/{i}");
         s.insert(&ex).unwrap();
     }
-    // Proof that list() does not touch headers or bodies: drop them.
-    s.conn.execute_batch("DROP TABLE payloads").unwrap();
+    // list() stops decoding a row before its headers and bodies: every
+    // summary column comes before every payload column.
+    let position = |col: &str| -> i64 {
+        s.conn
+            .query_row(
+                "SELECT cid FROM pragma_table_info('exchanges') WHERE name = ?1",
+                [col],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    let last_summary = Store::SUMMARY_COLS
+        .split(',')
+        .map(|c| position(c.trim()))
+        .max()
+        .unwrap();
+    for payload in ["req_headers", "resp_headers", "req_body", "resp_body"] {
+        assert!(
+            position(payload) > last_summary,
+            "{payload} comes too early"
+        );
+    }
     let rows = s.list(&ListQuery::default()).unwrap();
     let paths: Vec<_> = rows.iter().map(|r| r.path.as_str()).collect();
     assert_eq!(paths, ["/1", "/2", "/0"]);
@@ -200,12 +220,15 @@ fn retention_by_count() {
     want.reverse();
     assert_eq!(kept, want);
     assert!(s.get(ids[0]).unwrap().is_none());
-    // Payload rows go with their exchange.
-    let payloads: i64 = s
-        .conn
-        .query_row("SELECT COUNT(*) FROM payloads", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(payloads, 5);
+    // The kept ones keep their headers and bodies.
+    for (i, id) in ids.iter().enumerate().skip(7) {
+        let ex = s.get(*id).unwrap().unwrap();
+        assert_eq!(
+            ex.request.body,
+            CapturedBody::from_bytes(format!("{i}").into_bytes())
+        );
+        assert_eq!(ex.request.headers, sample(b"").request.headers);
+    }
 }
 
 #[test]
@@ -674,20 +697,17 @@ fn retention_drops_the_oldest_partition_whole_once_the_count_limit_is_passed() {
     ids.push(s.insert(&sample(b"over again")).unwrap());
     assert_eq!(kept_ids(&s), ids[ids.len() - 150..]);
     assert!(s.get(ids[21]).unwrap().is_none());
-    // Payloads go with their exchanges: none left over, none missing.
-    let payloads: i64 = s
+    // Every kept exchange has its headers and bodies.
+    let with_payload: i64 = s
         .conn
         .query_row(
-            "SELECT COUNT(*) FROM payloads p JOIN exchanges e ON e.id = p.exchange_id",
+            "SELECT COUNT(*) FROM exchanges WHERE req_headers IS NOT NULL
+                AND req_body IS NOT NULL AND resp_body = CAST('ok' AS BLOB)",
             [],
             |r| r.get(0),
         )
         .unwrap();
-    let all: i64 = s
-        .conn
-        .query_row("SELECT COUNT(*) FROM payloads", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!((payloads, all), (150, 150));
+    assert_eq!(with_payload, 150);
     assert_eq!(s.totals.unwrap().count, 150);
     assert_eq!(s.totals.unwrap().bytes, s.total_body_bytes().unwrap());
 }
@@ -752,4 +772,99 @@ fn a_commit_never_drops_its_own_exchanges() {
     let last = s.insert(&sample(b"next")).unwrap();
     assert!(s.count().unwrap() <= 4);
     assert_eq!(kept_ids(&s).last(), Some(&last));
+}
+
+/// A store at `version` made the way that whtunnel made it: its migrations
+/// only, none of the later ones.
+fn store_at_version(dir: &Path, version: usize) -> rusqlite::Connection {
+    fs::create_dir_all(dir.join("bodies")).unwrap();
+    let mut conn = rusqlite::Connection::open(dir.join(DB_FILE)).unwrap();
+    conn.pragma_update(None, "foreign_keys", "OFF").unwrap();
+    let tx = conn.transaction().unwrap();
+    for m in &MIGRATIONS[..version] {
+        match m {
+            schema::Migration::Sql(sql) => tx.execute_batch(sql).unwrap(),
+            schema::Migration::Code(step) => step(&tx).unwrap(),
+        }
+    }
+    tx.pragma_update(None, "user_version", version as i64)
+        .unwrap();
+    tx.commit().unwrap();
+    conn
+}
+
+#[test]
+fn a_schema_5_store_with_payloads_reads_the_same_after_migration_6() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t0 = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+    {
+        let db = store_at_version(tmp.path(), 5);
+        // Rows as schema 5 wrote them: the exchange, then its payload; #2
+        // had no answer; #3's payload was lost (a manual delete).
+        for (id, has_response) in [(1, true), (2, false), (3, true)] {
+            db.execute(
+                "INSERT INTO exchanges (id, received_us, method, path, target, status,
+                    duration_ms, has_response, req_body_len, req_body_kept, req_truncated,
+                    resp_body_len, resp_body_kept, resp_truncated, body_bytes, outcome,
+                    provider, delivery_id)
+                 VALUES (?1, ?2, 'POST', ?3, 'http://localhost:3000', ?4, 1.5, ?5, 5, 5, 0,
+                    2, 2, 0, 7, 'answered', 'stripe', 'evt_1')",
+                rusqlite::params![
+                    id,
+                    t0.timestamp_micros() + id,
+                    format!("/{id}"),
+                    has_response.then_some(201),
+                    has_response,
+                ],
+            )
+            .unwrap();
+        }
+        for (id, resp_headers) in [(1, Some(r#"[["x-b",{"base64":"/w=="}]]"#)), (2, None)] {
+            db.execute(
+                "INSERT INTO payloads (exchange_id, req_headers, resp_headers, req_body, resp_body)
+                 VALUES (?1, '[[\"x-a\",\"1\"]]', ?2, CAST('hello' AS BLOB), ?3)",
+                rusqlite::params![id, resp_headers, resp_headers.map(|_| b"ok".to_vec())],
+            )
+            .unwrap();
+        }
+    }
+    let mut s = open(tmp.path());
+    assert_eq!(s.schema_version().unwrap(), Store::latest_schema_version());
+    let tables: i64 = s
+        .conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'payloads'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(tables, 0, "the payloads table is gone");
+    let one = s.get(1).unwrap().unwrap();
+    assert_eq!(
+        one.received_at.timestamp_micros(),
+        t0.timestamp_micros() + 1
+    );
+    assert_eq!(
+        one.request.headers,
+        vec![("x-a".to_string(), b"1".to_vec())]
+    );
+    assert_eq!(one.request.body, CapturedBody::from_bytes(&b"hello"[..]));
+    let resp = one.response.unwrap();
+    assert_eq!(resp.status, 201);
+    assert_eq!(resp.headers, vec![("x-b".to_string(), vec![0xff])]);
+    assert_eq!(resp.body, CapturedBody::from_bytes(&b"ok"[..]));
+    assert_eq!(one.webhook.provider.as_deref(), Some("stripe"));
+    let two = s.get(2).unwrap().unwrap();
+    assert!(two.response.is_none());
+    assert_eq!(two.request.body, CapturedBody::from_bytes(&b"hello"[..]));
+    // Without its payload row an exchange still lists and shows.
+    let three = s.get(3).unwrap().unwrap();
+    assert!(three.request.headers.is_empty());
+    assert_eq!(s.list(&ListQuery::default()).unwrap().len(), 3);
+    // Ids go on from the old sequence, and new exchanges round-trip.
+    let new = s.insert(&sample(b"after")).unwrap();
+    assert_eq!(new, 4);
+    let got = s.get(new).unwrap().unwrap();
+    assert_eq!(got.request.body, CapturedBody::from_bytes(&b"after"[..]));
+    assert_eq!(got.request.headers, sample(b"").request.headers);
 }
