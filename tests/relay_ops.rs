@@ -352,3 +352,40 @@ async fn the_token_note_and_an_open_data_dir_warning_are_json_lines_too() {
         "{stderr}"
     );
 }
+
+/// Text logs to a pipe or a file (systemd's journal, `2> relay.log`) carry
+/// no terminal colour codes.
+#[tokio::test]
+async fn text_logs_to_a_pipe_have_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut relay = RelayProc::spawn(
+        &[
+            "relay",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let addr = relay
+        .until(|l| addr_after(l, "whtunnel relay listening on "))
+        .await;
+    let app = App::start().await;
+    let mut opts = AgentOptions::new("plainlog", &app);
+    opts.token = std::fs::read_to_string(data.join("relay-token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let agent = start_agent(&format!("http://{addr}"), opts).await;
+    let line = relay
+        .until(|l| l.contains("agent connected").then(|| l.to_string()))
+        .await;
+    assert!(!line.contains('\u{1b}'), "{line:?}");
+    drop(agent);
+    let (lines, _) = relay.terminate().await;
+    for l in &lines {
+        assert!(!l.contains('\u{1b}'), "{l:?}");
+    }
+}

@@ -78,8 +78,18 @@ pub(crate) fn init_logging(to_file: Option<&Path>, default_level: &str) {
             .with_ansi(false)
             .with_writer(std::sync::Mutex::new(f))
             .try_init(),
-        None => builder.with_writer(std::io::stderr).try_init(),
+        None => builder
+            .with_ansi(stderr_is_terminal())
+            .with_writer(std::io::stderr)
+            .try_init(),
     };
+}
+
+/// Colour codes only for a terminal: a pipe, a file or systemd's journal
+/// would keep them as `\x1b[2m` litter.
+fn stderr_is_terminal() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stderr().is_terminal()
 }
 
 /// The relay's logging: text lines, or with `--log-format json` one JSON
@@ -87,6 +97,7 @@ pub(crate) fn init_logging(to_file: Option<&Path>, default_level: &str) {
 pub(crate) fn init_relay_logging(format: super::args::LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(log_filter("info"))
+        .with_ansi(stderr_is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
         super::args::LogFormat::Text => builder.try_init(),
