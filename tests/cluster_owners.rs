@@ -538,3 +538,54 @@ async fn names_left_on_a_users_list_by_a_dead_relay_are_dropped_after_the_grace(
     );
     assert!(why.contains("already owns 2"), "{why}");
 }
+
+/// Expiry deletes the owner record first and purges the name's events
+/// after; a new owner claiming the name in between (or after a failed
+/// purge) must still start empty: the claim itself purges what a previous
+/// owner left, held and dead-lettered alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_name_claimed_afresh_starts_without_the_last_owners_events() {
+    let (_nats_dir, node) = one_nats().await;
+    let urls = vec![node.url()];
+    let dir = tempfile::tempdir().unwrap();
+    let u = users();
+    let a = start_relay(clustered(&urls, &copy(dir.path(), "a"), &u.file)).await;
+    let b = start_relay(clustered(&urls, &copy(dir.path(), "b"), &u.file)).await;
+    let app = App::start().await;
+    let alices = start_agent(&a.base, agent_opts("alice-old", &u.alice, &app)).await;
+    assert!(connected(&alices));
+    drop(alices);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..3 {
+        let (s, _, _) = send(
+            Method::POST,
+            &format!("{}/t/alice-old/secret?n={i}", a.base),
+            &[],
+            "for alice",
+        )
+        .await;
+        assert_eq!(s, StatusCode::ACCEPTED);
+    }
+    // The owner record goes, as an expiry's first step does; its purge
+    // has not run.
+    let js = async_nats::jetstream::new(async_nats::connect(node.url()).await.unwrap());
+    let kv = js
+        .get_key_value(whtunnel::cluster::owners::OWNERS_BUCKET)
+        .await
+        .unwrap();
+    kv.delete("n.alice-old").await.unwrap();
+
+    let bob_app = App::start().await;
+    let bobs = start_agent(&b.base, agent_opts("alice-old", &u.bob, &bob_app)).await;
+    assert!(connected(&bobs), "{}", bobs.public_url);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        bob_app.seen().is_empty(),
+        "the last owner's held events reached the new one: {:?}",
+        bob_app
+            .seen()
+            .iter()
+            .map(|s| s.uri.clone())
+            .collect::<Vec<_>>()
+    );
+}

@@ -65,6 +65,26 @@ fn dead_subject(name: &str) -> String {
     format!("whtunnel.dead.{name}")
 }
 
+/// Drops every held and dead-lettered event of `name` from the cluster's
+/// streams: the name changed hands (expired, or claimed afresh), and a next
+/// owner must never receive the last one's events.
+pub(crate) async fn purge_name(js: &jetstream::Context, name: &str) -> Result<(), String> {
+    for (stream, filter) in [
+        (HELD_STREAM, subject(name)),
+        (DEAD_STREAM, dead_subject(name)),
+    ] {
+        // Both streams exist: every relay creates them when it joins.
+        js.get_stream(stream)
+            .await
+            .map_err(|e| e.to_string())?
+            .purge()
+            .filter(filter)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// The failures bucket's key for one event; `None` when the id cannot be a
 /// key (ids are the relay's own, so only a corrupted one).
 fn failures_key(name: &str, event_id: &str) -> Option<String> {
@@ -517,10 +537,21 @@ impl HeldStream {
             Ok(i) => (i.stream_sequence, i.delivered.max(1) as u32, i.pending + 1),
             Err(_) => (0, 1, 1),
         };
-        let Some((envelope, body)) = self.decode(&msg.payload).await else {
-            tracing::warn!(tunnel = %name, "dropping a held event that cannot be read");
-            let _ = msg.ack_with(AckKind::Term).await;
-            return;
+        let (envelope, body) = match self.decode(&msg.payload).await {
+            Ok(decoded) => decoded,
+            // Its body could not be read this time (a NATS node restarting,
+            // a timeout): the event stays and is tried again.
+            Err(Unreadable::Body(e)) => {
+                let backoff = t.cfg.backoff(delivered);
+                tracing::warn!(tunnel = %name, "cannot read a held event's body ({e}); retrying in {backoff:?}");
+                let _ = msg.ack_with(AckKind::Nak(Some(backoff))).await;
+                return;
+            }
+            Err(why) => {
+                tracing::warn!(tunnel = %name, "dropping a held event: {why}");
+                let _ = msg.ack_with(AckKind::Term).await;
+                return;
+            }
         };
         let event_id = envelope.event_id.clone();
         let ev = HeldEvent {
@@ -749,29 +780,30 @@ impl HeldStream {
 
     /// Up to `limit` messages of `subject`, oldest first; stops at `stop`
     /// returning true. Bodies are not kept (memory stays at one message),
-    /// but for the one `stop` chose.
+    /// but for the one `stop` chose. With `only_stop`, only that one is
+    /// returned (a search keeps nothing else).
     async fn scan(
         &self,
         stream: &str,
         subject: &str,
         limit: usize,
+        only_stop: bool,
         mut stop: impl FnMut(&Stored) -> bool,
     ) -> Result<Vec<Stored>, String> {
         let mut out = Vec::new();
         let mut after = 0;
-        while out.len() < limit {
-            let Some(m) = self.next_stored(stream, subject, after).await? else {
+        for _ in 0..limit {
+            let Some(mut m) = self.next_stored(stream, subject, after).await? else {
                 break;
             };
             after = m.seq;
-            let mut m = m;
-            let done = stop(&m);
-            if !done {
-                m.body = Bytes::new();
-            }
-            out.push(m);
-            if done {
+            if stop(&m) {
+                out.push(m);
                 break;
+            }
+            if !only_stop {
+                m.body = Bytes::new();
+                out.push(m);
             }
         }
         Ok(out)
@@ -787,7 +819,9 @@ impl HeldStream {
     ) -> Result<Option<Stored>, String> {
         let limit = self.caps.max_events.min(100_000) as usize;
         let mut found = self
-            .scan(stream, subject, limit, |m| m.envelope.event_id == event_id)
+            .scan(stream, subject, limit, true, |m| {
+                m.envelope.event_id == event_id
+            })
             .await?;
         Ok(found.pop().filter(|m| m.envelope.event_id == event_id))
     }
@@ -802,10 +836,10 @@ impl HeldStream {
         // (copied there, then acknowledged) is seen at least once, and
         // when seen in both it is listed as dead.
         let held = self
-            .scan(HELD_STREAM, &subject(name), limit, |_| false)
+            .scan(HELD_STREAM, &subject(name), limit, false, |_| false)
             .await?;
         let dead = self
-            .scan(DEAD_STREAM, &dead_subject(name), limit, |_| false)
+            .scan(DEAD_STREAM, &dead_subject(name), limit, false, |_| false)
             .await?;
         let buried: std::collections::HashSet<&str> =
             dead.iter().map(|m| m.envelope.event_id.as_str()).collect();
@@ -898,20 +932,47 @@ impl HeldStream {
         Ok(false)
     }
 
-    async fn decode(&self, payload: &[u8]) -> Option<(Envelope, Bytes)> {
-        let split = payload.iter().position(|&b| b == b'\n')?;
-        let envelope: Envelope = serde_json::from_slice(&payload[..split]).ok()?;
+    async fn decode(&self, payload: &[u8]) -> Result<(Envelope, Bytes), Unreadable> {
+        let split = payload
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or(Unreadable::Envelope)?;
+        let envelope: Envelope =
+            serde_json::from_slice(&payload[..split]).map_err(|_| Unreadable::Envelope)?;
         let body = match &envelope.body_object {
             None => Bytes::copy_from_slice(&payload[split + 1..]),
             Some(key) => {
-                let mut object = self.bodies.get(key).await.ok()?;
+                let mut object = self.bodies.get(key).await.map_err(|e| {
+                    if e.kind() == object_store::GetErrorKind::NotFound {
+                        Unreadable::BodyGone
+                    } else {
+                        Unreadable::Body(e.to_string())
+                    }
+                })?;
                 let mut buf = Vec::new();
-                object.read_to_end(&mut buf).await.ok()?;
+                object
+                    .read_to_end(&mut buf)
+                    .await
+                    .map_err(|e| Unreadable::Body(e.to_string()))?;
                 Bytes::from(buf)
             }
         };
-        Some((envelope, body))
+        Ok((envelope, body))
     }
+}
+
+/// Why a held message could not be turned back into an event.
+#[derive(Debug, thiserror::Error)]
+enum Unreadable {
+    /// Not a held event at all: it never will be.
+    #[error("it is not a held event")]
+    Envelope,
+    /// Its body object expired or was deleted: it never will be.
+    #[error("its body is no longer in the object store")]
+    BodyGone,
+    /// Its body could not be read now; it may be later.
+    #[error("{0}")]
+    Body(String),
 }
 
 /// Messages stored under `filter` (0 when the stream cannot be read).

@@ -210,20 +210,12 @@ impl Cluster {
     }
 
     /// Drops what the cluster holds for `name`, whose owner forgot it (the
-    /// name expired cluster-wide): its held events and its known-name
-    /// entry, so a next owner of the name never receives them. Large
+    /// name expired cluster-wide): its held and dead-lettered events and
+    /// its known-name entry, so a next owner of the name never receives
+    /// them (a new claim purges them too, see [`owners::KvOwners`]). Large
     /// bodies in the object store are left to its age cap.
     pub async fn forget_held(&self, name: &str) -> Result<(), String> {
-        let stream = self
-            .js
-            .get_stream(held::HELD_STREAM)
-            .await
-            .map_err(|e| e.to_string())?;
-        stream
-            .purge()
-            .filter(format!("whtunnel.held.{name}"))
-            .await
-            .map_err(|e| e.to_string())?;
+        held::purge_name(&self.js, name).await?;
         let names = self
             .js
             .get_key_value(held::NAMES_BUCKET)

@@ -100,6 +100,8 @@ fn json<T: Serialize>(v: &T) -> Bytes {
 pub struct KvOwners {
     kv: kv::Store,
     holders: Registry,
+    /// To purge a newly claimed name's leftover events.
+    js: jetstream::Context,
 }
 
 impl KvOwners {
@@ -118,7 +120,11 @@ impl KvOwners {
             replicas,
         )
         .await?;
-        Ok(KvOwners { kv, holders })
+        Ok(KvOwners {
+            kv,
+            holders,
+            js: js.clone(),
+        })
     }
 
     /// `name`'s record and its revision; `None` when nobody owns it.
@@ -268,14 +274,27 @@ impl KvOwners {
             return Ok(());
         }
         match self.reserve(name, user, max_names).await {
-            Err(Refused::TooManyNames { user, max }) => {
+            Ok(_) => Ok(()),
+            // Over the cap, or the list cannot be written: the name is not
+            // kept (a name off the list would escape the cap).
+            Err(refused) => {
                 let _ = self
                     .kv
                     .delete_expect_revision(name_key(name), Some(revision))
                     .await;
-                Err(Refused::TooManyNames { user, max })
+                Err(refused)
             }
-            _ => Ok(()),
+        }
+    }
+
+    /// Undoes a claim that created `name` at `revision`.
+    async fn give_up(&self, name: &str, user: &str, revision: u64) {
+        let _ = self
+            .kv
+            .delete_expect_revision(name_key(name), Some(revision))
+            .await;
+        if let Err(e) = self.unreserve(name, user).await {
+            tracing::warn!(tunnel = %name, %user, "could not take the name off the user's list: {e}");
         }
     }
 }
@@ -413,7 +432,16 @@ impl NameOwners for KvOwners {
                         used_ms: now,
                     };
                     match self.kv.create(name_key(name), json(&record)).await {
-                        Ok(revision) => return self.confirm(name, user, max_names, revision).await,
+                        Ok(revision) => {
+                            // A name changing hands starts empty: events a
+                            // previous owner left (its expiry's purge not
+                            // done yet, or failed) are never this user's.
+                            if let Err(e) = super::held::purge_name(&self.js, name).await {
+                                self.give_up(name, user, revision).await;
+                                return Err(Refused::Store(e));
+                            }
+                            return self.confirm(name, user, max_names, revision).await;
+                        }
                         // Someone created it first: read who.
                         Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
                         Err(e) => {

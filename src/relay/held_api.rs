@@ -74,8 +74,17 @@ pub(crate) async fn serve(
     let allowed = match &shared.accounts {
         // Users: the name's owner, and no one else.
         Accounts::Users(_) => {
-            let owner = shared.owners.owner(&name).await.ok().flatten();
-            owner.as_deref() == Some(&*identity.user)
+            match shared.owners.owner(&name).await {
+                Ok(owner) => owner.as_deref() == Some(&*identity.user),
+                // Not "not yours": the owners store could not answer.
+                Err(e) => {
+                    tracing::warn!(tunnel = %name, "cannot read the name's owner: {e}");
+                    return super::retry_later(
+                        "whtunnel relay: cannot read who owns this tunnel name right now; retry later",
+                        5,
+                    );
+                }
+            }
         }
         // Plain tokens: the token that last held the tunnel.
         Accounts::Tokens(_) => {
