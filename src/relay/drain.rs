@@ -470,6 +470,7 @@ pub(crate) fn held_request(
         crate::tunnel::body_hash::to_hex(&d)
     });
     meta.timeout_ms = super::agent_timeout(timeout).as_millis() as u64;
+    meta.repair_stored(link);
     let method = http::Method::from_bytes(ev.event.method.as_bytes()).ok()?;
     let body = Full::new(ev.event.body.clone())
         .map_err(|never| match never {})

@@ -398,6 +398,33 @@ pub struct RequestMeta {
 }
 
 impl RequestMeta {
+    /// Metadata stored before a relay upgrade (held events) was checked
+    /// more loosely: what [`check`](Self::check) would refuse and can be
+    /// done without is dropped, so the event is still delivered. The
+    /// scheme falls back to `link`'s; a bad host, remote address or
+    /// hop-by-hop header is left out.
+    pub fn repair_stored(&mut self, link: &LinkMeta) {
+        if !matches!(&*self.proto, "http" | "https") {
+            self.proto = link.proto.clone();
+        }
+        if self
+            .host
+            .as_deref()
+            .is_some_and(|h| check_host(h.as_bytes()).is_err())
+        {
+            self.host = None;
+        }
+        if self
+            .remote_addr
+            .as_deref()
+            .is_some_and(|a| check_remote_addr(a.as_bytes()).is_err())
+        {
+            self.remote_addr = None;
+        }
+        self.hop_headers.retain(|(n, v)| check_hop(n, v).is_ok());
+        self.hop_headers.truncate(MAX_HOP_HEADERS);
+    }
+
     /// The metadata as JSON, the form the relay stores with a held event.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("RequestMeta serialises")
@@ -844,6 +871,37 @@ mod tests {
             Control::from_header(&http::HeaderValue::from_static("ready")),
             Some(Control::Ready)
         );
+    }
+
+    /// Metadata an older relay stored with a held event, which today's
+    /// checks refuse, is repaired rather than the event dropped.
+    #[test]
+    fn stored_metadata_the_checks_refuse_is_repaired_not_dropped() {
+        let link = LinkMeta {
+            proto: "https".into(),
+            timeout_ms: 30_000,
+        };
+        let mut meta = RequestMeta {
+            proto: "".into(),
+            host: Some(String::new()),
+            remote_addr: Some("not an address".into()),
+            hop_headers: vec![
+                ("te".into(), "trailers".into()),
+                ("Bad Name".into(), "x".into()),
+            ],
+            event_id: Some("ev_1".into()),
+            ..RequestMeta::default()
+        };
+        assert!(meta.check().is_err());
+        meta.repair_stored(&link);
+        meta.check().unwrap();
+        assert_eq!(meta.proto, "https");
+        assert_eq!((meta.host, meta.remote_addr), (None, None));
+        assert_eq!(
+            meta.hop_headers,
+            vec![("te".to_string(), "trailers".to_string())]
+        );
+        assert_eq!(meta.event_id.as_deref(), Some("ev_1"), "the rest is kept");
     }
 
     #[test]
