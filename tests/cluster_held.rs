@@ -473,3 +473,28 @@ async fn in_strict_order_a_failing_event_is_not_overtaken() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Strict order when JetStream cannot say whether a backlog is waiting
+/// (NATS down): a live webhook is not forwarded past events the relay
+/// could not see; the sender gets a refusal to retry, and the app nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_strict_order_an_unknown_backlog_is_not_overtaken() {
+    let (_dir, mut node) = one_nats().await;
+    let urls = vec![node.url()];
+    let mut config = clustered(&urls);
+    config.hold_delivery.order = whtunnel::relay::HoldOrder::Strict;
+    let a = start_relay(config).await;
+    let app = App::start().await;
+    let _agent = start_agent(&a.base, AgentOptions::new("blind", &app)).await;
+    let (s, _, _) = send(Method::POST, &format!("{}/t/blind/before", a.base), &[], "x").await;
+    assert_eq!(s, StatusCode::OK, "live while the backlog is known empty");
+    node.kill().await;
+    let (s, _, body) = send(Method::POST, &format!("{}/t/blind/after", a.base), &[], "y").await;
+    assert_eq!(
+        s,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "refused, not forwarded: {body:?}"
+    );
+    let seen: Vec<String> = app.seen().iter().map(|s| s.uri.clone()).collect();
+    assert_eq!(seen, ["/before"], "the app got nothing past the unknown backlog");
+}

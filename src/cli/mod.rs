@@ -281,6 +281,16 @@ async fn serve_relay(args: RelayArgs, format: args::LogFormat) -> Result<()> {
     config.users = users;
     config.max_names_per_user = args.max_names_per_user;
     config.name_lifetime = args.name_lifetime.0;
+    if config.name_lifetime < config.hold_caps.max_age {
+        log::relay_warns(
+            format,
+            &format!(
+                "warning: --name-lifetime {} is shorter than --hold-max-age {}: a name whose agent stays away that long is forgotten with its held events before they age out",
+                crate::units::HumanDuration(config.name_lifetime),
+                crate::units::HumanDuration(config.hold_caps.max_age)
+            ),
+        );
+    }
     config.trust_forwarded = args.trust_forwarded;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls = Some(tls::server_config(cert, key)?);

@@ -420,14 +420,22 @@ impl HeldStream {
         }
     }
 
-    /// Events held for `name` and not yet acknowledged.
+    /// Events held for `name` and not yet acknowledged (0 when JetStream
+    /// does not answer: a count to show, not to decide on).
     pub async fn pending(&self, name: &str) -> u64 {
-        count(&self.stream, subject(name)).await
+        count(&self.stream, subject(name)).await.unwrap_or(0)
+    }
+
+    /// Whether JetStream says `name` has no held events. `false` when it
+    /// cannot say: strict order must not let live traffic overtake a
+    /// backlog it could not see.
+    pub async fn known_empty(&self, name: &str) -> bool {
+        count(&self.stream, subject(name)).await == Some(0)
     }
 
     /// Events of `name` on the dead-letter list.
     pub async fn dead_count(&self, name: &str) -> u64 {
-        count(&self.dead, dead_subject(name)).await
+        count(&self.dead, dead_subject(name)).await.unwrap_or(0)
     }
 
     /// Delivers `name`'s held events to the agent on `sender` until
@@ -975,19 +983,17 @@ enum Unreadable {
     Body(String),
 }
 
-/// Messages stored under `filter` (0 when the stream cannot be read).
-async fn count(stream: &stream::Stream, filter: String) -> u64 {
-    let mut subjects = match stream.info_with_subjects(filter.clone()).await {
-        Ok(s) => s,
-        Err(_) => return 0,
-    };
+/// Messages stored under `filter`; `None` when JetStream does not answer.
+async fn count(stream: &stream::Stream, filter: String) -> Option<u64> {
+    let mut subjects = stream.info_with_subjects(filter.clone()).await.ok()?;
     let mut n = 0;
-    while let Some(Ok((s, count))) = subjects.next().await {
+    while let Some(next) = subjects.next().await {
+        let (s, count) = next.ok()?;
         if s == filter {
             n += count as u64;
         }
     }
-    n
+    Some(n)
 }
 
 /// Opens stream `config.name`, creating it when it does not exist yet.

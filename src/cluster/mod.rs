@@ -91,6 +91,27 @@ pub enum ClusterError {
     },
 }
 
+/// `--cluster-advertise` as the base URL hops are sent to: `http://HOST:PORT`
+/// and nothing else (hops are cleartext HTTP/2 on the cluster's private
+/// network; an `https://` or port-less address would fail every hop).
+fn check_advertise(advertise: &str) -> Result<String, String> {
+    let bad = |why: &str| {
+        format!("--cluster-advertise {advertise:?} {why}: give http://HOST:PORT, the address other relays reach this one at")
+    };
+    let uri: http::Uri = advertise.parse().map_err(|_| bad("is not a URL"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(bad("is not an http:// URL (hops are cleartext, on a private network)"));
+    }
+    let authority = uri.authority().ok_or_else(|| bad("has no host"))?;
+    if authority.port_u16().is_none() {
+        return Err(bad("has no port"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(bad("has a path"));
+    }
+    Ok(format!("http://{authority}"))
+}
+
 /// A relay's membership in the cluster.
 pub struct Cluster {
     id: String,
@@ -116,7 +137,16 @@ impl Cluster {
         caps: crate::relay::Caps,
     ) -> Result<Cluster, ClusterError> {
         let addr = match &config.advertise {
-            Some(a) => a.trim_end_matches('/').to_string(),
+            Some(a) => {
+                let addr = check_advertise(a).map_err(ClusterError::Config)?;
+                if config.listen.is_some() && !addr.ends_with(&format!(":{}", listening.port())) {
+                    tracing::warn!(
+                        "--cluster-advertise {addr} names another port than --cluster-listen {listening}: \
+                         hops reach this relay only if something forwards that port to it"
+                    );
+                }
+                addr
+            }
             None if listening.ip().is_unspecified() => {
                 return Err(ClusterError::Config(format!(
                     "the relay listens on {listening}, which other relays cannot dial: \
@@ -311,6 +341,35 @@ impl Cluster {
                 tracing::warn!(tunnel = %name, "cannot read the cluster's holder bucket: {e}");
                 None
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_advertise;
+
+    #[test]
+    fn the_advertised_hop_address_is_http_host_and_port() {
+        assert_eq!(
+            check_advertise("http://10.0.1.1:8788/").as_deref(),
+            Ok("http://10.0.1.1:8788")
+        );
+        assert_eq!(
+            check_advertise("http://relay-b.internal:8788").as_deref(),
+            Ok("http://relay-b.internal:8788")
+        );
+        for (bad, why) in [
+            ("https://10.0.1.1:8788", "not an http:// URL"),
+            ("10.0.1.1:8788", "not an http:// URL"),
+            ("http://10.0.1.1", "no port"),
+            ("http://10.0.1.1:8788/relay", "has a path"),
+            ("http://10.0.1.1:8788/?x=1", "has a path"),
+            ("http://", "is not a URL"),
+        ] {
+            let err = check_advertise(bad).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+            assert!(err.contains("http://HOST:PORT"), "{err}");
         }
     }
 }

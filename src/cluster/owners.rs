@@ -238,14 +238,22 @@ impl KvOwners {
     /// name after all (a claim of the same user on another relay won it
     /// meanwhile), so an owned name is never missing from its owner's list.
     async fn unreserve(&self, name: &str, user: &str) -> Result<(), String> {
+        let mut removed = false;
         for _ in 0..CAS_TRIES {
             let (mut list, revision) = self.user_entry(user).await?;
             if list.names.remove(name).is_none() {
                 return Ok(());
             }
             if self.write_user(user, &list, revision).await? {
+                removed = true;
                 break;
             }
+        }
+        if !removed {
+            // Left on the list, it counts against the cap until a prune.
+            return Err(format!(
+                "the name list of user '{user}' changed too often to take '{name}' off it"
+            ));
         }
         if self
             .name_entry(name)
@@ -482,7 +490,9 @@ impl NameOwners for KvOwners {
                 Err(e) => return Err(OwnersError(e.to_string())),
             }
         }
-        Ok(())
+        Err(OwnersError(format!(
+            "the record of '{name}' changed too often to mark it used; try again"
+        )))
     }
 
     async fn expire(

@@ -116,9 +116,11 @@ async fn forward_to(
     // Strict order in a cluster: while the tunnel's backlog in JetStream
     // drains, new traffic queues behind it, as on one relay. This relay
     // holds the agent, so every relay's traffic for it comes through here.
+    // A backlog JetStream cannot count is a backlog: holding fails with 503
+    // (the sender retries) rather than overtaking events it could not see.
     if let (Some(_), Some(cluster)) = (&sender, shared.cluster.clone()) {
         let strict = shared.tunnels.lock().get(&name).is_some_and(|s| s.drain.1);
-        if strict && cluster.held().pending(&name).await > 0 {
+        if strict && !cluster.held().known_empty(&name).await {
             let (parts, body) = req.into_parts();
             let p = match prepare(&shared, remote, received_at, app_path, parts) {
                 Ok(p) => p,
