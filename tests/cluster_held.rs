@@ -486,7 +486,13 @@ async fn in_strict_order_an_unknown_backlog_is_not_overtaken() {
     let a = start_relay(config).await;
     let app = App::start().await;
     let _agent = start_agent(&a.base, AgentOptions::new("blind", &app)).await;
-    let (s, _, _) = send(Method::POST, &format!("{}/t/blind/before", a.base), &[], "x").await;
+    let (s, _, _) = send(
+        Method::POST,
+        &format!("{}/t/blind/before", a.base),
+        &[],
+        "x",
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "live while the backlog is known empty");
     node.kill().await;
     let (s, _, body) = send(Method::POST, &format!("{}/t/blind/after", a.base), &[], "y").await;
@@ -496,5 +502,9 @@ async fn in_strict_order_an_unknown_backlog_is_not_overtaken() {
         "refused, not forwarded: {body:?}"
     );
     let seen: Vec<String> = app.seen().iter().map(|s| s.uri.clone()).collect();
-    assert_eq!(seen, ["/before"], "the app got nothing past the unknown backlog");
+    assert_eq!(
+        seen,
+        ["/before"],
+        "the app got nothing past the unknown backlog"
+    );
 }

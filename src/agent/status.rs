@@ -29,3 +29,26 @@ pub enum ConnectionStatus {
         reason: String,
     },
 }
+
+/// What the log and the inspector say when `held` events wait at connect.
+pub fn held_notice(held: u64) -> String {
+    let s = if held == 1 { "" } else { "s" };
+    format!("{held} event{s} held while you were offline — delivering")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::held_notice;
+
+    #[test]
+    fn the_held_notice_counts_in_english() {
+        assert_eq!(
+            held_notice(1),
+            "1 event held while you were offline — delivering"
+        );
+        assert_eq!(
+            held_notice(3),
+            "3 events held while you were offline — delivering"
+        );
+    }
+}

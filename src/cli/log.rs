@@ -156,7 +156,7 @@ pub(crate) async fn run_log(
                 *announced = true;
             }
             if *held > 0 {
-                eprintln!("{held} events held while you were offline — delivering");
+                eprintln!("{}", crate::agent::status::held_notice(*held));
             }
         }
         ConnectionStatus::Reconnecting {

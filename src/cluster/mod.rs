@@ -100,7 +100,9 @@ fn check_advertise(advertise: &str) -> Result<String, String> {
     };
     let uri: http::Uri = advertise.parse().map_err(|_| bad("is not a URL"))?;
     if uri.scheme_str() != Some("http") {
-        return Err(bad("is not an http:// URL (hops are cleartext, on a private network)"));
+        return Err(bad(
+            "is not an http:// URL (hops are cleartext, on a private network)",
+        ));
     }
     let authority = uri.authority().ok_or_else(|| bad("has no host"))?;
     if authority.port_u16().is_none() {

@@ -100,7 +100,7 @@ pub fn status_text(app: &App) -> (String, Style) {
         }
         ConnectionStatus::Connected { held: 0, .. } => ("● connected".into(), t.ok()),
         ConnectionStatus::Connected { held, .. } => (
-            format!("● connected · {held} events held while you were offline — delivering"),
+            format!("● connected · {}", crate::agent::status::held_notice(*held)),
             t.ok(),
         ),
         ConnectionStatus::Reconnecting {
