@@ -7,29 +7,10 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::nats::{self, NatsNode};
+use common::nats::{self, clustered, one_nats, SECRET};
 use common::*;
 use http::{Method, StatusCode};
 use whtunnel::cluster::ClusterConfig;
-use whtunnel::relay::RelayConfig;
-
-const SECRET: &str = "cluster-test-secret-0123456789";
-
-fn clustered(nats: &[String]) -> RelayConfig {
-    let mut config = relay_config("127.0.0.1:0");
-    let mut cluster = ClusterConfig::new(nats.to_vec(), SECRET.into());
-    cluster.holder_ttl = Duration::from_secs(3);
-    config.cluster = Some(cluster);
-    // JetStream reserves the stream's byte cap on disk up front.
-    config.hold_caps.max_total_bytes = 256 << 20;
-    config
-}
-
-async fn one_nats() -> (tempfile::TempDir, NatsNode) {
-    let dir = tempfile::tempdir().unwrap();
-    let node = nats::single(dir.path()).await;
-    (dir, node)
-}
 
 /// Three relays on one NATS: an agent on B answers senders on A, B and C;
 /// the hop carries the app's status, headers and body back.

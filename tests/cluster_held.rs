@@ -12,33 +12,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::nats::{self, NatsNode};
+use common::nats::{self, one_nats, NatsNode};
 use common::proxy::Proxy;
 use common::*;
 use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use whtunnel::cluster::ClusterConfig;
 use whtunnel::relay::RelayConfig;
 
-const SECRET: &str = "cluster-test-secret-0123456789";
 const OTHER: &str = "other-token";
 
+/// A clustered relay that takes two tokens (two users of one relay).
 fn clustered(nats: &[String]) -> RelayConfig {
-    let mut config = relay_config("127.0.0.1:0");
+    let mut config = nats::clustered(nats);
     config.tokens = whtunnel::relay::Tokens::new([TOKEN, OTHER]);
-    let mut cluster = ClusterConfig::new(nats.to_vec(), SECRET.into());
-    cluster.holder_ttl = Duration::from_secs(3);
-    config.cluster = Some(cluster);
-    // JetStream reserves the stream's byte cap on disk up front.
-    config.hold_caps.max_total_bytes = 256 << 20;
     config
-}
-
-async fn one_nats() -> (tempfile::TempDir, NatsNode) {
-    let dir = tempfile::tempdir().unwrap();
-    let node = nats::single(dir.path()).await;
-    (dir, node)
 }
 
 /// Makes `name` a known tunnel of the cluster whose agent is away: an

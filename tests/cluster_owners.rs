@@ -11,23 +11,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::nats::{self, NatsNode};
+use common::nats::{self, one_nats, SECRET};
 use common::*;
 use http::{Method, StatusCode};
 use whtunnel::agent::ConnectionStatus;
-use whtunnel::cluster::ClusterConfig;
 use whtunnel::relay::{RelayConfig, UsersFile, UsersWatch};
 use whtunnel::tunnel::protocol::{
     AGENT_PATH, HDR_AGENT_ID, HDR_NAME, HDR_PROTOCOL, HDR_TAKEOVER, PROTOCOL_VERSION,
 };
-
-const SECRET: &str = "cluster-test-secret-0123456789";
-
-async fn one_nats() -> (tempfile::TempDir, NatsNode) {
-    let dir = tempfile::tempdir().unwrap();
-    let node = nats::single(dir.path()).await;
-    (dir, node)
-}
 
 /// The users: alice (`shop`, `alice-*`, `race-*`, `cap-*`) and bob (every
 /// name, so only ownership keeps him off alice's). Returns their tokens.
@@ -62,12 +53,7 @@ fn clustered(nats: &[String], path: &Path, file: &UsersFile) -> RelayConfig {
     if !path.exists() {
         file.save(path).unwrap();
     }
-    let mut config = relay_config("127.0.0.1:0");
-    let mut cluster = ClusterConfig::new(nats.to_vec(), SECRET.into());
-    cluster.holder_ttl = Duration::from_secs(3);
-    config.cluster = Some(cluster);
-    // JetStream reserves the stream's byte cap on disk up front.
-    config.hold_caps.max_total_bytes = 256 << 20;
+    let mut config = nats::clustered(nats);
     config.users = Some(Arc::new(UsersWatch::open(path).unwrap()));
     config
 }

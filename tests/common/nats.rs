@@ -97,6 +97,28 @@ async fn wait_ready(addr: SocketAddr) {
     }
 }
 
+/// The secret the test relays of one cluster share.
+pub const SECRET: &str = "cluster-test-secret-0123456789";
+
+/// A relay on `127.0.0.1:0` joined to the cluster on `nats`, with a short
+/// holder TTL (3 s) so the tests see a dead relay's claims expire.
+pub fn clustered(nats: &[String]) -> whtunnel::relay::RelayConfig {
+    let mut config = super::relay_config("127.0.0.1:0");
+    let mut cluster = whtunnel::cluster::ClusterConfig::new(nats.to_vec(), SECRET.into());
+    cluster.holder_ttl = Duration::from_secs(3);
+    config.cluster = Some(cluster);
+    // JetStream reserves the stream's byte cap on disk up front.
+    config.hold_caps.max_total_bytes = 256 << 20;
+    config
+}
+
+/// One JetStream node in a temporary directory, removed when dropped.
+pub async fn one_nats() -> (tempfile::TempDir, NatsNode) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let node = single(dir.path()).await;
+    (dir, node)
+}
+
 /// A single JetStream node storing under `dir`.
 pub async fn single(dir: &Path) -> NatsNode {
     let port = PortReservation::new();
