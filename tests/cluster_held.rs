@@ -483,11 +483,21 @@ async fn in_strict_order_an_unknown_backlog_is_not_overtaken() {
     .await;
     assert_eq!(s, StatusCode::OK, "live while the backlog is known empty");
     node.kill().await;
-    let (s, _, body) = send(Method::POST, &format!("{}/t/blind/after", a.base), &[], "y").await;
+    let started = Instant::now();
+    let (s, headers, body) =
+        send(Method::POST, &format!("{}/t/blind/after", a.base), &[], "y").await;
     assert_eq!(
         s,
         StatusCode::SERVICE_UNAVAILABLE,
         "refused, not forwarded: {body:?}"
+    );
+    assert!(headers.contains_key("retry-after"), "{headers:?}");
+    // Within the relay's own bound, not NATS's request timeouts (10 s each),
+    // so senders with a 10 s timeout see the 503.
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "refused after {:?}",
+        started.elapsed()
     );
     let seen: Vec<String> = app.seen().iter().map(|s| s.uri.clone()).collect();
     assert_eq!(

@@ -499,25 +499,30 @@ async fn each_way_an_exchange_ends_is_recorded_as_its_outcome() {
 }
 
 /// HTTP/1.1 allows an empty Host; such a webhook is forwarded like any
-/// other (it has no host to pass on), not refused.
+/// other (it has no host to pass on), not refused, by a relay with
+/// `--domain` (host routing) or without.
 #[tokio::test]
 async fn an_empty_host_header_is_forwarded() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let app = App::start().await;
-    let relay = start_relay(relay_config("127.0.0.1:0")).await;
-    let _agent = start_agent(&relay.base, AgentOptions::new("nohost", &app)).await;
-    let mut tcp = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
-    tcp.write_all(
-        b"POST /t/nohost/hook HTTP/1.1\r\nHost:\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
-    )
-    .await
-    .unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer))
+    for domain in [None, Some("hooks.example.com")] {
+        let app = App::start().await;
+        let mut config = relay_config("127.0.0.1:0");
+        config.domain = domain.map(str::to_string);
+        let relay = start_relay(config).await;
+        let _agent = start_agent(&relay.base, AgentOptions::new("nohost", &app)).await;
+        let mut tcp = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+        tcp.write_all(
+            b"POST /t/nohost/hook HTTP/1.1\r\nHost:\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+        )
         .await
-        .unwrap()
         .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert_eq!(app.seen()[0].uri, "/hook");
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{domain:?}: {answer}");
+        assert_eq!(app.seen()[0].uri, "/hook", "{domain:?}");
+    }
 }

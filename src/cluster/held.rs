@@ -50,6 +50,10 @@ pub const HELD_STREAM: &str = "whtunnel_held";
 pub const BODIES_BUCKET: &str = "whtunnel_bodies";
 /// Known tunnel names and their offline policy.
 pub const NAMES_BUCKET: &str = "whtunnel_names";
+/// How long strict order waits for JetStream to count a tunnel's backlog
+/// before the webhook is refused (503) rather than risk overtaking it.
+pub const BACKLOG_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The stream of dead-lettered events.
 pub const DEAD_STREAM: &str = "whtunnel_dead";
 /// Failed tries of held events (strikes and last error).
@@ -426,11 +430,15 @@ impl HeldStream {
         count(&self.stream, subject(name)).await.unwrap_or(0)
     }
 
-    /// Whether JetStream says `name` has no held events. `false` when it
-    /// cannot say: strict order must not let live traffic overtake a
-    /// backlog it could not see.
-    pub async fn known_empty(&self, name: &str) -> bool {
-        count(&self.stream, subject(name)).await == Some(0)
+    /// Events held for `name`, or `None` when JetStream does not answer
+    /// within [`BACKLOG_CHECK_TIMEOUT`]: strict order asks this for every
+    /// webhook and must not let live traffic overtake a backlog it could
+    /// not see, nor keep the sender waiting on NATS's own timeouts.
+    pub async fn backlog(&self, name: &str) -> Option<u64> {
+        tokio::time::timeout(BACKLOG_CHECK_TIMEOUT, count(&self.stream, subject(name)))
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Events of `name` on the dead-letter list.

@@ -141,7 +141,8 @@ impl Cluster {
         let addr = match &config.advertise {
             Some(a) => {
                 let addr = check_advertise(a).map_err(ClusterError::Config)?;
-                if config.listen.is_some() && !addr.ends_with(&format!(":{}", listening.port())) {
+                let port = addr.parse::<http::Uri>().ok().and_then(|u| u.port_u16());
+                if config.listen.is_some() && port != Some(listening.port()) {
                     tracing::warn!(
                         "--cluster-advertise {addr} names another port than --cluster-listen {listening}: \
                          hops reach this relay only if something forwards that port to it"

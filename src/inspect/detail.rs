@@ -189,10 +189,12 @@ pub fn detail_parts(
         .id
         .map(|i| format!("#{i}"))
         .unwrap_or_else(|| "#?".into());
-    let when = ex
-        .received_at
-        .with_timezone(&tz)
-        .format("%Y-%m-%d %H:%M:%S%.3f %:z");
+    let at = ex.received_at.with_timezone(&tz);
+    let when = if tz.local_minus_utc() == 0 {
+        at.format("%Y-%m-%d %H:%M:%S%.3fZ")
+    } else {
+        at.format("%Y-%m-%d %H:%M:%S%.3f %:z")
+    };
     out.push(Line::styled(
         format!(
             "{id}  {when}  {}  -> {}",

@@ -99,9 +99,9 @@ pub fn run(inputs: Inputs) -> anyhow::Result<()> {
         backlog,
         dead_letters,
     } = inputs;
-    // Decided once: a DST change mid-session shifts the clock column, which
-    // is better than rows from before and after disagreeing silently.
-    let tz = chrono::Local::now().offset().fix();
+    // UTC, as the log line, `requests list` and the JSON: one clock to
+    // compare across them (README, "Times are UTC everywhere").
+    let tz = chrono::Utc.fix();
     let app = App::new(public_url, target, Theme::from_env(), tz);
     run_session(
         Session::new(app, store, events, status, replays)

@@ -569,7 +569,8 @@ async fn expire_held(held: Arc<HeldStore>) {
         match tokio::task::spawn_blocking(move || h.expire()).await {
             Ok(Ok(expired)) => {
                 for (tunnel, n, _) in expired {
-                    tracing::warn!(%tunnel, "{n} held events expired undelivered");
+                    let s = if n == 1 { "" } else { "s" };
+                    tracing::warn!(%tunnel, "{n} held event{s} expired undelivered");
                 }
             }
             Ok(Err(e)) => tracing::warn!("held-event expiry failed: {e}"),
@@ -744,6 +745,8 @@ fn request_host<B>(req: &Request<B>) -> Option<&str> {
     req.headers()
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
+        // HTTP/1.1 allows an empty Host: no host.
+        .filter(|h| !h.is_empty())
         .or_else(|| req.uri().authority().map(|a| a.as_str()))
 }
 

@@ -116,11 +116,22 @@ async fn forward_to(
     // Strict order in a cluster: while the tunnel's backlog in JetStream
     // drains, new traffic queues behind it, as on one relay. This relay
     // holds the agent, so every relay's traffic for it comes through here.
-    // A backlog JetStream cannot count is a backlog: holding fails with 503
-    // (the sender retries) rather than overtaking events it could not see.
+    // A backlog JetStream cannot count may be there: the sender is asked
+    // to retry (503) rather than overtake events the relay could not see.
     if let (Some(_), Some(cluster)) = (&sender, shared.cluster.clone()) {
         let strict = shared.tunnels.lock().get(&name).is_some_and(|s| s.drain.1);
-        if strict && !cluster.held().known_empty(&name).await {
+        let backlog = if strict {
+            cluster.held().backlog(&name).await
+        } else {
+            Some(0)
+        };
+        let Some(backlog) = backlog else {
+            return retry_later(
+                "whtunnel: this tunnel delivers in strict order and the relay cannot see its held events right now; retry later",
+                5,
+            );
+        };
+        if backlog > 0 {
             let (parts, body) = req.into_parts();
             let p = match prepare(&shared, remote, received_at, app_path, parts) {
                 Ok(p) => p,
@@ -290,8 +301,13 @@ async fn cluster_hold(
     body: Incoming,
     behind_backlog: bool,
 ) -> Response<Body> {
-    match cluster.held().policy(&name).await {
-        _ if behind_backlog => {}
+    let policy = if behind_backlog {
+        // Connected: the offline policy does not apply.
+        Ok(Some(OfflinePolicy::Hold))
+    } else {
+        cluster.held().policy(&name).await
+    };
+    match policy {
         Ok(Some(OfflinePolicy::Hold)) => {}
         Ok(Some(OfflinePolicy::Reject)) => {
             return retry_later(

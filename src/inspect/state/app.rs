@@ -329,7 +329,8 @@ pub struct App {
     pub attempts: HashMap<RowKey, u32>,
     /// Colours.
     pub theme: Theme,
-    /// Offset in which times are shown (local time at start-up; fixed in tests).
+    /// Offset in which times are shown (UTC; another offset in tests, to
+    /// prove the rows follow it).
     pub tz: FixedOffset,
     /// The clock as of the last [`Msg::Tick`](super::Msg::Tick) (for countdowns
     /// and notices).

@@ -436,3 +436,22 @@ fn detail_of_an_original_lists_its_replays() {
     let title = screen(&app).lines().nth(2).unwrap().to_string();
     assert!(title.contains("↻ replayed as #7 #6"), "{title}");
 }
+
+/// The inspector shows times in UTC, as the log line and `requests list`
+/// do: the details say so with a `Z`; another zone would show its offset.
+#[test]
+fn detail_times_in_utc_end_with_z() {
+    use chrono::Offset;
+    let ex = exchange(6, "application/json", b"{}");
+    let text = |tz| {
+        crate::inspect::detail::detail_lines(&ex, &Theme::PLAIN, tz)
+            .iter()
+            .map(|l| l.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let utc = text(chrono::Utc.fix());
+    assert!(utc.contains("2026-11-23 10:00:42.000Z"), "{utc}");
+    let cet = text(tz());
+    assert!(cet.contains("2026-11-23 11:00:42.000 +01:00"), "{cet}");
+}
