@@ -480,20 +480,21 @@ impl HeldStream {
         let mut wait = Duration::from_millis(100);
         let mut messages = loop {
             let opened = async {
-                // Create or update: the order may differ from the last
-                // session's. A consumer that cannot be updated is replaced
-                // (unacknowledged messages stay in the stream).
-                let consumer: consumer::PullConsumer =
-                    match self.stream.create_consumer(consumer_config.clone()).await {
-                        Ok(c) => c,
-                        Err(_) => {
-                            let _ = self.stream.delete_consumer(&durable).await;
-                            self.stream
-                                .create_consumer(consumer_config.clone())
-                                .await
-                                .map_err(|e| e.to_string())?
-                        }
-                    };
+                // Each session starts on a fresh consumer. The last session's
+                // pull requests outlive it on the server: an event held
+                // just as its link dropped (a live exchange whose agent went
+                // away) can be handed to that dead session and would wait
+                // out the ack wait (the response timeout + 5 s) before
+                // anyone saw it again. Replacing the consumer forgets those
+                // deliveries; unacknowledged events stay in the stream and
+                // come at once (a duplicate at worst, which the agent
+                // answers `duplicate`).
+                let _ = self.stream.delete_consumer(&durable).await;
+                let consumer: consumer::PullConsumer = self
+                    .stream
+                    .create_consumer(consumer_config.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
                 consumer.messages().await.map_err(|e| e.to_string())
             };
             match opened.await {
