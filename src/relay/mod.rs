@@ -685,7 +685,7 @@ async fn route(
         remote
     };
     if let Some(domain) = &shared.config.domain {
-        match host::route_host(request_host(&req), domain) {
+        match host::route_host(request_host(req.headers(), req.uri()), domain) {
             host::HostRoute::Relay => {}
             host::HostRoute::Tunnel(name) => {
                 let started = Instant::now();
@@ -741,13 +741,16 @@ async fn route(
 
 /// The host a request is for: the Host header, else (HTTP/2) the
 /// `:authority`.
-fn request_host<B>(req: &Request<B>) -> Option<&str> {
-    req.headers()
+pub(crate) fn request_host<'a>(
+    headers: &'a http::HeaderMap,
+    uri: &'a http::Uri,
+) -> Option<&'a str> {
+    headers
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         // HTTP/1.1 allows an empty Host: no host.
         .filter(|h| !h.is_empty())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .or_else(|| uri.authority().map(|a| a.as_str()))
 }
 
 /// A 503 asking the sender to come back later.

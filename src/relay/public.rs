@@ -493,13 +493,7 @@ fn prepare(
                 .to_string(),
         ),
         proto: shared.scheme.into(),
-        // An empty Host (HTTP/1.1 allows it) is no host.
-        host: headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .filter(|h| !h.is_empty())
-            .map(str::to_string)
-            .or_else(|| parts.uri.authority().map(|a| a.to_string())),
+        host: super::request_host(&headers, &parts.uri).map(str::to_string),
         received_at_ms: received_at
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
