@@ -167,9 +167,14 @@ async fn every_acknowledged_request_arrives_when_the_agent_is_killed_under_load(
         failed, 0,
         "no sender saw an error: held or forwarded, never refused"
     );
+    // A kill may redeliver every exchange in flight, answered by the app
+    // but not yet recorded: each sender's one live request plus every held
+    // delivery of the drain (16 at once by default), as docs/protocol.md
+    // says. A broken dedup redelivers every held event after a restart.
+    let in_flight = 2 + whtunnel::relay::HoldDelivery::default().concurrency as usize;
     assert!(
-        duplicates <= 4,
-        "at most one per in-flight request per kill: {duplicates}"
+        duplicates <= 2 * in_flight,
+        "at most one per in-flight exchange per kill ({in_flight} each): {duplicates}"
     );
 }
 
