@@ -60,7 +60,7 @@ fn sample_meta() -> RequestMeta {
         attempt: None,
         held_left: None,
         // A webhook the relay read whole carries its body hash.
-        body_sha256: Some(
+        body_blake3: Some(
             "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
         ),
     }

@@ -114,13 +114,20 @@ async fn strict_order_delivers_held_events_in_order_and_queues_new_traffic_behin
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // And they are recorded with their event ids.
+    // And they are recorded with their event ids, and with the relay's
+    // proof (BLAKE3 of the stored body, hashed at delivery) that the app got
+    // the bytes the sender sent.
     let store = whtunnel::capture::Store::open_reader(agent_dir.path()).unwrap();
-    for id in [&ids[0], &ids[49]] {
-        assert!(
-            store.find_by_relay_event(id).unwrap().is_some(),
-            "{id} recorded"
+    for (i, id) in [(0, &ids[0]), (49, &ids[49])] {
+        let row = store.find_by_relay_event(id).unwrap();
+        let ex = store.get(row.expect("recorded").id).unwrap().unwrap();
+        let sent = *blake3::hash(&event_body(i)).as_bytes();
+        assert_eq!(
+            ex.body_proof.relay,
+            Some(whtunnel::capture::BodyDigest::Blake3(sent)),
+            "{id}"
         );
+        assert_eq!(ex.body_proof.intact, Some(true), "{id}");
     }
     // Live again: straight through with a 200.
     let (s, _, _) = send(Method::POST, &url, &[], "{}").await;

@@ -13,7 +13,7 @@ use common::process::whtunnel;
 use common::*;
 use http::{Method, StatusCode};
 use serde_json::Value;
-use whtunnel::capture::CaptureEvent;
+use whtunnel::capture::{BodyDigest, CaptureEvent};
 use whtunnel::verify::{self, Provider, RequestView, Rule, Rules};
 
 /// A case: what it is, its headers, its body.
@@ -22,9 +22,9 @@ type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
 const SECRET: &str = "whsec_signatures_test";
 const BODY: &str = r#"{"id":"evt_42","object":"event","type":"invoice.paid","amount":100}"#;
 
-fn hex_sha256(b: &[u8]) -> String {
-    use sha2::Digest as _;
-    data_encoding::HEXLOWER.encode(&sha2::Sha256::digest(b))
+/// BLAKE3 of `b` in lower-case hex, by the BLAKE3 team's own crate.
+fn hex_blake3(b: &[u8]) -> String {
+    blake3::hash(b).to_hex().to_string()
 }
 
 /// The `Stripe-Signature` value for `body` signed at `at`.
@@ -127,14 +127,14 @@ async fn every_exchange_gets_its_verdict_from_the_bytes_as_captured() {
         assert_eq!(v["provider"], "stripe", "{what}");
         assert_eq!(v["event"], "invoice.paid", "{what}");
     }
-    // The body-hash proof: the relay's SHA-256 of what it received is the
+    // The body-hash proof: the relay's BLAKE3 of what it received is the
     // hash of what was sent, and the app got those very bytes.
     for (id, (what, _, body)) in ids.iter().zip(&cases) {
         let v = show(*id).await;
         let req = &v["request"];
         assert_eq!(
-            req["relay_body_sha256"],
-            hex_sha256(body.as_bytes()),
+            req["relay_body_digest"],
+            format!("blake3:{}", hex_blake3(body.as_bytes())),
             "{what}: {req}"
         );
         assert_eq!(req["body_intact"], true, "{what}");
@@ -382,6 +382,7 @@ async fn streamed_bodies_carry_the_relay_hash_and_a_bodiless_request_none() {
         use sha2::Digest as _;
         sha2::Sha256::digest(&big).into()
     };
+    let relay_want = BodyDigest::Blake3(*blake3::hash(&big).as_bytes());
     // Ids follow the order of storing, not of sending: the GET's record
     // may commit before the second POST's, so tell them apart by method.
     let (posts, gets): (Vec<_>, Vec<_>) = stored
@@ -392,7 +393,7 @@ async fn streamed_bodies_carry_the_relay_hash_and_a_bodiless_request_none() {
     for ex in &posts {
         let id = ex.id.unwrap_or_default();
         assert_eq!(ex.request.body.total_len, big.len() as u64, "#{id}");
-        assert_eq!(ex.body_proof.relay_sha256, Some(want), "#{id}");
+        assert_eq!(ex.body_proof.relay, Some(relay_want), "#{id}");
         assert_eq!(ex.body_proof.intact, Some(true), "#{id}");
     }
     let get = &gets[0];
@@ -421,7 +422,7 @@ async fn streamed_bodies_carry_the_relay_hash_and_a_bodiless_request_none() {
 #[tokio::test]
 async fn a_body_changed_between_relay_and_app_is_proven_and_named_in_the_reason() {
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    use whtunnel::tunnel::protocol::{LinkMeta, RequestMeta, TRAILER_BODY_SHA256};
+    use whtunnel::tunnel::protocol::{LinkMeta, RequestMeta, TRAILER_BODY_BLAKE3};
 
     let app = App::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -471,8 +472,8 @@ async fn a_body_changed_between_relay_and_app_is_proven_and_named_in_the_reason(
     for (relay_saw, sent) in [(BODY, changed.as_str()), (BODY, BODY)] {
         let mut trailer = http::HeaderMap::new();
         trailer.insert(
-            TRAILER_BODY_SHA256,
-            hex_sha256(relay_saw.as_bytes()).parse().unwrap(),
+            TRAILER_BODY_BLAKE3,
+            hex_blake3(relay_saw.as_bytes()).parse().unwrap(),
         );
         let frames = futures_util::stream::iter([
             Ok::<_, std::convert::Infallible>(http_body::Frame::data(bytes::Bytes::from(

@@ -96,7 +96,7 @@ pub struct Exchange {
     /// The sender and its signature, when a `[[webhook]]` rule matched or
     /// the sender was recognised.
     pub webhook: WebhookInfo,
-    /// The body-hash proof: the relay's SHA-256 of the request body and
+    /// The body-hash proof: the relay's hash of the request body and
     /// whether the app got those very bytes.
     pub body_proof: BodyProof,
 }
@@ -105,12 +105,58 @@ pub struct Exchange {
 /// bytes it received, the agent the bytes it passed to the app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct BodyProof {
-    /// SHA-256 of the body bytes the relay received; `None` when it sent
-    /// none (an older relay, a body-less request, a replay, a body cut off).
-    pub relay_sha256: Option<[u8; 32]>,
+    /// The relay's hash of the body bytes it received; `None` when it sent
+    /// none (a body-less request, a replay, a body cut off).
+    pub relay: Option<BodyDigest>,
     /// `Some(true)`: the app got exactly the bytes the relay received;
     /// `Some(false)`: something between relay and app changed them.
     pub intact: Option<bool>,
+}
+
+/// A hash of a request body, with the algorithm that made it: relays hash
+/// with BLAKE3 since protocol 3, with SHA-256 before (stores keep both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyDigest {
+    /// BLAKE3, 32 bytes.
+    Blake3([u8; 32]),
+    /// SHA-256, from a protocol-2 relay.
+    Sha256([u8; 32]),
+}
+
+impl BodyDigest {
+    /// Whether `bytes` hash to this digest, by its own algorithm.
+    pub fn matches(&self, bytes: &[u8]) -> bool {
+        use sha2::Digest;
+        match self {
+            BodyDigest::Blake3(d) => blake3::hash(bytes).as_bytes() == d,
+            BodyDigest::Sha256(d) => <[u8; 32]>::from(sha2::Sha256::digest(bytes)) == *d,
+        }
+    }
+
+    /// Reads the [`Display`](std::fmt::Display) form, `blake3:<hex>` or
+    /// `sha256:<hex>`; bare hex, as stores before schema 7 kept it, is
+    /// SHA-256.
+    pub fn parse(text: &str) -> Option<Self> {
+        let hex = |h: &str| crate::tunnel::body_hash::from_hex(h.as_bytes());
+        match text.split_once(':') {
+            Some(("blake3", h)) => hex(h).map(BodyDigest::Blake3),
+            Some(("sha256", h)) => hex(h).map(BodyDigest::Sha256),
+            Some(_) => None,
+            None => hex(text).map(BodyDigest::Sha256),
+        }
+    }
+}
+
+impl std::fmt::Display for BodyDigest {
+    /// `<algorithm>:<lower-case hex>`, as `requests show --json` and the
+    /// store write it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (algorithm, d) = match self {
+            BodyDigest::Blake3(d) => ("blake3", d),
+            BodyDigest::Sha256(d) => ("sha256", d),
+        };
+        write!(f, "{algorithm}:{}", crate::tunnel::body_hash::to_hex(d))
+    }
 }
 
 /// What is known of a webhook's sender and its signature, as stored with

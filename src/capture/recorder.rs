@@ -143,7 +143,7 @@ fn judge(ex: &mut Exchange, hooks: &Webhooks) {
     let probe = RequestView::new(&ex.request.method, "", headers, body);
     let url = crate::verify::rules::public_url_for(hooks.public_url.as_deref(), &probe, path);
     let mut view = RequestView::new(&ex.request.method, &url, headers, body);
-    view.relay_body_sha256 = ex.body_proof.relay_sha256;
+    view.relay_body = ex.body_proof.relay;
     let judged = hooks.rules.judge(path, &view, ex.received_at.into());
     ex.webhook = judged.webhook;
     if ex.event.is_none() {

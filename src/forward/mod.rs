@@ -269,7 +269,7 @@ impl Forwarder {
         // The relay's body hash is checked against the bytes the app gets.
         let (body, body_hashes) = if self.recorder().is_some() {
             let relay = meta
-                .body_sha256
+                .body_blake3
                 .as_deref()
                 .and_then(|h| body_hash::from_hex(h.as_bytes()));
             let (b, slot) = CheckHash::new(body, relay);

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 use super::held::InFlightEntry;
 use crate::capture::{
-    self, BodyProof, CapturedBody, Exchange, ExchangeId, Outcome, RecordedRequest,
+    self, BodyDigest, BodyProof, CapturedBody, Exchange, ExchangeId, Outcome, RecordedRequest,
     RecordedResponse, Recorder,
 };
 use crate::tunnel::body_hash::BodyHashes;
@@ -138,7 +138,7 @@ impl Recording {
                 .as_ref()
                 .and_then(|slot| slot.get())
                 .map(|h| BodyProof {
-                    relay_sha256: h.relay,
+                    relay: h.relay.map(BodyDigest::Blake3),
                     intact: h.intact(),
                 })
                 .unwrap_or_default(),

@@ -465,8 +465,8 @@ pub(crate) fn held_request(
     meta.event_id = Some(ev.event.event_id.clone());
     meta.attempt = Some(ev.attempts + 1);
     meta.held_left = Some(left);
-    meta.body_sha256 = (!ev.event.body.is_empty()).then(|| {
-        let d = crate::tunnel::body_hash::sha256(&ev.event.body);
+    meta.body_blake3 = (!ev.event.body.is_empty()).then(|| {
+        let d = crate::tunnel::body_hash::digest(&ev.event.body);
         crate::tunnel::body_hash::to_hex(&d)
     });
     meta.timeout_ms = super::agent_timeout(timeout).as_millis() as u64;

@@ -503,7 +503,7 @@ fn prepare(
         event_id: Some(new_event_id()),
         attempt: None,
         held_left: None,
-        body_sha256: None,
+        body_blake3: None,
     };
     // HTTP/2 carries the authority in :authority; the original Host travels
     // in the metadata. A sender's own metadata headers are dropped, never
@@ -522,7 +522,7 @@ fn prepare(
 }
 
 /// Builds the HTTP/2 request for the agent on a link that announced
-/// `link`; a body ends with the SHA-256 trailer of
+/// `link`; a body ends with the body-hash trailer of
 /// [`crate::tunnel::body_hash`]. `None` when the path or the metadata cannot
 /// cross (metadata from [`prepare`] always can).
 pub(crate) fn tunnel_request(
@@ -537,7 +537,7 @@ pub(crate) fn tunnel_request(
     // The body-hash proof: in the metadata when the body was read whole
     // (nearly every webhook: no extra frame, and the body still ends with
     // its DATA), else behind a streamed body as a trailer.
-    let body = if meta.body_sha256.is_none() && HashTrailer::applies(&body) {
+    let body = if meta.body_blake3.is_none() && HashTrailer::applies(&body) {
         HashTrailer::new(body).boxed_unsync()
     } else {
         body
@@ -583,7 +583,7 @@ async fn live(
         state.keep(&bytes, bytes.len() as u64);
         state.complete.store(true, Ordering::Release);
         if !bytes.is_empty() {
-            p.meta.body_sha256 = Some(body_hash::to_hex(&body_hash::sha256(&bytes)));
+            p.meta.body_blake3 = Some(body_hash::to_hex(&body_hash::digest(&bytes)));
         }
         http_body_util::Full::new(bytes)
             .map_err(|never| match never {})

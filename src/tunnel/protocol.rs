@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 /// Path on the relay where agents open their websocket.
 pub const AGENT_PATH: &str = "/_whtunnel/agent";
 /// Version of this protocol; agent and relay must speak the same one.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Upgrade request header carrying [`PROTOCOL_VERSION`].
 pub const HDR_PROTOCOL: &str = "whtunnel-protocol";
 /// Upgrade request header naming the tunnel the agent wants to hold.
@@ -42,7 +42,7 @@ pub const HDR_ACK: &str = "whtunnel-ack";
 pub const HDR_PUBLIC_URL: &str = "whtunnel-public-url";
 /// Per-request header, never indexed by HPACK: the [`RequestMeta`] fields
 /// that differ on every request, space-separated:
-/// `<received_at_ms> <event_id|-> <remote_addr|-> [<body_sha256>]`.
+/// `<received_at_ms> <event_id|-> <remote_addr|-> [<body_blake3>]`.
 pub const HDR_REQUEST: &str = "whtunnel-req";
 /// Per-request header: the Host the sender sent ([`RequestMeta::host`]).
 /// Indexed by HPACK, as most requests to one tunnel repeat it.
@@ -70,12 +70,12 @@ pub const HDR_HELD_LEFT: &str = "whtunnel-held-left";
 pub const HDR_ERROR: &str = "whtunnel-error";
 /// Response header on a `202 Accepted` for a held event.
 pub const HDR_EVENT_ID: &str = "whtunnel-event-id";
-/// HTTP/2 trailer on a tunnel request: the SHA-256 (lower-case hex) of
+/// HTTP/2 trailer on a tunnel request: the BLAKE3 hash (lower-case hex) of
 /// the body bytes the relay received, known only once the body has streamed
 /// by (see [`crate::tunnel::body_hash`]). Agents that do not know it ignore
 /// it: trailers never reach an HTTP/1 app unless announced, and the relay
 /// strips `Trailer` as hop-by-hop.
-pub const TRAILER_BODY_SHA256: &str = "whtunnel-body-sha256";
+pub const TRAILER_BODY_BLAKE3: &str = "whtunnel-body-blake3";
 /// Upgrade request header: the most held events the agent wants delivered
 /// at once (the relay caps it at its own `--hold-concurrency`).
 pub const HDR_HOLD_CONCURRENCY: &str = "whtunnel-hold-concurrency";
@@ -391,10 +391,12 @@ pub struct RequestMeta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_left: Option<u64>,
     /// The body-hash proof for a body the relay read whole before sending
-    /// (lower-case hex SHA-256); a streamed body's comes as the
-    /// [`TRAILER_BODY_SHA256`] trailer instead.
+    /// (lower-case hex BLAKE3); a streamed body's comes as the
+    /// [`TRAILER_BODY_BLAKE3`] trailer instead. Held events stored by an
+    /// older relay may carry `body_sha256`, which is ignored: the relay
+    /// hashes a held body afresh at each delivery.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body_sha256: Option<String>,
+    pub body_blake3: Option<String>,
 }
 
 impl RequestMeta {
@@ -449,8 +451,8 @@ pub const MAX_EVENT_ID_LEN: usize = 64;
 const MAX_ADDR_LEN: usize = 64;
 /// Longest number field: an `i64`/`u64` in decimal.
 const MAX_NUMBER_LEN: usize = 20;
-/// Length of [`RequestMeta::body_sha256`]: SHA-256 in lower-case hex.
-const SHA256_HEX_LEN: usize = 64;
+/// Length of [`RequestMeta::body_blake3`]: 32 bytes in lower-case hex.
+const DIGEST_HEX_LEN: usize = 64;
 /// Written for an absent field of [`HDR_REQUEST`].
 const ABSENT: &[u8] = b"-";
 
@@ -613,8 +615,8 @@ fn check_remote_addr(addr: &[u8]) -> Result<(), MetaError> {
     Ok(())
 }
 
-fn check_sha256(hex: &[u8]) -> Result<(), MetaError> {
-    if hex.len() != SHA256_HEX_LEN || !hex.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+fn check_digest(hex: &[u8]) -> Result<(), MetaError> {
+    if hex.len() != DIGEST_HEX_LEN || !hex.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return Err(invalid("body hash", "not 64 lower-case hex digits"));
     }
     Ok(())
@@ -686,8 +688,8 @@ impl RequestMeta {
         if let Some(addr) = &self.remote_addr {
             check_remote_addr(addr.as_bytes())?;
         }
-        if let Some(hex) = &self.body_sha256 {
-            check_sha256(hex.as_bytes())?;
+        if let Some(hex) = &self.body_blake3 {
+            check_digest(hex.as_bytes())?;
         }
         if let Some(host) = &self.host {
             check_host(host.as_bytes())?;
@@ -712,7 +714,7 @@ impl RequestMeta {
         let received = received.format(self.received_at_ms).as_bytes();
         let id = self.event_id.as_deref().map_or(ABSENT, str::as_bytes);
         let addr = self.remote_addr.as_deref().map_or(ABSENT, str::as_bytes);
-        let hash = self.body_sha256.as_deref().map(str::as_bytes);
+        let hash = self.body_blake3.as_deref().map(str::as_bytes);
         let len = received.len() + 1 + id.len() + 1 + addr.len() + hash.map_or(0, |h| 1 + h.len());
         // Exactly sized: the buffer becomes the header value's without a copy.
         let mut value = Vec::with_capacity(len);
@@ -788,10 +790,10 @@ impl RequestMeta {
             check_remote_addr(addr)?;
             Some(utf8(addr, "remote address")?)
         };
-        let body_sha256 = match hash {
+        let body_blake3 = match hash {
             None => None,
             Some(h) => {
-                check_sha256(h)?;
+                check_digest(h)?;
                 Some(utf8(h, "body hash")?)
             }
         };
@@ -843,7 +845,7 @@ impl RequestMeta {
             event_id,
             attempt,
             held_left,
-            body_sha256,
+            body_blake3,
         })
     }
 }
@@ -995,7 +997,7 @@ mod tests {
             event_id: Some("ev_0123456789abcdefghijklmnop~".into()),
             attempt: Some(2),
             held_left: Some(3),
-            body_sha256: Some("ab".repeat(32)),
+            body_blake3: Some("ab".repeat(32)),
         }
     }
 
@@ -1214,7 +1216,7 @@ mod tests {
                 ..full_meta()
             },
             RequestMeta {
-                body_sha256: Some("ab".into()),
+                body_blake3: Some("ab".into()),
                 ..full_meta()
             },
             RequestMeta {

@@ -23,13 +23,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
-use sha2::Digest as _;
 
 pub use presets::Provider;
 pub use recognise::{recognise, Recognised};
 pub use rules::{Judgement, Rules};
 
-use crate::capture::model::Header;
+use crate::capture::model::{BodyDigest, Header};
 
 /// What [`check`] and [`sign`] read of a request. Nothing is copied or
 /// rewritten: verification reads the bytes exactly as they arrived.
@@ -45,9 +44,9 @@ pub struct RequestView<'a> {
     pub headers: &'a [Header],
     /// The body bytes the app got.
     pub body: &'a [u8],
-    /// SHA-256 of the bytes the relay received, when the relay sent it:
-    /// tells "the tunnel changed your body" apart from "wrong secret".
-    pub relay_body_sha256: Option<[u8; 32]>,
+    /// The relay's hash of the bytes it received, when it sent one: tells
+    /// "the tunnel changed your body" apart from "wrong secret".
+    pub relay_body: Option<BodyDigest>,
 }
 
 impl<'a> RequestView<'a> {
@@ -58,7 +57,7 @@ impl<'a> RequestView<'a> {
             url,
             headers,
             body,
-            relay_body_sha256: None,
+            relay_body: None,
         }
     }
 
@@ -96,9 +95,7 @@ impl<'a> RequestView<'a> {
 
     /// `Some(true)` when the relay's body hash differs from the body here.
     pub fn body_changed(&self) -> Option<bool> {
-        let relay = self.relay_body_sha256?;
-        let here: [u8; 32] = sha2::Sha256::digest(self.body).into();
-        Some(here != relay)
+        Some(!self.relay_body?.matches(self.body))
     }
 }
 

@@ -4,6 +4,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
+use sha2::Digest as _;
 
 use super::*;
 use crate::capture::model::Header;
@@ -150,8 +151,9 @@ fn twilio_library_vectors() {
     // With the relay's hash: proven changed after the relay, or not.
     let tampered = br#"{"property": "value", "boolean": false}"#;
     let mut req = RequestView::new("POST", &json_url, &h, tampered);
-    req.relay_body_sha256 =
-        Some(sha2::Sha256::digest(br#"{"property": "value", "boolean": true}"#).into());
+    req.relay_body = Some(BodyDigest::Blake3(
+        *blake3::hash(br#"{"property": "value", "boolean": true}"#).as_bytes(),
+    ));
     let c = check(&rule, &req, at(0)).unwrap();
     assert!(c
         .reason
@@ -467,21 +469,26 @@ fn body_hash_from_the_relay_tells_wrong_secret_from_changed_body() {
     let rule = Rule::for_provider(Provider::Github).with_secret("right");
     let body = b"payload";
     let h = signed_request(&rule, &[], "https://x/", body, at(0));
-    let relay_saw: [u8; 32] = sha2::Sha256::digest(body).into();
+    let relay_saw = BodyDigest::Blake3(*blake3::hash(body).as_bytes());
+    // An exchange recorded from a protocol-2 relay, which sent SHA-256.
+    let older_relay_saw = BodyDigest::Sha256(sha2::Sha256::digest(body).into());
     let wrong = Rule::for_provider(Provider::Github).with_secret("wrong");
-    let mut req = RequestView::new("POST", "https://x/", &h, body);
-    req.relay_body_sha256 = Some(relay_saw);
-    let c = check(&wrong, &req, at(0)).unwrap();
-    assert_eq!(
-        c.reason,
-        Some(Reason::SignatureMismatch {
-            body_changed: Some(false)
-        })
-    );
-    assert!(c.reason.unwrap().to_string().contains("wrong secret"));
+    for relay in [relay_saw, older_relay_saw] {
+        let mut req = RequestView::new("POST", "https://x/", &h, body);
+        req.relay_body = Some(relay);
+        let c = check(&wrong, &req, at(0)).unwrap();
+        assert_eq!(
+            c.reason,
+            Some(Reason::SignatureMismatch {
+                body_changed: Some(false)
+            }),
+            "{relay}"
+        );
+        assert!(c.reason.unwrap().to_string().contains("wrong secret"));
+    }
 
     let mut req = RequestView::new("POST", "https://x/", &h, b"payloaD");
-    req.relay_body_sha256 = Some(relay_saw);
+    req.relay_body = Some(relay_saw);
     let c = check(&rule, &req, at(0)).unwrap();
     assert_eq!(c.body_changed, Some(true));
     assert!(c

@@ -76,7 +76,8 @@ fn half_json(headers: &[Header], body: &CapturedBody) -> Map<String, Value> {
 /// [`Outcome`](crate::capture::Outcome)), `target`, `remote_addr`,
 /// `relay_event_id`, per half `body_size`, `truncated` (and `body_error` if
 /// a spilled file is gone), and in `request` the body-hash proof:
-/// `relay_body_sha256` (hex, or null when the relay sent none) and
+/// `relay_body_digest` (`blake3:<hex>`, `sha256:<hex>` from an older relay,
+/// or null when the relay sent none) and
 /// `body_intact` (true: the app got exactly the bytes the relay received;
 /// false: something between them changed the body; null: not known).
 pub fn show_json(ex: &Exchange) -> Value {
@@ -85,11 +86,8 @@ pub fn show_json(ex: &Exchange) -> Value {
     let mut request = half_json(&ex.request.headers, &ex.request.body);
     let proof = &ex.body_proof;
     request.insert(
-        "relay_body_sha256".into(),
-        json!(proof
-            .relay_sha256
-            .as_ref()
-            .map(crate::tunnel::body_hash::to_hex)),
+        "relay_body_digest".into(),
+        json!(proof.relay.as_ref().map(ToString::to_string)),
     );
     request.insert("body_intact".into(), json!(proof.intact));
     o.insert("request".into(), Value::Object(request));

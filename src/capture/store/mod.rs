@@ -39,10 +39,9 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
 use super::model::{
-    BodyProof, Exchange, ExchangeId, ExchangeSummary, Header, Outcome, RecordedRequest,
+    BodyDigest, BodyProof, Exchange, ExchangeId, ExchangeSummary, Header, Outcome, RecordedRequest,
     RecordedResponse, SignatureCheck, WebhookInfo,
 };
-use crate::tunnel::body_hash::{from_hex, to_hex};
 use bodies::{create_private_dir, Prepared, FREE_DIR};
 use retention::Totals;
 
@@ -454,7 +453,7 @@ impl Store {
                     req_body_len, req_body_kept, req_truncated, req_body_file,
                     resp_body_len, resp_body_kept, resp_truncated, resp_body_file, body_bytes,
                     outcome, provider, delivery_id, sig_scheme, sig_verdict, sig_reason,
-                    relay_body_sha256, body_intact, sender_timeout_ms,
+                    relay_body_digest, body_intact, sender_timeout_ms,
                     req_headers, resp_headers, req_body, resp_body)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
                     ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30,
@@ -494,7 +493,7 @@ impl Store {
                     sig.map(|s| s.scheme.as_str()),
                     sig.map(|s| s.verdict.as_str()),
                     sig.and_then(|s| s.reason.as_deref()),
-                    ex.body_proof.relay_sha256.as_ref().map(to_hex),
+                    ex.body_proof.relay.as_ref().map(BodyDigest::to_string),
                     ex.body_proof.intact,
                     ex.webhook.sender_timeout_ms.map(|t| t as i64),
                     headers_to_json(&ex.request.headers),
@@ -640,7 +639,7 @@ impl Store {
                     e.resp_body_len, e.resp_truncated, e.resp_body_file,
                     e.req_headers, e.resp_headers, e.req_body, e.resp_body, e.outcome,
                     e.provider, e.delivery_id, e.sig_scheme, e.sig_verdict, e.sig_reason,
-                    e.relay_body_sha256, e.body_intact, e.sender_timeout_ms
+                    e.relay_body_digest, e.body_intact, e.sender_timeout_ms
              FROM exchanges e
              WHERE e.id = ?1",
         )?;
@@ -689,9 +688,9 @@ impl Store {
                         sender_timeout_ms: r.get::<_, Option<i64>>(31)?.map(|t| t as u64),
                     },
                     body_proof: BodyProof {
-                        relay_sha256: r
+                        relay: r
                             .get::<_, Option<String>>(29)?
-                            .and_then(|h| from_hex(h.as_bytes())),
+                            .and_then(|d| BodyDigest::parse(&d)),
                         intact: r.get(30)?,
                     },
                 })

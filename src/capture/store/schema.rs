@@ -100,6 +100,10 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     DROP TABLE payloads;
     "#,
     ),
+    // 7: relays hash bodies with BLAKE3 since protocol 3. The column keeps
+    // `blake3:<hex>` from now on; bare hex written before is SHA-256
+    // (`BodyDigest::parse`). A rename is a schema edit: no row is rewritten.
+    Migration::Sql("ALTER TABLE exchanges RENAME COLUMN relay_body_sha256 TO relay_body_digest;"),
 ];
 
 /// The error text schema 1 stored for an app that answered after its

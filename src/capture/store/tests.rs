@@ -643,7 +643,7 @@ fn the_sender_and_its_signature_check_are_stored_and_listed() {
         sender_timeout_ms: Some(10_000),
     };
     ex.body_proof = crate::capture::BodyProof {
-        relay_sha256: Some([7; 32]),
+        relay: Some(crate::capture::BodyDigest::Blake3([7; 32])),
         intact: Some(false),
     };
     let id = s.insert(&ex).unwrap();
@@ -867,4 +867,46 @@ fn a_schema_5_store_with_payloads_reads_the_same_after_migration_6() {
     let got = s.get(new).unwrap().unwrap();
     assert_eq!(got.request.body, CapturedBody::from_bytes(&b"after"[..]));
     assert_eq!(got.request.headers, sample(b"").request.headers);
+}
+
+#[test]
+fn a_schema_6_body_hash_reads_as_sha256_after_migration_7() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sha = [0xab_u8; 32];
+    {
+        let db = store_at_version(tmp.path(), 6);
+        // As schema 6 wrote it: the protocol-2 relay's SHA-256, bare hex.
+        db.execute(
+            "INSERT INTO exchanges (id, received_us, method, path, target, duration_ms,
+                has_response, req_body_len, req_body_kept, req_truncated, resp_body_len,
+                resp_body_kept, resp_truncated, body_bytes, relay_body_sha256, body_intact,
+                req_headers, req_body)
+             VALUES (1, 0, 'POST', '/', 'http://localhost:3000', 1.0, 0, 5, 5, 0, 0, 0, 0, 5,
+                ?1, 1, '[]', CAST('hello' AS BLOB))",
+            [crate::tunnel::body_hash::to_hex(&sha)],
+        )
+        .unwrap();
+    }
+    let mut s = open(tmp.path());
+    assert_eq!(s.schema_version().unwrap(), Store::latest_schema_version());
+    let old = s.get(1).unwrap().unwrap();
+    assert_eq!(old.body_proof.relay, Some(BodyDigest::Sha256(sha)));
+    assert_eq!(old.body_proof.intact, Some(true));
+    // New rows keep the algorithm with the hash.
+    let mut ex = sample(b"new");
+    ex.body_proof.relay = Some(BodyDigest::Blake3([7; 32]));
+    let id = s.insert(&ex).unwrap();
+    let text: String = s
+        .conn
+        .query_row(
+            "SELECT relay_body_digest FROM exchanges WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(text, format!("blake3:{}", "07".repeat(32)));
+    assert_eq!(
+        s.get(id).unwrap().unwrap().body_proof.relay,
+        ex.body_proof.relay
+    );
 }
