@@ -85,11 +85,41 @@ enum Job {
     Lookup(String, oneshot::Sender<Option<ExchangeSummary>>),
 }
 
+/// The recorder's two broadcasts. `all` carries every [`CaptureEvent`] in
+/// order; `finished` only the final ones, for followers that show
+/// finished exchanges (the `--no-tui` log). Two channels because a
+/// `Started` sent to a follower that drops it still wakes that follower's
+/// task, once per request (a cross-thread wake-up: about 8 % of the agent's
+/// CPU at 1 KiB, docs/benchmarks.md "Session 9"); and with nobody on
+/// `all`, `Started` is not even built.
+#[derive(Clone)]
+struct Events {
+    all: broadcast::Sender<CaptureEvent>,
+    finished: broadcast::Sender<CaptureEvent>,
+}
+
+impl Events {
+    fn new() -> Self {
+        Self {
+            all: broadcast::channel(EVENT_CAPACITY).0,
+            finished: broadcast::channel(EVENT_CAPACITY).0,
+        }
+    }
+
+    /// Publishes a `Stored` or `NotStored` event to both kinds of follower.
+    fn finished(&self, event: CaptureEvent) {
+        if self.all.receiver_count() > 0 {
+            let _ = self.all.send(event.clone());
+        }
+        let _ = self.finished.send(event);
+    }
+}
+
 /// Handle to the writer task. Cheap to clone.
 #[derive(Clone)]
 pub struct Recorder {
     tx: mpsc::Sender<Job>,
-    events: broadcast::Sender<CaptureEvent>,
+    events: Events,
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     /// The last live number handed out by [`Recorder::started`].
     live: Arc<AtomicU64>,
@@ -224,7 +254,7 @@ impl Recorder {
     /// one to exercise the queue-full path).
     pub fn with_capacity(store: Store, queue: usize) -> Self {
         let (tx, rx) = mpsc::channel(queue.max(1));
-        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let events = Events::new();
         let ev = events.clone();
         let webhooks: Arc<parking_lot::RwLock<Webhooks>> = Arc::default();
         let hooks = webhooks.clone();
@@ -269,7 +299,10 @@ impl Recorder {
         budget: Duration,
     ) -> u64 {
         let live = self.live.fetch_add(1, Ordering::Relaxed) + 1;
-        let _ = self.events.send(CaptureEvent::Started(ExchangeSummary {
+        if self.events.all.receiver_count() == 0 {
+            return live;
+        }
+        let _ = self.events.all.send(CaptureEvent::Started(ExchangeSummary {
             id: 0,
             received_at,
             method: method.to_string(),
@@ -329,7 +362,7 @@ impl Recorder {
                     fill_event(&mut ex, false);
                     let mut summary = ex.summary();
                     summary.id = 0;
-                    let _ = self.events.send(CaptureEvent::NotStored {
+                    self.events.finished(CaptureEvent::NotStored {
                         summary,
                         reason: err.to_string(),
                     });
@@ -354,9 +387,15 @@ impl Recorder {
         rx.await.ok().flatten()
     }
 
-    /// Follows stored exchanges.
+    /// Follows every exchange: its start, then its end.
     pub fn subscribe(&self) -> broadcast::Receiver<CaptureEvent> {
-        self.events.subscribe()
+        self.events.all.subscribe()
+    }
+
+    /// Follows finished exchanges only (`Stored` and `NotStored`): for a
+    /// follower with nothing to do when one starts.
+    pub fn subscribe_finished(&self) -> broadcast::Receiver<CaptureEvent> {
+        self.events.finished.subscribe()
     }
 
     /// Flushes everything queued and stops the writer.
@@ -379,7 +418,7 @@ impl Recorder {
 fn writer(
     mut store: Store,
     mut rx: mpsc::Receiver<Job>,
-    events: broadcast::Sender<CaptureEvent>,
+    events: Events,
     hooks: Arc<parking_lot::RwLock<Webhooks>>,
 ) {
     let mut closing: Option<oneshot::Sender<()>> = None;
@@ -452,7 +491,7 @@ fn is_urgent(job: &Job) -> bool {
 fn store_batch(
     store: &mut Store,
     batch: Vec<(Box<Exchange>, Reply)>,
-    events: &broadcast::Sender<CaptureEvent>,
+    events: &Events,
     hooks: &parking_lot::RwLock<Webhooks>,
 ) {
     if batch.is_empty() {
@@ -479,13 +518,13 @@ fn store_batch(
         match result {
             Ok(id) => {
                 summary.id = id;
-                let _ = events.send(CaptureEvent::Stored(summary));
+                events.finished(CaptureEvent::Stored(summary));
                 let _ = reply.send(Ok(id));
             }
             Err(e) => {
                 summary.id = 0;
                 tracing::warn!("capture: exchange not stored: {e}");
-                let _ = events.send(CaptureEvent::NotStored {
+                events.finished(CaptureEvent::NotStored {
                     summary,
                     reason: e.to_string(),
                 });
@@ -584,6 +623,37 @@ mod tests {
         // Not kept: a reader sees 0.
         let r = Store::open_reader(tmp.path()).unwrap();
         assert_eq!(r.summary(id).unwrap().unwrap().live, 0);
+    }
+
+    #[tokio::test]
+    async fn a_finished_only_follower_gets_ends_in_order_and_no_starts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rec = Recorder::spawn(store(tmp.path()));
+        let mut finished = rec.subscribe_finished();
+        let budget = Duration::from_secs(30);
+        let mut ids = Vec::new();
+        for path in ["/a", "/b"] {
+            let live = rec.started(Utc::now(), "POST", path, None, budget);
+            let mut ex = sample(b"x");
+            ex.live = live;
+            ids.push((rec.record(ex).await.unwrap().unwrap(), live));
+        }
+        // Full followers still see both kinds, in order.
+        let mut all = rec.subscribe();
+        let live = rec.started(Utc::now(), "POST", "/c", None, budget);
+        let mut ex = sample(b"x");
+        ex.live = live;
+        ids.push((rec.record(ex).await.unwrap().unwrap(), live));
+        for (id, live) in &ids {
+            match finished.recv().await.unwrap() {
+                CaptureEvent::Stored(s) => assert_eq!((s.id, s.live), (*id, *live)),
+                other => panic!("expected Stored, got {other:?}"),
+            }
+        }
+        assert!(finished.try_recv().is_err(), "nothing else: no Started");
+        assert!(matches!(all.recv().await.unwrap(), CaptureEvent::Started(s) if s.live == live));
+        assert!(matches!(all.recv().await.unwrap(), CaptureEvent::Stored(s) if s.live == live));
+        rec.close().await;
     }
 
     #[tokio::test]

@@ -143,7 +143,7 @@ pub(crate) async fn run_log(
     in_flight: &watch::Receiver<usize>,
     mut backlog: watch::Receiver<u64>,
 ) -> Ended {
-    let mut events = recorder.map(Recorder::subscribe);
+    let mut events = recorder.map(Recorder::subscribe_finished);
     let mut drain = DrainReport::default();
     let mut announced = false;
     let mut stopping = false;

@@ -509,7 +509,7 @@ async fn listen(mut args: ListenArgs) -> Result<()> {
     let notice = use_tui.then(|| {
         crate::inspect::notice::follow(
             listener.app_state(),
-            recorder.as_ref().map(Recorder::subscribe),
+            recorder.as_ref().map(Recorder::subscribe_finished),
             target.clone(),
             listener.embedded_relay(),
         )
