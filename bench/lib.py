@@ -145,6 +145,7 @@ SYSTEM_NOTES = {
     "whtunnel": "whtunnel relay + agent, --no-capture",
     "whtunnel-cap": "whtunnel relay + agent, capture store on (default)",
     "whtunnel-variant": "whtunnel relay + agent, --no-capture, with --variant / --variant-bin",
+    "whtunnel-variant-cap": "whtunnel relay + agent, capture on, with --variant / --variant-bin",
     "bore": "bore-cli: TCP-level pipe, not HTTP-aware, records nothing",
     "rathole": "rathole: TCP-level pipe, not HTTP-aware, records nothing",
     "localtunnel": "localtunnel: HTTP-aware by Host header, records nothing",

@@ -33,7 +33,8 @@
 #                        e.g. --wt-env TOKIO_WORKER_THREADS=1
 #   --variant VAR=VAL    also measure, in the same interleaved runs, a second
 #                        whtunnel relay + agent started with this environment
-#                        (system "whtunnel-variant"), e.g. TOKIO_WORKER_THREADS=1
+#                        (systems "whtunnel-variant" and, capture on,
+#                        "whtunnel-variant-cap"), e.g. TOKIO_WORKER_THREADS=1
 #   --variant-bin PATH   the whtunnel binary of the variant (default: the same
 #                        one); with it, two builds are measured side by side
 #   --wt-bin PATH        whtunnel binary to measure (default: target/release/whtunnel,
@@ -376,6 +377,11 @@ phase_load() {
     local var_relay=$RELAY_PID
     if start_agent var bench-var "$RELAY_ADDR" --no-capture; then
       SYSTEMS+=(whtunnel-variant); URL[whtunnel-variant]="$AGENT_URL"; SYSPIDS[whtunnel-variant]="$var_relay $AGENT_PID"
+    fi
+    # Capture on too, so that two builds compare where recording costs.
+    if start_agent varcap bench-varcap "$RELAY_ADDR"; then
+      SYSTEMS+=(whtunnel-variant-cap); URL[whtunnel-variant-cap]="$AGENT_URL"
+      SYSPIDS[whtunnel-variant-cap]="$var_relay $AGENT_PID"
     fi
     WT_ENV=("${saved_env[@]}"); WT=$saved_wt
   fi
