@@ -17,4 +17,4 @@ pub mod tee;
 pub use model::*;
 pub use recorder::{CaptureEvent, Recorder};
 pub use store::{read_body, ListQuery, Store, StoreConfig, StoreError};
-pub use tee::{tee, BodyLimits, TeeBody};
+pub use tee::{tee, tee_then, BodyLimits, TeeBody};

@@ -77,8 +77,31 @@ struct Capture {
     truncated: bool,
     capturing: bool,
     spill: Option<Spill>,
-    tx: Option<oneshot::Sender<CapturedBody>>,
+    tx: Option<Deliver>,
     done: bool,
+}
+
+/// Where a finished capture goes.
+enum Deliver {
+    /// To a receiver, which may be gone (then a spilled file is removed).
+    Channel(oneshot::Sender<CapturedBody>),
+    /// To a function, called once, on whichever thread the body ends on.
+    Call(Box<dyn FnOnce(CapturedBody) + Send>),
+}
+
+impl Deliver {
+    fn send(self, body: CapturedBody) {
+        match self {
+            Deliver::Channel(tx) => {
+                if let Err(unwanted) = tx.send(body) {
+                    if let BodyData::File(p) = unwanted.data {
+                        let _ = std::fs::remove_file(p);
+                    }
+                }
+            }
+            Deliver::Call(then) => then(body),
+        }
+    }
 }
 
 /// A body wrapper that passes frames through unchanged and records them.
@@ -94,6 +117,21 @@ pub fn tee<B: Body<Data = Bytes> + Unpin>(
     limits: &BodyLimits,
 ) -> (TeeBody<B>, oneshot::Receiver<CapturedBody>) {
     let (tx, rx) = oneshot::channel();
+    (wrap(body, limits, Deliver::Channel(tx)), rx)
+}
+
+/// Like [`tee`], but hands the captured body to `then` where the stream
+/// ends (in the task polling it, in its drop, or on the spill writer's
+/// thread) instead of through a channel: no task has to wait for it.
+pub fn tee_then<B: Body<Data = Bytes> + Unpin>(
+    body: B,
+    limits: &BodyLimits,
+    then: impl FnOnce(CapturedBody) + Send + 'static,
+) -> TeeBody<B> {
+    wrap(body, limits, Deliver::Call(Box::new(then)))
+}
+
+fn wrap<B: Body<Data = Bytes> + Unpin>(body: B, limits: &BodyLimits, tx: Deliver) -> TeeBody<B> {
     let mut cap = Capture {
         limits: limits.clone(),
         mem: Vec::new(),
@@ -110,7 +148,7 @@ pub fn tee<B: Body<Data = Bytes> + Unpin>(
     if body.is_end_stream() {
         cap.finish(true);
     }
-    (TeeBody { inner: body, cap }, rx)
+    TeeBody { inner: body, cap }
 }
 
 impl<B> TeeBody<B> {
@@ -273,7 +311,7 @@ impl Capture {
         };
         self.mem_len = 0;
         if let Some(tx) = self.tx.take() {
-            let _ = tx.send(CapturedBody {
+            tx.send(CapturedBody {
                 data,
                 total_len: self.total_len,
                 truncated: self.truncated,
@@ -300,12 +338,7 @@ fn spill_name() -> String {
 
 /// Writes queued chunks to a new file in `dir`; when the sender hangs up,
 /// closes the file and only then resolves `tx`.
-fn spill_writer(
-    dir: PathBuf,
-    rx: Receiver<Bytes>,
-    shared: Arc<SpillShared>,
-    tx: oneshot::Sender<CapturedBody>,
-) {
+fn spill_writer(dir: PathBuf, rx: Receiver<Bytes>, shared: Arc<SpillShared>, tx: Deliver) {
     use std::io::Write;
     let path = dir.join(spill_name());
     let file = std::fs::create_dir_all(&dir).and_then(|_| {
@@ -346,16 +379,12 @@ fn spill_writer(
             BodyData::Empty
         }
     };
-    // Nobody waits for it (the exchange was abandoned): do not leave the file.
-    if let Err(unwanted) = tx.send(CapturedBody {
+    // Nobody waiting for it (the exchange was abandoned) removes the file.
+    tx.send(CapturedBody {
         data,
         total_len,
         truncated,
-    }) {
-        if let BodyData::File(p) = unwanted.data {
-            let _ = std::fs::remove_file(p);
-        }
-    }
+    });
 }
 
 /// True for files written by the tee's spill writer (owned by the capture,
@@ -504,6 +533,58 @@ mod tests {
         let cap = rx.await.unwrap();
         assert_eq!(cap, CapturedBody::default());
         drop(body);
+    }
+
+    /// `tee_then` hands the body over exactly once wherever the stream
+    /// ends: at once for an empty body, at the end of a small one, from the
+    /// spill writer for a big one, and cut off when dropped early.
+    #[tokio::test]
+    async fn tee_then_hands_over_the_body_once_wherever_it_ends() {
+        use std::sync::Mutex;
+        let tmp = tempfile::tempdir().unwrap();
+        let lim = limits(tmp.path(), 64 * 1024, 1 << 30);
+        let got: Arc<Mutex<Vec<CapturedBody>>> = Arc::default();
+        let then = |got: &Arc<Mutex<Vec<CapturedBody>>>| {
+            let got = got.clone();
+            move |b| got.lock().unwrap().push(b)
+        };
+
+        let body = tee_then(Full::new(Bytes::new()), &lim, then(&got));
+        assert_eq!(*got.lock().unwrap(), vec![CapturedBody::default()]);
+        drop(body);
+        assert_eq!(got.lock().unwrap().len(), 1, "not again on drop");
+
+        got.lock().unwrap().clear();
+        let body = tee_then(Chunks::new(4, 1000), &lim, then(&got));
+        let want: Vec<u8> = (0..4000).map(Chunks::byte).collect();
+        assert_eq!(drain(body).await, want);
+        assert_eq!(
+            *got.lock().unwrap(),
+            vec![CapturedBody::from_bytes(Bytes::from(want))]
+        );
+
+        got.lock().unwrap().clear();
+        let (n, size) = (192, 16 * 1024);
+        let body = tee_then(Chunks::new(n, size), &lim, then(&got));
+        drain(body).await;
+        let started = std::time::Instant::now();
+        while got.lock().unwrap().is_empty() {
+            assert!(started.elapsed() < std::time::Duration::from_secs(10));
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let spilled = got.lock().unwrap().pop().unwrap();
+        assert!(!spilled.truncated);
+        let BodyData::File(p) = &spilled.data else {
+            panic!("expected a spilled file, got {:?}", spilled.data);
+        };
+        assert_eq!(std::fs::metadata(p).unwrap().len(), (n * size) as u64);
+
+        let mut body = tee_then(Chunks::new(4, 1000), &lim, then(&got));
+        body.frame().await.unwrap().unwrap();
+        drop(body);
+        let cut = got.lock().unwrap().pop().unwrap();
+        assert!(cut.truncated);
+        assert_eq!(cut.total_len, 1000);
     }
 
     #[tokio::test]

@@ -131,6 +131,7 @@ impl Forwarder {
             out.pending.in_flight = Some(entry);
         }
         out.timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
+        out.wants_id = true;
         let (resp, id_rx) = self.send(out).await;
         let error = resp.headers().get(HDR_ERROR).map(AgentError::from_header);
         let app_answered = error.is_none();

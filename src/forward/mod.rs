@@ -42,7 +42,9 @@ use abandoned::CallGuard;
 use held::InFlight;
 use record::{Answer, Busy, Pending, Recording};
 
-use crate::capture::{self, BodyData, BodyLimits, CapturedBody, ExchangeId, Outcome, Recorder};
+use crate::capture::{
+    self, BodyData, BodyLimits, CapturedBody, ExchangeId, Outcome, RecordedResponse, Recorder,
+};
 use crate::tunnel::body_hash::{self, CheckHash};
 use crate::tunnel::protocol::{
     strip_hop_by_hop, strip_protocol_headers, AgentError, LinkMeta, RequestMeta, HDR_ERROR,
@@ -82,6 +84,10 @@ struct Outgoing {
     /// How long the app has to answer.
     timeout: Duration,
     pending: Pending,
+    /// Whether the caller waits for the stored id (a held delivery acks
+    /// only once recorded; a replay reports it). A live exchange does not,
+    /// and is then recorded without anyone waiting on the writer.
+    wants_id: bool,
 }
 
 /// Forwards requests to the local app. Cheap to clone.
@@ -283,6 +289,7 @@ impl Forwarder {
             headers,
             body,
             timeout: Duration::from_millis(meta.timeout_ms.max(1)),
+            wants_id: false,
             pending: Pending {
                 received_at,
                 started,
@@ -352,6 +359,7 @@ impl Forwarder {
             body,
             timeout,
             mut pending,
+            wants_id,
         } = out;
         // Without capture nothing is recorded: the exchange is in flight
         // until this call returns.
@@ -440,16 +448,21 @@ impl Forwarder {
                 let Some(recording) = recording else {
                     return (Response::from_parts(parts, body), None);
                 };
-                let (body, response_body) = capture::tee(body, &cfg.body_limits);
                 let (id_tx, id_rx) = oneshot::channel();
-                let answer = Answer {
-                    status: parts.status.as_u16(),
-                    headers: app_headers,
-                    body: response_body,
-                };
-                tokio::spawn(recording.finish(Outcome::Answered, Some(answer), None, id_tx));
+                // Unwanted, the receiver goes now: the recording sees nobody waits.
+                let id_rx = wants_id.then_some(id_rx);
+                let status = parts.status.as_u16();
+                let runtime = tokio::runtime::Handle::current();
+                let body = capture::tee_then(body, &cfg.body_limits, move |body| {
+                    let response = RecordedResponse {
+                        status,
+                        headers: app_headers,
+                        body,
+                    };
+                    recording.answered(response, id_tx, &runtime);
+                });
                 let resp = Response::from_parts(parts, body.boxed_unsync());
-                return (resp, Some(id_rx));
+                return (resp, id_rx);
             }
             Ok(Err(e)) => {
                 if let Some(unread) = unread {

@@ -77,11 +77,16 @@ pub(super) struct Answer {
 /// nothing.
 async fn captured(rx: Option<oneshot::Receiver<CapturedBody>>) -> CapturedBody {
     match rx {
-        Some(rx) => rx.await.unwrap_or(CapturedBody {
-            truncated: true,
-            ..CapturedBody::default()
-        }),
+        Some(rx) => rx.await.unwrap_or_else(|_| captured_nothing()),
         None => CapturedBody::default(),
+    }
+}
+
+/// What a tee that went away without a word kept: nothing, cut off.
+fn captured_nothing() -> CapturedBody {
+    CapturedBody {
+        truncated: true,
+        ..CapturedBody::default()
     }
 }
 
@@ -95,14 +100,8 @@ impl Recording {
         error: Option<String>,
         id_tx: oneshot::Sender<Option<ExchangeId>>,
     ) {
-        let Recording {
-            recorder,
-            pending: p,
-            target,
-            request_body,
-            live,
-        } = self;
-        let request_body = captured(request_body).await;
+        let mut me = self;
+        let request_body = captured(me.request_body.take()).await;
         let response = match answer {
             Some(a) => Some(RecordedResponse {
                 status: a.status,
@@ -111,6 +110,64 @@ impl Recording {
             }),
             None => None,
         };
+        if let Some(wait) = me.commit(request_body, response, outcome, error, id_tx) {
+            wait.await;
+        }
+    }
+
+    /// Records an answered exchange once its response body has streamed by
+    /// (`response`, from [`capture::tee_then`]), without a task of its own
+    /// when it can: the request body is nearly always captured by then (the
+    /// app answered after reading it) and nobody waits for a live
+    /// exchange's id. Otherwise the rest runs as a task on `runtime`.
+    pub(super) fn answered(
+        mut self,
+        response: RecordedResponse,
+        id_tx: oneshot::Sender<Option<ExchangeId>>,
+        runtime: &tokio::runtime::Handle,
+    ) {
+        let request_body = match self.request_body.as_mut().map(|rx| rx.try_recv()) {
+            None => CapturedBody::default(),
+            Some(Ok(body)) => body,
+            Some(Err(oneshot::error::TryRecvError::Closed)) => captured_nothing(),
+            Some(Err(oneshot::error::TryRecvError::Empty)) => {
+                let rx = self.request_body.take();
+                runtime.spawn(async move {
+                    let body = captured(rx).await;
+                    if let Some(wait) =
+                        self.commit(body, Some(response), Outcome::Answered, None, id_tx)
+                    {
+                        wait.await;
+                    }
+                });
+                return;
+            }
+        };
+        self.request_body = None;
+        if let Some(wait) =
+            self.commit(request_body, Some(response), Outcome::Answered, None, id_tx)
+        {
+            runtime.spawn(wait);
+        }
+    }
+
+    /// Hands the finished exchange to the recorder. When someone waits for
+    /// its id, returns the wait that answers `id_tx`.
+    fn commit(
+        self,
+        request_body: CapturedBody,
+        response: Option<RecordedResponse>,
+        outcome: Outcome,
+        error: Option<String>,
+        id_tx: oneshot::Sender<Option<ExchangeId>>,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        let Recording {
+            recorder,
+            pending: p,
+            target,
+            request_body: _,
+            live,
+        } = self;
         let in_flight = p.in_flight;
         let busy = p.busy;
         let ex = Exchange {
@@ -150,13 +207,15 @@ impl Recording {
         if id_tx.is_closed() {
             recorder.record_in_background(ex);
             drop((in_flight, busy));
-            return;
+            return None;
         }
         let stored = recorder.record(ex);
         // Queued: a lookup from here on finds it (the writer answers lookups
         // after what was queued before them).
         drop((in_flight, busy));
-        let id = stored.await.ok().and_then(Result::ok);
-        let _ = id_tx.send(id);
+        Some(async move {
+            let id = stored.await.ok().and_then(Result::ok);
+            let _ = id_tx.send(id);
+        })
     }
 }

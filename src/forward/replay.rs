@@ -192,6 +192,7 @@ impl Forwarder {
                 body: full(body),
                 timeout: crate::units::DEFAULT_RESPONSE_TIMEOUT,
                 pending,
+                wants_id: true,
             })
             .await;
         let status = resp.status();
