@@ -65,10 +65,11 @@ wait_for "$WORK/app.out" '^listening ' 10 "$APP" || { echo "instructions: app di
 APP_PORT=$(sed -n 's/^listening 127.0.0.1:\([0-9]*\)$/\1/p' "$WORK/app.out")
 
 # Instructions PID's dump spent in sha2's portable SHA-256. Valgrind hides
-# the CPU's SHA extensions, so under callgrind every body hash (the relay's
-# body proof; the agent's with capture on) runs in software, about 57
-# instructions a byte, a cost the native binary does not pay where the CPU
-# has SHA-NI. Reported beside the total, and subtracted in
+# the CPU's SHA extensions, so under callgrind SHA-256 runs in software,
+# about 57 instructions a byte, a cost the native binary does not pay where
+# the CPU has SHA-NI. Since protocol 3 the body-hash proof is BLAKE3 (whose
+# SIMD paths valgrind runs), so this reads 0 unless signatures are checked;
+# reported beside the total, and subtracted in
 # instructions_per_request_native_sha.
 soft_sha() {
   callgrind_annotate --inclusive=yes "$1" 2>/dev/null \
