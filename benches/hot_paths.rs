@@ -21,6 +21,8 @@
 //!   that is not JSON and on a 1 KiB webhook.
 //! - metrics: what the relay adds to every webhook for `/metrics` (status
 //!   class counter and latency histogram, atomics only), and one scrape.
+//! - body_hash: the body-hash proof's BLAKE3 against SHA-256 at 1 KiB and
+//!   256 KiB.
 
 // A measuring tool, not the product: a failed unwrap is a failed run.
 #![allow(clippy::unwrap_used)]
@@ -375,11 +377,29 @@ fn metrics(c: &mut Criterion) {
     g.finish();
 }
 
+/// The body-hash proof: BLAKE3 (protocol 3) against the SHA-256 protocol 2
+/// used, on a webhook-sized and a large body.
+fn body_hash(c: &mut Criterion) {
+    use sha2::Digest as _;
+    let mut g = c.benchmark_group("body_hash");
+    for size in [1024usize, 256 * 1024] {
+        let body = vec![0x5a_u8; size];
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_with_input(BenchmarkId::new("blake3", size), &body, |b, body| {
+            b.iter(|| black_box(whtunnel::tunnel::body_hash::digest(body)))
+        });
+        g.bench_with_input(BenchmarkId::new("sha256", size), &body, |b, body| {
+            b.iter(|| black_box(sha2::Sha256::digest(body)))
+        });
+    }
+    g.finish();
+}
+
 // criterion's macro defines an undocumented function.
 #[allow(missing_docs)]
 mod group {
     use super::*;
-    criterion_group!(benches, protocol, transport, tunnel, capture, metrics);
+    criterion_group!(benches, protocol, transport, tunnel, capture, metrics, body_hash);
 }
 use group::benches;
 
