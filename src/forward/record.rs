@@ -94,14 +94,13 @@ impl Recording {
     /// Waits for both bodies to finish streaming, then records the
     /// exchange. The stored id goes to `id_tx` when someone waits for it.
     pub(super) async fn finish(
-        self,
+        mut self,
         outcome: Outcome,
         answer: Option<Answer>,
         error: Option<String>,
         id_tx: oneshot::Sender<Option<ExchangeId>>,
     ) {
-        let mut me = self;
-        let request_body = captured(me.request_body.take()).await;
+        let request_body = captured(self.request_body.take()).await;
         let response = match answer {
             Some(a) => Some(RecordedResponse {
                 status: a.status,
@@ -110,7 +109,7 @@ impl Recording {
             }),
             None => None,
         };
-        if let Some(wait) = me.commit(request_body, response, outcome, error, id_tx) {
+        if let Some(wait) = self.commit(request_body, response, outcome, error, id_tx) {
             wait.await;
         }
     }
