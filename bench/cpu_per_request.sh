@@ -11,10 +11,11 @@
 # every process it starts is stopped on exit; every wait is bounded.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-WT=${1:-$ROOT/target/release/whtunnel}
-N=${2:-40000} SIZE=${3:-1024} CONC=${4:-32}
-shift $(( $# < 4 ? $# : 4 ))
+POS=()
+while [[ $# -gt 0 && "$1" != "--" ]]; do POS+=("$1"); shift; done
 [[ "${1:-}" == "--" ]] && shift
+WT=${POS[0]:-$ROOT/target/release/whtunnel}
+N=${POS[1]:-40000} SIZE=${POS[2]:-1024} CONC=${POS[3]:-32}
 EX="$ROOT/target/release/examples"
 W=$(mktemp -d /tmp/whtunnel-cpu.XXXXXX)
 PIDS=()

@@ -63,7 +63,7 @@ fn sample_meta() -> RequestMeta {
         held_left: None,
         // A webhook the relay read whole carries its body hash.
         body_blake3: Some(
-            "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+            "4878ca0425c739fa427f7eda20fe845f6b2e46ba5fe2a14df5b1e32f50603215".into(),
         ),
     }
 }

@@ -289,7 +289,8 @@ impl Recorder {
     /// `received_at`, has `budget` to be answered) as
     /// [`CaptureEvent::Started`] and returns its live number, to be set as
     /// [`Exchange::live`] on the finished exchange. Never blocks: a
-    /// broadcast like the others.
+    /// broadcast like the others, and not even built while nobody follows
+    /// [`Recorder::subscribe`].
     pub fn started(
         &self,
         received_at: DateTime<Utc>,
@@ -334,7 +335,8 @@ impl Recorder {
     }
 
     /// Like [`Recorder::record`] for an exchange nobody waits for (a live
-    /// exchange: the UI and the log follow [`Recorder::subscribe`]). The
+    /// exchange: the UI follows [`Recorder::subscribe`], the log
+    /// [`Recorder::subscribe_finished`]). The
     /// writer may hold it for up to [`GROUP_COMMIT_LINGER`] to commit it
     /// together with others.
     pub fn record_in_background(&self, ex: Exchange) {

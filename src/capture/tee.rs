@@ -86,7 +86,7 @@ enum Deliver {
     /// To a receiver, which may be gone (then a spilled file is removed).
     Channel(oneshot::Sender<CapturedBody>),
     /// To a function, called once, on whichever thread the body ends on.
-    Call(Box<dyn FnOnce(CapturedBody) + Send>),
+    Call(Then),
 }
 
 impl Deliver {
@@ -99,7 +99,28 @@ impl Deliver {
                     }
                 }
             }
-            Deliver::Call(then) => then(body),
+            Deliver::Call(mut then) => {
+                if let Some(f) = then.0.take() {
+                    f(body);
+                }
+            }
+        }
+    }
+}
+
+/// The function of [`tee_then`]. Dropped without being called (a spill
+/// writer the runtime refused at shutdown), it is called with nothing
+/// kept, cut off: as a dropped channel reads to [`tee`]'s receiver, so the
+/// exchange is still recorded.
+struct Then(Option<Box<dyn FnOnce(CapturedBody) + Send + Sync>>);
+
+impl Drop for Then {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f(CapturedBody {
+                truncated: true,
+                ..CapturedBody::default()
+            });
         }
     }
 }
@@ -126,9 +147,9 @@ pub fn tee<B: Body<Data = Bytes> + Unpin>(
 pub fn tee_then<B: Body<Data = Bytes> + Unpin>(
     body: B,
     limits: &BodyLimits,
-    then: impl FnOnce(CapturedBody) + Send + 'static,
+    then: impl FnOnce(CapturedBody) + Send + Sync + 'static,
 ) -> TeeBody<B> {
-    wrap(body, limits, Deliver::Call(Box::new(then)))
+    wrap(body, limits, Deliver::Call(Then(Some(Box::new(then)))))
 }
 
 fn wrap<B: Body<Data = Bytes> + Unpin>(body: B, limits: &BodyLimits, tx: Deliver) -> TeeBody<B> {
@@ -572,6 +593,8 @@ mod tests {
             assert!(started.elapsed() < std::time::Duration::from_secs(10));
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(got.lock().unwrap().len(), 1, "once");
         let spilled = got.lock().unwrap().pop().unwrap();
         assert!(!spilled.truncated);
         let BodyData::File(p) = &spilled.data else {
@@ -582,9 +605,21 @@ mod tests {
         let mut body = tee_then(Chunks::new(4, 1000), &lim, then(&got));
         body.frame().await.unwrap().unwrap();
         drop(body);
+        assert_eq!(got.lock().unwrap().len(), 1, "once");
         let cut = got.lock().unwrap().pop().unwrap();
         assert!(cut.truncated);
         assert_eq!(cut.total_len, 1000);
+
+        // A function never called (the spill writer's job dropped by a
+        // runtime shutting down) still hears of the body: nothing kept.
+        drop(Deliver::Call(Then(Some(Box::new(then(&got))))));
+        assert_eq!(
+            *got.lock().unwrap(),
+            vec![CapturedBody {
+                truncated: true,
+                ..CapturedBody::default()
+            }]
+        );
     }
 
     #[tokio::test]

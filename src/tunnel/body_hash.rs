@@ -118,8 +118,8 @@ impl<B: Body<Data = Bytes> + Unpin> Body for HashTrailer<B> {
 /// What the agent found once a request body has streamed by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BodyHashes {
-    /// The relay's hash of the bytes it received (`None`: an older relay,
-    /// or no trailer).
+    /// The relay's hash of the bytes it received (`None`: no hash in the
+    /// metadata and no trailer).
     pub relay: Option<Digest>,
     /// The hash of the bytes this side passed on.
     pub here: Digest,
