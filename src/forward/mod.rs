@@ -40,7 +40,7 @@ pub use target::{HostHeader, Target, TargetError};
 
 use abandoned::CallGuard;
 use held::InFlight;
-use record::{Answer, Busy, Pending, Recording};
+use record::{Busy, Pending, Recording};
 
 use crate::capture::{
     self, BodyData, BodyLimits, CapturedBody, ExchangeId, Outcome, RecordedResponse, Recorder,
@@ -431,6 +431,7 @@ impl Forwarder {
                 recording,
                 Outcome::Cancelled,
                 ERR_ABANDONED_AT_EXIT.to_string(),
+                wants_id,
             );
         };
 
@@ -459,7 +460,7 @@ impl Forwarder {
                         headers: app_headers,
                         body,
                     };
-                    recording.answered(response, id_tx, &runtime);
+                    recording.finish_with(Outcome::Answered, response, None, id_tx, &runtime);
                 });
                 let resp = Response::from_parts(parts, body.boxed_unsync());
                 return (resp, id_rx);
@@ -484,17 +485,18 @@ impl Forwarder {
                 (resp, Outcome::AppTimeout, reason)
             }
         };
-        self.record_own_answer(resp, recording, outcome, error)
+        self.record_own_answer(resp, recording, outcome, error, wants_id)
     }
 
     /// Records an answer whtunnel made itself (`resp`) as the exchange's
-    /// response.
+    /// response; the receiver of its id only when `wants_id`.
     fn record_own_answer(
         &self,
         resp: Response<Body>,
         recording: Option<Recording>,
         outcome: Outcome,
         error: String,
+        wants_id: bool,
     ) -> (
         Response<Body>,
         Option<oneshot::Receiver<Option<ExchangeId>>>,
@@ -503,20 +505,20 @@ impl Forwarder {
             return (resp, None);
         };
         let body = Bytes::from(format!("{error}\n"));
-        let (tx, rx) = oneshot::channel();
-        let _ = tx.send(CapturedBody {
-            total_len: body.len() as u64,
-            data: BodyData::Memory(body),
-            truncated: false,
-        });
-        let answer = Answer {
+        let response = RecordedResponse {
             status: resp.status().as_u16(),
             headers: headers_to_vec(resp.headers()),
-            body: rx,
+            body: CapturedBody {
+                total_len: body.len() as u64,
+                data: BodyData::Memory(body),
+                truncated: false,
+            },
         };
         let (id_tx, id_rx) = oneshot::channel();
-        tokio::spawn(recording.finish(outcome, Some(answer), Some(error), id_tx));
-        (resp, Some(id_rx))
+        let id_rx = wants_id.then_some(id_rx);
+        let runtime = tokio::runtime::Handle::current();
+        recording.finish_with(outcome, response, Some(error), id_tx, &runtime);
+        (resp, id_rx)
     }
 }
 

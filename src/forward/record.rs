@@ -114,14 +114,17 @@ impl Recording {
         }
     }
 
-    /// Records an answered exchange once its response body has streamed by
-    /// (`response`, from [`capture::tee_then`]), without a task of its own
-    /// when it can: the request body is nearly always captured by then (the
-    /// app answered after reading it) and nobody waits for a live
-    /// exchange's id. Otherwise the rest runs as a task on `runtime`.
-    pub(super) fn answered(
+    /// Records an exchange whose response is complete (the app's, once its
+    /// body has streamed by through [`capture::tee_then`], or one whtunnel
+    /// made), without a task of its own when it can: the request body is
+    /// nearly always captured by then (the app answered after reading it)
+    /// and nobody waits for a live exchange's id. Otherwise the rest runs
+    /// as a task on `runtime`.
+    pub(super) fn finish_with(
         mut self,
+        outcome: Outcome,
         response: RecordedResponse,
+        error: Option<String>,
         id_tx: oneshot::Sender<Option<ExchangeId>>,
         runtime: &tokio::runtime::Handle,
     ) {
@@ -133,9 +136,7 @@ impl Recording {
                 let rx = self.request_body.take();
                 runtime.spawn(async move {
                     let body = captured(rx).await;
-                    if let Some(wait) =
-                        self.commit(body, Some(response), Outcome::Answered, None, id_tx)
-                    {
+                    if let Some(wait) = self.commit(body, Some(response), outcome, error, id_tx) {
                         wait.await;
                     }
                 });
@@ -143,9 +144,7 @@ impl Recording {
             }
         };
         self.request_body = None;
-        if let Some(wait) =
-            self.commit(request_body, Some(response), Outcome::Answered, None, id_tx)
-        {
+        if let Some(wait) = self.commit(request_body, Some(response), outcome, error, id_tx) {
             runtime.spawn(wait);
         }
     }

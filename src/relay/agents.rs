@@ -249,9 +249,7 @@ pub(crate) async fn upgrade(
     let base = match &shared.config.public_url {
         Some(u) => u.trim_end_matches('/').to_string(),
         None => {
-            let host = header_str(headers, "host")
-                .filter(|h| !h.is_empty())
-                .unwrap_or("localhost");
+            let host = super::request_host(headers, req.uri()).unwrap_or("localhost");
             format!("{}://{host}", shared.scheme)
         }
     };
