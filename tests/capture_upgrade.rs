@@ -177,11 +177,7 @@ fn a_schema_3_store_reads_every_exchange_as_before_after_migrations_5_and_6() {
     assert_eq!(payloads, 8);
     // Ids are never reused after the migration: the next one follows.
     let seq: i64 = db
-        .query_row(
-            "SELECT seq FROM sqlite_sequence WHERE name = 'exchanges'",
-            [],
-            |r| r.get(0),
-        )
+        .query_row("SELECT next_id - 1 FROM partition_state", [], |r| r.get(0))
         .unwrap();
     assert_eq!(seq, 8);
 }

@@ -108,8 +108,15 @@ async fn a_replay_of_a_body_that_was_not_kept_is_refused() {
     let id = list_json(d).await[0]["id"].as_i64().unwrap();
     let db =
         rusqlite::Connection::open(dir.path().join(whtunnel::capture::store::DB_FILE)).unwrap();
-    db.execute("UPDATE exchanges SET req_truncated = 1 WHERE id = ?1", [id])
+    // `exchanges` is a view: the row is in one of the partitions.
+    for n in 0..whtunnel::capture::store::PARTITIONS {
+        let t = whtunnel::capture::store::partition_table(n);
+        db.execute(
+            &format!("UPDATE {t} SET req_truncated = 1 WHERE id = ?1"),
+            [id],
+        )
         .unwrap();
+    }
     drop(db);
 
     let id = id.to_string();
@@ -375,11 +382,14 @@ async fn replay_names_its_target_and_wants_to_for_another_machine() {
     // A store edited to point elsewhere: refused without --to.
     let db =
         rusqlite::Connection::open(dir.path().join(whtunnel::capture::store::DB_FILE)).unwrap();
-    db.execute(
-        "UPDATE exchanges SET target = 'http://203.0.113.9:80' WHERE id = 1",
-        [],
-    )
-    .unwrap();
+    for n in 0..whtunnel::capture::store::PARTITIONS {
+        let t = whtunnel::capture::store::partition_table(n);
+        db.execute(
+            &format!("UPDATE {t} SET target = 'http://203.0.113.9:80' WHERE id = 1"),
+            [],
+        )
+        .unwrap();
+    }
     drop(db);
     let (code, _, err) = whtunnel(&["replay", "1", "--data-dir", d]).await;
     assert_ne!(code, 0);

@@ -736,7 +736,7 @@ mod tests {
         ));
         // Break the schema under the writer.
         let other = rusqlite::Connection::open(tmp.path().join("capture.db")).unwrap();
-        other.execute_batch("DROP TABLE exchanges").unwrap();
+        other.execute_batch("DROP TABLE exchanges_p0").unwrap();
         let res = rec.record(sample(b"lost")).await.unwrap();
         assert!(res.is_err());
         match events.recv().await.unwrap() {

@@ -2,12 +2,15 @@
 //! its migrations, body files under `bodies/`, retention, and orphan cleanup.
 //!
 //! Layout (users may open `capture.db` with `sqlite3`):
-//! - `exchanges`: one row per exchange. First everything a list row needs,
+//! - `exchanges`: a view, one row per exchange, over the partition tables
+//!   `exchanges_p0` … `exchanges_p15` (see `retention`: the oldest partition
+//!   is emptied whole). A row holds first everything a list row needs,
 //!   plus body lengths and file names; last the headers (JSON) and inline
 //!   bodies (raw BLOBs), read only by `get()`. A summary's columns all come
 //!   before them, so SQLite stops decoding a row before the payload and
 //!   never follows a large body's overflow pages to list it; and one insert
-//!   (one delete) per exchange keeps recording cheap.
+//!   per exchange keeps recording cheap. `partition_state` holds the
+//!   partition being filled and the next id (ids are never reused).
 //! - Bodies larger than [`INLINE_BODY_MAX`] live in `bodies/<name>` files. A
 //!   file is written completely *before* the transaction that references it
 //!   commits, so a crash leaves at worst an unreferenced file, which the next
@@ -43,9 +46,10 @@ use super::model::{
     RecordedResponse, SignatureCheck, WebhookInfo,
 };
 use bodies::{create_private_dir, Prepared, FREE_DIR};
-use retention::Totals;
+use retention::Parts;
 
 pub use bodies::read_body;
+pub use retention::{partition_table, PARTITIONS};
 
 /// Bodies up to this many kept bytes are stored inline in SQLite; larger ones
 /// go to files under `bodies/` so the database stays small and fast. (Inline,
@@ -149,9 +153,9 @@ pub struct Store {
     bodies_dir: PathBuf,
     config: StoreConfig,
     read_only: bool,
-    /// Count and body bytes of the stored exchanges as of our last commit,
-    /// so that retention does not scan the table on every batch.
-    totals: Option<Totals>,
+    /// The partitions as of our last commit, so that retention does not
+    /// count the tables on every batch.
+    parts: Option<Parts>,
     /// Body files retention freed, emptied, oldest first, waiting to be
     /// reused by new bodies (see [`FREE_POOL_MAX`]). Only the primary writer
     /// keeps one.
@@ -326,7 +330,7 @@ impl Store {
             bodies_dir,
             config: config.clone(),
             read_only,
-            totals: None,
+            parts: None,
             free: Default::default(),
             primary: false,
         };
@@ -441,31 +445,31 @@ impl Store {
         prepared: &[Result<Prepared, StoreError>],
         removed: &mut Vec<String>,
     ) -> Result<Vec<ExchangeId>, StoreError> {
-        // A failed transaction leaves the cache alone: it is only replaced
-        // after a commit.
-        let tx = self.conn.transaction()?;
+        // IMMEDIATE: the write lock from the start, so that nobody commits
+        // between reading the partitions and writing them.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // The cache is taken: a failed transaction leaves none, and the next
+        // one reads the partitions afresh.
+        let mut parts = Parts::now(&tx, self.parts.take())?;
         let mut ids = Vec::with_capacity(exs.len());
-        let mut added_bytes = 0u64;
-        {
-            let mut ins_ex = tx.prepare_cached(
-                "INSERT INTO exchanges (received_us, method, path, target, remote_addr, status,
-                    duration_ms, error, event, replay_of, relay_event_id, has_response,
-                    req_body_len, req_body_kept, req_truncated, req_body_file,
-                    resp_body_len, resp_body_kept, resp_truncated, resp_body_file, body_bytes,
-                    outcome, provider, delivery_id, sig_scheme, sig_verdict, sig_reason,
-                    relay_body_digest, body_intact, sender_timeout_ms,
-                    req_headers, resp_headers, req_body, resp_body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                    ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30,
-                    ?31, ?32, ?33, ?34)",
-            )?;
-            for (ex, prep) in exs.iter().zip(prepared) {
-                let prep = prep
-                    .as_ref()
-                    .map_err(|e| StoreError::Failed(e.to_string()))?;
-                let (q, s) = (&prep.req, &prep.resp);
-                let sig = ex.webhook.signature.as_ref();
-                ins_ex.execute(params![
+        // Files of deleted rows are handed out only after the commit: a
+        // rolled-back deletion leaves its rows, and their files, in place.
+        let mut freed = Vec::new();
+        for (ex, prep) in exs.iter().zip(prepared) {
+            let prep = prep
+                .as_ref()
+                .map_err(|e| StoreError::Failed(e.to_string()))?;
+            if self.primary {
+                parts.make_room(&tx, &self.config, &mut freed)?;
+            }
+            let (q, s) = (&prep.req, &prep.resp);
+            let (partition, id) = parts.take(q.kept + s.kept);
+            let sig = ex.webhook.signature.as_ref();
+            tx.prepare_cached(&retention::INSERT[partition])?
+                .execute(params![
+                    id,
                     ex.received_at.timestamp_micros(),
                     ex.request.method,
                     ex.request.path,
@@ -501,22 +505,15 @@ impl Store {
                     q.inline.as_deref(),
                     s.inline.as_deref(),
                 ])?;
-                added_bytes += q.kept + s.kept;
-                ids.push(tx.last_insert_rowid());
-            }
+            ids.push(id);
         }
-        let before = Totals::after_insert(&tx, self.totals, exs.len() as u64, added_bytes)?;
-        // Files of deleted rows are handed out only after the commit: a
-        // rolled-back deletion leaves its rows, and their files, in place.
-        let mut freed = Vec::new();
-        let after = if self.primary {
+        if self.primary {
             let first_new = ids.first().copied().unwrap_or(i64::MAX);
-            Self::enforce_retention(&tx, &self.config, before, first_new, &mut freed)?
-        } else {
-            before
-        };
+            parts.enforce(&tx, &self.config, first_new, &mut freed)?;
+        }
+        parts.save(&tx)?;
         tx.commit()?;
-        self.totals = Some(after);
+        self.parts = Some(parts);
         removed.append(&mut freed);
         Ok(ids)
     }
@@ -583,11 +580,11 @@ impl Store {
     /// The highest id stored so far (0 when empty): a cheap way for a
     /// reader to notice rows another process added.
     pub fn max_id(&self) -> Result<ExchangeId, StoreError> {
-        Ok(self
-            .conn
-            .query_row("SELECT COALESCE(MAX(id), 0) FROM exchanges", [], |r| {
-                r.get(0)
-            })?)
+        Ok(self.conn.query_row(
+            "SELECT COALESCE((SELECT id FROM exchanges ORDER BY id DESC LIMIT 1), 0)",
+            [],
+            |r| r.get(0),
+        )?)
     }
 
     /// Summaries of exchanges with an id above `after`, lowest id first, at

@@ -104,7 +104,119 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     // `blake3:<hex>` from now on; bare hex written before is SHA-256
     // (`BodyDigest::parse`). A rename is a schema edit: no row is rewritten.
     Migration::Sql("ALTER TABLE exchanges RENAME COLUMN relay_body_sha256 TO relay_body_digest;"),
+    // 8: the exchanges move into `PARTITIONS` tables read through a view
+    // `exchanges`, so that retention empties the oldest table whole instead
+    // of deleting its rows one by one.
+    Migration::Code(partitions),
 ];
+
+/// Columns of a partition table at migration 8, in order: every summary
+/// column before the headers and bodies (see the module docs of `store`).
+/// Frozen with the migration.
+const PARTITION_COLUMNS_V8: &str = "id, received_us, method, path, target, remote_addr, status, \
+    duration_ms, error, event, replay_of, relay_event_id, has_response, req_body_len, \
+    req_body_kept, req_truncated, req_body_file, resp_body_len, resp_body_kept, resp_truncated, \
+    resp_body_file, body_bytes, outcome, provider, delivery_id, sig_scheme, sig_verdict, \
+    sig_reason, relay_body_digest, body_intact, sender_timeout_ms, req_headers, resp_headers, \
+    req_body, resp_body";
+
+/// Migration 8: `exchanges` becomes a view over [`PARTITIONS`] tables
+/// `exchanges_p0` … (a ring: new exchanges go to `partition_state.current`,
+/// the one after it is the oldest), ids come from `partition_state.next_id`
+/// (global, never reused), and the rows already stored are split across the
+/// partitions in storing order, so the first drop after the upgrade takes
+/// only the oldest sixteenth.
+///
+/// The partitions keep the indexes readers use (received time, relay event)
+/// and one on rows with body files (so a dropped partition's files are found
+/// without a scan); `exchanges_delivery` is gone: no query used it.
+fn partitions(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    use super::retention::{partition_table, PARTITIONS};
+    for n in 0..PARTITIONS {
+        let t = partition_table(n);
+        tx.execute_batch(&format!(
+            "CREATE TABLE {t} (
+                id                INTEGER PRIMARY KEY,  -- from partition_state.next_id
+                received_us       INTEGER NOT NULL,     -- microseconds since the epoch, UTC
+                method            TEXT    NOT NULL,
+                path              TEXT    NOT NULL,
+                target            TEXT    NOT NULL,
+                remote_addr       TEXT,
+                status            INTEGER,
+                duration_ms       REAL    NOT NULL,
+                error             TEXT,
+                event             TEXT,
+                replay_of         INTEGER,
+                relay_event_id    TEXT,
+                has_response      INTEGER NOT NULL,
+                req_body_len      INTEGER NOT NULL,     -- bytes that streamed through
+                req_body_kept     INTEGER NOT NULL,     -- bytes stored
+                req_truncated     INTEGER NOT NULL,
+                req_body_file     TEXT,                 -- name under bodies/, when spilled
+                resp_body_len     INTEGER NOT NULL,
+                resp_body_kept    INTEGER NOT NULL,
+                resp_truncated    INTEGER NOT NULL,
+                resp_body_file    TEXT,
+                body_bytes        INTEGER NOT NULL,     -- req_body_kept + resp_body_kept
+                outcome           TEXT,
+                provider          TEXT,
+                delivery_id       TEXT,
+                sig_scheme        TEXT,
+                sig_verdict       TEXT,                 -- valid | invalid | unsigned | unchecked
+                sig_reason        TEXT,
+                relay_body_digest TEXT,                 -- blake3:<hex>, or bare hex = SHA-256
+                body_intact       INTEGER,
+                sender_timeout_ms INTEGER,
+                req_headers       TEXT,                 -- JSON [[name, value], ...]
+                resp_headers      TEXT,
+                req_body          BLOB,                 -- raw bytes when inline
+                resp_body         BLOB
+             );
+             CREATE INDEX {t}_received ON {t}(received_us, id);
+             CREATE INDEX {t}_relay_event ON {t}(relay_event_id)
+                 WHERE relay_event_id IS NOT NULL;
+             CREATE INDEX {t}_files ON {t}(id)
+                 WHERE req_body_file IS NOT NULL OR resp_body_file IS NOT NULL;"
+        ))?;
+    }
+    let rows: i64 = tx.query_row("SELECT COUNT(*) FROM exchanges", [], |r| r.get(0))?;
+    let chunk = ((rows + PARTITIONS as i64 - 1) / PARTITIONS as i64).max(1);
+    for n in 0..PARTITIONS {
+        tx.execute(
+            &format!(
+                "INSERT INTO {t} ({c}) SELECT {c} FROM exchanges ORDER BY id LIMIT ?1 OFFSET ?2",
+                t = partition_table(n),
+                c = PARTITION_COLUMNS_V8
+            ),
+            [chunk, chunk * n as i64],
+        )?;
+    }
+    let current = if rows == 0 { 0 } else { (rows - 1) / chunk };
+    // AUTOINCREMENT never reused an id, even one whose row is gone.
+    let used: i64 = tx.query_row(
+        "SELECT MAX(COALESCE((SELECT MAX(id) FROM exchanges), 0),
+                    COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'exchanges'), 0))",
+        [],
+        |r| r.get(0),
+    )?;
+    let view = (0..PARTITIONS)
+        .map(|n| format!("SELECT * FROM {}", partition_table(n)))
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    tx.execute_batch(&format!(
+        "CREATE TABLE partition_state (
+             current INTEGER NOT NULL,  -- the partition new exchanges go to
+             next_id INTEGER NOT NULL   -- the next exchange id
+         );
+         DROP TABLE exchanges;
+         CREATE VIEW exchanges AS {view};"
+    ))?;
+    tx.execute(
+        "INSERT INTO partition_state (current, next_id) VALUES (?1, ?2)",
+        [current, used + 1],
+    )?;
+    Ok(())
+}
 
 /// The error text schema 1 stored for an app that answered after its
 /// sender was gone: the only way it told that case apart. Frozen here; the

@@ -250,13 +250,22 @@ fn retention_counts_what_another_writer_added() {
     assert_eq!(other.count().unwrap(), 6);
     s.insert(&sample(b"x")).unwrap();
     assert_eq!(s.count().unwrap(), 4, "the cache missed the other writer");
-    other.conn.execute_batch("DELETE FROM exchanges").unwrap();
+    for n in 0..retention::PARTITIONS {
+        let t = retention::partition_table(n);
+        other
+            .conn
+            .execute_batch(&format!("DELETE FROM {t}"))
+            .unwrap();
+    }
     for i in 0..4 {
         s.insert(&sample(format!("y{i}").as_bytes())).unwrap();
     }
     assert_eq!(s.count().unwrap(), 4, "the cache missed the delete");
-    assert_eq!(s.totals.unwrap().count, 4);
-    assert_eq!(s.totals.unwrap().bytes, s.total_body_bytes().unwrap());
+    assert_eq!(s.parts.as_ref().unwrap().count(), 4);
+    assert_eq!(
+        s.parts.as_ref().unwrap().bytes(),
+        s.total_body_bytes().unwrap()
+    );
 }
 
 #[test]
@@ -294,12 +303,17 @@ fn a_body_shared_with_a_replay_is_never_overwritten() {
     let mut replay = s.get(first).unwrap().unwrap();
     replay.id = None;
     replay.replay_of = Some(first);
-    // Newest of all, so retention keeps it to the end.
-    replay.received_at = Utc::now() + chrono::Duration::hours(1);
     let replay_id = s.insert(&replay).unwrap();
-    // Evict the original, then write enough new bodies to reuse every
-    // freed file.
-    for i in 0..6u8 {
+    // Two more bodies evict the original (the oldest); its file goes to
+    // the pool of freed files.
+    for i in 0..2u8 {
+        s.insert(&sample(&vec![i; big])).unwrap();
+    }
+    assert!(s.get(first).unwrap().is_none(), "the original was evicted");
+    // Room for everything from now on: new bodies reuse every freed file
+    // while the replay stays.
+    s.config.max_bytes = u64::MAX;
+    for i in 2..8u8 {
         s.insert(&sample(&vec![i; big])).unwrap();
         let ex = s.get(replay_id).unwrap().expect("the replay is kept");
         assert_eq!(
@@ -308,7 +322,6 @@ fn a_body_shared_with_a_replay_is_never_overwritten() {
             "after {i} more bodies"
         );
     }
-    assert!(s.get(first).unwrap().is_none(), "the original was evicted");
 }
 
 #[cfg(unix)]
@@ -447,16 +460,20 @@ fn reader_sees_writer_and_refuses_writes() {
         Some("held-42")
     );
     assert!(matches!(r.insert(&ex), Err(StoreError::ReadOnly)));
-    // The partial index is there for dedup lookups.
-    let plan: String = r
+    // Each partition's partial index is there for dedup lookups.
+    let mut stmt = r
         .conn
-        .query_row(
-            "EXPLAIN QUERY PLAN SELECT id FROM exchanges WHERE relay_event_id = 'x'",
-            [],
-            |row| row.get(3),
-        )
+        .prepare("EXPLAIN QUERY PLAN SELECT id FROM exchanges WHERE relay_event_id = 'x'")
         .unwrap();
-    assert!(plan.contains("exchanges_relay_event"), "{plan}");
+    let plan: Vec<String> = stmt
+        .query_map([], |row| row.get(3))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for n in 0..retention::PARTITIONS {
+        let index = format!("USING COVERING INDEX exchanges_p{n}_relay_event ");
+        assert!(plan.iter().any(|p| p.contains(&index)), "{plan:?}");
+    }
 }
 
 #[test]
@@ -686,17 +703,28 @@ fn retention_drops_the_oldest_partition_whole_once_the_count_limit_is_passed() {
         ids.push(s.insert(&sample(format!("{i}").as_bytes())).unwrap());
     }
     assert_eq!(s.count().unwrap(), 160, "at the limit: nothing dropped");
-    // One over: the oldest 11 go at once, leaving 15/16 of the limit.
+    // One over: the oldest partition, ten exchanges, goes at once.
     ids.push(s.insert(&sample(b"161")).unwrap());
-    assert_eq!(kept_ids(&s), ids[11..]);
+    assert_eq!(kept_ids(&s), ids[10..]);
     // Then nothing is deleted until the limit is passed again.
-    for i in 0..10 {
+    for i in 0..9 {
         ids.push(s.insert(&sample(format!("more {i}").as_bytes())).unwrap());
-        assert_eq!(s.count().unwrap(), 151 + i);
+        assert_eq!(s.count().unwrap(), 152 + i);
     }
     ids.push(s.insert(&sample(b"over again")).unwrap());
-    assert_eq!(kept_ids(&s), ids[ids.len() - 150..]);
-    assert!(s.get(ids[21]).unwrap().is_none());
+    assert_eq!(kept_ids(&s), ids[ids.len() - 151..]);
+    assert!(s.get(ids[19]).unwrap().is_none());
+    // Whole partitions: emptied without a WHERE, so SQLite visits no row.
+    let sizes: Vec<i64> = (0..retention::PARTITIONS)
+        .map(|n| {
+            let t = retention::partition_table(n);
+            s.conn
+                .query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0))
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(sizes.iter().filter(|&&n| n == 10).count(), 15, "{sizes:?}");
+    assert_eq!(sizes.iter().sum::<i64>(), 151, "{sizes:?}");
     // Every kept exchange has its headers and bodies.
     let with_payload: i64 = s
         .conn
@@ -707,13 +735,40 @@ fn retention_drops_the_oldest_partition_whole_once_the_count_limit_is_passed() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(with_payload, 150);
-    assert_eq!(s.totals.unwrap().count, 150);
-    assert_eq!(s.totals.unwrap().bytes, s.total_body_bytes().unwrap());
+    assert_eq!(with_payload, 151);
+    assert_eq!(s.parts.as_ref().unwrap().count(), 151);
+    assert_eq!(
+        s.parts.as_ref().unwrap().bytes(),
+        s.total_body_bytes().unwrap()
+    );
+    // Ids keep counting up across partitions and are never reused.
+    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "{ids:?}");
 }
 
 #[test]
-fn retention_follows_received_time_not_insertion_order() {
+fn a_partition_a_secondary_writer_overfilled_is_trimmed_not_emptied_whole() {
+    // A `whtunnel replay` adds to the current partition without making
+    // room; emptying that partition whole would drop far below the limit.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = StoreConfig::new(tmp.path().to_path_buf());
+    cfg.max_exchanges = 32; // partitions of 2
+    let mut s = Store::open(&cfg).unwrap();
+    let mut other = Store::open_secondary(&cfg).unwrap();
+    let mut ids: Vec<_> = (0..2).map(|_| s.insert(&sample(b"a")).unwrap()).collect();
+    ids.extend((0..20).map(|_| other.insert(&sample(b"replay")).unwrap()));
+    ids.extend((0..40).map(|_| s.insert(&sample(b"b")).unwrap()));
+    assert_eq!(s.count().unwrap(), 32);
+    assert_eq!(kept_ids(&s), ids[ids.len() - 32..]);
+    for _ in 0..100 {
+        ids.push(s.insert(&sample(b"c")).unwrap());
+        let n = s.count().unwrap();
+        assert!((30..=32).contains(&n), "{n} kept");
+        assert_eq!(kept_ids(&s), ids[ids.len() - n as usize..]);
+    }
+}
+
+#[test]
+fn retention_follows_storing_order() {
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = StoreConfig::new(tmp.path().to_path_buf());
     cfg.max_exchanges = 3;
@@ -724,10 +779,14 @@ fn retention_follows_received_time_not_insertion_order() {
         ex.received_at = t0 + chrono::Duration::seconds(secs);
         s.insert(&ex).unwrap()
     };
-    // Stored in this order, received in another.
+    // Stored in this order, received in another: a held event delivered
+    // late is kept as long as the exchanges stored around it.
     let (late, early, middle) = (at(30), at(10), at(20));
     let newest = at(40);
-    assert_eq!(kept_ids(&s), [middle, late, newest], "{early} went first");
+    let mut kept = s.list(&ListQuery::default()).unwrap();
+    kept.sort_by_key(|r| r.id);
+    let kept: Vec<_> = kept.iter().map(|r| r.id).collect();
+    assert_eq!(kept, [early, middle, newest], "{late} went first");
 }
 
 #[test]
@@ -748,7 +807,10 @@ fn retention_by_bytes_drops_the_oldest_until_the_rest_fit() {
         ids[15..],
         "the newest ten, oldest dropped first"
     );
-    assert_eq!(s.totals.unwrap().bytes, s.total_body_bytes().unwrap());
+    assert_eq!(
+        s.parts.as_ref().unwrap().bytes(),
+        s.total_body_bytes().unwrap()
+    );
 }
 
 #[test]
@@ -909,4 +971,62 @@ fn a_schema_6_body_hash_reads_as_sha256_after_migration_7() {
         s.get(id).unwrap().unwrap().body_proof.relay,
         ex.body_proof.relay
     );
+}
+
+#[test]
+fn a_schema_7_store_is_split_into_partitions_by_migration_8() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let db = store_at_version(tmp.path(), 7);
+        // 40 rows with ids 11..=50 (AUTOINCREMENT had reached 60: the
+        // newest rows were deleted), every column a schema-7 row has.
+        for id in 11..=60i64 {
+            db.execute(
+                "INSERT INTO exchanges (id, received_us, method, path, target, remote_addr,
+                    status, duration_ms, error, event, replay_of, relay_event_id, has_response,
+                    req_body_len, req_body_kept, req_truncated, req_body_file, resp_body_len,
+                    resp_body_kept, resp_truncated, resp_body_file, body_bytes, outcome,
+                    provider, delivery_id, sig_scheme, sig_verdict, sig_reason,
+                    relay_body_digest, body_intact, sender_timeout_ms, req_headers,
+                    resp_headers, req_body, resp_body)
+                 VALUES (?1, ?1 * 1000, 'POST', '/h', 'http://localhost:3000', '127.0.0.1:9',
+                    200, 1.5, NULL, 'evt', NULL, 'ev_' || ?1, 1, 5, 5, 0, NULL, 2, 2, 0, NULL, 7,
+                    'answered', 'stripe', 'd' || ?1, 'stripe', 'valid', NULL,
+                    'blake3:' || hex(zeroblob(32)), 1, 10000, '[[\"a\",\"b\"]]', '[]',
+                    CAST('hello' AS BLOB), CAST('ok' AS BLOB))",
+                [id],
+            )
+            .unwrap();
+        }
+        db.execute("DELETE FROM exchanges WHERE id > 50", [])
+            .unwrap();
+    }
+    let mut cfg = StoreConfig::new(tmp.path().to_path_buf());
+    cfg.max_exchanges = 40;
+    let mut s = Store::open(&cfg).unwrap();
+    assert_eq!(s.schema_version().unwrap(), Store::latest_schema_version());
+    assert_eq!(kept_ids(&s), (11..=50).collect::<Vec<_>>());
+    let ex = s.get(30).unwrap().unwrap();
+    assert_eq!(ex.relay_event_id.as_deref(), Some("ev_30"));
+    assert_eq!(ex.request.headers, vec![("a".to_string(), b"b".to_vec())]);
+    assert_eq!(ex.request.body, CapturedBody::from_bytes(b"hello".to_vec()));
+    assert_eq!(ex.webhook.delivery_id.as_deref(), Some("d30"));
+    assert_eq!(s.find_by_relay_event("ev_12").unwrap().unwrap().id, 12);
+    // Split in storing order, 3 a partition (40 / 16 rounded up).
+    let sizes: Vec<i64> = (0..retention::PARTITIONS)
+        .map(|n| {
+            let t = retention::partition_table(n);
+            s.conn
+                .query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0))
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(sizes, [3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 1, 0, 0]);
+    // Ids are never reused, and at the limit the first drop after the
+    // upgrade takes only the oldest partition.
+    let id = s.insert(&sample(b"new")).unwrap();
+    assert_eq!(id, 61);
+    let mut want: Vec<_> = (14..=50).collect();
+    want.push(61);
+    assert_eq!(kept_ids(&s), want);
 }
