@@ -309,6 +309,9 @@ impl Store {
         )?;
         // Readers and the writer share the file: wait instead of failing.
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Every partition has its own insert and retention statements: with
+        // rusqlite's default of 16 cached, the ring evicts and re-prepares them.
+        conn.set_prepared_statement_cache_capacity(retention::PARTITIONS * 8);
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!("capture store: journal_mode is {mode}, not WAL");
@@ -607,9 +610,12 @@ impl Store {
 
     /// Number of stored exchanges.
     pub fn count(&self) -> Result<u64, StoreError> {
+        // Per table: SQLite counts a table from its b-tree pages, but a
+        // view's rows one by one.
         let n: i64 = self
             .conn
-            .query_row("SELECT COUNT(*) FROM exchanges", [], |r| r.get(0))?;
+            .prepare_cached(&retention::COUNT_ALL)?
+            .query_row([], |r| r.get(0))?;
         Ok(n as u64)
     }
 
