@@ -746,3 +746,59 @@ async fn behind_a_trusted_proxy_limits_apply_to_the_forwarded_address() {
     .await;
     assert_eq!(s, StatusCode::SWITCHING_PROTOCOLS);
 }
+
+#[tokio::test]
+async fn a_new_owner_never_receives_what_was_held_for_the_previous_one() {
+    // Expiry forgets a name and then its held events; a claim in between
+    // (the name is free) must not inherit them. The first step is done
+    // here by hand, so the window is open for as long as the test needs.
+    let (app_a, app) = (App::start().await, App::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users.toml");
+    let (alice, bob) = two_users(&users);
+    let relay_dir = dir.path().join("relay");
+    let relay = start_relay(users_config(&users, Some(&relay_dir))).await;
+
+    let a = start_agent(&relay.base, agent_opts("alice-1", &alice, &app_a)).await;
+    assert!(a.public_url.ends_with("/t/alice-1"), "{}", a.public_url);
+    a.stop.cancel();
+    drop(a);
+    // Held once the relay has seen alice's agent go.
+    let t0 = Instant::now();
+    loop {
+        let (s, _, _) = send(
+            Method::POST,
+            &format!("{}/t/alice-1/x", relay.base),
+            &[],
+            "for alice only",
+        )
+        .await;
+        if s == StatusCode::ACCEPTED {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "never held: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let held = relay.held.as_ref().unwrap();
+    assert_eq!(held.state("alice-1").unwrap().pending, 1);
+
+    let db = rusqlite::Connection::open(relay_dir.join("held.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        db.execute("DELETE FROM owners WHERE name = 'alice-1'", [])
+            .unwrap(),
+        1
+    );
+    drop(db);
+
+    let b = start_agent(&relay.base, agent_opts("alice-1", &bob, &app)).await;
+    assert!(b.public_url.ends_with("/t/alice-1"), "{}", b.public_url);
+    let st = held.state("alice-1");
+    assert!(st.is_none_or(|s| s.pending == 0 && s.bytes == 0), "{st:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        app.seen().is_empty(),
+        "bob received alice's held event: {:?}",
+        app.seen()
+    );
+}

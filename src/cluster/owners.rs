@@ -40,7 +40,7 @@ use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::registry::{ensure_kv, Registry};
-use crate::relay::owners::{now_ms, InUse, NameOwners, OwnersError, Refused};
+use crate::relay::owners::{now_ms, Claimed, InUse, NameOwners, OwnersError, Refused};
 
 /// The bucket of name owners.
 pub const OWNERS_BUCKET: &str = "whtunnel_owners";
@@ -404,7 +404,7 @@ fn short(fingerprint: &str) -> &str {
 
 #[async_trait::async_trait]
 impl NameOwners for KvOwners {
-    async fn claim(&self, name: &str, user: &str, max_names: u64) -> Result<(), Refused> {
+    async fn claim(&self, name: &str, user: &str, max_names: u64) -> Result<Claimed, Refused> {
         let store = Refused::Store;
         let mut reserved = false;
         for _ in 0..CAS_TRIES {
@@ -415,7 +415,7 @@ impl NameOwners for KvOwners {
                         ..record
                     };
                     match self.kv.update(name_key(name), json(&used), revision).await {
-                        Ok(_) => return Ok(()),
+                        Ok(_) => return Ok(Claimed::Kept),
                         // Touched or expired meanwhile: read again.
                         Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
                         Err(e) => return Err(Refused::Store(e.to_string())),
@@ -448,7 +448,8 @@ impl NameOwners for KvOwners {
                                 self.give_up(name, user, revision).await;
                                 return Err(Refused::Store(e));
                             }
-                            return self.confirm(name, user, max_names, revision).await;
+                            self.confirm(name, user, max_names, revision).await?;
+                            return Ok(Claimed::New);
                         }
                         // Someone created it first: read who.
                         Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}

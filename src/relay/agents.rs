@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::auth::Tokens;
 use super::drain::{Delivery, HoldOrder};
 use super::held::OfflinePolicy;
-use super::owners::Refused;
+use super::owners::{Claimed, Refused};
 use super::users::Identity;
 use super::{text, Shared, TunnelSession};
 use crate::tunnel::link::{self, LinkClient};
@@ -151,14 +151,28 @@ pub(crate) async fn upgrade(
     let drain = (concurrency.max(1) as usize, order == HoldOrder::Strict);
     // The name is its first user's, durably: nobody else claims it, takes
     // it over or receives what is held for it.
-    let claimed = shared.owners.claim(&name, &user, shared.max_names()).await;
-    if let Err(refused) = claimed {
-        tracing::info!(tunnel = %name, %user, from = %remote.ip(), takeover = asked_takeover, "agent refused: {refused}");
-        let status = match refused {
-            Refused::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::FORBIDDEN,
-        };
-        return text(status, &refused.to_string());
+    match shared.owners.claim(&name, &user, shared.max_names()).await {
+        Ok(Claimed::Kept) => {}
+        // A name changing hands starts empty: what a previous owner left
+        // held (its expiry forgets the name first and the events after)
+        // is never delivered to this user.
+        Ok(Claimed::New) => {
+            if let Err(e) = super::forget_held(&shared, &name).await {
+                tracing::warn!(tunnel = %name, %user, "agent refused: {e}");
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("whtunnel: {e}; retry later"),
+                );
+            }
+        }
+        Err(refused) => {
+            tracing::info!(tunnel = %name, %user, from = %remote.ip(), takeover = asked_takeover, "agent refused: {refused}");
+            let status = match refused {
+                Refused::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::FORBIDDEN,
+            };
+            return text(status, &refused.to_string());
+        }
     }
     {
         let tunnels = shared.tunnels.lock();

@@ -50,7 +50,7 @@ pub use auth::Tokens;
 pub use drain::{HoldDelivery, HoldOrder};
 pub use held::{Caps, HeldStore, OfflinePolicy};
 pub use limits::Limits;
-pub use owners::{NameOwners, Refused};
+pub use owners::{Claimed, NameOwners, Refused};
 pub use users::{Accounts, Identity, UsersFile, UsersWatch};
 
 /// How long the relay waits for in-flight exchanges when asked to stop.
@@ -606,6 +606,25 @@ async fn watch_users(shared: Arc<Shared>, watch: Arc<UsersWatch>) {
     }
 }
 
+/// Drops everything held for `name`, on this relay and, when the cluster
+/// owns the names, in the cluster: the name expired, or changed hands.
+async fn forget_held(shared: &Shared, name: &str) -> Result<(), String> {
+    if let Some(held) = shared.held.clone() {
+        let n = name.to_string();
+        tokio::task::spawn_blocking(move || held.forget(&n))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map(drop).map_err(|e| e.to_string()))
+            .map_err(|e| format!("could not drop the held events of '{name}': {e}"))?;
+    }
+    if let (true, Some(cluster)) = (shared.cluster_owners, &shared.cluster) {
+        cluster.forget_held(name).await.map_err(|e| {
+            format!("could not drop the held events of '{name}' in the cluster: {e}")
+        })?;
+    }
+    Ok(())
+}
+
 /// Forgets names nobody used for the name lifetime, with their held
 /// events, so abandoned names stop collecting events and become free.
 async fn expire_names(shared: Arc<Shared>) {
@@ -623,22 +642,9 @@ async fn expire_names(shared: Arc<Shared>) {
                 continue;
             }
         };
-        if let Some(held) = shared.held.clone() {
-            let names = gone.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                for name in &names {
-                    if let Err(e) = held.forget(name) {
-                        tracing::warn!(tunnel = %name, "could not drop the expired name's held events: {e}");
-                    }
-                }
-            })
-            .await;
-        }
-        if let (true, Some(cluster)) = (shared.cluster_owners, &shared.cluster) {
-            for name in &gone {
-                if let Err(e) = cluster.forget_held(name).await {
-                    tracing::warn!(tunnel = %name, "could not drop the expired name's held events in the cluster: {e}");
-                }
+        for name in &gone {
+            if let Err(e) = forget_held(&shared, name).await {
+                tracing::warn!(tunnel = %name, "{e}");
             }
         }
         for name in gone {

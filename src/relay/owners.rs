@@ -46,6 +46,17 @@ pub enum Refused {
     Store(String),
 }
 
+/// What a successful claim did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claimed {
+    /// The user already owned the name.
+    Kept,
+    /// The name was free and is the user's now: whatever is still held for
+    /// it is a previous owner's, never this user's, and is to be dropped
+    /// before the agent is taken.
+    New,
+}
+
 /// The store failed.
 #[derive(Debug, thiserror::Error)]
 #[error("owned-names store: {0}")]
@@ -67,7 +78,7 @@ pub trait NameOwners: Send + Sync {
     /// Claims `name` for `user`, or confirms they own it (and marks it
     /// used now). A new claim is refused when `user` already owns
     /// `max_names` names (0: no cap).
-    async fn claim(&self, name: &str, user: &str, max_names: u64) -> Result<(), Refused>;
+    async fn claim(&self, name: &str, user: &str, max_names: u64) -> Result<Claimed, Refused>;
 
     /// The user owning `name`, if any.
     async fn owner(&self, name: &str) -> Result<Option<String>, OwnersError>;
@@ -139,7 +150,7 @@ fn sqlite_claim(
     name: &str,
     user: &str,
     max_names: u64,
-) -> Result<(), Refused> {
+) -> Result<Claimed, Refused> {
     let store = |e: rusqlite::Error| Refused::Store(e.to_string());
     // IMMEDIATE: the write lock from the start, so the check and the
     // insert are one step and a concurrent writer (the held store, on
@@ -156,13 +167,14 @@ fn sqlite_claim(
         .optional()
         .map_err(store)?;
     let now = now_ms();
-    match owner {
+    let claimed = match owner {
         Some(o) if o == user => {
             tx.execute(
                 "UPDATE owners SET used_ms = ?2 WHERE name = ?1",
                 params![name, now],
             )
             .map_err(store)?;
+            Claimed::Kept
         }
         Some(_) => {
             return Err(Refused::Owned {
@@ -188,14 +200,16 @@ fn sqlite_claim(
                 params![name, user, now],
             )
             .map_err(store)?;
+            Claimed::New
         }
-    }
-    tx.commit().map_err(store)
+    };
+    tx.commit().map_err(store)?;
+    Ok(claimed)
 }
 
 #[async_trait::async_trait]
 impl NameOwners for SqliteOwners {
-    async fn claim(&self, name: &str, user: &str, max_names: u64) -> Result<(), Refused> {
+    async fn claim(&self, name: &str, user: &str, max_names: u64) -> Result<Claimed, Refused> {
         let (conn, name, user) = (self.conn.clone(), name.to_string(), user.to_string());
         tokio::task::spawn_blocking(move || sqlite_claim(&mut conn.lock(), &name, &user, max_names))
             .await
@@ -268,12 +282,12 @@ pub struct MemoryOwners {
 
 #[async_trait::async_trait]
 impl NameOwners for MemoryOwners {
-    async fn claim(&self, name: &str, user: &str, max_names: u64) -> Result<(), Refused> {
+    async fn claim(&self, name: &str, user: &str, max_names: u64) -> Result<Claimed, Refused> {
         let mut names = self.names.lock();
         match names.get_mut(name) {
             Some((o, used)) if o == user => {
                 *used = now_ms();
-                Ok(())
+                Ok(Claimed::Kept)
             }
             Some(_) => Err(Refused::Owned {
                 name: name.to_string(),
@@ -287,7 +301,7 @@ impl NameOwners for MemoryOwners {
                     });
                 }
                 names.insert(name.to_string(), (user.to_string(), now_ms()));
-                Ok(())
+                Ok(Claimed::New)
             }
         }
     }
@@ -328,8 +342,8 @@ mod tests {
 
     /// The behaviour every store shares.
     async fn exercise(o: &dyn NameOwners) {
-        o.claim("a-1", "alice", 2).await.unwrap();
-        o.claim("a-1", "alice", 2).await.unwrap();
+        assert_eq!(o.claim("a-1", "alice", 2).await, Ok(Claimed::New));
+        assert_eq!(o.claim("a-1", "alice", 2).await, Ok(Claimed::Kept));
         assert_eq!(
             o.claim("a-1", "bob", 2).await,
             Err(Refused::Owned { name: "a-1".into() })
@@ -350,7 +364,8 @@ mod tests {
             .unwrap();
         gone.sort();
         assert_eq!(gone, vec!["a-1".to_string()]);
-        o.claim("a-1", "bob", 2).await.unwrap();
+        // Free again: a new owner's claim, which drops what was held.
+        assert_eq!(o.claim("a-1", "bob", 2).await, Ok(Claimed::New));
     }
 
     #[tokio::test]
