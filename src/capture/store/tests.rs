@@ -692,6 +692,18 @@ fn kept_ids(s: &Store) -> Vec<ExchangeId> {
     ids
 }
 
+/// Rows in each partition table, partition 0 first.
+fn partition_sizes(s: &Store) -> Vec<i64> {
+    (0..retention::PARTITIONS)
+        .map(|n| {
+            let t = retention::partition_table(n);
+            s.conn
+                .query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0))
+                .unwrap()
+        })
+        .collect()
+}
+
 #[test]
 fn retention_drops_the_oldest_partition_whole_once_the_count_limit_is_passed() {
     let tmp = tempfile::tempdir().unwrap();
@@ -715,14 +727,7 @@ fn retention_drops_the_oldest_partition_whole_once_the_count_limit_is_passed() {
     assert_eq!(kept_ids(&s), ids[ids.len() - 151..]);
     assert!(s.get(ids[19]).unwrap().is_none());
     // Whole partitions: emptied without a WHERE, so SQLite visits no row.
-    let sizes: Vec<i64> = (0..retention::PARTITIONS)
-        .map(|n| {
-            let t = retention::partition_table(n);
-            s.conn
-                .query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0))
-                .unwrap()
-        })
-        .collect();
+    let sizes = partition_sizes(&s);
     assert_eq!(sizes.iter().filter(|&&n| n == 10).count(), 15, "{sizes:?}");
     assert_eq!(sizes.iter().sum::<i64>(), 151, "{sizes:?}");
     // Every kept exchange has its headers and bodies.
@@ -1013,14 +1018,7 @@ fn a_schema_7_store_is_split_into_partitions_by_migration_8() {
     assert_eq!(ex.webhook.delivery_id.as_deref(), Some("d30"));
     assert_eq!(s.find_by_relay_event("ev_12").unwrap().unwrap().id, 12);
     // Split in storing order, 3 a partition (40 / 16 rounded up).
-    let sizes: Vec<i64> = (0..retention::PARTITIONS)
-        .map(|n| {
-            let t = retention::partition_table(n);
-            s.conn
-                .query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0))
-                .unwrap()
-        })
-        .collect();
+    let sizes = partition_sizes(&s);
     assert_eq!(sizes, [3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 1, 0, 0]);
     // Ids are never reused, and at the limit the first drop after the
     // upgrade takes only the oldest partition.
