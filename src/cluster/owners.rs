@@ -468,6 +468,16 @@ impl NameOwners for KvOwners {
         )))
     }
 
+    async fn release(&self, name: &str, user: &str) -> Result<(), OwnersError> {
+        match self.name_entry(name).await.map_err(OwnersError)? {
+            Some((record, revision)) if record.user == user => {
+                self.give_up(name, user, revision).await;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
     async fn owner(&self, name: &str) -> Result<Option<String>, OwnersError> {
         Ok(self
             .name_entry(name)

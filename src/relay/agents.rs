@@ -159,6 +159,11 @@ pub(crate) async fn upgrade(
         Ok(Claimed::New) => {
             if let Err(e) = super::forget_held(&shared, &name).await {
                 tracing::warn!(tunnel = %name, %user, "agent refused: {e}");
+                // Not kept: a later claim must find the name free and
+                // purge again, never find it owned and skip the purge.
+                if let Err(e) = shared.owners.release(&name, &user).await {
+                    tracing::warn!(tunnel = %name, %user, "could not release the claim: {e}");
+                }
                 return text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &format!("whtunnel: {e}; retry later"),

@@ -80,6 +80,10 @@ pub trait NameOwners: Send + Sync {
     /// `max_names` names (0: no cap).
     async fn claim(&self, name: &str, user: &str, max_names: u64) -> Result<Claimed, Refused>;
 
+    /// Undoes a [`Claimed::New`] claim whose agent was not taken: `name`
+    /// is free again if `user` still owns it.
+    async fn release(&self, name: &str, user: &str) -> Result<(), OwnersError>;
+
     /// The user owning `name`, if any.
     async fn owner(&self, name: &str) -> Result<Option<String>, OwnersError>;
 
@@ -216,6 +220,18 @@ impl NameOwners for SqliteOwners {
             .unwrap_or_else(|e| Err(Refused::Store(e.to_string())))
     }
 
+    async fn release(&self, name: &str, user: &str) -> Result<(), OwnersError> {
+        let (name, user) = (name.to_string(), user.to_string());
+        self.with_conn(move |conn| {
+            conn.execute(
+                "DELETE FROM owners WHERE name = ?1 AND user = ?2",
+                params![name, user],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
     async fn owner(&self, name: &str) -> Result<Option<String>, OwnersError> {
         let name = name.to_string();
         self.with_conn(move |conn| {
@@ -306,6 +322,14 @@ impl NameOwners for MemoryOwners {
         }
     }
 
+    async fn release(&self, name: &str, user: &str) -> Result<(), OwnersError> {
+        let mut names = self.names.lock();
+        if names.get(name).is_some_and(|(o, _)| o == user) {
+            names.remove(name);
+        }
+        Ok(())
+    }
+
     async fn owner(&self, name: &str) -> Result<Option<String>, OwnersError> {
         Ok(self.names.lock().get(name).map(|(o, _)| o.clone()))
     }
@@ -366,6 +390,13 @@ mod tests {
         assert_eq!(gone, vec!["a-1".to_string()]);
         // Free again: a new owner's claim, which drops what was held.
         assert_eq!(o.claim("a-1", "bob", 2).await, Ok(Claimed::New));
+        // Released (its agent was not taken): free once more, and only by
+        // its owner.
+        o.release("a-1", "alice").await.unwrap();
+        assert_eq!(o.owner("a-1").await.unwrap().as_deref(), Some("bob"));
+        o.release("a-1", "bob").await.unwrap();
+        assert_eq!(o.owner("a-1").await.unwrap(), None);
+        assert_eq!(o.claim("a-1", "alice", 0).await, Ok(Claimed::New));
     }
 
     #[tokio::test]
@@ -378,6 +409,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         exercise(&SqliteOwners::open(dir.path()).unwrap()).await;
         let again = SqliteOwners::open(dir.path()).unwrap();
-        assert_eq!(again.owner("a-1").await.unwrap().as_deref(), Some("bob"));
+        assert_eq!(again.owner("a-1").await.unwrap().as_deref(), Some("alice"));
     }
 }
