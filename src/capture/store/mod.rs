@@ -583,6 +583,8 @@ impl Store {
     /// The highest id stored so far (0 when empty): a cheap way for a
     /// reader to notice rows another process added.
     pub fn max_id(&self) -> Result<ExchangeId, StoreError> {
+        // Not MAX(id): over the view that visits every row; ORDER BY merges
+        // the partitions' rowid order and stops at the first.
         Ok(self.conn.query_row(
             "SELECT COALESCE((SELECT id FROM exchanges ORDER BY id DESC LIMIT 1), 0)",
             [],

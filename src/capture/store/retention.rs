@@ -237,7 +237,10 @@ impl Parts {
         removed: &mut Vec<String>,
     ) -> Result<(), StoreError> {
         let over = |p: &Parts| p.count() > config.max_exchanges || p.bytes() > config.max_bytes;
-        for n in self.oldest_first().collect::<Vec<_>>() {
+        if !over(self) {
+            return Ok(());
+        }
+        for n in self.oldest_first() {
             if self.count() <= config.max_exchanges {
                 break;
             }
@@ -249,7 +252,7 @@ impl Parts {
             }
             self.empty(tx, n, removed)?;
         }
-        for n in self.oldest_first().collect::<Vec<_>>() {
+        for n in self.oldest_first() {
             if !over(self) {
                 break;
             }
