@@ -110,6 +110,9 @@ pub struct BodyProof {
     pub relay: Option<BodyDigest>,
     /// `Some(true)`: the app got exactly the bytes the relay received;
     /// `Some(false)`: something between relay and app changed them.
+    /// Recorded as `None` with a relay hash when the agent left the
+    /// comparison to the store (`body_hash::Check::Stored`); the store
+    /// fills it in when it reads the exchange.
     pub intact: Option<bool>,
 }
 
@@ -131,6 +134,26 @@ impl BodyDigest {
             BodyDigest::Blake3(d) => blake3::hash(bytes).as_bytes() == d,
             BodyDigest::Sha256(d) => <[u8; 32]>::from(sha2::Sha256::digest(bytes)) == *d,
         }
+    }
+
+    /// Whether the bytes `reader` yields hash to this digest, read in
+    /// pieces (a stored body file may be large).
+    pub fn matches_reader(&self, mut reader: impl std::io::Read) -> std::io::Result<bool> {
+        use sha2::Digest;
+        Ok(match self {
+            BodyDigest::Blake3(d) => {
+                blake3::Hasher::new()
+                    .update_reader(reader)?
+                    .finalize()
+                    .as_bytes()
+                    == d
+            }
+            BodyDigest::Sha256(d) => {
+                let mut h = sha2::Sha256::new();
+                std::io::copy(&mut reader, &mut h)?;
+                <[u8; 32]>::from(h.finalize()) == *d
+            }
+        })
     }
 
     /// Reads the [`Display`](std::fmt::Display) form, `blake3:<hex>` or

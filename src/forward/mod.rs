@@ -45,7 +45,7 @@ use record::{Busy, Pending, Recording};
 use crate::capture::{
     self, BodyData, BodyLimits, CapturedBody, ExchangeId, Outcome, RecordedResponse, Recorder,
 };
-use crate::tunnel::body_hash::{self, CheckHash};
+use crate::tunnel::body_hash::{self, Check, CheckHash};
 use crate::tunnel::protocol::{
     strip_hop_by_hop, strip_protocol_headers, AgentError, LinkMeta, RequestMeta, HDR_ERROR,
 };
@@ -272,13 +272,23 @@ impl Forwarder {
         self.apply_host(&mut headers, meta.host.as_deref(), &path);
         add_forwarded(&mut headers, &meta);
 
-        // The relay's body hash is checked against the bytes the app gets.
+        // The relay's body hash is checked against the bytes the app gets:
+        // here as they pass, or, for a body the capture keeps whole, by the
+        // store against its copy (see `body_hash`).
         let (body, body_hashes) = if self.recorder().is_some() {
             let relay = meta
                 .body_blake3
                 .as_deref()
                 .and_then(|h| body_hash::from_hex(h.as_bytes()));
-            let (b, slot) = CheckHash::new(body, relay);
+            let kept_whole = http_body::Body::size_hint(&body)
+                .exact()
+                .is_some_and(|n| n <= self.inner.config.body_limits.max_capture);
+            let check = if kept_whole {
+                Check::Stored
+            } else {
+                Check::Streaming
+            };
+            let (b, slot) = CheckHash::new(body, relay, check);
             (b.map_err(BoxError::from).boxed_unsync(), Some(slot))
         } else {
             (body.map_err(BoxError::from).boxed_unsync(), None)

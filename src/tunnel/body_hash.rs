@@ -9,6 +9,12 @@
 //! exception is the agent holding back a body's last chunk until the trailer
 //! behind it arrives (the HTTP/1 client stops reading a body once its
 //! `Content-Length` is sent, so it would never see the trailer otherwise).
+//!
+//! When the capture keeps the body whole, the agent does not hash it on
+//! the way ([`Check::Stored`]): the stored bytes are the bytes the app got,
+//! so the capture store compares them with the relay's hash when the
+//! exchange is read. Recording then costs no hashing at all, and the
+//! comparison covers the stored copy too.
 
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -121,16 +127,29 @@ pub struct BodyHashes {
     /// The relay's hash of the bytes it received (`None`: no hash in the
     /// metadata and no trailer).
     pub relay: Option<Digest>,
-    /// The hash of the bytes this side passed on.
-    pub here: Digest,
+    /// The hash of the bytes this side passed on; `None` under
+    /// [`Check::Stored`], where the stored copy is compared instead.
+    pub here: Option<Digest>,
 }
 
 impl BodyHashes {
     /// `Some(true)` when the relay's hash matches the bytes passed on,
-    /// `Some(false)` when it does not, `None` without a relay hash.
+    /// `Some(false)` when it does not, `None` without a relay hash or
+    /// without a hash here.
     pub fn intact(&self) -> Option<bool> {
-        self.relay.map(|r| r == self.here)
+        Some(self.relay? == self.here?)
     }
+}
+
+/// Where the agent compares the relay's hash with the bytes the app got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Hash the bytes as they pass: for a body the capture does not keep
+    /// whole.
+    Streaming,
+    /// Do not hash them: the capture keeps this body whole, and the store
+    /// compares the relay's hash with those bytes when the exchange is read.
+    Stored,
 }
 
 /// Agent side: passes a request body on with its trailers removed, hashes
@@ -139,7 +158,9 @@ impl BodyHashes {
 /// midway leaves it empty.
 pub struct CheckHash<B> {
     inner: B,
-    hasher: blake3::Hasher,
+    /// `None` under [`Check::Stored`]. Boxed: a hasher is 1.9 KB, which
+    /// every move of the request future would copy.
+    hasher: Option<Box<blake3::Hasher>>,
     read: u64,
     /// The body's declared length: its last chunk is held back until the
     /// trailer behind it is read.
@@ -154,13 +175,13 @@ impl<B: Body<Data = Bytes> + Unpin> CheckHash<B> {
     /// Wraps `inner`; the slot is filled when the body has ended. `relay`:
     /// the relay's hash when it came with the request (a body the relay
     /// read whole); then no trailer is waited for.
-    pub fn new(inner: B, relay: Option<Digest>) -> (Self, Arc<OnceLock<BodyHashes>>) {
+    pub fn new(inner: B, relay: Option<Digest>, check: Check) -> (Self, Arc<OnceLock<BodyHashes>>) {
         let slot = Arc::new(OnceLock::new());
         let mut me = Self {
             // Only a trailer is worth holding the last chunk back for.
             exact: inner.size_hint().exact().filter(|_| relay.is_none()),
             inner,
-            hasher: blake3::Hasher::new(),
+            hasher: (check == Check::Streaming).then(Default::default),
             read: 0,
             relay,
             held_back: None,
@@ -175,7 +196,7 @@ impl<B: Body<Data = Bytes> + Unpin> CheckHash<B> {
 
     fn finish(&mut self) {
         self.finished = true;
-        let here: Digest = *self.hasher.finalize().as_bytes();
+        let here = self.hasher.as_ref().map(|h| *h.finalize().as_bytes());
         let _ = self.slot.set(BodyHashes {
             relay: self.relay,
             here,
@@ -199,7 +220,9 @@ impl<B: Body<Data = Bytes> + Unpin> Body for CheckHash<B> {
             match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
-                        this.hasher.update(&data);
+                        if let Some(h) = &mut this.hasher {
+                            h.update(&data);
+                        }
                         this.read += data.len() as u64;
                         if this.inner.is_end_stream() {
                             this.finish();
@@ -288,7 +311,7 @@ mod tests {
         let body = Full::new(Bytes::from_static(b"{\"a\":1}"));
         assert!(HashTrailer::applies(&body));
         let relay = HashTrailer::new(body);
-        let (agent, slot) = CheckHash::new(relay, None);
+        let (agent, slot) = CheckHash::new(relay, None, Check::Streaming);
         let got = agent.collect().await.unwrap();
         assert!(got.trailers().is_none(), "the trailer is removed");
         assert_eq!(got.to_bytes(), "{\"a\":1}");
@@ -296,6 +319,19 @@ mod tests {
         let want: Digest = *blake3::hash(b"{\"a\":1}").as_bytes();
         assert_eq!(h.relay, Some(want));
         assert_eq!(h.intact(), Some(true));
+    }
+
+    #[tokio::test]
+    async fn a_body_checked_where_it_is_stored_is_not_hashed_here_but_its_trailer_is_read() {
+        let relay = HashTrailer::new(Full::new(Bytes::from_static(b"{\"a\":1}")));
+        let (agent, slot) = CheckHash::new(relay, None, Check::Stored);
+        let got = agent.collect().await.unwrap();
+        assert!(got.trailers().is_none(), "the trailer is removed");
+        assert_eq!(got.to_bytes(), "{\"a\":1}");
+        let h = slot.get().unwrap();
+        assert_eq!(h.relay, Some(digest(b"{\"a\":1}")));
+        assert_eq!(h.here, None);
+        assert_eq!(h.intact(), None, "left to the store");
     }
 
     #[tokio::test]
@@ -308,14 +344,15 @@ mod tests {
             Frame::data(Bytes::from_static(b"900")),
             Frame::trailers(t),
         ]);
-        let (agent, slot) = CheckHash::new(body, None);
+        let (agent, slot) = CheckHash::new(body, None, Check::Streaming);
         assert_eq!(agent.collect().await.unwrap().to_bytes(), "amount=900");
         assert_eq!(slot.get().unwrap().intact(), Some(false));
     }
 
     #[tokio::test]
     async fn without_a_trailer_there_is_no_verdict_and_a_sender_trailer_is_dropped() {
-        let (agent, slot) = CheckHash::new(Full::new(Bytes::from_static(b"x")), None);
+        let (agent, slot) =
+            CheckHash::new(Full::new(Bytes::from_static(b"x")), None, Check::Streaming);
         agent.collect().await.unwrap();
         assert_eq!(slot.get().unwrap().intact(), None);
 
@@ -335,12 +372,18 @@ mod tests {
 
     #[tokio::test]
     async fn a_hash_from_the_metadata_needs_no_trailer() {
-        let (agent, slot) =
-            CheckHash::new(Full::new(Bytes::from_static(b"abc")), Some(digest(b"abc")));
+        let (agent, slot) = CheckHash::new(
+            Full::new(Bytes::from_static(b"abc")),
+            Some(digest(b"abc")),
+            Check::Streaming,
+        );
         assert_eq!(agent.collect().await.unwrap().to_bytes(), "abc");
         assert_eq!(slot.get().unwrap().intact(), Some(true));
-        let (agent, slot) =
-            CheckHash::new(Full::new(Bytes::from_static(b"abd")), Some(digest(b"abc")));
+        let (agent, slot) = CheckHash::new(
+            Full::new(Bytes::from_static(b"abd")),
+            Some(digest(b"abc")),
+            Check::Streaming,
+        );
         agent.collect().await.unwrap();
         assert_eq!(slot.get().unwrap().intact(), Some(false));
     }
@@ -375,6 +418,7 @@ mod tests {
                 3,
             ),
             None,
+            Check::Streaming,
         );
         let first = agent.0.frame().await.unwrap().unwrap();
         assert_eq!(first.into_data().unwrap(), "abc");

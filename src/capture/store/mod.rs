@@ -42,8 +42,8 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
 use super::model::{
-    BodyDigest, BodyProof, Exchange, ExchangeId, ExchangeSummary, Header, Outcome, RecordedRequest,
-    RecordedResponse, SignatureCheck, WebhookInfo,
+    BodyData, BodyDigest, BodyProof, CapturedBody, Exchange, ExchangeId, ExchangeSummary, Header,
+    Outcome, RecordedRequest, RecordedResponse, SignatureCheck, WebhookInfo,
 };
 use bodies::{create_private_dir, Prepared, FREE_DIR};
 use retention::Parts;
@@ -225,6 +225,27 @@ fn headers_from_json(s: &str) -> Vec<Header> {
             Some((name, value))
         })
         .collect()
+}
+
+/// The body-hash proof of a body the agent left to the store
+/// (`body_hash::Check::Stored`): whether the stored bytes, which are the
+/// bytes the app got, are the bytes the relay hashed. `None` unless the
+/// whole body is still stored: a copy cut short proves nothing either way.
+fn prove_stored(relay: BodyDigest, body: &CapturedBody) -> Option<bool> {
+    if body.truncated {
+        return None;
+    }
+    match &body.data {
+        BodyData::Empty => (body.total_len == 0).then(|| relay.matches(b"")),
+        BodyData::Memory(b) => (b.len() as u64 == body.total_len).then(|| relay.matches(b)),
+        BodyData::File(path) => {
+            let file = fs::File::open(path).ok()?;
+            if file.metadata().ok()?.len() != body.total_len {
+                return None;
+            }
+            relay.matches_reader(std::io::BufReader::new(file)).ok()
+        }
+    }
 }
 
 /// True for failures of the database as a whole rather than of one row.
@@ -701,7 +722,13 @@ impl Store {
                 })
             })
             .optional()?;
-        Ok(ex)
+        Ok(ex.map(|mut ex| {
+            ex.body_proof.intact = ex
+                .body_proof
+                .intact
+                .or_else(|| prove_stored(ex.body_proof.relay?, &ex.request.body));
+            ex
+        }))
     }
 
     /// Runs `PRAGMA integrity_check` and returns its first line (`"ok"` when

@@ -680,6 +680,78 @@ fn the_sender_and_its_signature_check_are_stored_and_listed() {
     );
 }
 
+#[test]
+fn a_body_left_to_the_store_is_proven_against_the_stored_bytes_when_read() {
+    use crate::capture::{BodyDigest, BodyProof};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = open(tmp.path());
+    let left_to_store = |body: &[u8], relay_saw: &[u8]| {
+        let mut ex = sample(body);
+        ex.body_proof = BodyProof {
+            relay: Some(BodyDigest::Blake3(*blake3::hash(relay_saw).as_bytes())),
+            intact: None,
+        };
+        ex
+    };
+    let intact = |s: &Store, id| s.get(id).unwrap().unwrap().body_proof.intact;
+    let small = br#"{"amount":100}"#;
+    let same = s.insert(&left_to_store(small, small)).unwrap();
+    assert_eq!(intact(&s, same), Some(true));
+    let changed = s
+        .insert(&left_to_store(br#"{"amount":900}"#, small))
+        .unwrap();
+    assert_eq!(intact(&s, changed), Some(false));
+    // The column stays empty: the proof is made from the bytes each time.
+    let stored: Option<bool> = s
+        .conn
+        .query_row(
+            "SELECT body_intact FROM exchanges WHERE id = ?1",
+            [same],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(stored, None);
+
+    // A body in a file, read in pieces.
+    let big: Vec<u8> = (0..INLINE_BODY_MAX as u32 * 3)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let in_file = s.insert(&left_to_store(&big, &big)).unwrap();
+    assert!(matches!(
+        s.get(in_file).unwrap().unwrap().request.body.data,
+        BodyData::File(_)
+    ));
+    assert_eq!(intact(&s, in_file), Some(true));
+    let mut other = big.clone();
+    other[100_000] ^= 1;
+    let file_changed = s.insert(&left_to_store(&other, &big)).unwrap();
+    assert_eq!(intact(&s, file_changed), Some(false));
+
+    // A copy cut short proves nothing either way.
+    let mut cut = left_to_store(&big[..1000], &big);
+    cut.request.body.total_len = big.len() as u64;
+    cut.request.body.truncated = true;
+    let cut = s.insert(&cut).unwrap();
+    assert_eq!(intact(&s, cut), None);
+    // Neither does a stored file that lost its end.
+    let BodyData::File(path) = s.get(in_file).unwrap().unwrap().request.body.data else {
+        unreachable!()
+    };
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(1000)
+        .unwrap();
+    assert_eq!(intact(&s, in_file), None);
+
+    // What the agent checked itself is read as recorded.
+    let mut checked = left_to_store(small, b"something else");
+    checked.body_proof.intact = Some(true);
+    let checked = s.insert(&checked).unwrap();
+    assert_eq!(intact(&s, checked), Some(true));
+}
+
 /// The ids kept, oldest first.
 fn kept_ids(s: &Store) -> Vec<ExchangeId> {
     let mut ids: Vec<_> = s
