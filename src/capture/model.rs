@@ -170,15 +170,40 @@ impl BodyDigest {
     }
 }
 
+impl BodyDigest {
+    /// The [`Display`](std::fmt::Display) form in a fixed buffer: the store
+    /// writes one per exchange, and this allocates nothing.
+    pub fn text(&self) -> DigestText {
+        let (algorithm, d) = match self {
+            BodyDigest::Blake3(d) => (b"blake3:", d),
+            BodyDigest::Sha256(d) => (b"sha256:", d),
+        };
+        let mut buf = [0u8; DigestText::LEN];
+        buf[..7].copy_from_slice(algorithm);
+        data_encoding::HEXLOWER.encode_mut(d, &mut buf[7..]);
+        DigestText(buf)
+    }
+}
+
+/// `<algorithm>:<lower-case hex>` of a [`BodyDigest`], without allocating.
+#[derive(Clone, Copy)]
+pub struct DigestText([u8; DigestText::LEN]);
+
+impl DigestText {
+    /// Both algorithms' names are 6 letters; 32 bytes are 64 hex digits.
+    const LEN: usize = 7 + 64;
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("ASCII by construction")
+    }
+}
+
 impl std::fmt::Display for BodyDigest {
     /// `<algorithm>:<lower-case hex>`, as `requests show --json` and the
     /// store write it.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (algorithm, d) = match self {
-            BodyDigest::Blake3(d) => ("blake3", d),
-            BodyDigest::Sha256(d) => ("sha256", d),
-        };
-        write!(f, "{algorithm}:{}", crate::tunnel::body_hash::to_hex(d))
+        f.write_str(self.text().as_str())
     }
 }
 
@@ -321,6 +346,26 @@ impl CapturedBody {
             total_len: bytes.len() as u64,
             data: BodyData::Memory(bytes),
             truncated: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_digest_is_written_as_algorithm_and_lower_case_hex_and_reads_back() {
+        let d: [u8; 32] = std::array::from_fn(|i| (i * 9) as u8 ^ 0xa5);
+        let hex = crate::tunnel::body_hash::to_hex(&d);
+        assert_eq!(hex.len(), 64);
+        for (digest, name) in [
+            (BodyDigest::Blake3(d), "blake3"),
+            (BodyDigest::Sha256(d), "sha256"),
+        ] {
+            assert_eq!(digest.to_string(), format!("{name}:{hex}"));
+            assert_eq!(digest.text().as_str(), digest.to_string());
+            assert_eq!(BodyDigest::parse(digest.text().as_str()), Some(digest));
         }
     }
 }

@@ -573,17 +573,12 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 
 fn add_forwarded(headers: &mut HeaderMap, meta: &RequestMeta) {
     if let Some(addr) = &meta.remote_addr {
-        use std::io::Write as _;
-        // The sender's IP, without the port, formatted in place: this runs
-        // for every request.
-        let mut ip = [0u8; 64];
-        let mut rest = &mut ip[..];
-        let _ = match addr.parse::<std::net::SocketAddr>() {
-            Ok(a) => write!(rest, "{}", a.ip()),
-            Err(_) => write!(rest, "{addr}"),
-        };
-        let len = 64 - rest.len();
-        let ip = &ip[..len];
+        // The sender's IP without the port. The metadata check let only an
+        // IP socket address through (`1.2.3.4:5`, `[::1]:5`), so the IP is
+        // what precedes the last ':', brackets removed: cut, not parsed and
+        // formatted again, since this runs for every request.
+        let ip = addr.rsplit_once(':').map_or(addr.as_str(), |(ip, _)| ip);
+        let ip = ip.trim_start_matches('[').trim_end_matches(']').as_bytes();
         let value = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
             Some(prev) => HeaderValue::from_bytes(&[prev, b", ", ip].concat()),
             None => HeaderValue::from_bytes(ip),
@@ -664,5 +659,14 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "hooks.example.com");
+
+        // An IPv6 sender: the address without brackets or port.
+        let mut h = HeaderMap::new();
+        let meta = RequestMeta {
+            remote_addr: Some("[2001:db8::7]:443".into()),
+            ..meta
+        };
+        add_forwarded(&mut h, &meta);
+        assert_eq!(h["x-forwarded-for"], "2001:db8::7");
     }
 }

@@ -44,8 +44,18 @@ pub fn to_hex(d: &Digest) -> String {
 
 /// Reads a digest from hex (either case); `None` unless exactly 32 bytes.
 pub fn from_hex(s: &[u8]) -> Option<Digest> {
-    let lower = s.to_ascii_lowercase();
-    data_encoding::HEXLOWER.decode(&lower).ok()?.try_into().ok()
+    let mut d = [0u8; 32];
+    if data_encoding::HEXLOWER_PERMISSIVE
+        .decode_len(s.len())
+        .ok()?
+        != d.len()
+    {
+        return None;
+    }
+    data_encoding::HEXLOWER_PERMISSIVE
+        .decode_mut(s, &mut d)
+        .ok()?;
+    Some(d)
 }
 
 /// Relay side: passes a request body through and ends it with the
@@ -319,6 +329,16 @@ mod tests {
         let want: Digest = *blake3::hash(b"{\"a\":1}").as_bytes();
         assert_eq!(h.relay, Some(want));
         assert_eq!(h.intact(), Some(true));
+    }
+
+    #[test]
+    fn a_digest_reads_from_hex_of_either_case_and_exactly_32_bytes() {
+        let d = digest(b"abc");
+        assert_eq!(from_hex(to_hex(&d).as_bytes()), Some(d));
+        assert_eq!(from_hex(to_hex(&d).to_uppercase().as_bytes()), Some(d));
+        assert_eq!(from_hex(&to_hex(&d).as_bytes()[..62]), None);
+        assert_eq!(from_hex(format!("{}00", to_hex(&d)).as_bytes()), None);
+        assert_eq!(from_hex("zz".repeat(32).as_bytes()), None);
     }
 
     #[tokio::test]

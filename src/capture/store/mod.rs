@@ -42,8 +42,9 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
 use super::model::{
-    BodyData, BodyDigest, BodyProof, CapturedBody, Exchange, ExchangeId, ExchangeSummary, Header,
-    Outcome, RecordedRequest, RecordedResponse, SignatureCheck, WebhookInfo,
+    BodyData, BodyDigest, BodyProof, CapturedBody, DigestText, Exchange, ExchangeId,
+    ExchangeSummary, Header, Outcome, RecordedRequest, RecordedResponse, SignatureCheck,
+    WebhookInfo,
 };
 use bodies::{create_private_dir, Prepared, FREE_DIR};
 use retention::Parts;
@@ -491,6 +492,7 @@ impl Store {
             let (q, s) = (&prep.req, &prep.resp);
             let (partition, id) = parts.take(q.kept + s.kept);
             let sig = ex.webhook.signature.as_ref();
+            let digest = ex.body_proof.relay.as_ref().map(BodyDigest::text);
             tx.prepare_cached(&retention::INSERT[partition])?
                 .execute(params![
                     id,
@@ -521,7 +523,7 @@ impl Store {
                     sig.map(|s| s.scheme.as_str()),
                     sig.map(|s| s.verdict.as_str()),
                     sig.and_then(|s| s.reason.as_deref()),
-                    ex.body_proof.relay.as_ref().map(BodyDigest::to_string),
+                    digest.as_ref().map(DigestText::as_str),
                     ex.body_proof.intact,
                     ex.webhook.sender_timeout_ms.map(|t| t as i64),
                     headers_to_json(&ex.request.headers),
