@@ -65,18 +65,18 @@ pub enum CaptureEvent {
     },
 }
 
-type Reply = oneshot::Sender<Result<ExchangeId, StoreError>>;
+/// Where the id of a stored exchange goes: `None` when nobody waits for it.
+type Reply = Option<oneshot::Sender<Result<ExchangeId, StoreError>>>;
 
 enum Job {
     /// An exchange to store.
     Record {
         /// The exchange.
         ex: Box<Exchange>,
-        /// Answered with its id once stored (or why it was not).
-        reply: Reply,
-        /// Someone waits for the id: commit without lingering (see
+        /// Answered with its id once stored (or why it was not). Someone
+        /// waiting for the id also means: commit without lingering (see
         /// [`GROUP_COMMIT_LINGER`]).
-        urgent: bool,
+        reply: Reply,
     },
     /// Store what is queued before this, then stop; answer when done.
     Close(oneshot::Sender<()>),
@@ -331,7 +331,9 @@ impl Recorder {
     /// stored (or failed). Never blocks: when the queue is full the exchange is
     /// reported as not stored.
     pub fn record(&self, ex: Exchange) -> oneshot::Receiver<Result<ExchangeId, StoreError>> {
-        self.queue(ex, true)
+        let (reply, rx) = oneshot::channel();
+        self.queue(ex, Some(reply));
+        rx
     }
 
     /// Like [`Recorder::record`] for an exchange nobody waits for (a live
@@ -340,19 +342,13 @@ impl Recorder {
     /// writer may hold it for up to [`GROUP_COMMIT_LINGER`] to commit it
     /// together with others.
     pub fn record_in_background(&self, ex: Exchange) {
-        drop(self.queue(ex, false));
+        self.queue(ex, None);
     }
 
-    fn queue(
-        &self,
-        ex: Exchange,
-        urgent: bool,
-    ) -> oneshot::Receiver<Result<ExchangeId, StoreError>> {
-        let (reply, rx) = oneshot::channel();
+    fn queue(&self, ex: Exchange, reply: Reply) {
         match self.tx.try_send(Job::Record {
             ex: Box::new(ex),
             reply,
-            urgent,
         }) {
             Ok(()) => {}
             Err(e) => {
@@ -368,12 +364,13 @@ impl Recorder {
                         summary,
                         reason: err.to_string(),
                     });
-                    let _ = reply.send(Err(err));
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(err));
+                    }
                     discard_spilled(*ex);
                 }
             }
         }
-        rx
     }
 
     /// The stored exchange that answered relay event `event_id`, if any.
@@ -485,7 +482,7 @@ fn writer(
 /// [`GROUP_COMMIT_LINGER`]).
 fn is_urgent(job: &Job) -> bool {
     match job {
-        Job::Record { urgent, .. } => *urgent,
+        Job::Record { reply, .. } => reply.is_some(),
         Job::Close(_) | Job::Lookup(..) => true,
     }
 }
@@ -521,7 +518,9 @@ fn store_batch(
             Ok(id) => {
                 summary.id = id;
                 events.finished(CaptureEvent::Stored(summary));
-                let _ = reply.send(Ok(id));
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(id));
+                }
             }
             Err(e) => {
                 summary.id = 0;
@@ -530,7 +529,9 @@ fn store_batch(
                     summary,
                     reason: e.to_string(),
                 });
-                let _ = reply.send(Err(e));
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(e));
+                }
                 discard_spilled(ex.clone());
             }
         }
