@@ -6,7 +6,6 @@
 //! the app answered.
 
 use http_body_util::BodyExt;
-use tokio::sync::oneshot;
 
 use super::held::ERR_ANSWER_UNDELIVERED;
 use super::record::{Answer, Recording};
@@ -97,8 +96,7 @@ impl Drop for CallGuard {
                     }
                 },
             };
-            let (id_tx, _) = oneshot::channel();
-            recording.finish(outcome, answer, Some(error), id_tx).await;
+            recording.finish(outcome, answer, Some(error), None).await;
             drop(permit);
         });
     }

@@ -459,9 +459,7 @@ impl Forwarder {
                 let Some(recording) = recording else {
                     return (Response::from_parts(parts, body), None);
                 };
-                let (id_tx, id_rx) = oneshot::channel();
-                // Unwanted, the receiver goes now: the recording sees nobody waits.
-                let id_rx = wants_id.then_some(id_rx);
+                let (id_tx, id_rx) = id_channel(wants_id);
                 let status = parts.status.as_u16();
                 let runtime = tokio::runtime::Handle::current();
                 let body = capture::tee_then(body, &cfg.body_limits, move |body| {
@@ -524,8 +522,7 @@ impl Forwarder {
                 truncated: false,
             },
         };
-        let (id_tx, id_rx) = oneshot::channel();
-        let id_rx = wants_id.then_some(id_rx);
+        let (id_tx, id_rx) = id_channel(wants_id);
         let runtime = tokio::runtime::Handle::current();
         recording.finish_with(outcome, response, Some(error), id_tx, &runtime);
         (resp, id_rx)
@@ -570,6 +567,24 @@ async fn collect_capped(mut body: Body, max: usize) -> Bytes {
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Sends the id an exchange was stored under (`None`: not stored).
+type IdSender = oneshot::Sender<Option<ExchangeId>>;
+
+/// Where a recording sends the stored id: a channel only when someone
+/// waits for it (a held delivery, a replay); a live exchange gets none.
+fn id_channel(
+    wanted: bool,
+) -> (
+    Option<IdSender>,
+    Option<oneshot::Receiver<Option<ExchangeId>>>,
+) {
+    if !wanted {
+        return (None, None);
+    }
+    let (tx, rx) = oneshot::channel();
+    (Some(tx), Some(rx))
+}
 
 fn add_forwarded(headers: &mut HeaderMap, meta: &RequestMeta) {
     if let Some(addr) = &meta.remote_addr {

@@ -92,13 +92,13 @@ fn captured_nothing() -> CapturedBody {
 
 impl Recording {
     /// Waits for both bodies to finish streaming, then records the
-    /// exchange. The stored id goes to `id_tx` when someone waits for it.
+    /// exchange. The stored id goes to `id_tx` (when someone waits for it).
     pub(super) async fn finish(
         mut self,
         outcome: Outcome,
         answer: Option<Answer>,
         error: Option<String>,
-        id_tx: oneshot::Sender<Option<ExchangeId>>,
+        id_tx: Option<super::IdSender>,
     ) {
         let request_body = captured(self.request_body.take()).await;
         let response = match answer {
@@ -125,7 +125,7 @@ impl Recording {
         outcome: Outcome,
         response: RecordedResponse,
         error: Option<String>,
-        id_tx: oneshot::Sender<Option<ExchangeId>>,
+        id_tx: Option<super::IdSender>,
         runtime: &tokio::runtime::Handle,
     ) {
         let request_body = match self.request_body.as_mut().map(|rx| rx.try_recv()) {
@@ -157,7 +157,7 @@ impl Recording {
         response: Option<RecordedResponse>,
         outcome: Outcome,
         error: Option<String>,
-        id_tx: oneshot::Sender<Option<ExchangeId>>,
+        id_tx: Option<super::IdSender>,
     ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
         let Recording {
             recorder,
@@ -202,11 +202,11 @@ impl Recording {
         // Nobody asked for the id (a live exchange): do not wait for it,
         // which lets the writer group it with others and spares it a
         // wake-up of this runtime per exchange.
-        if id_tx.is_closed() {
+        let Some(id_tx) = id_tx.filter(|tx| !tx.is_closed()) else {
             recorder.record_in_background(ex);
             drop((in_flight, busy));
             return None;
-        }
+        };
         let stored = recorder.record(ex);
         // Queued: a lookup from here on finds it (the writer answers lookups
         // after what was queued before them).
