@@ -176,7 +176,8 @@ pub(super) struct InFlight(Mutex<InFlightMap>);
 struct InFlightMap {
     /// Tells entries apart, so that one only ever removes itself.
     next: u64,
-    running: HashMap<String, (u64, CancellationToken)>,
+    /// The entry shares its key: one allocation per exchange.
+    running: HashMap<Arc<str>, (u64, CancellationToken)>,
 }
 
 impl InFlight {
@@ -193,11 +194,11 @@ impl InFlight {
         map.next += 1;
         let generation = map.next;
         let done = CancellationToken::new();
-        map.running
-            .insert(id.to_string(), (generation, done.clone()));
+        let id: Arc<str> = id.into();
+        map.running.insert(id.clone(), (generation, done.clone()));
         Ok(InFlightEntry {
             set: set.clone(),
-            id: id.to_string(),
+            id,
             generation,
             done,
         })
@@ -226,7 +227,7 @@ impl InFlight {
 /// One in-progress exchange in [`InFlight`]; dropping it ends it.
 pub(super) struct InFlightEntry {
     set: Arc<InFlight>,
-    id: String,
+    id: Arc<str>,
     generation: u64,
     done: CancellationToken,
 }
