@@ -9,7 +9,10 @@
 //!   bodies (raw BLOBs), read only by `get()`. A summary's columns all come
 //!   before them, so SQLite stops decoding a row before the payload and
 //!   never follows a large body's overflow pages to list it; and one insert
-//!   per exchange keeps recording cheap. `partition_state` holds the
+//!   per exchange keeps recording cheap. A row with a `relay_body_digest`
+//!   and no `body_intact` is one the agent left to the store to prove: the
+//!   proof is made from the stored bytes when the exchange is read
+//!   (`body_hash::Check::Stored`). `partition_state` holds the
 //!   partition being filled and the next id (ids are never reused).
 //! - Bodies larger than [`INLINE_BODY_MAX`] live in `bodies/<name>` files. A
 //!   file is written completely *before* the transaction that references it
