@@ -468,8 +468,14 @@ async fn a_body_changed_between_relay_and_app_is_proven_and_named_in_the_reason(
         timeout_ms: 5_000,
         ..Default::default()
     };
-    // (relay saw, app gets): changed on the way, and untouched.
-    for (relay_saw, sent) in [(BODY, changed.as_str()), (BODY, BODY)] {
+    // (relay saw, app gets): changed on the way, and untouched; with a
+    // Content-Length (the agent leaves the proof to the store, which keeps
+    // the body whole) and without one (the agent hashes as it passes).
+    let cases = [(BODY, changed.as_str()), (BODY, BODY)];
+    for (sized, (relay_saw, sent)) in [true, false]
+        .into_iter()
+        .flat_map(|sized| cases.map(|c| (sized, c)))
+    {
         let mut trailer = http::HeaderMap::new();
         trailer.insert(
             TRAILER_BODY_BLAKE3,
@@ -483,10 +489,13 @@ async fn a_body_changed_between_relay_and_app_is_proven_and_named_in_the_reason(
         ]);
         let mut req = http::Request::post("http://tunnel/webhooks/stripe")
             .header("content-type", "application/json")
-            .header("content-length", sent.len())
             .header("stripe-signature", &signature)
             .body(http_body_util::StreamBody::new(frames))
             .unwrap();
+        if sized {
+            req.headers_mut()
+                .insert("content-length", sent.len().to_string().parse().unwrap());
+        }
         let announced = LinkMeta {
             proto: "https".into(),
             timeout_ms: 5_000,
@@ -496,7 +505,7 @@ async fn a_body_changed_between_relay_and_app_is_proven_and_named_in_the_reason(
         assert_eq!(resp.status(), StatusCode::OK);
     }
     let mut got = Vec::new();
-    while got.len() < 2 {
+    while got.len() < 4 {
         let ev = tokio::time::timeout(Duration::from_secs(10), events.recv()).await;
         if let CaptureEvent::Stored(s) = ev.expect("stored within 10 s").unwrap() {
             got.push(s.id);
@@ -504,25 +513,42 @@ async fn a_body_changed_between_relay_and_app_is_proven_and_named_in_the_reason(
     }
     got.sort();
     let store = whtunnel::capture::Store::open_reader(dir.path()).unwrap();
-    let changed_ex = store.get(got[0]).unwrap().unwrap();
-    assert_eq!(changed_ex.body_proof.intact, Some(false));
-    let sig = changed_ex.webhook.signature.unwrap();
-    assert_eq!(sig.verdict, verify::Verdict::Invalid);
-    let reason = sig.reason.unwrap();
-    assert!(
-        reason.contains("differs from the bytes the relay received"),
-        "{reason}"
-    );
-    let same = store.get(got[1]).unwrap().unwrap();
-    assert_eq!(same.body_proof.intact, Some(true));
-    assert_eq!(
-        same.webhook.signature.unwrap().verdict,
-        verify::Verdict::Valid
-    );
+    let db = rusqlite::Connection::open(dir.path().join("capture.db")).unwrap();
+    for (pair, left_to_store) in [(&got[..2], true), (&got[2..], false)] {
+        let changed_ex = store.get(pair[0]).unwrap().unwrap();
+        assert_eq!(changed_ex.body_proof.intact, Some(false));
+        let sig = changed_ex.webhook.signature.unwrap();
+        assert_eq!(sig.verdict, verify::Verdict::Invalid);
+        let reason = sig.reason.unwrap();
+        assert!(
+            reason.contains("differs from the bytes the relay received"),
+            "{reason}"
+        );
+        let same = store.get(pair[1]).unwrap().unwrap();
+        assert_eq!(same.body_proof.intact, Some(true));
+        assert_eq!(
+            same.webhook.signature.unwrap().verdict,
+            verify::Verdict::Valid
+        );
+        // Where the proof was made: from the stored copy when read (the
+        // column stays empty), or by the agent as the bytes passed.
+        for id in pair {
+            let column: Option<bool> = db
+                .query_row(
+                    "SELECT body_intact FROM exchanges WHERE id = ?1",
+                    [id],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(column.is_none(), left_to_store, "#{id}");
+        }
+    }
     // The trailer is the tunnel's: the app never sees it, and got the
     // bytes as sent.
     let seen = app.seen();
+    assert_eq!(seen.len(), 4);
     assert_eq!(seen[0].body.as_ref(), changed.as_bytes());
+    assert_eq!(seen[2].body.as_ref(), changed.as_bytes());
     assert!(seen.iter().all(|s| s
         .headers
         .keys()
