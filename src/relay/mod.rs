@@ -470,8 +470,10 @@ impl Relay {
             let watcher = graceful.watcher();
             tokio::spawn(async move {
                 let _slot = slot;
+                let peer = Arc::new(Peer::new(remote));
                 let service = hyper::service::service_fn(move |req| {
                     let shared = shared.clone();
+                    let peer = peer.clone();
                     async move {
                         let is_hop = || {
                             shared
@@ -485,7 +487,7 @@ impl Relay {
                                 "whtunnel relay: this port takes hops from the cluster's relays only",
                             ));
                         }
-                        Ok(route(shared, remote, req).await)
+                        Ok(route(shared, &peer, req).await)
                     }
                 });
                 let result = match tls {
@@ -675,16 +677,33 @@ fn forwarded_client(headers: &http::HeaderMap) -> Option<std::net::IpAddr> {
 }
 
 /// The TCP peer of a request, kept in its extensions when `remote` is the
-/// forwarded client: the hop the relay appends to `X-Forwarded-For`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Peer(pub(crate) SocketAddr);
+/// forwarded client: the hop the relay appends to `X-Forwarded-For`. Its
+/// texts are made once per connection, not per request.
+#[derive(Debug, Clone)]
+pub(crate) struct Peer {
+    /// The peer's address.
+    pub(crate) addr: SocketAddr,
+    /// `addr` as text, as the request metadata carries it.
+    pub(crate) text: Arc<str>,
+    /// `addr`'s IP as an `X-Real-IP` value.
+    pub(crate) ip: http::HeaderValue,
+}
 
-async fn route(
-    shared: Arc<Shared>,
-    remote: SocketAddr,
-    mut req: Request<Incoming>,
-) -> Response<Body> {
-    req.extensions_mut().insert(Peer(remote));
+impl Peer {
+    /// The peer at `addr`.
+    pub(crate) fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            text: addr.to_string().into(),
+            ip: http::HeaderValue::from_str(&addr.ip().to_string())
+                .expect("an IP address is a valid header value"),
+        }
+    }
+}
+
+async fn route(shared: Arc<Shared>, peer: &Peer, mut req: Request<Incoming>) -> Response<Body> {
+    let remote = peer.addr;
+    req.extensions_mut().insert(peer.clone());
     let remote = if shared.config.trust_forwarded {
         forwarded_client(req.headers()).map_or(remote, |ip| SocketAddr::new(ip, remote.port()))
     } else {

@@ -472,6 +472,7 @@ fn prepare(
     // The agent gives up a little earlier so it records the 504 itself.
     let agent_timeout = super::agent_timeout(shared.config.response_timeout);
     let mut headers = parts.headers;
+    let peer = parts.extensions.get::<super::Peer>();
     let hop_headers = strip_hop_by_hop(&mut headers);
     if !shared.config.trust_forwarded {
         // The relay is the edge: what a sender claims about where it came
@@ -480,18 +481,16 @@ fn prepare(
         for h in FORWARDED_HEADERS {
             headers.remove(*h);
         }
-        headers.insert(HeaderName::from_static("x-real-ip"), ip_value(remote.ip()));
+        let ip = match peer {
+            Some(p) if p.addr == remote => p.ip.clone(),
+            _ => ip_value(remote.ip()),
+        };
+        headers.insert(HeaderName::from_static("x-real-ip"), ip);
     }
     let meta = RequestMeta {
         // The hop the agent appends to X-Forwarded-For: the TCP peer (a
         // trusted proxy's own address), whoever the limits counted.
-        remote_addr: Some(
-            parts
-                .extensions
-                .get::<super::Peer>()
-                .map_or(remote, |p| p.0)
-                .to_string(),
-        ),
+        remote_addr: Some(peer.map_or_else(|| remote.to_string(), |p| p.text.to_string())),
         proto: shared.scheme.into(),
         host: super::request_host(&headers, &parts.uri).map(str::to_string),
         received_at_ms: received_at
