@@ -127,7 +127,7 @@ async fn strict_order_delivers_held_events_in_order_and_queues_new_traffic_behin
             Some(whtunnel::capture::BodyDigest::Blake3(sent)),
             "{id}"
         );
-        assert_eq!(ex.body_proof.intact, Some(true), "{id}");
+        assert_eq!(whtunnel::capture::body_intact(&ex), Some(true), "{id}");
     }
     // Live again: straight through with a 200.
     let (s, _, _) = send(Method::POST, &url, &[], "{}").await;

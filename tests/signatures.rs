@@ -394,7 +394,7 @@ async fn streamed_bodies_carry_the_relay_hash_and_a_bodiless_request_none() {
         let id = ex.id.unwrap_or_default();
         assert_eq!(ex.request.body.total_len, big.len() as u64, "#{id}");
         assert_eq!(ex.body_proof.relay, Some(relay_want), "#{id}");
-        assert_eq!(ex.body_proof.intact, Some(true), "#{id}");
+        assert_eq!(whtunnel::capture::body_intact(ex), Some(true), "#{id}");
     }
     let get = &gets[0];
     assert_eq!(get.request.method, "GET");
@@ -516,7 +516,7 @@ async fn a_body_changed_between_relay_and_app_is_proven_and_named_in_the_reason(
     let db = rusqlite::Connection::open(dir.path().join("capture.db")).unwrap();
     for (pair, left_to_store) in [(&got[..2], true), (&got[2..], false)] {
         let changed_ex = store.get(pair[0]).unwrap().unwrap();
-        assert_eq!(changed_ex.body_proof.intact, Some(false));
+        assert_eq!(whtunnel::capture::body_intact(&changed_ex), Some(false));
         let sig = changed_ex.webhook.signature.unwrap();
         assert_eq!(sig.verdict, verify::Verdict::Invalid);
         let reason = sig.reason.unwrap();
@@ -525,7 +525,7 @@ async fn a_body_changed_between_relay_and_app_is_proven_and_named_in_the_reason(
             "{reason}"
         );
         let same = store.get(pair[1]).unwrap().unwrap();
-        assert_eq!(same.body_proof.intact, Some(true));
+        assert_eq!(whtunnel::capture::body_intact(&same), Some(true));
         assert_eq!(
             same.webhook.signature.unwrap().verdict,
             verify::Verdict::Valid

@@ -16,5 +16,5 @@ pub mod tee;
 
 pub use model::*;
 pub use recorder::{CaptureEvent, Recorder};
-pub use store::{read_body, ListQuery, Store, StoreConfig, StoreError};
+pub use store::{body_intact, read_body, ListQuery, Store, StoreConfig, StoreError};
 pub use tee::{tee, tee_then, BodyLimits, TeeBody};

@@ -111,8 +111,9 @@ pub struct BodyProof {
     /// `Some(true)`: the app got exactly the bytes the relay received;
     /// `Some(false)`: something between relay and app changed them.
     /// Recorded as `None` with a relay hash when the agent left the
-    /// comparison to the store (`body_hash::Check::Stored`); the store
-    /// fills it in when it reads the exchange.
+    /// comparison to the store (`body_hash::Check::Stored`): read the proof
+    /// with [`body_intact`](crate::capture::body_intact), which makes it
+    /// from the stored bytes then.
     pub intact: Option<bool>,
 }
 

@@ -12,9 +12,9 @@
 //!
 //! When the capture keeps the body whole, the agent does not hash it on
 //! the way ([`Check::Stored`]): the stored bytes are the bytes the app got,
-//! so the capture store compares them with the relay's hash when the
-//! exchange is read. Recording then costs no hashing at all, and the
-//! comparison covers the stored copy too.
+//! so the capture store compares them with the relay's hash when the proof
+//! is shown (`capture::body_intact`). Recording then costs no hashing at
+//! all, and the comparison covers the stored copy too.
 
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -158,7 +158,7 @@ pub enum Check {
     /// whole.
     Streaming,
     /// Do not hash them: the capture keeps this body whole, and the store
-    /// compares the relay's hash with those bytes when the exchange is read.
+    /// compares the relay's hash with those bytes when the proof is shown.
     Stored,
 }
 

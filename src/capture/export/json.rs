@@ -89,7 +89,7 @@ pub fn show_json(ex: &Exchange) -> Value {
         "relay_body_digest".into(),
         json!(proof.relay.as_ref().map(ToString::to_string)),
     );
-    request.insert("body_intact".into(), json!(proof.intact));
+    request.insert("body_intact".into(), json!(crate::capture::body_intact(ex)));
     o.insert("request".into(), Value::Object(request));
     let resp = ex.response.as_ref().map_or(Value::Null, |r| {
         let mut m = Map::new();

@@ -129,6 +129,36 @@ pub fn read_body(body: &CapturedBody) -> Result<Bytes, StoreError> {
     })
 }
 
+/// Whether the app got exactly the bytes the relay received: what the
+/// agent found, or, for a body it left to the store (recorded with a relay
+/// hash and no verdict, `body_hash::Check::Stored`), whether the stored
+/// copy, which is what the app got, hashes to the relay's hash. Reads a
+/// body file when the body is in one. `None` without a relay hash, or when
+/// the stored copy is not the whole body: a copy cut short proves nothing
+/// either way.
+pub fn body_intact(ex: &Exchange) -> Option<bool> {
+    let proof = &ex.body_proof;
+    if proof.intact.is_some() {
+        return proof.intact;
+    }
+    let relay = proof.relay?;
+    let body = &ex.request.body;
+    if body.truncated {
+        return None;
+    }
+    match &body.data {
+        BodyData::Empty => (body.total_len == 0).then(|| relay.matches(b"")),
+        BodyData::Memory(b) => (b.len() as u64 == body.total_len).then(|| relay.matches(b)),
+        BodyData::File(path) => {
+            let file = fs::File::open(path).ok()?;
+            if file.metadata().ok()?.len() != body.total_len {
+                return None;
+            }
+            relay.matches_reader(std::io::BufReader::new(file)).ok()
+        }
+    }
+}
+
 impl Drop for Store {
     /// Deletes the pooled files: they belong to no exchange.
     fn drop(&mut self) {

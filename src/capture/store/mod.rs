@@ -11,8 +11,8 @@
 //!   never follows a large body's overflow pages to list it; and one insert
 //!   per exchange keeps recording cheap. A row with a `relay_body_digest`
 //!   and no `body_intact` is one the agent left to the store to prove: the
-//!   proof is made from the stored bytes when the exchange is read
-//!   (`body_hash::Check::Stored`). `partition_state` holds the
+//!   proof is made from the stored bytes when it is shown ([`body_intact`];
+//!   `body_hash::Check::Stored`). `partition_state` holds the
 //!   partition being filled and the next id (ids are never reused).
 //! - Bodies larger than [`INLINE_BODY_MAX`] live in `bodies/<name>` files. A
 //!   file is written completely *before* the transaction that references it
@@ -45,14 +45,13 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
 use super::model::{
-    BodyData, BodyDigest, BodyProof, CapturedBody, DigestText, Exchange, ExchangeId,
-    ExchangeSummary, Header, Outcome, RecordedRequest, RecordedResponse, SignatureCheck,
-    WebhookInfo,
+    BodyDigest, BodyProof, DigestText, Exchange, ExchangeId, ExchangeSummary, Header, Outcome,
+    RecordedRequest, RecordedResponse, SignatureCheck, WebhookInfo,
 };
 use bodies::{create_private_dir, Prepared, FREE_DIR};
 use retention::Parts;
 
-pub use bodies::read_body;
+pub use bodies::{body_intact, read_body};
 pub use retention::{partition_table, PARTITIONS};
 
 /// Bodies up to this many kept bytes are stored inline in SQLite; larger ones
@@ -229,27 +228,6 @@ fn headers_from_json(s: &str) -> Vec<Header> {
             Some((name, value))
         })
         .collect()
-}
-
-/// The body-hash proof of a body the agent left to the store
-/// (`body_hash::Check::Stored`): whether the stored bytes, which are the
-/// bytes the app got, are the bytes the relay hashed. `None` unless the
-/// whole body is still stored: a copy cut short proves nothing either way.
-fn prove_stored(relay: BodyDigest, body: &CapturedBody) -> Option<bool> {
-    if body.truncated {
-        return None;
-    }
-    match &body.data {
-        BodyData::Empty => (body.total_len == 0).then(|| relay.matches(b"")),
-        BodyData::Memory(b) => (b.len() as u64 == body.total_len).then(|| relay.matches(b)),
-        BodyData::File(path) => {
-            let file = fs::File::open(path).ok()?;
-            if file.metadata().ok()?.len() != body.total_len {
-                return None;
-            }
-            relay.matches_reader(std::io::BufReader::new(file)).ok()
-        }
-    }
 }
 
 /// True for failures of the database as a whole rather than of one row.
@@ -727,13 +705,7 @@ impl Store {
                 })
             })
             .optional()?;
-        Ok(ex.map(|mut ex| {
-            ex.body_proof.intact = ex
-                .body_proof
-                .intact
-                .or_else(|| prove_stored(ex.body_proof.relay?, &ex.request.body));
-            ex
-        }))
+        Ok(ex)
     }
 
     /// Runs `PRAGMA integrity_check` and returns its first line (`"ok"` when
