@@ -169,9 +169,7 @@ impl BodyDigest {
             None => hex(text).map(BodyDigest::Sha256),
         }
     }
-}
 
-impl BodyDigest {
     /// The [`Display`](std::fmt::Display) form in a fixed buffer: the store
     /// writes one per exchange, and this allocates nothing.
     pub fn text(&self) -> DigestText {

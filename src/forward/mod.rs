@@ -354,13 +354,7 @@ impl Forwarder {
 
     /// Sends a request to the app and records the exchange. Returns the
     /// response for the sender and a receiver for the stored id.
-    async fn send(
-        &self,
-        out: Outgoing,
-    ) -> (
-        Response<Body>,
-        Option<oneshot::Receiver<Option<ExchangeId>>>,
-    ) {
+    async fn send(&self, out: Outgoing) -> (Response<Body>, Option<IdReceiver>) {
         let cfg = &self.inner.config;
         let Outgoing {
             method,
@@ -505,10 +499,7 @@ impl Forwarder {
         outcome: Outcome,
         error: String,
         wants_id: bool,
-    ) -> (
-        Response<Body>,
-        Option<oneshot::Receiver<Option<ExchangeId>>>,
-    ) {
+    ) -> (Response<Body>, Option<IdReceiver>) {
         let Some(recording) = recording else {
             return (resp, None);
         };
@@ -570,15 +561,12 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 
 /// Sends the id an exchange was stored under (`None`: not stored).
 type IdSender = oneshot::Sender<Option<ExchangeId>>;
+/// Receives what an [`IdSender`] sends.
+type IdReceiver = oneshot::Receiver<Option<ExchangeId>>;
 
 /// Where a recording sends the stored id: a channel only when someone
 /// waits for it (a held delivery, a replay); a live exchange gets none.
-fn id_channel(
-    wanted: bool,
-) -> (
-    Option<IdSender>,
-    Option<oneshot::Receiver<Option<ExchangeId>>>,
-) {
+fn id_channel(wanted: bool) -> (Option<IdSender>, Option<IdReceiver>) {
     if !wanted {
         return (None, None);
     }

@@ -676,9 +676,10 @@ fn forwarded_client(headers: &http::HeaderMap) -> Option<std::net::IpAddr> {
     last_xff.or_else(real_ip)?.parse().ok()
 }
 
-/// The TCP peer of a request, kept in its extensions when `remote` is the
-/// forwarded client: the hop the relay appends to `X-Forwarded-For`. Its
-/// texts are made once per connection, not per request.
+/// The TCP peer of a request, kept in its extensions (also when `remote`
+/// is the forwarded client): the hop the relay appends to
+/// `X-Forwarded-For`. Its texts are made once per connection, not per
+/// request.
 #[derive(Debug, Clone)]
 pub(crate) struct Peer {
     /// The peer's address.
