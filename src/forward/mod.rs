@@ -577,11 +577,13 @@ fn id_channel(wanted: bool) -> (Option<IdSender>, Option<IdReceiver>) {
 fn add_forwarded(headers: &mut HeaderMap, meta: &RequestMeta) {
     if let Some(addr) = &meta.remote_addr {
         // The sender's IP without the port. The metadata check let only an
-        // IP socket address through (`1.2.3.4:5`, `[::1]:5`), so the IP is
-        // what precedes the last ':', brackets removed: cut, not parsed and
-        // formatted again, since this runs for every request.
+        // IP socket address through (`1.2.3.4:5`, `[::1]:5`, `[fe80::1%2]:5`),
+        // so the IP is what precedes the last ':', brackets and an IPv6
+        // scope id removed: cut, not parsed and formatted again, since this
+        // runs for every request.
         let ip = addr.rsplit_once(':').map_or(addr.as_str(), |(ip, _)| ip);
-        let ip = ip.trim_start_matches('[').trim_end_matches(']').as_bytes();
+        let ip = ip.trim_start_matches('[').trim_end_matches(']');
+        let ip = ip.split_once('%').map_or(ip, |(ip, _)| ip).as_bytes();
         let value = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
             Some(prev) => HeaderValue::from_bytes(&[prev, b", ", ip].concat()),
             None => HeaderValue::from_bytes(ip),
@@ -671,5 +673,14 @@ mod tests {
         };
         add_forwarded(&mut h, &meta);
         assert_eq!(h["x-forwarded-for"], "2001:db8::7");
+        // A link-local one: the IP as an app parses it, without the scope.
+        let mut h = HeaderMap::new();
+        let meta = RequestMeta {
+            remote_addr: Some("[fe80::1%2]:443".into()),
+            ..meta
+        };
+        assert!(crate::tunnel::protocol::RequestMeta::check(&meta).is_ok());
+        add_forwarded(&mut h, &meta);
+        assert_eq!(h["x-forwarded-for"], "fe80::1");
     }
 }

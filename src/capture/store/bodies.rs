@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 
 use super::{Store, StoreError, INLINE_BODY_MAX};
-use crate::capture::model::{BodyData, CapturedBody, Exchange};
+use crate::capture::model::{BodyData, BodyDigest, CapturedBody, Exchange};
 
 /// How many body files retention keeps for reuse instead of deleting them
 /// (as many as one batch may need: a batch writes its files before its
@@ -150,12 +150,44 @@ pub fn body_intact(ex: &Exchange) -> Option<bool> {
         BodyData::Empty => (body.total_len == 0).then(|| relay.matches(b"")),
         BodyData::Memory(b) => (b.len() as u64 == body.total_len).then(|| relay.matches(b)),
         BodyData::File(path) => {
-            let file = fs::File::open(path).ok()?;
-            if file.metadata().ok()?.len() != body.total_len {
-                return None;
-            }
-            relay.matches_reader(std::io::BufReader::new(file)).ok()
+            prove_file(relay, &fs::File::open(path).ok()?, path, body.total_len)
         }
+    }
+}
+
+/// [`body_intact`] for a body in the file `path`, opened as `file`. The
+/// agent's retention may empty the file (and hand it to another body under
+/// another name) while another process reads it: a verdict counts only if
+/// exactly `total_len` bytes were read and the file is still at `path`,
+/// unchanged in length.
+pub(super) fn prove_file(
+    relay: BodyDigest,
+    file: &fs::File,
+    path: &Path,
+    total_len: u64,
+) -> Option<bool> {
+    use std::io::Seek;
+    let before = file.metadata().ok()?;
+    if before.len() != total_len {
+        return None;
+    }
+    let verdict = relay.matches_reader(std::io::BufReader::new(file)).ok()?;
+    let read = (&*file).stream_position().ok()?;
+    let after = fs::metadata(path).ok()?;
+    (read == total_len && after.len() == total_len && same_file(&before, &after)).then_some(verdict)
+}
+
+/// Whether two metadata describe the same file (not another one put at the
+/// same path since).
+fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        a.dev() == b.dev() && a.ino() == b.ino()
+    }
+    #[cfg(not(unix))]
+    {
+        a.len() == b.len()
     }
 }
 

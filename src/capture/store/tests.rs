@@ -755,6 +755,31 @@ fn a_body_left_to_the_store_is_proven_against_the_stored_bytes_when_asked() {
     assert_eq!(intact(&s, checked), Some(true));
 }
 
+#[test]
+fn a_body_file_retention_takes_while_it_is_proven_proves_nothing() {
+    // `requests show` proves a body from its file while the agent's
+    // retention may move that file to the pool and refill it with another
+    // body of the same length: what was read then is not this body.
+    use crate::capture::BodyDigest;
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("body");
+    let body = vec![7u8; 100_000];
+    let relay = BodyDigest::Blake3(*blake3::hash(&body).as_bytes());
+    let len = body.len() as u64;
+    fs::write(&path, &body).unwrap();
+    let file = fs::File::open(&path).unwrap();
+    assert_eq!(
+        super::bodies::prove_file(relay, &file, &path, len),
+        Some(true)
+    );
+
+    let file = fs::File::open(&path).unwrap();
+    let pooled = tmp.path().join("pooled");
+    fs::rename(&path, &pooled).unwrap();
+    fs::write(&pooled, vec![9u8; body.len()]).unwrap();
+    assert_eq!(super::bodies::prove_file(relay, &file, &path, len), None);
+}
+
 /// The ids kept, oldest first.
 fn kept_ids(s: &Store) -> Vec<ExchangeId> {
     let mut ids: Vec<_> = s
