@@ -696,8 +696,7 @@ impl Peer {
         Self {
             addr,
             text: addr.to_string().into(),
-            ip: http::HeaderValue::from_str(&addr.ip().to_string())
-                .expect("an IP address is a valid header value"),
+            ip: public::ip_value(addr.ip()),
         }
     }
 }

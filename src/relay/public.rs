@@ -452,7 +452,7 @@ fn cannot_forward(e: &MetaError) -> Response<Body> {
 
 /// An IP address as a header value, formatted without an intermediate
 /// `String`.
-fn ip_value(ip: std::net::IpAddr) -> http::HeaderValue {
+pub(super) fn ip_value(ip: std::net::IpAddr) -> http::HeaderValue {
     use std::io::Write as _;
     // The longest IPv6 text is 45 bytes.
     let mut buf = [0u8; 64];
