@@ -37,6 +37,13 @@ async fn listen_alone_forwards_records_and_replays() {
     );
     let name = listen.public_url.rsplit('/').next().unwrap().to_string();
     assert_eq!(name.len(), 26, "generated names carry 128 bits");
+    // The embedded relay runs on a thread of its own, apart from the agent's.
+    let threads = listen.thread_names();
+    assert_eq!(
+        threads.iter().filter(|n| *n == "whtunnel-relay").count(),
+        1,
+        "{threads:?}"
+    );
 
     let json = br#"{"id":"evt_1","type":"payment.succeeded","data":{"amount":100}}"#;
     let (status, _, _) = send(

@@ -34,6 +34,7 @@ impl RelayProc {
             .env_remove("WHTUNNEL_DATA_DIR")
             .env_remove("WHTUNNEL_LOG_FORMAT")
             .env_remove("WHTUNNEL_LOG")
+            .env_remove("TOKIO_WORKER_THREADS")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
@@ -185,6 +186,66 @@ async fn flags_win_over_the_config_file() {
     drop(agent);
     let (_, status) = relay.terminate().await;
     assert!(status.success(), "{status:?}");
+}
+
+/// The value of `metric` in the relay's `/metrics` at `admin`.
+async fn gauge(admin: SocketAddr, metric: &str) -> String {
+    let (status, _, body) = send(Method::GET, &format!("http://{admin}/metrics"), &[], "").await;
+    assert_eq!(status, StatusCode::OK);
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let prefix = format!("{metric} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {metric} in {text}"))
+        .to_string()
+}
+
+#[tokio::test]
+async fn the_relay_runs_on_one_worker_thread_unless_told_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let config = write_config(dir.path(), "threads = 2\n");
+    let base = [
+        "relay",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--token",
+        TOKEN,
+        "--data-dir",
+        data,
+    ];
+    let env = ("TOKIO_WORKER_THREADS", "4");
+    // (flags added, environment, the worker threads wanted)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 5] = [
+        (&[], &[], "1"),
+        (&["--threads", "3"], &[], "3"),
+        (&["--config", &config], &[], "2"),
+        // The environment tokio reads still works, and the flag wins over it.
+        (&[], &[env], "4"),
+        (&["--threads", "3"], &[env], "3"),
+    ];
+    for (extra, env, want) in cases {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let mut relay = RelayProc::spawn(&args, env);
+        let admin = relay
+            .until(|l| addr_after(l, "admin endpoint on http://"))
+            .await;
+        assert_eq!(
+            gauge(admin, "whtunnel_worker_threads").await,
+            want,
+            "{extra:?} {env:?}"
+        );
+        let (_, status) = relay.terminate().await;
+        assert!(status.success(), "{status:?}");
+    }
+    let (code, _, stderr) = process::whtunnel(&["relay", "--threads", "0"]).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("--threads"), "{stderr}");
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{AgentConfig, AgentError, ConnectionStatus, RelayUrl};
@@ -352,7 +352,8 @@ impl Listener {
     /// refuses the agent (the refusal). Either way, exchanges in flight get
     /// up to [`SETTLE_ON_STOP`] to finish (then they are abandoned, see
     /// [`abandon_token`](Listener::abandon_token)) and are recorded, and a
-    /// store the listener opened is closed, before it returns.
+    /// store the listener opened is closed, before it returns. The embedded
+    /// relay runs on a thread of its own meanwhile, with a one-thread runtime.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AgentError> {
         let Listener {
             agent,
@@ -388,10 +389,7 @@ impl Listener {
         // The embedded relay stops with the agent, not before it: in-flight
         // exchanges drain through it.
         let relay_stop = CancellationToken::new();
-        let relay_task = embedded.map(|(relay, _)| {
-            let stop = relay_stop.clone();
-            tokio::spawn(async move { relay.run(stop.cancelled_owned()).await })
-        });
+        let relay_task = embedded.map(|(relay, _)| run_embedded(relay, relay_stop.clone()));
         let replays = forwarder
             .recorder()
             .is_some()
@@ -437,6 +435,59 @@ impl Listener {
         bound.abort();
         result
     }
+}
+
+/// Runs the embedded relay until `stop`, on a thread of its own with a
+/// one-thread runtime; the receiver gets its result.
+///
+/// On the agent's runtime the relay's tasks would share its worker threads,
+/// and every request's relay half would wake another worker (hyper wakes a
+/// connection's own task while it reads the request body, and a woken
+/// running task makes tokio wake a second worker). Apart, each side stays
+/// on its thread and only the two hops of an exchange cross between them,
+/// as with a relay process of its own (docs/benchmarks.md, "Session 12").
+/// If the thread cannot be started, the relay runs on the agent's runtime.
+fn run_embedded(relay: Relay, stop: CancellationToken) -> oneshot::Receiver<std::io::Result<()>> {
+    let (done_tx, done_rx) = oneshot::channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let (relay, stop, done_tx) = match runtime {
+        Ok(runtime) => {
+            let slot = Arc::new(parking_lot::Mutex::new(Some((relay, stop, done_tx))));
+            let taken = slot.clone();
+            let spawned = std::thread::Builder::new()
+                .name("whtunnel-relay".into())
+                .spawn(move || {
+                    if let Some((relay, stop, done_tx)) = taken.lock().take() {
+                        let result = runtime.block_on(relay.run(stop.cancelled_owned()));
+                        let _ = done_tx.send(result);
+                    }
+                });
+            match spawned {
+                Ok(_) => return done_rx,
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot start the embedded relay's thread ({e}): it shares the agent's"
+                    );
+                    match slot.lock().take() {
+                        Some(parts) => parts,
+                        None => return done_rx,
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(
+                "cannot start the embedded relay's runtime ({e}): it shares the agent's"
+            );
+            (relay, stop, done_tx)
+        }
+    };
+    tokio::spawn(async move {
+        let _ = done_tx.send(relay.run(stop.cancelled_owned()).await);
+    });
+    done_rx
 }
 
 /// Binds the embedded relay on `listen`, or on any free loopback port when

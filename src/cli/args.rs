@@ -171,6 +171,10 @@ pub(crate) struct RelayArgs {
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0:8787")]
     pub(crate) listen: SocketAddr,
+    /// Worker threads [default: 1, or TOKIO_WORKER_THREADS]. One serves
+    /// webhooks best; more help many busy tunnels or TLS on a many-core machine.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub(crate) threads: Option<u16>,
     /// A token agents may use (repeatable). Without any, one is generated and kept in the data dir.
     #[arg(long = "token", env = "WHTUNNEL_TOKEN", hide_env_values = true)]
     pub(crate) tokens: Vec<String>,

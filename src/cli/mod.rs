@@ -61,14 +61,11 @@ pub fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    // An agent with a remote relay serves one link: one worker thread avoids
-    // a cross-thread wake-up at every hop of every exchange (measured in
-    // docs/benchmarks.md: CPU per request halved, p50 latency -45 % at c=1).
-    // TOKIO_WORKER_THREADS still overrides.
-    if matches!(&cli.command, Command::Listen(a) if !a.relay.is_empty())
-        && std::env::var_os("TOKIO_WORKER_THREADS").is_none()
-    {
-        builder.worker_threads(1);
+    if let Some(threads) = worker_threads(
+        &cli.command,
+        std::env::var_os("TOKIO_WORKER_THREADS").is_some(),
+    ) {
+        builder.worker_threads(threads);
     }
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
@@ -84,6 +81,27 @@ pub fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The runtime's worker threads where whtunnel chooses them; `None` leaves
+/// tokio's choice (`TOKIO_WORKER_THREADS`, else one per core).
+///
+/// A relay takes `--threads`, else the environment, else
+/// [`relay::DEFAULT_WORKER_THREADS`]. An agent serves one link: one worker
+/// thread avoids a cross-thread wake-up at every hop of every exchange
+/// (docs/benchmarks.md: CPU per request halved, p50 latency -45 % at c=1),
+/// unless the environment says otherwise. Its embedded relay, if any, runs
+/// on a thread of its own ([`agent::Listener::run`]).
+fn worker_threads(command: &Command, env_set: bool) -> Option<usize> {
+    match command {
+        Command::Relay(a) => match a.threads {
+            Some(n) => Some(usize::from(n)),
+            None if env_set => None,
+            None => Some(relay::DEFAULT_WORKER_THREADS),
+        },
+        Command::Listen(_) if !env_set => Some(1),
+        _ => None,
     }
 }
 

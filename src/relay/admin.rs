@@ -94,7 +94,8 @@ impl RelayStatus {
         !self.shared.metrics.is_draining()
     }
 
-    /// The relay's state now: connected agents, held events and bytes.
+    /// The relay's state now: connected agents, held events and bytes, the
+    /// runtime's worker threads.
     pub fn snapshot(&self) -> Snapshot {
         let connected_agents = self.shared.tunnels.lock().len() as u64;
         let (held_events, dead_events, held_bytes) = match &self.shared.held {
@@ -109,6 +110,9 @@ impl RelayStatus {
             held_events,
             dead_events,
             held_bytes,
+            // Outside a runtime (never, when serving /metrics) there are none.
+            worker_threads: tokio::runtime::Handle::try_current()
+                .map_or(0, |h| h.metrics().num_workers() as u64),
         }
     }
 

@@ -100,6 +100,8 @@ pub struct Snapshot {
     pub dead_events: u64,
     /// Body bytes held, all tunnels together.
     pub held_bytes: u64,
+    /// Worker threads of the runtime the relay runs on.
+    pub worker_threads: u64,
 }
 
 type Labels = [(&'static str, &'static str); 1];
@@ -115,6 +117,7 @@ pub struct Metrics {
     response_bytes: Counter,
     upgrades: [Counter; UpgradeResult::ALL.len()],
     connected_agents: Gauge,
+    worker_threads: Gauge,
     held_events: Gauge,
     dead_events: Gauge,
     held_bytes: Gauge,
@@ -178,6 +181,12 @@ impl Metrics {
             "Agents holding a tunnel now",
             connected_agents.clone(),
         );
+        let worker_threads = Gauge::default();
+        registry.register(
+            "worker_threads",
+            "Worker threads of the relay's async runtime (--threads)",
+            worker_threads.clone(),
+        );
         let held_events = Gauge::default();
         registry.register(
             "held_events",
@@ -211,6 +220,7 @@ impl Metrics {
             response_bytes,
             upgrades,
             connected_agents,
+            worker_threads,
             held_events,
             dead_events,
             held_bytes,
@@ -272,6 +282,7 @@ impl Metrics {
     pub fn render(&self, now: Snapshot) -> String {
         let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         self.connected_agents.set(gauge(now.connected_agents));
+        self.worker_threads.set(gauge(now.worker_threads));
         self.held_events.set(gauge(now.held_events));
         self.dead_events.set(gauge(now.dead_events));
         self.held_bytes.set(gauge(now.held_bytes));
@@ -389,6 +400,7 @@ mod tests {
             held_events: 7,
             dead_events: 1,
             held_bytes: 900,
+            worker_threads: 3,
         });
         assert_eq!(
             line(&text, "whtunnel_requests_total{class=\"2xx\"}"),
@@ -405,6 +417,7 @@ mod tests {
         assert!(text.contains("whtunnel_request_duration_seconds_count 3\n"));
         assert!(text.contains("whtunnel_agent_upgrades_total{result=\"unauthorized\"} 1\n"));
         assert!(text.contains("whtunnel_connected_agents 2\n"));
+        assert!(text.contains("whtunnel_worker_threads 3\n"));
         assert!(text.contains("whtunnel_held_events 7\n"));
         assert!(text.contains("whtunnel_held_bytes 900\n"));
         assert!(text.contains(

@@ -53,6 +53,13 @@ pub use limits::Limits;
 pub use owners::{Claimed, NameOwners, Refused};
 pub use users::{Accounts, Identity, UsersFile, UsersWatch};
 
+/// Worker threads of a relay process's runtime unless `--threads` (or
+/// `TOKIO_WORKER_THREADS`) says otherwise. Every request to a tunnel passes
+/// through that tunnel's one link task, and hyper wakes a connection's own
+/// task while it reads a request body, which on a multi-thread runtime wakes
+/// a second worker for every request; one thread does neither
+/// (docs/benchmarks.md, "Session 12").
+pub const DEFAULT_WORKER_THREADS: usize = 1;
 /// How long the relay waits for in-flight exchanges when asked to stop.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Request bodies being read into memory to be held, relay-wide (KiB).

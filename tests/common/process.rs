@@ -292,6 +292,16 @@ impl Process {
         self.keep.store(false, Ordering::Relaxed);
     }
 
+    /// The names of the process's threads (Linux: `/proc/PID/task/*/comm`).
+    pub fn thread_names(&self) -> Vec<String> {
+        let pid = self.child.id().expect("process still running");
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("/proc/PID/task")
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim_end().to_string())
+            .collect()
+    }
+
     /// Sends `sig` to the process.
     pub fn signal(&self, sig: Signal) {
         let pid = self.child.id().expect("process still running").to_string();
