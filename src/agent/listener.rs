@@ -389,6 +389,9 @@ impl Listener {
         // The embedded relay stops with the agent, not before it: in-flight
         // exchanges drain through it.
         let relay_stop = CancellationToken::new();
+        // However `run` ends (a panic, or its future dropped), the relay's
+        // thread is told to stop.
+        let _relay_stop_on_drop = relay_stop.clone().drop_guard();
         let relay_task = embedded.map(|(relay, _)| run_embedded(relay, relay_stop.clone()));
         let replays = forwarder
             .recorder()
@@ -446,47 +449,38 @@ impl Listener {
 /// running task makes tokio wake a second worker). Apart, each side stays
 /// on its thread and only the two hops of an exchange cross between them,
 /// as with a relay process of its own (docs/benchmarks.md, "Session 12").
-/// If the thread cannot be started, the relay runs on the agent's runtime.
+/// If the thread cannot be started, the relay runs on the agent's runtime;
+/// if its runtime cannot be built, the receiver gets that error.
 fn run_embedded(relay: Relay, stop: CancellationToken) -> oneshot::Receiver<std::io::Result<()>> {
     let (done_tx, done_rx) = oneshot::channel();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build();
-    let (relay, stop, done_tx) = match runtime {
-        Ok(runtime) => {
-            let slot = Arc::new(parking_lot::Mutex::new(Some((relay, stop, done_tx))));
-            let taken = slot.clone();
-            let spawned = std::thread::Builder::new()
-                .name("whtunnel-relay".into())
-                .spawn(move || {
-                    if let Some((relay, stop, done_tx)) = taken.lock().take() {
-                        let result = runtime.block_on(relay.run(stop.cancelled_owned()));
-                        let _ = done_tx.send(result);
-                    }
-                });
-            match spawned {
-                Ok(_) => return done_rx,
-                Err(e) => {
-                    tracing::warn!(
-                        "cannot start the embedded relay's thread ({e}): it shares the agent's"
-                    );
-                    match slot.lock().take() {
-                        Some(parts) => parts,
-                        None => return done_rx,
-                    }
-                }
-            }
+    // The thread's closure owns nothing that must not be dropped here: if
+    // the thread cannot start, the relay comes back out of `slot`, and the
+    // runtime (which may not be dropped on an async thread) is built in it.
+    let slot = Arc::new(parking_lot::Mutex::new(Some((relay, stop, done_tx))));
+    let taken = slot.clone();
+    let spawned = std::thread::Builder::new()
+        .name("whtunnel-relay".into())
+        .spawn(move || {
+            let Some((relay, stop, done_tx)) = taken.lock().take() else {
+                return;
+            };
+            let result = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(relay.run(stop.cancelled_owned())),
+                Err(e) => Err(e),
+            };
+            let _ = done_tx.send(result);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the embedded relay's thread ({e}): it shares the agent's");
+        if let Some((relay, stop, done_tx)) = slot.lock().take() {
+            tokio::spawn(async move {
+                let _ = done_tx.send(relay.run(stop.cancelled_owned()).await);
+            });
         }
-        Err(e) => {
-            tracing::warn!(
-                "cannot start the embedded relay's runtime ({e}): it shares the agent's"
-            );
-            (relay, stop, done_tx)
-        }
-    };
-    tokio::spawn(async move {
-        let _ = done_tx.send(relay.run(stop.cancelled_owned()).await);
-    });
+    }
     done_rx
 }
 
