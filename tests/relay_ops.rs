@@ -450,3 +450,46 @@ async fn text_logs_to_a_pipe_have_no_colour_codes() {
         assert!(!l.contains('\u{1b}'), "{l:?}");
     }
 }
+
+/// A relay accepts on the runtime that runs it, whichever runtime bound it:
+/// `whtunnel listen` binds its embedded relay on the agent's runtime and
+/// runs it on a thread of its own. Here the binding runtime is never driven
+/// again, so a listener still registered with it would never see a
+/// connection.
+#[test]
+fn a_relay_accepts_on_the_runtime_that_runs_it_not_the_one_that_bound_it() {
+    use std::io::{Read, Write};
+    let binder = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let relay = binder
+        .block_on(whtunnel::relay::Relay::bind(relay_config("127.0.0.1:0")))
+        .unwrap();
+    let addr = relay.local_addr();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stopped = stop.clone();
+    let runner = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(relay.run(stopped.cancelled_owned()))
+    });
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(b"GET /t/nobody/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = conn.read_to_end(&mut answer);
+    stop.cancel();
+    runner.join().unwrap().unwrap();
+    drop(binder);
+    read.unwrap_or_else(|e| panic!("no answer from a relay run on another runtime: {e}"));
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 404"),
+        "an unknown tunnel's answer, got {answer:?}"
+    );
+}

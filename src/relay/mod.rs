@@ -398,6 +398,14 @@ impl Relay {
             shared,
             ..
         } = self;
+        // Accepted on the runtime that runs the relay, whichever bound it:
+        // a listener stays registered with the reactor of the runtime that
+        // bound it, and `listen` binds its embedded relay on the agent's
+        // runtime but runs it on a thread of its own. Left there, every new
+        // connection would first wake the agent's thread, and none would be
+        // accepted while that runtime is not driven.
+        let listener = on_this_runtime(listener)?;
+        let hop_listener = hop_listener.map(on_this_runtime).transpose()?;
         let tls = shared.config.tls.clone().map(TlsAcceptor::from);
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -806,4 +814,10 @@ pub(crate) fn text(status: StatusCode, reason: &str) -> Response<Body> {
         .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
         .body(body)
         .expect("static response parts are valid")
+}
+
+/// Registers `listener` with the reactor of the runtime this is called on
+/// (see [`Relay::run`]).
+fn on_this_runtime(listener: TcpListener) -> std::io::Result<TcpListener> {
+    TcpListener::from_std(listener.into_std()?)
 }
