@@ -3,12 +3,14 @@
 
 use std::str::FromStr;
 
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Uri};
 
 /// Where requests go: an `http://` base URL on the developer's machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    authority: String,
+    /// `host:port`, parsed once: every forwarded request's URI shares it.
+    authority: Authority,
     base_path: String,
 }
 
@@ -35,7 +37,8 @@ impl FromStr for Target {
                 return Err(err("port 0 is not a port an app listens on"));
             }
             return Ok(Target {
-                authority: format!("localhost:{port}"),
+                authority: Authority::try_from(format!("localhost:{port}"))
+                    .map_err(|_| err("not a URL"))?,
                 base_path: String::new(),
             });
         }
@@ -58,8 +61,9 @@ impl FromStr for Target {
             return Err(err("credentials in the target URL are not supported"));
         }
         let authority = match authority.port_u16() {
-            Some(_) => authority.to_string(),
-            None => format!("{}:80", authority.host()),
+            Some(_) => authority.clone(),
+            None => Authority::try_from(format!("{}:80", authority.host()))
+                .map_err(|_| err("not a URL"))?,
         };
         if uri.query().is_some() {
             return Err(err("a target cannot have a query string"));
@@ -94,9 +98,10 @@ impl Target {
     /// True when requests go to this machine (`localhost`, 127.0.0.0/8,
     /// `::1`): a replay may go there without the user naming it again.
     pub fn is_loopback(&self) -> bool {
-        let host = match self.authority.rsplit_once(':') {
+        let authority = self.authority.as_str();
+        let host = match authority.rsplit_once(':') {
             Some((h, _)) => h,
-            None => &self.authority,
+            None => authority,
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         host.eq_ignore_ascii_case("localhost")
@@ -107,21 +112,25 @@ impl Target {
 
     /// The `host:port` requests are sent to.
     pub fn authority(&self) -> &str {
-        &self.authority
+        self.authority.as_str()
     }
 
     /// The URI for a request whose tunnel-relative path is `path_and_query`.
     pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, http::Error> {
-        let pq = if path_and_query.starts_with('/') {
-            path_and_query.to_string()
-        } else {
-            format!("/{path_and_query}")
-        };
-        Uri::builder()
-            .scheme("http")
-            .authority(self.authority.as_str())
-            .path_and_query(format!("{}{pq}", self.base_path))
-            .build()
+        // Built from parts: the authority is shared, and the path is one
+        // buffer that becomes the URI's without a copy (this runs for
+        // every forwarded request).
+        let slash = if path_and_query.starts_with('/') { "" } else { "/" };
+        let mut pq =
+            String::with_capacity(self.base_path.len() + slash.len() + path_and_query.len());
+        pq.push_str(&self.base_path);
+        pq.push_str(slash);
+        pq.push_str(path_and_query);
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(PathAndQuery::try_from(pq)?);
+        Ok(Uri::from_parts(parts)?)
     }
 }
 
@@ -171,6 +180,11 @@ mod tests {
             t.uri_for("/hooks/x?y=2").unwrap().to_string(),
             "http://localhost:3000/base/hooks/x?y=2"
         );
+        assert_eq!(
+            t.uri_for("hooks").unwrap().to_string(),
+            "http://localhost:3000/base/hooks"
+        );
+        assert!(t.uri_for("/a b").is_err(), "a space is not a path");
         let t: Target = "http://example.test".parse().unwrap();
         assert_eq!(t.authority(), "example.test:80");
         for bad in [
