@@ -355,6 +355,9 @@ impl Listener {
     /// store the listener opened is closed, before it returns. The embedded
     /// relay runs on a thread of its own meanwhile, with a one-thread runtime.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AgentError> {
+        // Also cancelled from within, when the embedded relay stops early;
+        // the caller's token is left alone.
+        let shutdown = shutdown.child_token();
         let Listener {
             agent,
             forwarder,
@@ -392,7 +395,13 @@ impl Listener {
         // However `run` ends (a panic, or its future dropped), the relay's
         // thread is told to stop.
         let _relay_stop_on_drop = relay_stop.clone().drop_guard();
-        let relay_task = embedded.map(|(relay, _)| run_embedded(relay, relay_stop.clone()));
+        let relay_task = embedded.map(|(relay, _)| {
+            watch_embedded(
+                run_embedded(relay, relay_stop.clone()),
+                relay_stop.clone(),
+                shutdown.clone(),
+            )
+        });
         let replays = forwarder
             .recorder()
             .is_some()
@@ -432,12 +441,43 @@ impl Listener {
             r.close().await;
         }
         relay_stop.cancel();
-        if let Some(task) = relay_task {
-            let _ = task.await;
-        }
+        let relay_result = match relay_task {
+            Some(task) => task.await.unwrap_or(Ok(())),
+            None => Ok(()),
+        };
         bound.abort();
-        result
+        result?;
+        relay_result
     }
+}
+
+/// Watches the embedded relay's end. Ended before `relay_stop` (its error,
+/// a panic on its thread, or a return nobody asked for), the tunnel is
+/// unreachable: `shutdown` stops the agent, and the task's result says why,
+/// instead of an agent that goes on serving nobody. Ended after, an error
+/// of its own stopping is only logged.
+fn watch_embedded(
+    ended: oneshot::Receiver<std::io::Result<()>>,
+    relay_stop: CancellationToken,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<Result<(), AgentError>> {
+    tokio::spawn(async move {
+        let failure = match ended.await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("its thread panicked".to_string()),
+        };
+        if relay_stop.is_cancelled() {
+            if let Some(why) = failure {
+                tracing::warn!("the embedded relay did not stop cleanly: {why}");
+            }
+            return Ok(());
+        }
+        let why = failure.unwrap_or_else(|| "it returned".to_string());
+        tracing::error!("the embedded relay stopped: {why}");
+        shutdown.cancel();
+        Err(AgentError::EmbeddedRelayStopped(why))
+    })
 }
 
 /// Runs the embedded relay until `stop`, on a thread of its own with a
@@ -559,6 +599,56 @@ async fn replay_worker(
             tokio::spawn(async move {
                 fwd.replay(&original, req.edit).await;
             });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the relay's thread sends, and when.
+    async fn watched(
+        outcome: Option<std::io::Result<()>>,
+        stop_first: bool,
+    ) -> (Result<(), AgentError>, bool) {
+        let (tx, rx) = oneshot::channel();
+        let (relay_stop, shutdown) = (CancellationToken::new(), CancellationToken::new());
+        let task = watch_embedded(rx, relay_stop.clone(), shutdown.clone());
+        if stop_first {
+            relay_stop.cancel();
+        }
+        match outcome {
+            Some(r) => tx.send(r).unwrap(),
+            // The thread panicked: its sender is dropped unsent.
+            None => drop(tx),
+        }
+        (task.await.unwrap(), shutdown.is_cancelled())
+    }
+
+    #[tokio::test]
+    async fn an_embedded_relay_that_stops_early_stops_the_agent_with_the_reason() {
+        let (r, stopped) =
+            watched(Some(Err(std::io::Error::other("no more sockets"))), false).await;
+        assert!(stopped, "the agent is told to stop");
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("embedded relay stopped: no more sockets"), "{e}");
+        let (r, stopped) = watched(None, false).await;
+        assert!(stopped);
+        assert!(r.unwrap_err().to_string().contains("panicked"));
+        let (r, stopped) = watched(Some(Ok(())), false).await;
+        assert!(
+            stopped && r.is_err(),
+            "an unasked-for return is an early stop too"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_embedded_relay_stopped_by_the_agent_is_no_error() {
+        for outcome in [Some(Ok(())), Some(Err(std::io::Error::other("x"))), None] {
+            let (r, stopped) = watched(outcome, true).await;
+            assert!(r.is_ok());
+            assert!(!stopped, "the agent was already stopping");
         }
     }
 }

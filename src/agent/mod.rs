@@ -40,6 +40,10 @@ pub enum AgentError {
     /// The relay refused the agent; retrying would not help.
     #[error("{0}")]
     Refused(String),
+    /// `listen`'s embedded relay stopped while the agent still served it:
+    /// no sender could reach the tunnel any more.
+    #[error("the embedded relay stopped: {0}; start whtunnel listen again")]
+    EmbeddedRelayStopped(String),
 }
 
 /// Exponential delays (from `backon`), each with full jitter applied after

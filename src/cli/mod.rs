@@ -382,7 +382,7 @@ async fn serve_relay(args: RelayArgs, format: args::LogFormat) -> Result<()> {
     if let Some(task) = admin {
         let _ = task.await;
     }
-    ran?;
+    ran.context("the relay stopped")?;
     log::relay_says(format, "whtunnel relay stopped");
     Ok(())
 }

@@ -38,7 +38,7 @@ impl FromStr for Target {
             }
             return Ok(Target {
                 authority: Authority::try_from(format!("localhost:{port}"))
-                    .map_err(|_| err("not a URL"))?,
+                    .expect("localhost:<port> is an authority"),
                 base_path: String::new(),
             });
         }
@@ -120,7 +120,11 @@ impl Target {
         // Built from parts: the authority is shared, and the path is one
         // buffer that becomes the URI's without a copy (this runs for
         // every forwarded request).
-        let slash = if path_and_query.starts_with('/') { "" } else { "/" };
+        let slash = if path_and_query.starts_with('/') {
+            ""
+        } else {
+            "/"
+        };
         let mut pq =
             String::with_capacity(self.base_path.len() + slash.len() + path_and_query.len());
         pq.push_str(&self.base_path);

@@ -391,6 +391,13 @@ impl Relay {
     /// Serves until `shutdown` resolves, then stops accepting, lets
     /// in-flight exchanges finish (up to [`DRAIN_TIMEOUT`]) and closes every
     /// agent link.
+    ///
+    /// # Errors
+    /// Fails at once, with its listeners closed, if they cannot be moved to
+    /// this runtime's reactor (the kernel refused to watch them).
+    ///
+    /// # Panics
+    /// Outside a tokio runtime with I/O enabled.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let Relay {
             listener,

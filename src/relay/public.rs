@@ -478,6 +478,7 @@ fn prepare(
         // The relay is the edge: what a sender claims about where it came
         // from is dropped, and the relay says it itself (the agent adds
         // X-Forwarded-For from `remote_addr`).
+        //
         // Nearly every request carries none of them: one pass over the
         // names instead of a hashed lookup per name.
         if headers
