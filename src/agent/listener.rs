@@ -451,6 +451,28 @@ impl Listener {
     }
 }
 
+/// Runs `f`, a panic becoming an error that carries its message: the
+/// panic hook's own report goes to stderr, which the inspector hides. The
+/// message is made terminal-safe and cut short, since it may quote what a
+/// sender sent.
+fn caught(f: impl FnOnce() -> std::io::Result<()>) -> std::io::Result<()> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("no message");
+        let message: String = crate::capture::export::terminal_safe(message, false)
+            .chars()
+            .take(PANIC_MESSAGE_CHARS)
+            .collect();
+        Err(std::io::Error::other(format!("it panicked: {message}")))
+    })
+}
+
+/// How much of a panic's message [`caught`] keeps.
+const PANIC_MESSAGE_CHARS: usize = 300;
+
 /// Watches the embedded relay's end. Ended before `relay_stop` (its error,
 /// a panic on its thread, or a return nobody asked for), the tunnel is
 /// unreachable: `shutdown` stops the agent, and the task's result says why,
@@ -508,7 +530,7 @@ fn run_embedded(relay: Relay, stop: CancellationToken) -> oneshot::Receiver<std:
                 .enable_all()
                 .build()
             {
-                Ok(runtime) => runtime.block_on(relay.run(stop.cancelled_owned())),
+                Ok(runtime) => caught(|| runtime.block_on(relay.run(stop.cancelled_owned()))),
                 Err(e) => Err(e),
             };
             let _ = done_tx.send(result);
@@ -641,6 +663,22 @@ mod tests {
             stopped && r.is_err(),
             "an unasked-for return is an early stop too"
         );
+    }
+
+    #[test]
+    fn a_panic_on_the_relay_thread_becomes_an_error_with_its_message() {
+        assert!(caught(|| Ok(())).is_ok());
+        let e = caught(|| panic!("bad \x1b]0;title\x07 state {}", 7)).unwrap_err();
+        let e = e.to_string();
+        assert!(e.starts_with("it panicked: bad "), "{e}");
+        assert!(e.contains("state 7"), "{e}");
+        assert!(!e.contains('\x1b') && !e.contains('\x07'), "escaped: {e:?}");
+        let e = caught(|| panic!("static text")).unwrap_err().to_string();
+        assert_eq!(e, "it panicked: static text");
+        let long = caught(|| panic!("{}", "x".repeat(10_000)))
+            .unwrap_err()
+            .to_string();
+        assert!(long.chars().count() <= "it panicked: ".len() + PANIC_MESSAGE_CHARS);
     }
 
     #[tokio::test]
