@@ -348,12 +348,14 @@ impl Listener {
         self.replay_tx.clone()
     }
 
-    /// Holds the tunnel until `shutdown` is cancelled (`Ok`) or the relay
-    /// refuses the agent (the refusal). Either way, exchanges in flight get
-    /// up to [`SETTLE_ON_STOP`] to finish (then they are abandoned, see
-    /// [`abandon_token`](Listener::abandon_token)) and are recorded, and a
-    /// store the listener opened is closed, before it returns. The embedded
-    /// relay runs on a thread of its own meanwhile, with a one-thread runtime.
+    /// Holds the tunnel until `shutdown` is cancelled (`Ok`), the relay
+    /// refuses the agent (the refusal), or the embedded relay stops while
+    /// the agent serves it ([`AgentError::EmbeddedRelayStopped`]). In every
+    /// case, exchanges in flight get up to [`SETTLE_ON_STOP`] to finish
+    /// (then they are abandoned, see [`abandon_token`](Listener::abandon_token))
+    /// and are recorded, and a store the listener opened is closed, before it
+    /// returns. The embedded relay runs on a thread of its own meanwhile,
+    /// with a one-thread runtime.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AgentError> {
         // Also cancelled from within, when the embedded relay stops early;
         // the caller's token is left alone.
