@@ -153,33 +153,18 @@ fn shutdown_signal() -> CancellationToken {
 /// next one (or the first after `stop` was cancelled otherwise, say by `q`
 /// in the inspector) cancels `abandon`: the user gives up on what is still
 /// in flight.
+///
+/// The handlers are installed before this returns, not in the task it
+/// spawns: a supervisor may send SIGTERM as soon as the first line is out,
+/// and a signal with no handler yet would kill the process instead of
+/// stopping it cleanly.
 fn shutdown_signals(abandon: Option<CancellationToken>) -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
+    let mut signals = Signals::install();
     tokio::spawn(async move {
-        #[cfg(unix)]
-        let mut term = {
-            use tokio::signal::unix::{signal, SignalKind};
-            signal(SignalKind::terminate()).ok()
-        };
         loop {
-            #[cfg(unix)]
-            {
-                let term_recv = async {
-                    match term.as_mut() {
-                        Some(t) => {
-                            t.recv().await;
-                        }
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    () = term_recv => {}
-                }
-            }
-            #[cfg(not(unix))]
-            let _ = tokio::signal::ctrl_c().await;
+            signals.next().await;
             match &abandon {
                 Some(abandon) if t.is_cancelled() => {
                     abandon.cancel();
@@ -191,6 +176,59 @@ fn shutdown_signals(abandon: Option<CancellationToken>) -> CancellationToken {
         }
     });
     token
+}
+
+/// The stop signals, listened to from the moment they are installed.
+struct Signals {
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Installs the handlers now. One that cannot be installed is said on
+    /// stderr and never fires; the other still does.
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let install = |kind: SignalKind, name: &str| match signal(kind) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    eprintln!("cannot listen for {name} ({e}): use the other signal to stop");
+                    None
+                }
+            };
+            Self {
+                interrupt: install(SignalKind::interrupt(), "Ctrl-C"),
+                terminate: install(SignalKind::terminate(), "SIGTERM"),
+            }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// Waits for the next Ctrl-C or SIGTERM.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                () = recv(&mut self.interrupt) => {}
+                () = recv(&mut self.terminate) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Says on stderr what stopping waits for, when anything.
@@ -810,6 +848,26 @@ fn replay_edit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A SIGTERM that arrives right after the token is made (a supervisor
+    /// stopping a relay the moment it printed its address) stops it
+    /// cleanly: the handler is in place before `shutdown_signals` returns,
+    /// not once a spawned task first runs. On a one-thread runtime that task
+    /// has not run yet here, so without the handler the signal's default
+    /// action would end this test process.
+    #[cfg(unix)]
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_sigterm_right_after_start_up_is_caught_not_fatal() {
+        let token = shutdown_signals(None);
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &std::process::id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill failed: {sent}");
+        tokio::time::timeout(Duration::from_secs(10), token.cancelled())
+            .await
+            .expect("the SIGTERM cancels the token");
+    }
 
     #[test]
     fn names_are_kept_in_the_data_dir() {
