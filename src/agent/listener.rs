@@ -497,8 +497,8 @@ fn watch_embedded(
             }
             return Ok(());
         }
+        // Said once, by the error `listen` ends with, as a refusal is.
         let why = failure.unwrap_or_else(|| "it returned".to_string());
-        tracing::error!("the embedded relay stopped: {why}");
         shutdown.cancel();
         Err(AgentError::EmbeddedRelayStopped(why))
     })
