@@ -23,7 +23,7 @@ pub const MAX_ABANDONED_CALLS: usize = crate::tunnel::h2::MAX_CONCURRENT_STREAMS
 /// unrecorded, and a held redelivery of the same event could not tell that
 /// the app already has it.
 pub(super) struct CallGuard {
-    pub(super) call: Option<hyper_util::client::legacy::ResponseFuture>,
+    pub(super) call: Option<super::pool::Call>,
     pub(super) deadline: tokio::time::Instant,
     /// Set when capture is on (only then is a dropped call finished).
     pub(super) fwd: Option<Forwarder>,
@@ -105,12 +105,12 @@ impl Drop for CallGuard {
 /// The call's result by `deadline`, or `None` once the agent gives up on
 /// the exchanges in flight.
 async fn finish_unless_abandoned(
-    call: hyper_util::client::legacy::ResponseFuture,
+    call: super::pool::Call,
     deadline: tokio::time::Instant,
     abandon: &tokio_util::sync::CancellationToken,
 ) -> Option<
     Result<
-        Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>,
+        Result<http::Response<super::pool::PooledBody>, super::pool::CallError>,
         tokio::time::error::Elapsed,
     >,
 > {

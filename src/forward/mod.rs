@@ -15,6 +15,7 @@
 
 mod abandoned;
 mod held;
+mod pool;
 mod reclaim;
 mod record;
 mod replay;
@@ -27,9 +28,6 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +38,7 @@ pub use target::{HostHeader, Target, TargetError};
 
 use abandoned::CallGuard;
 use held::InFlight;
+use pool::{AppPool, CallError};
 use record::{Busy, Pending, Recording};
 
 use crate::capture::{
@@ -98,7 +97,8 @@ pub struct Forwarder {
 
 struct Inner {
     config: ForwarderConfig,
-    client: Client<HttpConnector, Body>,
+    /// Kept-alive connections to the app.
+    pool: AppPool,
     in_flight: Arc<InFlight>,
     /// Permits for calls left to finish after their stream was reset.
     abandoned: Arc<tokio::sync::Semaphore>,
@@ -135,19 +135,12 @@ fn headers_to_vec(headers: &HeaderMap) -> Vec<capture::Header> {
 }
 
 impl Forwarder {
-    /// A forwarder with a pooled HTTP client.
+    /// A forwarder with kept-alive connections to the app.
     pub fn new(config: ForwarderConfig) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(64)
-            .build(connector);
         Forwarder {
             inner: Arc::new(Inner {
                 config,
-                client,
+                pool: AppPool::default(),
                 in_flight: Arc::default(),
                 abandoned: Arc::new(tokio::sync::Semaphore::new(MAX_ABANDONED_CALLS)),
                 busy: Arc::new(watch::channel(0).0),
@@ -403,7 +396,7 @@ impl Forwarder {
             r.started(p.received_at, &p.method, &p.path, p.replay_of, timeout)
         });
         let mut guard = CallGuard {
-            call: Some(self.inner.client.request(request)),
+            call: Some(self.inner.pool.request(request)),
             deadline,
             fwd: cfg.recorder.is_some().then(|| self.clone()),
             armed: cfg.recorder.clone().map(|recorder| Recording {
@@ -609,7 +602,7 @@ fn add_forwarded(headers: &mut HeaderMap, meta: &RequestMeta) {
     }
 }
 
-fn describe_client_error(e: &hyper_util::client::legacy::Error, target: &Target) -> String {
+fn describe_client_error(e: &CallError, target: &Target) -> String {
     use std::error::Error as _;
     let mut cause = e.to_string();
     let mut source = e.source();

@@ -1,0 +1,508 @@
+//! The agent's connections to the app: HTTP/1.1, kept alive and reused per
+//! target (`host:port`), at most [`MAX_IDLE_PER_TARGET`] idle ones each,
+//! none kept idle longer than [`IDLE_TIMEOUT`].
+//!
+//! hyper-util's general client did this job before, for any number of
+//! origins: every request hashed its key into a pool map twice (out and
+//! back in) and spawned a task to hand the connection back once it was idle
+//! again, about 9k instructions of the agent's ~90k per request
+//! (docs/benchmarks.md, "Session 14"). Here a connection goes back when the
+//! app's answer has been read to its end, which is when it is already idle
+//! in nearly every case; a task waits for it only when it is not yet.
+//!
+//! What the general client did that matters is kept: the request goes out in
+//! origin form with a Host header; a kept-alive connection the app closed
+//! while it sat idle fails a request before any byte of it is sent, and
+//! hyper hands the request back, so it is sent again once on a new
+//! connection (a request that may have reached the app is never resent);
+//! connecting gives up after [`CONNECT_TIMEOUT`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::uri::Authority;
+use http::{header, HeaderValue, Request, Response, Uri};
+use hyper::body::{Body as _, Frame, Incoming};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::tunnel::Body;
+
+/// Idle connections kept per target; past this, the oldest is closed.
+pub const MAX_IDLE_PER_TARGET: usize = 64;
+/// An idle connection older than this is closed rather than reused.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long connecting to the app may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a call to the app failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No connection to the app could be made.
+    #[error("{0}")]
+    Connect(std::io::Error),
+    /// The connection failed while sending the request or reading the
+    /// answer's head.
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
+impl CallError {
+    /// True when the app could not be reached at all (nothing was sent).
+    pub fn is_connect(&self) -> bool {
+        matches!(self, CallError::Connect(_))
+    }
+}
+
+/// A call in progress: the app's answer, or why there is none.
+pub type Call = Pin<Box<dyn Future<Output = Result<Response<PooledBody>, CallError>> + Send>>;
+
+/// The connections, shared by every forwarding task. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct AppPool {
+    idle: Arc<Mutex<Vec<Slot>>>,
+}
+
+/// One target's idle connections, oldest first.
+struct Slot {
+    authority: Authority,
+    idle: Vec<Idle>,
+}
+
+struct Idle {
+    sender: SendRequest<Body>,
+    since: Instant,
+}
+
+impl AppPool {
+    /// Sends `req` (an absolute `http://host:port/...` URI) to its
+    /// authority on a kept-alive connection, or a new one.
+    pub fn request(&self, mut req: Request<Body>) -> Call {
+        let pool = self.clone();
+        Box::pin(async move {
+            let Some(authority) = req.uri().authority().cloned() else {
+                return Err(CallError::Connect(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "the request has no host to connect to",
+                )));
+            };
+            origin_form(&mut req, &authority);
+            let mut retried = false;
+            loop {
+                let (mut sender, reused) = match pool.checkout(&authority).await {
+                    Some(sender) => (sender, true),
+                    None => (connect(&authority).await?, false),
+                };
+                match sender.try_send_request(req).await {
+                    Ok(resp) => {
+                        let back = Some(Back {
+                            pool: pool.clone(),
+                            authority,
+                            sender,
+                        });
+                        return Ok(resp.map(|body| PooledBody { body, back }));
+                    }
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) if reused && !retried => {
+                            let why = e.error();
+                            tracing::debug!(
+                                "kept-alive connection to the app lost ({why}); resending"
+                            );
+                            req = unsent;
+                            retried = true;
+                        }
+                        _ => return Err(CallError::Http(e.into_error())),
+                    },
+                }
+            }
+        })
+    }
+
+    /// The newest idle connection to `authority` that is still open, ready
+    /// for a request; closed and expired ones are dropped on the way.
+    async fn checkout(&self, authority: &Authority) -> Option<SendRequest<Body>> {
+        loop {
+            let mut idle = {
+                let mut slots = self.idle.lock();
+                let slot = slots.iter_mut().find(|s| s.authority == *authority)?;
+                slot.idle.pop()?
+            };
+            if idle.sender.is_closed() || idle.since.elapsed() > IDLE_TIMEOUT {
+                continue;
+            }
+            // Only ready connections are put back, so this does not wait,
+            // unless the app closed it meanwhile (an error: try the next).
+            if idle.sender.ready().await.is_ok() {
+                return Some(idle.sender);
+            }
+        }
+    }
+
+    /// Puts a connection that finished its exchange back, if it is ready
+    /// for another; if not yet, a task puts it back once it is.
+    fn put_back(&self, authority: Authority, mut sender: SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        if sender.is_ready() {
+            self.push(authority, sender);
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let pool = self.clone();
+        runtime.spawn(async move {
+            // Bounded like any idle connection: one that never becomes
+            // ready again is dropped, not waited on forever.
+            if let Ok(Ok(())) = tokio::time::timeout(IDLE_TIMEOUT, sender.ready()).await {
+                pool.push(authority, sender);
+            }
+        });
+    }
+
+    fn push(&self, authority: Authority, sender: SendRequest<Body>) {
+        let now = Instant::now();
+        let mut slots = self.idle.lock();
+        let slot = match slots.iter().position(|s| s.authority == authority) {
+            Some(i) => &mut slots[i],
+            None => {
+                slots.push(Slot {
+                    authority,
+                    idle: Vec::new(),
+                });
+                slots.last_mut().expect("just pushed")
+            }
+        };
+        // Oldest first: the expired ones are at the front.
+        let expired = slot
+            .idle
+            .iter()
+            .take_while(|i| now.duration_since(i.since) > IDLE_TIMEOUT)
+            .count();
+        let over = (slot.idle.len() - expired + 1).saturating_sub(MAX_IDLE_PER_TARGET);
+        slot.idle.drain(..expired + over);
+        slot.idle.push(Idle { sender, since: now });
+    }
+
+    /// Idle connections kept for `authority` (for tests).
+    #[cfg(test)]
+    fn idle_count(&self, authority: &str) -> usize {
+        self.idle
+            .lock()
+            .iter()
+            .find(|s| s.authority.as_str() == authority)
+            .map_or(0, |s| s.idle.len())
+    }
+}
+
+/// The request line in origin form (`/path?query`, what an app expects
+/// from a client that is not a proxy), and a Host header if it has none.
+fn origin_form(req: &mut Request<Body>, authority: &Authority) {
+    let path = req.uri().path_and_query().cloned();
+    *req.uri_mut() = path.map_or_else(|| Uri::from_static("/"), Uri::from);
+    if !req.headers().contains_key(header::HOST) {
+        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            req.headers_mut().insert(header::HOST, host);
+        }
+    }
+}
+
+/// A new connection to `authority`, its task spawned.
+async fn connect(authority: &Authority) -> Result<SendRequest<Body>, CallError> {
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = authority.port_u16().unwrap_or(80);
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port))).await
+    {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(CallError::Connect(e)),
+        Err(_) => {
+            return Err(CallError::Connect(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection within {}s", CONNECT_TIMEOUT.as_secs()),
+            )))
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("a connection to the app ended: {e}");
+        }
+    });
+    Ok(sender)
+}
+
+/// Where a connection goes once its exchange is over.
+struct Back {
+    pool: AppPool,
+    authority: Authority,
+    sender: SendRequest<Body>,
+}
+
+/// The app's answer; its connection goes back to the pool once the answer
+/// has been read to its end. An answer dropped before its end leaves the
+/// connection unusable (hyper closes it), so it is not put back.
+pub struct PooledBody {
+    body: Incoming,
+    back: Option<Back>,
+}
+
+impl PooledBody {
+    fn done(&mut self) {
+        if let Some(Back {
+            pool,
+            authority,
+            sender,
+        }) = self.back.take()
+        {
+            pool.put_back(authority, sender);
+        }
+    }
+}
+
+impl hyper::body::Body for PooledBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.done(),
+            Poll::Ready(Some(Err(_))) => self.back = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // The last frame read, and the reader stopped there without asking
+        // for the end (it knew from `is_end_stream`): the exchange is over.
+        if self.body.is_end_stream() {
+            self.done();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    fn empty() -> Body {
+        http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed_unsync()
+    }
+
+    fn post(addr: std::net::SocketAddr, path: &str) -> Request<Body> {
+        Request::post(format!("http://{addr}{path}"))
+            .body(empty())
+            .unwrap()
+    }
+
+    /// An app answering `200 ok` to every request, counting connections,
+    /// and writing each request head it reads to `heads`.
+    async fn app() -> (
+        std::net::SocketAddr,
+        Arc<AtomicUsize>,
+        Arc<Mutex<Vec<String>>>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let (c, h) = (conns.clone(), heads.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                c.fetch_add(1, Ordering::SeqCst);
+                let h = h.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let mut chunk = [0u8; 4096];
+                        let Ok(n) = s.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head: Vec<u8> = buf.drain(..end + 4).collect();
+                            h.lock().push(String::from_utf8_lossy(&head).into_owned());
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if s.write_all(answer).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, conns, heads)
+    }
+
+    #[tokio::test]
+    async fn sequential_requests_share_one_connection_sent_in_origin_form() {
+        let (addr, conns, heads) = app().await;
+        let pool = AppPool::default();
+        for i in 0..20 {
+            let resp = pool
+                .request(post(addr, &format!("/hook?n={i}")))
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"ok");
+        }
+        assert_eq!(conns.load(Ordering::SeqCst), 1, "one kept-alive connection");
+        assert_eq!(pool.idle_count(&addr.to_string()), 1);
+        let heads = heads.lock();
+        assert_eq!(heads.len(), 20);
+        assert!(
+            heads[3].starts_with("POST /hook?n=3 HTTP/1.1\r\n"),
+            "{}",
+            heads[3]
+        );
+        let host = format!("host: {addr}\r\n");
+        assert!(
+            heads[3].to_ascii_lowercase().contains(&host),
+            "{}",
+            heads[3]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_answer_dropped_before_its_end_does_not_return_its_connection() {
+        let (addr, conns, _) = app().await;
+        let pool = AppPool::default();
+        let resp = pool.request(post(addr, "/a")).await.unwrap();
+        // Content-Length 2, nothing read: the connection is mid-answer.
+        assert!(!resp.body().is_end_stream());
+        drop(resp);
+        assert_eq!(pool.idle_count(&addr.to_string()), 0);
+        let resp = pool.request(post(addr, "/b")).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+        assert_eq!(conns.load(Ordering::SeqCst), 2);
+    }
+
+    /// The app closes a kept-alive connection while it sits idle (its
+    /// keep-alive timeout): the next request goes out on a new connection.
+    /// (A close that crosses the next request on the wire is the retry in
+    /// `request`; its timing cannot be arranged from here.)
+    #[tokio::test]
+    async fn a_connection_the_app_closed_while_idle_is_not_a_failed_request() {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (first_tx, first_rx) = std::sync::mpsc::channel();
+        let heads = Arc::new(AtomicUsize::new(0));
+        let h = heads.clone();
+        // A blocking app on its own thread; the test closes the first
+        // connection itself.
+        std::thread::spawn(move || {
+            for (n, conn) in listener.incoming().enumerate() {
+                let Ok(conn) = conn else { return };
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut writer = conn;
+                loop {
+                    let mut line = String::new();
+                    let mut head = 0;
+                    while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                        head += 1;
+                        if line == "\r\n" {
+                            break;
+                        }
+                        line.clear();
+                    }
+                    if head == 0 {
+                        break;
+                    }
+                    h.fetch_add(1, Ordering::SeqCst);
+                    let _ = writer.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+                    if n == 0 {
+                        let _ = first_tx.send(writer);
+                        break;
+                    }
+                }
+            }
+        });
+        let pool = AppPool::default();
+        let resp = pool.request(post(addr, "/first")).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+        assert_eq!(pool.idle_count(&addr.to_string()), 1);
+        let first = first_rx.recv().unwrap();
+        first.shutdown(std::net::Shutdown::Both).unwrap();
+        drop(first);
+        // The agent's side of it sees the close (bounded wait).
+        for _ in 0..200 {
+            if pool_sees_closed(&pool, addr) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            pool_sees_closed(&pool, addr),
+            "the close was not seen in 2 s"
+        );
+        let resp = pool.request(post(addr, "/second")).await;
+        let resp = resp.unwrap_or_else(|e| panic!("the second request failed: {e}"));
+        assert_eq!(resp.status(), 200);
+        resp.into_body().collect().await.unwrap();
+        assert_eq!(
+            heads.load(Ordering::SeqCst),
+            2,
+            "each request reached the app once"
+        );
+    }
+
+    fn pool_sees_closed(pool: &AppPool, addr: std::net::SocketAddr) -> bool {
+        let slots = pool.idle.lock();
+        let slot = slots
+            .iter()
+            .find(|s| s.authority.as_str() == addr.to_string());
+        slot.is_some_and(|s| s.idle.iter().all(|i| i.sender.is_closed()))
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_a_connect_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let e = AppPool::default()
+            .request(post(addr, "/"))
+            .await
+            .err()
+            .expect("nothing listens");
+        assert!(e.is_connect(), "{e:?}");
+    }
+}
