@@ -67,6 +67,8 @@ pub type Call = Pin<Box<dyn Future<Output = Result<Response<PooledBody>, CallErr
 #[derive(Clone, Default)]
 pub struct AppPool {
     idle: Arc<Mutex<Vec<Slot>>>,
+    /// Set once the task that closes expired idle connections runs.
+    reaping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// One target's idle connections, oldest first.
@@ -168,6 +170,7 @@ impl AppPool {
     }
 
     fn push(&self, authority: Authority, sender: SendRequest<Body>) {
+        self.reap_later();
         let now = Instant::now();
         let mut slots = self.idle.lock();
         let slot = match slots.iter().position(|s| s.authority == authority) {
@@ -189,6 +192,43 @@ impl AppPool {
         let over = (slot.idle.len() - expired + 1).saturating_sub(MAX_IDLE_PER_TARGET);
         slot.idle.drain(..expired + over);
         slot.idle.push(Idle { sender, since: now });
+    }
+
+    /// Starts, once, the task that closes connections idle for longer than
+    /// [`IDLE_TIMEOUT`] even when no request comes to notice them (an app
+    /// with no keep-alive timeout of its own would keep them open). It ends
+    /// with the pool.
+    fn reap_later(&self) {
+        use std::sync::atomic::Ordering;
+        if self.reaping.load(Ordering::Relaxed) || self.reaping.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.reaping.store(false, Ordering::Relaxed);
+            return;
+        };
+        let idle = Arc::downgrade(&self.idle);
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(IDLE_TIMEOUT).await;
+                let Some(idle) = idle.upgrade() else { return };
+                let now = Instant::now();
+                // Dropped outside the lock: closing is the connection task's.
+                let expired: Vec<Idle> = idle
+                    .lock()
+                    .iter_mut()
+                    .flat_map(|slot| {
+                        let n = slot
+                            .idle
+                            .iter()
+                            .take_while(|i| now.duration_since(i.since) > IDLE_TIMEOUT)
+                            .count();
+                        slot.idle.drain(..n).collect::<Vec<_>>()
+                    })
+                    .collect();
+                drop(expired);
+            }
+        });
     }
 
     /// Idle connections kept for `authority` (for tests).
@@ -483,6 +523,22 @@ mod tests {
             2,
             "each request reached the app once"
         );
+    }
+
+    /// A connection nobody reuses is closed once idle for longer than
+    /// [`IDLE_TIMEOUT`], though no request comes to notice it.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_closed_after_the_idle_timeout() {
+        let (addr, conns, _) = app().await;
+        let pool = AppPool::default();
+        let resp = pool.request(post(addr, "/a")).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+        assert_eq!(pool.idle_count(&addr.to_string()), 1);
+        tokio::time::sleep(IDLE_TIMEOUT / 2).await;
+        assert_eq!(pool.idle_count(&addr.to_string()), 1, "closed too early");
+        tokio::time::sleep(IDLE_TIMEOUT * 2).await;
+        assert_eq!(pool.idle_count(&addr.to_string()), 0, "still kept");
+        assert_eq!(conns.load(Ordering::SeqCst), 1);
     }
 
     fn pool_sees_closed(pool: &AppPool, addr: std::net::SocketAddr) -> bool {
