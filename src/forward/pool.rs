@@ -1,21 +1,23 @@
 //! The agent's connections to the app: HTTP/1.1, kept alive and reused per
-//! target (`host:port`), at most [`MAX_IDLE_PER_TARGET`] idle ones each,
-//! none kept idle longer than [`IDLE_TIMEOUT`].
+//! target (`host:port`), at most [`MAX_IDLE_PER_TARGET`] idle ones each;
+//! none is reused once idle for [`IDLE_TIMEOUT`], and a task closes such
+//! ones within half of it more.
 //!
 //! hyper-util's general client did this job before, for any number of
 //! origins: every request hashed its key into a pool map twice (out and
 //! back in) and spawned a task to hand the connection back once it was idle
-//! again, about 9k instructions of the agent's ~90k per request
-//! (docs/benchmarks.md, "Session 14"). Here a connection goes back when the
-//! app's answer has been read to its end, which is when it is already idle
-//! in nearly every case; a task waits for it only when it is not yet.
+//! again (docs/benchmarks.md, "Session 14", has what that cost). Here a
+//! connection goes back when the app's answer has been read to its end,
+//! which is when it is already idle in nearly every case; a task waits for
+//! it only when it is not yet.
 //!
 //! What the general client did that matters is kept: the request goes out in
 //! origin form with a Host header; a kept-alive connection the app closed
-//! while it sat idle fails a request before any byte of it is sent, and
-//! hyper hands the request back, so it is sent again once on a new
-//! connection (a request that may have reached the app is never resent);
-//! connecting gives up after [`CONNECT_TIMEOUT`].
+//! while it sat idle can fail a request before any byte of it is sent, and
+//! hyper hands the request back, so it is sent again on a new connection (a
+//! request that may have reached the app is never resent); each address of
+//! the target gets its share of [`CONNECT_TIMEOUT`], so an address that
+//! drops packets does not use up the time of the next.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -97,7 +99,14 @@ impl AppPool {
             origin_form(&mut req, &authority);
             let mut retried = false;
             loop {
-                let (mut sender, reused) = match pool.checkout(&authority).await {
+                // A retry skips the pool: its other idle connections may
+                // have been closed at the same moment (an app restarting).
+                let idle = if retried {
+                    None
+                } else {
+                    pool.checkout(&authority).await
+                };
+                let (mut sender, reused) = match idle {
                     Some(sender) => (sender, true),
                     None => (connect(&authority).await?, false),
                 };
@@ -190,8 +199,10 @@ impl AppPool {
             .take_while(|i| now.duration_since(i.since) > IDLE_TIMEOUT)
             .count();
         let over = (slot.idle.len() - expired + 1).saturating_sub(MAX_IDLE_PER_TARGET);
-        slot.idle.drain(..expired + over);
+        let closed: Vec<Idle> = slot.idle.drain(..expired + over).collect();
         slot.idle.push(Idle { sender, since: now });
+        drop(slots);
+        drop(closed);
     }
 
     /// Starts, once, the task that closes connections idle for longer than
@@ -199,18 +210,27 @@ impl AppPool {
     /// with no keep-alive timeout of its own would keep them open). It ends
     /// with the pool.
     fn reap_later(&self) {
-        use std::sync::atomic::Ordering;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        /// Lets a later `push` start another reaper if this one's runtime
+        /// stops (its task is then dropped).
+        struct Running(Arc<AtomicBool>);
+        impl Drop for Running {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Relaxed);
+            }
+        }
         if self.reaping.load(Ordering::Relaxed) || self.reaping.swap(true, Ordering::Relaxed) {
             return;
         }
+        let running = Running(self.reaping.clone());
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            self.reaping.store(false, Ordering::Relaxed);
             return;
         };
         let idle = Arc::downgrade(&self.idle);
         runtime.spawn(async move {
+            let _running = running;
             loop {
-                tokio::time::sleep(IDLE_TIMEOUT).await;
+                tokio::time::sleep(IDLE_TIMEOUT / 2).await;
                 let Some(idle) = idle.upgrade() else { return };
                 let now = Instant::now();
                 // Dropped outside the lock: closing is the connection task's.
@@ -243,32 +263,65 @@ impl AppPool {
 }
 
 /// The request line in origin form (`/path?query`, what an app expects
-/// from a client that is not a proxy), and a Host header if it has none.
+/// from a client that is not a proxy), and a Host header if it has none
+/// (without the port when it is HTTP's default, as clients send it).
 fn origin_form(req: &mut Request<Body>, authority: &Authority) {
     let path = req.uri().path_and_query().cloned();
     *req.uri_mut() = path.map_or_else(|| Uri::from_static("/"), Uri::from);
     if !req.headers().contains_key(header::HOST) {
-        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+        let host = match authority.port_u16() {
+            Some(80) => authority.host(),
+            _ => authority.as_str(),
+        };
+        if let Ok(host) = HeaderValue::from_str(host) {
             req.headers_mut().insert(header::HOST, host);
         }
     }
 }
 
-/// A new connection to `authority`, its task spawned.
+/// A new connection to `authority`, its task spawned. Its addresses are
+/// tried in the resolver's order, each for its share of
+/// [`CONNECT_TIMEOUT`] (`localhost` is often `::1` then `127.0.0.1`, and an
+/// app listens on one of them).
 async fn connect(authority: &Authority) -> Result<SendRequest<Body>, CallError> {
+    let timed_out = || {
+        CallError::Connect(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no connection within {}s", CONNECT_TIMEOUT.as_secs()),
+        ))
+    };
     let host = authority
         .host()
         .trim_start_matches('[')
         .trim_end_matches(']');
     let port = authority.port_u16().unwrap_or(80);
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port))).await
-    {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return Err(CallError::Connect(e)),
-        Err(_) => {
+    let started = Instant::now();
+    let addrs: Vec<_> =
+        tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host((host, port)))
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(CallError::Connect)?
+            .collect();
+    let share = CONNECT_TIMEOUT.saturating_sub(started.elapsed()) / addrs.len().max(1) as u32;
+    let mut last = None;
+    let mut stream = None;
+    for addr in addrs {
+        match tokio::time::timeout(share, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                stream = Some(s);
+                break;
+            }
+            Ok(Err(e)) => last = Some(CallError::Connect(e)),
+            Err(_) => last = Some(timed_out()),
+        }
+    }
+    let stream = match (stream, last) {
+        (Some(s), _) => s,
+        (None, Some(e)) => return Err(e),
+        (None, None) => {
             return Err(CallError::Connect(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no connection within {}s", CONNECT_TIMEOUT.as_secs()),
+                std::io::ErrorKind::NotFound,
+                format!("{host} has no address"),
             )))
         }
     };
@@ -290,8 +343,10 @@ struct Back {
 }
 
 /// The app's answer; its connection goes back to the pool once the answer
-/// has been read to its end. An answer dropped before its end leaves the
-/// connection unusable (hyper closes it), so it is not put back.
+/// has been read to its end: polled until it says there is no more, or
+/// dropped when it says it is at its end (a known length all read; a
+/// chunked answer says so only by ending). An answer dropped before its end
+/// leaves the connection unusable (hyper closes it), so it is not put back.
 pub struct PooledBody {
     body: Incoming,
     back: Option<Back>,
@@ -547,6 +602,50 @@ mod tests {
             .iter()
             .find(|s| s.authority.as_str() == addr.to_string());
         slot.is_some_and(|s| s.idle.iter().all(|i| i.sender.is_closed()))
+    }
+
+    #[test]
+    fn the_request_line_is_in_origin_form_and_host_is_filled_in_only_when_missing() {
+        let cases = [
+            (
+                "http://example.test:80/a?b=1",
+                None,
+                "/a?b=1",
+                "example.test",
+            ),
+            ("http://127.0.0.1:3000/", None, "/", "127.0.0.1:3000"),
+            ("http://[::1]:8080/x", None, "/x", "[::1]:8080"),
+            (
+                "http://127.0.0.1:3000/y",
+                Some("public.example"),
+                "/y",
+                "public.example",
+            ),
+        ];
+        for (uri, host, path, want) in cases {
+            let mut req = Request::post(uri).body(empty()).unwrap();
+            if let Some(h) = host {
+                req.headers_mut().insert(header::HOST, h.parse().unwrap());
+            }
+            let authority = req.uri().authority().unwrap().clone();
+            origin_form(&mut req, &authority);
+            assert_eq!(req.uri().to_string(), path, "{uri}");
+            assert_eq!(req.headers()[header::HOST], want, "{uri}");
+        }
+    }
+
+    /// `localhost` may resolve to `::1` first; an app on `127.0.0.1` only
+    /// is still reached.
+    #[tokio::test]
+    async fn localhost_reaches_an_app_on_one_of_its_addresses() {
+        let (addr, conns, _) = app().await;
+        let pool = AppPool::default();
+        let req = Request::post(format!("http://localhost:{}/h", addr.port()))
+            .body(empty())
+            .unwrap();
+        let resp = pool.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(conns.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
