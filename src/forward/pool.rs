@@ -5,11 +5,12 @@
 //!
 //! hyper-util's general client did this job before, for any number of
 //! origins: every request hashed its key into a pool map twice (out and
-//! back in) and spawned a task to hand the connection back once it was idle
-//! again (docs/benchmarks.md, "Session 14", has what that cost). Here a
-//! connection goes back when the app's answer has been read to its end,
-//! which is when it is already idle in nearly every case; a task waits for
-//! it only when it is not yet.
+//! back in), and an answer whose body was still coming when its head
+//! arrived cost a task to hand the connection back later
+//! (docs/benchmarks.md, "Session 14", has what it cost). Here a connection
+//! goes back when the app's answer has been read to its end, which is when
+//! it is already idle in nearly every case; a task waits for it only when
+//! it is not yet.
 //!
 //! What the general client did that matters is kept: the request goes out in
 //! origin form with a Host header; a kept-alive connection the app closed
