@@ -8,10 +8,10 @@
 //! asked otherwise. When the app cannot answer, the forwarder answers
 //! itself: 502 when it is unreachable, 504 when it is too slow.
 //!
-//! The parts: `target` (where requests go, the Host policy), `held` (held
-//! events: ack only once recorded, never twice to the app), `abandoned`
-//! (calls that outlive their stream), `replay`, and `record` (handing the
-//! exchange to the capture).
+//! The parts: `target` (where requests go, the Host policy), `pool` (the
+//! kept-alive connections to the app), `held` (held events: ack only once
+//! recorded, never twice to the app), `abandoned` (calls that outlive their
+//! stream), `replay`, and `record` (handing the exchange to the capture).
 
 mod abandoned;
 mod held;
