@@ -204,12 +204,15 @@ async fn serve(
         let control = control.is_some();
         // Borrowed scheme text: no allocation per request.
         let link = link.clone();
-        async move {
+        // Boxed: hyper moves the stream's future into a task of its own, and
+        // the forwarding future is large; moved as a pointer, it is copied
+        // once instead of at every move.
+        Box::pin(async move {
             if control {
                 return Ok(http::Response::new(crate::tunnel::Body::default()));
             }
             Ok::<_, std::convert::Infallible>(forwarder.handle(req, &link).await)
-        }
+        })
     });
     let conn = h2::server_builder().serve_connection(TokioIo::new(WsIo::new(ws)), service);
     tokio::pin!(conn);
