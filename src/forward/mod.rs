@@ -362,7 +362,7 @@ impl Forwarder {
         // until this call returns.
         let _busy = cfg.recorder.is_none().then(|| pending.busy.take());
         let target = self.target_for(&path);
-        let Ok(uri) = target.uri_for(&path) else {
+        let Ok(uri) = target.origin_form(&path) else {
             let resp = error_response(
                 StatusCode::BAD_REQUEST,
                 AgentError::BadRequest,
@@ -396,7 +396,11 @@ impl Forwarder {
             r.started(p.received_at, &p.method, &p.path, p.replay_of, timeout)
         });
         let mut guard = CallGuard {
-            call: Some(self.inner.pool.request(request)),
+            call: Some(
+                self.inner
+                    .pool
+                    .request(target.authority_parsed().clone(), request),
+            ),
             deadline,
             fwd: cfg.recorder.is_some().then(|| self.clone()),
             armed: cfg.recorder.clone().map(|recorder| Recording {

@@ -12,8 +12,8 @@
 //! it is already idle in nearly every case; a task waits for it only when
 //! it is not yet.
 //!
-//! What the general client did that matters is kept: the request goes out in
-//! origin form with a Host header; a kept-alive connection the app closed
+//! What the general client did that matters is kept: the request gets a Host
+//! header when it has none; a kept-alive connection the app closed
 //! while it sat idle can fail a request before any byte of it is sent, and
 //! hyper hands the request back, so it is sent again on a new connection (a
 //! request that may have reached the app is never resent); each address of
@@ -27,7 +27,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::uri::Authority;
-use http::{header, HeaderValue, Request, Response, Uri};
+use http::{header, HeaderValue, Request, Response};
 use hyper::body::{Body as _, Frame, Incoming};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -80,24 +80,30 @@ struct Slot {
     idle: Vec<Idle>,
 }
 
+impl Slot {
+    /// How many connections, from the front, have been idle past
+    /// [`IDLE_TIMEOUT`] at `now` (oldest first, so they are all there).
+    fn expired(&self, now: Instant) -> usize {
+        self.idle
+            .iter()
+            .take_while(|i| now.duration_since(i.since) > IDLE_TIMEOUT)
+            .count()
+    }
+}
+
 struct Idle {
     sender: SendRequest<Body>,
     since: Instant,
 }
 
 impl AppPool {
-    /// Sends `req` (an absolute `http://host:port/...` URI) to its
-    /// authority on a kept-alive connection, or a new one.
-    pub fn request(&self, mut req: Request<Body>) -> Call {
+    /// Sends `req` (its URI in origin form, `/path?query`, what an app
+    /// expects from a client that is not a proxy) to `authority` on a
+    /// kept-alive connection, or a new one.
+    pub fn request(&self, authority: Authority, mut req: Request<Body>) -> Call {
         let pool = self.clone();
         Box::pin(async move {
-            let Some(authority) = req.uri().authority().cloned() else {
-                return Err(CallError::Connect(std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "the request has no host to connect to",
-                )));
-            };
-            origin_form(&mut req, &authority);
+            default_host(&mut req, &authority);
             let mut retried = false;
             loop {
                 // A retry skips the pool: its other idle connections may
@@ -193,12 +199,7 @@ impl AppPool {
                 slots.last_mut().expect("just pushed")
             }
         };
-        // Oldest first: the expired ones are at the front.
-        let expired = slot
-            .idle
-            .iter()
-            .take_while(|i| now.duration_since(i.since) > IDLE_TIMEOUT)
-            .count();
+        let expired = slot.expired(now);
         let over = (slot.idle.len() - expired + 1).saturating_sub(MAX_IDLE_PER_TARGET);
         let closed: Vec<Idle> = slot.idle.drain(..expired + over).collect();
         slot.idle.push(Idle { sender, since: now });
@@ -209,7 +210,8 @@ impl AppPool {
     /// Starts, once, the task that closes connections idle for longer than
     /// [`IDLE_TIMEOUT`] even when no request comes to notice them (an app
     /// with no keep-alive timeout of its own would keep them open). It ends
-    /// with the pool.
+    /// once nothing is idle (the next `push` starts it again), or with the
+    /// pool: an agent nobody sends to is not woken for it.
     fn reap_later(&self) {
         use std::sync::atomic::{AtomicBool, Ordering};
         /// Lets a later `push` start another reaper if this one's runtime
@@ -234,20 +236,21 @@ impl AppPool {
                 tokio::time::sleep(IDLE_TIMEOUT / 2).await;
                 let Some(idle) = idle.upgrade() else { return };
                 let now = Instant::now();
-                // Dropped outside the lock: closing is the connection task's.
-                let expired: Vec<Idle> = idle
-                    .lock()
+                let mut slots = idle.lock();
+                let expired: Vec<Idle> = slots
                     .iter_mut()
                     .flat_map(|slot| {
-                        let n = slot
-                            .idle
-                            .iter()
-                            .take_while(|i| now.duration_since(i.since) > IDLE_TIMEOUT)
-                            .count();
+                        let n = slot.expired(now);
                         slot.idle.drain(..n).collect::<Vec<_>>()
                     })
                     .collect();
+                let empty = slots.iter().all(|s| s.idle.is_empty());
+                // Dropped outside the lock: closing is the connection task's.
+                drop(slots);
                 drop(expired);
+                if empty {
+                    return;
+                }
             }
         });
     }
@@ -263,12 +266,9 @@ impl AppPool {
     }
 }
 
-/// The request line in origin form (`/path?query`, what an app expects
-/// from a client that is not a proxy), and a Host header if it has none
-/// (without the port when it is HTTP's default, as clients send it).
-fn origin_form(req: &mut Request<Body>, authority: &Authority) {
-    let path = req.uri().path_and_query().cloned();
-    *req.uri_mut() = path.map_or_else(|| Uri::from_static("/"), Uri::from);
+/// A Host header if the request has none (without the port when it is
+/// HTTP's default, as clients send it).
+fn default_host(req: &mut Request<Body>, authority: &Authority) {
     if !req.headers().contains_key(header::HOST) {
         let host = match authority.port_u16() {
             Some(80) => authority.host(),
@@ -416,10 +416,12 @@ mod tests {
             .boxed_unsync()
     }
 
-    fn post(addr: std::net::SocketAddr, path: &str) -> Request<Body> {
-        Request::post(format!("http://{addr}{path}"))
-            .body(empty())
-            .unwrap()
+    fn to(addr: std::net::SocketAddr) -> Authority {
+        addr.to_string().parse().unwrap()
+    }
+
+    fn post(path: &str) -> Request<Body> {
+        Request::post(path).body(empty()).unwrap()
     }
 
     /// An app answering `200 ok` to every request, counting connections,
@@ -473,7 +475,7 @@ mod tests {
         let pool = AppPool::default();
         for i in 0..20 {
             let resp = pool
-                .request(post(addr, &format!("/hook?n={i}")))
+                .request(to(addr), post(&format!("/hook?n={i}")))
                 .await
                 .unwrap();
             assert_eq!(resp.status(), 200);
@@ -501,12 +503,12 @@ mod tests {
     async fn an_answer_dropped_before_its_end_does_not_return_its_connection() {
         let (addr, conns, _) = app().await;
         let pool = AppPool::default();
-        let resp = pool.request(post(addr, "/a")).await.unwrap();
+        let resp = pool.request(to(addr), post("/a")).await.unwrap();
         // Content-Length 2, nothing read: the connection is mid-answer.
         assert!(!resp.body().is_end_stream());
         drop(resp);
         assert_eq!(pool.idle_count(&addr.to_string()), 0);
-        let resp = pool.request(post(addr, "/b")).await.unwrap();
+        let resp = pool.request(to(addr), post("/b")).await.unwrap();
         resp.into_body().collect().await.unwrap();
         assert_eq!(conns.load(Ordering::SeqCst), 2);
     }
@@ -553,7 +555,7 @@ mod tests {
             }
         });
         let pool = AppPool::default();
-        let resp = pool.request(post(addr, "/first")).await.unwrap();
+        let resp = pool.request(to(addr), post("/first")).await.unwrap();
         resp.into_body().collect().await.unwrap();
         assert_eq!(pool.idle_count(&addr.to_string()), 1);
         let first = first_rx.recv().unwrap();
@@ -570,7 +572,7 @@ mod tests {
             pool_sees_closed(&pool, addr),
             "the close was not seen in 2 s"
         );
-        let resp = pool.request(post(addr, "/second")).await;
+        let resp = pool.request(to(addr), post("/second")).await;
         let resp = resp.unwrap_or_else(|e| panic!("the second request failed: {e}"));
         assert_eq!(resp.status(), 200);
         resp.into_body().collect().await.unwrap();
@@ -587,7 +589,7 @@ mod tests {
     async fn an_idle_connection_is_closed_after_the_idle_timeout() {
         let (addr, conns, _) = app().await;
         let pool = AppPool::default();
-        let resp = pool.request(post(addr, "/a")).await.unwrap();
+        let resp = pool.request(to(addr), post("/a")).await.unwrap();
         resp.into_body().collect().await.unwrap();
         assert_eq!(pool.idle_count(&addr.to_string()), 1);
         tokio::time::sleep(IDLE_TIMEOUT / 2).await;
@@ -595,6 +597,12 @@ mod tests {
         tokio::time::sleep(IDLE_TIMEOUT * 2).await;
         assert_eq!(pool.idle_count(&addr.to_string()), 0, "still kept");
         assert_eq!(conns.load(Ordering::SeqCst), 1);
+        // Nothing idle: the reaper has stopped, and the next connection
+        // put back starts it again.
+        assert!(!pool.reaping.load(std::sync::atomic::Ordering::Relaxed));
+        let resp = pool.request(to(addr), post("/b")).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+        assert!(pool.reaping.load(std::sync::atomic::Ordering::Relaxed));
     }
 
     fn pool_sees_closed(pool: &AppPool, addr: std::net::SocketAddr) -> bool {
@@ -605,33 +613,38 @@ mod tests {
         slot.is_some_and(|s| s.idle.iter().all(|i| i.sender.is_closed()))
     }
 
+    /// What the forwarder sends: the target's origin form, and a Host
+    /// filled in from the target only when the request has none.
     #[test]
     fn the_request_line_is_in_origin_form_and_host_is_filled_in_only_when_missing() {
         let cases = [
             (
-                "http://example.test:80/a?b=1",
+                "http://example.test",
+                "/a?b=1",
                 None,
                 "/a?b=1",
                 "example.test",
             ),
-            ("http://127.0.0.1:3000/", None, "/", "127.0.0.1:3000"),
-            ("http://[::1]:8080/x", None, "/x", "[::1]:8080"),
+            ("127.0.0.1:3000", "/", None, "/", "127.0.0.1:3000"),
+            ("http://[::1]:8080", "/x", None, "/x", "[::1]:8080"),
             (
-                "http://127.0.0.1:3000/y",
+                "127.0.0.1:3000",
+                "/y",
                 Some("public.example"),
                 "/y",
                 "public.example",
             ),
         ];
-        for (uri, host, path, want) in cases {
+        for (target, sent, host, path, want) in cases {
+            let target: super::super::Target = target.parse().unwrap();
+            let uri = target.origin_form(sent).unwrap();
             let mut req = Request::post(uri).body(empty()).unwrap();
             if let Some(h) = host {
                 req.headers_mut().insert(header::HOST, h.parse().unwrap());
             }
-            let authority = req.uri().authority().unwrap().clone();
-            origin_form(&mut req, &authority);
-            assert_eq!(req.uri().to_string(), path, "{uri}");
-            assert_eq!(req.headers()[header::HOST], want, "{uri}");
+            default_host(&mut req, target.authority_parsed());
+            assert_eq!(req.uri().to_string(), path, "{target}");
+            assert_eq!(req.headers()[header::HOST], want, "{target}");
         }
     }
 
@@ -641,10 +654,8 @@ mod tests {
     async fn localhost_reaches_an_app_on_one_of_its_addresses() {
         let (addr, conns, _) = app().await;
         let pool = AppPool::default();
-        let req = Request::post(format!("http://localhost:{}/h", addr.port()))
-            .body(empty())
-            .unwrap();
-        let resp = pool.request(req).await.unwrap();
+        let localhost = format!("localhost:{}", addr.port()).parse().unwrap();
+        let resp = pool.request(localhost, post("/h")).await.unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(conns.load(Ordering::SeqCst), 1);
     }
@@ -655,7 +666,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         drop(listener);
         let e = AppPool::default()
-            .request(post(addr, "/"))
+            .request(to(addr), post("/"))
             .await
             .err()
             .expect("nothing listens");

@@ -115,11 +115,30 @@ impl Target {
         self.authority.as_str()
     }
 
+    /// The `host:port` requests are sent to, parsed.
+    pub fn authority_parsed(&self) -> &Authority {
+        &self.authority
+    }
+
     /// The URI for a request whose tunnel-relative path is `path_and_query`.
     pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, http::Error> {
-        // Built from parts: the authority is shared, and the path is one
-        // buffer that becomes the URI's without a copy (this runs for
-        // every forwarded request).
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(self.path_for(path_and_query)?);
+        Ok(Uri::from_parts(parts)?)
+    }
+
+    /// The request line's target for `path_and_query` (origin form: the
+    /// base path and the path, no scheme or host), as the agent sends it to
+    /// the app.
+    pub fn origin_form(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        Ok(Uri::from(self.path_for(path_and_query)?))
+    }
+
+    fn path_for(&self, path_and_query: &str) -> Result<PathAndQuery, http::Error> {
+        // One buffer that becomes the URI's path without a copy (this runs
+        // for every forwarded request).
         let slash = if path_and_query.starts_with('/') {
             ""
         } else {
@@ -130,11 +149,7 @@ impl Target {
         pq.push_str(&self.base_path);
         pq.push_str(slash);
         pq.push_str(path_and_query);
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(PathAndQuery::try_from(pq)?);
-        Ok(Uri::from_parts(parts)?)
+        Ok(PathAndQuery::try_from(pq)?)
     }
 }
 
@@ -189,6 +204,11 @@ mod tests {
             "http://localhost:3000/base/hooks"
         );
         assert!(t.uri_for("/a b").is_err(), "a space is not a path");
+        assert_eq!(
+            t.origin_form("hooks/x?y=2").unwrap().to_string(),
+            "/base/hooks/x?y=2"
+        );
+        assert!(t.origin_form("/a b").is_err(), "a space is not a path");
         let t: Target = "http://example.test".parse().unwrap();
         assert_eq!(t.authority(), "example.test:80");
         for bad in [
