@@ -463,6 +463,10 @@ impl Store {
         // Files of deleted rows are handed out only after the commit: a
         // rolled-back deletion leaves its rows, and their files, in place.
         let mut freed = Vec::new();
+        // The partition's INSERT is held across the batch: taken from and
+        // given back to rusqlite's cache once per partition, not per row
+        // (a lookup, a reset and a re-insertion, ~3.5k instructions a row).
+        let mut insert: Option<(usize, rusqlite::CachedStatement<'_>)> = None;
         for (ex, prep) in exs.iter().zip(prepared) {
             let prep = prep
                 .as_ref()
@@ -474,46 +478,53 @@ impl Store {
             let (partition, id) = parts.take(q.kept + s.kept);
             let sig = ex.webhook.signature.as_ref();
             let digest = ex.body_proof.relay.as_ref().map(BodyDigest::text);
-            tx.prepare_cached(&retention::INSERT[partition])?
-                .execute(params![
-                    id,
-                    ex.received_at.timestamp_micros(),
-                    ex.request.method,
-                    ex.request.path,
-                    ex.target,
-                    ex.remote_addr,
-                    ex.response.as_ref().map(|r| r.status),
-                    ex.duration_ms,
-                    ex.error,
-                    ex.event,
-                    ex.replay_of,
-                    ex.relay_event_id,
-                    ex.response.is_some(),
-                    q.total_len as i64,
-                    q.kept as i64,
-                    q.truncated,
-                    q.file,
-                    s.total_len as i64,
-                    s.kept as i64,
-                    s.truncated,
-                    s.file,
-                    (q.kept + s.kept) as i64,
-                    ex.outcome.map(Outcome::as_str),
-                    ex.webhook.provider,
-                    ex.webhook.delivery_id,
-                    sig.map(|s| s.scheme.as_str()),
-                    sig.map(|s| s.verdict.as_str()),
-                    sig.and_then(|s| s.reason.as_deref()),
-                    digest.as_ref().map(DigestText::as_str),
-                    ex.body_proof.intact,
-                    ex.webhook.sender_timeout_ms.map(|t| t as i64),
-                    headers_to_json(&ex.request.headers),
-                    ex.response.as_ref().map(|r| headers_to_json(&r.headers)),
-                    q.inline.as_deref(),
-                    s.inline.as_deref(),
-                ])?;
+            let stmt = match &mut insert {
+                Some((n, stmt)) if *n == partition => stmt,
+                held => {
+                    let stmt = tx.prepare_cached(&retention::INSERT[partition])?;
+                    &mut held.insert((partition, stmt)).1
+                }
+            };
+            stmt.execute(params![
+                id,
+                ex.received_at.timestamp_micros(),
+                ex.request.method,
+                ex.request.path,
+                ex.target,
+                ex.remote_addr,
+                ex.response.as_ref().map(|r| r.status),
+                ex.duration_ms,
+                ex.error,
+                ex.event,
+                ex.replay_of,
+                ex.relay_event_id,
+                ex.response.is_some(),
+                q.total_len as i64,
+                q.kept as i64,
+                q.truncated,
+                q.file,
+                s.total_len as i64,
+                s.kept as i64,
+                s.truncated,
+                s.file,
+                (q.kept + s.kept) as i64,
+                ex.outcome.map(Outcome::as_str),
+                ex.webhook.provider,
+                ex.webhook.delivery_id,
+                sig.map(|s| s.scheme.as_str()),
+                sig.map(|s| s.verdict.as_str()),
+                sig.and_then(|s| s.reason.as_deref()),
+                digest.as_ref().map(DigestText::as_str),
+                ex.body_proof.intact,
+                ex.webhook.sender_timeout_ms.map(|t| t as i64),
+                headers_to_json(&ex.request.headers),
+                ex.response.as_ref().map(|r| headers_to_json(&r.headers)),
+                q.inline.as_deref(),
+                s.inline.as_deref(),
+            ])?;
             ids.push(id);
         }
+        drop(insert);
         if self.primary {
             let first_new = ids.first().copied().unwrap_or(i64::MAX);
             parts.enforce(&tx, &self.config, first_new, &mut freed)?;

@@ -851,6 +851,34 @@ fn retention_drops_the_oldest_partition_whole_once_the_count_limit_is_passed() {
 }
 
 #[test]
+fn a_batch_that_fills_its_partition_goes_on_in_the_next() {
+    // The writer holds one partition's INSERT across a batch; a batch
+    // longer than a partition's share must move on to the next table.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = StoreConfig::new(tmp.path().to_path_buf());
+    cfg.max_exchanges = 160; // partitions of 160 / 16 = 10
+    let mut s = Store::open(&cfg).unwrap();
+    let batch: Vec<_> = (0..25).map(|i| sample(format!("{i}").as_bytes())).collect();
+    let ids: Vec<_> = s
+        .insert_batch(&batch)
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let mut sizes = partition_sizes(&s);
+    sizes.retain(|&n| n > 0);
+    assert_eq!(sizes, [10, 10, 5], "{:?}", partition_sizes(&s));
+    assert_eq!(kept_ids(&s), ids);
+    for (i, id) in ids.iter().enumerate() {
+        let got = s.get(*id).unwrap().unwrap();
+        assert_eq!(
+            read_body(&got.request.body).unwrap(),
+            format!("{i}").as_bytes()
+        );
+    }
+}
+
+#[test]
 fn a_partition_a_secondary_writer_overfilled_is_trimmed_not_emptied_whole() {
     // A `whtunnel replay` adds to the current partition without making
     // room; emptying that partition whole would drop far below the limit.
