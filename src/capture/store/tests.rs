@@ -28,6 +28,38 @@ fn headers_are_stored_in_the_documented_json_shape() {
     assert_eq!(headers_to_json(&[]), "[]");
 }
 
+/// Byte for byte what serde_json writes for the same list: control
+/// characters, quotes, non-ASCII text, bytes that are not UTF-8.
+#[test]
+fn stored_header_json_is_serde_jsons_own() {
+    use base64::Engine;
+    let headers: Vec<Header> = vec![
+        ("x-ctl".into(), b"a\x01\tb\n\x1f\x7f".to_vec()),
+        (
+            "x-utf8".into(),
+            "caf\u{e9} \u{2028} \u{1f600}".as_bytes().to_vec(),
+        ),
+        ("x-empty".into(), Vec::new()),
+        ("x-half".into(), vec![b'o', b'k', 0xc3]),
+        ("x-esc".into(), b"\x1b[31mred\x1b]8;;".to_vec()),
+    ];
+    let oracle: Vec<(String, serde_json::Value)> = headers
+        .iter()
+        .map(|(n, v)| {
+            let v = match std::str::from_utf8(v) {
+                Ok(s) => serde_json::Value::from(s),
+                Err(_) => serde_json::json!({
+                    "base64": base64::engine::general_purpose::STANDARD.encode(v)
+                }),
+            };
+            (n.clone(), v)
+        })
+        .collect();
+    let json = headers_to_json(&headers);
+    assert_eq!(json, serde_json::to_string(&oracle).unwrap());
+    assert_eq!(headers_from_json(&json), headers);
+}
+
 /// A representative exchange with a body of `req` bytes.
 pub(crate) fn sample(req: &[u8]) -> Exchange {
     Exchange {
