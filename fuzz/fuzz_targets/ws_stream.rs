@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
         // a panic.
         drop(peer);
         let ws =
-            WebSocketStream::from_raw_socket(ours, Role::Server, Some(ws_io::ws_config())).await;
+            WebSocketStream::from_raw_socket(ours, Role::Server, Some(ws_io::ws_config(ws_io::End::Relay))).await;
         let mut io = WsIo::new(ws);
         let mut out = Vec::new();
         let read =

@@ -16,17 +16,33 @@ use tokio_tungstenite::WebSocketStream;
 /// only caps one write of coalesced frames.
 pub const MAX_MESSAGE: usize = 256 * 1024;
 
-/// The websocket settings both ends use: explicit size caps (a peer cannot
-/// make us buffer more than one message) and small eager buffers, because a
+/// Which end of a tunnel a websocket is: what comes in differs, and so
+/// does the read buffer that suits it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The relay: reads the app's answers (to a webhook, a few hundred
+    /// bytes) from each agent it holds, thousands of them.
+    Relay,
+    /// The agent: reads the requests, bodies and all.
+    Agent,
+}
+
+/// The websocket settings of `end`: explicit size caps (a peer cannot make
+/// us buffer more than one message) and small eager buffers, because a
 /// relay may hold thousands of idle agents.
 ///
-/// The read buffer is 8 KiB, not more: tungstenite zero-fills all of it
-/// before every socket read (tungstenite-rs#547), and at 16 KiB that was
-/// ~6k instructions per webhook on the agent. 4 KiB saves a little more but
-/// costs read syscalls on large bodies (docs/benchmarks.md, "Transport").
-pub fn ws_config() -> WebSocketConfig {
+/// tungstenite zero-fills the whole read buffer before every socket read
+/// (tungstenite-rs#547), so the buffer is no bigger than what usually
+/// comes in: 8 KiB on the agent (at 16 KiB that was ~6k instructions per
+/// webhook; 4 KiB costs read syscalls on large bodies, docs/benchmarks.md,
+/// "Transport"), 2 KiB on the relay, where the answers come in, and where
+/// every agent's link keeps one.
+pub fn ws_config(end: End) -> WebSocketConfig {
     let mut config = WebSocketConfig::default();
-    config.read_buffer_size = 8 * 1024;
+    config.read_buffer_size = match end {
+        End::Relay => 2 * 1024,
+        End::Agent => 8 * 1024,
+    };
     config.write_buffer_size = 0;
     config.max_write_buffer_size = 2 * MAX_MESSAGE;
     config.max_message_size = Some(MAX_MESSAGE);
