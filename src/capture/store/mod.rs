@@ -465,7 +465,8 @@ impl Store {
         let mut freed = Vec::new();
         // The partition's INSERT is held across the batch: taken from and
         // given back to rusqlite's cache once per partition, not per row
-        // (a lookup, a reset and a re-insertion, ~3.5k instructions a row).
+        // (a lookup, clearing the bindings and a re-insertion: 1.8k of
+        // 2.6k instructions a row, docs/benchmarks.md, "Session 15").
         let mut insert: Option<(usize, rusqlite::CachedStatement<'_>)> = None;
         for (ex, prep) in exs.iter().zip(prepared) {
             let prep = prep
