@@ -36,7 +36,7 @@ pub enum End {
 /// comes in: 8 KiB on the agent (at 16 KiB that was ~6k instructions per
 /// webhook; 4 KiB costs read syscalls on large bodies, docs/benchmarks.md,
 /// "Transport"), 2 KiB on the relay, where the answers come in, and where
-/// every agent's link keeps one: 6.8k instructions fewer per webhook and
+/// every agent's link keeps one: 6.6k instructions fewer per webhook and
 /// 3.4 KiB less per idle agent, for 3.8 times the read calls on a large
 /// answer (1 MiB: no change in time or CPU measured; docs/benchmarks.md,
 /// "Session 15").
