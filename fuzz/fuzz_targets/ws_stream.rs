@@ -21,8 +21,12 @@ fuzz_target!(|data: &[u8]| {
         // pongs and closes then fail to write, which must be an error, not
         // a panic.
         drop(peer);
-        let ws =
-            WebSocketStream::from_raw_socket(ours, Role::Server, Some(ws_io::ws_config(ws_io::End::Relay))).await;
+        let ws = WebSocketStream::from_raw_socket(
+            ours,
+            Role::Server,
+            Some(ws_io::ws_config(ws_io::End::Relay)),
+        )
+        .await;
         let mut io = WsIo::new(ws);
         let mut out = Vec::new();
         let read =

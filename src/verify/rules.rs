@@ -96,7 +96,8 @@ impl Rules {
 /// `X-Forwarded-Proto` headers.
 ///
 /// Built by concatenation, not `format!`: the recorder calls this for every
-/// exchange, and the formatting machinery cost ~1.7k instructions a call.
+/// exchange, and the formatting machinery cost ~0.9k instructions a call
+/// (0.17k now).
 pub fn public_url_for(public_base: Option<&str>, req: &RequestView<'_>, path: &str) -> String {
     let parts: [&str; 3] = match public_base {
         Some(base) => [base.trim_end_matches('/'), "", ""],

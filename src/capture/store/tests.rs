@@ -28,8 +28,10 @@ fn headers_are_stored_in_the_documented_json_shape() {
     assert_eq!(headers_to_json(&[]), "[]");
 }
 
-/// Byte for byte what serde_json writes for the same list: control
-/// characters, quotes, non-ASCII text, bytes that are not UTF-8.
+/// The stored JSON, shape and escaping, is byte for byte what serde_json
+/// writes for the same list built as values: control characters, quotes
+/// and backslashes, non-ASCII text, bytes that are not UTF-8. It pins the
+/// format for any writer that replaces `serde_json::to_string` here.
 #[test]
 fn stored_header_json_is_serde_jsons_own() {
     use base64::Engine;
@@ -42,6 +44,7 @@ fn stored_header_json_is_serde_jsons_own() {
         ("x-empty".into(), Vec::new()),
         ("x-half".into(), vec![b'o', b'k', 0xc3]),
         ("x-esc".into(), b"\x1b[31mred\x1b]8;;".to_vec()),
+        ("x-quote".into(), br#"say "hi" \ \\n"#.to_vec()),
     ];
     let oracle: Vec<(String, serde_json::Value)> = headers
         .iter()
@@ -906,6 +909,43 @@ fn a_batch_that_fills_its_partition_goes_on_in_the_next() {
         assert_eq!(
             read_body(&got.request.body).unwrap(),
             format!("{i}").as_bytes()
+        );
+    }
+}
+
+#[test]
+fn a_full_store_empties_partitions_while_a_batch_goes_through_them() {
+    // The same, in a full store: each step into the next partition first
+    // empties it (a DELETE while the batch holds its INSERT).
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = StoreConfig::new(tmp.path().to_path_buf());
+    cfg.max_exchanges = 160; // partitions of 10
+    let mut s = Store::open(&cfg).unwrap();
+    let old: Vec<_> = (0..160)
+        .map(|i| s.insert(&sample(format!("old {i}").as_bytes())).unwrap())
+        .collect();
+    let batch: Vec<_> = (0..25)
+        .map(|i| sample(format!("new {i}").as_bytes()))
+        .collect();
+    let new: Vec<_> = s
+        .insert_batch(&batch)
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    // The three oldest partitions were emptied and refilled: 10, 10, 5.
+    let mut sizes = partition_sizes(&s);
+    sizes.sort_unstable();
+    assert_eq!(sizes[0], 5, "{:?}", partition_sizes(&s));
+    assert!(sizes[1..].iter().all(|&n| n == 10), "{sizes:?}");
+    let mut want = old[30..].to_vec();
+    want.extend(&new);
+    assert_eq!(kept_ids(&s), want);
+    for (i, id) in new.iter().enumerate() {
+        let got = s.get(*id).unwrap().unwrap();
+        assert_eq!(
+            read_body(&got.request.body).unwrap(),
+            format!("new {i}").as_bytes()
         );
     }
 }
