@@ -893,24 +893,12 @@ fn a_batch_that_fills_its_partition_goes_on_in_the_next() {
     let mut cfg = StoreConfig::new(tmp.path().to_path_buf());
     cfg.max_exchanges = 160; // partitions of 160 / 16 = 10
     let mut s = Store::open(&cfg).unwrap();
-    let batch: Vec<_> = (0..25).map(|i| sample(format!("{i}").as_bytes())).collect();
-    let ids: Vec<_> = s
-        .insert_batch(&batch)
-        .unwrap()
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let ids = store_numbered_batch(&mut s, "", 25);
     let mut sizes = partition_sizes(&s);
     sizes.retain(|&n| n > 0);
     assert_eq!(sizes, [10, 10, 5], "{:?}", partition_sizes(&s));
     assert_eq!(kept_ids(&s), ids);
-    for (i, id) in ids.iter().enumerate() {
-        let got = s.get(*id).unwrap().unwrap();
-        assert_eq!(
-            read_body(&got.request.body).unwrap(),
-            format!("{i}").as_bytes()
-        );
-    }
+    assert_numbered_bodies(&s, "", &ids);
 }
 
 #[test]
@@ -924,15 +912,7 @@ fn a_full_store_empties_partitions_while_a_batch_goes_through_them() {
     let old: Vec<_> = (0..160)
         .map(|i| s.insert(&sample(format!("old {i}").as_bytes())).unwrap())
         .collect();
-    let batch: Vec<_> = (0..25)
-        .map(|i| sample(format!("new {i}").as_bytes()))
-        .collect();
-    let new: Vec<_> = s
-        .insert_batch(&batch)
-        .unwrap()
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let new = store_numbered_batch(&mut s, "new ", 25);
     // The three oldest partitions were emptied and refilled: 10, 10, 5.
     let mut sizes = partition_sizes(&s);
     sizes.sort_unstable();
@@ -941,11 +921,29 @@ fn a_full_store_empties_partitions_while_a_batch_goes_through_them() {
     let mut want = old[30..].to_vec();
     want.extend(&new);
     assert_eq!(kept_ids(&s), want);
-    for (i, id) in new.iter().enumerate() {
+    assert_numbered_bodies(&s, "new ", &new);
+}
+
+/// Stores `n` exchanges in one batch, request bodies `{prefix}0`,
+/// `{prefix}1`, …; their ids in order.
+fn store_numbered_batch(s: &mut Store, prefix: &str, n: usize) -> Vec<ExchangeId> {
+    let batch: Vec<_> = (0..n)
+        .map(|i| sample(format!("{prefix}{i}").as_bytes()))
+        .collect();
+    s.insert_batch(&batch)
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Each of `ids` is stored with the body [`store_numbered_batch`] gave it.
+fn assert_numbered_bodies(s: &Store, prefix: &str, ids: &[ExchangeId]) {
+    for (i, id) in ids.iter().enumerate() {
         let got = s.get(*id).unwrap().unwrap();
         assert_eq!(
             read_body(&got.request.body).unwrap(),
-            format!("new {i}").as_bytes()
+            format!("{prefix}{i}").as_bytes()
         );
     }
 }
