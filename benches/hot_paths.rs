@@ -62,8 +62,8 @@ fn sample_meta() -> RequestMeta {
         attempt: None,
         held_left: None,
         // A webhook the relay read whole carries its body hash.
-        body_blake3: Some(
-            "4878ca0425c739fa427f7eda20fe845f6b2e46ba5fe2a14df5b1e32f50603215".into(),
+        body_blake3: whtunnel::tunnel::body_hash::from_hex(
+            b"4878ca0425c739fa427f7eda20fe845f6b2e46ba5fe2a14df5b1e32f50603215",
         ),
     }
 }

@@ -44,7 +44,7 @@ use record::{Busy, Pending, Recording};
 use crate::capture::{
     self, BodyData, BodyLimits, CapturedBody, ExchangeId, Outcome, RecordedResponse, Recorder,
 };
-use crate::tunnel::body_hash::{self, Check, CheckHash};
+use crate::tunnel::body_hash::{Check, CheckHash};
 use crate::tunnel::protocol::{
     strip_hop_by_hop, strip_protocol_headers, AgentError, LinkMeta, RequestMeta, HDR_ERROR,
 };
@@ -269,10 +269,7 @@ impl Forwarder {
         // here as they pass, or, for a body the capture keeps whole, by the
         // store against its copy (see `body_hash`).
         let (body, body_hashes) = if self.recorder().is_some() {
-            let relay = meta
-                .body_blake3
-                .as_deref()
-                .and_then(|h| body_hash::from_hex(h.as_bytes()));
+            let relay = meta.body_blake3;
             let kept_whole = http_body::Body::size_hint(&body)
                 .exact()
                 .is_some_and(|n| n <= self.inner.config.body_limits.max_capture);

@@ -465,10 +465,8 @@ pub(crate) fn held_request(
     meta.event_id = Some(ev.event.event_id.clone());
     meta.attempt = Some(ev.attempts + 1);
     meta.held_left = Some(left);
-    meta.body_blake3 = (!ev.event.body.is_empty()).then(|| {
-        let d = crate::tunnel::body_hash::digest(&ev.event.body);
-        crate::tunnel::body_hash::to_hex(&d)
-    });
+    meta.body_blake3 =
+        (!ev.event.body.is_empty()).then(|| crate::tunnel::body_hash::digest(&ev.event.body));
     meta.timeout_ms = super::agent_timeout(timeout).as_millis() as u64;
     meta.repair_stored(link);
     let method = http::Method::from_bytes(ev.event.method.as_bytes()).ok()?;

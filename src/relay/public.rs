@@ -590,7 +590,7 @@ async fn live(
         state.keep(&bytes, bytes.len() as u64);
         state.complete.store(true, Ordering::Release);
         if !bytes.is_empty() {
-            p.meta.body_blake3 = Some(body_hash::to_hex(&body_hash::digest(&bytes)));
+            p.meta.body_blake3 = Some(body_hash::digest(&bytes));
         }
         http_body_util::Full::new(bytes)
             .map_err(|never| match never {})

@@ -391,12 +391,36 @@ pub struct RequestMeta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_left: Option<u64>,
     /// The body-hash proof for a body the relay read whole before sending
-    /// (lower-case hex BLAKE3); a streamed body's comes as the
-    /// [`TRAILER_BODY_BLAKE3`] trailer instead. Held events stored by an
-    /// older relay may carry `body_sha256`, which is ignored: the relay
-    /// hashes a held body afresh at each delivery.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body_blake3: Option<String>,
+    /// (BLAKE3; lower-case hex on the wire and when stored); a streamed
+    /// body's comes as the [`TRAILER_BODY_BLAKE3`] trailer instead. Held
+    /// events stored by an older relay may carry `body_sha256`, which is
+    /// ignored: the relay hashes a held body afresh at each delivery.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "stored_digest"
+    )]
+    pub body_blake3: Option<super::body_hash::Digest>,
+}
+
+/// [`RequestMeta::body_blake3`] in stored metadata: lower-case hex, as
+/// when the field was text. A stored value that is not a digest reads as
+/// none (the relay hashes a held body afresh at each delivery anyway).
+mod stored_digest {
+    use crate::tunnel::body_hash::{from_hex, to_hex, Digest};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Digest>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&to_hex(d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Digest>, D::Error> {
+        let text = Option::<String>::deserialize(d)?;
+        Ok(text.and_then(|t| from_hex(t.as_bytes())))
+    }
 }
 
 impl RequestMeta {
@@ -451,7 +475,7 @@ pub const MAX_EVENT_ID_LEN: usize = 64;
 const MAX_ADDR_LEN: usize = 64;
 /// Longest number field: an `i64`/`u64` in decimal.
 const MAX_NUMBER_LEN: usize = 20;
-/// Length of [`RequestMeta::body_blake3`]: 32 bytes in lower-case hex.
+/// Length of [`RequestMeta::body_blake3`] in [`HDR_REQUEST`]: 32 bytes in lower-case hex.
 const DIGEST_HEX_LEN: usize = 64;
 /// Written for an absent field of [`HDR_REQUEST`].
 const ABSENT: &[u8] = b"-";
@@ -649,22 +673,71 @@ fn check_hop(name: &str, value: &str) -> Result<(), MetaError> {
     Ok(())
 }
 
-/// The only value of `name` in `headers`, removed from them.
-fn take_one(headers: &mut HeaderMap, name: HeaderName) -> Result<Option<HeaderValue>, MetaError> {
-    if !headers.contains_key(&name) {
+/// [`META_HEADERS`] as `HeaderName`s, in the same order.
+const META_NAMES: [HeaderName; 7] = [
+    NAME_REQUEST,
+    NAME_HOST,
+    NAME_HOP,
+    NAME_SCHEME,
+    NAME_TIMEOUT_MS,
+    NAME_ATTEMPT,
+    NAME_HELD_LEFT,
+];
+
+/// A header of [`META_HEADERS`], by its index there (and in [`META_NAMES`]).
+#[derive(Clone, Copy)]
+enum Meta {
+    Request,
+    Host,
+    Hop,
+    Scheme,
+    TimeoutMs,
+    Attempt,
+    HeldLeft,
+}
+
+/// Which of [`META_HEADERS`] a request carries, a bit per index there:
+/// found in one pass over the names, so that each absent one (nearly all)
+/// costs no hashed lookup.
+#[derive(Clone, Copy)]
+struct Present(u8);
+
+impl Present {
+    fn scan(headers: &HeaderMap) -> Self {
+        let mut bits = 0u8;
+        for name in headers.keys().map(HeaderName::as_str) {
+            if !name.starts_with("whtunnel-") {
+                continue;
+            }
+            if let Some(i) = META_HEADERS.iter().position(|m| *m == name) {
+                bits |= 1 << i;
+            }
+        }
+        Present(bits)
+    }
+
+    /// Whether `m` is there.
+    fn has(self, m: Meta) -> bool {
+        self.0 & (1 << m as u8) != 0
+    }
+}
+
+/// The only value of `m` in `headers`, removed from them.
+fn take_one(
+    headers: &mut HeaderMap,
+    present: Present,
+    m: Meta,
+) -> Result<Option<HeaderValue>, MetaError> {
+    if !present.has(m) {
         return Ok(None);
     }
-    let mut values = headers.get_all(&name).iter();
+    let name = &META_NAMES[m as usize];
+    let mut values = headers.get_all(name).iter();
     let (first, repeated) = (values.next().cloned(), values.next().is_some());
     if repeated {
-        return Err(MetaError::Repeated(
-            META_HEADERS
-                .into_iter()
-                .find(|h| *h == name.as_str())
-                .unwrap_or("metadata"),
-        ));
+        return Err(MetaError::Repeated(META_HEADERS[m as usize]));
     }
-    headers.remove(&name);
+    headers.remove(name);
     Ok(first)
 }
 
@@ -687,9 +760,6 @@ impl RequestMeta {
         }
         if let Some(addr) = &self.remote_addr {
             check_remote_addr(addr.as_bytes())?;
-        }
-        if let Some(hex) = &self.body_blake3 {
-            check_digest(hex.as_bytes())?;
         }
         if let Some(host) = &self.host {
             check_host(host.as_bytes())?;
@@ -714,7 +784,11 @@ impl RequestMeta {
         let received = received.format(self.received_at_ms).as_bytes();
         let id = self.event_id.as_deref().map_or(ABSENT, str::as_bytes);
         let addr = self.remote_addr.as_deref().map_or(ABSENT, str::as_bytes);
-        let hash = self.body_blake3.as_deref().map(str::as_bytes);
+        let mut hex = [0u8; DIGEST_HEX_LEN];
+        let hash = self.body_blake3.as_ref().map(|d| {
+            data_encoding::HEXLOWER.encode_mut(d, &mut hex);
+            &hex[..]
+        });
         let len = received.len() + 1 + id.len() + 1 + addr.len() + hash.map_or(0, |h| 1 + h.len());
         // Exactly sized: the buffer becomes the header value's without a copy.
         let mut value = Vec::with_capacity(len);
@@ -768,7 +842,9 @@ impl RequestMeta {
     /// removing its headers, with `link`'s values for what the request does
     /// not carry itself. Anything malformed or over its bound is refused.
     pub fn take_headers(headers: &mut HeaderMap, link: &LinkMeta) -> Result<Self, MetaError> {
-        let request = take_one(headers, NAME_REQUEST)?.ok_or(MetaError::Missing(HDR_REQUEST))?;
+        let present = Present::scan(headers);
+        let request =
+            take_one(headers, present, Meta::Request)?.ok_or(MetaError::Missing(HDR_REQUEST))?;
         let mut fields = request.as_bytes().split(|b| *b == b' ');
         let mut next = |what| fields.next().ok_or(invalid("request metadata", what));
         let received_at_ms = parse_number(next("no receive time")?, "receive time")?;
@@ -794,10 +870,10 @@ impl RequestMeta {
             None => None,
             Some(h) => {
                 check_digest(h)?;
-                Some(utf8(h, "body hash")?)
+                Some(super::body_hash::from_hex(h).ok_or(invalid("body hash", "not a digest"))?)
             }
         };
-        let host = match take_one(headers, NAME_HOST)? {
+        let host = match take_one(headers, present, Meta::Host)? {
             None => None,
             Some(v) => {
                 check_host(v.as_bytes())?;
@@ -805,8 +881,8 @@ impl RequestMeta {
             }
         };
         let mut hop_headers = Vec::new();
-        // Looked up first: `entry` may grow the map even when vacant.
-        if !headers.contains_key(&NAME_HOP) {
+        // Not looked up when absent: `entry` may grow the map even then.
+        if !present.has(Meta::Hop) {
         } else if let http::header::Entry::Occupied(e) = headers.entry(NAME_HOP) {
             for v in e.remove_entry_mult().1 {
                 if hop_headers.len() == MAX_HOP_HEADERS {
@@ -821,18 +897,18 @@ impl RequestMeta {
                 hop_headers.push((name.to_owned(), value.to_owned()));
             }
         }
-        let proto = match take_one(headers, NAME_SCHEME)? {
+        let proto = match take_one(headers, present, Meta::Scheme)? {
             Some(v) => parse_scheme(v.as_bytes())?,
             None => link.proto.clone(),
         };
-        let timeout_ms = match take_one(headers, NAME_TIMEOUT_MS)? {
+        let timeout_ms = match take_one(headers, present, Meta::TimeoutMs)? {
             Some(v) => parse_number(v.as_bytes(), HDR_TIMEOUT_MS)?,
             None => link.timeout_ms,
         };
-        let attempt = take_one(headers, NAME_ATTEMPT)?
+        let attempt = take_one(headers, present, Meta::Attempt)?
             .map(|v| parse_number(v.as_bytes(), HDR_ATTEMPT))
             .transpose()?;
-        let held_left = take_one(headers, NAME_HELD_LEFT)?
+        let held_left = take_one(headers, present, Meta::HeldLeft)?
             .map(|v| parse_number(v.as_bytes(), HDR_HELD_LEFT))
             .transpose()?;
         Ok(RequestMeta {
@@ -997,7 +1073,7 @@ mod tests {
             event_id: Some("ev_0123456789abcdefghijklmnop~".into()),
             attempt: Some(2),
             held_left: Some(3),
-            body_blake3: Some("ab".repeat(32)),
+            body_blake3: Some([0xab; 32]),
         }
     }
 
@@ -1010,6 +1086,15 @@ mod tests {
         let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["content-type"], "only the app's headers are left");
         (back, wire)
+    }
+
+    #[test]
+    fn meta_names_follow_meta_headers() {
+        let names = META_NAMES;
+        let names: Vec<&str> = names.iter().map(HeaderName::as_str).collect();
+        assert_eq!(names, META_HEADERS);
+        assert_eq!(META_HEADERS[Meta::Hop as usize], HDR_HOP);
+        assert_eq!(META_HEADERS[Meta::HeldLeft as usize], HDR_HELD_LEFT);
     }
 
     #[test]
@@ -1057,8 +1142,18 @@ mod tests {
         assert_eq!(wire[HDR_REQUEST], "-1 - -");
         assert_eq!(wire.len(), 2, "{wire:?}");
 
-        // The stored form is unchanged JSON.
-        assert_eq!(RequestMeta::from_json(m.to_json().as_bytes()).unwrap(), m);
+        // The stored form is unchanged JSON: the body hash is lower-case
+        // hex, and a stored one that is not a digest reads as none.
+        let stored = m.to_json();
+        assert!(
+            stored.contains(&format!(r#""body_blake3":"{}""#, "ab".repeat(32))),
+            "{stored}"
+        );
+        assert_eq!(RequestMeta::from_json(stored.as_bytes()).unwrap(), m);
+        let short = stored.replace(&"ab".repeat(32), "abab");
+        let read = RequestMeta::from_json(short.as_bytes()).unwrap();
+        assert_eq!(read.body_blake3, None);
+        assert_eq!(read.event_id, m.event_id, "the rest is kept");
         assert!(RequestMeta::from_json(b"{").is_err());
     }
 
@@ -1213,10 +1308,6 @@ mod tests {
             },
             RequestMeta {
                 event_id: Some("-".into()),
-                ..full_meta()
-            },
-            RequestMeta {
-                body_blake3: Some("ab".into()),
                 ..full_meta()
             },
             RequestMeta {
