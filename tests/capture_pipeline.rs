@@ -134,7 +134,7 @@ async fn tee_over_hyper_incoming_records_exact_bytes() {
         .headers
         .iter()
         .filter(|h| h.0 == "x-dup")
-        .map(|h| h.1.clone())
+        .map(|h| h.1.to_vec())
         .collect();
     assert_eq!(dups, [b"1".to_vec(), b"2".to_vec()]);
 

@@ -526,3 +526,86 @@ async fn an_empty_host_header_is_forwarded() {
         assert_eq!(app.seen()[0].uri, "/hook", "{domain:?}");
     }
 }
+
+/// The capture keeps the request headers as the relay received them: the
+/// sender's Host first, every other header in order with duplicates, the
+/// hop-by-hop ones HTTP/2 cannot carry at the end, and nothing of the
+/// tunnel's own; the response headers as the app sent them.
+#[tokio::test]
+async fn the_capture_keeps_the_headers_the_relay_received() {
+    let app = App::start().await;
+    let relay = start_relay(relay_config("127.0.0.1:0")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let rec = recorder(dir.path());
+    let mut events = rec.subscribe();
+    let mut opts = AgentOptions::new("hdrs", &app);
+    opts.recorder = Some(rec.clone());
+    let _agent = start_agent(&relay.base, opts).await;
+
+    let (status, _, _) = send(
+        Method::POST,
+        &format!("{}/t/hdrs/in", relay.base),
+        &[
+            ("content-type", "application/json"),
+            ("x-dup", "first"),
+            ("x-signature", "t=1,v1=ab"),
+            ("x-dup", "second"),
+            ("connection", "keep-alive, x-hop-only"),
+            ("x-hop-only", "kept for the capture"),
+            ("keep-alive", "timeout=5"),
+        ],
+        "{}",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let id = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(whtunnel::capture::CaptureEvent::Stored(s)) = events.recv().await {
+                return s.id;
+            }
+        }
+    })
+    .await
+    .expect("the exchange is recorded");
+    let reader = whtunnel::capture::Store::open_reader(dir.path()).unwrap();
+    let ex = reader.get(id).unwrap().unwrap();
+    let got: Vec<(String, String)> = ex
+        .request
+        .headers
+        .iter()
+        .map(|(n, v)| (n.to_string(), String::from_utf8(v.to_vec()).unwrap()))
+        .collect();
+    let pair = |n: &str, v: &str| (n.to_string(), v.to_string());
+    assert_eq!(got[0], pair("host", &relay.addr.to_string()), "{got:?}");
+    let dups: Vec<_> = got.iter().filter(|(n, _)| n == "x-dup").collect();
+    assert_eq!(dups, [&pair("x-dup", "first"), &pair("x-dup", "second")]);
+    assert!(got.contains(&pair("x-signature", "t=1,v1=ab")), "{got:?}");
+    assert!(got.contains(&pair("content-type", "application/json")));
+    let mut hops = got[got.len() - 3..].to_vec();
+    hops.sort();
+    assert_eq!(
+        hops,
+        [
+            pair("connection", "keep-alive, x-hop-only"),
+            pair("keep-alive", "timeout=5"),
+            pair("x-hop-only", "kept for the capture"),
+        ],
+        "{got:?}"
+    );
+    for (name, _) in &got {
+        assert!(
+            !name.starts_with("whtunnel-") && !name.starts_with("x-forwarded-"),
+            "{name} is the tunnel's, not the sender's: {got:?}"
+        );
+    }
+    let resp = ex.response.unwrap();
+    let multi: Vec<_> = resp
+        .headers
+        .iter()
+        .filter(|(n, _)| *n == "x-multi")
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(multi, [&b"one"[..], &b"two"[..]]);
+    assert_eq!(resp.headers.get("x-app"), Some(&b"yes"[..]));
+    relay.stop().await;
+}

@@ -20,12 +20,13 @@ pub fn webhook(i: usize) -> Exchange {
                 ("content-type".into(), b"application/json".to_vec()),
                 ("user-agent".into(), b"bench/1.0".to_vec()),
                 ("x-signature".into(), b"t=1,v1=0123456789abcdef".to_vec()),
-            ],
+            ]
+            .into(),
             body: CapturedBody::from_bytes(body),
         },
         response: Some(RecordedResponse {
             status: 200,
-            headers: vec![("content-length".into(), b"2".to_vec())],
+            headers: vec![("content-length".into(), b"2".to_vec())].into(),
             body: CapturedBody::from_bytes(&b"ok"[..]),
         }),
         duration_ms: 1.5,

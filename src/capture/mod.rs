@@ -9,6 +9,7 @@
 
 pub mod event;
 pub mod export;
+pub mod headers;
 pub mod model;
 pub mod recorder;
 pub mod store;

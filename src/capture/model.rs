@@ -6,6 +6,8 @@ use chrono::{DateTime, Utc};
 pub use crate::tunnel::protocol::Outcome;
 pub use crate::verify::Verdict;
 
+pub use super::headers::{Headers, HeadersRef};
+
 /// Identifier of a stored exchange (SQLite rowid, assigned by the store).
 pub type ExchangeId = i64;
 
@@ -45,7 +47,7 @@ pub struct RecordedRequest {
     /// Path and query as the app received it, e.g. `/hooks?key=1`.
     pub path: String,
     /// Headers as received by the relay, including hop-by-hop ones.
-    pub headers: Vec<Header>,
+    pub headers: Headers,
     /// The request body.
     pub body: CapturedBody,
 }
@@ -56,7 +58,7 @@ pub struct RecordedResponse {
     /// HTTP status code.
     pub status: u16,
     /// Response headers in order.
-    pub headers: Vec<Header>,
+    pub headers: Headers,
     /// The response body.
     pub body: CapturedBody,
 }

@@ -820,7 +820,7 @@ fn replay_edit(
             bytes::Bytes::from(serde_json::to_vec(&doc)?)
         }
     };
-    let mut headers = original.request.headers.clone();
+    let mut headers = original.request.headers.clone().into_owned();
     for h in &args.headers {
         let (name, value) = h
             .split_once(':')

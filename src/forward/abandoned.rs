@@ -9,7 +9,7 @@ use http_body_util::BodyExt;
 
 use super::held::ERR_ANSWER_UNDELIVERED;
 use super::record::{Answer, Recording};
-use super::{describe_client_error, headers_to_vec, Forwarder, ERR_ABANDONED_AT_EXIT};
+use super::{describe_client_error, Forwarder, ERR_ABANDONED_AT_EXIT};
 use crate::capture::{self, Outcome};
 use crate::tunnel::BoxError;
 
@@ -78,7 +78,7 @@ impl Drop for CallGuard {
                         drop(body);
                         let answer = Answer {
                             status: parts.status.as_u16(),
-                            headers: headers_to_vec(&parts.headers),
+                            headers: capture::Headers::from_map(&parts.headers),
                             body: done,
                         };
                         let why = ERR_ANSWER_UNDELIVERED.to_string();

@@ -127,11 +127,38 @@ fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed_unsync()
 }
 
-fn headers_to_vec(headers: &HeaderMap) -> Vec<capture::Header> {
-    headers
+/// The request headers as the relay received them: `meta`'s Host first,
+/// then `headers`, then `meta`'s hop-by-hop headers.
+fn captured_request_headers(headers: &HeaderMap, meta: &RequestMeta) -> capture::Headers {
+    // The metadata check let only header names and values through, so
+    // this always succeeds; were it not to, the list is kept as text.
+    let received = || {
+        let mut list = Vec::with_capacity(headers.len() + 1 + meta.hop_headers.len());
+        if let Some(host) = &meta.host {
+            list.push((header::HOST, HeaderValue::from_str(host).ok()?));
+        }
+        list.extend(headers.iter().map(|(n, v)| (n.clone(), v.clone())));
+        for (name, value) in &meta.hop_headers {
+            let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
+            list.push((name, HeaderValue::from_str(value).ok()?));
+        }
+        Some(list)
+    };
+    if let Some(list) = received() {
+        return capture::Headers::received(list);
+    }
+    let host = meta
+        .host
         .iter()
-        .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
-        .collect()
+        .map(|h| ("host".to_string(), h.as_bytes().to_vec()));
+    let rest = headers
+        .iter()
+        .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()));
+    let hops = meta
+        .hop_headers
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_bytes().to_vec()));
+    host.chain(rest).chain(hops).collect()
 }
 
 impl Forwarder {
@@ -243,22 +270,14 @@ impl Forwarder {
             .unwrap_or_else(|| "/".into());
 
         // What the relay received, for the capture: Host first, as senders
-        // put it, then the rest, then the hop-by-hop headers HTTP/2 cannot carry.
-        // Copied only when capture is on: these copies are a third of the
-        // agent's allocations per request.
-        let mut captured_headers = Vec::new();
-        if self.recorder().is_some() {
-            captured_headers.reserve(parts.headers.len() + 1);
-            if let Some(host) = &meta.host {
-                captured_headers.push(("host".to_string(), host.as_bytes().to_vec()));
-            }
-            captured_headers.extend(headers_to_vec(&parts.headers));
-            captured_headers.extend(
-                meta.hop_headers
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.as_bytes().to_vec())),
-            );
-        }
+        // put it, then the rest, then the hop-by-hop headers HTTP/2 cannot
+        // carry. Taken only when capture is on; the values share the
+        // decoded head's bytes.
+        let captured_headers = if self.recorder().is_some() {
+            captured_request_headers(&parts.headers, &meta)
+        } else {
+            capture::Headers::default()
+        };
 
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
@@ -437,9 +456,9 @@ impl Forwarder {
             Ok(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
                 let app_headers = if recording.is_some() {
-                    headers_to_vec(&parts.headers)
+                    capture::Headers::from_map(&parts.headers)
                 } else {
-                    Vec::new()
+                    capture::Headers::default()
                 };
                 strip_hop_by_hop(&mut parts.headers);
                 strip_protocol_headers(&mut parts.headers);
@@ -500,7 +519,7 @@ impl Forwarder {
         let body = Bytes::from(format!("{error}\n"));
         let response = RecordedResponse {
             status: resp.status().as_u16(),
-            headers: headers_to_vec(resp.headers()),
+            headers: capture::Headers::from_map(resp.headers()),
             body: CapturedBody {
                 total_len: body.len() as u64,
                 data: BodyData::Memory(body),
@@ -643,6 +662,47 @@ fn error_response(status: StatusCode, kind: AgentError, reason: &str) -> Respons
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Host first, then the map in its order, then the hop-by-hop headers;
+    /// a hop-by-hop header that is no header (the metadata check keeps
+    /// those out) turns the list into text rather than dropping anything.
+    #[test]
+    fn captured_request_headers_keep_the_received_order() {
+        let mut map = HeaderMap::new();
+        map.append("content-type", HeaderValue::from_static("application/json"));
+        map.append("x-dup", HeaderValue::from_static("1"));
+        map.append("x-dup", HeaderValue::from_static("2"));
+        let mut meta = RequestMeta {
+            host: Some("hooks.example".into()),
+            hop_headers: vec![
+                ("connection".into(), "x-hop".into()),
+                ("x-hop".into(), "h".into()),
+            ],
+            ..RequestMeta::default()
+        };
+        let pairs = |h: &capture::Headers| -> Vec<(String, Vec<u8>)> {
+            h.iter().map(|(n, v)| (n.to_string(), v.to_vec())).collect()
+        };
+        let want = |hop_name: &str| -> Vec<(String, Vec<u8>)> {
+            [
+                ("host", "hooks.example"),
+                ("content-type", "application/json"),
+                ("x-dup", "1"),
+                ("x-dup", "2"),
+                ("connection", "x-hop"),
+                (hop_name, "h"),
+            ]
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect()
+        };
+        assert_eq!(pairs(&captured_request_headers(&map, &meta)), want("x-hop"));
+        meta.hop_headers[1].0 = "not a name".into();
+        assert_eq!(
+            pairs(&captured_request_headers(&map, &meta)),
+            want("not a name")
+        );
+    }
 
     #[test]
     fn forwarded_headers() {

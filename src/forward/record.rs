@@ -21,7 +21,7 @@ pub(super) struct Pending {
     pub(super) started: Instant,
     pub(super) method: String,
     pub(super) path: String,
-    pub(super) headers: Vec<capture::Header>,
+    pub(super) headers: capture::Headers,
     pub(super) remote_addr: Option<String>,
     pub(super) relay_event_id: Option<String>,
     pub(super) replay_of: Option<ExchangeId>,
@@ -68,7 +68,7 @@ pub(super) struct Recording {
 /// The answer of an exchange: from the app, or made by the agent itself.
 pub(super) struct Answer {
     pub(super) status: u16,
-    pub(super) headers: Vec<capture::Header>,
+    pub(super) headers: capture::Headers,
     /// The response body, once it has streamed to the relay.
     pub(super) body: oneshot::Receiver<CapturedBody>,
 }

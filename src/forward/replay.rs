@@ -13,7 +13,7 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt;
 
 use super::record::Pending;
-use super::{full, headers_to_vec, Forwarder, Outgoing};
+use super::{full, Forwarder, Outgoing};
 use crate::capture::{BodyData, Exchange, ExchangeId, RequestEdit};
 use crate::tunnel::protocol::{strip_hop_by_hop, HDR_ERROR};
 
@@ -134,7 +134,7 @@ impl Forwarder {
                 (
                     original.request.method.clone(),
                     original.request.path.clone(),
-                    original.request.headers.clone(),
+                    original.request.headers.clone().into_owned(),
                     body,
                 )
             }
@@ -176,7 +176,7 @@ impl Forwarder {
             started,
             method: method.to_string(),
             path: path.clone(),
-            headers: headers_to_vec(&headers),
+            headers: crate::capture::Headers::from_map(&headers),
             remote_addr: None,
             relay_event_id: None,
             replay_of: original.id,
@@ -230,9 +230,9 @@ impl Forwarder {
         let rules = &self.inner.config.webhooks;
         // The URL the sender signed (Square, Twilio) is the public one; the
         // capture keeps its Host and scheme.
-        let probe = RequestView::new(method, "", headers, body);
+        let probe = RequestView::new(method, "", &*headers, body);
         let url = verify::rules::public_url_for(None, &probe, path);
-        let view = RequestView::new(method, &url, headers, body);
+        let view = RequestView::new(method, &url, &*headers, body);
         let Some(rule) = rules.rule_for(path, &view) else {
             return Signing::None;
         };

@@ -10,25 +10,18 @@ use super::body::{body_lines, hex_dump, pair_lines, parse_urlencoded, BodyKind};
 use super::text::{is_unsafe, sanitize_line, stand_in};
 use super::theme::Theme;
 use super::webhook::{signature_line, Budget, Mark};
-use crate::capture::{BodyData, CapturedBody, Exchange, Header};
+use crate::capture::{BodyData, CapturedBody, Exchange, Headers};
 use crate::units::{fmt_duration, fmt_size};
 
 /// The value of the first header called `name` (HTTP header names are
 /// case-insensitive).
-fn find_header<'a>(headers: &'a [Header], name: &str) -> Option<&'a [u8]> {
-    headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_slice())
-}
-
-fn header_lines(headers: &[Header], theme: &Theme, out: &mut Vec<Line<'static>>) {
+fn header_lines(headers: &Headers, theme: &Theme, out: &mut Vec<Line<'static>>) {
     if headers.is_empty() {
         out.push(Line::styled("(no headers)", theme.dim()));
     }
     for (name, value) in headers {
         out.push(Line::from(vec![
-            Span::styled(name.clone(), theme.header_name()),
+            Span::styled(name.to_string(), theme.header_name()),
             Span::raw(": "),
             Span::raw(String::from_utf8_lossy(value).into_owned()),
         ]));
@@ -37,12 +30,14 @@ fn header_lines(headers: &[Header], theme: &Theme, out: &mut Vec<Line<'static>>)
 
 fn body_section(
     body: &CapturedBody,
-    headers: &[Header],
+    headers: &Headers,
     theme: &Theme,
     raw: bool,
     out: &mut Vec<Line<'static>>,
 ) {
-    let ct = find_header(headers, "content-type").map(|v| String::from_utf8_lossy(v).into_owned());
+    let ct = headers
+        .get("content-type")
+        .map(|v| String::from_utf8_lossy(v).into_owned());
     let (kind, lines) = match &body.data {
         BodyData::Empty => body_lines(b"", None, theme),
         BodyData::Memory(b) if raw => raw_lines(b, theme),

@@ -14,7 +14,7 @@
 
 use bytes::Bytes;
 
-use crate::capture::{Header, RequestEdit};
+use crate::capture::{Header, HeadersRef, RequestEdit};
 
 /// Why an edited request could not be parsed; shown inline in the editor.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,9 +46,14 @@ fn is_token(s: &str) -> bool {
 /// Renders a request as editable text. `body` must be text (see
 /// [`super::body::is_text`]); header values that are not UTF-8 are shown
 /// lossily.
-pub fn request_to_text(method: &str, path: &str, headers: &[Header], body: &str) -> String {
+pub fn request_to_text<'a>(
+    method: &str,
+    path: &str,
+    headers: impl Into<HeadersRef<'a>>,
+    body: &str,
+) -> String {
     let mut out = format!("{method} {path}\n");
-    for (name, value) in headers {
+    for (name, value) in headers.into() {
         out.push_str(name);
         out.push_str(": ");
         out.push_str(&String::from_utf8_lossy(value));

@@ -28,7 +28,8 @@ pub use presets::Provider;
 pub use recognise::{recognise, Recognised};
 pub use rules::{Judgement, Rules};
 
-use crate::capture::model::{BodyDigest, Header};
+use crate::capture::model::BodyDigest;
+use crate::capture::HeadersRef;
 
 /// What [`check`] and [`sign`] read of a request. Nothing is copied or
 /// rewritten: verification reads the bytes exactly as they arrived.
@@ -41,7 +42,7 @@ pub struct RequestView<'a> {
     /// never the local one.
     pub url: &'a str,
     /// Request headers in order.
-    pub headers: &'a [Header],
+    pub headers: HeadersRef<'a>,
     /// The body bytes the app got.
     pub body: &'a [u8],
     /// The relay's hash of the bytes it received, when it sent one: tells
@@ -51,11 +52,16 @@ pub struct RequestView<'a> {
 
 impl<'a> RequestView<'a> {
     /// A view with no relay body hash.
-    pub fn new(method: &'a str, url: &'a str, headers: &'a [Header], body: &'a [u8]) -> Self {
+    pub fn new(
+        method: &'a str,
+        url: &'a str,
+        headers: impl Into<HeadersRef<'a>>,
+        body: &'a [u8],
+    ) -> Self {
         Self {
             method,
             url,
-            headers,
+            headers: headers.into(),
             body,
             relay_body: None,
         }
@@ -64,9 +70,8 @@ impl<'a> RequestView<'a> {
     /// First value of header `name` (any case), when it is UTF-8.
     pub fn header(&self, name: &str) -> Option<&'a str> {
         self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .get(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
     }
 
     /// The media type of the body, lower case, without parameters.

@@ -256,7 +256,7 @@ mod tests {
             let (addr, server) = one_request_server();
             let mut ex = ex_with(&body);
             ex.request.method = "PUT".into();
-            ex.request.headers.extend([
+            ex.request.headers.to_mut().extend([
                 ("Connection".into(), b"keep-alive, X-Hop".to_vec()),
                 ("X-Hop".into(), b"gone".to_vec()),
                 (
@@ -300,6 +300,7 @@ mod tests {
         let evil = "ok\u{1b}]0;PWNED\u{7}\u{1b}[32mALL GOOD 'q' \\";
         ex.request
             .headers
+            .to_mut()
             .push(("X-Evil".into(), evil.as_bytes().to_vec()));
         let cmd = curl_command(&ex, Some(&format!("http://{addr}")));
         assert!(!cmd.chars().any(|c| c.is_control()), "{cmd:?}");
@@ -317,7 +318,10 @@ mod tests {
     fn curl_without_content_type_or_body() {
         let (addr, server) = one_request_server();
         let mut ex = ex_with(b"a=1");
-        ex.request.headers.retain(|(n, _)| n != "Content-Type");
+        ex.request
+            .headers
+            .to_mut()
+            .retain(|(n, _)| n != "Content-Type");
         let cmd = curl_command(&ex, Some(&format!("http://{addr}/")));
         assert!(cmd.starts_with("curl -sS -g -X 'POST' "), "{cmd}");
         run_curl(&cmd);

@@ -9,8 +9,9 @@ use serde::Serialize;
 use super::curl::target_url;
 use super::json::rfc3339;
 use super::{find_header, header_text, load, B64};
-use crate::capture::model::{CapturedBody, Exchange, ExchangeId, Header};
+use crate::capture::model::{CapturedBody, Exchange, ExchangeId};
 use crate::capture::store::{ListQuery, Store, StoreError};
+use crate::capture::Headers;
 
 /// The HTTP version every entry states.
 const HTTP_VERSION: &str = "HTTP/1.1";
@@ -199,7 +200,7 @@ fn query_string(path: &str) -> Vec<NameValue<'_>> {
         .collect()
 }
 
-fn har_headers(h: &[Header], redact: bool) -> Vec<NameValue<'_>> {
+fn har_headers(h: &Headers, redact: bool) -> Vec<NameValue<'_>> {
     h.iter()
         .map(|(n, v)| NameValue {
             name: Cow::Borrowed(n),
@@ -225,7 +226,7 @@ fn har_text(body: &CapturedBody) -> (Option<String>, Option<&'static str>, usize
 }
 
 /// The `content-type` header as text, empty when there is none.
-fn mime_type(h: &[Header]) -> String {
+fn mime_type(h: &Headers) -> String {
     find_header(h, "content-type")
         .map(header_text)
         .unwrap_or_default()
@@ -402,7 +403,7 @@ mod tests {
         b.id = Some(8);
         b.response = Some(RecordedResponse {
             status: 302,
-            headers: vec![("Location".into(), b"/next".to_vec())],
+            headers: vec![("Location".into(), b"/next".to_vec())].into(),
             body: CapturedBody::default(),
         });
         let mut c = ex_with(b"");
@@ -477,7 +478,7 @@ mod tests {
     #[test]
     fn public_urls_and_redaction() {
         let mut ex = ex_with(b"{}");
-        ex.request.headers.extend([
+        ex.request.headers.to_mut().extend([
             ("Host".into(), b"127.0.0.1:8787".to_vec()),
             ("Authorization".into(), b"Bearer sk_live_1".to_vec()),
             ("Stripe-Signature".into(), b"t=1,v1=ab".to_vec()),
@@ -485,7 +486,7 @@ mod tests {
         ]);
         // The sample's own Host goes; the one added above stays.
         let sample_host = ex.request.headers.iter().position(|(n, _)| n == "Host");
-        ex.request.headers.remove(sample_host.unwrap());
+        ex.request.headers.to_mut().remove(sample_host.unwrap());
         let entry = serde_json::to_value(har_entry(&ex, HarOptions::default())).unwrap();
         assert_eq!(
             entry["request"]["url"],

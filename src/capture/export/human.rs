@@ -310,6 +310,7 @@ mod tests {
         ex.request.path = format!("/hooks/{HOSTILE}");
         ex.request
             .headers
+            .to_mut()
             .push(("x-evil".into(), HOSTILE.as_bytes().to_vec()));
         ex.error = Some(HOSTILE.into());
         let shown = show_human(&ex);

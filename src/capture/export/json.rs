@@ -7,7 +7,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
 
 use super::{header_text, load, B64};
-use crate::capture::model::{CapturedBody, Exchange, ExchangeSummary, Header};
+use crate::capture::model::{CapturedBody, Exchange, ExchangeSummary};
+use crate::capture::Headers;
 
 /// RFC 3339 with milliseconds, as in the JSON contract and HAR.
 pub fn rfc3339(t: &DateTime<Utc>) -> String {
@@ -41,7 +42,7 @@ pub fn list_json(items: &[ExchangeSummary]) -> Value {
 /// The `{"headers", "body", "body_base64"}` object of `show --json`, plus
 /// extra fields `body_size` (bytes that streamed through), `truncated`, and
 /// `body_error` when the bytes could not be read.
-fn half_json(headers: &[Header], body: &CapturedBody) -> Map<String, Value> {
+fn half_json(headers: &Headers, body: &CapturedBody) -> Map<String, Value> {
     let mut m = Map::new();
     let hs: Vec<Value> = headers
         .iter()

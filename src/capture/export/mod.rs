@@ -17,7 +17,8 @@ mod json;
 
 use bytes::Bytes;
 
-use super::model::{CapturedBody, Header};
+use super::headers::HeadersRef;
+use super::model::CapturedBody;
 use super::store::read_body;
 
 pub use curl::{curl_command, shell_quote, target_url};
@@ -33,11 +34,8 @@ pub(super) fn header_text(v: &[u8]) -> String {
     String::from_utf8_lossy(v).into_owned()
 }
 
-pub(super) fn find_header<'a>(headers: &'a [Header], name: &str) -> Option<&'a [u8]> {
-    headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_slice())
+pub(super) fn find_header<'a>(headers: impl Into<HeadersRef<'a>>, name: &str) -> Option<&'a [u8]> {
+    headers.into().get(name)
 }
 
 /// Body bytes, or why they cannot be shown.

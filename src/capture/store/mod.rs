@@ -45,8 +45,8 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
 use super::model::{
-    BodyDigest, BodyProof, DigestText, Exchange, ExchangeId, ExchangeSummary, Header, Outcome,
-    RecordedRequest, RecordedResponse, SignatureCheck, WebhookInfo,
+    BodyDigest, BodyProof, DigestText, Exchange, ExchangeId, ExchangeSummary, Headers, HeadersRef,
+    Outcome, RecordedRequest, RecordedResponse, SignatureCheck, WebhookInfo,
 };
 use bodies::{create_private_dir, Prepared, FREE_DIR};
 use retention::Parts;
@@ -183,7 +183,7 @@ fn parse_time(s: &str) -> DateTime<Utc> {
 
 /// Headers as JSON text: readable in `sqlite3`, and still exact because a value
 /// that is not UTF-8 is kept as `{"base64": ...}` instead of being re-encoded.
-fn headers_to_json(h: &[Header]) -> String {
+fn headers_to_json<'a>(h: impl Into<HeadersRef<'a>>) -> String {
     use base64::Engine;
     // Serialized straight from the borrowed headers, without a
     // `serde_json::Value` or a list of pairs in between: no allocation per
@@ -194,7 +194,7 @@ fn headers_to_json(h: &[Header]) -> String {
         Text(&'a str),
         Bytes { base64: String },
     }
-    struct Pairs<'a>(&'a [Header]);
+    struct Pairs<'a>(HeadersRef<'a>);
     impl serde::Serialize for Pairs<'_> {
         fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
             s.collect_seq(self.0.iter().map(|(n, v)| {
@@ -204,17 +204,17 @@ fn headers_to_json(h: &[Header]) -> String {
                         base64: base64::engine::general_purpose::STANDARD.encode(v),
                     },
                 };
-                (n.as_str(), v)
+                (n, v)
             }))
         }
     }
-    serde_json::to_string(&Pairs(h)).expect("strings always serialize")
+    serde_json::to_string(&Pairs(h.into())).expect("strings always serialize")
 }
 
-fn headers_from_json(s: &str) -> Vec<Header> {
+fn headers_from_json(s: &str) -> Headers {
     use base64::Engine;
     let Ok(serde_json::Value::Array(arr)) = serde_json::from_str::<serde_json::Value>(s) else {
-        return Vec::new();
+        return Headers::default();
     };
     arr.into_iter()
         .filter_map(|pair| {

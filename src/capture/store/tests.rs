@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use super::bodies::{FREE_DIR, FREE_POOL_MAX};
 use super::schema::MIGRATIONS;
 use super::*;
-use crate::capture::model::{BodyData, CapturedBody, Outcome};
+use crate::capture::model::{BodyData, CapturedBody, Header, Outcome};
 use chrono::TimeZone;
 
 /// The stored header format is what `sqlite3` users and older
@@ -78,12 +78,13 @@ pub(crate) fn sample(req: &[u8]) -> Exchange {
                 ("X-Dup".into(), b"one".to_vec()),
                 ("Host".into(), b"example.test".to_vec()),
                 ("X-Dup".into(), b"two".to_vec()),
-            ],
+            ]
+            .into(),
             body: CapturedBody::from_bytes(req.to_vec()),
         },
         response: Some(RecordedResponse {
             status: 200,
-            headers: vec![("content-type".into(), b"text/plain".to_vec())],
+            headers: vec![("content-type".into(), b"text/plain".to_vec())].into(),
             body: CapturedBody::from_bytes(&b"ok"[..]),
         }),
         duration_ms: 12.5,
@@ -112,6 +113,7 @@ fn round_trip_binary_and_utf8_bodies_and_headers() {
         + chrono::Duration::microseconds(123_456);
     ex.request
         .headers
+        .to_mut()
         .push(("X-Raw".into(), vec![0xff, 0x00, b'a', 0x80]));
     ex.replay_of = Some(41);
     ex.relay_event_id = Some("evt-1".into());
@@ -129,10 +131,11 @@ fn round_trip_binary_and_utf8_bodies_and_headers() {
     let id2 = s.insert(&sample(text)).unwrap();
     let got2 = s.get(id2).unwrap().unwrap();
     assert_eq!(read_body(&got2.request.body).unwrap(), text);
-    let names: Vec<_> = got2.request.headers.iter().map(|h| h.0.as_str()).collect();
+    let headers: Vec<_> = got2.request.headers.iter().collect();
+    let names: Vec<_> = headers.iter().map(|h| h.0).collect();
     assert_eq!(names, ["Content-Type", "X-Dup", "Host", "X-Dup"]);
-    assert_eq!(got2.request.headers[1].1, b"one");
-    assert_eq!(got2.request.headers[3].1, b"two");
+    assert_eq!(headers[1].1, b"one");
+    assert_eq!(headers[3].1, b"two");
     assert!(s.get(9999).unwrap().is_none());
 }
 

@@ -39,11 +39,12 @@ const SIGNATURE_HEADERS: &[&str] = &[
 ];
 
 /// The name of the first header of `headers` that carries a signature.
-pub fn signature_header(headers: &[crate::capture::Header]) -> Option<String> {
+pub fn signature_header<'a>(headers: impl Into<crate::capture::HeadersRef<'a>>) -> Option<String> {
     headers
+        .into()
         .iter()
         .find(|(n, _)| SIGNATURE_HEADERS.iter().any(|s| n.eq_ignore_ascii_case(s)))
-        .map(|(n, _)| n.clone())
+        .map(|(n, _)| n.to_string())
 }
 use crate::inspect::theme::Theme;
 

@@ -131,12 +131,13 @@ pub fn exchange(id: ExchangeId, content_type: &str, req_body: &[u8]) -> Exchange
                     "Stripe-Signature".into(),
                     b"t=1700000000,v1=5257a869".to_vec(),
                 ),
-            ],
+            ]
+            .into(),
             body: body(req_body),
         },
         response: Some(RecordedResponse {
             status: 200,
-            headers: vec![("Content-Type".into(), b"text/plain".to_vec())],
+            headers: vec![("Content-Type".into(), b"text/plain".to_vec())].into(),
             body: body(b"ok"),
         }),
         duration_ms: 15.2,
