@@ -5,7 +5,8 @@
 //! [`Exchange`] to the [`Recorder`]; the recorder's single writer task stores it
 //! and publishes a [`CaptureEvent`] that the inspector and the log printer follow.
 //! [`event`] recognises webhook event types; [`export`] renders exchanges for
-//! the CLI (JSON, tables, curl, HAR).
+//! the CLI (JSON, tables, curl, HAR); [`headers`] is the recorded header
+//! list, which shares the bytes of the head it was received in.
 
 pub mod event;
 pub mod export;
