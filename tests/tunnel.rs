@@ -528,9 +528,10 @@ async fn an_empty_host_header_is_forwarded() {
 }
 
 /// The capture keeps the request headers as the relay received them: the
-/// sender's Host first, every other header in order with duplicates, the
-/// hop-by-hop ones HTTP/2 cannot carry at the end, and nothing of the
-/// tunnel's own; the response headers as the app sent them.
+/// sender's Host first, every other header with its duplicates (a name's
+/// values together, in the order they came), the hop-by-hop ones HTTP/2
+/// cannot carry at the end, and nothing of the tunnel's own; the response
+/// headers as the app sent them.
 #[tokio::test]
 async fn the_capture_keeps_the_headers_the_relay_received() {
     let app = App::start().await;

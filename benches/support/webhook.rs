@@ -1,7 +1,18 @@
 //! One synthetic 1 KiB JSON webhook exchange, shared by the capture
 //! benchmarks (`benches/hot_paths.rs`, `examples/store_throughput.rs`).
 
-use whtunnel::capture::{CapturedBody, Exchange, RecordedRequest, RecordedResponse};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, USER_AGENT};
+use http::HeaderName;
+use whtunnel::capture::{CapturedBody, Exchange, Headers, RecordedRequest, RecordedResponse};
+
+/// Headers in the form the agent records them (as received).
+fn received(list: &[(&HeaderName, &[u8])]) -> Headers {
+    let mut h = Headers::received(list.len(), list.iter().map(|(_, v)| v.len()).sum());
+    for (name, value) in list {
+        h.push(name, value);
+    }
+    h
+}
 
 /// Exchange number `i`: a 1 KiB JSON body with a `type`, a 200 `ok` answer,
 /// and a time-ordered relay event id, as the agent records them.
@@ -16,17 +27,19 @@ pub fn webhook(i: usize) -> Exchange {
         request: RecordedRequest {
             method: "POST".into(),
             path: format!("/hooks/{i}?key=1"),
-            headers: vec![
-                ("content-type".into(), b"application/json".to_vec()),
-                ("user-agent".into(), b"bench/1.0".to_vec()),
-                ("x-signature".into(), b"t=1,v1=0123456789abcdef".to_vec()),
-            ]
-            .into(),
+            headers: received(&[
+                (&CONTENT_TYPE, b"application/json"),
+                (&USER_AGENT, b"bench/1.0"),
+                (
+                    &HeaderName::from_static("x-signature"),
+                    b"t=1,v1=0123456789abcdef",
+                ),
+            ]),
             body: CapturedBody::from_bytes(body),
         },
         response: Some(RecordedResponse {
             status: 200,
-            headers: vec![("content-length".into(), b"2".to_vec())].into(),
+            headers: received(&[(&CONTENT_LENGTH, b"2")]),
             body: CapturedBody::from_bytes(&b"ok"[..]),
         }),
         duration_ms: 1.5,

@@ -1,15 +1,19 @@
 //! A recorded header list: the names and raw value bytes of a request or
 //! response head, in order, duplicates kept.
 //!
-//! Headers the forwarder captures stay the `http` types they arrived as,
-//! sharing the bytes of the decoded head: capturing one costs two reference
-//! counts, not two allocations and copies, and nothing is freed per header
-//! when the store is done with it (the recording path's largest share of
-//! allocations, docs/benchmarks.md, "Session 16"). Headers read back from a
-//! store or a file, or edited by a person, are owned text and bytes and
-//! may be anything.
+//! Headers the forwarder captures are kept as received: the `http` names
+//! (a standard one is a constant, a custom one shares its own small
+//! buffer) and every value copied into one buffer. Capturing a head is two
+//! allocations, not two per header, and the writer thread that drops the
+//! exchange frees two (the recording path's largest share of allocations,
+//! docs/benchmarks.md, "Session 16"). The values are copied rather than
+//! shared with the decoded head because a shared value would keep the
+//! whole read buffer it was decoded from (up to hundreds of KiB for an
+//! HTTP/1 answer) alive until the exchange is stored. Headers read back
+//! from a store or a file, or edited by a person, are owned text and
+//! bytes, and may be anything.
 
-use http::{HeaderName, HeaderValue};
+use http::HeaderName;
 
 use super::model::Header;
 
@@ -19,8 +23,11 @@ pub struct Headers(Repr);
 
 #[derive(Clone)]
 enum Repr {
-    /// As received: shares the head's bytes.
-    Http(Vec<(HeaderName, HeaderValue)>),
+    /// As received: each name with the end of its value in `values`.
+    Received {
+        names: Vec<(HeaderName, usize)>,
+        values: Vec<u8>,
+    },
     /// Read back or edited: any name, any bytes.
     Owned(Vec<Header>),
 }
@@ -32,23 +39,40 @@ impl Default for Repr {
 }
 
 impl Headers {
-    /// Headers as received, in this order.
-    pub fn received(list: Vec<(HeaderName, HeaderValue)>) -> Self {
-        Headers(Repr::Http(list))
+    /// An empty list of received headers, with room for `headers` of them
+    /// whose values add up to `value_bytes`.
+    pub fn received(headers: usize, value_bytes: usize) -> Self {
+        Headers(Repr::Received {
+            names: Vec::with_capacity(headers),
+            values: Vec::with_capacity(value_bytes),
+        })
     }
 
-    /// Every header of `map`, in its order, sharing its bytes.
+    /// Every header of `map`, in its order.
     pub fn from_map(map: &http::HeaderMap) -> Self {
-        let mut list = Vec::with_capacity(map.len());
-        list.extend(map.iter().map(|(n, v)| (n.clone(), v.clone())));
-        Headers(Repr::Http(list))
+        let mut h = Self::received(map.len(), map.values().map(|v| v.len()).sum());
+        for (name, value) in map {
+            h.push(name, value.as_bytes());
+        }
+        h
+    }
+
+    /// Appends a header.
+    pub fn push(&mut self, name: &HeaderName, value: &[u8]) {
+        match &mut self.0 {
+            Repr::Received { names, values } => {
+                values.extend_from_slice(value);
+                names.push((name.clone(), values.len()));
+            }
+            Repr::Owned(l) => l.push((name.as_str().to_owned(), value.to_vec())),
+        }
     }
 
     /// A borrowed view, as [`crate::verify::RequestView`] takes it.
     pub fn view(&self) -> HeadersRef<'_> {
         match &self.0 {
-            Repr::Http(l) => HeadersRef::Http(l),
-            Repr::Owned(l) => HeadersRef::Owned(l),
+            Repr::Received { names, values } => HeadersRef(RefRepr::Received { names, values }),
+            Repr::Owned(l) => HeadersRef(RefRepr::Owned(l)),
         }
     }
 
@@ -72,29 +96,35 @@ impl Headers {
         self.view().get(name)
     }
 
-    /// The list as owned pairs, to edit: headers as received are copied
+    /// The list as owned pairs, to edit: received headers are copied
     /// once, the first time.
     pub fn to_mut(&mut self) -> &mut Vec<Header> {
-        if let Repr::Http(l) = &self.0 {
-            self.0 = Repr::Owned(l.iter().map(owned).collect());
+        if let Repr::Received { .. } = &self.0 {
+            self.0 = Repr::Owned(self.iter().map(owned).collect());
         }
         match &mut self.0 {
             Repr::Owned(l) => l,
-            Repr::Http(_) => unreachable!("made owned above"),
+            Repr::Received { .. } => unreachable!("made owned above"),
         }
+    }
+
+    /// Whether the list is kept as received (not as owned pairs).
+    #[cfg(test)]
+    pub(crate) fn is_received(&self) -> bool {
+        matches!(self.0, Repr::Received { .. })
     }
 
     /// The list as owned pairs.
     pub fn into_owned(self) -> Vec<Header> {
         match self.0 {
-            Repr::Http(l) => l.iter().map(owned).collect(),
             Repr::Owned(l) => l,
+            Repr::Received { .. } => self.iter().map(owned).collect(),
         }
     }
 }
 
-fn owned((n, v): &(HeaderName, HeaderValue)) -> Header {
-    (n.as_str().to_owned(), v.as_bytes().to_vec())
+fn owned((n, v): (&str, &[u8])) -> Header {
+    (n.to_owned(), v.to_vec())
 }
 
 impl From<Vec<Header>> for Headers {
@@ -130,7 +160,7 @@ impl Eq for Headers {}
 /// Equal to owned pairs holding the same names and bytes in order.
 impl PartialEq<Vec<Header>> for Headers {
     fn eq(&self, other: &Vec<Header>) -> bool {
-        self.len() == other.len() && self.iter().eq(HeadersRef::Owned(other).iter())
+        self.len() == other.len() && self.iter().eq(HeadersRef::from(other).iter())
     }
 }
 
@@ -143,28 +173,36 @@ impl std::fmt::Debug for Headers {
 }
 
 /// A borrowed header list: [`Headers`], or owned pairs anywhere.
-#[derive(Debug, Clone, Copy)]
-pub enum HeadersRef<'a> {
-    /// As received.
-    Http(&'a [(HeaderName, HeaderValue)]),
-    /// Owned pairs.
+#[derive(Clone, Copy)]
+pub struct HeadersRef<'a>(RefRepr<'a>);
+
+#[derive(Clone, Copy)]
+enum RefRepr<'a> {
+    Received {
+        names: &'a [(HeaderName, usize)],
+        values: &'a [u8],
+    },
     Owned(&'a [Header]),
 }
 
 impl<'a> HeadersRef<'a> {
     /// Name and value bytes of each header, in order.
     pub fn iter(self) -> Iter<'a> {
-        match self {
-            HeadersRef::Http(l) => Iter::Http(l.iter()),
-            HeadersRef::Owned(l) => Iter::Owned(l.iter()),
-        }
+        Iter(match self.0 {
+            RefRepr::Received { names, values } => IterRepr::Received {
+                names: names.iter(),
+                values,
+                start: 0,
+            },
+            RefRepr::Owned(l) => IterRepr::Owned(l.iter()),
+        })
     }
 
     /// How many headers (duplicates counted).
     pub fn len(self) -> usize {
-        match self {
-            HeadersRef::Http(l) => l.len(),
-            HeadersRef::Owned(l) => l.len(),
+        match self.0 {
+            RefRepr::Received { names, .. } => names.len(),
+            RefRepr::Owned(l) => l.len(),
         }
     }
 
@@ -175,17 +213,17 @@ impl<'a> HeadersRef<'a> {
 
     /// The first value of `name`, in any case.
     pub fn get(self, name: &str) -> Option<&'a [u8]> {
-        // A loop per kind: verifying a webhook looks up a dozen names.
-        match self {
-            HeadersRef::Http(l) => l
-                .iter()
-                .find(|(n, _)| n.as_str().eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_bytes()),
-            HeadersRef::Owned(l) => l
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_slice()),
-        }
+        self.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+}
+
+impl std::fmt::Debug for HeadersRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.iter().map(|(n, v)| (n, String::from_utf8_lossy(v))))
+            .finish()
     }
 }
 
@@ -197,19 +235,19 @@ impl<'a> From<&'a Headers> for HeadersRef<'a> {
 
 impl<'a> From<&'a [Header]> for HeadersRef<'a> {
     fn from(h: &'a [Header]) -> Self {
-        HeadersRef::Owned(h)
+        HeadersRef(RefRepr::Owned(h))
     }
 }
 
 impl<'a> From<&'a Vec<Header>> for HeadersRef<'a> {
     fn from(h: &'a Vec<Header>) -> Self {
-        HeadersRef::Owned(h)
+        HeadersRef(RefRepr::Owned(h))
     }
 }
 
 impl<'a, const N: usize> From<&'a [Header; N]> for HeadersRef<'a> {
     fn from(h: &'a [Header; N]) -> Self {
-        HeadersRef::Owned(h)
+        HeadersRef(RefRepr::Owned(h))
     }
 }
 
@@ -221,12 +259,19 @@ impl<'a> IntoIterator for HeadersRef<'a> {
     }
 }
 
-/// The iterator of [`Headers::iter`] and [`HeadersRef::iter`].
+/// The iterator of [`Headers::iter`] and [`HeadersRef::iter`]: name and
+/// value bytes of each header, in order.
 #[derive(Clone)]
-pub enum Iter<'a> {
-    /// Over headers as received.
-    Http(std::slice::Iter<'a, (HeaderName, HeaderValue)>),
-    /// Over owned pairs.
+pub struct Iter<'a>(IterRepr<'a>);
+
+#[derive(Clone)]
+enum IterRepr<'a> {
+    Received {
+        names: std::slice::Iter<'a, (HeaderName, usize)>,
+        values: &'a [u8],
+        /// Where the next value starts in `values`.
+        start: usize,
+    },
     Owned(std::slice::Iter<'a, Header>),
 }
 
@@ -234,42 +279,61 @@ impl<'a> Iterator for Iter<'a> {
     type Item = (&'a str, &'a [u8]);
 
     fn next(&mut self) -> Option<Self::Item> {
-        match self {
-            Iter::Http(i) => i.next().map(|(n, v)| (n.as_str(), v.as_bytes())),
-            Iter::Owned(i) => i.next().map(|(n, v)| (n.as_str(), v.as_slice())),
+        match &mut self.0 {
+            IterRepr::Received {
+                names,
+                values,
+                start,
+            } => {
+                let (name, end) = names.next()?;
+                // Ends only grow, within `values`, by construction.
+                let value = values.get(*start..*end).unwrap_or_default();
+                *start = *end;
+                Some((name.as_str(), value))
+            }
+            IterRepr::Owned(i) => i.next().map(|(n, v)| (n.as_str(), v.as_slice())),
         }
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        match self {
-            Iter::Http(i) => i.size_hint(),
-            Iter::Owned(i) => i.size_hint(),
+        match &self.0 {
+            IterRepr::Received { names, .. } => names.size_hint(),
+            IterRepr::Owned(i) => i.size_hint(),
         }
     }
 }
 
 impl ExactSizeIterator for Iter<'_> {}
 
+impl std::iter::FusedIterator for Iter<'_> {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     #[test]
     fn received_and_owned_lists_read_and_compare_alike() {
         let mut map = http::HeaderMap::new();
         map.insert("content-type", HeaderValue::from_static("application/json"));
         map.append("x-dup", HeaderValue::from_static("1"));
+        map.append("x-empty", HeaderValue::from_static(""));
         map.append("x-dup", HeaderValue::from_bytes(b"2\xff").unwrap());
         let received = Headers::from_map(&map);
+        // The map groups a name's values: x-dup's second value comes
+        // before x-empty, as the capture always listed them.
         let owned: Headers = vec![
             ("content-type".to_string(), b"application/json".to_vec()),
             ("x-dup".to_string(), b"1".to_vec()),
             ("x-dup".to_string(), b"2\xff".to_vec()),
+            ("x-empty".to_string(), Vec::new()),
         ]
         .into();
         assert_eq!(received, owned);
-        assert_eq!(received.len(), 3);
+        assert_eq!(received.len(), 4);
+        assert_eq!(received.iter().len(), 4);
         assert_eq!(received.get("X-DUP"), Some(&b"1"[..]));
+        assert_eq!(received.get("x-empty"), Some(&b""[..]));
         assert_eq!(received.get("host"), None);
         assert_eq!(received.clone().into_owned(), owned.clone().into_owned());
         let mut edited = received.clone();
@@ -277,19 +341,28 @@ mod tests {
         assert_ne!(edited, received);
         assert_eq!(
             edited.iter().collect::<Vec<_>>(),
-            [("content-type", &b"application/json"[..])]
+            [
+                ("content-type", &b"application/json"[..]),
+                ("x-empty", &b""[..])
+            ]
         );
+        edited.push(&http::header::HOST, b"h");
+        assert_eq!(edited.get("host"), Some(&b"h"[..]));
         assert!(Headers::default().is_empty());
         assert_eq!(format!("{received:?}").matches("x-dup").count(), 2);
+        assert_eq!(format!("{:?}", received.view()), format!("{received:?}"));
     }
 
+    /// A captured value is a copy: the buffer the head was decoded into is
+    /// not kept alive until the exchange is stored.
     #[test]
-    fn received_headers_share_the_heads_bytes() {
-        let value = HeaderValue::from_maybe_shared(bytes::Bytes::from_static(b"shared")).unwrap();
+    fn received_headers_keep_nothing_of_the_head() {
+        let head = bytes::Bytes::from(b"a value".to_vec());
         let mut map = http::HeaderMap::new();
-        map.insert("x-a", value);
+        map.insert("x-a", HeaderValue::from_maybe_shared(head.clone()).unwrap());
         let h = Headers::from_map(&map);
-        let (_, bytes) = h.iter().next().unwrap();
-        assert_eq!(bytes.as_ptr(), map["x-a"].as_bytes().as_ptr(), "not copied");
+        drop(map);
+        assert!(head.is_unique(), "the capture holds the head's buffer");
+        assert_eq!(h.get("x-a"), Some(&b"a value"[..]));
     }
 }

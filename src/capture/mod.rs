@@ -6,7 +6,7 @@
 //! and publishes a [`CaptureEvent`] that the inspector and the log printer follow.
 //! [`event`] recognises webhook event types; [`export`] renders exchanges for
 //! the CLI (JSON, tables, curl, HAR); [`headers`] is the recorded header
-//! list, which shares the bytes of the head it was received in.
+//! list, kept as received (two allocations per head) or as owned pairs.
 
 pub mod event;
 pub mod export;

@@ -196,9 +196,8 @@ fn fill_event(ex: &mut Exchange, in_writer: bool) {
     let ct = ex
         .request
         .headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
-        .and_then(|(_, v)| std::str::from_utf8(v).ok());
+        .get("content-type")
+        .and_then(|v| std::str::from_utf8(v).ok());
     let max = if in_writer {
         super::event::MAX_DETECT_LEN
     } else {

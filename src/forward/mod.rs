@@ -130,35 +130,29 @@ fn full(bytes: impl Into<Bytes>) -> Body {
 /// The request headers as the relay received them: `meta`'s Host first,
 /// then `headers`, then `meta`'s hop-by-hop headers.
 fn captured_request_headers(headers: &HeaderMap, meta: &RequestMeta) -> capture::Headers {
-    // The metadata check let only header names and values through, so
-    // this always succeeds; were it not to, the list is kept as text.
-    let received = || {
-        let mut list = Vec::with_capacity(headers.len() + 1 + meta.hop_headers.len());
-        if let Some(host) = &meta.host {
-            list.push((header::HOST, HeaderValue::from_str(host).ok()?));
-        }
-        list.extend(headers.iter().map(|(n, v)| (n.clone(), v.clone())));
-        for (name, value) in &meta.hop_headers {
-            let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
-            list.push((name, HeaderValue::from_str(value).ok()?));
-        }
-        Some(list)
-    };
-    if let Some(list) = received() {
-        return capture::Headers::received(list);
+    let host = meta.host.as_deref().map(str::as_bytes);
+    let value_bytes = host.map_or(0, <[u8]>::len)
+        + headers.values().map(HeaderValue::len).sum::<usize>()
+        + meta.hop_headers.iter().map(|(_, v)| v.len()).sum::<usize>();
+    let count = usize::from(host.is_some()) + headers.len() + meta.hop_headers.len();
+    let mut list = capture::Headers::received(count, value_bytes);
+    if let Some(host) = host {
+        list.push(&header::HOST, host);
     }
-    let host = meta
-        .host
-        .iter()
-        .map(|h| ("host".to_string(), h.as_bytes().to_vec()));
-    let rest = headers
-        .iter()
-        .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()));
-    let hops = meta
-        .hop_headers
-        .iter()
-        .map(|(n, v)| (n.clone(), v.as_bytes().to_vec()));
-    host.chain(rest).chain(hops).collect()
+    for (name, value) in headers {
+        list.push(name, value.as_bytes());
+    }
+    for (name, value) in &meta.hop_headers {
+        match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(n) => list.push(&n, value.as_bytes()),
+            // The metadata check lets only header names through; were one
+            // not, the list is kept as text rather than the header dropped.
+            Err(_) => list
+                .to_mut()
+                .push((name.clone(), value.as_bytes().to_vec())),
+        }
+    }
+    list
 }
 
 impl Forwarder {
@@ -696,12 +690,13 @@ mod tests {
             .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
             .collect()
         };
-        assert_eq!(pairs(&captured_request_headers(&map, &meta)), want("x-hop"));
+        let received = captured_request_headers(&map, &meta);
+        assert!(received.is_received(), "kept as received, not as text");
+        assert_eq!(pairs(&received), want("x-hop"));
         meta.hop_headers[1].0 = "not a name".into();
-        assert_eq!(
-            pairs(&captured_request_headers(&map, &meta)),
-            want("not a name")
-        );
+        let text = captured_request_headers(&map, &meta);
+        assert!(!text.is_received());
+        assert_eq!(pairs(&text), want("not a name"));
     }
 
     #[test]

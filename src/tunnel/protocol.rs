@@ -403,9 +403,10 @@ pub struct RequestMeta {
     pub body_blake3: Option<super::body_hash::Digest>,
 }
 
-/// [`RequestMeta::body_blake3`] in stored metadata: lower-case hex, as
-/// when the field was text. A stored value that is not a digest reads as
-/// none (the relay hashes a held body afresh at each delivery anyway).
+/// [`RequestMeta::body_blake3`] in stored metadata: written in lower-case
+/// hex, as when the field was text; read in either case. A stored value
+/// that is not a digest reads as none (the relay hashes a held body afresh
+/// at each delivery anyway).
 mod stored_digest {
     use crate::tunnel::body_hash::{from_hex, to_hex, Digest};
     use serde::{Deserialize, Deserializer, Serializer};
@@ -709,10 +710,14 @@ enum Meta {
 }
 
 /// Which of [`META_HEADERS`] a request carries, a bit per index there:
-/// found in one pass over the names, so that each absent one (nearly all)
-/// costs no hashed lookup.
+/// found in one pass over the names, so that each absent one (four or
+/// five on nearly every request: most carry `whtunnel-req` and
+/// `whtunnel-host` only) costs no hashed lookup.
 #[derive(Clone, Copy)]
 struct Present(u8);
+
+// A bit per metadata header.
+const _: () = assert!(META_HEADERS.len() <= u8::BITS as usize);
 
 impl Present {
     fn scan(headers: &HeaderMap) -> Self {
@@ -1068,6 +1073,10 @@ mod tests {
         }
     }
 
+    /// [`full_meta`]'s body hash in hex: every byte different, so that a
+    /// byte or nibble out of place shows.
+    const FULL_META_HASH: &str = "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf";
+
     fn full_meta() -> RequestMeta {
         RequestMeta {
             remote_addr: Some("[2001:db8::1]:5000".into()),
@@ -1082,7 +1091,7 @@ mod tests {
             event_id: Some("ev_0123456789abcdefghijklmnop~".into()),
             attempt: Some(2),
             held_left: Some(3),
-            body_blake3: Some([0xab; 32]),
+            body_blake3: Some(std::array::from_fn(|i| 0xa0 ^ i as u8)),
         }
     }
 
@@ -1101,10 +1110,17 @@ mod tests {
     /// and takes lower-case hex only.
     #[test]
     fn body_hashes_decode_as_data_encoding_does() {
-        let hex = b"0123456789abcdef".repeat(4);
+        // Every digit as a high and as a low nibble.
+        let hex = [&b"0123456789abcdef"[..], b"123456789abcdef0"]
+            .concat()
+            .repeat(2);
         let want = crate::tunnel::body_hash::from_hex(&hex).unwrap();
         assert_eq!(parse_digest(&hex), Ok(want));
         assert_eq!(want[..8], [0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef]);
+        assert_eq!(
+            want[8..16],
+            [0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0]
+        );
         for bad in [&b"0123456789ABCDEF".repeat(4)[..], &hex[..62], &[b'g'; 64]] {
             assert!(
                 parse_digest(bad).is_err(),
@@ -1134,7 +1150,7 @@ mod tests {
             req.to_str().unwrap(),
             format!(
                 "1700000000000 ev_0123456789abcdefghijklmnop~ [2001:db8::1]:5000 {}",
-                "ab".repeat(32)
+                FULL_META_HASH
             )
         );
         assert!(
@@ -1172,11 +1188,11 @@ mod tests {
         // hex, and a stored one that is not a digest reads as none.
         let stored = m.to_json();
         assert!(
-            stored.contains(&format!(r#""body_blake3":"{}""#, "ab".repeat(32))),
+            stored.contains(&format!(r#""body_blake3":"{FULL_META_HASH}""#)),
             "{stored}"
         );
         assert_eq!(RequestMeta::from_json(stored.as_bytes()).unwrap(), m);
-        let short = stored.replace(&"ab".repeat(32), "abab");
+        let short = stored.replace(FULL_META_HASH, "abab");
         let read = RequestMeta::from_json(short.as_bytes()).unwrap();
         assert_eq!(read.body_blake3, None);
         assert_eq!(read.event_id, m.event_id, "the rest is kept");
