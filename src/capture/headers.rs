@@ -24,12 +24,19 @@ pub struct Headers(Repr);
 #[derive(Clone)]
 enum Repr {
     /// As received: each name with the end of its value in `values`.
-    Received {
-        names: Vec<(HeaderName, usize)>,
-        values: Vec<u8>,
-    },
+    Received { names: Vec<Named>, values: Vec<u8> },
     /// Read back or edited: any name, any bytes.
     Owned(Vec<Header>),
+}
+
+/// A received header's name, with its length (a lookup compares lengths
+/// before it reads the name: a standard name's text is a table lookup) and
+/// the end of its value in the list's value buffer.
+#[derive(Clone)]
+struct Named {
+    name: HeaderName,
+    len: usize,
+    end: usize,
 }
 
 impl Default for Repr {
@@ -62,7 +69,11 @@ impl Headers {
         match &mut self.0 {
             Repr::Received { names, values } => {
                 values.extend_from_slice(value);
-                names.push((name.clone(), values.len()));
+                names.push(Named {
+                    name: name.clone(),
+                    len: name.as_str().len(),
+                    end: values.len(),
+                });
             }
             Repr::Owned(l) => l.push((name.as_str().to_owned(), value.to_vec())),
         }
@@ -179,7 +190,7 @@ pub struct HeadersRef<'a>(RefRepr<'a>);
 #[derive(Clone, Copy)]
 enum RefRepr<'a> {
     Received {
-        names: &'a [(HeaderName, usize)],
+        names: &'a [Named],
         values: &'a [u8],
     },
     Owned(&'a [Header]),
@@ -213,9 +224,23 @@ impl<'a> HeadersRef<'a> {
 
     /// The first value of `name`, in any case.
     pub fn get(self, name: &str) -> Option<&'a [u8]> {
-        self.iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+        match self.0 {
+            // Verifying a webhook looks up a dozen names in each request.
+            RefRepr::Received { names, values } => {
+                let mut start = 0;
+                for n in names {
+                    if n.len == name.len() && n.name.as_str().eq_ignore_ascii_case(name) {
+                        return values.get(start..n.end);
+                    }
+                    start = n.end;
+                }
+                None
+            }
+            RefRepr::Owned(l) => l
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_slice()),
+        }
     }
 }
 
@@ -267,7 +292,7 @@ pub struct Iter<'a>(IterRepr<'a>);
 #[derive(Clone)]
 enum IterRepr<'a> {
     Received {
-        names: std::slice::Iter<'a, (HeaderName, usize)>,
+        names: std::slice::Iter<'a, Named>,
         values: &'a [u8],
         /// Where the next value starts in `values`.
         start: usize,
@@ -285,11 +310,11 @@ impl<'a> Iterator for Iter<'a> {
                 values,
                 start,
             } => {
-                let (name, end) = names.next()?;
+                let named = names.next()?;
                 // Ends only grow, within `values`, by construction.
-                let value = values.get(*start..*end).unwrap_or_default();
-                *start = *end;
-                Some((name.as_str(), value))
+                let value = values.get(*start..named.end).unwrap_or_default();
+                *start = named.end;
+                Some((named.name.as_str(), value))
             }
             IterRepr::Owned(i) => i.next().map(|(n, v)| (n.as_str(), v.as_slice())),
         }
