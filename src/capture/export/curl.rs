@@ -3,7 +3,7 @@
 
 use base64::Engine;
 
-use super::{find_header, header_text, load, B64};
+use super::{header_text, load, B64};
 use crate::capture::model::Exchange;
 use crate::tunnel::protocol::is_hop_by_hop;
 
@@ -124,7 +124,7 @@ pub fn curl_command(ex: &Exchange, base_url: Option<&str>) -> String {
     let mut note = String::new();
     match load(&req.body) {
         Ok(body) if !body.is_empty() => {
-            if find_header(&req.headers, "content-type").is_none() {
+            if req.headers.get("content-type").is_none() {
                 args.push("-H".into());
                 args.push(shell_quote("Content-Type:"));
             }

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::curl::target_url;
 use super::json::rfc3339;
-use super::{find_header, header_text, load, B64};
+use super::{header_text, load, B64};
 use crate::capture::model::{CapturedBody, Exchange, ExchangeId};
 use crate::capture::store::{ListQuery, Store, StoreError};
 use crate::capture::Headers;
@@ -97,12 +97,12 @@ fn public_url(ex: &Exchange) -> Option<String> {
         return None;
     }
     let req = &ex.request;
-    let host = header_text(find_header(&req.headers, "host")?);
+    let host = header_text(req.headers.get("host")?);
     let host = host.trim();
     if host.is_empty() || host.contains(['/', ' ']) {
         return None;
     }
-    let scheme = match find_header(&req.headers, "x-forwarded-proto").map(header_text) {
+    let scheme = match req.headers.get("x-forwarded-proto").map(header_text) {
         Some(p) if p.eq_ignore_ascii_case("http") || p.eq_ignore_ascii_case("https") => {
             p.to_ascii_lowercase()
         }
@@ -227,9 +227,7 @@ fn har_text(body: &CapturedBody) -> (Option<String>, Option<&'static str>, usize
 
 /// The `content-type` header as text, empty when there is none.
 fn mime_type(h: &Headers) -> String {
-    find_header(h, "content-type")
-        .map(header_text)
-        .unwrap_or_default()
+    h.get("content-type").map(header_text).unwrap_or_default()
 }
 
 fn har_entry(ex: &Exchange, options: HarOptions) -> Entry<'_> {
@@ -268,7 +266,9 @@ fn har_entry(ex: &Exchange, options: HarOptions) -> Entry<'_> {
                     text,
                     encoding,
                 },
-                redirect_url: find_header(&r.headers, "location")
+                redirect_url: r
+                    .headers
+                    .get("location")
                     .map(header_text)
                     .unwrap_or_default(),
                 headers_size: UNKNOWN,

@@ -17,7 +17,6 @@ mod json;
 
 use bytes::Bytes;
 
-use super::headers::HeadersRef;
 use super::model::CapturedBody;
 use super::store::read_body;
 
@@ -32,10 +31,6 @@ pub(super) const B64: base64::engine::GeneralPurpose = base64::engine::general_p
 /// shows; the bytes themselves stay in the store).
 pub(super) fn header_text(v: &[u8]) -> String {
     String::from_utf8_lossy(v).into_owned()
-}
-
-pub(super) fn find_header<'a>(headers: impl Into<HeadersRef<'a>>, name: &str) -> Option<&'a [u8]> {
-    headers.into().get(name)
 }
 
 /// Body bytes, or why they cannot be shown.
