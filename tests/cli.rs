@@ -38,12 +38,18 @@ async fn listen_alone_forwards_records_and_replays() {
     let name = listen.public_url.rsplit('/').next().unwrap().to_string();
     assert_eq!(name.len(), 26, "generated names carry 128 bits");
     // The embedded relay runs on a thread of its own, apart from the agent's.
-    let threads = listen.thread_names();
-    assert_eq!(
-        threads.iter().filter(|n| *n == "whtunnel-relay").count(),
-        1,
-        "{threads:?}"
-    );
+    // A thread the relay has just started (a blocking-pool one) carries the
+    // relay thread's name until it names itself: read again until it has.
+    let relay_threads = |t: &[String]| t.iter().filter(|n| *n == "whtunnel-relay").count();
+    let mut threads = listen.thread_names();
+    for _ in 0..50 {
+        if relay_threads(&threads) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        threads = listen.thread_names();
+    }
+    assert_eq!(relay_threads(&threads), 1, "{threads:?}");
 
     let json = br#"{"id":"evt_1","type":"payment.succeeded","data":{"amount":100}}"#;
     let (status, _, _) = send(
