@@ -42,7 +42,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row};
 
 use super::model::{
     BodyDigest, BodyProof, DigestText, Exchange, ExchangeId, ExchangeSummary, Headers, HeadersRef,
@@ -181,34 +181,116 @@ fn parse_time(s: &str) -> DateTime<Utc> {
         .unwrap_or_default()
 }
 
-/// Headers as JSON text: readable in `sqlite3`, and still exact because a value
-/// that is not UTF-8 is kept as `{"base64": ...}` instead of being re-encoded.
-fn headers_to_json<'a>(h: impl Into<HeadersRef<'a>>) -> String {
-    use base64::Engine;
-    // Serialized straight from the borrowed headers, without a
-    // `serde_json::Value` or a list of pairs in between: no allocation per
-    // header on the writer thread.
-    #[derive(serde::Serialize)]
-    #[serde(untagged)]
-    enum Value<'a> {
-        Text(&'a str),
-        Bytes { base64: String },
+/// A write transaction begun with `BEGIN IMMEDIATE` (the write lock from
+/// the start) and rolled back on drop unless committed. Unlike rusqlite's
+/// `Transaction`, which parses its `BEGIN` and `COMMIT` afresh every time,
+/// it runs them as cached statements: the writer begins one per batch.
+struct WriteTx<'c> {
+    conn: &'c Connection,
+    committed: bool,
+}
+
+impl<'c> WriteTx<'c> {
+    fn begin(conn: &'c Connection) -> rusqlite::Result<Self> {
+        conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        Ok(Self {
+            conn,
+            committed: false,
+        })
     }
-    struct Pairs<'a>(HeadersRef<'a>);
-    impl serde::Serialize for Pairs<'_> {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.collect_seq(self.0.iter().map(|(n, v)| {
-                let v = match std::str::from_utf8(v) {
-                    Ok(s) => Value::Text(s),
-                    Err(_) => Value::Bytes {
-                        base64: base64::engine::general_purpose::STANDARD.encode(v),
-                    },
-                };
-                (n, v)
-            }))
+
+    fn commit(mut self) -> rusqlite::Result<()> {
+        self.conn.prepare_cached("COMMIT")?.execute([])?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for WriteTx<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl Drop for WriteTx<'_> {
+    fn drop(&mut self) {
+        // SQLite may already have rolled back (after a full disk, say): then
+        // there is nothing to undo.
+        if !self.committed && !self.conn.is_autocommit() {
+            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+                tracing::warn!("capture store: rollback failed: {e}");
+            }
         }
     }
-    serde_json::to_string(&Pairs(h.into())).expect("strings always serialize")
+}
+
+/// Binds each value to the next parameter of `$stmt` (1, 2, …) with its own
+/// `ToSql` type, then checks that every parameter was bound: a value added
+/// to the list without a column (or the reverse) fails the insert instead
+/// of shifting the columns after it.
+macro_rules! bind_all {
+    ($stmt:expr; $($value:expr),+ $(,)?) => {{
+        let stmt = &mut *$stmt;
+        let mut n = 0usize;
+        $(
+            n += 1;
+            stmt.raw_bind_parameter(n, &$value)?;
+        )+
+        if n != stmt.parameter_count() {
+            return Err(StoreError::Failed(format!(
+                "capture store: {n} values for {} columns",
+                stmt.parameter_count()
+            )));
+        }
+    }};
+}
+
+/// Headers as JSON text: readable in `sqlite3`, and still exact because a value
+/// that is not UTF-8 is kept as `{"base64": ...}` instead of being re-encoded.
+/// The text is what `serde_json` writes for the same list (a test holds it
+/// to that), written here directly: header text rarely needs escaping, and
+/// going through serde's serializer cost ~2k instructions a list on the
+/// writer thread.
+fn headers_to_json<'a>(h: impl Into<HeadersRef<'a>>) -> String {
+    use base64::Engine;
+    let h = h.into();
+    let mut out =
+        String::with_capacity(2 + h.iter().map(|(n, v)| n.len() + v.len() + 6).sum::<usize>());
+    out.push('[');
+    for (i, (name, value)) in h.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('[');
+        push_json_str(&mut out, name);
+        out.push(',');
+        match std::str::from_utf8(value) {
+            Ok(text) => push_json_str(&mut out, text),
+            Err(_) => {
+                out.push_str(r#"{"base64":""#);
+                base64::engine::general_purpose::STANDARD.encode_string(value, &mut out);
+                out.push_str(r#""}"#);
+            }
+        }
+        out.push(']');
+    }
+    out.push(']');
+    out
+}
+
+/// Appends `s` as a JSON string. Text with nothing to escape (no control
+/// character, quote or backslash: what serde_json escapes) is copied;
+/// anything else is written by serde_json itself.
+fn push_json_str(out: &mut String, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::to_string(s).expect("strings always serialize"));
+    }
 }
 
 fn headers_from_json(s: &str) -> Headers {
@@ -453,9 +535,7 @@ impl Store {
     ) -> Result<Vec<ExchangeId>, StoreError> {
         // IMMEDIATE: the write lock from the start, so that nobody commits
         // between reading the partitions and writing them.
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx = WriteTx::begin(&self.conn)?;
         // The cache is taken: a failed transaction leaves none, and the next
         // one reads the partitions afresh.
         let mut parts = Parts::now(&tx, self.parts.take())?;
@@ -486,7 +566,11 @@ impl Store {
                     &mut held.insert((partition, stmt)).1
                 }
             };
-            stmt.execute(params![
+            // Bound one by one with their own types, not as a `params!`
+            // slice of `dyn ToSql`: each bind then compiles to its one
+            // `sqlite3_bind_*` call (35 dynamic dispatches and matches a
+            // row otherwise, docs/benchmarks.md "Session 17").
+            bind_all!(stmt;
                 id,
                 ex.received_at.timestamp_micros(),
                 ex.request.method,
@@ -522,7 +606,8 @@ impl Store {
                 ex.response.as_ref().map(|r| headers_to_json(&r.headers)),
                 q.inline.as_deref(),
                 s.inline.as_deref(),
-            ])?;
+            );
+            stmt.raw_execute()?;
             ids.push(id);
         }
         drop(insert);

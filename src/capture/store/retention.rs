@@ -87,7 +87,7 @@ impl Parts {
     /// The partitions as they are in `tx` (which holds the write lock): the
     /// cached ones when nobody else has committed since, else read afresh.
     pub(super) fn now(
-        tx: &rusqlite::Transaction<'_>,
+        tx: &rusqlite::Connection,
         cached: Option<Parts>,
     ) -> Result<Parts, StoreError> {
         let version: i64 = tx
@@ -139,7 +139,7 @@ impl Parts {
     }
 
     /// Writes the current partition and the next id back.
-    pub(super) fn save(&self, tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    pub(super) fn save(&self, tx: &rusqlite::Connection) -> Result<(), StoreError> {
         tx.prepare_cached("UPDATE partition_state SET current = ?1, next_id = ?2")?
             .execute([self.current as i64, self.next_id])?;
         Ok(())
@@ -161,7 +161,7 @@ impl Parts {
     /// it held the oldest exchanges and the limit needs the room.
     pub(super) fn make_room(
         &mut self,
-        tx: &rusqlite::Transaction<'_>,
+        tx: &rusqlite::Connection,
         config: &StoreConfig,
         removed: &mut Vec<String>,
     ) -> Result<(), StoreError> {
@@ -198,7 +198,7 @@ impl Parts {
     /// Empties partition `n` whole, adding its body files to `removed`.
     fn empty(
         &mut self,
-        tx: &rusqlite::Transaction<'_>,
+        tx: &rusqlite::Connection,
         n: usize,
         removed: &mut Vec<String>,
     ) -> Result<(), StoreError> {
@@ -231,7 +231,7 @@ impl Parts {
     /// own commit (a single body bigger than `max_bytes` stays until the next).
     pub(super) fn enforce(
         &mut self,
-        tx: &rusqlite::Transaction<'_>,
+        tx: &rusqlite::Connection,
         config: &StoreConfig,
         first_new: i64,
         removed: &mut Vec<String>,

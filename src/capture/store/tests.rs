@@ -45,6 +45,9 @@ fn stored_header_json_is_serde_jsons_own() {
         ("x-half".into(), vec![b'o', b'k', 0xc3]),
         ("x-esc".into(), b"\x1b[31mred\x1b]8;;".to_vec()),
         ("x-quote".into(), br#"say "hi" \ \\n"#.to_vec()),
+        // Names read back from a file or typed by a person may be any text.
+        ("x-\"name\"\\\u{7}".into(), b"plain".to_vec()),
+        ("x-caf\u{e9}".into(), b"".to_vec()),
     ];
     let oracle: Vec<(String, serde_json::Value)> = headers
         .iter()
@@ -552,6 +555,49 @@ fn batch_with_a_bad_exchange_keeps_the_others() {
     let res = s.insert_batch(&[sample(b"a"), bad, sample(b"c")]).unwrap();
     assert!(res[0].is_ok() && res[1].is_err() && res[2].is_ok());
     assert_eq!(s.count().unwrap(), 2);
+}
+
+#[test]
+fn a_row_that_fails_mid_batch_rolls_the_batch_back_and_the_others_are_stored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = open(tmp.path());
+    // SQLite refuses this one row only once the rows before it are written
+    // in the batch's transaction: the batch must roll back whole before
+    // the rows are stored one by one.
+    for n in 0..PARTITIONS {
+        s.conn
+            .execute_batch(&format!(
+                "CREATE TRIGGER refuse_{n} BEFORE INSERT ON {t} WHEN NEW.path = '/refused'
+                 BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+                t = partition_table(n)
+            ))
+            .unwrap();
+    }
+    let mut refused = sample(b"b");
+    refused.request.path = "/refused".into();
+    let res = s
+        .insert_batch(&[sample(b"a"), refused, sample(b"c")])
+        .unwrap();
+    assert!(res[0].is_ok() && res[2].is_ok(), "{res:?}");
+    let err = res[1].as_ref().unwrap_err().to_string();
+    assert!(err.contains("refused"), "{err}");
+    assert!(s.conn.is_autocommit(), "no transaction is left open");
+    // Each stored once: the rolled-back batch left nothing behind.
+    assert_eq!(s.count().unwrap(), 2);
+    let bodies: Vec<Vec<u8>> = s
+        .list(&ListQuery::default())
+        .unwrap()
+        .iter()
+        .map(|e| match s.get(e.id).unwrap().unwrap().request.body.data {
+            BodyData::Memory(b) => b.to_vec(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(bodies, [b"c".to_vec(), b"a".to_vec()]);
+    // And the next batch goes through as one.
+    let res = s.insert_batch(&[sample(b"d"), sample(b"e")]).unwrap();
+    assert!(res.iter().all(Result::is_ok), "{res:?}");
+    assert_eq!(s.count().unwrap(), 4);
 }
 
 /// Helper for the kill -9 test: writes until killed. Run only when
