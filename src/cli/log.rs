@@ -270,7 +270,8 @@ fn print_log_lines(
 ) -> bool {
     use std::io::Write as _;
     use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-    let mut out = String::new();
+    // Room for a batch of lines without growing on the way.
+    let mut out = String::with_capacity(8 * 1024);
     let mut open = true;
     let mut next = Some(first);
     while let Some(event) = next.take() {
@@ -331,7 +332,7 @@ fn push_u64(out: &mut String, mut n: u64) {
             break;
         }
     }
-    out.extend(digits[at..].iter().map(|&d| char::from(d)));
+    out.push_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"));
 }
 
 /// Appends `n` (below 1000) zero-padded to `width` digits.
