@@ -4,6 +4,12 @@
 //! not a count; instructions per request need an exact count.
 //!
 //! `cargo run --release --example bench_load -- URL CONC TOTAL SIZE`
+//!
+//! The body is SIZE bytes of `x` (no JSON: nothing to parse downstream).
+//! With `BENCH_BODY=json` it is instead an unsigned JSON event of SIZE
+//! bytes, shaped like a payment provider's (an `evt_` id, a `type`, a
+//! nested object with many small fields), so that what parsing a webhook
+//! costs is measured too.
 
 // A measuring tool, not the product: a failed unwrap is a failed run.
 #![allow(clippy::unwrap_used)]
@@ -28,7 +34,15 @@ async fn main() {
     let uri: http::Uri = url.parse().unwrap();
     let conc: usize = conc.parse().unwrap();
     let total: usize = total.parse().unwrap();
-    let body = Bytes::from(vec![b'x'; size.parse().unwrap()]);
+    let size: usize = size.parse().unwrap();
+    let body = match std::env::var("BENCH_BODY").as_deref() {
+        Ok("json") => Bytes::from(json_event(size)),
+        Ok(other) if !other.is_empty() => {
+            eprintln!("BENCH_BODY: `{other}` is not a body kind (json)");
+            std::process::exit(2);
+        }
+        _ => Bytes::from(vec![b'x'; size]),
+    };
     let addr = format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap_or(80));
     let next = Arc::new(AtomicUsize::new(0));
     let ok = Arc::new(AtomicUsize::new(0));
@@ -75,4 +89,31 @@ async fn main() {
         ok.load(Ordering::Relaxed),
         started.elapsed().as_secs_f64()
     );
+}
+
+/// An unsigned JSON event of exactly `size` bytes (at least its fixed
+/// part): a Stripe-like envelope whose object holds numbered metadata
+/// fields, padded to the size with a note.
+fn json_event(size: usize) -> Vec<u8> {
+    let head = r#"{"id":"evt_1NG8Du2eZvKYlo2CqFRYvbEm","object":"event","type":"invoice.paid","created":1700000000,"livemode":false,"data":{"object":{"id":"in_1NG8Du2eZvKYlo2C","object":"invoice","amount_paid":2000,"currency":"eur","paid":true,"metadata":{"#;
+    let tail = r#"}}}}"#;
+    let mut out = head.to_string();
+    let mut n = 0;
+    loop {
+        let field = format!(r#"{}"k{n}":"value {n}""#, if n == 0 { "" } else { "," });
+        // Keep room for the note that pads to the exact size.
+        if out.len() + field.len() + r#","note":"""#.len() + tail.len() > size {
+            break;
+        }
+        out.push_str(&field);
+        n += 1;
+    }
+    let sep = if n == 0 { "" } else { "," };
+    let fixed = out.len() + sep.len() + r#""note":"""#.len() + tail.len();
+    out.push_str(&format!(
+        r#"{sep}"note":"{}""#,
+        "x".repeat(size.saturating_sub(fixed))
+    ));
+    out.push_str(tail);
+    out.into_bytes()
 }
