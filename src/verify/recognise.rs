@@ -3,9 +3,11 @@
 //! only that sender leaves (a header of its own, or a body shape its
 //! documents show); anything else stays unrecognised rather than guessed.
 
-use serde_json::Value;
+use std::fmt;
 
-use super::asym::jwt_claims;
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use super::asym::jwt_payload;
 use super::{Provider, RequestView};
 
 /// A recognised sender.
@@ -21,11 +23,22 @@ pub struct Recognised {
 
 /// The sender of `req`, or `None` when no sender's mark is on it.
 pub fn recognise(req: &RequestView<'_>) -> Option<Recognised> {
-    let provider = provider_of(req)?;
-    let body = if req.content_type().as_deref() == Some("application/jwt") {
-        jwt_claims(req.body)
-    } else {
-        serde_json::from_slice::<Value>(req.body).ok()
+    // The body is read once, for the sender's body shape and then its
+    // event and id; not at all when no sender's shape can be in it.
+    let (provider, body) = match provider_by_headers(req) {
+        Some(p) => (p, body_of(req)),
+        None if is_jwt(req) => {
+            let body = body_of(req);
+            let claims = body.as_ref()?.object()?;
+            let moneyhub = claims.object_at("events").is_some_and(|e| e.moneyhub_key)
+                || claims.str_at("iss").is_some_and(|i| i.contains("moneyhub"));
+            (moneyhub.then_some(Provider::Moneyhub)?, body)
+        }
+        None if !may_have_a_shape(req.body) => return None,
+        None => {
+            let body = body_of(req);
+            (body_shape(body.as_ref()?)?, body)
+        }
     };
     Some(Recognised {
         provider,
@@ -34,7 +47,33 @@ pub fn recognise(req: &RequestView<'_>) -> Option<Recognised> {
     })
 }
 
-fn provider_of(req: &RequestView<'_>) -> Option<Provider> {
+fn is_jwt(req: &RequestView<'_>) -> bool {
+    req.content_type().as_deref() == Some("application/jwt")
+}
+
+/// The JSON body, or a JWT body's claims.
+fn body_of(req: &RequestView<'_>) -> Option<Body> {
+    if is_jwt(req) {
+        Body::parse(&jwt_payload(req.body)?)
+    } else {
+        Body::parse(req.body)
+    }
+}
+
+/// Whether `body` may have one of [`body_shape`]'s shapes: each needs a
+/// key (`partnerAppId`, `created_at`, `userId`) that is written out in the
+/// body unless its letters are `\u` escapes. Most webhooks have none, and
+/// one search for the four costs a fraction of a parse.
+fn may_have_a_shape(body: &[u8]) -> bool {
+    static MARKS: std::sync::LazyLock<aho_corasick::AhoCorasick> = std::sync::LazyLock::new(|| {
+        aho_corasick::AhoCorasick::new(["partnerAppId", "created_at", "userId", "\\u"])
+            .expect("fixed patterns build")
+    });
+    MARKS.is_match(body)
+}
+
+/// The sender named by a header of its own.
+fn provider_by_headers(req: &RequestView<'_>) -> Option<Provider> {
     let has = |h: &str| req.header(h).is_some();
     let by_header = [
         ("Stripe-Signature", Provider::Stripe),
@@ -59,70 +98,49 @@ fn provider_of(req: &RequestView<'_>) -> Option<Provider> {
     if has("webhook-id") && has("webhook-signature") {
         return Some(Provider::StandardWebhooks);
     }
-    if req
-        .header("user-agent")
+    req.header("user-agent")
         .is_some_and(|ua| ua.starts_with("FinAegis-Webhook"))
-    {
-        return Some(Provider::Finaegis);
-    }
-    if req.content_type().as_deref() == Some("application/jwt") {
-        let claims = jwt_claims(req.body)?;
-        let moneyhub = claims
-            .get("events")
-            .and_then(Value::as_object)
-            .is_some_and(|e| e.keys().any(|k| k.starts_with("urn:com:moneyhub:")))
-            || claims
-                .get("iss")
-                .and_then(Value::as_str)
-                .is_some_and(|i| i.contains("moneyhub"));
-        return moneyhub.then_some(Provider::Moneyhub);
-    }
-    let body: Value = serde_json::from_slice(req.body).ok()?;
-    body_shape(&body)
+        .then_some(Provider::Finaegis)
 }
 
 /// Senders that sign nothing in headers, told apart by the body shape their
 /// documents show (`shared/providers/`).
-fn body_shape(body: &Value) -> Option<Provider> {
-    let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
-    if let Some(first) = body.as_array().and_then(|a| a.first()) {
-        let klavi = first.get("partnerAppId").is_some() && first.get("eventName").is_some();
-        return klavi.then_some(Provider::Klavi);
-    }
+fn body_shape(body: &Body) -> Option<Provider> {
+    let o = match body {
+        Body::Array(first) => {
+            let klavi = first
+                .as_ref()
+                .is_some_and(|f| f.at("partnerAppId").is_some() && f.at("eventName").is_some());
+            return klavi.then_some(Provider::Klavi);
+        }
+        Body::Object(o) => o,
+        Body::Other => return None,
+    };
     // Finexer: an event object like Stripe's but with `created_at` text
     // and `evt_` ids; Stripe's has a numeric `created` and a signature header.
-    if s(body, "object").as_deref() == Some("event")
-        && s(body, "id").is_some_and(|i| i.starts_with("evt_"))
-        && body.get("created_at").is_some_and(Value::is_string)
-        && body.get("type").is_some()
+    if o.str_at("object") == Some("event")
+        && o.str_at("id").is_some_and(|i| i.starts_with("evt_"))
+        && o.str_at("created_at").is_some()
+        && o.at("type").is_some()
     {
         return Some(Provider::Finexer);
     }
     // Moneyhub's JSON format: exactly its four documented fields.
-    if let Some(o) = body.as_object() {
-        if o.len() == 4
-            && ["id", "eventType", "userId", "payload"]
-                .iter()
-                .all(|k| o.contains_key(*k))
-        {
-            return Some(Provider::Moneyhub);
-        }
-    }
-    None
+    let moneyhub = !o.other_key
+        && ["id", "eventType", "userId", "payload"]
+            .iter()
+            .all(|k| o.at(k).is_some());
+    moneyhub.then_some(Provider::Moneyhub)
 }
 
-fn event_of(p: Provider, req: &RequestView<'_>, body: Option<&Value>) -> Option<String> {
-    let field = |path: &[&str]| {
-        let mut v = body?;
-        for k in path {
-            v = v.get(*k)?;
-        }
-        v.as_str().map(str::to_string)
-    };
+fn event_of(p: Provider, req: &RequestView<'_>, body: Option<&Body>) -> Option<String> {
+    let top = body.and_then(Body::object);
+    let field = |k: &str| top?.str_at(k).map(str::to_string);
+    let first = || body.and_then(Body::first);
     match p {
         Provider::Github => {
             let event = req.header("X-GitHub-Event")?.to_string();
-            Some(match field(&["action"]) {
+            Some(match field("action") {
                 Some(action) => format!("{event}.{action}"),
                 None => event,
             })
@@ -131,40 +149,33 @@ fn event_of(p: Provider, req: &RequestView<'_>, body: Option<&Value>) -> Option<
         Provider::Twitch => req
             .header("Twitch-Eventsub-Subscription-Type")
             .map(str::to_string),
-        Provider::Slack => field(&["event", "type"]).or_else(|| field(&["type"])),
-        Provider::Paddle => field(&["event_type"]),
-        Provider::Zoom => field(&["event"]),
-        Provider::Sendgrid => body?
-            .as_array()?
-            .first()?
-            .get("event")?
-            .as_str()
-            .map(str::to_string),
-        Provider::Klavi => body?
-            .as_array()?
-            .first()?
-            .get("eventName")?
-            .as_str()
-            .map(str::to_string),
-        Provider::Moneyhub => field(&["eventType"])
-            .or_else(|| body?.get("events")?.as_object()?.keys().next().cloned()),
+        Provider::Slack => top
+            .and_then(|o| o.object_at("event")?.str_at("type"))
+            .map(str::to_string)
+            .or_else(|| field("type")),
+        Provider::Paddle => field("event_type"),
+        Provider::Zoom => field("event"),
+        Provider::Sendgrid => first()?.str_at("event").map(str::to_string),
+        Provider::Klavi => first()?.str_at("eventName").map(str::to_string),
+        Provider::Moneyhub => {
+            field("eventType").or_else(|| top?.object_at("events")?.least_key.clone())
+        }
         Provider::Finaegis => req
             .header("X-Webhook-Event")
             .map(str::to_string)
-            .or_else(|| field(&["event"]))
-            .or_else(|| field(&["type"])),
+            .or_else(|| field("event"))
+            .or_else(|| field("type")),
         Provider::Twilio | Provider::Discord => None,
-        _ => field(&["type"]),
+        _ => field("type"),
     }
 }
 
-fn delivery_of(p: Provider, req: &RequestView<'_>, body: Option<&Value>) -> Option<String> {
+fn delivery_of(p: Provider, req: &RequestView<'_>, body: Option<&Body>) -> Option<String> {
     let header = |h: &str| req.header(h).map(str::to_string);
-    let field = |k: &str| {
-        let v = body?.get(k)?;
-        v.as_str()
-            .map(str::to_string)
-            .or_else(|| v.as_i64().map(|n| n.to_string()))
+    let field = |k: &str| match body?.object()?.at(k)? {
+        Node::Text(s) => Some(s.clone()),
+        Node::Int(n) => Some(n.to_string()),
+        Node::Object(_) | Node::Other => None,
     };
     match p {
         Provider::Github => header("X-GitHub-Delivery"),
@@ -177,14 +188,295 @@ fn delivery_of(p: Provider, req: &RequestView<'_>, body: Option<&Value>) -> Opti
         Provider::Finaegis => header("X-Webhook-ID"),
         Provider::Slack => field("event_id"),
         Provider::Square | Provider::Paddle => field("event_id"),
-        Provider::Klavi => body?
-            .as_array()?
-            .first()?
-            .get("eventId")?
-            .as_str()
-            .map(str::to_string),
+        Provider::Klavi => body?.first()?.str_at("eventId").map(str::to_string),
         Provider::Moneyhub => field("id").or_else(|| field("jti")),
         Provider::Stripe | Provider::Finexer => field("id"),
         _ => None,
+    }
+}
+
+/// Keys recognition reads from a JSON body (`body_shape`, `event_of`,
+/// `delivery_of`, the JWT claims). Only their values are kept.
+const KEYS: &[&str] = &[
+    "object",
+    "id",
+    "created_at",
+    "type",
+    "event",
+    "event_type",
+    "event_id",
+    "action",
+    "eventType",
+    "eventName",
+    "eventId",
+    "partnerAppId",
+    "userId",
+    "payload",
+    "jti",
+    "events",
+    "iss",
+];
+
+/// What recognition reads of a JSON body. The body is parsed (and must be
+/// valid JSON, as before) but only the values under [`KEYS`] are built,
+/// one level deep: a `serde_json::Value` of a whole webhook costs an
+/// allocation per field, ~100k instructions for a 1 KiB event with fifty
+/// small fields (docs/benchmarks.md, "Session 17"), on the recorder's
+/// writer thread for every exchange.
+enum Body {
+    Object(Fields),
+    /// An array, with its first element when that is an object.
+    Array(Option<Fields>),
+    Other,
+}
+
+impl Body {
+    fn parse(json: &[u8]) -> Option<Body> {
+        // Text first: skipped strings are not checked for UTF-8 by
+        // serde_json, and a body that is not UTF-8 is not JSON.
+        serde_json::from_str(std::str::from_utf8(json).ok()?).ok()
+    }
+
+    fn object(&self) -> Option<&Fields> {
+        match self {
+            Body::Object(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    fn first(&self) -> Option<&Fields> {
+        match self {
+            Body::Array(first) => first.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// An object's values under [`KEYS`]. A repeated key keeps its last value,
+/// as a parsed JSON object does.
+#[derive(Default)]
+struct Fields {
+    values: [Option<Node>; KEYS.len()],
+    /// A key outside [`KEYS`] was seen.
+    other_key: bool,
+    /// Below the top only: the least key (the first of a `serde_json` map,
+    /// which is sorted), and whether a key names a Moneyhub event URN.
+    least_key: Option<String>,
+    moneyhub_key: bool,
+}
+
+impl Fields {
+    fn at(&self, key: &str) -> Option<&Node> {
+        let i = KEYS.iter().position(|k| *k == key);
+        debug_assert!(i.is_some(), "{key} is not in KEYS");
+        self.values[i?].as_ref()
+    }
+
+    fn str_at(&self, key: &str) -> Option<&str> {
+        match self.at(key)? {
+            Node::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn object_at(&self, key: &str) -> Option<&Fields> {
+        match self.at(key)? {
+            Node::Object(o) => Some(o),
+            _ => None,
+        }
+    }
+}
+
+/// A value under one of [`KEYS`].
+enum Node {
+    Text(String),
+    /// An integer that fits an `i64` (what `Value::as_i64` reads).
+    Int(i64),
+    /// An object directly under the top one; deeper objects are `Other`.
+    Object(Box<Fields>),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Body {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Body;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Body, A::Error> {
+                FieldsVisitor { nested: false }
+                    .visit_map(map)
+                    .map(Body::Object)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Body, A::Error> {
+                let first = seq.next_element::<First>()?.and_then(|f| f.0);
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Body::Array(first))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Body, E> {
+                Ok(Body::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Body, E> {
+                Ok(Body::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Body, E> {
+                Ok(Body::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Body, E> {
+                Ok(Body::Other)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Body, E> {
+                Ok(Body::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Body, E> {
+                Ok(Body::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// An array's first element: its fields when it is an object.
+struct First(Option<Fields>);
+
+impl<'de> Deserialize<'de> for First {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Node::deserialize_nested(d, true)? {
+            Node::Object(o) => Ok(First(Some(*o))),
+            _ => Ok(First(None)),
+        }
+    }
+}
+
+struct FieldsVisitor {
+    /// Below the top object: values are read one level only.
+    nested: bool,
+}
+
+impl<'de> Visitor<'de> for FieldsVisitor {
+    type Value = Fields;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
+        let mut fields = Fields::default();
+        while let Some(key) = map.next_key::<Key<'_>>()? {
+            if self.nested {
+                let k = key.0.as_ref();
+                if fields.least_key.as_deref().is_none_or(|least| k < least) {
+                    fields.least_key = Some(k.to_string());
+                }
+                fields.moneyhub_key |= k.starts_with("urn:com:moneyhub:");
+            }
+            match KEYS.iter().position(|k| *k == key.0.as_ref()) {
+                Some(i) => {
+                    fields.values[i] = Some(if self.nested {
+                        map.next_value::<Leaf>()?.0
+                    } else {
+                        map.next_value::<Node>()?
+                    })
+                }
+                None => {
+                    fields.other_key = true;
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(fields)
+    }
+}
+
+/// An object key, borrowed from the body unless it had escapes.
+struct Key<'a>(std::borrow::Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(s.into()))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Key<'de>, E> {
+                Ok(Key(s.to_string().into()))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Key<'de>, E> {
+                Ok(Key(s.into()))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A value under a key of an object below the top: no further objects.
+struct Leaf(Node);
+
+impl<'de> Deserialize<'de> for Leaf {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Node::deserialize_nested(d, false).map(Leaf)
+    }
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Node::deserialize_nested(d, true)
+    }
+}
+
+impl Node {
+    /// A value; an object is read (one level, as [`Fields`]) only when
+    /// `objects`, else skipped as `Other`.
+    fn deserialize_nested<'de, D: Deserializer<'de>>(
+        d: D,
+        objects: bool,
+    ) -> Result<Node, D::Error> {
+        struct V {
+            objects: bool,
+        }
+        impl<'de> Visitor<'de> for V {
+            type Value = Node;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Node, E> {
+                Ok(Node::Text(s.to_string()))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Node, E> {
+                Ok(Node::Text(s))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<Node, E> {
+                Ok(Node::Int(n))
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<Node, E> {
+                Ok(i64::try_from(n).map_or(Node::Other, Node::Int))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Node, E> {
+                Ok(Node::Other)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Node, E> {
+                Ok(Node::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Node, E> {
+                Ok(Node::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Node::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+                if self.objects {
+                    let fields = FieldsVisitor { nested: true }.visit_map(map)?;
+                    return Ok(Node::Object(Box::new(fields)));
+                }
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Node::Other)
+            }
+        }
+        d.deserialize_any(V { objects })
     }
 }

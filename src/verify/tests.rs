@@ -683,3 +683,316 @@ fn templates_parse_placeholders_and_reject_unknown_ones() {
         .contains("unknown placeholder `{bdy}`"));
     assert!(Template::parse("{body").unwrap_err().contains("unclosed"));
 }
+
+/// The recognition this module replaced, which parsed each body into a
+/// `serde_json::Value`: the oracle the targeted parse is checked against.
+mod value_oracle {
+    use serde_json::Value;
+
+    use crate::verify::asym::jwt_claims;
+    use crate::verify::{Provider, RequestView};
+
+    /// The sender of `req`, or `None` when no sender's mark is on it.
+    pub(super) fn recognise(req: &RequestView<'_>) -> Option<crate::verify::Recognised> {
+        let provider = provider_of(req)?;
+        let body = if req.content_type().as_deref() == Some("application/jwt") {
+            jwt_claims(req.body)
+        } else {
+            serde_json::from_slice::<Value>(req.body).ok()
+        };
+        Some(crate::verify::Recognised {
+            provider,
+            event: event_of(provider, req, body.as_ref()),
+            delivery_id: delivery_of(provider, req, body.as_ref()),
+        })
+    }
+
+    fn provider_of(req: &RequestView<'_>) -> Option<Provider> {
+        let has = |h: &str| req.header(h).is_some();
+        let by_header = [
+            ("Stripe-Signature", Provider::Stripe),
+            ("X-GitHub-Event", Provider::Github),
+            ("svix-id", Provider::Svix),
+            ("X-Shopify-Topic", Provider::Shopify),
+            ("X-Shopify-Hmac-Sha256", Provider::Shopify),
+            ("X-Slack-Signature", Provider::Slack),
+            ("x-square-hmacsha256-signature", Provider::Square),
+            ("Paddle-Signature", Provider::Paddle),
+            ("X-Twilio-Email-Event-Webhook-Signature", Provider::Sendgrid),
+            ("X-Twilio-Signature", Provider::Twilio),
+            ("x-zm-signature", Provider::Zoom),
+            ("Twitch-Eventsub-Message-Signature", Provider::Twitch),
+            ("X-Signature-Ed25519", Provider::Discord),
+            ("BridgeApi-Signature", Provider::Bridge),
+            ("X-Klavi-Signature", Provider::Klavi),
+        ];
+        if let Some((_, p)) = by_header.iter().find(|(h, _)| has(h)) {
+            return Some(*p);
+        }
+        if has("webhook-id") && has("webhook-signature") {
+            return Some(Provider::StandardWebhooks);
+        }
+        if req
+            .header("user-agent")
+            .is_some_and(|ua| ua.starts_with("FinAegis-Webhook"))
+        {
+            return Some(Provider::Finaegis);
+        }
+        if req.content_type().as_deref() == Some("application/jwt") {
+            let claims = jwt_claims(req.body)?;
+            let moneyhub = claims
+                .get("events")
+                .and_then(Value::as_object)
+                .is_some_and(|e| e.keys().any(|k| k.starts_with("urn:com:moneyhub:")))
+                || claims
+                    .get("iss")
+                    .and_then(Value::as_str)
+                    .is_some_and(|i| i.contains("moneyhub"));
+            return moneyhub.then_some(Provider::Moneyhub);
+        }
+        let body: Value = serde_json::from_slice(req.body).ok()?;
+        body_shape(&body)
+    }
+
+    /// Senders that sign nothing in headers, told apart by the body shape their
+    /// documents show (`shared/providers/`).
+    fn body_shape(body: &Value) -> Option<Provider> {
+        let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        if let Some(first) = body.as_array().and_then(|a| a.first()) {
+            let klavi = first.get("partnerAppId").is_some() && first.get("eventName").is_some();
+            return klavi.then_some(Provider::Klavi);
+        }
+        // Finexer: an event object like Stripe's but with `created_at` text
+        // and `evt_` ids; Stripe's has a numeric `created` and a signature header.
+        if s(body, "object").as_deref() == Some("event")
+            && s(body, "id").is_some_and(|i| i.starts_with("evt_"))
+            && body.get("created_at").is_some_and(Value::is_string)
+            && body.get("type").is_some()
+        {
+            return Some(Provider::Finexer);
+        }
+        // Moneyhub's JSON format: exactly its four documented fields.
+        if let Some(o) = body.as_object() {
+            if o.len() == 4
+                && ["id", "eventType", "userId", "payload"]
+                    .iter()
+                    .all(|k| o.contains_key(*k))
+            {
+                return Some(Provider::Moneyhub);
+            }
+        }
+        None
+    }
+
+    fn event_of(p: Provider, req: &RequestView<'_>, body: Option<&Value>) -> Option<String> {
+        let field = |path: &[&str]| {
+            let mut v = body?;
+            for k in path {
+                v = v.get(*k)?;
+            }
+            v.as_str().map(str::to_string)
+        };
+        match p {
+            Provider::Github => {
+                let event = req.header("X-GitHub-Event")?.to_string();
+                Some(match field(&["action"]) {
+                    Some(action) => format!("{event}.{action}"),
+                    None => event,
+                })
+            }
+            Provider::Shopify => req.header("X-Shopify-Topic").map(str::to_string),
+            Provider::Twitch => req
+                .header("Twitch-Eventsub-Subscription-Type")
+                .map(str::to_string),
+            Provider::Slack => field(&["event", "type"]).or_else(|| field(&["type"])),
+            Provider::Paddle => field(&["event_type"]),
+            Provider::Zoom => field(&["event"]),
+            Provider::Sendgrid => body?
+                .as_array()?
+                .first()?
+                .get("event")?
+                .as_str()
+                .map(str::to_string),
+            Provider::Klavi => body?
+                .as_array()?
+                .first()?
+                .get("eventName")?
+                .as_str()
+                .map(str::to_string),
+            Provider::Moneyhub => field(&["eventType"])
+                .or_else(|| body?.get("events")?.as_object()?.keys().next().cloned()),
+            Provider::Finaegis => req
+                .header("X-Webhook-Event")
+                .map(str::to_string)
+                .or_else(|| field(&["event"]))
+                .or_else(|| field(&["type"])),
+            Provider::Twilio | Provider::Discord => None,
+            _ => field(&["type"]),
+        }
+    }
+
+    fn delivery_of(p: Provider, req: &RequestView<'_>, body: Option<&Value>) -> Option<String> {
+        let header = |h: &str| req.header(h).map(str::to_string);
+        let field = |k: &str| {
+            let v = body?.get(k)?;
+            v.as_str()
+                .map(str::to_string)
+                .or_else(|| v.as_i64().map(|n| n.to_string()))
+        };
+        match p {
+            Provider::Github => header("X-GitHub-Delivery"),
+            Provider::Svix => header("svix-id"),
+            Provider::StandardWebhooks => header("webhook-id"),
+            Provider::Shopify => {
+                header("X-Shopify-Event-Id").or_else(|| header("X-Shopify-Webhook-Id"))
+            }
+            Provider::Twitch => header("Twitch-Eventsub-Message-Id"),
+            Provider::Finaegis => header("X-Webhook-ID"),
+            Provider::Slack => field("event_id"),
+            Provider::Square | Provider::Paddle => field("event_id"),
+            Provider::Klavi => body?
+                .as_array()?
+                .first()?
+                .get("eventId")?
+                .as_str()
+                .map(str::to_string),
+            Provider::Moneyhub => field("id").or_else(|| field("jti")),
+            Provider::Stripe | Provider::Finexer => field("id"),
+            _ => None,
+        }
+    }
+}
+
+#[test]
+fn recognition_reads_bodies_as_the_value_parse_did() {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let jwt = |claims: &str| {
+        format!(
+            "eyJhbGciOiJIUzI1NiJ9.{}.c2ln",
+            URL_SAFE_NO_PAD.encode(claims)
+        )
+    };
+    let many_fields: String = {
+        let fields: Vec<String> = (0..60).map(|n| format!(r#""k{n}":"value {n}""#)).collect();
+        format!(
+            r#"{{"id":"evt_1","object":"event","type":"invoice.paid","created":1,"data":{{"object":{{{}}}}}}}"#,
+            fields.join(",")
+        )
+    };
+    let mut bodies: Vec<Vec<u8>> = [
+        "",
+        "{}",
+        "[]",
+        "null",
+        "3",
+        r#""text""#,
+        "not json",
+        r#"{"type":"a"} trailing"#,
+        r#"{"type":"a"}  "#,
+        r#"{"type":"a","type":"b"}"#,
+        r#"{"type":null}"#,
+        r#"{"type":7}"#,
+        r#"{"type":{"type":"inner"}}"#,
+        r#"{"action":"opened","type":"x"}"#,
+        r#"{"event":{"type":"message","id":"e"},"type":"event_callback","event_id":"Ev1"}"#,
+        r#"{"event":"meeting.started","event_id":42}"#,
+        r#"{"event_type":"transaction.completed","event_id":"evt_01"}"#,
+        r#"{"event_id":18446744073709551615}"#,
+        r#"{"event_id":-5}"#,
+        r#"{"event_id":1.5}"#,
+        r#"{"id":"evt_1","object":"event","created_at":"2024-01-01T00:00:00Z","type":"payment.succeeded"}"#,
+        r#"{"id":"evt_1","object":"event","created_at":1700000000,"type":"payment.succeeded"}"#,
+        r#"{"id":"x_1","object":"event","created_at":"t","type":"p"}"#,
+        r#"{"id":"evt_1","object":"event","created_at":"t"}"#,
+        r#"{"id":"m1","eventType":"payment.completed","userId":"u","payload":{}}"#,
+        r#"{"id":"m1","eventType":"payment.completed","userId":"u","payload":{},"extra":1}"#,
+        r#"{"id":"m1","eventType":"p","userId":"u","payload":{},"id":"m2"}"#,
+        r#"{"id":"m1","eventType":"p","userId":"u"}"#,
+        r#"{"id":7,"eventType":"p","userId":"u","payload":null}"#,
+        r#"{"jti":"j1","events":{"urn:com:moneyhub:events:b":{},"urn:com:moneyhub:events:a":{}}}"#,
+        r#"{"jti":5,"iss":"https://identity.moneyhub.co.uk","events":{"zz":1,"aa":2}}"#,
+        r#"{"iss":"other","events":{"urn:other":{}}}"#,
+        r#"{"events":[]}"#,
+        r#"[{"partnerAppId":"p","eventName":"link created","eventId":"k1"}]"#,
+        r#"[{"partnerAppId":null,"eventName":null}]"#,
+        r#"[{"eventName":"x"}]"#,
+        r#"[{"event":"delivered","sg_event_id":"s"},{"event":"open"}]"#,
+        r#"[1,{"partnerAppId":"p","eventName":"n"}]"#,
+        r#"[[{"partnerAppId":"p","eventName":"n"}]]"#,
+        r#"{"ty\u0070e":"escaped.key","\u0069d":"evt_esc"}"#,
+        r#"[{"partner\u0041ppId":"p","eventName":"n"}]"#,
+        r#"{"id":"evt_1","object":"event","created\u005fat":"t","type":"p"}"#,
+        r#"{"id":"m1","eventType":"p","user\u0049d":"u","payload":{}}"#,
+        r#"{"type":"caf\u00e9 \"quoted\""}"#,
+        r#"{"data":{"object":{"type":"deep","id":"deep"}},"type":"top"}"#,
+        r#"{"type":"a","nested":[{"type":"b"}],"more":{"x":[1,2,{"y":null}]}}"#,
+    ]
+    .iter()
+    .map(|b| b.as_bytes().to_vec())
+    .collect();
+    bodies.push(many_fields.into_bytes());
+    bodies.push(b"{\"type\":\"ok\",\"bad\":\"\xff\xfe\"}".to_vec());
+    bodies.push(b"{\"type\":\"ok\",\"ctl\":\"a\x01b\"}".to_vec());
+    bodies.push(format!("{}1{}", "[".repeat(200), "]".repeat(200)).into_bytes());
+    bodies.push(
+        format!(
+            r#"{{"type":"t","x":{}1{}}}"#,
+            "[".repeat(126),
+            "]".repeat(126)
+        )
+        .into_bytes(),
+    );
+    for claims in [
+        r#"{"events":{"urn:com:moneyhub:events:payment-completed":{}},"jti":"j"}"#,
+        r#"{"events":{"urn:com:moneyhub:events:b":{},"urn:com:moneyhub:events:a":{}},"jti":7}"#,
+        r#"{"iss":"moneyhub","eventType":"x","id":3}"#,
+        r#"{"iss":"elsewhere","events":{"b":{},"a":{}}}"#,
+        "[]",
+        "not json",
+    ] {
+        bodies.push(jwt(claims).into_bytes());
+    }
+
+    let marks: Vec<Vec<(&str, &str)>> = vec![
+        vec![],
+        vec![("Content-Type", "application/json")],
+        vec![("Content-Type", "application/jwt")],
+        vec![("Stripe-Signature", "t=1,v1=00")],
+        vec![("X-GitHub-Event", "issues"), ("X-GitHub-Delivery", "d")],
+        vec![("svix-id", "msg_1")],
+        vec![
+            ("X-Shopify-Topic", "orders/create"),
+            ("X-Shopify-Event-Id", "s"),
+        ],
+        vec![("X-Slack-Signature", "v0=00")],
+        vec![("x-square-hmacsha256-signature", "x")],
+        vec![("Paddle-Signature", "ts=1;h1=00")],
+        vec![("X-Twilio-Email-Event-Webhook-Signature", "x")],
+        vec![("X-Twilio-Signature", "x")],
+        vec![("x-zm-signature", "v0=00")],
+        vec![("Twitch-Eventsub-Message-Signature", "sha256=00")],
+        vec![("X-Signature-Ed25519", "00")],
+        vec![("BridgeApi-Signature", "v1=00")],
+        vec![("X-Klavi-Signature", "00")],
+        vec![("webhook-id", "msg_2"), ("webhook-signature", "v1,x")],
+        vec![
+            ("User-Agent", "FinAegis-Webhook/1.0"),
+            ("X-Webhook-ID", "f"),
+        ],
+    ];
+    let mut compared = 0;
+    for mark in &marks {
+        let h = hdrs(mark);
+        for body in &bodies {
+            let req = RequestView::new("POST", "https://x/", &h, body);
+            assert_eq!(
+                recognise(&req),
+                value_oracle::recognise(&req),
+                "headers {mark:?}, body {}",
+                String::from_utf8_lossy(body)
+            );
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, marks.len() * bodies.len());
+}
