@@ -36,7 +36,18 @@ async fn main() {
     let total: usize = total.parse().unwrap();
     let size: usize = size.parse().unwrap();
     let body = match std::env::var("BENCH_BODY").as_deref() {
-        Ok("json") => Bytes::from(json_event(size)),
+        Ok("json") => {
+            let body = json_event(size);
+            // A body that is not the JSON it claims, or not the size asked
+            // for, would measure something else.
+            if serde_json::from_slice::<serde_json::Value>(&body).is_err() || body.len() != size {
+                eprintln!(
+                    "BENCH_BODY=json: {size} bytes is too small for the event's fixed fields"
+                );
+                std::process::exit(2);
+            }
+            Bytes::from(body)
+        }
         Ok(other) if !other.is_empty() => {
             eprintln!("BENCH_BODY: `{other}` is not a body kind (json)");
             std::process::exit(2);
