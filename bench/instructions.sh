@@ -13,11 +13,20 @@
 #   {"mode":..., "component":"relay"|"agent", "instructions_per_request":...}
 # INSTR_KEEP=DIR keeps the callgrind dumps for callgrind_annotate.
 # INSTR_MODES="no-capture ..." measures only those modes.
+# INSTR_BODY=json sends an unsigned JSON event (bench_load's BENCH_BODY=json:
+# what parsing a webhook's body costs) instead of SIZE bytes of `x`; each
+# line says which ("body": "x" | "json").
 # Loopback only; every process is stopped on exit; every wait is bounded.
 set -euo pipefail
 
 WT=$1 TARGET_BIN=$2 LOAD_BIN=$3 OUT=$4
 REQUESTS=${5:-2000} CONC=${6:-32} SIZE=${7:-1024}
+BODY=${INSTR_BODY:-x}
+case $BODY in
+  x) export BENCH_BODY= ;;
+  json) export BENCH_BODY=json ;;
+  *) echo "instructions: INSTR_BODY must be x or json, not $BODY" >&2; exit 2 ;;
+esac
 # The store-full mode keeps this many exchanges, and the warm-up sends more
 # than that, so every measured insert also deletes the oldest.
 KEEP=500
@@ -115,14 +124,14 @@ for mode in ${INSTR_MODES:-no-capture capture store-full}; do
   fi
   for pair in "relay $r $rs" "agent $a $as"; do
     set -- $pair
-    jq -nc --arg m "$mode" --arg c "$1" --argjson ir "$2" --argjson sha "$3" --argjson n "$REQUESTS" \
+    jq -nc --arg m "$mode" --arg body "$BODY" --arg c "$1" --argjson ir "$2" --argjson sha "$3" --argjson n "$REQUESTS" \
       --argjson ok "$ok" --argjson conc "$CONC" --argjson size "$SIZE" \
-      '{mode: $m, component: $c, requests: $n, ok: $ok, concurrency: $conc, body_bytes: $size,
+      '{mode: $m, body: $body, component: $c, requests: $n, ok: $ok, concurrency: $conc, body_bytes: $size,
         instructions: $ir, instructions_per_request: (($ir / $n) | floor),
         soft_sha256_per_request: (($sha / $n) | floor),
         instructions_per_request_native_sha: ((($ir - $sha) / $n) | floor)}' >> "$OUT"
   done
-  echo "instructions: $mode relay $((r / REQUESTS)) agent $((a / REQUESTS)) per request," \
+  echo "instructions: $mode ($BODY body) relay $((r / REQUESTS)) agent $((a / REQUESTS)) per request," \
     "of which software SHA-256 relay $((rs / REQUESTS)) agent $((as / REQUESTS)) ($ok/$REQUESTS ok)" >&2
   kill "$AGENT" "$RELAY" 2>/dev/null || true
   wait "$AGENT" "$RELAY" 2>/dev/null || true

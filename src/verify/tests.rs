@@ -957,6 +957,8 @@ fn recognition_reads_bodies_as_the_value_parse_did() {
         vec![],
         vec![("Content-Type", "application/json")],
         vec![("Content-Type", "application/jwt")],
+        vec![("Content-Type", " Application/JWT ; charset=utf-8")],
+        vec![("Content-Type", "application/jwt+json")],
         vec![("Stripe-Signature", "t=1,v1=00")],
         vec![("X-GitHub-Event", "issues"), ("X-GitHub-Delivery", "d")],
         vec![("svix-id", "msg_1")],
