@@ -14,8 +14,10 @@
 # INSTR_KEEP=DIR keeps the callgrind dumps for callgrind_annotate.
 # INSTR_MODES="no-capture ..." measures only those modes.
 # INSTR_BODY=json sends an unsigned JSON event (bench_load's BENCH_BODY=json:
-# what parsing a webhook's body costs) instead of SIZE bytes of `x`; each
-# line says which ("body": "x" | "json").
+# what parsing a webhook's body costs) instead of SIZE bytes of `x`, and
+# INSTR_BODY=stripe the same with a Stripe-Signature header (the sender is
+# recognised, its body read for the event type and id; the signature is not
+# checked, the agent has no secret); each line says which ("body").
 # Loopback only; every process is stopped on exit; every wait is bounded.
 set -euo pipefail
 
@@ -23,9 +25,8 @@ WT=$1 TARGET_BIN=$2 LOAD_BIN=$3 OUT=$4
 REQUESTS=${5:-2000} CONC=${6:-32} SIZE=${7:-1024}
 BODY=${INSTR_BODY:-x}
 case $BODY in
-  x) export BENCH_BODY= ;;
-  json) export BENCH_BODY=json ;;
-  *) echo "instructions: INSTR_BODY must be x or json, not $BODY" >&2; exit 2 ;;
+  x|json|stripe) export BENCH_BODY=$BODY ;;
+  *) echo "instructions: INSTR_BODY must be x, json or stripe, not $BODY" >&2; exit 2 ;;
 esac
 # The store-full mode keeps this many exchanges, and the warm-up sends more
 # than that, so every measured insert also deletes the oldest.

@@ -35,25 +35,29 @@ async fn main() {
     let conc: usize = conc.parse().unwrap();
     let total: usize = total.parse().unwrap();
     let size: usize = size.parse().unwrap();
-    let body = match std::env::var("BENCH_BODY").as_deref() {
-        Ok("json") => {
+    let kind = std::env::var("BENCH_BODY").unwrap_or_default();
+    let body = match kind.as_str() {
+        "json" | "stripe" => {
             let body = json_event(size);
             // A body that is not the JSON it claims, or not the size asked
             // for, would measure something else.
             if serde_json::from_slice::<serde_json::Value>(&body).is_err() || body.len() != size {
                 eprintln!(
-                    "BENCH_BODY=json: {size} bytes is too small for the event's fixed fields"
+                    "BENCH_BODY={kind}: {size} bytes is too small for the event's fixed fields"
                 );
                 std::process::exit(2);
             }
             Bytes::from(body)
         }
-        Ok(other) if !other.is_empty() => {
-            eprintln!("BENCH_BODY: `{other}` is not a body kind (json)");
+        "" | "x" => Bytes::from(vec![b'x'; size]),
+        other => {
+            eprintln!("BENCH_BODY: `{other}` is not a body kind (x, json, stripe)");
             std::process::exit(2);
         }
-        _ => Bytes::from(vec![b'x'; size]),
     };
+    let signature = (kind == "stripe").then_some(
+        "t=1700000000,v1=5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd",
+    );
     let addr = format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap_or(80));
     let next = Arc::new(AtomicUsize::new(0));
     let ok = Arc::new(AtomicUsize::new(0));
@@ -75,11 +79,13 @@ async fn main() {
                 .unwrap();
             tokio::spawn(conn);
             while next.fetch_add(1, Ordering::Relaxed) < total {
-                let req = Request::post(uri.clone())
+                let mut req = Request::post(uri.clone())
                     .header(http::header::HOST, uri.authority().unwrap().as_str())
-                    .header(http::header::CONTENT_TYPE, "application/json")
-                    .body(Full::new(body.clone()))
-                    .unwrap();
+                    .header(http::header::CONTENT_TYPE, "application/json");
+                if let Some(sig) = signature {
+                    req = req.header("stripe-signature", sig);
+                }
+                let req = req.body(Full::new(body.clone())).unwrap();
                 let Ok(resp) = send.send_request(req).await else {
                     break;
                 };
