@@ -11,7 +11,8 @@
 # up, zeroes the counters, sends exactly REQUESTS POSTs of SIZE bytes over
 # CONC connections, dumps, and writes one JSON line per component:
 #   {"mode":..., "component":"relay"|"agent", "instructions_per_request":...}
-# INSTR_KEEP=DIR keeps the callgrind dumps for callgrind_annotate.
+# INSTR_KEEP=DIR keeps the callgrind dumps for callgrind_annotate
+# (DIR/MODE.BODY.relay.cg, DIR/MODE.BODY.agent.cg).
 # INSTR_MODES="no-capture ..." measures only those modes.
 # INSTR_BODY=json sends an unsigned JSON event (bench_load's BENCH_BODY=json:
 # what parsing a webhook's body costs) instead of SIZE bytes of `x`, and
@@ -120,8 +121,8 @@ for mode in ${INSTR_MODES:-no-capture capture store-full}; do
   # INSTR_KEEP=DIR keeps the dumps for callgrind_annotate.
   if [[ -n "${INSTR_KEEP:-}" ]]; then
     mkdir -p "$INSTR_KEEP"
-    cp "$WORK/cg.$RELAY.1" "$INSTR_KEEP/$mode.relay.cg"
-    cp "$WORK/cg.$AGENT.1" "$INSTR_KEEP/$mode.agent.cg"
+    cp "$WORK/cg.$RELAY.1" "$INSTR_KEEP/$mode.$BODY.relay.cg"
+    cp "$WORK/cg.$AGENT.1" "$INSTR_KEEP/$mode.$BODY.agent.cg"
   fi
   for pair in "relay $r $rs" "agent $a $as"; do
     set -- $pair

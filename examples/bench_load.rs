@@ -9,7 +9,9 @@
 //! With `BENCH_BODY=json` it is instead an unsigned JSON event of SIZE
 //! bytes, shaped like a payment provider's (an `evt_` id, a `type`, a
 //! nested object with many small fields), so that what parsing a webhook
-//! costs is measured too.
+//! costs is measured too. `BENCH_BODY=stripe` sends the same event with a
+//! `Stripe-Signature` header, which does not verify (the agent has no
+//! secret) but makes the agent recognise the sender and read its body.
 
 // A measuring tool, not the product: a failed unwrap is a failed run.
 #![allow(clippy::unwrap_used)]

@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::asym::jwt_payload;
 use super::{Provider, RequestView};
@@ -143,6 +143,7 @@ fn body_shape(body: &Body) -> Option<Provider> {
     }
     // Moneyhub's JSON format: exactly its four documented fields.
     let moneyhub = !o.other_key
+        && o.values.iter().flatten().count() == 4
         && ["id", "eventType", "userId", "payload"]
             .iter()
             .all(|k| o.at(k).is_some());
@@ -234,9 +235,9 @@ const KEYS: &[&str] = &[
 ];
 
 /// What recognition reads of a JSON body. The body is parsed (and must be
-/// valid JSON, as before) but only the values under [`KEYS`] are built,
+/// valid JSON, as before: see [`Skip`]) but only the values under [`KEYS`] are built,
 /// one level deep: a `serde_json::Value` of a whole webhook costs an
-/// allocation per field, ~100k instructions for a 1 KiB event with fifty
+/// allocation per field, ~100k instructions for a 1 KiB event with forty-six
 /// small fields (docs/benchmarks.md, "Session 17"), on the recorder's
 /// writer thread for every exchange.
 enum Body {
@@ -328,7 +329,7 @@ impl<'de> Deserialize<'de> for Body {
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Body, A::Error> {
                 let first = seq.next_element::<First>()?.and_then(|f| f.0);
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                while seq.next_element::<Skip>()?.is_some() {}
                 Ok(Body::Array(first))
             }
             fn visit_bool<E>(self, _: bool) -> Result<Body, E> {
@@ -396,7 +397,7 @@ impl<'de> Visitor<'de> for FieldsVisitor {
                 }
                 None => {
                     fields.other_key = true;
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value::<Skip>()?;
                 }
             }
         }
@@ -481,7 +482,7 @@ impl Node {
                 Ok(Node::Other)
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                while seq.next_element::<Skip>()?.is_some() {}
                 Ok(Node::Other)
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
@@ -489,11 +490,57 @@ impl Node {
                     let fields = FieldsVisitor { nested: true }.visit_map(map)?;
                     return Ok(Node::Object(Box::new(fields)));
                 }
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                while map.next_entry::<Skip, Skip>()?.is_some() {}
                 Ok(Node::Other)
             }
         }
         d.deserialize_any(V { objects })
+    }
+}
+
+/// A value read and thrown away. Not serde's `IgnoredAny`: serde_json skips
+/// that without the checks its parse makes (its nesting limit, `\u`
+/// escapes that are lone surrogates, numbers out of range), and a body
+/// recognition accepts must be one the full parse accepted. Strings are
+/// borrowed from the body, so nothing is allocated.
+struct Skip;
+
+impl<'de> Deserialize<'de> for Skip {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Skip;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Skip, E> {
+                Ok(Skip)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Skip, E> {
+                Ok(Skip)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Skip, E> {
+                Ok(Skip)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Skip, E> {
+                Ok(Skip)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Skip, E> {
+                Ok(Skip)
+            }
+            fn visit_unit<E>(self) -> Result<Skip, E> {
+                Ok(Skip)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
+                while seq.next_element::<Skip>()?.is_some() {}
+                Ok(Skip)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skip, A::Error> {
+                while map.next_entry::<Skip, Skip>()?.is_some() {}
+                Ok(Skip)
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 

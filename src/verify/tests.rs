@@ -906,6 +906,12 @@ fn recognition_reads_bodies_as_the_value_parse_did() {
         r#"{"id":"evt_1","object":"event","created_at":"t"}"#,
         r#"{"id":"m1","eventType":"payment.completed","userId":"u","payload":{}}"#,
         r#"{"id":"m1","eventType":"payment.completed","userId":"u","payload":{},"extra":1}"#,
+        r#"{"id":"m1","eventType":"p","userId":"u","payload":{},"type":"t"}"#,
+        r#"{"id":"m","eventType":"p","userId":"u","payload":{"x":"\ud800"}}"#,
+        r#"{"id":"evt_1","x":"\ud800"}"#,
+        r#"{"id":"evt_1","x":"\ud83d\ude00 \u00e9"}"#,
+        r#"{"id":"evt_1","x":1e400}"#,
+        r#"{"id":"evt_1","x":-1e-400,"y":1.7976931348623157e308}"#,
         r#"{"id":"m1","eventType":"p","userId":"u","payload":{},"id":"m2"}"#,
         r#"{"id":"m1","eventType":"p","userId":"u"}"#,
         r#"{"id":7,"eventType":"p","userId":"u","payload":null}"#,
@@ -934,6 +940,12 @@ fn recognition_reads_bodies_as_the_value_parse_did() {
     bodies.push(b"{\"type\":\"ok\",\"bad\":\"\xff\xfe\"}".to_vec());
     bodies.push(b"{\"type\":\"ok\",\"ctl\":\"a\x01b\"}".to_vec());
     bodies.push(format!("{}1{}", "[".repeat(200), "]".repeat(200)).into_bytes());
+    for depth in [126, 127, 128, 200] {
+        let deep = format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+        bodies.push(format!(r#"{{"id":"evt_1","x":{deep}}}"#).into_bytes());
+        bodies.push(format!(r#"{{"id":"evt_1","x":{{"y":{deep}}}}}"#).into_bytes());
+        bodies.push(format!(r#"[{{"partnerAppId":"p","eventName":"n","x":{deep}}}]"#).into_bytes());
+    }
     bodies.push(
         format!(
             r#"{{"type":"t","x":{}1{}}}"#,

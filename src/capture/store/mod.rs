@@ -276,12 +276,13 @@ fn headers_to_json<'a>(h: impl Into<HeadersRef<'a>>) -> String {
 }
 
 /// Appends `text` as a JSON string, or returns false (appending nothing)
-/// when it is not UTF-8. Printable ASCII without a quote or backslash is
-/// copied as it is; anything else is written by serde_json itself.
+/// when it is not UTF-8. ASCII from 0x20 to 0x7f (DEL included: serde_json
+/// does not escape it) without a quote or backslash is copied as it is;
+/// anything else is written by serde_json itself.
 fn push_json_str(out: &mut String, text: &[u8]) -> bool {
     if is_plain_json_text(text) {
         out.push('"');
-        out.push_str(std::str::from_utf8(text).expect("printable ASCII is UTF-8"));
+        out.push_str(std::str::from_utf8(text).expect("ASCII is UTF-8"));
         out.push('"');
         return true;
     }
@@ -294,7 +295,7 @@ fn push_json_str(out: &mut String, text: &[u8]) -> bool {
     }
 }
 
-/// Whether every byte of `b` is printable ASCII (0x20 to 0x7f) other than
+/// Whether every byte of `b` is ASCII from 0x20 to 0x7f (DEL included) other than
 /// `"` and `\`: text a JSON string holds as it is. Eight bytes at a time
 /// (the bit tricks of "Bit Twiddling Hacks", "Determine if a word has a
 /// byte less than n", exact for whether any byte is).
