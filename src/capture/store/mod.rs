@@ -249,73 +249,32 @@ macro_rules! bind_all {
 
 /// Headers as JSON text: readable in `sqlite3`, and still exact because a value
 /// that is not UTF-8 is kept as `{"base64": ...}` instead of being re-encoded.
-/// The text is what `serde_json` writes for the same list (a test holds it
-/// to that), written here directly: header text rarely needs escaping, and
-/// serde's serializer, escaping byte by byte, cost ~2k instructions a list
-/// on the writer thread.
 fn headers_to_json<'a>(h: impl Into<HeadersRef<'a>>) -> String {
     use base64::Engine;
-    let mut out = String::with_capacity(512);
-    out.push('[');
-    for (i, (name, value)) in h.into().iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push('[');
-        push_json_str(&mut out, name.as_bytes());
-        out.push(',');
-        if !push_json_str(&mut out, value) {
-            out.push_str(r#"{"base64":""#);
-            base64::engine::general_purpose::STANDARD.encode_string(value, &mut out);
-            out.push_str(r#""}"#);
-        }
-        out.push(']');
+    // Serialized straight from the borrowed headers, without a
+    // `serde_json::Value` or a list of pairs in between: no allocation per
+    // header on the writer thread.
+    #[derive(serde::Serialize)]
+    #[serde(untagged)]
+    enum Value<'a> {
+        Text(&'a str),
+        Bytes { base64: String },
     }
-    out.push(']');
-    out
-}
-
-/// Appends `text` as a JSON string, or returns false (appending nothing)
-/// when it is not UTF-8. ASCII from 0x20 to 0x7f (DEL included: serde_json
-/// does not escape it) without a quote or backslash is copied as it is;
-/// anything else is written by serde_json itself.
-fn push_json_str(out: &mut String, text: &[u8]) -> bool {
-    if is_plain_json_text(text) {
-        out.push('"');
-        out.push_str(std::str::from_utf8(text).expect("ASCII is UTF-8"));
-        out.push('"');
-        return true;
-    }
-    match std::str::from_utf8(text) {
-        Ok(s) => {
-            out.push_str(&serde_json::to_string(s).expect("strings always serialize"));
-            true
-        }
-        Err(_) => false,
-    }
-}
-
-/// Whether every byte of `b` is ASCII from 0x20 to 0x7f (DEL included) other than
-/// `"` and `\`: text a JSON string holds as it is. Eight bytes at a time
-/// (the bit tricks of "Bit Twiddling Hacks", "Determine if a word has a
-/// byte less than n", exact for whether any byte is).
-fn is_plain_json_text(b: &[u8]) -> bool {
-    const ONES: u64 = u64::from_ne_bytes([1; 8]);
-    const HIGH: u64 = ONES * 0x80;
-    let less_than = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x;
-    let has = |x: u64, byte: u64| less_than(x ^ (ONES * byte), 1);
-    let mut chunks = b.chunks_exact(8);
-    for c in &mut chunks {
-        let x = u64::from_ne_bytes(c.try_into().expect("eight bytes"));
-        if (less_than(x, 0x20) | has(x, u64::from(b'"')) | has(x, u64::from(b'\\')) | x) & HIGH != 0
-        {
-            return false;
+    struct Pairs<'a>(HeadersRef<'a>);
+    impl serde::Serialize for Pairs<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(self.0.iter().map(|(n, v)| {
+                let v = match std::str::from_utf8(v) {
+                    Ok(s) => Value::Text(s),
+                    Err(_) => Value::Bytes {
+                        base64: base64::engine::general_purpose::STANDARD.encode(v),
+                    },
+                };
+                (n, v)
+            }))
         }
     }
-    chunks
-        .remainder()
-        .iter()
-        .all(|&c| (0x20..0x80).contains(&c) && c != b'"' && c != b'\\')
+    serde_json::to_string(&Pairs(h.into())).expect("strings always serialize")
 }
 
 fn headers_from_json(s: &str) -> Headers {

@@ -66,27 +66,6 @@ fn stored_header_json_is_serde_jsons_own() {
     assert_eq!(headers_from_json(&json), headers);
 }
 
-/// The eight-at-a-time check agrees with a byte-by-byte one for every
-/// byte value at every place in a word and in the tail after it.
-#[test]
-fn plain_json_text_is_told_apart_byte_for_byte() {
-    let plain = |c: u8| (0x20..0x80).contains(&c) && c != b'"' && c != b'\\';
-    for len in [1, 7, 8, 9, 16, 17] {
-        for at in 0..len {
-            for c in 0..=255u8 {
-                let mut text = vec![b'a'; len];
-                text[at] = c;
-                assert_eq!(
-                    is_plain_json_text(&text),
-                    plain(c),
-                    "{c:#x} at {at} of {len}"
-                );
-            }
-        }
-    }
-    assert!(is_plain_json_text(b""));
-}
-
 /// A representative exchange with a body of `req` bytes.
 pub(crate) fn sample(req: &[u8]) -> Exchange {
     Exchange {
