@@ -23,12 +23,21 @@ pub struct Recognised {
 
 /// The sender of `req`, or `None` when no sender's mark is on it.
 pub fn recognise(req: &RequestView<'_>) -> Option<Recognised> {
-    // The body is read once, for the sender's body shape and then its
-    // event and id; not at all when no sender's shape can be in it.
+    // The body (a JWT body's claims) is read once, for the sender's body
+    // shape and then its event and id; not at all when no sender's shape
+    // can be in it.
+    let jwt = is_jwt(req);
+    let body = || {
+        if jwt {
+            Body::parse(&jwt_payload(req.body)?)
+        } else {
+            Body::parse(req.body)
+        }
+    };
     let (provider, body) = match provider_by_headers(req) {
-        Some(p) => (p, body_of(req)),
-        None if is_jwt(req) => {
-            let body = body_of(req);
+        Some(p) => (p, body()),
+        None if jwt => {
+            let body = body();
             let claims = body.as_ref()?.object()?;
             let moneyhub = claims.object_at("events").is_some_and(|e| e.moneyhub_key)
                 || claims.str_at("iss").is_some_and(|i| i.contains("moneyhub"));
@@ -36,7 +45,7 @@ pub fn recognise(req: &RequestView<'_>) -> Option<Recognised> {
         }
         None if !may_have_a_shape(req.body) => return None,
         None => {
-            let body = body_of(req);
+            let body = body();
             (body_shape(body.as_ref()?)?, body)
         }
     };
@@ -57,15 +66,6 @@ fn is_jwt(req: &RequestView<'_>) -> bool {
             .trim()
             .eq_ignore_ascii_case("application/jwt")
     })
-}
-
-/// The JSON body, or a JWT body's claims.
-fn body_of(req: &RequestView<'_>) -> Option<Body> {
-    if is_jwt(req) {
-        Body::parse(&jwt_payload(req.body)?)
-    } else {
-        Body::parse(req.body)
-    }
 }
 
 /// Whether `body` may have one of [`body_shape`]'s shapes: each needs a
