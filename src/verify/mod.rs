@@ -472,12 +472,10 @@ pub fn check(rule: &Rule, req: &RequestView<'_>, now: SystemTime) -> Option<Chec
         None if !matches!(scheme, Scheme::Jwt) || (jwks.is_none() && fetched.is_none()) => (
             Verdict::Unchecked,
             Some(Reason::NoSecret {
-                hint: rule.secret_hint.clone().unwrap_or_else(|| {
-                    match provider {
-                        Some(p) => format!("no secret configured for {} (a [[webhook]] rule with secret or secret_env)", p.id()),
-                        None => "no secret configured".to_string(),
-                    }
-                }),
+                hint: rule
+                    .secret_hint
+                    .clone()
+                    .unwrap_or_else(|| no_secret_hint(provider)),
             }),
         ),
         secret => {
@@ -491,9 +489,10 @@ pub fn check(rule: &Rule, req: &RequestView<'_>, now: SystemTime) -> Option<Chec
                 Scheme::Ed25519 => asym::verify_discord(secret.unwrap_or_default(), req),
                 Scheme::Jwt => match (asym::verify_jwt(secret, jwks, req), &fetched) {
                     // No keys yet: say why (not fetched yet, or the error).
-                    ((Verdict::Unchecked, Some(Reason::NoSecret { .. })), Some(Err(why))) => {
-                        (Verdict::Unchecked, Some(Reason::NoSecret { hint: why.clone() }))
-                    }
+                    ((Verdict::Unchecked, Some(Reason::NoSecret { .. })), Some(Err(why))) => (
+                        Verdict::Unchecked,
+                        Some(Reason::NoSecret { hint: why.clone() }),
+                    ),
                     // A key the fetched set lacks may be a rotation: fetch
                     // again, and judge the next one by the new keys.
                     ((Verdict::Invalid, Some(Reason::UnknownKey { kid })), Some(Ok(_)))
@@ -521,6 +520,35 @@ pub fn check(rule: &Rule, req: &RequestView<'_>, now: SystemTime) -> Option<Chec
         reason,
         body_changed: req.body_changed(),
     })
+}
+
+/// What [`check`] says of `provider`'s preset rule
+/// ([`Rule::for_provider`]: no secret): `unchecked`, and what to configure.
+/// The same answer without building the preset's scheme, which cost ~8k
+/// instructions: the recorder asks for every exchange from a recognised
+/// sender that no `[[webhook]]` rule covers, so for every webhook of a
+/// first run.
+pub fn check_unconfigured(provider: Provider, req: &RequestView<'_>) -> Check {
+    Check {
+        provider: Some(provider),
+        scheme: provider.scheme_name(),
+        verdict: Verdict::Unchecked,
+        reason: Some(Reason::NoSecret {
+            hint: no_secret_hint(Some(provider)),
+        }),
+        body_changed: req.body_changed(),
+    }
+}
+
+/// What to configure when a rule has no secret.
+fn no_secret_hint(provider: Option<Provider>) -> String {
+    match provider {
+        Some(p) => format!(
+            "no secret configured for {} (a [[webhook]] rule with secret or secret_env)",
+            p.id()
+        ),
+        None => "no secret configured".to_string(),
+    }
 }
 
 /// Why [`sign`] cannot re-sign.

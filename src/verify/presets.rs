@@ -255,6 +255,31 @@ impl Provider {
         };
         Scheme::Hmac(spec)
     }
+
+    /// The contract name of [`Provider::scheme`]'s scheme, without building
+    /// the scheme (the recorder names it for every recognised exchange).
+    pub fn scheme_name(self) -> &'static str {
+        match self {
+            Self::Sendgrid => "ecdsa",
+            Self::Discord => "ed25519",
+            Self::Moneyhub => "jwt",
+            Self::Finexer => "query-key",
+            Self::StandardWebhooks
+            | Self::Svix
+            | Self::Stripe
+            | Self::Github
+            | Self::Shopify
+            | Self::Slack
+            | Self::Zoom
+            | Self::Square
+            | Self::Paddle
+            | Self::Twilio
+            | Self::Twitch
+            | Self::Bridge
+            | Self::Klavi
+            | Self::Finaegis => "hmac",
+        }
+    }
 }
 
 /// Preset templates are literals checked by the tests; a typo would show

@@ -5,7 +5,7 @@
 
 use std::time::SystemTime;
 
-use super::{check, recognise, Recognised, RequestView, Rule};
+use super::{check, check_unconfigured, recognise, Recognised, RequestView, Rule};
 use crate::capture::model::{SignatureCheck, WebhookInfo};
 
 /// `[[webhook]]` rules, each for a path prefix below the tunnel.
@@ -58,11 +58,12 @@ impl Rules {
     /// arrived). Reads the bytes; never rewrites them.
     pub fn judge(&self, path: &str, req: &RequestView<'_>, now: SystemTime) -> Judgement {
         let recognised: Option<Recognised> = recognise(req);
-        let rule = match self.for_path(path) {
-            Some(rule) => Some(rule.clone()),
-            None => recognised.as_ref().map(|r| Rule::for_provider(r.provider)),
+        let rule = self.for_path(path);
+        let checked = match (rule, &recognised) {
+            (Some(rule), _) => check(rule, req, now),
+            (None, Some(r)) => Some(check_unconfigured(r.provider, req)),
+            (None, None) => None,
         };
-        let checked = rule.as_ref().and_then(|rule| check(rule, req, now));
         // The provider a rule names wins over a guess; ids and event types
         // are read only from a sender that was recognised as that provider.
         let provider = checked
@@ -81,7 +82,6 @@ impl Rules {
                 }),
                 // The rule's own `timeout =` wins over the provider's.
                 sender_timeout_ms: rule
-                    .as_ref()
                     .and_then(|r| r.timeout)
                     .or(provider.and_then(super::Provider::timeout))
                     .map(|t| t.as_millis() as u64),

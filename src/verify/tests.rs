@@ -1010,3 +1010,35 @@ fn recognition_reads_bodies_as_the_value_parse_did() {
     }
     assert_eq!(compared, marks.len() * bodies.len());
 }
+
+/// `check_unconfigured` answers as `check` does with the provider's preset
+/// rule (which it stands in for on the recorder's path): every provider,
+/// with and without a relay body hash, matching or not.
+#[test]
+fn an_unconfigured_sender_is_judged_as_its_preset_rule_would_be() {
+    use crate::capture::model::BodyDigest;
+    let body = br#"{"id":"evt_1","type":"invoice.paid"}"#;
+    let headers = hdrs(&[("content-type", "application/json")]);
+    let hashes = [
+        None,
+        Some(BodyDigest::Blake3(*blake3::hash(body).as_bytes())),
+        Some(BodyDigest::Blake3(*blake3::hash(b"other").as_bytes())),
+    ];
+    for provider in Provider::ALL {
+        assert_eq!(
+            provider.scheme_name(),
+            provider.scheme().name(),
+            "{provider}"
+        );
+        for relay_body in hashes {
+            let mut req = RequestView::new("POST", "https://relay/t/x/hook", &headers, body);
+            req.relay_body = relay_body;
+            let preset = check(&Rule::for_provider(provider), &req, at(1_700_000_000));
+            assert_eq!(
+                Some(check_unconfigured(provider, &req)),
+                preset,
+                "{provider} {relay_body:?}"
+            );
+        }
+    }
+}
