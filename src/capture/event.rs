@@ -2,12 +2,15 @@
 //! (`consent.created`, `newTransactions`, ...), shown in lists and exports.
 //!
 //! Pure and cheap: no I/O, bodies over [`MAX_DETECT_LEN`] are skipped, and a
-//! body that is not JSON (or a JWT whose claims are JSON) yields `None`.
+//! body that is not JSON as serde_json parses it (nor a JWT whose claims
+//! are) yields `None`.
 
 use std::fmt;
 
 use base64::Engine;
-use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+
+use crate::json::Skip;
 
 /// Bodies larger than this are not parsed (recognition must stay cheap).
 pub const MAX_DETECT_LEN: usize = 1024 * 1024;
@@ -51,14 +54,15 @@ pub fn detect(body: &[u8], content_type: Option<&str>) -> Option<String> {
 }
 
 /// Finds the event name in a JSON document. Only the values under [`KEYS`]
-/// are kept; everything else is checked and skipped without being built
+/// are kept; everything else is checked as strictly as serde_json's full
+/// parse checks it ([`Skip`]) and skipped without being built
 /// (a `serde_json::Value` of a payload with 6000 ids is thousands of
 /// allocations, on the capture writer's thread for every exchange).
 fn parse(json: &[u8]) -> Option<String> {
     let json = json.trim_ascii();
     let names = match json.first()? {
-        b'[' => serde_json::from_slice::<FirstElement>(json).ok()?.0?,
-        _ => serde_json::from_slice::<Names>(json).ok()?,
+        b'[' => crate::json::from_utf8::<FirstElement>(json)?.0?,
+        _ => crate::json::from_utf8::<Names>(json)?,
     };
     names.event_name()
 }
@@ -170,7 +174,7 @@ impl<'de> Visitor<'de> for NamesVisitor {
             match index {
                 Some(i) => names.0[i] = Some(map.next_value()?),
                 None => {
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value::<Skip>()?;
                 }
             }
         }
@@ -204,7 +208,7 @@ impl<'de> Deserialize<'de> for Field {
                     .map(|n| Field::Object(Box::new(n)))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Field, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                while seq.next_element::<Skip>()?.is_some() {}
                 Ok(Field::Other)
             }
             fn visit_bool<E>(self, _: bool) -> Result<Field, E> {
@@ -241,7 +245,7 @@ impl<'de> Deserialize<'de> for FirstElement {
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<FirstElement, A::Error> {
                 let first = seq.next_element::<Names>()?;
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                while seq.next_element::<Skip>()?.is_some() {}
                 Ok(FirstElement(first))
             }
         }
@@ -406,6 +410,86 @@ mod tests {
             ids.join(",")
         );
         assert_eq!(detect(big.as_bytes(), None).as_deref(), Some("bulk"));
+    }
+
+    /// Detection as its documentation reads, over a whole parsed
+    /// `serde_json::Value`: the oracle for the targeted parse.
+    fn by_value(body: &[u8]) -> Option<String> {
+        use serde_json::Value;
+        fn names(o: &serde_json::Map<String, Value>, nested: bool) -> Option<String> {
+            for key in KEYS {
+                match o.get(*key) {
+                    Some(Value::String(s)) if !s.trim().is_empty() => return Some(s.clone()),
+                    Some(Value::Object(inner)) if *key == "event" && !nested => {
+                        if let Some(s) = names(inner, true) {
+                            return Some(s);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            None
+        }
+        match serde_json::from_slice::<Value>(body).ok()? {
+            Value::Object(o) => names(&o, false),
+            Value::Array(a) => match a.first()? {
+                Value::Object(o) => names(o, false),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// A body gets an event type exactly when serde_json parses it and the
+    /// parsed value has one: values that are skipped are held to the same
+    /// checks as the full parse (bad UTF-8, lone surrogates, numbers out
+    /// of range, nesting past serde_json's limit).
+    #[test]
+    fn detection_reads_bodies_as_the_value_parse_does() {
+        let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        let mut bodies: Vec<Vec<u8>> = [
+            r#"{"type":"a"}"#,
+            r#"{"type":"a","x":1e400}"#,
+            r#"{"type":"a","x":-1e400}"#,
+            r#"{"type":"a","x":1e300}"#,
+            r#"{"type":"a","x":18446744073709551616}"#,
+            r#"{"type":"a","x":"\ud800"}"#,
+            r#"{"type":"a","x":"\udc00\ud800"}"#,
+            r#"{"type":"a","x":"\ud83d\ude00"}"#,
+            r#"{"type":"a","x":{"y":"\ud800"}}"#,
+            r#"{"type":"a","x":["\ud800"]}"#,
+            r#"[{"type":"a"},"\ud800"]"#,
+            r#"[{"type":"a"},1e400]"#,
+            r#"{"type":"a","x":"\u00zz"}"#,
+            "{\"type\":\"a\",\"x\":\"tab\tin\"}",
+            r#"{"type":"a","x":tru}"#,
+            r#"{"type":"a"} trailing"#,
+            r#"{"event":{"type":"b","x":1e400}}"#,
+            r#"{"event":{"type":"b"},"type":" "}"#,
+            r#"{"event":{"event":{"type":"c"}}}"#,
+            r#"[{"event":{"type":"d"}}]"#,
+            r#"[]"#,
+            r#"[1,{"type":"a"}]"#,
+            r#"{"type":1,"event_name":"e"}"#,
+        ]
+        .iter()
+        .map(|b| b.as_bytes().to_vec())
+        .collect();
+        for n in [100, 126, 127, 128, 129, 200] {
+            bodies.push(format!(r#"{{"type":"a","x":{}}}"#, deep(n)).into_bytes());
+            bodies.push(format!(r#"[{{"type":"a"}},{}]"#, deep(n)).into_bytes());
+        }
+        bodies.push(b"{\"type\":\"a\",\"x\":\"\xff\"}".to_vec());
+        bodies.push(b"{\"type\":\"a\",\"\xc3\":1}".to_vec());
+        bodies.push("{\"type\":\"a\u{e9}\"}".as_bytes().to_vec());
+        for body in &bodies {
+            assert_eq!(
+                detect(body, Some("application/json")),
+                by_value(body),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 
     #[test]
