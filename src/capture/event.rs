@@ -142,6 +142,20 @@ impl Names {
     }
 }
 
+/// The position of `key` in [`KEYS`]: a `match` (lengths first) rather
+/// than a scan, since every key of the body is looked up.
+fn key_index(key: &str) -> Option<usize> {
+    Some(match key {
+        "type" => 0,
+        "eventName" => 1,
+        "eventType" => 2,
+        "event" => 3,
+        "event_type" => 4,
+        "event_name" => 5,
+        _ => return None,
+    })
+}
+
 /// An object key, as its position in [`KEYS`] (compared without copying).
 struct KeyIndex(Option<usize>);
 
@@ -154,7 +168,7 @@ impl<'de> Deserialize<'de> for KeyIndex {
                 f.write_str("an object key")
             }
             fn visit_str<E>(self, s: &str) -> Result<KeyIndex, E> {
-                Ok(KeyIndex(KEYS.iter().position(|k| *k == s)))
+                Ok(KeyIndex(key_index(s)))
             }
         }
         d.deserialize_str(V)
@@ -410,6 +424,18 @@ mod tests {
             ids.join(",")
         );
         assert_eq!(detect(big.as_bytes(), None).as_deref(), Some("bulk"));
+    }
+
+    #[test]
+    fn each_key_is_found_at_its_place_and_nothing_else_is() {
+        for (i, key) in KEYS.iter().enumerate() {
+            assert_eq!(key_index(key), Some(i), "{key}");
+            for near in [&key[1..], &key[..key.len() - 1], &key.to_uppercase()] {
+                if !KEYS.contains(&near) {
+                    assert_eq!(key_index(near), None, "{near}");
+                }
+            }
+        }
     }
 
     /// Detection as its documentation reads, over a whole parsed
