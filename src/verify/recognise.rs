@@ -36,6 +36,7 @@ pub fn recognise(req: &RequestView<'_>) -> Option<Recognised> {
         }
     };
     let (provider, body) = match provider_by_headers(req) {
+        Some(p) if names_all_in_headers(p) => (p, None),
         Some(p) => (p, body()),
         None if jwt => {
             let body = body();
@@ -151,6 +152,15 @@ fn body_shape(body: &Body) -> Option<Provider> {
     moneyhub.then_some(Provider::Moneyhub)
 }
 
+/// Senders whose event type and delivery id are both in headers (see
+/// [`event_of`], [`delivery_of`]): their bodies, often several KiB of
+/// JSON, need not be parsed at all.
+fn names_all_in_headers(p: Provider) -> bool {
+    matches!(p, Provider::Shopify | Provider::Twitch)
+}
+
+/// The event type of a request from `p`. A provider that starts reading
+/// its body here must leave [`names_all_in_headers`].
 fn event_of(p: Provider, req: &RequestView<'_>, body: Option<&Body>) -> Option<String> {
     let top = body.and_then(Body::object);
     let field = |k: &str| top?.str_at(k).map(str::to_string);
