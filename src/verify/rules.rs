@@ -61,7 +61,7 @@ impl Rules {
         let rule = self.for_path(path);
         let checked = match (rule, &recognised) {
             (Some(rule), _) => check(rule, req, now),
-            (None, Some(r)) => Some(check_unconfigured(r.provider, req)),
+            (None, Some(r)) => Some(check_unconfigured(r.provider)),
             (None, None) => None,
         };
         // The provider a rule names wins over a guess; ids and event types
