@@ -16,7 +16,6 @@
 //! | [`inspect`] | the terminal UI over the capture: pure `update`, `draw` on any backend |
 //! | [`units`] | sizes, durations and the defaults several parts share |
 //! | [`config`] | `whtunnel.toml`: discovery, typed `[listen]`, `[[route]]`, `[[webhook]]`, errors naming file, line and key |
-//! | [`json`] | reading a JSON body for a few values as strictly as serde_json's full parse, building nothing else (detection and recognition share it) |
 //! | [`verify`] | webhook signatures: verdicts and reasons, re-signing for replay, provider and event recognition (pure, no I/O) |
 //! | [`jwks`] | fetching a `jwt` rule's `jwks` URL in the background: HTTPS, cached, refetched for a new `kid` |
 //! | [`fixture`] | webhooks as fixture files: save from the capture, send signed afresh, test expectations (JUnit), the `trigger` sample catalog |
@@ -36,7 +35,6 @@ pub mod config;
 pub mod fixture;
 pub mod forward;
 pub mod inspect;
-pub mod json;
 pub mod jwks;
 pub mod relay;
 pub mod tunnel;

@@ -9,7 +9,6 @@ use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::asym::jwt_payload;
 use super::{Provider, RequestView};
-use crate::json::Skip;
 
 /// A recognised sender.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -272,7 +271,7 @@ fn key_index(key: &str) -> Option<usize> {
 }
 
 /// What recognition reads of a JSON body. The body is parsed (and must be
-/// valid JSON, as before: see [`crate::json::Skip`]) but only the values under [`KEYS`] are built,
+/// valid JSON, as before: see [`Skip`]) but only the values under [`KEYS`] are built,
 /// one level deep: a `serde_json::Value` of a whole webhook costs an
 /// allocation per field, ~100k instructions for a 1 KiB event with forty-six
 /// small fields (docs/benchmarks.md, "Session 17"), on the recorder's
@@ -286,7 +285,9 @@ enum Body {
 
 impl Body {
     fn parse(json: &[u8]) -> Option<Body> {
-        crate::json::from_utf8(json)
+        // Text first: skipped strings are not checked for UTF-8 by
+        // serde_json, and a body that is not UTF-8 is not JSON.
+        serde_json::from_str(std::str::from_utf8(json).ok()?).ok()
     }
 
     fn object(&self) -> Option<&Fields> {
@@ -530,6 +531,52 @@ impl Node {
             }
         }
         d.deserialize_any(V { objects })
+    }
+}
+
+/// A value read and thrown away. Not serde's `IgnoredAny`: serde_json skips
+/// that without the checks its parse makes (its nesting limit, `\u`
+/// escapes that are lone surrogates, numbers out of range), and a body
+/// recognition accepts must be one the full parse accepted. Strings are
+/// borrowed from the body, so nothing is allocated.
+struct Skip;
+
+impl<'de> Deserialize<'de> for Skip {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Skip;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Skip, E> {
+                Ok(Skip)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Skip, E> {
+                Ok(Skip)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Skip, E> {
+                Ok(Skip)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Skip, E> {
+                Ok(Skip)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Skip, E> {
+                Ok(Skip)
+            }
+            fn visit_unit<E>(self) -> Result<Skip, E> {
+                Ok(Skip)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
+                while seq.next_element::<Skip>()?.is_some() {}
+                Ok(Skip)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skip, A::Error> {
+                while map.next_entry::<Skip, Skip>()?.is_some() {}
+                Ok(Skip)
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
