@@ -18,7 +18,9 @@
 # what parsing a webhook's body costs) instead of SIZE bytes of `x`, and
 # INSTR_BODY=stripe the same with a Stripe-Signature header (the sender is
 # recognised, its body read for the event type and id; the signature is not
-# checked, the agent has no secret); each line says which ("body").
+# checked, the agent has no secret), INSTR_BODY=shopify with Shopify's
+# headers (recognised by them, event and id read from them, body unread);
+# each line says which ("body").
 # Loopback only; every process is stopped on exit; every wait is bounded.
 set -euo pipefail
 
@@ -26,8 +28,8 @@ WT=$1 TARGET_BIN=$2 LOAD_BIN=$3 OUT=$4
 REQUESTS=${5:-2000} CONC=${6:-32} SIZE=${7:-1024}
 BODY=${INSTR_BODY:-x}
 case $BODY in
-  x|json|stripe) export BENCH_BODY=$BODY ;;
-  *) echo "instructions: INSTR_BODY must be x, json or stripe, not $BODY" >&2; exit 2 ;;
+  x|json|stripe|shopify) export BENCH_BODY=$BODY ;;
+  *) echo "instructions: INSTR_BODY must be x, json, stripe or shopify, not $BODY" >&2; exit 2 ;;
 esac
 # The store-full mode keeps this many exchanges, and the warm-up sends more
 # than that, so every measured insert also deletes the oldest.

@@ -12,6 +12,8 @@
 //! costs is measured too. `BENCH_BODY=stripe` sends the same event with a
 //! `Stripe-Signature` header, which does not verify (the agent has no
 //! secret) but makes the agent recognise the sender and read its body.
+//! `BENCH_BODY=shopify` sends it with Shopify's headers instead, whose
+//! event type and delivery id are in headers: the body is not read.
 
 // A measuring tool, not the product: a failed unwrap is a failed run.
 #![allow(clippy::unwrap_used)]
@@ -39,7 +41,7 @@ async fn main() {
     let size: usize = size.parse().unwrap();
     let kind = std::env::var("BENCH_BODY").unwrap_or_default();
     let body = match kind.as_str() {
-        "json" | "stripe" => {
+        "json" | "stripe" | "shopify" => {
             let body = json_event(size);
             // A body that is not the JSON it claims, or not the size asked
             // for, would measure something else.
@@ -53,13 +55,23 @@ async fn main() {
         }
         "" | "x" => Bytes::from(vec![b'x'; size]),
         other => {
-            eprintln!("BENCH_BODY: `{other}` is not a body kind (x, json, stripe)");
+            eprintln!("BENCH_BODY: `{other}` is not a body kind (x, json, stripe, shopify)");
             std::process::exit(2);
         }
     };
-    let signature = (kind == "stripe").then_some(
-        "t=1700000000,v1=5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd",
-    );
+    // Signatures that do not verify (the agent has no secret to try).
+    let sender: &'static [(&str, &str)] = match kind.as_str() {
+        "stripe" => &[(
+            "stripe-signature",
+            "t=1700000000,v1=5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd",
+        )],
+        "shopify" => &[
+            ("x-shopify-topic", "orders/create"),
+            ("x-shopify-hmac-sha256", "XWmrwMey6OsLMeiZKwP4FppHH3cmAiiJJAweH5Jo4bM="),
+            ("x-shopify-event-id", "98880550-7158-44d4-b7cd-2c97c8a091b5"),
+        ],
+        _ => &[],
+    };
     let addr = format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap_or(80));
     let next = Arc::new(AtomicUsize::new(0));
     let ok = Arc::new(AtomicUsize::new(0));
@@ -84,8 +96,8 @@ async fn main() {
                 let mut req = Request::post(uri.clone())
                     .header(http::header::HOST, uri.authority().unwrap().as_str())
                     .header(http::header::CONTENT_TYPE, "application/json");
-                if let Some(sig) = signature {
-                    req = req.header("stripe-signature", sig);
+                for (name, value) in sender {
+                    req = req.header(*name, *value);
                 }
                 let req = req.body(Full::new(body.clone())).unwrap();
                 let Ok(resp) = send.send_request(req).await else {
