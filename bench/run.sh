@@ -556,10 +556,11 @@ phase_instructions() {
   log "== instructions: callgrind, relay and agent, per request (1 KiB POST, c=32)"
   bash "$ROOT/bench/instructions.sh" "$WT" "$TARGET_BIN" "$LOAD_BIN" "$OUT/instructions.jsonl" \
     2000 32 1024 2>&1 | tee "$OUT/logs/instructions.txt" >&2
-  # The same with a JSON event for a body, unsigned and then with a
-  # Stripe-Signature header: what reading a webhook costs.
+  # The same with a JSON event for a body: unsigned, with a
+  # Stripe-Signature header, and with Shopify's headers (sender, event and
+  # id told by headers, body unread): what reading a webhook costs.
   local body
-  for body in json stripe; do
+  for body in json stripe shopify; do
     INSTR_BODY=$body INSTR_MODES="no-capture store-full" bash "$ROOT/bench/instructions.sh" \
       "$WT" "$TARGET_BIN" "$LOAD_BIN" "$OUT/instructions.jsonl" \
       2000 32 1024 2>&1 | tee -a "$OUT/logs/instructions.txt" >&2

@@ -59,7 +59,8 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    // Signatures that do not verify (the agent has no secret to try).
+    // The sender's headers; its signature does not verify (the agent has
+    // no secret to try).
     let sender: &'static [(&str, &str)] = match kind.as_str() {
         "stripe" => &[(
             "stripe-signature",
@@ -67,7 +68,10 @@ async fn main() {
         )],
         "shopify" => &[
             ("x-shopify-topic", "orders/create"),
-            ("x-shopify-hmac-sha256", "XWmrwMey6OsLMeiZKwP4FppHH3cmAiiJJAweH5Jo4bM="),
+            (
+                "x-shopify-hmac-sha256",
+                "XWmrwMey6OsLMeiZKwP4FppHH3cmAiiJJAweH5Jo4bM=",
+            ),
             ("x-shopify-event-id", "98880550-7158-44d4-b7cd-2c97c8a091b5"),
         ],
         _ => &[],

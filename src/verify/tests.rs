@@ -1018,7 +1018,8 @@ fn recognition_reads_bodies_as_the_value_parse_did() {
 
 /// `check_unconfigured` answers as `check` does with the provider's preset
 /// rule (which it stands in for on the recorder's path): every provider,
-/// with and without a relay body hash, matching or not.
+/// with and without a relay body hash, matching or not (the hash must not
+/// change what `check` says of a rule with no secret).
 #[test]
 fn an_unconfigured_sender_is_judged_as_its_preset_rule_would_be() {
     use crate::capture::model::BodyDigest;
