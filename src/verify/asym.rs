@@ -144,14 +144,9 @@ pub fn verify_discord(public_key: &str, req: &RequestView<'_>) -> Outcome {
     }
 }
 
-/// The claims of a JWT body, read without verifying it (for recognition
-/// and the event type; never for a verdict).
-pub fn jwt_claims(body: &[u8]) -> Option<serde_json::Value> {
-    serde_json::from_slice(&jwt_payload(body)?).ok()
-}
-
-/// The decoded payload (the claims' JSON text) of a compact JWT body, not
-/// verified.
+/// The decoded payload (the claims' JSON text) of a compact JWT body, read
+/// without verifying it (for recognition and the event type; never for a
+/// verdict).
 pub fn jwt_payload(body: &[u8]) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(body).ok()?.trim();
     let mut parts = text.split('.');

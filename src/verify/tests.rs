@@ -694,8 +694,13 @@ fn templates_parse_placeholders_and_reject_unknown_ones() {
 mod value_oracle {
     use serde_json::Value;
 
-    use crate::verify::asym::jwt_claims;
+    use crate::verify::asym::jwt_payload;
     use crate::verify::{Provider, RequestView};
+
+    /// A JWT body's claims, parsed whole.
+    fn jwt_claims(body: &[u8]) -> Option<Value> {
+        serde_json::from_slice(&jwt_payload(body)?).ok()
+    }
 
     /// The sender of `req`, or `None` when no sender's mark is on it.
     pub(super) fn recognise(req: &RequestView<'_>) -> Option<crate::verify::Recognised> {
