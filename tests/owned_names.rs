@@ -423,7 +423,12 @@ async fn names_per_user_are_capped_and_unused_names_expire_with_their_held_event
     }
     let st = relay.held.as_ref().unwrap().state("alice-1");
     assert!(st.is_none_or(|s| s.pending == 0 && s.bytes == 0), "{st:?}");
-    let b = start_agent(&relay.base, agent_opts("alice-1", &bob, &app)).await;
+    // The probe that found the name free claimed it for bob; the relay may
+    // not have seen that probe's connection close yet, so bob's agent takes
+    // the name over from his own probe rather than race the close.
+    let mut opts = agent_opts("alice-1", &bob, &app);
+    opts.takeover = true;
+    let b = start_agent(&relay.base, opts).await;
     assert!(b.public_url.ends_with("/t/alice-1"), "{}", b.public_url);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
