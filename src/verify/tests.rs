@@ -717,7 +717,7 @@ mod value_oracle {
         })
     }
 
-    fn provider_of(req: &RequestView<'_>) -> Option<Provider> {
+    pub(super) fn provider_of(req: &RequestView<'_>) -> Option<Provider> {
         let has = |h: &str| req.header(h).is_some();
         let by_header = [
             ("Stripe-Signature", Provider::Stripe),
@@ -1019,6 +1019,112 @@ fn recognition_reads_bodies_as_the_value_parse_did() {
         }
     }
     assert_eq!(compared, marks.len() * bodies.len());
+}
+
+/// Recognition finds a sender by its headers in one pass; it must name the
+/// sender the search for each name did (`value_oracle::provider_of`), kept
+/// as received (lower-case names) or as owned pairs in any case, with two
+/// senders' headers, repeated names, values that are not UTF-8, and names
+/// that only nearly match.
+#[test]
+fn recognition_by_headers_names_the_sender_a_search_per_name_did() {
+    use crate::capture::Headers;
+    const NOT_UTF8: &str = "\u{fffd}";
+    let sets: Vec<Vec<(&str, &str)>> = vec![
+        vec![],
+        vec![("content-type", "application/json"), ("x-other", "1")],
+        vec![("Stripe-Signature", "t=1"), ("X-GitHub-Event", "push")],
+        vec![("X-GitHub-Event", "push"), ("Stripe-Signature", "t=1")],
+        vec![("x-klavi-signature", "k"), ("svix-id", "m")],
+        vec![("X-SHOPIFY-HMAC-SHA256", "h"), ("x-slack-signature", "v0")],
+        vec![("Stripe-Signature", NOT_UTF8), ("X-GitHub-Event", "push")],
+        vec![("Stripe-Signature", NOT_UTF8), ("stripe-signature", "t=1")],
+        vec![("stripe-signature", "t=1"), ("Stripe-Signature", NOT_UTF8)],
+        vec![("webhook-id", "msg"), ("webhook-signature", "v1,x")],
+        vec![("Webhook-Signature", "v1,x"), ("WEBHOOK-ID", "msg")],
+        vec![("webhook-id", "msg")],
+        vec![("webhook-id", NOT_UTF8), ("webhook-signature", "v1,x")],
+        vec![
+            ("webhook-id", "m"),
+            ("webhook-signature", "s"),
+            ("svix-id", "x"),
+        ],
+        vec![("User-Agent", "FinAegis-Webhook/2")],
+        vec![
+            ("user-agent", "curl/8"),
+            ("User-Agent", "FinAegis-Webhook/2"),
+        ],
+        vec![("User-Agent", "FinAegis-Webhook/2"), ("webhook-id", "m")],
+        vec![
+            ("User-Agent", "FinAegis-Webhook/2"),
+            ("webhook-id", "m"),
+            ("webhook-signature", "s"),
+        ],
+        vec![
+            ("user-agent", NOT_UTF8),
+            ("User-Agent", "FinAegis-Webhook/2"),
+        ],
+        vec![
+            ("stripe-signaturex", "t"),
+            ("x-stripe-signature", "t"),
+            ("stripe", "t"),
+        ],
+        vec![("X-Twilio-Email-Event-Webhook-Signature-Long", "x")],
+        vec![
+            ("X-Twilio-Email-Event-Webhook-Signature", "x"),
+            ("X-Twilio-Signature", "y"),
+        ],
+        vec![
+            ("X-Twilio-Signature", "y"),
+            ("X-Twilio-Email-Event-Webhook-Signature", "x"),
+        ],
+        vec![
+            ("x-zm-signature", "v0"),
+            ("Twitch-Eventsub-Message-Signature", "s"),
+        ],
+        vec![("X-Signature-Ed25519", "00"), ("BridgeApi-Signature", "v1")],
+        vec![
+            ("Paddle-Signature", "ts"),
+            ("x-square-hmacsha256-signature", "s"),
+        ],
+        vec![
+            ("X-Shopify-Topic", "orders/create"),
+            ("X-Shopify-Hmac-Sha256", "h"),
+        ],
+    ];
+    // A value that is not UTF-8 stands in for the marker.
+    let bytes = |v: &str| -> Vec<u8> {
+        if v == NOT_UTF8 {
+            b"\xff\xfe".to_vec()
+        } else {
+            v.as_bytes().to_vec()
+        }
+    };
+    let mut compared = 0;
+    for set in &sets {
+        let owned: Vec<Header> = set.iter().map(|(n, v)| (n.to_string(), bytes(v))).collect();
+        let mut received = Headers::received(set.len(), 64);
+        for (n, v) in set {
+            received.push(
+                &http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                &bytes(v),
+            );
+        }
+        for body in [&b"{}"[..], br#"{"type":"t","id":"evt_1"}"#] {
+            for req in [
+                RequestView::new("POST", "https://x/", &owned, body),
+                RequestView::new("POST", "https://x/", &received, body),
+            ] {
+                assert_eq!(
+                    recognise(&req).map(|r| r.provider),
+                    value_oracle::provider_of(&req),
+                    "headers {set:?}"
+                );
+                compared += 1;
+            }
+        }
+    }
+    assert_eq!(compared, sets.len() * 4);
 }
 
 /// `check_unconfigured` answers as `check` does with the provider's preset
