@@ -10,7 +10,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use http::{Response, StatusCode};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 
 use super::{collect_capped, error_response, full, Forwarder, Outgoing, HELD_RESPONSE_MAX};
 use crate::tunnel::protocol::{Ack, AgentError, Outcome, HDR_ACK, HDR_ERROR};
@@ -170,37 +170,38 @@ impl Forwarder {
 /// (the link dropped while the app worked on it) instead of reaching the app
 /// a second time.
 #[derive(Default)]
-pub(super) struct InFlight(Mutex<InFlightMap>);
+pub(super) struct InFlight {
+    map: Mutex<InFlightMap>,
+    /// Told whenever an entry ends. A waiter (a redelivery, which is rare)
+    /// looks again; an exchange that nobody waits for creates and cancels
+    /// no token of its own.
+    ended: Notify,
+}
 
 #[derive(Default)]
 struct InFlightMap {
     /// Tells entries apart, so that one only ever removes itself.
     next: u64,
     /// The entry shares its key: one allocation per exchange.
-    running: HashMap<Arc<str>, (u64, CancellationToken)>,
+    running: HashMap<Arc<str>, u64>,
 }
 
 impl InFlight {
-    /// Registers an exchange for `id`; when one is already in progress,
-    /// returns the token cancelled when it ends instead.
-    pub(super) fn try_register(
-        set: &Arc<InFlight>,
-        id: &str,
-    ) -> Result<InFlightEntry, CancellationToken> {
-        let mut map = set.0.lock();
-        if let Some((_, running)) = map.running.get(id) {
-            return Err(running.clone());
+    /// Registers an exchange for `id`; `None` when one is already in
+    /// progress.
+    pub(super) fn try_register(set: &Arc<InFlight>, id: &str) -> Option<InFlightEntry> {
+        let mut map = set.map.lock();
+        if map.running.contains_key(id) {
+            return None;
         }
         map.next += 1;
         let generation = map.next;
-        let done = CancellationToken::new();
         let id: Arc<str> = id.into();
-        map.running.insert(id.clone(), (generation, done.clone()));
-        Ok(InFlightEntry {
+        map.running.insert(id.clone(), generation);
+        Some(InFlightEntry {
             set: set.clone(),
             id,
             generation,
-            done,
         })
     }
 
@@ -212,14 +213,15 @@ impl InFlight {
         deadline: tokio::time::Instant,
     ) -> Option<InFlightEntry> {
         loop {
-            match InFlight::try_register(set, id) {
-                Ok(entry) => return Some(entry),
-                Err(running) => {
-                    tokio::time::timeout_at(deadline, running.cancelled())
-                        .await
-                        .ok()?;
-                }
+            // Listening before looking: an entry that ends in between
+            // still wakes this one.
+            let ended = set.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if let Some(entry) = InFlight::try_register(set, id) {
+                return Some(entry);
             }
+            tokio::time::timeout_at(deadline, ended).await.ok()?;
         }
     }
 }
@@ -229,20 +231,15 @@ pub(super) struct InFlightEntry {
     set: Arc<InFlight>,
     id: Arc<str>,
     generation: u64,
-    done: CancellationToken,
 }
 
 impl Drop for InFlightEntry {
     fn drop(&mut self) {
-        let mut map = self.set.0.lock();
-        if map
-            .running
-            .get(&self.id)
-            .is_some_and(|(g, _)| *g == self.generation)
-        {
+        let mut map = self.set.map.lock();
+        if map.running.get(&self.id) == Some(&self.generation) {
             map.running.remove(&self.id);
         }
         drop(map);
-        self.done.cancel();
+        self.set.ended.notify_waiters();
     }
 }

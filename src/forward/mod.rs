@@ -322,7 +322,7 @@ impl Forwarder {
         let attempt = meta.attempt.unwrap_or(0);
         let Some(event_id) = meta.event_id.filter(|_| meta.attempt.is_some()) else {
             if let (Some(_), Some(id)) = (self.recorder(), &out.pending.relay_event_id) {
-                out.pending.in_flight = InFlight::try_register(&self.inner.in_flight, id).ok();
+                out.pending.in_flight = InFlight::try_register(&self.inner.in_flight, id);
             }
             return self.send(out).await.0;
         };
