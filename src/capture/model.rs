@@ -334,6 +334,41 @@ impl Exchange {
             sender_timeout_ms: self.webhook.sender_timeout_ms,
         }
     }
+
+    /// [`Exchange::summary`], with the text moved out of the exchange
+    /// instead of copied: for the recorder, which is done with it once it
+    /// is stored.
+    pub fn into_summary(self) -> ExchangeSummary {
+        let (status, response_size) = self
+            .response
+            .as_ref()
+            .map_or((None, 0), |r| (Some(r.status), r.body.total_len));
+        let (signature, signature_reason) = match self.webhook.signature {
+            Some(s) => (Some(s.verdict), s.reason),
+            None => (None, None),
+        };
+        ExchangeSummary {
+            id: self.id.unwrap_or(0),
+            received_at: self.received_at,
+            method: self.request.method,
+            path: self.request.path,
+            status,
+            duration_ms: self.duration_ms,
+            event: self.event,
+            replay_of: self.replay_of,
+            request_size: self.request.body.total_len,
+            response_size,
+            outcome: self.outcome,
+            error: self.error,
+            live: self.live,
+            provider: self.webhook.provider,
+            signature,
+            delivery_id: self.webhook.delivery_id,
+            signature_reason,
+            relay_event_id: self.relay_event_id,
+            sender_timeout_ms: self.webhook.sender_timeout_ms,
+        }
+    }
 }
 
 impl CapturedBody {
@@ -354,6 +389,41 @@ impl CapturedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The recorder's moving summary says what the copying one says, with
+    /// every field set and with the optional parts missing.
+    #[test]
+    fn a_summary_moved_out_of_an_exchange_equals_the_copied_one() {
+        let full = {
+            let mut ex = crate::capture::store::tests::sample(b"{\"type\":\"t\"}");
+            ex.id = Some(41);
+            ex.error = Some("app reset".into());
+            ex.event = Some("invoice.paid".into());
+            ex.replay_of = Some(7);
+            ex.relay_event_id = Some("ev_1".into());
+            ex.outcome = Some(Outcome::Answered);
+            ex.live = 3;
+            ex.webhook = WebhookInfo {
+                provider: Some("stripe".into()),
+                delivery_id: Some("evt_1".into()),
+                signature: Some(SignatureCheck {
+                    scheme: "stripe".into(),
+                    verdict: crate::verify::Verdict::Invalid,
+                    reason: Some("signature mismatch".into()),
+                }),
+                sender_timeout_ms: Some(20_000),
+            };
+            ex
+        };
+        let mut bare = full.clone();
+        bare.response = None;
+        bare.webhook = WebhookInfo::default();
+        bare.id = None;
+        for ex in [full, bare] {
+            let copied = ex.summary();
+            assert_eq!(ex.into_summary(), copied);
+        }
+    }
 
     #[test]
     fn a_digest_is_written_as_algorithm_and_lower_case_hex_and_reads_back() {

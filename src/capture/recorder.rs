@@ -511,10 +511,10 @@ fn store_batch(
                 .collect()
         }
     };
-    for ((ex, reply), result) in exs.iter().zip(replies).zip(results) {
-        let mut summary = ex.summary();
+    for ((ex, reply), result) in exs.into_iter().zip(replies).zip(results) {
         match result {
             Ok(id) => {
+                let mut summary = ex.into_summary();
                 summary.id = id;
                 events.finished(CaptureEvent::Stored(summary));
                 if let Some(reply) = reply {
@@ -522,6 +522,7 @@ fn store_batch(
                 }
             }
             Err(e) => {
+                let mut summary = ex.summary();
                 summary.id = 0;
                 tracing::warn!("capture: exchange not stored: {e}");
                 events.finished(CaptureEvent::NotStored {
@@ -531,7 +532,7 @@ fn store_batch(
                 if let Some(reply) = reply {
                     let _ = reply.send(Err(e));
                 }
-                discard_spilled(ex.clone());
+                discard_spilled(ex);
             }
         }
     }
