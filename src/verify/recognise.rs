@@ -106,38 +106,42 @@ enum Mark {
 impl Mark {
     /// The mark a lower-case header name is, if any: the one list of
     /// senders' header names, in rank order.
-    fn of(name: &str) -> Option<Mark> {
+    fn of(name: &[u8]) -> Option<Mark> {
         use Provider::*;
         Some(match name {
-            "stripe-signature" => Mark::Sender(0, Stripe),
-            "x-github-event" => Mark::Sender(1, Github),
-            "svix-id" => Mark::Sender(2, Svix),
-            "x-shopify-topic" => Mark::Sender(3, Shopify),
-            "x-shopify-hmac-sha256" => Mark::Sender(4, Shopify),
-            "x-slack-signature" => Mark::Sender(5, Slack),
-            "x-square-hmacsha256-signature" => Mark::Sender(6, Square),
-            "paddle-signature" => Mark::Sender(7, Paddle),
-            "x-twilio-email-event-webhook-signature" => Mark::Sender(8, Sendgrid),
-            "x-twilio-signature" => Mark::Sender(9, Twilio),
-            "x-zm-signature" => Mark::Sender(10, Zoom),
-            "twitch-eventsub-message-signature" => Mark::Sender(11, Twitch),
-            "x-signature-ed25519" => Mark::Sender(12, Discord),
-            "bridgeapi-signature" => Mark::Sender(13, Bridge),
-            "x-klavi-signature" => Mark::Sender(14, Klavi),
-            "webhook-id" => Mark::WebhookId,
-            "webhook-signature" => Mark::WebhookSignature,
-            "user-agent" => Mark::UserAgent,
+            b"stripe-signature" => Mark::Sender(0, Stripe),
+            b"x-github-event" => Mark::Sender(1, Github),
+            b"svix-id" => Mark::Sender(2, Svix),
+            b"x-shopify-topic" => Mark::Sender(3, Shopify),
+            b"x-shopify-hmac-sha256" => Mark::Sender(4, Shopify),
+            b"x-slack-signature" => Mark::Sender(5, Slack),
+            b"x-square-hmacsha256-signature" => Mark::Sender(6, Square),
+            b"paddle-signature" => Mark::Sender(7, Paddle),
+            b"x-twilio-email-event-webhook-signature" => Mark::Sender(8, Sendgrid),
+            b"x-twilio-signature" => Mark::Sender(9, Twilio),
+            b"x-zm-signature" => Mark::Sender(10, Zoom),
+            b"twitch-eventsub-message-signature" => Mark::Sender(11, Twitch),
+            b"x-signature-ed25519" => Mark::Sender(12, Discord),
+            b"bridgeapi-signature" => Mark::Sender(13, Bridge),
+            b"x-klavi-signature" => Mark::Sender(14, Klavi),
+            b"webhook-id" => Mark::WebhookId,
+            b"webhook-signature" => Mark::WebhookSignature,
+            b"user-agent" => Mark::UserAgent,
             _ => return None,
         })
     }
 
-    /// A bit of its own for each mark, to see only a name's first header.
+    /// A bit of its own for each mark, to see only a name's first header:
+    /// a sender's rank (below 29), or one of the three top bits.
     fn bit(self) -> u32 {
-        1 << match self {
-            Mark::Sender(rank, _) => u32::from(rank),
-            Mark::WebhookId => 15,
-            Mark::WebhookSignature => 16,
-            Mark::UserAgent => 17,
+        match self {
+            Mark::Sender(rank, _) => {
+                debug_assert!(rank < 29, "rank {rank} shares a bit");
+                1 << rank
+            }
+            Mark::WebhookId => 1 << 29,
+            Mark::WebhookSignature => 1 << 30,
+            Mark::UserAgent => 1 << 31,
         }
     }
 }
@@ -160,12 +164,9 @@ fn provider_by_headers(req: &RequestView<'_>) -> Option<Provider> {
             };
             buf.copy_from_slice(name.as_bytes());
             buf.make_ascii_lowercase();
-            match std::str::from_utf8(buf) {
-                Ok(n) => n,
-                Err(_) => continue,
-            }
+            &*buf
         } else {
-            name
+            name.as_bytes()
         };
         let Some(mark) = Mark::of(name) else {
             continue;
