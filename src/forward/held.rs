@@ -171,10 +171,11 @@ impl Forwarder {
 /// a second time.
 #[derive(Default)]
 pub(super) struct InFlight {
+    /// The exchanges in progress.
     map: Mutex<InFlightMap>,
-    /// Told whenever an entry ends. A waiter (a redelivery, which is rare)
-    /// looks again; an exchange that nobody waits for creates and cancels
-    /// no token of its own.
+    /// Told whenever any entry ends, so that an exchange allocates nothing
+    /// for a waiter that rarely exists. A waiter (a redelivery) then looks
+    /// again: it wakes once per exchange that ends while it waits.
     ended: Notify,
 }
 
@@ -213,11 +214,9 @@ impl InFlight {
         deadline: tokio::time::Instant,
     ) -> Option<InFlightEntry> {
         loop {
-            // Listening before looking: an entry that ends in between
-            // still wakes this one.
+            // Listening before looking: `notified` counts from its creation,
+            // so an entry that ends in between still wakes this one.
             let ended = set.ended.notified();
-            tokio::pin!(ended);
-            ended.as_mut().enable();
             if let Some(entry) = InFlight::try_register(set, id) {
                 return Some(entry);
             }
@@ -241,5 +240,40 @@ impl Drop for InFlightEntry {
         }
         drop(map);
         self.set.ended.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::InFlight;
+
+    /// A second exchange for an event waits for the first to end, then
+    /// registers; one that never ends makes it give up at the deadline.
+    /// Other events' exchanges ending do not let it in.
+    #[tokio::test(start_paused = true)]
+    async fn a_redelivery_waits_for_the_attempt_under_way_until_its_deadline() {
+        let set = Arc::new(InFlight::default());
+        let first = InFlight::try_register(&set, "ev_1").expect("free");
+        assert!(InFlight::try_register(&set, "ev_1").is_none());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let waiter = tokio::spawn({
+            let set = set.clone();
+            async move { InFlight::acquire(&set, "ev_1", deadline).await.is_some() }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(InFlight::try_register(&set, "ev_other").expect("another event"));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!waiter.is_finished(), "another event's end let it in");
+        drop(first);
+        assert!(waiter.await.unwrap(), "registered once the first ended");
+
+        let _stuck = InFlight::try_register(&set, "ev_2").expect("free");
+        let start = tokio::time::Instant::now();
+        let deadline = start + Duration::from_secs(5);
+        assert!(InFlight::acquire(&set, "ev_2", deadline).await.is_none());
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
     }
 }
