@@ -251,38 +251,30 @@ macro_rules! bind_all {
 /// that is not UTF-8 is kept as `{"base64": ...}` instead of being re-encoded.
 fn headers_to_json<'a>(h: impl Into<HeadersRef<'a>>) -> String {
     use base64::Engine;
-    let h = h.into();
-    // Written straight into one buffer sized for the usual case (no
-    // escapes, no base64), with serde_json escaping each string: no
-    // reallocation and no serializer state machine per header.
-    let size: usize = h.iter().map(|(n, v)| n.len() + v.len() + 8).sum();
-    let mut out = Vec::with_capacity(size + 2);
-    out.push(b'[');
-    for (i, (name, value)) in h.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.push(b'[');
-        write_json_str(&mut out, name);
-        out.push(b',');
-        match std::str::from_utf8(value) {
-            Ok(text) => write_json_str(&mut out, text),
-            Err(_) => {
-                out.extend_from_slice(br#"{"base64":""#);
-                let b64 = base64::engine::general_purpose::STANDARD.encode(value);
-                out.extend_from_slice(b64.as_bytes());
-                out.extend_from_slice(br#""}"#);
-            }
-        }
-        out.push(b']');
+    // Serialized straight from the borrowed headers, without a
+    // `serde_json::Value` or a list of pairs in between: no allocation per
+    // header on the writer thread.
+    #[derive(serde::Serialize)]
+    #[serde(untagged)]
+    enum Value<'a> {
+        Text(&'a str),
+        Bytes { base64: String },
     }
-    out.push(b']');
-    String::from_utf8(out).expect("JSON of UTF-8 text and base64 is UTF-8")
-}
-
-/// `s` as a JSON string, escaped as serde_json escapes it.
-fn write_json_str(out: &mut Vec<u8>, s: &str) {
-    serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
+    struct Pairs<'a>(HeadersRef<'a>);
+    impl serde::Serialize for Pairs<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(self.0.iter().map(|(n, v)| {
+                let v = match std::str::from_utf8(v) {
+                    Ok(s) => Value::Text(s),
+                    Err(_) => Value::Bytes {
+                        base64: base64::engine::general_purpose::STANDARD.encode(v),
+                    },
+                };
+                (n, v)
+            }))
+        }
+    }
+    serde_json::to_string(&Pairs(h.into())).expect("strings always serialize")
 }
 
 fn headers_from_json(s: &str) -> Headers {
