@@ -230,13 +230,35 @@ impl Drop for WriteTx<'_> {
 /// `ToSql` type, then checks that every parameter was bound: a value added
 /// to the list without a column (or the reverse) fails the insert instead
 /// of shifting the columns after it.
+///
+/// `$nulls` has bit `n - 1` set while parameter `n` holds NULL. SQLite
+/// keeps a statement's parameters from one execution to the next, and a
+/// row's dozen NULL columns are mostly the row before's: a NULL is bound
+/// only over a value (each bind is ~100 instructions).
 macro_rules! bind_all {
-    ($stmt:expr; $($value:expr),+ $(,)?) => {{
+    ($stmt:expr, $nulls:expr; $($value:expr),+ $(,)?) => {{
+        use rusqlite::types::{ToSqlOutput, Value, ValueRef};
         let stmt = &mut *$stmt;
+        let nulls: &mut u64 = $nulls;
         let mut n = 0usize;
         $(
             n += 1;
-            stmt.raw_bind_parameter(n, &$value)?;
+            let value = &$value;
+            let value = rusqlite::ToSql::to_sql(value)?;
+            // Past the 64th parameter no bit: always bound.
+            let bit = 1u64.checked_shl((n - 1) as u32).unwrap_or(0);
+            let null = matches!(
+                value,
+                ToSqlOutput::Owned(Value::Null) | ToSqlOutput::Borrowed(ValueRef::Null)
+            );
+            if !null || *nulls & bit == 0 {
+                stmt.raw_bind_parameter(n, &value)?;
+            }
+            if null {
+                *nulls |= bit;
+            } else {
+                *nulls &= !bit;
+            }
         )+
         if n != stmt.parameter_count() {
             return Err(StoreError::Failed(format!(
@@ -531,7 +553,9 @@ impl Store {
         // given back to rusqlite's cache once per partition, not per row
         // (a lookup, clearing the bindings and a re-insertion: 1.8k of
         // 2.6k instructions a row, docs/benchmarks.md, "Session 15").
-        let mut insert: Option<(usize, rusqlite::CachedStatement<'_>)> = None;
+        // With it, which of its parameters hold NULL (see `bind_all!`): all
+        // of them as it comes from the cache (cleared) or is prepared.
+        let mut insert: Option<(usize, rusqlite::CachedStatement<'_>, u64)> = None;
         for (ex, prep) in exs.iter().zip(prepared) {
             let prep = prep
                 .as_ref()
@@ -543,18 +567,19 @@ impl Store {
             let (partition, id) = parts.take(q.kept + s.kept);
             let sig = ex.webhook.signature.as_ref();
             let digest = ex.body_proof.relay.as_ref().map(BodyDigest::text);
-            let stmt = match &mut insert {
-                Some((n, stmt)) if *n == partition => stmt,
+            let (stmt, nulls) = match &mut insert {
+                Some((n, stmt, nulls)) if *n == partition => (stmt, nulls),
                 held => {
                     let stmt = tx.prepare_cached(&retention::INSERT[partition])?;
-                    &mut held.insert((partition, stmt)).1
+                    let (_, stmt, nulls) = held.insert((partition, stmt, u64::MAX));
+                    (stmt, nulls)
                 }
             };
             // Bound one by one with their own types, not as a `params!`
             // slice of `dyn ToSql`: each bind then compiles to its one
             // `sqlite3_bind_*` call (35 dynamic dispatches and matches a
             // row otherwise, docs/benchmarks.md "Session 17").
-            bind_all!(stmt;
+            bind_all!(stmt, nulls;
                 id,
                 ex.received_at.timestamp_micros(),
                 ex.request.method,

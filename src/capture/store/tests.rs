@@ -142,6 +142,59 @@ fn round_trip_binary_and_utf8_bodies_and_headers() {
     assert!(s.get(9999).unwrap().is_none());
 }
 
+/// Rows of one batch share the INSERT, whose parameters keep their values
+/// from row to row: each row reads back as it was, whatever the row before
+/// it set, with every optional column set and with none.
+#[test]
+fn a_batch_of_full_and_bare_rows_reads_back_row_by_row() {
+    use crate::capture::model::{BodyDigest, BodyProof, SignatureCheck, WebhookInfo};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = open(tmp.path());
+    // Stored to the microsecond.
+    let at = Utc.with_ymd_and_hms(2026, 12, 3, 4, 5, 6).unwrap();
+    let mut full = sample(b"{\"type\":\"invoice.paid\"}");
+    full.received_at = at + chrono::Duration::microseconds(7);
+    full.remote_addr = Some("198.51.100.9:443".into());
+    full.error = Some("reset after the head".into());
+    full.event = Some("invoice.paid".into());
+    full.replay_of = Some(3);
+    full.relay_event_id = Some("ev_full".into());
+    full.webhook = WebhookInfo {
+        provider: Some("stripe".into()),
+        delivery_id: Some("evt_1".into()),
+        signature: Some(SignatureCheck {
+            scheme: "stripe".into(),
+            verdict: crate::verify::Verdict::Invalid,
+            reason: Some("signature mismatch".into()),
+        }),
+        sender_timeout_ms: Some(20_000),
+    };
+    full.body_proof = BodyProof {
+        relay: Some(BodyDigest::Blake3([7; 32])),
+        intact: Some(true),
+    };
+    let mut bare = sample(b"");
+    bare.received_at = at;
+    bare.remote_addr = None;
+    bare.response = None;
+    bare.outcome = None;
+    let rows = [&full, &bare, &full, &bare, &bare, &full, &full, &bare];
+    let batch: Vec<Exchange> = rows.iter().map(|ex| (*ex).clone()).collect();
+    let ids: Vec<ExchangeId> = s
+        .insert_batch(&batch)
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(ids.len(), rows.len());
+    for (id, ex) in ids.into_iter().zip(rows) {
+        let mut want = ex.clone();
+        want.id = Some(id);
+        assert_eq!(s.get(id).unwrap().unwrap(), want, "row {id}");
+        assert_eq!(s.summary(id).unwrap().unwrap(), want.summary(), "row {id}");
+    }
+}
+
 #[test]
 fn exchange_without_response_and_empty_body() {
     let tmp = tempfile::tempdir().unwrap();
