@@ -252,12 +252,13 @@ macro_rules! bind_all {
                 ToSqlOutput::Owned(Value::Null) | ToSqlOutput::Borrowed(ValueRef::Null)
             );
             if !null || *nulls & bit == 0 {
+                // Unknown until the bind succeeds (a failed one may leave
+                // either value).
+                *nulls &= !bit;
                 stmt.raw_bind_parameter(n, &value)?;
             }
             if null {
                 *nulls |= bit;
-            } else {
-                *nulls &= !bit;
             }
         )+
         if n != stmt.parameter_count() {

@@ -178,7 +178,24 @@ fn a_batch_of_full_and_bare_rows_reads_back_row_by_row() {
     bare.remote_addr = None;
     bare.response = None;
     bare.outcome = None;
-    let rows = [&full, &bare, &full, &bare, &bare, &full, &full, &bare];
+    // Bodies in files: the inline body columns NULL, the file ones set.
+    let big: Vec<u8> = (0..INLINE_BODY_MAX as u32 + 10)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let mut files = sample(&big);
+    files.received_at = at;
+    if let Some(r) = files.response.as_mut() {
+        r.body = CapturedBody::from_bytes(big.clone());
+    }
+    // An answer with an empty body: no inline response body.
+    let mut empty = full.clone();
+    if let Some(r) = empty.response.as_mut() {
+        r.body = CapturedBody::default();
+    }
+    let rows = [
+        &full, &bare, &files, &full, &bare, &bare, &empty, &files, &full, &full, &bare, &files,
+        &empty,
+    ];
     let batch: Vec<Exchange> = rows.iter().map(|ex| (*ex).clone()).collect();
     let ids: Vec<ExchangeId> = s
         .insert_batch(&batch)
@@ -187,10 +204,45 @@ fn a_batch_of_full_and_bare_rows_reads_back_row_by_row() {
         .map(Result::unwrap)
         .collect();
     assert_eq!(ids.len(), rows.len());
+    // Which nullable columns hold NULL, in the INSERT's order.
+    let nulls = |id: ExchangeId| -> String {
+        s.conn
+            .query_row(
+                "SELECT (remote_addr IS NULL) || (status IS NULL) || (error IS NULL)
+                     || (event IS NULL) || (replay_of IS NULL) || (relay_event_id IS NULL)
+                     || (req_body_file IS NULL) || (resp_body_file IS NULL)
+                     || (outcome IS NULL) || (provider IS NULL) || (delivery_id IS NULL)
+                     || (sig_scheme IS NULL) || (sig_verdict IS NULL) || (sig_reason IS NULL)
+                     || (relay_body_digest IS NULL) || (body_intact IS NULL)
+                     || (sender_timeout_ms IS NULL) || (resp_headers IS NULL)
+                     || (req_body IS NULL) || (resp_body IS NULL)
+                 FROM exchanges WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
     for (id, ex) in ids.into_iter().zip(rows) {
         let mut want = ex.clone();
         want.id = Some(id);
-        assert_eq!(s.get(id).unwrap().unwrap(), want, "row {id}");
+        let got = s.get(id).unwrap().unwrap();
+        let expected_nulls = if std::ptr::eq(ex, &bare) {
+            "11111111111111111111"
+        } else if std::ptr::eq(ex, &files) {
+            "00111100011111111011"
+        } else if std::ptr::eq(ex, &empty) {
+            "00000011000000000001"
+        } else {
+            "00000011000000000000"
+        };
+        assert_eq!(nulls(id), expected_nulls, "row {id}");
+        if std::ptr::eq(ex, &files) {
+            assert_eq!(read_body(&got.request.body).unwrap(), &big[..]);
+            let resp = got.response.as_ref().unwrap();
+            assert_eq!(read_body(&resp.body).unwrap(), &big[..]);
+        } else {
+            assert_eq!(got, want, "row {id}");
+        }
         assert_eq!(s.summary(id).unwrap().unwrap(), want.summary(), "row {id}");
     }
 }
