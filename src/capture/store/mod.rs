@@ -237,25 +237,20 @@ impl Drop for WriteTx<'_> {
 /// only over a value (each bind is ~100 instructions).
 macro_rules! bind_all {
     ($stmt:expr, $nulls:expr; $($value:expr),+ $(,)?) => {{
-        use rusqlite::types::{ToSqlOutput, Value, ValueRef};
         let stmt = &mut *$stmt;
         let nulls: &mut u64 = $nulls;
         let mut n = 0usize;
         $(
             n += 1;
             let value = &$value;
-            let value = rusqlite::ToSql::to_sql(value)?;
             // Past the 64th parameter no bit: always bound.
             let bit = 1u64.checked_shl((n - 1) as u32).unwrap_or(0);
-            let null = matches!(
-                value,
-                ToSqlOutput::Owned(Value::Null) | ToSqlOutput::Borrowed(ValueRef::Null)
-            );
+            let null = Nullable::is_null(value);
             if !null || *nulls & bit == 0 {
                 // Unknown until the bind succeeds (a failed one may leave
                 // either value).
                 *nulls &= !bit;
-                stmt.raw_bind_parameter(n, &value)?;
+                stmt.raw_bind_parameter(n, value)?;
             }
             if null {
                 *nulls |= bit;
@@ -269,6 +264,30 @@ macro_rules! bind_all {
         }
     }};
 }
+
+/// Whether a value [`bind_all!`] binds is SQL NULL, known from its type
+/// (its `ToSql` is not run twice to find out).
+trait Nullable {
+    /// True when the value binds as NULL.
+    fn is_null(&self) -> bool;
+}
+
+impl<T> Nullable for Option<T> {
+    fn is_null(&self) -> bool {
+        self.is_none()
+    }
+}
+
+macro_rules! never_null {
+    ($($t:ty),+) => {$(
+        impl Nullable for $t {
+            fn is_null(&self) -> bool {
+                false
+            }
+        }
+    )+};
+}
+never_null!(i64, f64, bool, String);
 
 /// Headers as JSON text: readable in `sqlite3`, and still exact because a value
 /// that is not UTF-8 is kept as `{"base64": ...}` instead of being re-encoded.
