@@ -89,7 +89,7 @@ done
 if [[ -z "$DURATION" ]]; then
   if [[ $QUICK == 1 ]]; then DURATION=2; else DURATION=5; fi
 fi
-OUT="${OUT:-$ROOT/bench/results/$(date -u +%Y%m%dT%H%M%SZ)$([[ $QUICK == 1 ]] && echo -quick)}"
+OUT="${OUT:-$ROOT/bench/results/$(date -u +%Y%m%dT%H%M%SZ)$(if [[ $QUICK == 1 ]]; then echo -quick; fi)}"
 mkdir -p "$OUT/raw" "$OUT/logs"
 RESULTS="$OUT/results.jsonl"
 EXTRA="$OUT/extra.json"
