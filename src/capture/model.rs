@@ -394,27 +394,9 @@ mod tests {
     /// every field set and with the optional parts missing.
     #[test]
     fn a_summary_moved_out_of_an_exchange_equals_the_copied_one() {
-        let full = {
-            let mut ex = crate::capture::store::tests::sample(b"{\"type\":\"t\"}");
-            ex.id = Some(41);
-            ex.error = Some("app reset".into());
-            ex.event = Some("invoice.paid".into());
-            ex.replay_of = Some(7);
-            ex.relay_event_id = Some("ev_1".into());
-            ex.outcome = Some(Outcome::Answered);
-            ex.live = 3;
-            ex.webhook = WebhookInfo {
-                provider: Some("stripe".into()),
-                delivery_id: Some("evt_1".into()),
-                signature: Some(SignatureCheck {
-                    scheme: "stripe".into(),
-                    verdict: crate::verify::Verdict::Invalid,
-                    reason: Some("signature mismatch".into()),
-                }),
-                sender_timeout_ms: Some(20_000),
-            };
-            ex
-        };
+        let mut full = crate::capture::store::tests::sample_full(b"{\"type\":\"t\"}");
+        full.id = Some(41);
+        full.live = 3;
         let mut bare = full.clone();
         bare.response = None;
         bare.webhook = WebhookInfo::default();

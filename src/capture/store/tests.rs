@@ -102,6 +102,34 @@ pub(crate) fn sample(req: &[u8]) -> Exchange {
     }
 }
 
+/// [`sample`] with every optional field set: an error, an event, a
+/// replay, a relay event, a checked Stripe signature, a sender timeout and
+/// the body proof.
+pub(crate) fn sample_full(req: &[u8]) -> Exchange {
+    use crate::capture::model::{BodyDigest, BodyProof, SignatureCheck, WebhookInfo};
+    let mut ex = sample(req);
+    ex.remote_addr = Some("198.51.100.9:443".into());
+    ex.error = Some("reset after the head".into());
+    ex.event = Some("invoice.paid".into());
+    ex.replay_of = Some(3);
+    ex.relay_event_id = Some("ev_full".into());
+    ex.webhook = WebhookInfo {
+        provider: Some("stripe".into()),
+        delivery_id: Some("evt_1".into()),
+        signature: Some(SignatureCheck {
+            scheme: "stripe".into(),
+            verdict: crate::verify::Verdict::Invalid,
+            reason: Some("signature mismatch".into()),
+        }),
+        sender_timeout_ms: Some(20_000),
+    };
+    ex.body_proof = BodyProof {
+        relay: Some(BodyDigest::Blake3([7; 32])),
+        intact: Some(true),
+    };
+    ex
+}
+
 fn open(dir: &Path) -> Store {
     Store::open(&StoreConfig::new(dir.to_path_buf())).unwrap()
 }
@@ -147,32 +175,12 @@ fn round_trip_binary_and_utf8_bodies_and_headers() {
 /// it set, with every optional column set and with none.
 #[test]
 fn a_batch_of_full_and_bare_rows_reads_back_row_by_row() {
-    use crate::capture::model::{BodyDigest, BodyProof, SignatureCheck, WebhookInfo};
     let tmp = tempfile::tempdir().unwrap();
     let mut s = open(tmp.path());
     // Stored to the microsecond.
     let at = Utc.with_ymd_and_hms(2026, 12, 3, 4, 5, 6).unwrap();
-    let mut full = sample(b"{\"type\":\"invoice.paid\"}");
+    let mut full = sample_full(b"{\"type\":\"invoice.paid\"}");
     full.received_at = at + chrono::Duration::microseconds(7);
-    full.remote_addr = Some("198.51.100.9:443".into());
-    full.error = Some("reset after the head".into());
-    full.event = Some("invoice.paid".into());
-    full.replay_of = Some(3);
-    full.relay_event_id = Some("ev_full".into());
-    full.webhook = WebhookInfo {
-        provider: Some("stripe".into()),
-        delivery_id: Some("evt_1".into()),
-        signature: Some(SignatureCheck {
-            scheme: "stripe".into(),
-            verdict: crate::verify::Verdict::Invalid,
-            reason: Some("signature mismatch".into()),
-        }),
-        sender_timeout_ms: Some(20_000),
-    };
-    full.body_proof = BodyProof {
-        relay: Some(BodyDigest::Blake3([7; 32])),
-        intact: Some(true),
-    };
     let mut bare = sample(b"");
     bare.received_at = at;
     bare.remote_addr = None;
