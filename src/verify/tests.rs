@@ -1092,7 +1092,7 @@ fn recognition_by_headers_names_the_sender_a_search_per_name_did() {
             ("X-Shopify-Hmac-Sha256", "h"),
         ],
     ];
-    // A value that is not UTF-8 stands in for the marker.
+    // The marker stands for a value that is not UTF-8 (\xff\xfe).
     let bytes = |v: &str| -> Vec<u8> {
         if v == NOT_UTF8 {
             b"\xff\xfe".to_vec()
