@@ -172,18 +172,8 @@ fn runtime() -> tokio::runtime::Runtime {
 /// role) and agent (client role) would be.
 async fn ws_pair() -> (WsIo<tokio::io::DuplexStream>, WsIo<tokio::io::DuplexStream>) {
     let (a, b) = tokio::io::duplex(1 << 20);
-    let client = WebSocketStream::from_raw_socket(
-        a,
-        Role::Client,
-        Some(ws_io::ws_config(ws_io::End::Agent)),
-    )
-    .await;
-    let server = WebSocketStream::from_raw_socket(
-        b,
-        Role::Server,
-        Some(ws_io::ws_config(ws_io::End::Relay)),
-    )
-    .await;
+    let client = WebSocketStream::from_raw_socket(a, Role::Client, Some(ws_io::ws_config())).await;
+    let server = WebSocketStream::from_raw_socket(b, Role::Server, Some(ws_io::ws_config())).await;
     (WsIo::new(client), WsIo::new(server))
 }
 

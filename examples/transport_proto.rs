@@ -126,8 +126,8 @@ fn cpu_ns() -> u64 {
     total
 }
 
-fn config(a: &Args, end: ws_io::End) -> WebSocketConfig {
-    let mut c = ws_io::ws_config(end);
+fn config(a: &Args) -> WebSocketConfig {
+    let mut c = ws_io::ws_config();
     if let Some(n) = a.ws_read_buffer {
         c.read_buffer_size = n;
     }
@@ -188,9 +188,7 @@ async fn relay(a: Args) {
     println!("listening {}", listener.local_addr().unwrap());
     let (tcp, _) = listener.accept().await.unwrap();
     tcp.set_nodelay(true).unwrap();
-    let ws =
-        WebSocketStream::from_raw_socket(tcp, Role::Server, Some(config(&a, ws_io::End::Relay)))
-            .await;
+    let ws = WebSocketStream::from_raw_socket(tcp, Role::Server, Some(config(&a))).await;
     let client = match a.proto {
         Proto::H2 => {
             // The prototype sends no whtunnel metadata; the announcement
@@ -409,7 +407,7 @@ async fn agent(a: Args) {
         .unwrap();
     tcp.set_nodelay(true).unwrap();
     let ws =
-        WebSocketStream::from_raw_socket(tcp, Role::Client, Some(config(&a, ws_io::End::Agent)))
+        WebSocketStream::from_raw_socket(ws_io::agent_socket(tcp), Role::Client, Some(config(&a)))
             .await;
     let marks = Arc::new(Marks {
         start: AtomicU64::new(0),

@@ -16,7 +16,7 @@ use crate::tunnel::protocol::{
     LinkMeta, OfflinePolicy, AGENT_PATH, HDR_AGENT_ID, HDR_DEAD, HDR_HELD, HDR_NAME, HDR_OFFLINE,
     HDR_PROTOCOL, HDR_PUBLIC_URL, HDR_TAKEOVER, PROTOCOL_VERSION,
 };
-use crate::tunnel::ws_io::{ws_config, End};
+use crate::tunnel::ws_io::{agent_socket, ws_config};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -188,9 +188,9 @@ pub async fn connect_to(config: &AgentConfig, relay: &RelayUrl) -> Result<Link, 
                     None => net("TLS handshake failed with", &e),
                 },
             )?;
-        Box::new(tls)
+        Box::new(agent_socket(tls))
     } else {
-        Box::new(tcp)
+        Box::new(agent_socket(tcp))
     };
 
     let mut req = relay
@@ -229,8 +229,7 @@ pub async fn connect_to(config: &AgentConfig, relay: &RelayUrl) -> Result<Link, 
     auth.set_sensitive(true);
     h.insert(header::AUTHORIZATION, auth);
 
-    let handshake =
-        tokio_tungstenite::client_async_with_config(req, stream, Some(ws_config(End::Agent)));
+    let handshake = tokio_tungstenite::client_async_with_config(req, stream, Some(ws_config()));
     let (ws, resp) = match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
         Err(_) => {
             return Err(net(

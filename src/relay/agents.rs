@@ -378,7 +378,7 @@ async fn run_session(shared: Arc<Shared>, req: Request<Incoming>, ask: SessionAs
     let ws = WebSocketStream::from_raw_socket(
         TokioIo::new(upgraded),
         Role::Server,
-        Some(ws_io::ws_config(ws_io::End::Relay)),
+        Some(ws_io::ws_config()),
     )
     .await;
     let closed = CancellationToken::new();
