@@ -170,9 +170,17 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// Two `WsIo` ends joined by an in-memory duplex pipe, as relay (server
 /// role) and agent (client role) would be.
-async fn ws_pair() -> (WsIo<tokio::io::DuplexStream>, WsIo<tokio::io::DuplexStream>) {
+async fn ws_pair() -> (
+    WsIo<tokio::io::BufReader<tokio::io::DuplexStream>>,
+    WsIo<tokio::io::DuplexStream>,
+) {
     let (a, b) = tokio::io::duplex(1 << 20);
-    let client = WebSocketStream::from_raw_socket(a, Role::Client, Some(ws_io::ws_config())).await;
+    let client = WebSocketStream::from_raw_socket(
+        ws_io::agent_socket(a),
+        Role::Client,
+        Some(ws_io::ws_config()),
+    )
+    .await;
     let server = WebSocketStream::from_raw_socket(b, Role::Server, Some(ws_io::ws_config())).await;
     (WsIo::new(client), WsIo::new(server))
 }
@@ -218,9 +226,10 @@ type Sender = LinkClient;
 
 /// Starts an HTTP/2 link like the tunnel's: relay = client on `relay_io`,
 /// agent = server on `agent_io` answering `200 ok` after draining the body.
-async fn h2_link<I>(relay_io: I, agent_io: I) -> Sender
+async fn h2_link<R, A>(relay_io: R, agent_io: A) -> Sender
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    R: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    A: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
         let _ = req.into_body().collect().await;

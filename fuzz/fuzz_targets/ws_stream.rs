@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
         let ws = WebSocketStream::from_raw_socket(
             ours,
             Role::Server,
-            Some(ws_io::ws_config(ws_io::End::Relay)),
+            Some(ws_io::ws_config()),
         )
         .await;
         let mut io = WsIo::new(ws);

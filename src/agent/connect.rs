@@ -178,8 +178,10 @@ pub async fn connect_to(config: &AgentConfig, relay: &RelayUrl) -> Result<Link, 
     let stream: Box<dyn Io> = if relay.tls {
         let name = rustls_pki_types::ServerName::try_from(relay.host.clone())
             .map_err(|e| ConnectError::Refused(format!("invalid relay host name: {e}")))?;
+        // The buffer goes under TLS, so that the socket itself is read in
+        // large pieces: rustls asks for a few KiB at a time.
         let tls = tokio_rustls::TlsConnector::from(config.tls.clone())
-            .connect(name, tcp)
+            .connect(name, agent_socket(tcp))
             .await
             .map_err(
                 |e| match crate::tunnel::tls::certificate_problem(&e, &relay.host) {
@@ -188,7 +190,7 @@ pub async fn connect_to(config: &AgentConfig, relay: &RelayUrl) -> Result<Link, 
                     None => net("TLS handshake failed with", &e),
                 },
             )?;
-        Box::new(agent_socket(tls))
+        Box::new(tls)
     } else {
         Box::new(agent_socket(tcp))
     };

@@ -22,14 +22,10 @@ pub const MAX_MESSAGE: usize = 256 * 1024;
 ///
 /// tungstenite zero-fills up to its read buffer's size before every read
 /// call it makes (tungstenite-rs#547), the last one of each burst included,
-/// which finds nothing. So its reads are small, 2 KiB: on the relay, where
-/// the answers come in and every agent's link keeps one (6.6k instructions
-/// fewer per webhook than 16 KiB and 3.4 KiB less per idle agent,
-/// docs/benchmarks.md, "Session 15"), and on the agent, whose one link
-/// reads from [`agent_socket`]'s buffer instead of from the socket (2.1k
-/// instructions fewer per webhook than 8 KiB reads of the socket, and a
-/// sixth of the read calls for 256 KiB bodies: docs/benchmarks.md,
-/// "Session 20").
+/// which finds nothing; so its reads are small. Large reads of the socket
+/// are [`agent_socket`]'s job on the agent; the relay reads answers, a few
+/// hundred bytes each. The numbers behind both choices are in
+/// docs/benchmarks.md ("Session 15", "Session 20").
 pub fn ws_config() -> WebSocketConfig {
     let mut config = WebSocketConfig::default();
     config.read_buffer_size = 2 * 1024;
@@ -40,15 +36,17 @@ pub fn ws_config() -> WebSocketConfig {
     config
 }
 
-/// Bytes the agent takes from its socket per read call, into
+/// The most the agent takes from its socket in one read call, into
 /// [`agent_socket`]'s buffer.
 pub const AGENT_SOCKET_BUFFER: usize = 64 * 1024;
 
-/// The agent's socket to the relay as its websocket reads it: behind a
-/// buffer of [`AGENT_SOCKET_BUFFER`], filled by one read call and zeroed
-/// only once, from which tungstenite takes its small, zero-filled reads
-/// ([`ws_config`]). One link per agent: the relay, with thousands of them,
-/// reads its sockets directly.
+/// The agent's socket to the relay behind a buffer of
+/// [`AGENT_SOCKET_BUFFER`] bytes, zeroed once and refilled by one read call
+/// each time it runs dry, so that tungstenite's small zero-filled reads
+/// ([`ws_config`]) cost no read call each. Over `wss://` it goes under TLS,
+/// so that it is still the socket that is read in large pieces. Only the
+/// agent, which holds one link, has one: on the relay, with thousands of
+/// links, it would cost each idle agent its size.
 pub fn agent_socket<S: AsyncRead>(stream: S) -> tokio::io::BufReader<S> {
     tokio::io::BufReader::with_capacity(AGENT_SOCKET_BUFFER, stream)
 }
@@ -161,95 +159,193 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsIo<S> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
     use std::time::Duration;
 
+    use futures_util::SinkExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_tungstenite::tungstenite::protocol::Role;
 
     use super::*;
 
-    /// A pattern no two offsets of which repeat within a message, so a byte
-    /// lost, doubled or moved shows.
-    fn pattern(len: usize, seed: u8) -> Vec<u8> {
-        (0..len)
-            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 8) as u8)
-            .collect()
+    /// Pseudo-random bytes (splitmix64): no stretch of a message repeats
+    /// another, so a byte lost, doubled or moved shows.
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+        }
+        out.truncate(len);
+        out
     }
 
-    /// The agent reads through [`agent_socket`] with 2 KiB tungstenite reads:
-    /// what the relay sends arrives whole and in order, whether many
-    /// messages come in one socket read, a message is larger than every
-    /// buffer, or the bytes trickle in one at a time.
+    /// The agent's socket as a test wants it: every read returns at most
+    /// `max` bytes, and the reads that return bytes are counted.
+    struct Chunked<S> {
+        inner: S,
+        max: usize,
+        reads: Arc<AtomicUsize>,
+    }
+
+    impl<S: AsyncRead + Unpin> AsyncRead for Chunked<S> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let max = self.max.min(buf.remaining());
+            let mut part = ReadBuf::new(buf.initialize_unfilled_to(max));
+            ready!(Pin::new(&mut self.inner).poll_read(cx, &mut part))?;
+            let n = part.filled().len();
+            buf.advance(n);
+            if n > 0 {
+                self.reads.fetch_add(1, Ordering::Relaxed);
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl<S: AsyncWrite + Unpin> AsyncWrite for Chunked<S> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// Reads `agent` to its end in pieces of 1000 bytes, which end inside
+    /// messages rather than at their ends.
+    async fn read_all<S: AsyncRead + AsyncWrite + Unpin>(agent: &mut WsIo<S>) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut piece = [0u8; 1000];
+        loop {
+            match agent.read(&mut piece).await.unwrap() {
+                0 => return got,
+                n => got.extend_from_slice(&piece[..n]),
+            }
+        }
+    }
+
+    /// The agent reads through [`agent_socket`] with small tungstenite
+    /// reads: what the relay sends arrives whole and in order whether its
+    /// socket gives one byte, three, a little under 4 KiB or more than the
+    /// buffer per read, and many messages or a part of one come in one
+    /// read. The socket is read in the buffer's large pieces, not in
+    /// tungstenite's small ones.
     #[tokio::test]
     async fn the_agent_reads_its_link_through_its_buffer_byte_exact() {
-        // Relay end on one pipe; a copier between the pipes decides how the
-        // agent's socket receives the bytes.
-        for trickle in [false, true] {
-            let (relay_side, wire_in) = tokio::io::duplex(1 << 20);
-            let (wire_out, agent_side) = tokio::io::duplex(1 << 20);
+        for max in [1, 3, 4093, AGENT_SOCKET_BUFFER + 1] {
+            let (relay_side, agent_side) = tokio::io::duplex(1 << 20);
             let relay =
                 WebSocketStream::from_raw_socket(relay_side, Role::Server, Some(ws_config())).await;
+            let reads = Arc::new(AtomicUsize::new(0));
+            let socket = Chunked {
+                inner: agent_side,
+                max,
+                reads: reads.clone(),
+            };
             let agent = WebSocketStream::from_raw_socket(
-                agent_socket(agent_side),
+                agent_socket(socket),
                 Role::Client,
                 Some(ws_config()),
             )
             .await;
             let (mut relay, mut agent) = (WsIo::new(relay), WsIo::new(agent));
-            let copier = tokio::spawn(async move {
-                let (mut from, mut to) = (wire_in, wire_out);
-                let mut buf = vec![0u8; if trickle { 1 } else { 256 * 1024 }];
-                loop {
-                    let n = from.read(&mut buf).await.unwrap();
-                    if n == 0 {
-                        return;
-                    }
-                    to.write_all(&buf[..n]).await.unwrap();
-                    to.flush().await.unwrap();
-                }
-            });
-            // Small messages (many per socket read), one over the read
-            // buffers, and one of the largest size a message may have.
-            let sizes: &[usize] = if trickle {
+            // Small messages (many per socket read), some around the 2 KiB
+            // reads, some larger than every buffer, one of the largest size a
+            // message may have. A byte at a time, only the small ones.
+            let sizes: &[usize] = if max < 100 {
                 &[1, 7, 2047, 2048, 2049, 5000]
             } else {
                 &[1, 7, 100, 2047, 2048, 2049, 70_000, MAX_MESSAGE, 3, 1024]
             };
             let messages: Vec<Vec<u8>> = sizes
                 .iter()
-                .enumerate()
-                .map(|(i, &n)| pattern(n, i as u8))
+                .zip(1u64..)
+                .map(|(&n, seed)| noise(n, seed))
                 .collect();
             let expected: Vec<u8> = messages.concat();
             let send = async {
                 for m in &messages {
                     // One write is one message: `poll_write` sends what it
                     // is given, up to MAX_MESSAGE.
-                    let n = relay.write(m).await.unwrap();
-                    assert_eq!(n, m.len());
+                    assert_eq!(relay.write(m).await.unwrap(), m.len());
                 }
                 relay.shutdown().await.unwrap();
             };
-            // Read in pieces that end inside messages, not at their ends.
-            let receive = async {
-                let mut got = Vec::with_capacity(expected.len());
-                let mut piece = [0u8; 1000];
-                loop {
-                    match agent.read(&mut piece).await.unwrap() {
-                        0 => return got,
-                        n => got.extend_from_slice(&piece[..n]),
-                    }
-                }
-            };
-            let (_, got) = tokio::time::timeout(Duration::from_secs(30), async {
-                tokio::join!(send, receive)
+            let (_, got) = tokio::time::timeout(Duration::from_secs(60), async {
+                tokio::join!(send, read_all(&mut agent))
             })
             .await
-            .expect("the agent did not receive every byte within 30 s");
-            assert_eq!(got.len(), expected.len(), "trickle {trickle}");
-            assert!(got == expected, "trickle {trickle}: bytes differ");
-            drop(relay);
-            copier.await.unwrap();
+            .expect("the agent did not read the link to its end within 60 s");
+            assert_eq!(got.len(), expected.len(), "reads of at most {max}");
+            assert!(got == expected, "reads of at most {max}: bytes differ");
+            if max > AGENT_SOCKET_BUFFER {
+                // ~335 KiB: 170 reads of tungstenite's 2 KiB, 6 of the
+                // buffer's 64 KiB, a few more where a read ends a burst.
+                let reads = reads.load(Ordering::Relaxed);
+                assert!(reads < 40, "{reads} reads of the socket");
+            }
         }
+    }
+
+    /// What the relay sends right behind its 101 may come in with it, in
+    /// the handshake's reads of the buffer: those bytes still reach the
+    /// agent first, then the rest.
+    #[tokio::test]
+    async fn messages_read_with_the_handshake_are_not_lost() {
+        let (relay_side, agent_side) = tokio::io::duplex(1 << 20);
+        let messages = [noise(100, 7), noise(10_000, 8), noise(3, 9)];
+        let expected = messages.concat();
+        let to_send = messages.clone();
+        let relay = tokio::spawn(async move {
+            let mut ws = tokio_tungstenite::accept_async_with_config(relay_side, Some(ws_config()))
+                .await
+                .unwrap();
+            // Queued before the agent has read the 101.
+            for m in to_send {
+                ws.send(Message::Binary(m.into())).await.unwrap();
+            }
+            ws.close(None).await.unwrap();
+            // Kept open until the agent has answered the close.
+            while let Some(Ok(_)) = futures_util::StreamExt::next(&mut ws).await {}
+        });
+        let reads = Arc::new(AtomicUsize::new(0));
+        let socket = Chunked {
+            inner: agent_side,
+            max: usize::MAX,
+            reads: reads.clone(),
+        };
+        let got = tokio::time::timeout(Duration::from_secs(60), async {
+            let (ws, _) = tokio_tungstenite::client_async_with_config(
+                "ws://relay.test/agent",
+                agent_socket(socket),
+                Some(ws_config()),
+            )
+            .await
+            .unwrap();
+            read_all(&mut WsIo::new(ws)).await
+        })
+        .await
+        .expect("the agent did not read the link to its end within 60 s");
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "bytes differ");
+        // The 101 and every message came in one read of the socket.
+        assert_eq!(reads.load(Ordering::Relaxed), 1);
+        relay.await.unwrap();
     }
 }
