@@ -185,8 +185,9 @@ mod tests {
         out
     }
 
-    /// The agent's socket as a test wants it: every read returns at most
-    /// `max` bytes, and the reads that return bytes are counted.
+    /// The reading half of the agent's socket as a test wants it: every
+    /// read returns at most `max` bytes, and the reads that return bytes are
+    /// counted.
     struct Chunked<S> {
         inner: S,
         max: usize,
@@ -208,22 +209,6 @@ mod tests {
                 self.reads.fetch_add(1, Ordering::Relaxed);
             }
             Poll::Ready(Ok(()))
-        }
-    }
-
-    impl<S: AsyncWrite + Unpin> AsyncWrite for Chunked<S> {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            Pin::new(&mut self.inner).poll_write(cx, buf)
-        }
-        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.inner).poll_flush(cx)
-        }
-        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.inner).poll_shutdown(cx)
         }
     }
 
@@ -253,11 +238,13 @@ mod tests {
             let relay =
                 WebSocketStream::from_raw_socket(relay_side, Role::Server, Some(ws_config())).await;
             let reads = Arc::new(AtomicUsize::new(0));
-            let socket = Chunked {
-                inner: agent_side,
+            let (read_half, write_half) = tokio::io::split(agent_side);
+            let chunked = Chunked {
+                inner: read_half,
                 max,
                 reads: reads.clone(),
             };
+            let socket = tokio::io::join(chunked, write_half);
             let agent = WebSocketStream::from_raw_socket(
                 agent_socket(socket),
                 Role::Client,
@@ -325,11 +312,13 @@ mod tests {
             while let Some(Ok(_)) = futures_util::StreamExt::next(&mut ws).await {}
         });
         let reads = Arc::new(AtomicUsize::new(0));
-        let socket = Chunked {
-            inner: agent_side,
+        let (read_half, write_half) = tokio::io::split(agent_side);
+        let chunked = Chunked {
+            inner: read_half,
             max: usize::MAX,
             reads: reads.clone(),
         };
+        let socket = tokio::io::join(chunked, write_half);
         let got = tokio::time::timeout(Duration::from_secs(60), async {
             let (ws, _) = tokio_tungstenite::client_async_with_config(
                 "ws://relay.test/agent",
