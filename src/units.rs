@@ -138,25 +138,42 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// A measured duration for people, from milliseconds: `850µs`, `12ms`,
-/// `1.52s`. The CLI, the log line and the inspector all print this way.
+/// `1.52s`, `150s`. The CLI, the log line and the inspector all print this
+/// way. Never more than 6 characters below 99,999 s, the width of the
+/// inspector's DUR column: two decimals below 100 s, none from there.
 pub fn fmt_duration(ms: f64) -> String {
     if ms < 1.0 {
         format!("{:.0}µs", ms * 1000.0)
     } else if ms < 1000.0 {
         format!("{ms:.0}ms")
-    } else {
+    } else if ms < 99_995.0 {
+        // Decided on the value as it would print: 99.996 s prints as "100.00s".
         format!("{:.2}s", ms / 1000.0)
+    } else {
+        format!("{:.0}s", ms / 1000.0)
     }
 }
 
-/// A byte count for people: `512 B`, `1.2 KiB`, `3.4 MiB`.
+/// A byte count for people: `512 B`, `1.2 KiB`, `391 KiB`, `3.4 MiB`.
+/// Never more than 8 characters below 10,000 GiB, the width of the
+/// inspector's SIZE column: one decimal below 100 of a unit, none from
+/// there.
 pub fn fmt_size(n: u64) -> String {
     if n < KIB {
-        format!("{n} B")
-    } else if n < MIB {
-        format!("{:.1} KiB", n as f64 / KIB as f64)
+        return format!("{n} B");
+    }
+    let (value, unit) = if n < MIB {
+        (n as f64 / KIB as f64, "KiB")
+    } else if n < GIB {
+        (n as f64 / MIB as f64, "MiB")
     } else {
-        format!("{:.1} MiB", n as f64 / MIB as f64)
+        (n as f64 / GIB as f64, "GiB")
+    };
+    // Decided on the value as it would print: 99.96 prints as "100.0".
+    if value < 99.95 {
+        format!("{value:.1} {unit}")
+    } else {
+        format!("{value:.0} {unit}")
     }
 }
 
@@ -226,8 +243,39 @@ mod tests {
         assert_eq!(fmt_duration(0.25), "250µs");
         assert_eq!(fmt_duration(12.4), "12ms");
         assert_eq!(fmt_duration(1520.0), "1.52s");
+        assert_eq!(fmt_duration(99_994.0), "99.99s");
+        assert_eq!(fmt_duration(99_996.0), "100s");
+        assert_eq!(fmt_duration(150_000.0), "150s");
+        for ms in [
+            0.9996,
+            999.6,
+            9_999.0,
+            99_994.9,
+            99_995.0,
+            3_600_000.0,
+            99_999_000.0,
+        ] {
+            let shown = fmt_duration(ms);
+            assert!(shown.chars().count() <= 6, "{ms}: {shown}");
+        }
         assert_eq!(fmt_size(512), "512 B");
         assert_eq!(fmt_size(1230), "1.2 KiB");
         assert_eq!(fmt_size(3 * MIB + MIB / 2), "3.5 MiB");
+        assert_eq!(fmt_size(102_348), "99.9 KiB");
+        assert_eq!(fmt_size(102_349), "100 KiB");
+        assert_eq!(fmt_size(400_000), "391 KiB");
+        assert_eq!(fmt_size(MIB - 1), "1024 KiB");
+        assert_eq!(fmt_size(5 * GIB), "5.0 GiB");
+        for n in [
+            1,
+            KIB - 1,
+            100 * KIB - 1,
+            MIB - 1,
+            100 * MIB,
+            GIB - 1,
+            9_999 * GIB,
+        ] {
+            assert!(fmt_size(n).chars().count() <= 8, "{n}: {}", fmt_size(n));
+        }
     }
 }

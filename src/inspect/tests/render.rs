@@ -94,6 +94,45 @@ fn list_wide_120x30_shows_all_columns() {
     assert!(s.contains("1.0 KiB"));
 }
 
+/// The SIZE column is 8 cells and DUR 6: a size or a duration as the list
+/// prints it always fits, so no digit is cut off the front (400,000 bytes
+/// once read "90.6 KiB", 150 s "50.00s").
+#[test]
+fn list_sizes_and_durations_fit_their_columns_whole() {
+    let mut app = app_with(Theme::COLOR, 120, 12);
+    connected(&mut app);
+    let sizes = [400_000, 102_399, 1_048_575, 5 * 1024 * 1024 * 1024];
+    let rows = sizes
+        .iter()
+        .zip(1..)
+        .map(|(&n, id)| {
+            let mut s = summary(id, "POST", &format!("/hooks/size{id}"), Some(200));
+            s.request_size = n;
+            s.duration_ms = 150_000.0 * id as f64;
+            s
+        })
+        .collect();
+    feed(&mut app, rows);
+    let s = screen(&app);
+    for (id, shown) in [
+        (1, "391 KiB"),
+        (2, "100 KiB"),
+        (3, "1024 KiB"),
+        (4, "5.0 GiB"),
+    ] {
+        let row = s
+            .lines()
+            .find(|l| l.contains(&format!("/hooks/size{id}")))
+            .unwrap_or_else(|| panic!("no row {id}: {s}"));
+        assert!(
+            row.contains(&format!(" {shown} ")),
+            "row {id} should show {shown}: {row}"
+        );
+        let took = format!(" {}s ", 150 * id);
+        assert!(row.contains(&took), "row {id} should show{took}: {row}");
+    }
+}
+
 #[test]
 fn list_narrow_collapses_columns_without_panicking() {
     let app = list_app(60, 12);
