@@ -169,19 +169,12 @@ mod tests {
 
     use super::*;
 
-    /// Pseudo-random bytes (splitmix64): no stretch of a message repeats
+    /// Pseudo-random bytes from a seed: no stretch of a message repeats
     /// another, so a byte lost, doubled or moved shows.
     fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let mut out = Vec::with_capacity(len + 8);
-        while out.len() < len {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-        }
-        out.truncate(len);
+        use rand::{RngCore, SeedableRng};
+        let mut out = vec![0u8; len];
+        rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut out);
         out
     }
 
