@@ -108,7 +108,20 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     // `exchanges`, so that retention empties the oldest table whole instead
     // of deleting its rows one by one.
     Migration::Code(partitions),
+    // 9: no index on received time. Listing reads the view, which SQLite
+    // scans partition by partition and sorts whatever index there is, so
+    // the index was only paid for, on every insert.
+    Migration::Code(drop_received_index),
 ];
+
+/// Migration 9: drops each partition's `(received_us, id)` index.
+fn drop_received_index(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    for n in 0..super::retention::PARTITIONS {
+        let t = super::retention::partition_table(n);
+        tx.execute_batch(&format!("DROP INDEX IF EXISTS {t}_received"))?;
+    }
+    Ok(())
+}
 
 /// Columns of a partition table at migration 8, in order: every summary
 /// column before the headers and bodies (see the module docs of `store`).

@@ -66,6 +66,85 @@ fn stored_header_json_is_serde_jsons_own() {
     assert_eq!(headers_from_json(&json), headers);
 }
 
+/// serde_json's text for a header list built as values: the oracle the
+/// stored JSON is held to.
+fn serde_json_headers(headers: &[Header]) -> String {
+    use base64::Engine;
+    let values: Vec<(&str, serde_json::Value)> = headers
+        .iter()
+        .map(|(n, v)| {
+            let v = match std::str::from_utf8(v) {
+                Ok(s) => serde_json::Value::from(s),
+                Err(_) => serde_json::json!({
+                    "base64": base64::engine::general_purpose::STANDARD.encode(v)
+                }),
+            };
+            (n.as_str(), v)
+        })
+        .collect();
+    serde_json::to_string(&values).unwrap()
+}
+
+/// Thousands of header lists of random bytes drawn mostly from what needs
+/// care (control bytes, quotes, backslashes, multi-byte and broken UTF-8),
+/// each stored and compared with serde_json's text, as received headers
+/// and as owned pairs.
+#[test]
+fn stored_header_json_matches_serde_json_on_random_headers() {
+    use rand::{Rng, SeedableRng};
+    let alphabet: &[&[u8]] = &[
+        b"a",
+        b"Z",
+        b"0",
+        b" ",
+        b"-",
+        b"\"",
+        b"\\",
+        b"\n",
+        b"\x00",
+        b"\x1f",
+        b"\x7f",
+        "\u{e9}".as_bytes(),
+        "\u{2028}".as_bytes(),
+        "\u{1f600}".as_bytes(),
+        b"\xc3",
+        b"\xff",
+    ];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+    let mut escaped = 0;
+    for _ in 0..3000 {
+        let n = rng.random_range(0..6);
+        let headers: Vec<Header> = (0..n)
+            .map(|i| {
+                let len = rng.random_range(0..12);
+                let mut value = Vec::new();
+                for _ in 0..len {
+                    value.extend_from_slice(alphabet[rng.random_range(0..alphabet.len())]);
+                }
+                (format!("x-h{i}"), value)
+            })
+            .collect();
+        let json = headers_to_json(&headers);
+        escaped += usize::from(json.contains('\\'));
+        assert_eq!(json, serde_json_headers(&headers), "{headers:?}");
+        assert_eq!(headers_from_json(&json), headers);
+        // As received: the values a header map takes (no control bytes but tab).
+        let mut map = http::HeaderMap::new();
+        for (n, v) in &headers {
+            if let Ok(v) = http::HeaderValue::from_bytes(v) {
+                map.append(http::HeaderName::from_bytes(n.as_bytes()).unwrap(), v);
+            }
+        }
+        let received = crate::capture::headers::Headers::from_map(&map);
+        assert!(received.is_received());
+        assert_eq!(
+            headers_to_json(&received),
+            serde_json_headers(&received.clone().into_owned())
+        );
+    }
+    assert!(escaped > 1000, "too few lists needed escaping: {escaped}");
+}
+
 /// A representative exchange with a body of `req` bytes.
 pub(crate) fn sample(req: &[u8]) -> Exchange {
     Exchange {
@@ -1387,4 +1466,49 @@ fn a_schema_7_store_is_split_into_partitions_by_migration_8() {
     let mut want: Vec<_> = (14..=50).collect();
     want.push(61);
     assert_eq!(kept_ids(&s), want);
+}
+
+/// Migration 9 drops the received-time index of every partition; listing,
+/// which never used it (SQLite sorts the view's rows), still gives the
+/// newest received first, also for a row stored after a later-received one.
+#[test]
+fn migration_9_drops_the_received_index_and_listing_keeps_its_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let received = |s: &Store| -> i64 {
+        s.conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name LIKE '%_received'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    {
+        let db = store_at_version(tmp.path(), 8);
+        let n: i64 = db
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name LIKE '%_received'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 16, "schema 8 has one per partition");
+    }
+    let mut s = Store::open(&StoreConfig::new(tmp.path().to_path_buf())).unwrap();
+    assert_eq!(s.schema_version().unwrap(), Store::latest_schema_version());
+    assert_eq!(received(&s), 0);
+    // A held event is stored after a later-received live one.
+    let mut live = sample(b"live");
+    live.received_at = Utc.timestamp_opt(1_800_000_100, 0).unwrap();
+    let mut held = sample(b"held");
+    held.received_at = Utc.timestamp_opt(1_800_000_000, 0).unwrap();
+    let live = s.insert(&live).unwrap();
+    let held = s.insert(&held).unwrap();
+    let ids: Vec<_> = s
+        .list(&ListQuery::default())
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(ids, vec![live, held]);
 }
