@@ -4,10 +4,13 @@
 //! Data flows one way: the forwarder tees bodies ([`tee`]) and hands a finished
 //! [`Exchange`] to the [`Recorder`]; the recorder's single writer task stores it
 //! and publishes a [`CaptureEvent`] that the inspector and the log printer follow.
-//! [`event`] recognises webhook event types; [`export`] renders exchanges for
+//! [`checkpoint`] copies the store's log into its database on a thread of
+//! its own, so that the writer never waits for it. [`event`] recognises
+//! webhook event types; [`export`] renders exchanges for
 //! the CLI (JSON, tables, curl, HAR); [`headers`] is the recorded header
 //! list, kept as received (two allocations per head) or as owned pairs.
 
+pub mod checkpoint;
 pub mod event;
 pub mod export;
 pub mod headers;

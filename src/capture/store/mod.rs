@@ -452,6 +452,21 @@ impl Store {
         Ok(store)
     }
 
+    /// Lets this connection checkpoint the log itself only once it holds
+    /// `pages` pages (SQLite's `wal_autocheckpoint`; 4,000 when opened), and
+    /// has the log file cut back to `file_limit` bytes whenever it restarts:
+    /// the recorder raises the first while [`checkpoint`](super::checkpoint)
+    /// does the work on another thread.
+    pub fn set_writer_checkpoint(&self, pages: u32, file_limit: u64) -> Result<(), StoreError> {
+        self.conn.pragma_update(None, "wal_autocheckpoint", pages)?;
+        let _: i64 = self.conn.query_row(
+            &format!("PRAGMA journal_size_limit = {file_limit}"),
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(())
+    }
+
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.dir
