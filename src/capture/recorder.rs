@@ -21,10 +21,10 @@ use super::model::{BodyData, Exchange, ExchangeId, ExchangeSummary};
 use super::store::{Store, StoreError};
 use crate::verify::{RequestView, Rules};
 
-/// Default capacity of the recorder's queue, in exchanges: enough for a
-/// few seconds of the most webhooks a second this machine's benchmark
-/// forwards while the writer is held up (a checkpoint it had to make
-/// itself, a reader's lock), so that none goes unrecorded.
+/// Default capacity of the recorder's queue, in exchanges: about 2 s of
+/// the most webhooks a second a 2-core machine forwards (~9,000, the
+/// benchmark's 1 KiB c=32), so that none goes unrecorded while the writer
+/// is held up (a checkpoint it had to make itself, a reader's lock).
 pub const DEFAULT_QUEUE: usize = 16 * 1024;
 /// The most body and header bytes the queued exchanges may hold in memory
 /// together (bodies too large to be kept in memory are in files by then),
