@@ -34,7 +34,6 @@ fn headers_are_stored_in_the_documented_json_shape() {
 /// format for any writer that replaces `serde_json::to_string` here.
 #[test]
 fn stored_header_json_is_serde_jsons_own() {
-    use base64::Engine;
     let headers: Vec<Header> = vec![
         ("x-ctl".into(), b"a\x01\tb\n\x1f\x7f".to_vec()),
         (
@@ -49,20 +48,8 @@ fn stored_header_json_is_serde_jsons_own() {
         ("x-\"name\"\\\u{7}".into(), b"plain".to_vec()),
         ("x-caf\u{e9}".into(), b"".to_vec()),
     ];
-    let oracle: Vec<(String, serde_json::Value)> = headers
-        .iter()
-        .map(|(n, v)| {
-            let v = match std::str::from_utf8(v) {
-                Ok(s) => serde_json::Value::from(s),
-                Err(_) => serde_json::json!({
-                    "base64": base64::engine::general_purpose::STANDARD.encode(v)
-                }),
-            };
-            (n.clone(), v)
-        })
-        .collect();
     let json = headers_to_json(&headers);
-    assert_eq!(json, serde_json::to_string(&oracle).unwrap());
+    assert_eq!(json, serde_json_headers(&headers));
     assert_eq!(headers_from_json(&json), headers);
 }
 
